@@ -1,0 +1,146 @@
+"""The `radfusion` command. Each subcommand imports only what it needs: scoring and
+serving never load torch; synth needs only the core."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from radfusion.synth import generate_cohort
+
+    out = generate_cohort(
+        Path(args.out),
+        n_patients=args.patients,
+        seed=args.seed,
+        n_genes=args.genes,
+        n_slices=args.slices,
+        rows=args.size,
+        cols=args.size,
+        rle_fraction=args.rle_fraction,
+        workers=args.workers,
+    )
+    print(json.dumps(json.loads((out / "cohort.json").read_text()), indent=2))
+
+
+def _train(rest: list[str]) -> None:
+    from training.cli import main
+
+    main(["fit", *rest])
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.evaluate import evaluate, markdown_table
+
+    checkpoints = dict(_named(item) for item in args.checkpoint)
+    results = evaluate(checkpoints, Path(args.out))
+    print(markdown_table(results))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from training.export import export
+
+    report = export(Path(args.checkpoint), Path(args.out), register=not args.no_register)
+    print(json.dumps(report, indent=2))
+
+
+def _score(args: argparse.Namespace) -> None:
+    from serving.score import score_archive
+
+    summary = score_archive(
+        archive=Path(args.archive),
+        model_path=Path(args.model),
+        out=Path(args.out),
+        genomics=Path(args.genomics) if args.genomics else None,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(json.dumps(summary, indent=2))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from serving.launch import serve_forever
+
+    serve_forever(model=args.model, host=args.host, port=args.port)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from radfusion.demo import run_demo
+
+    run_demo(Path(args.out), patients=args.patients, epochs=args.epochs)
+
+
+def _named(item: str) -> tuple[str, str]:
+    name, sep, path = item.partition("=")
+    if not sep:
+        return Path(item).parent.parent.name, item
+    return name, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radfusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic radiogenomic cohort (DICOM + genomics + outcomes)")
+    p.add_argument("--patients", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--genes", type=int, default=300)
+    p.add_argument("--slices", type=int, default=32)
+    p.add_argument("--size", type=int, default=64, help="rows and columns of each slice")
+    p.add_argument("--rle-fraction", type=float, default=0.25)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_synth)
+
+    sub.add_parser("train", help="train with LightningCLI: radfusion train --config A.yaml [--config B.yaml] [--key value]")
+
+    p = sub.add_parser("evaluate", help="held-out metrics for checkpoints (NAME=PATH ...)")
+    p.add_argument("--checkpoint", action="append", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX with contract, parity check, BentoML store")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-register", action="store_true", help="skip the BentoML model store")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("score", help="score every study of an archive into Parquet")
+    p.add_argument("--archive", required=True)
+    p.add_argument("--model", required=True, help="ONNX file written by radfusion export")
+    p.add_argument("--genomics", help="genomics table (Parquet/CSV), joined on PatientID")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("serve", help="run the BentoML HTTP service")
+    p.add_argument("--model", required=True, help="ONNX file or BentoML model tag")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("demo", help="synth -> train -> evaluate -> export -> serve -> score, on defaults")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--patients", type=int, default=400)
+    p.add_argument("--epochs", type=int, default=30)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if argv and argv[0] == "train":
+        _train(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

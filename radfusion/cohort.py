@@ -1,0 +1,62 @@
+"""A training cohort on disk: DICOM studies + genomics table + clinical/outcome table,
+joined by PatientID. Study discovery is cached by a fingerprint of the file tree so
+that several training runs over one cohort read headers once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from radfusion.dicom import find_studies
+
+CACHE_DIR = ".radfusion"
+
+
+def tree_fingerprint(root: Path) -> str:
+    """Hash of relative paths, sizes and mtimes: changes when any file does."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if CACHE_DIR in dirnames:
+            dirnames.remove(CACHE_DIR)
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def index_studies(dicom_root: Path) -> pd.DataFrame:
+    """One row per study: patient_id, study_uid, files (list of paths relative to root)."""
+    dicom_root = Path(dicom_root)
+    fingerprint = tree_fingerprint(dicom_root)
+    cache = dicom_root / CACHE_DIR / f"studies-{fingerprint[:16]}.parquet"
+    if cache.exists():
+        return pd.read_parquet(cache)
+    discovery = find_studies(dicom_root)
+    rows = [
+        {
+            "patient_id": study.patient_id,
+            "study_uid": uid,
+            "files": sorted(str(h.path.relative_to(dicom_root)) for h in study.instances),
+        }
+        for uid, study in sorted(discovery.studies.items())
+    ]
+    table = pd.DataFrame(rows, columns=["patient_id", "study_uid", "files"])
+    cache.parent.mkdir(exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    table.to_parquet(tmp)
+    tmp.replace(cache)
+    return table
+
+
+def cohort_hash(*paths: Path) -> str:
+    """Identity of the data a model was trained on, recorded in its contract."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        digest.update(tree_fingerprint(path).encode() if path.is_dir() else path.read_bytes())
+    return digest.hexdigest()[:16]

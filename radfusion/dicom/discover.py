@@ -1,0 +1,130 @@
+"""Find DICOM studies in a folder tree whatever the file names: headers are read
+(without pixel data) and instances grouped by StudyInstanceUID."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+# Tags needed to group and choose series; reading stops at pixel data anyway.
+_HEADER_TAGS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "PatientID",
+    "Modality",
+    "SeriesDescription",
+    "SeriesNumber",
+    "ImageType",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SliceThickness",
+    "ImageOrientationPatient",
+]
+
+# Storage classes that never carry a diagnostic volume (secondary capture and friends).
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    path: Path
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    patient_id: str
+    modality: str
+    series_description: str
+    series_number: int | None
+    image_type: tuple[str, ...]
+    rows: int
+    cols: int
+    n_frames: int
+    slice_thickness: float | None
+    orientation: tuple[float, ...] | None
+
+    @property
+    def has_image(self) -> bool:
+        return self.rows > 0 and self.cols > 0
+
+
+@dataclass
+class StudyFiles:
+    study_uid: str
+    patient_id: str
+    instances: list[InstanceHeader] = field(default_factory=list)
+
+
+@dataclass
+class Discovery:
+    studies: dict[str, StudyFiles]
+    skipped: list[tuple[Path, str]]
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """Read the header of one file; raises InvalidDicomError for non-DICOM files."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    if "StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
+        raise InvalidDicomError("no StudyInstanceUID/SeriesInstanceUID")
+    thickness = ds.get("SliceThickness")
+    iop = ds.get("ImageOrientationPatient")
+    number = ds.get("SeriesNumber")
+    return InstanceHeader(
+        path=Path(path),
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        sop_uid=str(ds.get("SOPInstanceUID", "")),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        patient_id=str(ds.get("PatientID", "")),
+        modality=str(ds.get("Modality", "")),
+        series_description=str(ds.get("SeriesDescription", "")),
+        series_number=int(number) if number not in (None, "") else None,
+        image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType", []))),
+        rows=int(ds.get("Rows", 0) or 0),
+        cols=int(ds.get("Columns", 0) or 0),
+        n_frames=int(ds.get("NumberOfFrames", 1) or 1),
+        slice_thickness=float(thickness) if thickness not in (None, "") else None,
+        orientation=tuple(float(v) for v in iop) if iop else None,
+    )
+
+
+def find_studies(root: Path | str) -> Discovery:
+    """Walk ``root`` and group every readable DICOM instance by study.
+
+    Files that are not DICOM are skipped with a reason; nothing raises for one bad file.
+    Files are visited in sorted order so the result is deterministic."""
+    root = Path(root)
+    studies: dict[str, StudyFiles] = {}
+    skipped: list[tuple[Path, str]] = []
+    for path in iter_files(root):
+        try:
+            header = read_header(path)
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+            skipped.append((path, f"not a readable DICOM file: {type(exc).__name__}"))
+            continue
+        study = studies.setdefault(header.study_uid, StudyFiles(header.study_uid, header.patient_id))
+        study.instances.append(header)
+    return Discovery(studies=studies, skipped=skipped)
+
+
+def iter_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        found.extend(Path(dirpath) / name for name in sorted(filenames) if not name.startswith("."))
+    return found
+
+
+def _as_list(value) -> list:
+    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
+        return list(value)
+    return [value]

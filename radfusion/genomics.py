@@ -1,0 +1,42 @@
+"""Genomics tables: one row per patient, the id column first, then features
+(expression values and ``<GENE>_mut`` mutation flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ID_COLUMN = "patient_id"
+
+
+def load_genomics_table(path: Path | str) -> pd.DataFrame:
+    """Read Parquet or CSV/TSV and index it by patient id (kept as a string)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        table = pd.read_parquet(path)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        table = pd.read_csv(path, sep="\t" if suffix != ".csv" else ",", dtype={ID_COLUMN: str})
+    else:
+        raise ValueError(f"unsupported genomics file type {suffix!r} (use .parquet, .csv or .tsv)")
+    id_column = ID_COLUMN if ID_COLUMN in table.columns else table.columns[0]
+    table[id_column] = table[id_column].astype(str)
+    if table[id_column].duplicated().any():
+        raise ValueError("genomics table has duplicate patient ids")
+    table = table.set_index(id_column)
+    table.index.name = ID_COLUMN
+    return table
+
+
+def feature_columns(table: pd.DataFrame) -> list[str]:
+    """Numeric feature columns in table order."""
+    return [c for c in table.columns if np.issubdtype(table[c].dtype, np.number)]
+
+
+def row_as_mapping(table: pd.DataFrame, patient_id: str) -> dict[str, float] | None:
+    """The patient's features, or None when the patient has no genomics."""
+    if patient_id not in table.index:
+        return None
+    return table.loc[patient_id].to_dict()

@@ -1,0 +1,71 @@
+"""ONNX Runtime wrapper: picks the CUDA (or TensorRT) provider only when a session
+really runs on it, CPU otherwise, and reads the model contract from the file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from radfusion.contract import ModelContract, read_contract_from_onnx
+
+log = logging.getLogger(__name__)
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def _session(path: Path, providers: list[str], threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+def open_session(path: Path, device: str = "auto", threads: int | None = None):
+    """``device``: "cpu", "cuda" (fail if it does not work) or "auto".
+
+    onnxruntime-gpu lists CUDA as available even on machines without a GPU, so "auto"
+    opens a session with the GPU provider and keeps it only if ORT actually used it."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return _session(path, ["CPUExecutionProvider"], threads)
+    for provider in _GPU_PROVIDERS:
+        if provider not in available:
+            continue
+        try:
+            session = _session(path, [provider, "CPUExecutionProvider"], threads)
+        except Exception as exc:  # ORT raises plain RuntimeError/Fail when the driver is absent
+            log.info("%s not usable: %s", provider, str(exc).splitlines()[0][:200])
+            continue
+        if session.get_providers()[0] == provider:
+            return session
+    if device == "cuda":
+        raise RuntimeError(f"no working GPU execution provider (available: {available})")
+    return _session(path, ["CPUExecutionProvider"], threads)
+
+
+class OnnxModel:
+    """A loaded model plus its contract. ``run`` takes batched inputs."""
+
+    def __init__(self, path: Path | str, device: str = "auto", threads: int | None = None):
+        self.path = Path(path)
+        self.contract: ModelContract = read_contract_from_onnx(self.path)
+        self.session = open_session(self.path, device=device, threads=threads)
+        self.provider = self.session.get_providers()[0]
+
+    def run(self, image: np.ndarray, genomics: np.ndarray, presence: np.ndarray) -> np.ndarray:
+        (probabilities,) = self.session.run(
+            ["probabilities"],
+            {
+                "image": np.ascontiguousarray(image, dtype=np.float32),
+                "genomics": np.ascontiguousarray(genomics, dtype=np.float32),
+                "presence": np.ascontiguousarray(presence, dtype=np.float32),
+            },
+        )
+        return probabilities

@@ -1,0 +1,116 @@
+"""truth.json and cohort.json: what the generator knows, for tests and evaluation.
+
+truth.json holds the latent variables (scores, subtype, lesion location) that a
+model must never see; evaluation uses it to check that predictions track the
+true signal. cohort.json is a small human-readable summary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from radfusion.synth import outcome_model as om
+from radfusion.synth.dicom_writer import main_slice_position
+from radfusion.synth.patients import PatientRecord, SimulatedCohort
+from radfusion.synth.render import RenderedStudy
+from radfusion.synth.study_spec import StudySpec
+
+GENERATOR_VERSION = "radfusion.synth/1"
+VOXEL_ORDER = "(slice, row, col); slices of the main series sorted by increasing z"
+
+
+def _r(value: float) -> float:
+    return round(float(value), 6)
+
+
+def lesion_centre_mm(spec: StudySpec, voxel: tuple[int, int, int]) -> list[float]:
+    """Patient coordinates (x, y, z) of a voxel centre in the main series."""
+    k, r, c = voxel
+    x0, y0, z = main_slice_position(spec, k)
+    return [_r(x0 + c * spec.pixel_spacing_mm), _r(y0 + r * spec.pixel_spacing_mm), _r(z)]
+
+
+def _patient_truth(p: PatientRecord, spec: StudySpec, study: RenderedStudy) -> dict[str, Any]:
+    return {
+        "patient_id": p.patient_id,
+        "study_instance_uid": spec.study_uid,
+        "main_series_instance_uid": spec.main_series_uid,
+        "lesion_centre_mm": lesion_centre_mm(spec, study.lesion_voxel),
+        "lesion_centre_voxel": list(study.lesion_voxel),
+        "lesion_radius_mm": _r(p.lesion_radius_mm),
+        "lesion_semi_axes_mm": [_r(v) for v in study.lesion_semi_axes_mm],
+        "lesion_contrast_hu": _r(p.lesion_contrast_hu),
+        "lesion_texture_std_hu": _r(p.lesion_texture_std_hu),
+        "lesion_fully_in_soft_tissue": study.lesion_fully_in_soft_tissue,
+        "image_score": _r(p.image_score),
+        "genomic_score": _r(p.genomic_score),
+        "subtype": p.subtype,
+        "has_genomics": p.has_genomics,
+        "mutations": p.mutations,
+        "treatment": p.treatment,
+        "response": p.response,
+        "response_probability": _r(p.response_probability),
+        "response_probability_chemo": _r(p.p_chemo),
+        "response_probability_targeted": _r(p.p_targeted),
+        "best_treatment": p.best_treatment,
+        "pixel_spacing_mm": spec.pixel_spacing_mm,
+        "slice_spacing_mm": spec.slice_spacing_mm,
+        "storage": {"rle": spec.rle, "signed": spec.signed, "bits_stored": spec.bits_stored},
+    }
+
+
+def truth_document(
+    cohort: SimulatedCohort,
+    specs: list[StudySpec],
+    studies: list[RenderedStudy],
+    parameters: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "seed": cohort.seed,
+        "parameters": parameters,
+        "outcome_model": {
+            "b0": om.B0,
+            "coef_image_score": om.COEF_IMAGE,
+            "coef_genomic_score": om.COEF_GENOMIC,
+            "hazard": {"image_score": om.HAZARD_IMAGE, "genomic_score": om.HAZARD_GENOMIC,
+                       "response": om.HAZARD_RESPONSE},
+        },
+        "driver_genes": cohort.panel.driver_genes,
+        "driver_weights": [float(w) for w in cohort.panel.driver_weights],
+        "interaction": {
+            "gene": om.INTERACTION_GENE,
+            "treatment": "targeted",
+            "logit_effect": dict(om.EGFR_INTERACTION),
+        },
+        "voxel_order": VOXEL_ORDER,
+        "patients": [
+            _patient_truth(p, spec, study)
+            for p, spec, study in zip(cohort.patients, specs, studies, strict=True)
+        ],
+    }
+
+
+def cohort_summary(cohort: SimulatedCohort, specs: list[StudySpec]) -> dict[str, Any]:
+    patients = cohort.patients
+    n = len(patients)
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "n_patients": n,
+        "seed": cohort.seed,
+        "n_genes": len(cohort.genes),
+        "subtype_counts": dict(sorted(Counter(p.subtype for p in patients).items())),
+        "treatment_counts": dict(sorted(Counter(p.treatment for p in patients).items())),
+        "response_rate": _r(sum(p.response for p in patients) / n),
+        "censored_fraction": _r(sum(1 - p.event for p in patients) / n),
+        "fraction_with_genomics": _r(sum(p.has_genomics for p in patients) / n),
+        "n_rle_studies": sum(s.rle for s in specs),
+        "n_dicom_files": n * (specs[0].n_slices + 1) if specs else 0,
+    }
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install radfusion with everything the demo and the
+# tests need. Torch first and pinned: a bare `torch` pulls a multi-GB CUDA build.
+# On a machine with a working NVIDIA GPU take the CUDA build of torch and
+# onnxruntime-gpu instead of the CPU ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+STAMP="$VENV/.radfusion-installed"
+
+if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml ]]; then
+    exit 0
+fi
+
+[[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install --quiet --upgrade pip
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "bootstrap: NVIDIA GPU found: CUDA torch + onnxruntime-gpu"
+    # --isolated ignores local wheel folders that hold only the CPU build.
+    $PIP install --isolated --quiet "torch==${TORCH_VERSION}"
+    ORT_EXTRA=gpu
+else
+    echo "bootstrap: no GPU: CPU torch + onnxruntime"
+    $PIP install --quiet "torch==${TORCH_VERSION}"
+    ORT_EXTRA=cpu
+fi
+
+$PIP install --quiet -e ".[${ORT_EXTRA},train,serve,dev]"
+touch "$STAMP"
+echo "bootstrap: $VENV ready"

@@ -1,0 +1,107 @@
+"""`radfusion export`: checkpoint -> one ONNX file (dynamo exporter, dynamic batch)
+with the model contract inside, a parity check against PyTorch on held-out cases,
+and registration in the BentoML model store under the contract's version.
+
+The ONNX file is written to a temporary name and moved into place only after the
+parity check passes, so a failed export never leaves a model that serving would load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from radfusion.contract import ModelContract, write_contract_to_onnx
+from radfusion.runtime import OnnxModel
+from training.checkpoints import build_contract, load_datamodule, load_module
+from training.model import ProbabilityModel
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-4
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def export_onnx(net: torch.nn.Module, contract: ModelContract, path: Path) -> None:
+    wrapper = ProbabilityModel(net).eval()
+    shape = (1, *contract.image.target_shape)
+    n_genes = len(contract.genomics.features)
+    example = (torch.rand(2, *shape), torch.randn(2, n_genes), torch.ones(2, 2))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        wrapper,
+        example,
+        str(path),
+        dynamo=True,
+        input_names=list(contract.input_names),
+        output_names=list(contract.output_names),
+        dynamic_shapes={"image": {0: batch}, "genomics": {0: batch}, "presence": {0: batch}},
+        external_data=False,
+        verbose=False,
+    )
+    write_contract_to_onnx(path, contract)
+
+
+@torch.no_grad()
+def parity_check(net: torch.nn.Module, onnx_path: Path, dm, max_cases: int = 32) -> float:
+    """Max |p_torch - p_onnx| over held-out cases, each also with every presence pattern."""
+    model = OnnxModel(onnx_path, device="cpu")
+    wrapper = ProbabilityModel(net).eval()
+    worst = 0.0
+    seen = 0
+    for batch in dm.test_dataloader():
+        for pattern in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
+            presence = batch["presence"] * torch.tensor(pattern)
+            presence[presence.sum(dim=1) == 0] = torch.tensor(pattern)
+            expected = wrapper(batch["image"], batch["genomics"], presence).numpy()
+            got = model.run(batch["image"].numpy(), batch["genomics"].numpy(), presence.numpy())
+            worst = max(worst, float(np.max(np.abs(expected - got))))
+        seen += len(batch["label"])
+        if seen >= max_cases:
+            break
+    if seen == 0:
+        raise ParityError("no held-out cases to check parity on")
+    return worst
+
+
+def register_bento_model(onnx_path: Path, contract: ModelContract) -> str:
+    import bentoml
+
+    with bentoml.models.create(
+        f"{contract.name}:{contract.version}",
+        labels={"task": contract.task.replace(":", "-"), "modalities": "-".join(contract.trained_modalities)},
+        metadata={"cohort_hash": contract.cohort_hash, **contract.metrics},
+    ) as model:
+        shutil.copyfile(onnx_path, Path(model.path) / "model.onnx")
+    return str(model.tag)
+
+
+def export(checkpoint: Path, out: Path, register: bool = True, tolerance: float = PARITY_TOLERANCE) -> dict:
+    module = load_module(checkpoint)
+    contract = build_contract(module, checkpoint)
+    dm = load_datamodule(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    export_onnx(module.net, contract, tmp)
+    diff = parity_check(module.net, tmp, dm)
+    if not diff <= tolerance:
+        tmp.unlink(missing_ok=True)
+        raise ParityError(f"ONNX and PyTorch disagree: max |diff| {diff:.3g} > {tolerance:g}")
+    tmp.replace(out)
+    report = {
+        "onnx": str(out),
+        "model": contract.name,
+        "version": contract.version,
+        "onnx_max_abs_diff": diff,
+        "parity_tolerance": tolerance,
+        "bento_tag": register_bento_model(out, contract) if register else None,
+    }
+    out.with_suffix(".export.json").write_text(json.dumps(report, indent=2))
+    return report
