@@ -30,6 +30,8 @@ def _synth(args: argparse.Namespace) -> None:
 def _train(rest: list[str]) -> None:
     from training.cli import main
 
+    # LightningCLI reads sys.argv unless given args, and warns when it sees both.
+    sys.argv = sys.argv[:1]
     main(["fit", *rest])
 
 

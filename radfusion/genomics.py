@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ID_COLUMN = "patient_id"
@@ -18,7 +17,11 @@ def load_genomics_table(path: Path | str) -> pd.DataFrame:
     if suffix == ".parquet":
         table = pd.read_parquet(path)
     elif suffix in (".csv", ".tsv", ".txt"):
-        table = pd.read_csv(path, sep="\t" if suffix != ".csv" else ",", dtype={ID_COLUMN: str})
+        sep = "\t" if suffix != ".csv" else ","
+        # The id column is read as text whatever its name, so "007" keeps its zeros.
+        header = pd.read_csv(path, sep=sep, nrows=0).columns
+        id_column = ID_COLUMN if ID_COLUMN in header else header[0]
+        table = pd.read_csv(path, sep=sep, dtype={id_column: str})
     else:
         raise ValueError(f"unsupported genomics file type {suffix!r} (use .parquet, .csv or .tsv)")
     id_column = ID_COLUMN if ID_COLUMN in table.columns else table.columns[0]
@@ -32,7 +35,11 @@ def load_genomics_table(path: Path | str) -> pd.DataFrame:
 
 def feature_columns(table: pd.DataFrame) -> list[str]:
     """Numeric feature columns in table order."""
-    return [c for c in table.columns if np.issubdtype(table[c].dtype, np.number)]
+    # pandas' own test: numpy's issubdtype raises on pandas string/nullable dtypes.
+    return [
+        c for c in table.columns
+        if pd.api.types.is_numeric_dtype(table[c].dtype) and not pd.api.types.is_bool_dtype(table[c].dtype)
+    ]
 
 
 def row_as_mapping(table: pd.DataFrame, patient_id: str) -> dict[str, float] | None:

@@ -303,11 +303,14 @@ def test_lesion_at_truth_location_with_truth_contrast(by_series: dict, truth: di
                                  np.arange(volume.shape[2]) * ps, indexing="ij")
         dist = np.sqrt((zz - k * dz) ** 2 + (yy - r * ps) ** 2 + (xx - c * ps) ** 2)
         radius = patient["lesion_radius_mm"]
-        assert 6.0 <= radius <= 26.0
-        # the whole lesion lies in the volume: at least a radius from the top/bottom slices
-        if radius < 24.0:  # only the largest lesions may not fit a 20-slice test volume
-            assert radius <= min(k, volume.shape[0] - 1 - k) * dz
+        assert 8.0 <= radius <= 36.0  # clip(20 + 5 z_img, 8, 36)
+        # Only large lesions may not fit this small (20 x 48 x 48) volume: measured on
+        # 12 seeds x 16 patients, every lesion up to 23 mm sat fully in soft tissue and
+        # every lesion up to 28 mm lay at least a radius from the top/bottom slices.
+        if radius <= 20.0:
             assert patient["lesion_fully_in_soft_tissue"]
+        if radius <= 26.0:
+            assert radius <= min(k, volume.shape[0] - 1 - k) * dz
         core = volume[dist <= max(0.5 * radius, 0.5 * ps)]
         shell = volume[(dist >= radius + 5) & (dist <= radius + 12)]
         surrounding = float(np.median(shell))
@@ -319,8 +322,9 @@ def test_lesion_at_truth_location_with_truth_contrast(by_series: dict, truth: di
         assert volume[k, r, c] - surrounding > contrast - 3.5 * noise
         measured.append(excess)
         expected.append(contrast)
-    assert np.corrcoef(measured, expected)[0, 1] > 0.9
-    assert abs(np.mean(measured) - np.mean(expected)) < 10.0
+    # measured on 12 seeds: correlation 0.92-0.99, mean offset within 3.2 HU
+    assert np.corrcoef(measured, expected)[0, 1] > 0.85
+    assert abs(np.mean(measured) - np.mean(expected)) < 6.0
 
 
 # ---------------------------------------------------------------- tables
@@ -385,17 +389,23 @@ def test_clinical_table_columns_and_domains(cohort_dir: Path, truth: dict) -> No
 
 def test_truth_records_model_and_per_patient_fields(truth: dict) -> None:
     assert truth["seed"] == 3 and truth["parameters"]["n_patients"] == N_PATIENTS
-    assert len(truth["driver_genes"]) == 6 and set(truth["driver_genes"]) <= set(gene_panel(300))
+    # twelve driver genes, half up- and half down-weighted
+    assert len(truth["driver_genes"]) == 12 == len(set(truth["driver_genes"]))
+    assert set(truth["driver_genes"]) <= set(gene_panel(300))
     weights = np.array(truth["driver_weights"])
-    assert (weights > 0).sum() == 3 and (weights < 0).sum() == 3
+    assert (weights > 0).sum() == 6 and (weights < 0).sum() == 6
+    assert np.all((np.abs(weights) >= 0.7) & (np.abs(weights) <= 1.2))
+    assert truth["outcome_model"]["b0"] == -0.55
+    assert truth["outcome_model"]["coef_image_score"] == truth["outcome_model"]["coef_genomic_score"] == 4.0
     assert truth["interaction"]["gene"] == "EGFR_mut" and truth["interaction"]["treatment"] == "targeted"
+    assert truth["interaction"]["logit_effect"] == {"targeted": 1.5, "chemo": -0.5}
     for p in truth["patients"]:
-        expected_radius = float(np.clip(14 + 5 * p["image_score"], 6, 26))
+        expected_radius = float(np.clip(20 + 5 * p["image_score"], 8, 36))
         assert p["lesion_radius_mm"] == pytest.approx(expected_radius, abs=1e-5)
-        assert p["lesion_contrast_hu"] == pytest.approx(np.clip(45 + 25 * p["image_score"], 10, 110), abs=1e-4)
+        assert p["lesion_contrast_hu"] == pytest.approx(np.clip(80 + 25 * p["image_score"], 30, 160), abs=1e-4)
         egfr = p["mutations"]["EGFR"]
         assert p["best_treatment"] == ("targeted" if egfr else "chemo")
-        logit = -0.55 + 1.8 * p["image_score"] + 1.8 * p["genomic_score"]
+        logit = -0.55 + 4.0 * p["image_score"] + 4.0 * p["genomic_score"]
         logit += egfr * (1.5 if p["treatment"] == "targeted" else -0.5)
         assert p["response_probability"] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-5)
         assert p["subtype"] in ("S1", "S2", "S3") and isinstance(p["has_genomics"], bool)
@@ -425,31 +435,42 @@ def test_expression_has_module_and_subtype_structure() -> None:
     other = (module[:, None] != module[None, :]) & (module[:, None] >= 0) & (module[None, :] >= 0)
     assert np.abs(corr[same]).mean() > 0.25
     assert np.abs(corr[other]).mean() < 0.06
-    # the driver program: drivers correlate with each other with the sign of their weights
+    # the driver program: the 12 drivers load 0.85 on one shared factor with the sign
+    # of their weights, so each pair correlates at about 0.85**2 = 0.72 with that sign
+    # (measured on 10 seeds: mean 0.71-0.74, no pair below 0.66)
     idx, w = cohort.panel.driver_idx, cohort.panel.driver_weights
-    signed = corr[np.ix_(idx, idx)] * np.sign(np.outer(w, w))
-    assert signed[~np.eye(6, dtype=bool)].mean() > 0.12
+    signed = (corr[np.ix_(idx, idx)] * np.sign(np.outer(w, w)))[~np.eye(12, dtype=bool)]
+    assert abs(signed.mean() - 0.85**2) < 0.04 and signed.min() > 0.6
     assert set(np.flatnonzero(module == DRIVER_MODULE)) == set(idx)
+    # nothing outside the program tracks it (measured: |r| <= 0.19 on 10 seeds)
+    others = np.setdiff1d(np.arange(len(module)), idx)
+    assert np.abs(corr[np.ix_(idx, others)]).max() < 0.3
     # subtype S1 shifts module 0 up (see SUBTYPE_SHIFTS)
     subtype = np.array([p.subtype for p in cohort.patients])
     genes0 = np.flatnonzero(module == 0)
     z = (cohort.expression - cohort.expression.mean(0)) / cohort.expression.std(0)
     shift = z[subtype == "S1"][:, genes0].mean() - z[subtype == "S2"][:, genes0].mean()
     assert SUBTYPE_SHIFTS[0, 0] > 0 and shift > 0.5
-    # subtype does not carry the genomic score
+    # subtype does not carry the genomic score: each subtype's mean z_gen is within
+    # 3.5 standard errors of 0 (a fixed 0.2 bound failed on 1 of 10 seeds by chance)
     z_gen = np.array([p.genomic_score for p in cohort.patients])
-    assert max(abs(z_gen[subtype == s].mean()) for s in ("S1", "S2", "S3")) < 0.2
+    for s in ("S1", "S2", "S3"):
+        members = z_gen[subtype == s]
+        assert abs(members.mean()) < 3.5 * members.std() / np.sqrt(len(members)), s
 
 
 def test_fused_true_scores_predict_response_far_better_than_either() -> None:
+    """Design: true-score AUROC about 0.82 for each modality alone, 0.97 together.
+    Measured on 12 seeds x 4000 patients: fused 0.966-0.972, each alone 0.805-0.825,
+    gap at least 0.14; at 400 patients (8 seeds) fused >= 0.958, alone <= 0.854."""
     cohort = simulate_patients(4000, seed=11, genomics_missing_fraction=0.15)
     z_img = np.array([p.image_score for p in cohort.patients])
     z_gen = np.array([p.genomic_score for p in cohort.patients])
     y = np.array([p.response for p in cohort.patients])
     both, img, gen = auroc(z_img + z_gen, y), auroc(z_img, y), auroc(z_gen, y)
-    assert both >= 0.86
-    assert img <= 0.80 and gen <= 0.80
-    assert both - max(img, gen) >= 0.08
+    assert both >= 0.95
+    assert 0.78 <= img <= 0.85 and 0.78 <= gen <= 0.85
+    assert both - max(img, gen) >= 0.12
     assert 0.40 <= y.mean() <= 0.50
     assert abs(np.corrcoef(z_img, z_gen)[0, 1]) < 0.05
     # the same holds on a 400-patient cohort (the lead's scale) for a fixed seed
@@ -457,7 +478,8 @@ def test_fused_true_scores_predict_response_far_better_than_either() -> None:
     zi = np.array([p.image_score for p in small.patients])
     zg = np.array([p.genomic_score for p in small.patients])
     ys = np.array([p.response for p in small.patients])
-    assert auroc(zi + zg, ys) >= 0.85 and auroc(zi, ys) <= 0.80 and auroc(zg, ys) <= 0.80
+    fused, alone = auroc(zi + zg, ys), max(auroc(zi, ys), auroc(zg, ys))
+    assert fused >= 0.93 and alone <= 0.88 and fused - alone >= 0.09
 
 
 def test_outcome_interaction_survival_and_censoring() -> None:
@@ -471,10 +493,27 @@ def test_outcome_interaction_survival_and_censoring() -> None:
     assert 0.22 <= egfr.mean() <= 0.28 and 0.46 <= targeted.mean() <= 0.54
     kras = np.array([p.mutations["KRAS"] for p in P])
     assert not np.any(egfr & kras) and 0.17 <= kras.mean() <= 0.23
-    # EGFR-mutant patients respond far better to targeted therapy than to chemo
-    gap_mut = y[(egfr == 1) & targeted].mean() - y[(egfr == 1) & ~targeted].mean()
-    gap_wt = y[(egfr == 0) & targeted].mean() - y[(egfr == 0) & ~targeted].mean()
-    assert gap_mut > 0.2 and abs(gap_wt) < 0.05
+    # EGFR mutation adds exactly 2.0 to the targeted-vs-chemo logit (+1.5 vs -0.5) and
+    # nothing without it; with the strong score terms that is ~0.13 in probability
+    # (0.12-0.14 on 12 seeds)
+    p_t = np.array([p.p_targeted for p in P])
+    p_c = np.array([p.p_chemo for p in P])
+    mut = egfr == 1
+    logit_gap = np.log(p_t / (1 - p_t)) - np.log(p_c / (1 - p_c))
+    assert np.allclose(logit_gap[mut], 2.0, atol=1e-6)
+    assert np.array_equal(p_t[~mut], p_c[~mut])
+    assert 0.10 <= (p_t - p_c)[mut].mean() <= 0.17
+    # responses are drawn from the probability of the treatment given: in each
+    # EGFR x treatment group the response rate is within 4 standard errors of it
+    p_given = np.array([p.response_probability for p in P])
+    assert np.array_equal(p_given, np.where(targeted, p_t, p_c))
+    for group in ((mut & targeted), (mut & ~targeted), (~mut & targeted), (~mut & ~targeted)):
+        se = np.sqrt(np.sum(p_given[group] * (1 - p_given[group]))) / group.sum()
+        assert abs(y[group].mean() - p_given[group].mean()) < 4 * se
+    # observed: mutants respond better to targeted therapy, wild-types do not care
+    gap_mut = y[mut & targeted].mean() - y[mut & ~targeted].mean()
+    gap_wt = y[~mut & targeted].mean() - y[~mut & ~targeted].mean()
+    assert gap_mut > 0.04 and abs(gap_wt) < 0.06  # seed 12: 0.111 and 0.029 (se 0.031, 0.018)
     assert np.mean([p.best_treatment == "targeted" for p in P]) == pytest.approx(egfr.mean())
     # ~30% censored; responders live longer among patients with similar scores
     assert 0.26 <= 1 - event.mean() <= 0.34

@@ -24,7 +24,8 @@ def load_module(checkpoint: Path | str) -> FusionModule:
 def load_datamodule(checkpoint: Path | str) -> RadfusionDataModule:
     """The data module exactly as configured for training (same split, same panel)."""
     state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
-    hparams = dict(state["datamodule_hyper_parameters"])
+    # LightningCLI adds private keys (e.g. "_instantiator") beside the real arguments.
+    hparams = {k: v for k, v in state["datamodule_hyper_parameters"].items() if not k.startswith("_")}
     hparams["augment"] = False
     dm = RadfusionDataModule(**hparams)
     dm.setup("test")

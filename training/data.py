@@ -146,6 +146,9 @@ class RadfusionDataModule(L.LightningDataModule):
         return Compose(
             [
                 load,
+                # The phenotype (lesion size, contrast, texture) ignores orientation.
+                RandFlipd(keys="image", prob=0.5, spatial_axis=0),
+                RandFlipd(keys="image", prob=0.5, spatial_axis=1),
                 RandFlipd(keys="image", prob=0.5, spatial_axis=2),
                 RandScaleIntensityd(keys="image", factors=0.05, prob=0.5),
                 RandShiftIntensityd(keys="image", offsets=0.02, prob=0.5),

@@ -45,7 +45,8 @@ def evaluate_checkpoint(checkpoint: Path) -> dict:
             continue
         result[f"auroc_{name}"] = float(binary_auroc(probs[usable], labels[usable]))
         result[f"n_{name}"] = int(usable.sum())
-    result["auroc"] = result["auroc_observed"]
+    # NaN when the test split holds one class only (tiny cohorts): undefined, not 0.5.
+    result["auroc"] = result.get("auroc_observed", float("nan"))
     return result
 
 

@@ -28,10 +28,10 @@ class FusionModule(L.LightningModule):
         image_encoder: str = "densenet",
         image_widths: tuple[int, ...] = (16, 8),
         embed_dim: int = 64,
-        genomics_hidden: int = 128,
+        genomics_hidden: int = 16,
+        genomics_dropout: float = 0.5,
         dropout: float = 0.3,
         modality_dropout: float = 0.25,
-        gene_group_lasso: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         model_name: str = "radfusion-response",
@@ -47,6 +47,7 @@ class FusionModule(L.LightningModule):
             image_widths=image_widths,
             embed_dim=embed_dim,
             genomics_hidden=genomics_hidden,
+            genomics_dropout=genomics_dropout,
             dropout=dropout,
         )
         self.val_auroc = BinaryAUROC() if n_classes == 2 else MulticlassAUROC(num_classes=n_classes)
@@ -80,8 +81,6 @@ class FusionModule(L.LightningModule):
         logits = self(batch["image"], batch["genomics"], presence)
         loss = F.cross_entropy(logits, batch["label"])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
-        if self.hparams.gene_group_lasso > 0 and self.net.genomics_encoder is not None:
-            loss = loss + self.hparams.gene_group_lasso * self.net.gene_group_norms().sum()
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -71,9 +71,19 @@ def load_volume(paths: Sequence[Path | str]) -> Volume:
     if not paths:
         raise GeometryError("series has no instances")
     datasets = [_read(Path(p)) for p in paths]
-    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+    n_frames = [_number_of_frames(ds) for ds in datasets]
+    if len(datasets) == 1 and n_frames[0] > 1:
         return _multiframe_volume(datasets[0])
+    if max(n_frames) > 1:
+        raise UnsupportedPixelDataError("series of several multi-frame instances cannot be stacked")
     return _stack_single_frames(datasets)
+
+
+def _number_of_frames(ds: pydicom.Dataset) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise CorruptDicomError("invalid NumberOfFrames") from exc
 
 
 def _read(path: Path) -> pydicom.Dataset:
@@ -204,6 +214,10 @@ def _multiframe_volume(ds: pydicom.Dataset) -> Volume:
         raise GeometryError("multi-frame image lacks plane position/orientation") from exc
     row_dir, col_dir = _orientation(plane)
     pixel_spacing = _pixel_spacing(measures)
+    if "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
+        # Enhanced CT/MR keep the modality LUT in the functional groups, which
+        # apply_modality_lut does not look at.
+        frames = _rescale_frames(frames, shared[0], per_frame)
     normal = np.cross(row_dir, col_dir)
     order = np.argsort(positions @ normal, kind="stable")
     positions = positions[order]
@@ -217,3 +231,18 @@ def _multiframe_volume(ds: pydicom.Dataset) -> Volume:
         modality=str(ds.get("Modality", "")),
         sop_uids=[str(ds.get("SOPInstanceUID", ""))],
     )
+
+
+def _rescale_frames(frames: np.ndarray, shared: pydicom.Dataset, per_frame) -> np.ndarray:
+    """Apply PixelValueTransformationSequence (shared or per frame) to get HU."""
+    slopes, intercepts = [], []
+    for item in per_frame:
+        group = item if "PixelValueTransformationSequence" in item else shared
+        if "PixelValueTransformationSequence" not in group:
+            return frames
+        transform = group.PixelValueTransformationSequence[0]
+        slopes.append(float(transform.get("RescaleSlope", 1.0) or 1.0))
+        intercepts.append(float(transform.get("RescaleIntercept", 0.0) or 0.0))
+    slope = np.asarray(slopes, dtype=np.float32)[:, None, None]
+    intercept = np.asarray(intercepts, dtype=np.float32)[:, None, None]
+    return (frames * slope + intercept).astype(np.float32)

@@ -3,8 +3,9 @@ tables, and the ground truth that links them.
 
 Real radiogenomic cohorts cannot ship with the project, so this generator makes
 one whose signal is known by construction: response depends equally on an image
-phenotype (lesion size, contrast, texture) and on a genomic score (six driver
-genes), so neither modality alone predicts well and fusion does.
+phenotype (lesion size, contrast, texture) and on a genomic score (twelve
+driver genes on a shared driver program), so neither modality alone predicts
+well and fusion does.
 
     from radfusion.synth import generate_cohort
     generate_cohort(Path("data/synth"), n_patients=400, seed=0, workers=2)

@@ -2,7 +2,7 @@
 
 Designed so that neither modality alone predicts response well but both together
 do: the logit weighs an image score and an independent genomic score equally
-(true-score AUROC about 0.78 each, about 0.93 together). A treatment-by-EGFR
+(true-score AUROC about 0.82 each, about 0.97 together). A treatment-by-EGFR
 interaction makes treatment ranking meaningful.
 
 Survival follows the "aggressive but responsive" pattern seen in e.g.
@@ -16,8 +16,8 @@ import numpy as np
 from scipy.optimize import brentq
 
 B0 = -0.55  # gives a response rate of about 45%
-COEF_IMAGE = 2.6
-COEF_GENOMIC = 2.6
+COEF_IMAGE = 4.0
+COEF_GENOMIC = 4.0
 INTERACTION_GENE = "EGFR_mut"
 # Added to the logit when the interaction gene is mutated, by treatment.
 EGFR_INTERACTION = {"targeted": 1.5, "chemo": -0.5}
@@ -38,7 +38,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def response_logit(
     z_img: np.ndarray, z_gen: np.ndarray, egfr_mut: np.ndarray, treatment: np.ndarray
 ) -> np.ndarray:
-    """logit = b0 + 2.6 z_img + 2.6 z_gen + EGFR x treatment interaction."""
+    """logit = b0 + 4.0 z_img + 4.0 z_gen + EGFR x treatment interaction."""
     treatment = np.asarray(treatment)
     bonus = np.where(treatment == "targeted", EGFR_INTERACTION["targeted"], EGFR_INTERACTION["chemo"])
     return B0 + COEF_IMAGE * z_img + COEF_GENOMIC * z_gen + np.asarray(egfr_mut) * bonus

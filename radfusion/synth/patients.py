@@ -21,12 +21,12 @@ SITE_PROBS = (0.35, 0.30, 0.20, 0.15)
 
 
 def lesion_radius_mm(z_img: np.ndarray) -> np.ndarray:
-    return np.clip(18.0 + 6.0 * z_img, 8.0, 32.0)
+    return np.clip(20.0 + 5.0 * z_img, 8.0, 36.0)
 
 
 def lesion_contrast_hu(z_img: np.ndarray) -> np.ndarray:
     """Lesion HU above the surrounding soft tissue."""
-    return np.clip(60.0 + 30.0 * z_img, 15.0, 150.0)
+    return np.clip(80.0 + 25.0 * z_img, 30.0, 160.0)
 
 
 def lesion_texture_std_hu(z_img: np.ndarray) -> np.ndarray:

@@ -1,0 +1,56 @@
+"""Where the served model lives: an ONNX file path, or a BentoML model tag whose folder
+holds model.onnx (what `radfusion export` registers)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MODEL_ENV = "RADFUSION_MODEL"
+DEVICE_ENV = "RADFUSION_DEVICE"
+ONNX_IN_BENTO_MODEL = "model.onnx"
+
+
+class ModelNotFoundError(RuntimeError):
+    pass
+
+
+def model_ref_from_env() -> str:
+    ref = os.environ.get(MODEL_ENV, "").strip()
+    if not ref:
+        raise ModelNotFoundError(
+            f"set {MODEL_ENV} to an .onnx file or a BentoML model tag (name:version or name:latest)"
+        )
+    return ref
+
+
+def looks_like_tag(ref: str) -> bool:
+    """name:version with no path separators and no .onnx suffix."""
+    return ":" in ref and "/" not in ref and "\\" not in ref and not ref.endswith(".onnx")
+
+
+def resolve_model_path(ref: str | Path) -> Path:
+    """ONNX file for ``ref``; a tag is looked up in the BentoML model store."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    if isinstance(ref, str) and looks_like_tag(ref):
+        import bentoml
+        from bentoml.exceptions import NotFound
+
+        try:
+            stored = bentoml.models.get(ref)
+        except NotFound as exc:
+            raise ModelNotFoundError(f"BentoML model {ref!r} is not in the model store") from exc
+        onnx = Path(stored.path) / ONNX_IN_BENTO_MODEL
+        if not onnx.is_file():
+            raise ModelNotFoundError(f"BentoML model {stored.tag} holds no {ONNX_IN_BENTO_MODEL}")
+        return onnx
+    raise ModelNotFoundError(f"model {str(ref)!r} is neither an existing file nor a BentoML model tag")
+
+
+def device_from_env() -> str:
+    device = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"{DEVICE_ENV} must be auto, cpu or cuda, not {device!r}")
+    return device

@@ -1,0 +1,134 @@
+"""The training side end to end on a small synthetic cohort: LightningCLI training with
+the project's real configs, checkpoint contents, evaluation, export with the parity
+check, and the exported model answering through the serving runtime."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from radfusion.contract import read_contract_from_onnx
+from radfusion.predictor import Predictor
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+SMALL_GRID = [
+    "--data.target_shape", "[8, 16, 16]",
+    "--data.target_spacing", "[6.0, 12.0, 12.0]",
+    "--data.batch_size", "4",
+    "--model.image_encoder", "resnet",
+    "--model.image_widths", "[4, 4, 8, 8]",
+    "--model.embed_dim", "16",
+    "--trainer.max_epochs", "2",
+]
+
+
+def _train(cohort: Path, out: Path, *extra: str) -> Path:
+    from training.cli import main
+
+    configs = [CONFIGS / "trainer" / "cpu.yaml", CONFIGS / "data" / "synthetic.yaml", CONFIGS / "model" / "fusion_cpu.yaml"]
+    args = ["fit", *[a for c in configs for a in ("--config", str(c))], *extra]
+    main(args + ["--data.cohort_dir", str(cohort), "--trainer.default_root_dir", str(out), *SMALL_GRID])
+    return out / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from radfusion.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("pipeline_cohort")
+    generate_cohort(out, n_patients=30, seed=3, n_genes=60, n_slices=12, rows=32, cols=32, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(cohort, tmp_path_factory) -> Path:
+    return _train(cohort, tmp_path_factory.mktemp("fusion"))
+
+
+def test_checkpoint_carries_the_contract_pieces(trained, cohort):
+    state = torch.load(trained, map_location="cpu", weights_only=False)
+    parts = state["radfusion_contract"]
+    genomics = pd.read_parquet(cohort / "genomics.parquet").set_index("patient_id")
+    assert parts["gene_panel"]["features"] == list(genomics.columns)
+    assert parts["geometry"]["target_shape"] == [8, 16, 16]
+    assert parts["labels"] == ["non-responder", "responder"]
+    assert len(parts["cohort_hash"]) == 16
+    assert 0.0 <= parts["val_auroc"] <= 1.0
+    # Panel statistics come from the training split only, not the whole table.
+    mean = np.asarray(parts["gene_panel"]["mean"])
+    assert not np.allclose(mean, genomics.mean().to_numpy())
+    assert (trained.parent / "last.ckpt").exists()
+
+
+def test_export_cli_checks_parity_and_registers(trained, tmp_path):
+    out = tmp_path / "model.onnx"
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    subprocess.run(
+        [sys.executable, "-m", "radfusion.cli", "export", "--checkpoint", str(trained), "--out", str(out)],
+        check=True, cwd=ROOT, env=env, capture_output=True,
+    )
+    report = json.loads(out.with_suffix(".export.json").read_text())
+    assert report["onnx_max_abs_diff"] <= 1e-4
+    contract = read_contract_from_onnx(out)
+    assert contract.version == report["version"]
+    assert contract.trained_modalities == ["image", "genomics"]
+    assert report["bento_tag"] == f"{contract.name}:{contract.version}"
+    stored = tmp_path / "bentoml" / "models" / contract.name / contract.version / "model.onnx"
+    assert stored.read_bytes() == out.read_bytes()
+
+
+def test_exported_model_matches_pytorch_through_the_serving_path(trained, cohort, tmp_path):
+    """Same study through predictor (core preprocessing + ORT) and through the training
+    data path + PyTorch: one preprocessing definition means the same probabilities."""
+    from training.checkpoints import build_contract, load_datamodule, load_module
+    from training.export import export_onnx
+
+    module = load_module(trained)
+    path = tmp_path / "m.onnx"
+    export_onnx(module.net, build_contract(module, trained), path)
+    dm = load_datamodule(trained)
+    record = dm.records["test"][0]
+    predictor = Predictor.load(path, device="cpu")
+    genes = pd.read_parquet(cohort / "genomics.parquet").set_index("patient_id")
+    mapping = genes.loc[record["patient_id"]].to_dict() if record["patient_id"] in genes.index else None
+    case = predictor.prepare([cohort / "dicom" / f for f in record["image"]], mapping)
+    served = predictor.predict([case])[0]["probabilities"]["responder"]
+    item = dm.datasets["test"][0]
+    with torch.no_grad():
+        logits = module(item["image"][None], torch.as_tensor(item["genomics"])[None], torch.as_tensor(item["presence"])[None])
+    assert served == pytest.approx(float(torch.softmax(logits, -1)[0, 1]), abs=1e-4)
+
+
+def test_evaluate_reports_each_model_and_presence_pattern(trained, cohort, tmp_path):
+    from training.evaluate import evaluate
+
+    image_only = _train(cohort, tmp_path / "image_only", "--config", str(CONFIGS / "experiment" / "image_only.yaml"))
+    results = evaluate({"fusion": trained, "image_only": image_only}, tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["image_only"]["modalities"] == ["image"]
+    assert "auroc_genomics_only" not in saved["image_only"]  # it cannot use genomics
+    for name in ("fusion", "image_only"):
+        assert math.isnan(saved[name]["auroc"]) or 0.0 <= saved[name]["auroc"] <= 1.0
+    assert saved["fusion"]["n_observed"] == _n_test(cohort)
+    assert "| fusion |" in (tmp_path / "metrics.md").read_text()
+
+
+def _n_test(cohort: Path) -> int:
+    from training.data import split_patients
+
+    clinical = pd.read_csv(cohort / "clinical.csv").set_index("patient_id")
+    split = split_patients(clinical, (0.6, 0.2, 0.2), 0, "response")
+    return int((split == "test").sum())
