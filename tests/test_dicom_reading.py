@@ -37,8 +37,8 @@ from radfusion.study import read_study_image
 
 AXIAL = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))  # normal +z
 AXIAL_REVERSED = ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0))  # normal -z, rows run posterior->anterior
-SAGITTAL = ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0))  # normal +x
-CORONAL = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0))  # normal -y
+SAGITTAL = ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0))  # normal -x, rows head to feet
+CORONAL = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0))  # normal +y, rows head to feet
 
 SPACING_ZYX = (5.0, 2.0, 3.0)  # mm between voxels of G along z, y, x
 ORIGIN_XYZ = (-40.0, 25.0, -120.0)  # patient position of G[0, 0, 0]
@@ -179,9 +179,8 @@ def test_shuffled_files_with_random_names_are_ordered_by_position(tmp_path: Path
     assert volume.spacing == pytest.approx((5.0, 2.0, 3.0))
     assert volume.origin == pytest.approx(ORIGIN_XYZ)
     # sop uids follow the slice order (InstanceNumber k+1 was written for slice k)
-    numbers = [int(pydicom.dcmread(p).InstanceNumber) for p in paths]
-    uids = {int(pydicom.dcmread(p).InstanceNumber): str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
-    assert volume.sop_uids == [uids[n] for n in sorted(numbers)]
+    uid_of = {int(ds.InstanceNumber): str(ds.SOPInstanceUID) for ds in map(pydicom.dcmread, paths)}
+    assert volume.sop_uids == [uid_of[k + 1] for k in range(7)]
     assert volume.voxels.dtype == np.float32
 
 
@@ -216,11 +215,11 @@ def test_reversed_normal_series_is_stored_top_down_before_canonical(tmp_path: Pa
 # ------------------------------------------------------------------ rejected geometry
 
 
-def _axial_slices(tmp_path: Path, n: int = 6, **kwargs) -> tuple[np.ndarray, np.ndarray, dict]:
-    G = ground_truth((n, 5, 4))
-    pixels, positions, spacing = cut_slices(G, *AXIAL)
-    common = dict(study_uid=generate_uid(), series_uid=generate_uid(), **kwargs)
-    return pixels, positions, common
+def _axial_slices(n: int = 6) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pixels and positions of an n-slice axial series, for tests that then break it."""
+    pixels, positions, _ = cut_slices(ground_truth((n, 5, 4)), *AXIAL)
+    common = dict(study_uid=generate_uid(), series_uid=generate_uid())
+    return pixels, positions.copy(), common
 
 
 def _write(tmp_path: Path, datasets: list[Dataset]) -> list[Path]:
@@ -233,7 +232,7 @@ def _write(tmp_path: Path, datasets: list[Dataset]) -> list[Path]:
 
 
 def test_duplicate_positions_are_rejected(tmp_path: Path) -> None:
-    pixels, positions, common = _axial_slices(tmp_path)
+    pixels, positions, common = _axial_slices()
     positions[3] = positions[2]
     paths = _write(tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))])
     with pytest.raises(GeometryError, match="duplicate slice positions"):
@@ -241,7 +240,7 @@ def test_duplicate_positions_are_rejected(tmp_path: Path) -> None:
 
 
 def test_missing_slice_is_rejected_as_a_gap(tmp_path: Path) -> None:
-    pixels, positions, common = _axial_slices(tmp_path, n=8)
+    pixels, positions, common = _axial_slices(n=8)
     keep = [k for k in range(8) if k != 4]
     paths = _write(tmp_path, [ct_slice(pixels[k], positions[k], number=k + 1, **common) for k in keep])
     with pytest.raises(GeometryError, match=r"non-uniform slice spacing \(5\.00-10\.00 mm\): missing slices or gaps"):
@@ -249,8 +248,7 @@ def test_missing_slice_is_rejected_as_a_gap(tmp_path: Path) -> None:
 
 
 def test_gantry_tilt_shear_is_rejected(tmp_path: Path) -> None:
-    pixels, positions, common = _axial_slices(tmp_path)
-    positions = positions.copy()
+    pixels, positions, common = _axial_slices()
     positions[:, 1] += np.arange(len(positions)) * 1.5  # y drifts 1.5 mm per 5 mm slice
     paths = _write(tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))])
     with pytest.raises(GeometryError, match="sheared \\(gantry tilt\\)"):
@@ -258,7 +256,7 @@ def test_gantry_tilt_shear_is_rejected(tmp_path: Path) -> None:
 
 
 def test_mixed_orientations_are_rejected(tmp_path: Path) -> None:
-    pixels, positions, common = _axial_slices(tmp_path)
+    pixels, positions, common = _axial_slices()
     datasets = [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))]
     datasets[2].ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.9962, -0.0872]  # tilted 5 degrees
     with pytest.raises(GeometryError, match="mixed slice orientations"):
@@ -266,7 +264,7 @@ def test_mixed_orientations_are_rejected(tmp_path: Path) -> None:
 
 
 def test_mixed_slice_sizes_and_spacings_are_rejected(tmp_path: Path) -> None:
-    pixels, positions, common = _axial_slices(tmp_path)
+    pixels, positions, common = _axial_slices()
     sizes = [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))]
     sizes[1] = ct_slice(pixels[1][:, :3], positions[1], number=2, **common)
     (tmp_path / "sizes").mkdir()
@@ -315,7 +313,7 @@ def test_signed_and_unsigned_storage_give_the_same_hu(tmp_path: Path, intercept:
 def test_rescale_slope_is_applied(tmp_path: Path) -> None:
     G = ground_truth((5, 5, 4))
     paths, _ = write_series(tmp_path, G, signed=True, intercept=0.0)
-    for path in paths:  # store half values with slope 2 (G is odd/even mixed; keep exact)
+    for path in paths:  # store 2 * (HU - 10) with slope 0.5 and intercept 10
         ds = pydicom.dcmread(path)
         raw = ds.pixel_array.astype(np.int16)
         ds.RescaleSlope = 0.5
@@ -326,10 +324,17 @@ def test_rescale_slope_is_applied(tmp_path: Path) -> None:
 
 
 def _enhanced_ct(
-    hu: np.ndarray, positions: np.ndarray, *, functional_groups: bool = True, modality: str = "CT"
+    hu: np.ndarray,
+    positions: np.ndarray,
+    *,
+    functional_groups: bool = True,
+    modality: str = "CT",
+    per_frame_intercepts: list[float] | None = None,
 ) -> Dataset:
-    """An Enhanced CT-like multi-frame image: geometry and rescale in functional groups."""
-    stored = (hu + 1024).astype(np.uint16)
+    """An Enhanced CT-like multi-frame image: geometry and rescale in functional groups
+    (one shared rescale, or one per frame when ``per_frame_intercepts`` is given)."""
+    intercepts = np.asarray(per_frame_intercepts if per_frame_intercepts is not None else [-1024.0] * len(hu))
+    stored = (hu - intercepts[:, None, None]).astype(np.uint16)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -357,23 +362,30 @@ def _enhanced_ct(
         measures = Dataset()
         measures.PixelSpacing = [2.0, 3.0]
         measures.SliceThickness = 5.0
-        transform = Dataset()
-        transform.RescaleIntercept = -1024.0
-        transform.RescaleSlope = 1.0
-        transform.RescaleType = "HU"
         shared = Dataset()
         shared.PlaneOrientationSequence = Sequence([plane])
         shared.PixelMeasuresSequence = Sequence([measures])
-        shared.PixelValueTransformationSequence = Sequence([transform])
+        if per_frame_intercepts is None:
+            shared.PixelValueTransformationSequence = Sequence([_rescale(-1024.0)])
         ds.SharedFunctionalGroupsSequence = Sequence([shared])
         frames = []
-        for position in positions:
+        for position, intercept in zip(positions, intercepts):
             item, pos = Dataset(), Dataset()
             pos.ImagePositionPatient = [float(v) for v in position]
             item.PlanePositionSequence = Sequence([pos])
+            if per_frame_intercepts is not None:
+                item.PixelValueTransformationSequence = Sequence([_rescale(float(intercept))])
             frames.append(item)
         ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     return ds
+
+
+def _rescale(intercept: float) -> Dataset:
+    transform = Dataset()
+    transform.RescaleIntercept = intercept
+    transform.RescaleSlope = 1.0
+    transform.RescaleType = "HU"
+    return transform
 
 
 def test_enhanced_multiframe_ct_is_read_in_hu_and_position_order(tmp_path: Path) -> None:
@@ -392,6 +404,17 @@ def test_enhanced_multiframe_ct_is_read_in_hu_and_position_order(tmp_path: Path)
     header = read_header(path)
     assert header.n_frames == 6
     assert select_series([header], min_slices=6).reason == "CT series with 6 slices"
+
+
+def test_enhanced_multiframe_with_per_frame_rescale(tmp_path: Path) -> None:
+    G = ground_truth((6, 5, 4))
+    pixels, positions, _ = cut_slices(G, *AXIAL)
+    shuffle = np.array([5, 2, 0, 4, 1, 3])
+    intercepts = [-1024.0, -1000.0, -900.0, -1100.0, -800.0, -1024.0]
+    path = tmp_path / "enhanced.dcm"
+    _enhanced_ct(pixels[shuffle], positions[shuffle], per_frame_intercepts=intercepts).save_as(
+        path, enforce_file_format=True)
+    assert np.array_equal(load_volume([path]).voxels, G.astype(np.float32))
 
 
 def test_multiframe_without_functional_groups_is_rejected(tmp_path: Path) -> None:
@@ -414,6 +437,7 @@ def test_series_of_several_multiframe_files_is_rejected_not_crashed(tmp_path: Pa
         load_volume(paths)
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
 def test_malformed_number_of_frames_is_a_corrupt_file_not_a_crash(tmp_path: Path) -> None:
     G = ground_truth((1, 5, 4))
     ds = ct_slice(G[0], ORIGIN_XYZ, study_uid=generate_uid(), series_uid=generate_uid(), number=1)
