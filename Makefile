@@ -17,5 +17,10 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
+# Archive scorer: decode-only, inference-only and end-to-end throughput in one run
+# -> bench/results/scoring.json (pipeline_efficiency, worker_scaling).
+bench: venv
+	$(PY) -m bench.scoring
+
 clean:
 	rm -rf runs .bentoml .cache .pytest_cache

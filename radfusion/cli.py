@@ -51,16 +51,29 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
-    from serving.score import score_archive
+    from serving.score import ResumeError, score_archive
 
-    summary = score_archive(
-        archive=Path(args.archive),
-        model_path=Path(args.model),
-        out=Path(args.out),
-        genomics=Path(args.genomics) if args.genomics else None,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    try:
+        summary = score_archive(
+            archive=args.archive,
+            model_path=Path(args.model),
+            out=Path(args.out),
+            genomics=Path(args.genomics) if args.genomics else None,
+            batch_size=args.batch_size,
+            device=args.device,
+            workers=args.workers,
+            engine=args.engine,
+            chunk_size=args.chunk_size,
+            fresh=args.fresh,
+            threads=args.threads,
+            ray_actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor,
+        )
+    except ResumeError as exc:
+        sys.exit(f"radfusion score: {exc}")
+    except KeyboardInterrupt:
+        print("interrupted: committed rows are kept; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
     print(json.dumps(summary, indent=2))
 
 
@@ -111,13 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-register", action="store_true", help="skip the BentoML model store")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("score", help="score every study of an archive into Parquet")
-    p.add_argument("--archive", required=True)
+    p = sub.add_parser("score", help="score every study of an archive into Parquet (resumable)")
+    p.add_argument("--archive", required=True, help="folder tree (zip files inside are read too), a .zip, or a DICOMweb root URL")
     p.add_argument("--model", required=True, help="ONNX file written by radfusion export")
     p.add_argument("--genomics", help="genomics table (Parquet/CSV), joined on PatientID")
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", required=True, help="Parquet file; <out>.parts holds committed rows while running")
+    p.add_argument("--batch-size", type=int, default=16, help="studies per ONNX Runtime call")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--workers", type=int, default=None, help="processes that read and preprocess studies (default: CPU count; 0: none)")
+    p.add_argument("--chunk-size", type=int, default=256, help="rows per committed part file")
+    p.add_argument("--fresh", action="store_true", help="ignore rows of an earlier run and score everything again")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data on RAY_ADDRESS or a local Ray")
+    p.add_argument("--actors", type=int, default=1, help="ray engine: inference actors, one ORT session each")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray engine: GPUs per inference actor (fractions allowed)")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("serve", help="run the BentoML HTTP service")

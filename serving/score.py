@@ -1,200 +1,142 @@
 """Score every study of an archive into one Parquet file: one row per study.
 
-    radfusion score --archive DIR --genomics FILE --model M.onnx --out scores.parquet
+    radfusion score --archive DIR|ZIP|URL --genomics FILE --model M.onnx --out scores.parquet
 
-Studies are found by content (radfusion.dicom.find_studies), joined to genomics by
-PatientID, prepared with the shared preprocessing and run through ONNX Runtime in
-batches. A study that cannot be read gets a row with ``error`` set ("<kind>: <reason>")
-and never stops the run or costs the other studies of its batch. The Parquet file is
-written under a temporary name and renamed, so a reader never sees half a file."""
+The archive is a folder tree (any ``*.zip`` inside is read too), a zip file, or a
+DICOMweb root URL (QIDO-RS lists the studies, WADO-RS fetches each one). Studies are
+joined to genomics by PatientID, prepared with the shared preprocessing in worker
+processes and run through ONNX Runtime in batches, all three stages overlapping
+(serving/scoring/local_engine.py), or on Ray Data with ``engine="ray"``
+(serving/scoring/ray_engine.py).
+
+A study that cannot be read gets a row with ``error`` set ("<kind>: <reason>") and
+never stops the run or costs the other studies of its batch. Rows are committed in part
+files and compacted at the end (serving/scoring/writer.py): interrupt the run (Ctrl-C,
+kill -9) and run the same command again, and every study still ends with exactly one
+row. The output file is only ever replaced whole."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from radfusion.contract import ModelContract
-from radfusion.dicom import find_studies
-from radfusion.errors import RadfusionInputError
-from radfusion.genomics import load_genomics_table, row_as_mapping
-from radfusion.predictor import PreparedCase, prepare_case
+from radfusion.genomics import load_genomics_table
 from radfusion.runtime import OnnxModel
 from serving.modelref import resolve_model_path
+from serving.scoring.progress import Progress
+from serving.scoring.rows import error_kind, output_schema, prob_column
+from serving.scoring.sources import is_dicomweb
+from serving.scoring.writer import PartWriter, ResumeError
+
+__all__ = ["ResumeError", "output_schema", "prob_column", "score_archive"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Pending:
-    row: dict
-    case: PreparedCase
-
-
-def output_schema(contract: ModelContract) -> pa.Schema:
-    return pa.schema(
-        [
-            ("study_instance_uid", pa.string()),
-            ("patient_id", pa.string()),
-            ("series_instance_uid", pa.string()),
-            ("predicted_label", pa.string()),
-            *[(prob_column(label), pa.float64()) for label in contract.labels],
-            ("modalities_used", pa.string()),
-            ("model_name", pa.string()),
-            ("model_version", pa.string()),
-            ("error", pa.string()),
-        ]
-    )
-
-
-def prob_column(label: str) -> str:
-    return f"prob_{label}"
-
-
-def _empty_row(contract: ModelContract, study_uid: str, patient_id: str) -> dict:
-    row = dict.fromkeys(output_schema(contract).names)
-    row.update(
-        study_instance_uid=study_uid,
-        patient_id=patient_id,
-        model_name=contract.name,
-        model_version=contract.version,
-    )
-    return row
-
-
-def _fill(row: dict, contract: ModelContract, case: PreparedCase, probabilities: np.ndarray) -> None:
-    for label, p in zip(contract.labels, probabilities):
-        row[prob_column(label)] = float(p)
-    row["predicted_label"] = contract.labels[int(np.argmax(probabilities))]
-    row["modalities_used"] = ",".join(case.inputs.modalities_used)
-    row["series_instance_uid"] = case.study.series_uid if case.study is not None else None
-
-
-def _run(model: OnnxModel, cases: list[PreparedCase]) -> np.ndarray:
-    return model.run(
-        np.stack([c.inputs.image for c in cases]),
-        np.stack([c.inputs.genomics for c in cases]),
-        np.stack([c.inputs.presence for c in cases]),
-    )
-
-
-def _flush(model: OnnxModel, pending: list[_Pending]) -> None:
-    """Infer a batch; if the batch fails, retry case by case so only the culprit fails."""
-    if not pending:
-        return
-    try:
-        probabilities = _run(model, [p.case for p in pending])
-    except Exception:  # noqa: BLE001 - isolate the case that breaks the runtime
-        for item in pending:
-            try:
-                _fill(item.row, model.contract, item.case, _run(model, [item.case])[0])
-            except Exception as exc:  # noqa: BLE001
-                item.row["error"] = f"inference_failed: {type(exc).__name__}"
-    else:
-        for item, probs in zip(pending, probabilities):
-            _fill(item.row, model.contract, item.case, probs)
-    pending.clear()
-
-
-def _prepare(contract: ModelContract, paths: list[Path], genomics: dict | None) -> PreparedCase | str:
-    """The prepared case, or the error text for the row."""
-    try:
-        return prepare_case(contract, paths, genomics)
-    except RadfusionInputError as exc:
-        return f"{exc.kind}: {exc.message}"
-    except Exception as exc:  # noqa: BLE001 - one unreadable study never stops the archive
-        # Exception messages can quote header values (names, IDs): keep only the type.
-        return f"unprocessable_study: study could not be read ({type(exc).__name__})"
-
-
-def score_rows(
-    model: OnnxModel,
-    studies: Iterable[tuple[str, str, list[Path]]],
-    genomics: pd.DataFrame | None,
-    batch_size: int = 16,
-    progress: bool = True,
-    total: int | None = None,
-) -> list[dict]:
-    """Rows for (study_uid, patient_id, paths) items, in input order."""
-    contract = model.contract
-    rows: list[dict] = []
-    pending: list[_Pending] = []
-    for study_uid, patient_id, paths in tqdm(
-        studies, total=total, desc="scoring", unit="study", disable=not progress
-    ):
-        row = _empty_row(contract, study_uid, patient_id)
-        rows.append(row)
-        mapping = row_as_mapping(genomics, patient_id) if genomics is not None else None
-        prepared = _prepare(contract, paths, mapping)
-        if isinstance(prepared, str):
-            row["error"] = prepared
-            continue
-        pending.append(_Pending(row, prepared))
-        if len(pending) >= batch_size:
-            _flush(model, pending)
-    _flush(model, pending)
-    return rows
-
-
-def write_parquet_atomically(table: pa.Table, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
 
 
 def score_archive(
-    archive: Path,
+    archive: Path | str,
     model_path: Path | str,
     out: Path,
     genomics: Path | None = None,
     batch_size: int = 16,
     device: str = "auto",
     progress: bool = True,
+    *,
+    workers: int | None = None,
+    engine: str = "local",
+    chunk_size: int = 256,
+    fresh: bool = False,
+    threads: int | None = None,
+    ray_actors: int = 1,
+    gpus_per_actor: float = 0.0,
 ) -> dict:
-    """Score every study under ``archive``; returns a summary of the run."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+    """Score every study of ``archive``; returns a summary of the run.
+
+    ``workers``: processes that read and preprocess studies (0: all in this process).
+    ``chunk_size``: rows per committed part file. ``fresh``: ignore earlier results.
+    ``threads``: ONNX Runtime intra-op threads (default: ORT's choice).
+    ``ray_actors`` / ``gpus_per_actor``: the Ray engine's inference actor pool."""
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError("batch_size and chunk_size must be at least 1")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r} (use 'local' or 'ray')")
+    workers = default_workers() if workers is None else workers
     started = time.perf_counter()
-    archive, out = Path(archive), Path(out)
-    model = OnnxModel(resolve_model_path(model_path), device=device)
+    out = Path(out)
+    archive = str(archive) if is_dicomweb(archive) else str(Path(archive).resolve())
+    model_file = resolve_model_path(model_path)
+    model = OnnxModel(model_file, device=device, threads=threads)
     table = load_genomics_table(genomics) if genomics is not None else None
-    discovery = find_studies(archive)
-    log.info(
-        "scoring %d studies (%d files skipped) with %s %s on %s",
-        len(discovery.studies),
-        len(discovery.skipped),
-        model.contract.name,
-        model.contract.version,
-        model.provider,
-    )
-    studies = (
-        (uid, files.patient_id, [h.path for h in files.instances])
-        for uid, files in sorted(discovery.studies.items())
-    )
-    rows = score_rows(model, studies, table, batch_size, progress, total=len(discovery.studies))
-    schema = output_schema(model.contract)
-    write_parquet_atomically(pa.Table.from_pylist(rows, schema=schema), out)
-    failed = sum(row["error"] is not None for row in rows)
-    return {
-        "studies": len(rows),
-        "scored": len(rows) - failed,
-        "failed": failed,
-        "skipped_files": len(discovery.skipped),
-        "out": str(out),
+    identity = {
         "model": f"{model.contract.name}:{model.contract.version}",
-        "provider": model.provider,
-        "seconds": round(time.perf_counter() - started, 3),
+        "model_sha256": _sha256(model_file),
+        "genomics_sha256": _sha256(Path(genomics)) if genomics is not None else None,
+        "archive": archive,
     }
+    writer = PartWriter(out, output_schema(model.contract), identity, chunk_size=chunk_size, fresh=fresh)
+    log.info("scoring with %s on %s, engine %s, %d workers, batch %d",
+             identity["model"], model.provider, engine, workers, batch_size)
+    meter = Progress(enabled=progress)
+    try:
+        if engine == "ray":
+            from serving.scoring.ray_engine import RayEngine
+
+            stats = RayEngine(model_file, model.contract, batch_size, ray_actors, gpus_per_actor, device).run(
+                archive, table, writer, meter)
+        else:
+            from serving.scoring.local_engine import LocalEngine
+
+            stats = LocalEngine(model, workers, batch_size).run(archive, table, writer, meter)
+        meter.close()
+        result = writer.finish()
+    except KeyboardInterrupt:
+        writer.commit()  # what is finished stays finished
+        writer.close()
+        log.warning("interrupted: %d rows committed this run; run the same command again to resume",
+                    writer.committed_this_run)
+        raise
+    except BaseException:
+        writer.close()
+        raise
+    seconds = time.perf_counter() - started
+    summary = _summary(result, stats, writer.committed_this_run, seconds)
+    summary.update(out=str(out), model=identity["model"], provider=model.provider, engine=engine,
+                   workers=workers, batch_size=batch_size)
+    log.info("scored %d, failed %d %s, %.1f studies/s", summary["scored"], summary["failed"],
+             summary["failed_by_reason"], summary["studies_per_second"])
+    return summary
+
+
+def _summary(result: pa.Table, stats, processed: int, seconds: float) -> dict:
+    errors = result.column("error").to_pylist()
+    by_reason = Counter(error_kind(e) for e in errors if e is not None)
+    failed = sum(by_reason.values())
+    return {
+        "studies": result.num_rows,
+        "scored": result.num_rows - failed,
+        "failed": failed,
+        "failed_by_reason": dict(sorted(by_reason.items())),
+        "skipped_files": stats.skipped_files,
+        "processed_this_run": processed,
+        "taken_from_earlier_runs": stats.already_done,
+        "seconds": round(seconds, 3),
+        "studies_per_second": round(processed / seconds, 2) if seconds > 0 else 0.0,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

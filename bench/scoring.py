@@ -1,0 +1,175 @@
+"""Archive-scorer benchmark: in one run, on one archive, with one model.
+
+    python -m bench.scoring [--studies 300] [--workers 2] [--batch-size 16]
+
+Measures, in studies per second:
+- decode_only: the scorer's pipeline (discovery + fetch/decode/preprocess in the
+  worker pool) with inference left out;
+- inference_only: batched ONNX Runtime over those prepared inputs, nothing else;
+- end_to_end: ``score_archive`` itself (model load, discovery, workers, inference,
+  committed Parquet parts, compaction), with ``--workers`` and with 1 worker.
+
+Ratios: ``pipeline_efficiency`` = end_to_end / min(decode_only, inference_only): how
+close the overlapped pipeline gets to its slowest stage (1.0 = perfect overlap);
+``worker_scaling`` = end_to_end(workers) / end_to_end(1 worker). On a machine whose
+cores are shared by every stage the stages compete, so efficiency depends on how
+unequal they are; absolute numbers are noise on shared machines, the ratios are not.
+
+The archive is a synthetic cohort (radfusion.synth) and the model an untrained fusion
+network exported exactly like ``radfusion export`` does, with the demo's geometry
+(configs/data/synthetic.yaml, configs/model/fusion_cpu.yaml). Both are cached under
+``--work``. Results: bench/results/scoring.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "scoring.json"
+DEMO_GEOMETRY = dict(target_shape=(32, 48, 48), target_spacing=(5.0, 8.0, 8.0), window=(-150.0, 250.0))
+DEMO_NET = dict(image_encoder="densenet", image_widths=(16, 8), embed_dim=64, genomics_hidden=16)
+
+
+def build_cohort(work: Path, studies: int, slices: int, size: int) -> Path:
+    from radfusion.synth import generate_cohort
+
+    cohort = work / f"cohort-{studies}x{slices}x{size}"
+    if not (cohort / "cohort.json").exists():
+        generate_cohort(cohort, n_patients=studies, seed=0, n_slices=slices, rows=size, cols=size,
+                        workers=os.cpu_count() or 1)
+    return cohort
+
+
+def build_model(cohort: Path, path: Path) -> Path:
+    """An untrained fusion model with the demo geometry and the cohort's gene panel."""
+    if path.exists():
+        return path
+    import torch
+
+    from radfusion.contract import ImageGeometry, ModelContract
+    from radfusion.genomics import feature_columns, load_genomics_table
+    from radfusion.preprocess import fit_gene_panel
+    from training.export import export_onnx
+    from training.model import FusionNet
+
+    table = load_genomics_table(cohort / "genomics.parquet")
+    contract = ModelContract(
+        name="bench-fusion", version="0.0.0-bench", task="classification:response",
+        labels=["non-responder", "responder"], positive_label="responder",
+        image=ImageGeometry(spatial_dims=3, modalities=("CT",), min_slices=8, **DEMO_GEOMETRY),
+        genomics=fit_gene_panel(table, feature_columns(table)),
+        trained_modalities=["image", "genomics"], may_be_missing=["image", "genomics"], cohort_hash="bench",
+    )
+    torch.manual_seed(0)
+    net = FusionNet(n_genes=len(contract.genomics.features), n_classes=2, modalities=("image", "genomics"),
+                    **DEMO_NET).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(net, contract, path)
+    return path
+
+
+class _NoWriter:
+    """Rows go nowhere: the decode-only run measures the pipeline without output."""
+
+    def should_score(self, study) -> bool:
+        return True
+
+    def add(self, row: dict) -> None:
+        pass
+
+
+def decode_only(archive: Path, model_path: Path, genomics, workers: int, batch_size: int) -> tuple[float, list]:
+    from radfusion.runtime import OnnxModel
+    from serving.scoring.local_engine import LocalEngine
+    from serving.scoring.progress import Progress
+
+    kept: list = []
+
+    class DecodeOnly(LocalEngine):
+        def _infer(self, n: int) -> None:
+            batch, self._batch = self._batch[:n], self._batch[n:]
+            kept.extend(p.inputs for p in batch)
+            self._emit([p.row for p in batch])
+
+    engine = DecodeOnly(OnnxModel(model_path, device="cpu"), workers=workers, batch_size=batch_size)
+    started = time.perf_counter()
+    stats = engine.run(str(archive), genomics, _NoWriter(), Progress(enabled=False))
+    return stats.discovered / (time.perf_counter() - started), kept
+
+
+def inference_only(model_path: Path, inputs: list, batch_size: int) -> float:
+    from radfusion.runtime import OnnxModel
+    from serving.scoring.inference import run_inputs
+
+    model = OnnxModel(model_path, device="cpu")
+    run_inputs(model, inputs[:batch_size])  # warm-up: first call allocates
+    started = time.perf_counter()
+    for i in range(0, len(inputs), batch_size):
+        run_inputs(model, inputs[i : i + batch_size])
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def end_to_end(archive: Path, model_path: Path, genomics_file: Path, out: Path, workers: int, batch_size: int) -> float:
+    from serving.score import score_archive
+
+    started = time.perf_counter()
+    summary = score_archive(archive, model_path, out, genomics=genomics_file, batch_size=batch_size, device="cpu",
+                            progress=False, workers=workers, fresh=True)
+    return summary["processed_this_run"] / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=300)
+    parser.add_argument("--slices", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-scoring")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from radfusion.genomics import load_genomics_table
+
+    cohort = build_cohort(args.work, args.studies, args.slices, args.size)
+    model = build_model(cohort, args.work / "model.onnx")
+    archive, genomics_file = cohort / "dicom", cohort / "genomics.parquet"
+    genomics = load_genomics_table(genomics_file)
+
+    decode_sps, inputs = decode_only(archive, model, genomics, args.workers, args.batch_size)
+    infer_sps = inference_only(model, inputs, args.batch_size)
+    e2e_sps = end_to_end(archive, model, genomics_file, args.work / "scores.parquet", args.workers, args.batch_size)
+    e2e_one_sps = end_to_end(archive, model, genomics_file, args.work / "scores-1.parquet", 1, args.batch_size)
+
+    result = {
+        "pipeline_efficiency": round(e2e_sps / min(decode_sps, infer_sps), 3),
+        "worker_scaling": round(e2e_sps / e2e_one_sps, 3),
+        "studies_per_second": {
+            "decode_only": round(decode_sps, 2),
+            "inference_only": round(infer_sps, 2),
+            "end_to_end": round(e2e_sps, 2),
+            "end_to_end_1_worker": round(e2e_one_sps, 2),
+        },
+        "bottleneck": "decode" if decode_sps < infer_sps else "inference",
+        "setup": {
+            "studies": args.studies, "slices": args.slices, "size": args.size, "workers": args.workers,
+            "batch_size": args.batch_size, "target_shape": DEMO_GEOMETRY["target_shape"], "net": DEMO_NET,
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "prepared_inputs": len(inputs),
+            "image_bytes_per_study": int(np.prod(DEMO_GEOMETRY["target_shape"])) * 4,
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

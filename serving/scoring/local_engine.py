@@ -1,0 +1,196 @@
+"""The local engine: one machine, a pool of worker processes, one ONNX Runtime session.
+
+Three stages overlap. Worker processes read headers (discovery, unit by unit) and
+prepare studies (fetch, decode, preprocess); the main process assembles studies from
+scanned units, hands them out, batches the prepared ones and runs inference while the
+workers go on with the next studies. The work in flight is bounded (``prefetch`` tasks
+per worker), so memory stays flat on any archive size.
+
+A worker that dies (a decoder crashing on a hostile file) breaks the pool: the pool is
+restarted and the work that was in flight is retried one task at a time, so that only
+the study that kills a worker gets an error row ("worker_crashed: ...")."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import pandas as pd
+
+from radfusion.genomics import row_as_mapping
+from radfusion.runtime import OnnxModel
+from serving.scoring import prepare
+from serving.scoring.inference import infer_batch
+from serving.scoring.prepare import PreparedStudy
+from serving.scoring.progress import Progress
+from serving.scoring.rows import new_row
+from serving.scoring.sources import ScanUnit, StudyAssembler, StudyRef, is_dicomweb, list_units
+from serving.scoring.writer import PartWriter
+
+# Keep this many studies found but not yet handed out, per worker, before scanning more.
+READY_PER_WORKER = 8
+
+Task = ScanUnit | StudyRef
+
+
+@dataclass
+class EngineStats:
+    discovered: int = 0  # studies found in the archive (a re-released study counts once more)
+    already_done: int = 0  # found with a committed row from an earlier run: not scored again
+    skipped_files: int = 0  # files that are not readable DICOM (or zip)
+
+
+class _InlineExecutor(Executor):
+    """``--workers 0``: everything in the main process, in order (debugging, tiny jobs)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - delivered through the future, as a pool would
+            future.set_exception(exc)
+        return future
+
+
+class LocalEngine:
+    def __init__(self, model: OnnxModel, workers: int, batch_size: int, prefetch: int = 4,
+                 prepare_fn: Callable[..., PreparedStudy] = prepare.prepare_task):
+        self.model, self.contract = model, model.contract
+        self.workers, self.batch_size = workers, batch_size
+        self.max_in_flight = max(1, workers * prefetch)
+        self.prepare_fn = prepare_fn  # module-level, so that it pickles to the workers
+
+    def run(self, archive: str, genomics: pd.DataFrame | None, writer: PartWriter, progress: Progress) -> EngineStats:
+        self.stats = EngineStats()
+        self._genomics, self._writer, self._progress = genomics, writer, progress
+        self._units: Iterator[ScanUnit] | None = iter(list_units(archive))
+        self._assembler = StudyAssembler(str(archive).rstrip("/") if is_dicomweb(archive) else None)
+        self._assembled = False
+        self._ready: deque[StudyRef] = deque()
+        self._suspects: deque[Task] = deque()  # in flight when a worker died
+        self._in_flight: dict[Future, Task] = {}
+        self._batch: list[PreparedStudy] = []
+        self._pool = self._new_pool()
+        try:
+            self._loop()
+            self._infer(len(self._batch))
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self.stats.skipped_files = self._assembler.skipped_files
+        return self.stats
+
+    def _loop(self) -> None:
+        while True:
+            if self._suspects:
+                if not self._in_flight:
+                    self._submit(self._suspects.popleft())
+            else:
+                self._feed_scans()
+                self._feed_prepares()
+            if not self._in_flight:
+                if self._assembled and not self._ready and not self._suspects:
+                    return
+                continue
+            done, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
+            self._collect(done)
+            while len(self._batch) >= self.batch_size:
+                self._infer(self.batch_size)
+            if self._batch and not any(isinstance(t, StudyRef) for t in self._in_flight.values()):
+                self._infer(len(self._batch))  # nothing else coming soon: do not sit on a partial batch
+
+    def _feed_scans(self) -> None:
+        scans = sum(isinstance(t, ScanUnit) for t in self._in_flight.values())
+        low_water = max(1, self.workers) * READY_PER_WORKER
+        while self._units is not None and scans < max(1, self.workers) and len(self._ready) < low_water:
+            unit = next(self._units, None)
+            if unit is None:
+                self._units = None
+                break
+            self._submit(unit)
+            scans += 1
+        if self._units is None and not scans and not self._assembled:
+            self._assembled = True
+            self._release(self._assembler.finish())
+            self._progress.discovery_finished()
+
+    def _feed_prepares(self) -> None:
+        while self._ready and len(self._in_flight) < self.max_in_flight:
+            self._submit(self._ready.popleft())
+
+    def _submit(self, task: Task) -> None:
+        if isinstance(task, ScanUnit):
+            future = self._pool.submit(prepare.scan_task, task)
+        else:
+            mapping = row_as_mapping(self._genomics, task.patient_id) if self._genomics is not None else None
+            future = self._pool.submit(self.prepare_fn, task, mapping)
+        self._in_flight[future] = task
+
+    def _collect(self, done) -> None:
+        broken = False
+        for future in done:
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                broken = True
+                continue
+            task = self._in_flight.pop(future)
+            if isinstance(task, ScanUnit):
+                self._release(self._assembler.add(result))
+            elif result.inputs is None:
+                self._emit([result.row])
+            else:
+                self._batch.append(result)
+        if broken:
+            self._restart_pool()
+
+    def _release(self, studies: list[StudyRef]) -> None:
+        for study in studies:
+            self.stats.discovered += 1
+            if self._writer.should_score(study):
+                self._ready.append(study)
+                self._progress.found(1)
+            else:
+                self.stats.already_done += 1
+
+    def _infer(self, n: int) -> None:
+        batch, self._batch = self._batch[:n], self._batch[n:]
+        infer_batch(self.model, batch)
+        self._emit([p.row for p in batch])
+
+    def _emit(self, rows: list[dict]) -> None:
+        for row in rows:
+            self._writer.add(row)
+        self._progress.advance(rows)
+
+    def _new_pool(self) -> Executor:
+        if self.workers == 0:
+            prepare.set_contract(self.contract)
+            return _InlineExecutor()
+        # spawn, not fork: the parent holds threads (ORT, the pool's) that a fork copies broken.
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=prepare.init_worker,
+            initargs=(self.contract, os.getpid()),
+        )
+
+    def _restart_pool(self) -> None:
+        """A worker died. Alone in flight, the task is the culprit; otherwise every task
+        that was in flight becomes a suspect, to be retried alone."""
+        lost = list(self._in_flight.values())
+        self._in_flight.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._new_pool()
+        if len(lost) > 1:
+            self._suspects.extend(lost)
+        elif isinstance(lost[0], StudyRef):
+            row = new_row(self.contract, lost[0].study_uid, lost[0].patient_id, lost[0].n_instances)
+            row["error"] = "worker_crashed: the process preparing this study died"
+            self._emit([row])
+        else:  # a unit whose headers kill the reader: its files count as unreadable
+            self._assembler.skipped_files += max(1, len(lost[0].names))

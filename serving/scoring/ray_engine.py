@@ -1,0 +1,130 @@
+"""The Ray engine (``radfusion score --engine ray``): the same per-study functions as the
+local engine, on Ray Data, for archives too big for one machine.
+
+    read (the studies still to score) -> map(prepare_study) -> map_batches(InferenceActor)
+
+``prepare_study`` (fetch, decode, preprocess) runs as Ray tasks on any node's CPUs; a
+fixed pool of ``actors`` actors each holds one ONNX Runtime session (loaded once, with
+``gpus_per_actor`` GPUs each, fractions allowed) and runs ``infer_batch``. The rows
+stream back to the driver, which writes them with the same PartWriter as the local
+engine: same Parquet output, same resume behaviour.
+
+Where it runs: an already initialised Ray (``ray.init`` in your code), else the cluster
+named by ``RAY_ADDRESS`` (e.g. ``RAY_ADDRESS=ray://head:10001`` or ``auto`` on a
+cluster node), else a local Ray instance on this machine. On a cluster, every node
+needs radfusion installed (with the ``cpu`` or ``gpu`` extra) and must reach the
+archive: a shared file system path, or a DICOMweb URL. The model file is shipped to
+the actors through Ray's object store, so it need only exist on the driver.
+
+Discovery (reading the headers) runs in the driver before the Ray pipeline starts."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from radfusion.contract import MODALITIES, ModelContract
+from radfusion.genomics import row_as_mapping
+from radfusion.predictor import pack, unpack
+from radfusion.preprocess import ModelInputs
+from serving.scoring.inference import infer_batch
+from serving.scoring.local_engine import EngineStats
+from serving.scoring.prepare import PreparedStudy, prepare_study
+from serving.scoring.progress import Progress
+from serving.scoring.sources import StudyAssembler, StudyRef, is_dicomweb, list_units, scan_unit
+from serving.scoring.writer import PartWriter
+
+
+def prepare_row(item: dict, contract: ModelContract) -> dict:
+    """Ray task: one study -> its row (pickled) and its packed model inputs."""
+    study, genomics = pickle.loads(item["task"])
+    prepared = prepare_study(contract, study, genomics)
+    width = int(np.prod(contract.image.target_shape)) + len(contract.genomics.features) + len(MODALITIES)
+    packed = pack([prepared.inputs])[0] if prepared.inputs is not None else np.zeros(width, np.float32)
+    return {"row": pickle.dumps(prepared.row), "ok": prepared.inputs is not None, "inputs": packed}
+
+
+class InferenceActor:
+    """Holds one ONNX Runtime session for its whole life; infers batches of rows."""
+
+    def __init__(self, model_bytes, device: str = "auto"):
+        import ray
+
+        from radfusion.runtime import OnnxModel
+
+        if isinstance(model_bytes, ray.ObjectRef):
+            model_bytes = ray.get(model_bytes)
+        folder = Path(tempfile.mkdtemp(prefix="radfusion-model-"))
+        (folder / "model.onnx").write_bytes(model_bytes)
+        self.model = OnnxModel(folder / "model.onnx", device=device)
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [pickle.loads(r) for r in batch["row"]]
+        images, genomics, presence = unpack(np.asarray(batch["inputs"], dtype=np.float32), self.model.contract)
+        ready = [
+            PreparedStudy(row, ModelInputs(images[i], genomics[i], presence[i],
+                                           [m for m, p in zip(MODALITIES, presence[i]) if p > 0]))
+            for i, row in enumerate(rows) if batch["ok"][i]
+        ]
+        infer_batch(self.model, ready)
+        return {"row": np.array([pickle.dumps(r) for r in rows], dtype=object)}
+
+
+class RayEngine:
+    def __init__(self, model_file: Path, contract: ModelContract, batch_size: int, actors: int = 1,
+                 gpus_per_actor: float = 0.0, device: str = "auto"):
+        self.model_file, self.contract = Path(model_file), contract
+        self.batch_size, self.actors, self.gpus_per_actor, self.device = batch_size, actors, gpus_per_actor, device
+
+    def run(self, archive: str, genomics: pd.DataFrame | None, writer: PartWriter, progress: Progress) -> EngineStats:
+        import ray
+
+        if not ray.is_initialized():
+            # ray.init() joins the cluster in RAY_ADDRESS; options like the dashboard
+            # belong to a cluster being started, so they are given only for a local one.
+            ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(include_dashboard=False)
+        stats = EngineStats()
+        studies = self._discover(archive, stats)
+        todo = [s for s in studies if writer.should_score(s)]
+        stats.already_done = len(studies) - len(todo)
+        progress.found(len(todo))
+        progress.discovery_finished()
+        if not todo:
+            return stats
+        items = [
+            {"task": pickle.dumps((s, row_as_mapping(genomics, s.patient_id) if genomics is not None else None))}
+            for s in todo
+        ]
+        dataset = (
+            ray.data.from_items(items)
+            .map(prepare_row, fn_kwargs={"contract": self.contract})
+            .map_batches(
+                InferenceActor,
+                fn_constructor_kwargs={"model_bytes": ray.put(self.model_file.read_bytes()), "device": self.device},
+                batch_size=self.batch_size,
+                batch_format="numpy",
+                concurrency=self.actors,
+                num_gpus=self.gpus_per_actor,
+            )
+        )
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            rows = [pickle.loads(r) for r in batch["row"]]
+            for row in rows:
+                writer.add(row)
+            progress.advance(rows)
+        return stats
+
+    @staticmethod
+    def _discover(archive: str, stats: EngineStats) -> list[StudyRef]:
+        assembler = StudyAssembler(archive.rstrip("/") if is_dicomweb(archive) else None)
+        studies = [s for unit in list_units(archive) for s in assembler.add(scan_unit(unit))]
+        studies += assembler.finish()
+        stats.discovered = len(studies)
+        stats.skipped_files = assembler.skipped_files
+        return studies

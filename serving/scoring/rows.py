@@ -1,0 +1,66 @@
+"""The output: one row per study, with a fixed schema derived from the model contract.
+
+Timing columns: ``prepare_seconds`` is the study's own fetch + read + preprocess time in
+its worker; ``infer_seconds`` is its share of the batch's inference time (batch time /
+batch size). ``n_instances`` is the number of files (instances) the study had when it
+was scored; a rerun uses it to notice a study that has grown since."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from radfusion.contract import ModelContract
+
+# Error kinds worth another try when the same command is run again; any other error
+# (a corrupt file, a wrong modality) would only fail the same way.
+RETRY_ON_RESUME = frozenset({"fetch_failed", "inference_failed", "worker_crashed"})
+
+
+def prob_column(label: str) -> str:
+    return f"prob_{label}"
+
+
+def output_schema(contract: ModelContract) -> pa.Schema:
+    return pa.schema(
+        [
+            ("study_instance_uid", pa.string()),
+            ("patient_id", pa.string()),
+            ("series_instance_uid", pa.string()),
+            ("predicted_label", pa.string()),
+            *[(prob_column(label), pa.float64()) for label in contract.labels],
+            ("modalities_used", pa.string()),
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("n_instances", pa.int32()),
+            ("prepare_seconds", pa.float64()),
+            ("infer_seconds", pa.float64()),
+            ("error", pa.string()),
+        ]
+    )
+
+
+TIMING_COLUMNS = ("prepare_seconds", "infer_seconds")
+
+
+def new_row(contract: ModelContract, study_uid: str, patient_id: str, n_instances: int) -> dict:
+    row = dict.fromkeys(output_schema(contract).names)
+    row.update(
+        study_instance_uid=study_uid,
+        patient_id=patient_id,
+        model_name=contract.name,
+        model_version=contract.version,
+        n_instances=n_instances,
+    )
+    return row
+
+
+def fill_prediction(row: dict, contract: ModelContract, probabilities: np.ndarray, modalities_used: list[str]) -> None:
+    for label, p in zip(contract.labels, probabilities):
+        row[prob_column(label)] = float(p)
+    row["predicted_label"] = contract.labels[int(np.argmax(probabilities))]
+    row["modalities_used"] = ",".join(modalities_used)
+
+
+def error_kind(error: str | None) -> str | None:
+    return None if error is None else error.split(":", 1)[0]
