@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synth -> train -> evaluate -> export -> serve -> score, on defaults")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--patients", type=int, default=600)
+    p.add_argument("--patients", type=int, default=800)
     p.add_argument("--epochs", type=int, default=30)
     p.set_defaults(func=_demo)
     return parser

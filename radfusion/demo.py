@@ -48,7 +48,7 @@ def _stage(name: str, timings: dict, fn, *args):
     return result
 
 
-def run_demo(out: Path, patients: int = 600, epochs: int = 30, seed: int = 0) -> dict:
+def run_demo(out: Path, patients: int = 800, epochs: int = 30, seed: int = 0) -> dict:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("BENTOML_HOME", str(PROJECT_ROOT / ".bentoml"))

@@ -18,7 +18,7 @@ from monai.transforms import Compose, MapTransform, RandFlipd, RandScaleIntensit
 from radfusion.cohort import cohort_hash, index_studies
 from radfusion.contract import GenePanel, ImageGeometry
 from radfusion.genomics import feature_columns, load_genomics_table
-from radfusion.preprocess import fit_gene_panel
+from radfusion.preprocess import fit_gene_panel, preprocess_genomics
 from radfusion.study import read_study_image
 
 
@@ -126,9 +126,7 @@ class RadfusionDataModule(L.LightningDataModule):
         genes = self.genomics.loc[pid, self.gene_features] if pid in self.genomics.index else None
         has_image = isinstance(row.get("files"), (list, np.ndarray)) and len(row["files"]) > 0
         if genes is not None:
-            mean = np.asarray(self.gene_panel.mean)
-            std = np.asarray(self.gene_panel.std)
-            vector = ((genes.to_numpy(dtype=np.float64) - mean) / std).astype(np.float32)
+            vector = preprocess_genomics(genes.to_dict(), self.gene_panel)
         else:
             vector = np.zeros(self.n_genes, dtype=np.float32)
         return {
