@@ -27,6 +27,8 @@ pytestmark = pytest.mark.slow
 
 UPLOAD_LIMIT = 2 * 1024 * 1024  # small, so the 413 path is cheap to test
 TOL = 1e-5
+TOKEN = "test-token-serving"  # auth itself is tested in test_service_security.py
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -35,9 +37,13 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def server(tiny_onnx_model: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory):
     log_file = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {"BENTOML_HOME": str(bentoml_home), "RADFUSION_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}
+    env = {
+        "BENTOML_HOME": str(bentoml_home),
+        "RADFUSION_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+        "RADFUSION_API_TOKENS": TOKEN,
+    }
     with running_server(tiny_onnx_model, timeout=120, env=env, log_file=log_file) as url:
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
             yield client, log_file
 
 
@@ -220,7 +226,9 @@ def test_burst_is_batched_and_never_fails(server, cohort, predictor) -> None:
         return values["_sum"], values["_count"]
 
     items_before, batches_before = metric_batches()
-    with httpx.Client(base_url=str(client.base_url), timeout=60, limits=httpx.Limits(max_connections=32)) as burst:
+    with httpx.Client(
+        base_url=str(client.base_url), timeout=60, headers=AUTH, limits=httpx.Limits(max_connections=32)
+    ) as burst:
         with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
             responses = list(pool.map(lambda _: burst.post("/predict", json={"genomics": genes}), range(150)))
     assert [r.status_code for r in responses] == [200] * 150

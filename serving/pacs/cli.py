@@ -1,0 +1,125 @@
+"""``radfusion listen`` and ``radfusion pacs-status``: ``main(["listen", ...])``.
+
+    radfusion listen --model model.onnx --work /var/lib/radfusion/pacs \\
+        --ae-title RADFUSION --port 11112 --allow-aet ORTHANC \\
+        --genomics genomics.parquet --send-to ORTHANC@pacs.local:4242
+    radfusion pacs-status --work /var/lib/radfusion/pacs [--json] [--show-uids]
+
+Also runnable as ``python -m serving.pacs.cli listen ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+STOW_TOKEN_ENV = "RADFUSION_STOW_TOKEN"
+
+
+def _listen_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("listen", help="DICOM listener: C-STORE in, prediction SR back to the PACS")
+    p.add_argument("--model", required=True, help="ONNX model file (with its embedded contract)")
+    p.add_argument("--work", required=True, help="folder for received instances, SRs and state.sqlite")
+    p.add_argument("--ae-title", default="RADFUSION", help="this listener's AE title (default RADFUSION)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all; default loopback)")
+    p.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112)")
+    p.add_argument("--allow-aet", action="append", default=[], metavar="AET",
+                   help="calling AE title allowed to associate (repeat; default: any)")
+    p.add_argument("--genomics", help="genomics table (Parquet/CSV) looked up by PatientID; without it: image-only")
+    p.add_argument("--quiet-seconds", type=float, default=30.0,
+                   help="a study is complete after this long without a new instance (default 30)")
+    p.add_argument("--send-to", action="append", default=[], metavar="AET@HOST:PORT",
+                   help="C-STORE the SR to this DICOM peer (repeatable)")
+    p.add_argument("--stow-url", help=f"STOW-RS the SR to this DICOMweb root (bearer token from ${STOW_TOKEN_ENV})")
+    p.add_argument("--on-resend", choices=["ignore", "rescore"], default="ignore",
+                   help="a scored study received again: ignore it (default) or score it again as a new SR version")
+    p.add_argument("--max-attempts", type=int, default=5, help="attempts to score/send before a study fails (default 5)")
+    p.add_argument("--retry-seconds", type=float, default=10.0,
+                   help="first retry delay; doubles each attempt, capped at --retry-cap-seconds (default 10)")
+    p.add_argument("--retry-cap-seconds", type=float, default=600.0)
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="how often pending work is checked (default 1)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def _status_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pacs-status", help="studies the listener received, and where each stands")
+    p.add_argument("--work", required=True, help="the listener's --work folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--show-uids", action="store_true", help="include Study Instance UIDs (identifiers)")
+    p.add_argument("--requeue-failed", action="store_true",
+                   help="give failed studies another try (after fixing the cause)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radfusion")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _listen_parser(sub)
+    _status_parser(sub)
+    return parser
+
+
+def _listen(args: argparse.Namespace) -> None:
+    from serving.pacs.listener import ListenerConfig, run_listener
+    from serving.pacs.pipeline import RetryPolicy
+    from serving.pacs.send import DicomPeer
+    from serving.pacs.state import OnResend
+
+    try:
+        peers = [DicomPeer.parse(text) for text in args.send_to]
+    except ValueError as exc:
+        sys.exit(f"radfusion listen: --send-to {exc}")
+    if not Path(args.model).is_file():
+        sys.exit(f"radfusion listen: no model file at {args.model}")
+    config = ListenerConfig(
+        model=Path(args.model),
+        work=Path(args.work),
+        ae_title=args.ae_title,
+        host=args.host,
+        port=args.port,
+        allowed_calling=args.allow_aet,
+        genomics=Path(args.genomics) if args.genomics else None,
+        quiet_seconds=args.quiet_seconds,
+        send_to=peers,
+        stow_url=args.stow_url,
+        stow_token=os.environ.get(STOW_TOKEN_ENV) or None,
+        on_resend=OnResend(args.on_resend),
+        retry=RetryPolicy(args.max_attempts, args.retry_seconds, args.retry_cap_seconds),
+        poll_seconds=args.poll_seconds,
+        device=args.device,
+    )
+    run_listener(config)
+
+
+def _pacs_status(args: argparse.Namespace) -> None:
+    from serving.pacs.state import StudyState
+    from serving.pacs.status import format_table, status_report
+    from serving.pacs.storage import STATE_FILE
+
+    path = Path(args.work) / STATE_FILE
+    if not path.is_file():
+        sys.exit(f"radfusion pacs-status: no listener state at {path}")
+    state = StudyState(path)
+    try:
+        if args.requeue_failed:
+            print(f"requeued {state.requeue_failed()} failed studies", file=sys.stderr)
+        report = status_report(state, show_uids=args.show_uids)
+    finally:
+        state.close()
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom and highdicom log associations and copied attributes at INFO, with
+    # AE titles and UIDs: keep only their warnings.
+    for noisy in ("pynetdicom", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    {"listen": _listen, "pacs-status": _pacs_status}[args.command](args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,100 @@
+"""The listener process: the Storage SCP in background threads, and the pipeline ticking
+in the foreground until SIGTERM/SIGINT (``radfusion listen``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from radfusion.runtime import OnnxModel
+from serving.pacs.pipeline import Pipeline, RetryPolicy
+from serving.pacs.predict import GenomicsLookup, StudyPredictor
+from serving.pacs.scp import StoreHandler, start_scp
+from serving.pacs.send import CStoreSender, DicomPeer, StowSender
+from serving.pacs.state import OnResend, StudyState
+from serving.pacs.storage import WorkDir
+
+log = logging.getLogger("radfusion.pacs")
+
+
+@dataclass
+class ListenerConfig:
+    model: Path
+    work: Path
+    ae_title: str = "RADFUSION"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_calling: list[str] = field(default_factory=list)  # empty: any calling AE title
+    genomics: Path | None = None
+    quiet_seconds: float = 30.0
+    send_to: list[DicomPeer] = field(default_factory=list)
+    stow_url: str | None = None
+    stow_token: str | None = None
+    on_resend: OnResend = OnResend.IGNORE
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll_seconds: float = 1.0
+    device: str = "auto"
+    shutdown_grace_seconds: float = 10.0
+
+
+def build_pipeline(config: ListenerConfig, state: StudyState, work: WorkDir) -> Pipeline:
+    model = OnnxModel(config.model, device=config.device)
+    predictor = StudyPredictor(model, GenomicsLookup.from_path(config.genomics))
+    senders: list[CStoreSender | StowSender] = [CStoreSender(peer, config.ae_title) for peer in config.send_to]
+    if config.stow_url:
+        senders.append(StowSender(config.stow_url, config.stow_token))
+    log.info(
+        "model %s %s on %s; genomics table: %s; destinations: %s",
+        model.contract.name, model.contract.version, model.provider,
+        "yes" if config.genomics else "none (image-only)",
+        ", ".join(map(str, senders)) or "none (SRs stay on disk)",
+    )
+    return Pipeline(state, work, predictor, senders, config.quiet_seconds, config.retry)
+
+
+def _finish_associations(server, grace: float) -> None:
+    """Let open associations finish for up to ``grace`` seconds, then abort them: their
+    senders were not told "stored" for what was in flight, and send it again."""
+    deadline = time.monotonic() + grace
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for assoc in server.active_associations:
+        assoc.abort()
+
+
+def run_listener(config: ListenerConfig, stop: threading.Event | None = None) -> None:
+    """Serve until ``stop`` is set (by SIGTERM/SIGINT when run from the main thread).
+
+    Studies left pending by an earlier process are picked up by the first tick: their
+    state is in SQLite, their instances on disk."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    work = WorkDir(config.work)
+    state = StudyState(work.state_path)
+    pipeline = build_pipeline(config, state, work)
+    server = start_scp(
+        config.host, config.port, config.ae_title, config.allowed_calling,
+        StoreHandler(work, state, config.on_resend),
+    )
+    log.info(
+        "listening as %s on %s:%d (calling AE titles: %s); resumed: %s",
+        config.ae_title, config.host, config.port, ", ".join(config.allowed_calling) or "any", state.counts(),
+    )
+    try:
+        while not stop.is_set():
+            try:
+                pipeline.tick()
+            except Exception:  # never let one bad tick stop the listener
+                log.exception("pipeline tick failed")
+            stop.wait(config.poll_seconds)
+    finally:
+        server.shutdown()  # no new associations
+        _finish_associations(server, config.shutdown_grace_seconds)
+        state.close()
+        log.info("listener stopped")

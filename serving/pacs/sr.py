@@ -1,0 +1,139 @@
+"""The prediction as a DICOM Comprehensive SR (highdicom), placed in the source study.
+
+Content tree (codes from DCM where one fits, else the private scheme 99RADFUSION):
+
+    CONTAINER  Radfusion prediction report
+      TEXT       Algorithm Name (DCM 111001)       = model name
+      TEXT       Algorithm Version (DCM 111003)    = model version
+      CODE       Predicted class                   = the label
+      CONTAINER  Class probability   (one per label)
+        CODE       Class                           = the label
+        NUM        Probability (DCM 122157)        = p, unit "1" (UCUM)
+      CODE       Input modality used (one per used modality)
+      TEXT       Genomics source                   = table row, or "image-only"
+      IMAGE      Source of Measurement (DCM 121112), one per instance of the scored series
+
+The scored series' instances are also the SR's evidence, so the document references
+the source study, series and instances both in its content and in
+CurrentRequestedProcedureEvidenceSequence. A re-scored study gets the next version: a
+new instance in the same SR series whose PredecessorDocumentsSequence names the old."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from radfusion.contract import ModelContract
+
+SCHEME = "99RADFUSION"
+MANUFACTURER = "radfusion"
+SR_SERIES_NUMBER = 9901
+SERIES_DESCRIPTION = "radfusion prediction (not for diagnostic use without review)"
+
+REPORT = hd.sr.CodedConcept("RF0001", SCHEME, "Radfusion prediction report")
+PREDICTED_CLASS = hd.sr.CodedConcept("RF0002", SCHEME, "Predicted class")
+CLASS_PROBABILITY = hd.sr.CodedConcept("RF0003", SCHEME, "Class probability")
+CLASS = hd.sr.CodedConcept("RF0004", SCHEME, "Class")
+MODALITY_USED = hd.sr.CodedConcept("RF0005", SCHEME, "Input modality used")
+GENOMICS_SOURCE = hd.sr.CodedConcept("RF0006", SCHEME, "Genomics source")
+MODALITY_CODES = {
+    "image": hd.sr.CodedConcept("RF-IMAGE", SCHEME, "Imaging study"),
+    "genomics": hd.sr.CodedConcept("RF-GENOMICS", SCHEME, "Genomic profile"),
+}
+# Attributes highdicom copies from the first evidence instance; real studies may lack
+# some of these type 2 attributes, which are then written empty.
+_COPIED_EMPTY_IF_MISSING = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+)
+
+
+def label_code(label: str) -> hd.sr.CodedConcept:
+    """A code for an output label: the label itself when it fits a Code Value (16
+    characters, no backslash), else a stable hash of it; the meaning is the label."""
+    fits = len(label) <= 16 and re.fullmatch(r"[^\\]+", label)
+    value = label if fits else "L" + hashlib.sha1(label.encode()).hexdigest()[:15]
+    return hd.sr.CodedConcept(value, SCHEME, label[:64])
+
+
+def read_evidence(paths: Sequence[Path]) -> list[Dataset]:
+    """Headers of the source instances (no pixel data), the first one completed with
+    empty type 2 patient/study attributes it lacks."""
+    evidence = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    first = evidence[0]
+    for keyword in _COPIED_EMPTY_IF_MISSING:
+        if keyword not in first:
+            setattr(first, keyword, "")
+    return evidence
+
+
+def _content(contract: ModelContract, result: dict[str, Any], evidence: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    C = hd.sr.RelationshipTypeValues.CONTAINS
+    root = hd.sr.ContainerContentItem(name=REPORT)
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.TextContentItem(codes.DCM.AlgorithmName, contract.name, relationship_type=C),
+        hd.sr.TextContentItem(codes.DCM.AlgorithmVersion, contract.version, relationship_type=C),
+        hd.sr.CodeContentItem(PREDICTED_CLASS, label_code(result["predicted_label"]), relationship_type=C),
+    ]
+    for label, probability in result["probabilities"].items():
+        group = hd.sr.ContainerContentItem(name=CLASS_PROBABILITY, relationship_type=C)
+        group.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.CodeContentItem(CLASS, label_code(label), relationship_type=C),
+                hd.sr.NumContentItem(codes.DCM.Probability, float(probability), codes.UCUM.NoUnits, relationship_type=C),
+            ]
+        )
+        items.append(group)
+    items += [
+        hd.sr.CodeContentItem(MODALITY_USED, MODALITY_CODES[m], relationship_type=C) for m in result["modalities_used"]
+    ]
+    items.append(hd.sr.TextContentItem(GENOMICS_SOURCE, result["genomics_source"], relationship_type=C))
+    items += [
+        hd.sr.ImageContentItem(
+            codes.DCM.SourceOfMeasurement,
+            referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+            relationship_type=C,
+        )
+        for ds in evidence
+    ]
+    root.ContentSequence = hd.sr.ContentSequence(items)
+    return root
+
+
+def build_prediction_sr(
+    contract: ModelContract,
+    result: dict[str, Any],
+    evidence: Sequence[Dataset],
+    sr_series_uid: str,
+    sr_sop_uid: str,
+    version: int,
+    previous: Dataset | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """``evidence``: headers of the scored series' instances (read_evidence)."""
+    sr = hd.sr.ComprehensiveSR(
+        evidence=list(evidence),
+        content=_content(contract, result, evidence),
+        series_instance_uid=sr_series_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=sr_sop_uid,
+        instance_number=version,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,  # a model's output, not verified by a reader
+        previous_versions=[previous] if previous is not None else None,
+        series_description=SERIES_DESCRIPTION,
+    )
+    return sr
+
+
+def new_uid() -> str:
+    return str(hd.UID())
