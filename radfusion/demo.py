@@ -119,6 +119,10 @@ def exercise_service(model: Path, cohort: Path) -> dict:
     from radfusion.predictor import Predictor
     from serving.launch import running_server
 
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    headers = {"Authorization": f"Bearer {token}"}
     studies = index_studies(cohort / "dicom").head(SERVICE_REQUESTS)
     genomics = load_genomics_table(cohort / "genomics.parquet")
     predictor = Predictor.load(model, device="cpu")
@@ -128,7 +132,11 @@ def exercise_service(model: Path, cohort: Path) -> dict:
         genes = row_as_mapping(genomics, row.patient_id)
         data = {"genomics": json.dumps(genes)} if genes is not None else {}
         response = httpx.post(
-            f"{url}/predict", files={"study": ("study.zip", _zip_study(root, row.files), "application/zip")}, data=data, timeout=120
+            f"{url}/predict",
+            files={"study": ("study.zip", _zip_study(root, row.files), "application/zip")},
+            data=data,
+            headers=headers,
+            timeout=120,
         )
         if response.status_code != 200:
             return False, float("nan")
@@ -136,16 +144,19 @@ def exercise_service(model: Path, cohort: Path) -> dict:
         expected = predictor.predict([predictor.prepare([root / f for f in row.files], genes)])[0]["probabilities"]
         return True, max(abs(got[k] - expected[k]) for k in expected)
 
-    with running_server(model) as url:
+    with running_server(model, env={"RADFUSION_API_TOKENS": token}) as url:
         with ThreadPoolExecutor(SERVICE_CLIENTS) as pool:
             results = list(pool.map(lambda row: request(url, row), studies.itertuples()))
-        bad = httpx.post(f"{url}/predict", files={"study": ("x.zip", b"not a zip or dicom", "application/zip")}, timeout=60)
+        garbage = {"study": ("x.zip", b"not a zip or dicom", "application/zip")}
+        bad = httpx.post(f"{url}/predict", files=garbage, headers=headers, timeout=60)
+        anonymous = httpx.post(f"{url}/predict", files=garbage, timeout=60)
     ok = [r for r in results if r[0]]
     return {
         "service_requests_sent": len(results),
         "service_requests_ok": len(ok),
         "service_max_abs_diff_vs_inprocess": max((d for _, d in ok), default=float("nan")),
         "service_bad_input_status": bad.status_code,
+        "service_no_token_status": anonymous.status_code,
     }
 
 
@@ -154,7 +165,10 @@ def print_summary(summary: dict, out: Path) -> None:
     print("\n== radfusion demo ==")
     print(f"held-out AUROC (n={summary['n_test']}): fusion {auroc['fusion']:.3f} | image only {auroc['image_only']:.3f} | genomics only {auroc['genomics_only']:.3f}")
     print(f"ONNX parity max |diff|: {summary['onnx_max_abs_diff']:.2e}   model {summary['bento_model']}")
-    print(f"service: {summary['service_requests_ok']}/{summary['service_requests_sent']} requests ok; bad input -> HTTP {summary['service_bad_input_status']}")
+    print(
+        f"service: {summary['service_requests_ok']}/{summary['service_requests_sent']} requests ok; "
+        f"bad input -> HTTP {summary['service_bad_input_status']}; no token -> HTTP {summary['service_no_token_status']}"
+    )
     print(f"archive: {summary['studies_scored']} studies scored, {summary['studies_failed']} failed")
     print(f"seconds per stage: {summary['seconds']}")
     print(f"summary: {out / 'summary.json'}")
