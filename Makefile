@@ -19,8 +19,11 @@ test: venv
 
 # Archive scorer: decode-only, inference-only and end-to-end throughput in one run
 # -> bench/results/scoring.json (pipeline_efficiency, worker_scaling).
+# HTTP service: adaptive batching on vs off, ONNX Runtime vs PyTorch, in one run
+# -> bench/results/serving.json (batching_speedup, ort_vs_torch, p50/p95 latency).
 bench: venv
 	$(PY) -m bench.scoring
+	$(PY) -m bench.serving
 
 clean:
 	rm -rf runs .bentoml .cache .pytest_cache

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-scoring")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -143,10 +144,18 @@ def main(argv: list[str] | None = None) -> dict:
     archive, genomics_file = cohort / "dicom", cohort / "genomics.parquet"
     genomics = load_genomics_table(genomics_file)
 
-    decode_sps, inputs = decode_only(archive, model, genomics, args.workers, args.batch_size)
-    infer_sps = inference_only(model, inputs, args.batch_size)
-    e2e_sps = end_to_end(archive, model, genomics_file, args.work / "scores.parquet", args.workers, args.batch_size)
-    e2e_one_sps = end_to_end(archive, model, genomics_file, args.work / "scores-1.parquet", 1, args.batch_size)
+    # Interleaved repeats, best of each: other load on a shared machine only ever slows
+    # a run down, and interleaving spreads it over all four measurements alike.
+    runs: dict[str, list[float]] = {"decode_only": [], "inference_only": [], "end_to_end": [], "end_to_end_1_worker": []}
+    for _ in range(args.repeats):
+        sps, inputs = decode_only(archive, model, genomics, args.workers, args.batch_size)
+        runs["decode_only"].append(sps)
+        runs["inference_only"].append(inference_only(model, inputs, args.batch_size))
+        runs["end_to_end"].append(end_to_end(archive, model, genomics_file, args.work / "scores.parquet",
+                                             args.workers, args.batch_size))
+        runs["end_to_end_1_worker"].append(end_to_end(archive, model, genomics_file, args.work / "scores-1.parquet",
+                                                      1, args.batch_size))
+    decode_sps, infer_sps, e2e_sps, e2e_one_sps = (max(runs[k]) for k in runs)
 
     result = {
         "pipeline_efficiency": round(e2e_sps / min(decode_sps, infer_sps), 3),
@@ -157,10 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
             "end_to_end": round(e2e_sps, 2),
             "end_to_end_1_worker": round(e2e_one_sps, 2),
         },
+        "all_runs_studies_per_second": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
         "bottleneck": "decode" if decode_sps < infer_sps else "inference",
         "setup": {
             "studies": args.studies, "slices": args.slices, "size": args.size, "workers": args.workers,
-            "batch_size": args.batch_size, "target_shape": DEMO_GEOMETRY["target_shape"], "net": DEMO_NET,
+            "batch_size": args.batch_size, "repeats": args.repeats, "target_shape": DEMO_GEOMETRY["target_shape"], "net": DEMO_NET,
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "prepared_inputs": len(inputs),
             "image_bytes_per_study": int(np.prod(DEMO_GEOMETRY["target_shape"])) * 4,
         },

@@ -10,6 +10,13 @@ import sys
 from pathlib import Path
 
 
+# Subcommands whose arguments are parsed by their own module (listed here for --help).
+PACS_COMMANDS = {
+    "listen": "DICOM listener: C-STORE in, prediction SR back to the PACS (see radfusion listen --help)",
+    "pacs-status": "listener state: received, pending, scored, sent, failed",
+}
+
+
 def _synth(args: argparse.Namespace) -> None:
     from radfusion.synth import generate_cohort
 
@@ -112,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_synth)
 
     sub.add_parser("train", help="train with LightningCLI: radfusion train --config A.yaml [--config B.yaml] [--key value]")
+    for name, text in PACS_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
 
     p = sub.add_parser("evaluate", help="held-out metrics for checkpoints (NAME=PATH ...)")
     p.add_argument("--checkpoint", action="append", required=True)
@@ -134,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes that read and preprocess studies (default: CPU count; 0: none)")
     p.add_argument("--chunk-size", type=int, default=256, help="rows per committed part file")
     p.add_argument("--fresh", action="store_true", help="ignore rows of an earlier run and score everything again")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: cores left free by the workers, at least 1)")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data on RAY_ADDRESS or a local Ray")
     p.add_argument("--actors", type=int, default=1, help="ray engine: inference actors, one ORT session each")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray engine: GPUs per inference actor (fractions allowed)")
@@ -159,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if argv and argv[0] == "train":
         _train(argv[1:])
+        return
+    if argv and argv[0] in PACS_COMMANDS:
+        from serving.pacs.cli import main as pacs_main
+
+        pacs_main(argv)
         return
     args = build_parser().parse_args(argv)
     args.func(args)

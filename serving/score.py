@@ -64,13 +64,18 @@ def score_archive(
 
     ``workers``: processes that read and preprocess studies (0: all in this process).
     ``chunk_size``: rows per committed part file. ``fresh``: ignore earlier results.
-    ``threads``: ONNX Runtime intra-op threads (default: ORT's choice).
+    ``threads``: ONNX Runtime intra-op threads (default: the cores the workers leave
+    free, at least 1; ORT's choice with the Ray engine or ``workers=0``).
     ``ray_actors`` / ``gpus_per_actor``: the Ray engine's inference actor pool."""
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be at least 1")
     if engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {engine!r} (use 'local' or 'ray')")
     workers = default_workers() if workers is None else workers
+    if threads is None and engine == "local" and workers > 0:
+        # The workers keep their cores busy; more ORT threads than the cores they leave
+        # free only fight them for CPU (and spin-wait between batches).
+        threads = max(1, (os.cpu_count() or 1) - workers)
     started = time.perf_counter()
     out = Path(out)
     archive = str(archive) if is_dicomweb(archive) else str(Path(archive).resolve())
@@ -111,7 +116,7 @@ def score_archive(
     seconds = time.perf_counter() - started
     summary = _summary(result, stats, writer.committed_this_run, seconds)
     summary.update(out=str(out), model=identity["model"], provider=model.provider, engine=engine,
-                   workers=workers, batch_size=batch_size)
+                   workers=workers, batch_size=batch_size, threads=threads)
     log.info("scored %d, failed %d %s, %.1f studies/s", summary["scored"], summary["failed"],
              summary["failed_by_reason"], summary["studies_per_second"])
     return summary

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from serving.score import score_archive
+from serving.scoring.ray_engine import RayEngine
 from serving.scoring.rows import TIMING_COLUMNS
 
 ray = pytest.importorskip("ray", reason="Ray is in the `cluster` extra (scripts/bootstrap.sh installs it)")
@@ -25,7 +26,8 @@ def results(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path).drop(columns=list(TIMING_COLUMNS)).set_index("study_instance_uid")
 
 
-def test_ray_engine_gives_the_local_engine_rows(local_ray, tiny_cohort: Path, tiny_onnx_model: Path, tmp_path: Path) -> None:
+def test_ray_engine_gives_the_local_engine_rows(local_ray, tiny_cohort: Path, tiny_onnx_model: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(RayEngine, "CHUNK", 4)  # three Ray Data pipelines, one after the other
     args = dict(genomics=tiny_cohort / "genomics.parquet", device="cpu", progress=False, batch_size=4)
     local = score_archive(tiny_cohort / "dicom", tiny_onnx_model, tmp_path / "local.parquet", workers=0, **args)
     on_ray = score_archive(tiny_cohort / "dicom", tiny_onnx_model, tmp_path / "ray.parquet", engine="ray",

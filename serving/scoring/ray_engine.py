@@ -16,7 +16,8 @@ needs radfusion installed (with the ``cpu`` or ``gpu`` extra) and must reach the
 archive: a shared file system path, or a DICOMweb URL. The model file is shipped to
 the actors through Ray's object store, so it need only exist on the driver.
 
-Discovery (reading the headers) runs in the driver before the Ray pipeline starts."""
+Discovery (reading the headers) runs in the driver; studies go to Ray Data in chunks of
+``RayEngine.CHUNK``, so the driver's memory stays flat on archives of millions."""
 
 from __future__ import annotations
 
@@ -77,6 +78,9 @@ class InferenceActor:
 
 
 class RayEngine:
+    # Studies per Ray Data pipeline: the driver holds one chunk's file lists at a time.
+    CHUNK = 10_000
+
     def __init__(self, model_file: Path, contract: ModelContract, batch_size: int, actors: int = 1,
                  gpus_per_actor: float = 0.0, device: str = "auto"):
         self.model_file, self.contract = Path(model_file), contract
@@ -89,27 +93,43 @@ class RayEngine:
             # ray.init() joins the cluster in RAY_ADDRESS; options like the dashboard
             # belong to a cluster being started, so they are given only for a local one.
             ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(include_dashboard=False)
+        self._model = ray.put(self.model_file.read_bytes())  # shipped once to every actor's node
         stats = EngineStats()
-        studies = self._discover(archive, stats)
-        todo = [s for s in studies if writer.should_score(s)]
-        stats.already_done = len(studies) - len(todo)
-        progress.found(len(todo))
+        assembler = StudyAssembler(archive.rstrip("/") if is_dicomweb(archive) else None)
+        chunk: list[StudyRef] = []
+        for study in self._discover(archive, assembler):
+            stats.discovered += 1
+            if not writer.should_score(study):
+                stats.already_done += 1
+                continue
+            chunk.append(study)
+            progress.found(1)
+            if len(chunk) >= self.CHUNK:
+                self._score(chunk, genomics, writer, progress)
+                chunk = []
         progress.discovery_finished()
-        if not todo:
-            return stats
+        self._score(chunk, genomics, writer, progress)
+        stats.skipped_files = assembler.skipped_files
+        return stats
+
+    def _score(self, studies: list[StudyRef], genomics: pd.DataFrame | None, writer: PartWriter, progress: Progress) -> None:
+        import ray
+
+        if not studies:
+            return
         items = [
             {"task": pickle.dumps((s, row_as_mapping(genomics, s.patient_id) if genomics is not None else None))}
-            for s in todo
+            for s in studies
         ]
         dataset = (
             ray.data.from_items(items)
             .map(prepare_row, fn_kwargs={"contract": self.contract})
             .map_batches(
                 InferenceActor,
-                fn_constructor_kwargs={"model_bytes": ray.put(self.model_file.read_bytes()), "device": self.device},
+                fn_constructor_kwargs={"model_bytes": self._model, "device": self.device},
                 batch_size=self.batch_size,
                 batch_format="numpy",
-                concurrency=self.actors,
+                compute=ray.data.ActorPoolStrategy(size=self.actors),
                 num_gpus=self.gpus_per_actor,
             )
         )
@@ -118,13 +138,9 @@ class RayEngine:
             for row in rows:
                 writer.add(row)
             progress.advance(rows)
-        return stats
 
     @staticmethod
-    def _discover(archive: str, stats: EngineStats) -> list[StudyRef]:
-        assembler = StudyAssembler(archive.rstrip("/") if is_dicomweb(archive) else None)
-        studies = [s for unit in list_units(archive) for s in assembler.add(scan_unit(unit))]
-        studies += assembler.finish()
-        stats.discovered = len(studies)
-        stats.skipped_files = assembler.skipped_files
-        return studies
+    def _discover(archive: str, assembler: StudyAssembler):
+        for unit in list_units(archive):
+            yield from assembler.add(scan_unit(unit))
+        yield from assembler.finish()

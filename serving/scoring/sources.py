@@ -4,28 +4,33 @@ An archive is a folder tree (DICOM files under any names, and any ``*.zip`` insi
 holding more), a single zip file, or the root URL of a DICOMweb server.
 
 Discovery is split so that it can overlap with decoding: ``list_units`` walks the
-archive cheaply (folder listings, zip paths, QIDO-RS pages); ``scan_unit`` reads the
-headers of one unit (in a worker process); ``StudyAssembler`` turns scanned units into
-studies. A study is released as soon as the unit holding it has been scanned. Should a
-later unit hold more files of a released study (a study split across folders), the
-study is released again at the end with all its files: its row then carries a larger
-``n_instances`` and replaces the earlier one (see writer.py)."""
+archive cheaply (one unit per folder's files, per zip file, per QIDO-RS page);
+``scan_unit`` reads the headers of one unit (in a worker process); ``StudyAssembler``
+turns scanned units into studies, in walk order. A study is released as soon as the
+walk has left the smallest folder (or zip) holding all its files seen so far: a
+depth-first walk never comes back into a folder it has left, so a study laid out as
+``study/series/files`` (or one zip per study, or a flat folder) is released whole, as
+early as possible. Should a later unit still hold files of a released study (a study
+scattered across the tree), the study is released again at the end with all its files:
+its row then carries a larger ``n_instances`` and replaces the earlier one (writer.py).
+DICOMweb studies are released as soon as their listing page arrives."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from radfusion.dicom import read_header
 from radfusion.errors import RadfusionInputError
 
 QIDO_PAGE = 500
@@ -65,10 +70,13 @@ class ScanUnit:
     path: str  # folder, zip file, or DICOMweb root URL
     names: tuple[str, ...] = ()
     entries: tuple[tuple[str, str, int], ...] = ()  # qido: (study uid, patient id, instances)
+    index: int = 0  # position in the walk
 
 
 @dataclass
 class ScanResult:
+    index: int = 0
+    position: str = ""  # the unit's folder or zip file: where the walk is
     found: list[tuple[str, str, FileRef | None, int]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # reasons only: names may identify patients
 
@@ -78,6 +86,11 @@ def is_dicomweb(archive: str | Path) -> bool:
 
 
 def list_units(archive: str | Path) -> Iterator[ScanUnit]:
+    for index, unit in enumerate(_walk(archive)):
+        yield replace(unit, index=index)
+
+
+def _walk(archive: str | Path) -> Iterator[ScanUnit]:
     if is_dicomweb(archive):
         yield from _qido_pages(str(archive).rstrip("/"))
         return
@@ -99,21 +112,32 @@ def list_units(archive: str | Path) -> Iterator[ScanUnit]:
 
 
 def scan_unit(unit: ScanUnit) -> ScanResult:
-    """Read the headers of one unit. Unreadable files are counted, never raised."""
-    result = ScanResult()
+    """Read the identifiers of every file of one unit. Unreadable files are counted,
+    never raised."""
+    result = ScanResult(index=unit.index, position=unit.path)
     if unit.kind == "qido":
         result.found = [(uid, pid, None, n) for uid, pid, n in unit.entries]
     elif unit.kind == "zip":
         _scan_zip(Path(unit.path), result)
     else:
         for name in unit.names:
-            try:
-                header = read_header(Path(unit.path) / name)
-            except _HEADER_ERRORS as exc:
-                result.skipped.append(f"not a readable DICOM file: {type(exc).__name__}")
-                continue
-            result.found.append((header.study_uid, header.patient_id, FileRef(str(Path(unit.path) / name)), 1))
+            path = Path(unit.path) / name
+            _add_instance(result, lambda: pydicom.dcmread(path, **_IDS_ONLY), FileRef(str(path)))
     return result
+
+
+# Discovery needs only these: reading three tags costs half of a full header read.
+_IDS_ONLY = dict(stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "PatientID"])
+
+
+def _add_instance(result: ScanResult, read, ref: FileRef) -> None:
+    try:
+        ds = read()
+        study_uid, _series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+    except (*_HEADER_ERRORS, AttributeError, zipfile.BadZipFile) as exc:
+        result.skipped.append(f"not a readable DICOM file: {type(exc).__name__}")
+        return
+    result.found.append((study_uid, str(ds.get("PatientID", "")), ref, 1))
 
 
 def _scan_zip(path: Path, result: ScanResult) -> None:
@@ -126,52 +150,95 @@ def _scan_zip(path: Path, result: ScanResult) -> None:
         for info in sorted(archive.infolist(), key=lambda i: i.filename):
             if info.is_dir() or Path(info.filename).name.startswith("."):
                 continue
-            try:
+
+            def read(info=info):
                 with archive.open(info) as member:
-                    ds = pydicom.dcmread(member, stop_before_pixels=True,
-                                         specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "PatientID"])
-                uid = str(ds.StudyInstanceUID)
-                ds.SeriesInstanceUID  # noqa: B018 - a file without a series is not an image instance
-            except (*_HEADER_ERRORS, AttributeError, zipfile.BadZipFile) as exc:
-                result.skipped.append(f"not a readable DICOM file: {type(exc).__name__}")
-                continue
-            result.found.append((uid, str(ds.get("PatientID", "")), FileRef(str(path), info.filename), 1))
+                    return pydicom.dcmread(member, **_IDS_ONLY)
+
+            _add_instance(result, read, FileRef(str(path), info.filename))
+
+
+@dataclass
+class _Pending:
+    patient_id: str
+    home: str  # smallest folder (or zip) holding every file seen so far
+    files: list[FileRef] = field(default_factory=list)
+
+
+def _key(uid: str) -> bytes:
+    """A released study is remembered by a 16-byte digest of its UID, not its files:
+    memory stays at ~200 bytes per study on archives of millions."""
+    return hashlib.blake2b(uid.encode(), digest_size=16).digest()
 
 
 class StudyAssembler:
-    """Scanned units in, studies out (see the module docstring for the release rule)."""
+    """Scanned units in (any order), studies out (see the module docstring)."""
 
     def __init__(self, dicomweb_url: str | None = None):
         self.dicomweb_url = dicomweb_url
         self.skipped_files = 0
-        self._files: dict[str, list[FileRef]] = {}
-        self._patients: dict[str, str] = {}
-        self._grown: set[str] = set()
+        self._next = 0
+        self._waiting: dict[int, ScanResult] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._released: dict[bytes, str] = {}  # digest -> home
+        self._late: dict[str, list[FileRef]] = {}  # files found after their study's release
+        self._listed: set[bytes] = set()
 
     def add(self, result: ScanResult) -> list[StudyRef]:
-        self.skipped_files += len(result.skipped)
-        new: dict[str, StudyRef | None] = {}
-        for uid, patient_id, ref, count in result.found:
-            if ref is None:  # a DICOMweb listing entry: the server knows the whole study
-                if uid not in self._patients:
-                    self._patients[uid] = patient_id
-                    new[uid] = StudyRef(uid, patient_id, count, dicomweb_url=self.dicomweb_url)
-                continue
-            if uid in self._files and uid not in new:
-                self._grown.add(uid)
-            else:
-                self._patients.setdefault(uid, patient_id)
-                new[uid] = None
-            self._files.setdefault(uid, []).append(ref)
-        return [ref or self._study(uid) for uid, ref in sorted(new.items())]
+        self._waiting[result.index] = result
+        released: list[StudyRef] = []
+        while self._next in self._waiting:
+            released += self._apply(self._waiting.pop(self._next))
+            self._next += 1
+        return released
 
     def finish(self) -> list[StudyRef]:
-        """Studies that gained files after they were released, now with all of them."""
-        return [self._study(uid) for uid in sorted(self._grown)]
+        """Everything still pending, then the scattered studies with all their files
+        (those under their first home, read again, plus those found later)."""
+        assert not self._waiting, "finish() before every unit was added"
+        studies = [self._release(uid) for uid in sorted(self._pending)]
+        for uid, late in sorted(self._late.items()):
+            patient_id, files = _files_under(self._released[_key(uid)], uid)
+            files += late
+            studies.append(StudyRef(uid, patient_id, len(files), files=tuple(files)))
+        return studies
 
-    def _study(self, uid: str) -> StudyRef:
-        files = tuple(self._files[uid])
-        return StudyRef(uid, self._patients[uid], len(files), files=files)
+    def _apply(self, result: ScanResult) -> list[StudyRef]:
+        self.skipped_files += len(result.skipped)
+        listed: list[StudyRef] = []
+        for uid, patient_id, ref, count in result.found:
+            if ref is None:  # a DICOMweb listing entry: the server holds the whole study
+                if _key(uid) not in self._listed:
+                    self._listed.add(_key(uid))
+                    listed.append(StudyRef(uid, patient_id, count, dicomweb_url=self.dicomweb_url))
+            elif _key(uid) in self._released:
+                self._late.setdefault(uid, []).append(ref)
+            else:
+                pending = self._pending.setdefault(uid, _Pending(patient_id, result.position))
+                pending.home = os.path.commonpath([pending.home, result.position])
+                pending.files.append(ref)
+        left_behind = [uid for uid, p in self._pending.items() if not _within(result.position, p.home)]
+        return listed + [self._release(uid) for uid in sorted(left_behind)]
+
+    def _release(self, uid: str) -> StudyRef:
+        pending = self._pending.pop(uid)
+        self._released[_key(uid)] = sys.intern(pending.home)
+        files = tuple(pending.files)
+        return StudyRef(uid, pending.patient_id, len(files), files=files)
+
+
+def _files_under(home: str, uid: str) -> tuple[str, list[FileRef]]:
+    patient_id, files = "", []  # type: str, list[FileRef]
+    for unit in list_units(home):
+        for found_uid, found_patient, ref, _ in scan_unit(unit).found:
+            if found_uid == uid:
+                patient_id = found_patient
+                files.append(ref)
+    return patient_id, files
+
+
+def _within(position: str, home: str) -> bool:
+    return position == home or position.startswith(home.rstrip(os.sep) + os.sep)
 
 
 @contextmanager
