@@ -14,7 +14,7 @@ from pydicom.errors import InvalidDicomError
 from radfusion.contract import ImageGeometry
 from radfusion.dicom import find_studies, load_volume, read_header, select_series
 from radfusion.dicom.discover import InstanceHeader
-from radfusion.errors import CorruptDicomError, NoImageSeriesError, RadfusionInputError
+from radfusion.errors import CorruptDicomError, NoImageSeriesError
 from radfusion.preprocess import preprocess_image
 
 
@@ -67,10 +67,9 @@ def read_study_image(paths: Sequence[Path] | Path, geometry: ImageGeometry) -> S
         headers = [h for s in discovery.studies.values() for h in s.instances]
         skipped = [f"{p.name}: {why}" for p, why in discovery.skipped]
     else:
-        headers, skipped = read_headers([Path(p) for p in (paths if not isinstance(paths, (str, Path)) else [paths])])
+        files = [paths] if isinstance(paths, (str, Path)) else paths
+        headers, skipped = read_headers([Path(p) for p in files])
     study = study_image_from_headers(headers, geometry)
     study.skipped = skipped
     return study
 
-
-__all__ = ["StudyImage", "RadfusionInputError", "read_headers", "read_study_image", "study_image_from_headers"]

@@ -125,6 +125,7 @@ def iter_files(root: Path) -> list[Path]:
 
 
 def _as_list(value) -> list:
-    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
-        return list(value)
-    return [value]
+    """A multi-valued element (pydicom MultiValue) as a list; a single value as [value]."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
