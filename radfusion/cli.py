@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 
 
+# What `radfusion export` registers in the BentoML model store (training/module.py's
+# default model_name); `name:latest` is the newest export.
+DEFAULT_MODEL_TAG = "radfusion-response:latest"
+
 # Subcommands whose arguments are parsed by their own module (listed here for --help).
 PACS_COMMANDS = {
     "listen": "DICOM listener: C-STORE in, prediction SR back to the PACS (see radfusion listen --help)",
@@ -63,7 +67,7 @@ def _score(args: argparse.Namespace) -> None:
     try:
         summary = score_archive(
             archive=args.archive,
-            model_path=Path(args.model),
+            model_path=args.model,
             out=Path(args.out),
             genomics=Path(args.genomics) if args.genomics else None,
             batch_size=args.batch_size,
@@ -135,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score every study of an archive into Parquet (resumable)")
     p.add_argument("--archive", required=True, help="folder tree (zip files inside are read too), a .zip, or a DICOMweb root URL")
-    p.add_argument("--model", required=True, help="ONNX file written by radfusion export")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_TAG,
+        help="ONNX file, or BentoML model tag (default: the latest model radfusion export registered)",
+    )
     p.add_argument("--genomics", help="genomics table (Parquet/CSV), joined on PatientID")
     p.add_argument("--out", required=True, help="Parquet file; <out>.parts holds committed rows while running")
     p.add_argument("--batch-size", type=int, default=16, help="studies per ONNX Runtime call")
@@ -150,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_score)
 
     p = sub.add_parser("serve", help="run the BentoML HTTP service")
-    p.add_argument("--model", required=True, help="ONNX file or BentoML model tag")
+    p.add_argument("--model", default=DEFAULT_MODEL_TAG, help="ONNX file or BentoML model tag (default: latest export)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=_serve)
