@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.errors import InvalidDicomError
 
 from radfusion.contract import ImageGeometry
-from radfusion.dicom import find_studies, load_volume, read_header, select_series
-from radfusion.dicom.discover import InstanceHeader
+from radfusion.dicom import load_volume, select_series
+from radfusion.dicom.discover import InstanceHeader, iter_files, read_headers
 from radfusion.errors import CorruptDicomError, NoImageSeriesError
 from radfusion.preprocess import preprocess_image
 
@@ -27,17 +26,6 @@ class StudyImage:
     image: np.ndarray  # (1, D, H, W) float32 on the contract grid
     series_reason: str
     skipped: list[str] = field(default_factory=list)
-
-
-def read_headers(paths: Sequence[Path]) -> tuple[list[InstanceHeader], list[str]]:
-    headers: list[InstanceHeader] = []
-    skipped: list[str] = []
-    for path in paths:
-        try:
-            headers.append(read_header(path))
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
-            skipped.append(f"{Path(path).name}: not a readable DICOM file ({type(exc).__name__})")
-    return headers, skipped
 
 
 def study_image_from_headers(headers: list[InstanceHeader], geometry: ImageGeometry) -> StudyImage:
@@ -62,14 +50,12 @@ def study_image_from_headers(headers: list[InstanceHeader], geometry: ImageGeome
 
 def read_study_image(paths: Sequence[Path] | Path, geometry: ImageGeometry) -> StudyImage:
     """``paths``: the study's files, or a folder holding exactly one study."""
-    if isinstance(paths, (str, Path)) and Path(paths).is_dir():
-        discovery = find_studies(paths)
-        headers = [h for s in discovery.studies.values() for h in s.instances]
-        skipped = [f"{p.name}: {why}" for p, why in discovery.skipped]
+    if isinstance(paths, (str, Path)):
+        files = iter_files(Path(paths))  # a folder's files, or [paths] for one file
     else:
-        files = [paths] if isinstance(paths, (str, Path)) else paths
-        headers, skipped = read_headers([Path(p) for p in files])
+        files = [Path(p) for p in paths]
+    headers, skipped = read_headers(files)
     study = study_image_from_headers(headers, geometry)
-    study.skipped = skipped
+    study.skipped = [f"{path.name}: {why}" for path, why in skipped]
     return study
 

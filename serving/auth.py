@@ -13,11 +13,12 @@ RADFUSION_AUTH=required to refuse every inference request until tokens are set."
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from serving.asgi_json import json_error_messages
 
 log = logging.getLogger("bentoml.radfusion")
 
@@ -49,17 +50,7 @@ def _presented_token(headers: dict[bytes, bytes]) -> bytes | None:
 
 
 def _json_401(detail: str) -> tuple[dict, dict]:
-    body = json.dumps({"error": "unauthorized", "detail": detail}).encode()
-    start = {
-        "type": "http.response.start",
-        "status": 401,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b'Bearer realm="radfusion"'),
-        ],
-    }
-    return start, {"type": "http.response.body", "body": body}
+    return json_error_messages(401, "unauthorized", detail, [(b"www-authenticate", b'Bearer realm="radfusion"')])
 
 
 class TokenAuth:

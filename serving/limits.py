@@ -6,20 +6,13 @@ limit, the app's own answer replaced by the 413."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from serving.asgi_json import json_error_messages
 
 
 def _json_413(max_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    body = json.dumps(
-        {"error": "upload_too_large", "detail": f"request body exceeds the limit of {max_bytes} bytes"}
-    ).encode()
-    start = {
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    }
-    return start, {"type": "http.response.body", "body": body}
+    return json_error_messages(413, "upload_too_large", f"request body exceeds the limit of {max_bytes} bytes")
 
 
 class BodySizeLimit:

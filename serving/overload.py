@@ -8,28 +8,17 @@ worker's event loop, so no lock is needed."""
 
 from __future__ import annotations
 
-import json
 import logging
 
+from serving.asgi_json import json_error_messages
 from serving.auth import OPEN_PATHS
 
 log = logging.getLogger("bentoml.radfusion")
 
 
 def _json_503(retry_after_s: int, max_in_flight: int) -> tuple[dict, dict]:
-    body = json.dumps(
-        {"error": "overloaded", "detail": f"{max_in_flight} requests already in progress; retry after {retry_after_s} s"}
-    ).encode()
-    start = {
-        "type": "http.response.start",
-        "status": 503,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry_after_s).encode()),
-        ],
-    }
-    return start, {"type": "http.response.body", "body": body}
+    detail = f"{max_in_flight} requests already in progress; retry after {retry_after_s} s"
+    return json_error_messages(503, "overloaded", detail, [(b"retry-after", str(retry_after_s).encode())])
 
 
 class InFlightLimit:

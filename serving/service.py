@@ -49,7 +49,7 @@ from serving.auth import TokenAuth, auth_required_from_env, tokens_from_env
 from serving.drain import defer_shutdown_until_callers_exit, keep_sockets_until_workers_stop
 from serving.hardening import forbid_url_fetch_for_file_fields
 from serving.limits import BodySizeLimit
-from serving.modelref import device_from_env, looks_like_tag, model_ref_from_env, resolve_model_path
+from serving.modelref import MODEL_ENV, device_from_env, looks_like_tag, model_ref_from_env, resolve_model_path
 from serving.overload import InFlightLimit
 from serving.pacs.predict import GenomicsLookup, genomics_source, patient_id_of
 from serving.stow import boundary_of, split_parts
@@ -99,7 +99,7 @@ def served_contract() -> ModelContract:
 
 def _bento_model_ref() -> t.Any:
     """Declare the store model when RADFUSION_MODEL is a tag, so a built bento names it."""
-    ref = os.environ.get("RADFUSION_MODEL", "").strip()
+    ref = os.environ.get(MODEL_ENV, "").strip()
     return bentoml.models.BentoModel(ref) if ref and looks_like_tag(ref) else None
 
 

@@ -28,6 +28,9 @@ _HEADER_TAGS = [
     "ImageOrientationPatient",
 ]
 
+# What pydicom raises for a file that is not (readable) DICOM.
+UNREADABLE_DICOM_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError)
+
 # Storage classes that never carry a diagnostic volume (secondary capture and friends).
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -95,20 +98,25 @@ def read_header(path: Path) -> InstanceHeader:
     )
 
 
+def read_headers(paths: list[Path]) -> tuple[list[InstanceHeader], list[tuple[Path, str]]]:
+    """Headers of the readable DICOM files; the others skipped with a reason, so one
+    bad file never raises."""
+    headers: list[InstanceHeader] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in paths:
+        try:
+            headers.append(read_header(path))
+        except UNREADABLE_DICOM_ERRORS as exc:
+            skipped.append((Path(path), f"not a readable DICOM file: {type(exc).__name__}"))
+    return headers, skipped
+
+
 def find_studies(root: Path | str) -> Discovery:
     """Walk ``root`` and group every readable DICOM instance by study.
-
-    Files that are not DICOM are skipped with a reason; nothing raises for one bad file.
     Files are visited in sorted order so the result is deterministic."""
-    root = Path(root)
+    headers, skipped = read_headers(iter_files(Path(root)))
     studies: dict[str, StudyFiles] = {}
-    skipped: list[tuple[Path, str]] = []
-    for path in iter_files(root):
-        try:
-            header = read_header(path)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
-            skipped.append((path, f"not a readable DICOM file: {type(exc).__name__}"))
-            continue
+    for header in headers:
         study = studies.setdefault(header.study_uid, StudyFiles(header.study_uid, header.patient_id))
         study.instances.append(header)
     return Discovery(studies=studies, skipped=skipped)

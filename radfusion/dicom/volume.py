@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
+from radfusion.dicom.discover import UNREADABLE_DICOM_ERRORS
 from radfusion.errors import CorruptDicomError, GeometryError, UnsupportedPixelDataError
 
 # Relative tolerance on slice spacing before the series counts as having gaps.
@@ -89,7 +89,7 @@ def _number_of_frames(ds: pydicom.Dataset) -> int:
 def _read(path: Path) -> pydicom.Dataset:
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+    except UNREADABLE_DICOM_ERRORS as exc:
         raise CorruptDicomError(f"unreadable DICOM file ({type(exc).__name__})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise CorruptDicomError("instance has no pixel data")

@@ -29,12 +29,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
+from radfusion.dicom.discover import UNREADABLE_DICOM_ERRORS
 from radfusion.errors import RadfusionInputError
 
 QIDO_PAGE = 500
-_HEADER_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError)
 
 
 class FetchError(RadfusionInputError):
@@ -134,7 +133,7 @@ def _add_instance(result: ScanResult, read, ref: FileRef) -> None:
     try:
         ds = read()
         study_uid, _series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
-    except (*_HEADER_ERRORS, AttributeError, zipfile.BadZipFile) as exc:
+    except (*UNREADABLE_DICOM_ERRORS, AttributeError, zipfile.BadZipFile) as exc:
         result.skipped.append(f"not a readable DICOM file: {type(exc).__name__}")
         return
     result.found.append((study_uid, str(ds.get("PatientID", "")), ref, 1))
