@@ -21,9 +21,17 @@ test: venv
 # -> bench/results/scoring.json (pipeline_efficiency, worker_scaling).
 # HTTP service: adaptive batching on vs off, ONNX Runtime vs PyTorch, in one run
 # -> bench/results/serving.json (batching_speedup, ort_vs_torch, p50/p95 latency).
+# DICOM ingest: radfusion's series loader vs MONAI LoadImage + transforms, training
+# DataLoader with vs without its image cache -> bench/results/ingest.json
+# (loader_vs_monai, cached_loader_speedup, cached_epoch_speedup).
+# Training: tuned data path vs decoding DICOM every step, and the time the model waits
+# for data -> bench/results/training.json (train_speedup, data_wait_fraction).
+# On a GPU machine: bash bench/gpu_train.sh (fp32 vs bf16-mixed, GPU utilisation).
 bench: venv
 	$(PY) -m bench.scoring
 	$(PY) -m bench.serving
+	$(PY) -m bench.training
+	$(PY) -m bench.ingest
 
 clean:
 	rm -rf runs .bentoml .cache .pytest_cache

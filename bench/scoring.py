@@ -54,8 +54,8 @@ def build_model(cohort: Path, path: Path) -> Path:
     import torch
 
     from radfusion.contract import ImageGeometry, ModelContract
-    from radfusion.genomics import feature_columns, load_genomics_table
-    from radfusion.preprocess import fit_gene_panel
+    from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
+    from radfusion.preprocess import fit_omics_block
     from training.export import export_onnx
     from training.model import FusionNet
 
@@ -64,11 +64,11 @@ def build_model(cohort: Path, path: Path) -> Path:
         name="bench-fusion", version="0.0.0-bench", task="classification:response",
         labels=["non-responder", "responder"], positive_label="responder",
         image=ImageGeometry(spatial_dims=3, modalities=("CT",), min_slices=8, **DEMO_GEOMETRY),
-        genomics=fit_gene_panel(table, feature_columns(table)),
+        omics=[fit_omics_block(table, name, f) for name, f in split_blocks(feature_columns(table)).items()],
         trained_modalities=["image", "genomics"], may_be_missing=["image", "genomics"], cohort_hash="bench",
     )
     torch.manual_seed(0)
-    net = FusionNet(n_genes=len(contract.genomics.features), n_classes=2, modalities=("image", "genomics"),
+    net = FusionNet(omics_sizes={b.name: len(b.features) for b in contract.omics}, n_classes=2, modalities=("image", "genomics"),
                     **DEMO_NET).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(net, contract, path)

@@ -39,10 +39,14 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _train(rest: list[str]) -> None:
+    import warnings
+
     from training.cli import main
 
-    # LightningCLI reads sys.argv unless given args, and warns when it sees both.
-    sys.argv = sys.argv[:1]
+    # sys.argv stays the real command line: Lightning's DDP launcher starts the other
+    # ranks by running it again. LightningCLI warns when it sees both argv and args.
+    sys.argv = [sys.argv[0], "train", *rest]
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     main(["fit", *rest])
 
 
@@ -168,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=800)
     p.add_argument("--epochs", type=int, default=30)
     p.set_defaults(func=_demo)
+
+    from radfusion.deid.command import add_deid_command
+
+    add_deid_command(sub)
+
+    from radfusion.cohort_manifest.command import add_cohort_command
+
+    add_cohort_command(sub)
     return parser
 
 

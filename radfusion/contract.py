@@ -11,12 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CONTRACT_METADATA_KEY = "radfusion.contract"
-CONTRACT_SCHEMA_VERSION = 1
+CONTRACT_SCHEMA_VERSION = 2
 
-# Order of the presence mask and of the ONNX inputs; fixed for every model.
-MODALITIES: tuple[str, ...] = ("image", "genomics")
-INPUT_NAMES: tuple[str, ...] = ("image", "genomics", "presence")
-OUTPUT_NAMES: tuple[str, ...] = ("probabilities",)
+# Every model has the same four inputs, whatever blocks it uses: the image, all omics
+# blocks concatenated in contract order, the encoded clinical covariates, and the
+# presence mask (one bit per modality, in ModelContract.modalities order).
+INPUT_NAMES: tuple[str, ...] = ("image", "genomics", "clinical", "presence")
+# The model returns logits; the runtime turns them into probabilities with the
+# contract's temperature, so calibration can change without re-exporting the model.
+OUTPUT_NAMES: tuple[str, ...] = ("logits",)
+# The modality name a request uses for "all omics blocks" (e.g. trained_modalities of
+# an image-only baseline vs a genomics-only one).
+GENOMICS = "genomics"
+CLINICAL = "clinical"
 
 
 @dataclass
@@ -32,6 +39,17 @@ class ImageGeometry:
     window: tuple[float, float] = (-150.0, 250.0)
     modalities: tuple[str, ...] = ("CT",)
     min_slices: int = 8
+    # Series selection (radfusion.dicom.series.SelectionRules): acquisition plane
+    # ("axial"/"coronal"/"sagittal", None = any), a SeriesDescription regex ("" = any),
+    # and "thinnest" or "most_slices" first among the series that qualify.
+    series_plane: str | None = None
+    series_description: str = ""
+    series_preference: str = "thinnest"
+    # Geometry repair (radfusion.dicom.geometry.GeometryPolicy): the largest slice step
+    # filled by interpolation, in typical steps (1.0 = reject any gap), and the largest
+    # gantry tilt corrected by resampling (0 = reject any tilt).
+    max_gap_factor: float = 2.0
+    max_tilt_degrees: float = 30.0
 
 
 @dataclass
@@ -50,18 +68,77 @@ class GenePanel:
 
 
 @dataclass
+class OmicsBlock(GenePanel):
+    """One omics block (expression, mutation, copy number): its own panel, its own
+    encoder in the model and its own presence bit. Features are named as requests and
+    tables name them: ``EGFR`` (expression), ``EGFR_mut``, ``EGFR_cn``."""
+
+    name: str = "expression"
+    # Panel features a request lacks take the training mean (z = 0) instead of being
+    # an error; the block must still be present (at least one of its features given).
+    impute_missing: bool = False
+
+
+@dataclass
+class ClinicalSpec:
+    """Clinical covariates as one input block: numeric ones z-scored with training
+    statistics, categorical ones one-hot over their training levels. The treatment
+    is a categorical covariate, so a model can be asked "what if" for each level."""
+
+    numeric: dict[str, list[float]] = field(default_factory=dict)  # name -> [mean, std]
+    categorical: dict[str, list[str]] = field(default_factory=dict)  # name -> levels
+    treatment: str | None = None  # which categorical covariate is the treatment
+    # Treatment ranking recommends leaving the reference (first level, standard of
+    # care) only when another raises the response probability by more than this;
+    # None: radfusion.treatment.DEFAULT_SWITCH_MARGIN.
+    switch_margin: float | None = None
+
+    def __post_init__(self) -> None:
+        # Covariates in name order: the encoded column order must not depend on dict
+        # order, which the contract's JSON (sort_keys) does not keep.
+        self.numeric = dict(sorted(self.numeric.items()))
+        self.categorical = dict(sorted(self.categorical.items()))
+        if self.treatment is not None and self.treatment not in self.categorical:
+            raise ValueError(f"treatment covariate {self.treatment!r} is not a categorical covariate")
+
+    @property
+    def features(self) -> list[str]:
+        """Encoded column names, in input order."""
+        names = list(self.numeric)
+        for name, levels in self.categorical.items():
+            names += [f"{name}={level}" for level in levels]
+        return names
+
+    @property
+    def covariates(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @property
+    def treatments(self) -> list[str]:
+        return list(self.categorical[self.treatment]) if self.treatment else []
+
+
+@dataclass
 class ModelContract:
     name: str
     version: str
     task: str
     labels: list[str]
     image: ImageGeometry
-    genomics: GenePanel
-    # Modalities the model was trained to use; the others are always fed as absent.
-    trained_modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    omics: list[OmicsBlock]
+    clinical: ClinicalSpec | None = None
+    # Modalities (names from `modalities`, or "genomics" for every omics block) the
+    # model was trained to use; the others are always fed as absent.
+    trained_modalities: list[str] = field(default_factory=lambda: ["image", GENOMICS])
     # Modalities a request may omit and still get a prediction.
-    may_be_missing: list[str] = field(default_factory=lambda: list(MODALITIES))
+    may_be_missing: list[str] = field(default_factory=lambda: ["image", GENOMICS])
     positive_label: str | None = None
+    # Temperature the logits are divided by (fitted on validation; 1 = uncalibrated).
+    temperature: float = 1.0
+    # Discrete-time survival ("survival:discrete"): each output is the hazard logit
+    # of the interval ending at this many months (upper edges, increasing). Empty
+    # for other tasks.
+    time_bins: list[float] = field(default_factory=list)
     cohort_hash: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -80,6 +157,8 @@ class ModelContract:
         data = dict(data)
         if data.get("schema_version") != CONTRACT_SCHEMA_VERSION:
             raise ValueError(f"unsupported contract schema {data.get('schema_version')!r}")
+        clinical = data.pop("clinical", None)
+        omics = [OmicsBlock(**block) for block in data.pop("omics")]
         image = data.pop("image")
         image = ImageGeometry(
             **{
@@ -90,19 +169,70 @@ class ModelContract:
                 "modalities": tuple(image["modalities"]),
             }
         )
-        return cls(image=image, genomics=GenePanel(**data.pop("genomics")), **data)
+        return cls(image=image, omics=omics, clinical=ClinicalSpec(**clinical) if clinical else None, **data)
 
     @classmethod
     def from_json(cls, text: str) -> ModelContract:
         return cls.from_dict(json.loads(text))
 
+    def __post_init__(self) -> None:
+        names = [block.name for block in self.omics]
+        if len(set(names)) != len(names) or {"image", GENOMICS, CLINICAL} & set(names):
+            raise ValueError(f"omics block names must be unique and not image/genomics/clinical: {names}")
+        features = [f for block in self.omics for f in block.features]
+        if len(set(features)) != len(features):
+            raise ValueError("a feature appears in more than one omics block")
+        if self.task == "survival:discrete" and len(self.time_bins) != len(self.labels):
+            raise ValueError(f"discrete-time survival needs one time bin per output: {len(self.time_bins)} vs {len(self.labels)}")
+        unknown = set(self.trained_modalities) | set(self.may_be_missing)
+        unknown -= {*self.modalities, GENOMICS}
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; the model has {self.modalities}")
+
+    @property
+    def modalities(self) -> list[str]:
+        """Presence-mask order: the image, each omics block, then clinical if any."""
+        return ["image", *(b.name for b in self.omics), *([CLINICAL] if self.clinical else [])]
+
+    def trains(self, modality: str) -> bool:
+        """Whether the model uses ``modality`` (an omics block counts as "genomics")."""
+        return modality in self.trained_modalities or (
+            modality in self.omics_names and GENOMICS in self.trained_modalities
+        )
+
+    def may_miss(self, modality: str) -> bool:
+        return modality in self.may_be_missing or (modality in self.omics_names and GENOMICS in self.may_be_missing)
+
+    @property
+    def omics_names(self) -> list[str]:
+        return [b.name for b in self.omics]
+
     @property
     def uses_image(self) -> bool:
-        return "image" in self.trained_modalities
+        return self.trains("image")
 
     @property
     def uses_genomics(self) -> bool:
-        return "genomics" in self.trained_modalities
+        return any(self.trains(b.name) for b in self.omics)
+
+    @property
+    def uses_clinical(self) -> bool:
+        return self.clinical is not None and self.trains(CLINICAL)
+
+    @property
+    def genomics(self) -> GenePanel:
+        """All omics blocks as one panel, in input order (the `genomics` input)."""
+        return GenePanel(
+            features=[f for b in self.omics for f in b.features],
+            mean=[m for b in self.omics for m in b.mean],
+            std=[s for b in self.omics for s in b.std],
+        )
+
+    @property
+    def clinical_width(self) -> int:
+        """Width of the `clinical` input: one zero column when the model has no
+        clinical block, so every model has the same four inputs."""
+        return len(self.clinical.features) if self.clinical else 1
 
 
 def write_contract_to_onnx(onnx_path: Path, contract: ModelContract) -> None:

@@ -48,6 +48,19 @@ class GenePanelError(RadfusionInputError):
     http_status = 422
 
 
+class ClinicalInputError(RadfusionInputError):
+    kind = "clinical_invalid"
+    http_status = 422
+
+
+class OmicsFormatError(RadfusionInputError):
+    """An omics file (expression matrix, VCF, MAF, SEG, gene annotation, sample map)
+    that cannot be read as declared: the message names the file's problem."""
+
+    kind = "omics_format"
+    http_status = 422
+
+
 class NoModalityError(RadfusionInputError):
     kind = "no_modality"
     http_status = 422

@@ -33,6 +33,28 @@ def load_genomics_table(path: Path | str) -> pd.DataFrame:
     return table
 
 
+# Gene-level features of the non-expression blocks carry the block in their name, as
+# the mutation (VCF/MAF) and copy-number (segments) readers write them.
+BLOCK_SUFFIXES = {"_mut": "mutation", "_cn": "copy_number"}
+EXPRESSION = "expression"
+
+
+def block_of(feature: str) -> str:
+    for suffix, block in BLOCK_SUFFIXES.items():
+        if feature.endswith(suffix):
+            return block
+    return EXPRESSION
+
+
+def split_blocks(features: list[str]) -> dict[str, list[str]]:
+    """Features grouped by omics block, blocks in a fixed order, features in table order."""
+    order = [EXPRESSION, *BLOCK_SUFFIXES.values()]
+    blocks: dict[str, list[str]] = {}
+    for feature in features:
+        blocks.setdefault(block_of(feature), []).append(feature)
+    return {name: blocks[name] for name in order if name in blocks}
+
+
 def feature_columns(table: pd.DataFrame) -> list[str]:
     """Numeric feature columns in table order."""
     # pandas' own test: numpy's issubdtype raises on pandas string/nullable dtypes.

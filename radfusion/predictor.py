@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from radfusion.contract import ModelContract
-from radfusion.preprocess import ModelInputs, build_inputs, preprocess_genomics
+from radfusion.explain import ExplainSettings, explain_case
+from radfusion.preprocess import ModelInputs, build_inputs, preprocess_clinical, preprocess_omics
 from radfusion.runtime import OnnxModel
 from radfusion.study import StudyImage, read_study_image
+from radfusion.treatment import rank_treatments
 
 
 @dataclass
@@ -25,39 +27,88 @@ def prepare_case(
     contract: ModelContract,
     study_paths: Sequence[Path] | Path | None,
     genomics: Mapping[str, float] | None,
+    clinical: Mapping[str, object] | None = None,
 ) -> PreparedCase:
     """Read and preprocess one case. Raises a RadfusionInputError subclass for bad input."""
     study = read_study_image(study_paths, contract.image) if study_paths is not None and contract.uses_image else None
-    genes = preprocess_genomics(genomics, contract.genomics) if genomics is not None and contract.uses_genomics else None
-    inputs = build_inputs(contract, study.image if study else None, genes)
+    omics = preprocess_omics(genomics, contract.omics) if genomics is not None and contract.uses_genomics else None
+    covariates = (
+        preprocess_clinical(clinical, contract.clinical) if clinical is not None and contract.uses_clinical else None
+    )
+    inputs = build_inputs(contract, study.image if study else None, omics, covariates)
     return PreparedCase(inputs=inputs, study=study)
 
 
+def _widths(contract: ModelContract) -> list[int]:
+    return [
+        int(np.prod(contract.image.target_shape)),
+        len(contract.genomics.features),
+        contract.clinical_width,
+        len(contract.modalities),
+    ]
+
+
+def packed_width(contract: ModelContract) -> int:
+    return sum(_widths(contract))
+
+
 def pack(cases: Sequence[ModelInputs]) -> np.ndarray:
-    """Flatten each case's three inputs into one row: BentoML batches one argument."""
+    """Flatten each case's four inputs into one row: BentoML batches one argument."""
     return np.stack(
-        [np.concatenate([c.image.ravel(), c.genomics.ravel(), c.presence.ravel()]) for c in cases]
+        [np.concatenate([c.image.ravel(), c.genomics.ravel(), c.clinical.ravel(), c.presence.ravel()]) for c in cases]
     ).astype(np.float32)
 
 
-def unpack(packed: np.ndarray, contract: ModelContract) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    shape = (1, *contract.image.target_shape)
-    n_image = int(np.prod(shape))
-    n_genes = len(contract.genomics.features)
-    expected = n_image + n_genes + 2
-    if packed.ndim != 2 or packed.shape[1] != expected:
-        raise ValueError(f"packed batch has shape {packed.shape}, expected (B, {expected})")
-    image = packed[:, :n_image].reshape(-1, *shape)
-    genomics = packed[:, n_image : n_image + n_genes]
-    presence = packed[:, n_image + n_genes :]
-    return image, genomics, presence
+def unpack(packed: np.ndarray, contract: ModelContract) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The inverse of pack: (image, genomics, clinical, presence) batches."""
+    widths = _widths(contract)
+    if packed.ndim != 2 or packed.shape[1] != packed_width(contract):
+        raise ValueError(f"packed batch has shape {packed.shape}, expected (B, {sum(widths)})")
+    image, genomics, clinical, presence = np.split(packed, np.cumsum(widths)[:-1], axis=1)
+    return image.reshape(-1, 1, *contract.image.target_shape), genomics, clinical, presence
+
+
+def unpack_case(packed_row: np.ndarray, contract: ModelContract) -> ModelInputs:
+    """One packed case back into ModelInputs; the modalities used are those whose
+    presence bit is set (build_inputs sets exactly those)."""
+    image, genomics, clinical, presence = (part[0] for part in unpack(np.atleast_2d(packed_row), contract))
+    used = [m for m, bit in zip(contract.modalities, presence) if bit > 0]
+    return ModelInputs(image, genomics, clinical, presence, used)
+
+
+def stack_inputs(cases: Sequence[ModelInputs]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Batch arrays in ONNX input order."""
+    return tuple(np.stack([getattr(c, name) for c in cases]) for name in ("image", "genomics", "clinical", "presence"))  # type: ignore[return-value]
+
+
+def task_outputs(contract: ModelContract, outputs: np.ndarray) -> dict:
+    """One case's model outputs (``OnnxModel.run``) as the task's answer fields.
+
+    classification: class probabilities and the predicted label; multi-label: a
+    probability per label and the labels at or above 0.5; survival:cox: the risk
+    score (log relative hazard; higher = worse); survival:discrete: the risk score
+    (cumulative hazard over all intervals) and the survival probability at each
+    interval's end, keyed by months."""
+    kind = contract.task.partition(":")[0]
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if kind == "survival":
+        if contract.task == "survival:cox":
+            return {"risk_score": float(outputs[0])}
+        hazards = 1.0 / (1.0 + np.exp(-outputs))
+        survival = np.cumprod(1.0 - hazards)
+        return {
+            "risk_score": float(np.sum(np.logaddexp(0.0, outputs))),  # sum_k -log(1 - h_k)
+            "survival_probabilities": {f"{t:g}": float(p) for t, p in zip(contract.time_bins, survival)},
+        }
+    probs = {label: float(p) for label, p in zip(contract.labels, outputs)}
+    if kind == "multilabel":
+        return {"probabilities": probs, "predicted_labels": [label for label, p in probs.items() if p >= 0.5]}
+    return {"probabilities": probs, "predicted_label": contract.labels[int(np.argmax(outputs))]}
 
 
 def format_prediction(contract: ModelContract, case: PreparedCase, probabilities: np.ndarray) -> dict:
-    probs = {label: float(p) for label, p in zip(contract.labels, probabilities)}
     result = {
-        "probabilities": probs,
-        "predicted_label": contract.labels[int(np.argmax(probabilities))],
+        **task_outputs(contract, probabilities),
         "modalities_used": case.inputs.modalities_used,
         "model": {"name": contract.name, "version": contract.version},
     }
@@ -76,15 +127,20 @@ class Predictor:
     def load(cls, path: Path | str, device: str = "auto") -> Predictor:
         return cls(OnnxModel(path, device=device))
 
-    def prepare(self, study_paths, genomics) -> PreparedCase:
-        return prepare_case(self.contract, study_paths, genomics)
+    def prepare(self, study_paths, genomics, clinical=None) -> PreparedCase:
+        return prepare_case(self.contract, study_paths, genomics, clinical)
 
     def predict(self, cases: Sequence[PreparedCase]) -> list[dict]:
         if not cases:
             return []
-        probabilities = self.model.run(
-            np.stack([c.inputs.image for c in cases]),
-            np.stack([c.inputs.genomics for c in cases]),
-            np.stack([c.inputs.presence for c in cases]),
-        )
+        probabilities = self.model.run(*stack_inputs([c.inputs for c in cases]))
         return [format_prediction(self.contract, c, p) for c, p in zip(cases, probabilities)]
+
+    def explain(self, case: PreparedCase, settings: ExplainSettings | None = None) -> dict:
+        """Top genes and the image saliency peak (radfusion.explain) for one case."""
+        affine = case.study.grid_affine if case.study is not None else None
+        return explain_case(self.model.logits, self.contract, case.inputs, settings, affine)
+
+    def rank_treatments(self, case: PreparedCase) -> dict:
+        """Predicted response under each treatment (radfusion.treatment)."""
+        return rank_treatments(self.model.run, self.contract, case.inputs)

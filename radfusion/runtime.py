@@ -59,13 +59,34 @@ class OnnxModel:
         self.session = open_session(self.path, device=device, threads=threads)
         self.provider = self.session.get_providers()[0]
 
-    def run(self, image: np.ndarray, genomics: np.ndarray, presence: np.ndarray) -> np.ndarray:
-        (probabilities,) = self.session.run(
-            ["probabilities"],
-            {
-                "image": np.ascontiguousarray(image, dtype=np.float32),
-                "genomics": np.ascontiguousarray(genomics, dtype=np.float32),
-                "presence": np.ascontiguousarray(presence, dtype=np.float32),
-            },
+    def logits(self, image: np.ndarray, genomics: np.ndarray, clinical: np.ndarray, presence: np.ndarray) -> np.ndarray:
+        feed = {"image": image, "genomics": genomics, "clinical": clinical, "presence": presence}
+        (logits,) = self.session.run(
+            ["logits"], {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed.items()}
         )
-        return probabilities
+        return logits
+
+    def run(self, image: np.ndarray, genomics: np.ndarray, clinical: np.ndarray, presence: np.ndarray) -> np.ndarray:
+        """The task's outputs (see ``outputs_from_logits``): for classification,
+        calibrated probabilities softmax(logits / contract temperature)."""
+        return outputs_from_logits(self.logits(image, genomics, clinical, presence), self.contract)
+
+
+def outputs_from_logits(logits: np.ndarray, contract: ModelContract) -> np.ndarray:
+    """Classification: softmax over classes; multi-label: a sigmoid per label (both
+    after the temperature); survival: the raw outputs (a Cox risk score, or interval
+    hazard logits that radfusion.predictor turns into survival probabilities)."""
+    kind = contract.task.partition(":")[0]
+    if kind == "survival":
+        return np.asarray(logits, dtype=np.float32)
+    if kind == "multilabel":
+        scaled = np.asarray(logits, dtype=np.float64) / contract.temperature
+        return (1.0 / (1.0 + np.exp(-scaled))).astype(np.float32)
+    return probabilities_from_logits(logits, contract.temperature)
+
+
+def probabilities_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)

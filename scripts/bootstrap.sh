@@ -29,6 +29,6 @@ else
     ORT_EXTRA=cpu
 fi
 
-$PIP install --quiet -e ".[${ORT_EXTRA},train,serve,dev,cluster]"
+$PIP install --quiet -e ".[${ORT_EXTRA},train,serve,dev,cluster,tracking]"
 touch "$STAMP"
 echo "bootstrap: $VENV ready"

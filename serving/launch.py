@@ -1,11 +1,16 @@
 """Start the BentoML service as `bentoml serve` in a subprocess: for `radfusion serve`
 (in the foreground) and for the demo and tests (``running_server``, on a free loopback
-port, stopped with SIGTERM on exit)."""
+port, stopped with SIGTERM on exit).
+
+Both refuse to start a service nobody could call safely: without an API token it needs
+RADFUSION_AUTH=off, and that only on a loopback host. `radfusion serve` with no token
+configured makes one for the run and prints it (a hospital sets its own)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,6 +22,15 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from serving.auth import (
+    AUTH_ENV,
+    TOKENS_ENV,
+    AuthNotConfiguredError,
+    auth_off_from_env,
+    check_auth_config,
+    is_loopback,
+    tokens_from_env,
+)
 from serving.modelref import MODEL_ENV, ModelNotFoundError, looks_like_tag
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +48,8 @@ def _bentoml_executable() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "bentoml"]
 
 
-def serve_command(host: str, port: int) -> list[str]:
-    return [*_bentoml_executable(), "serve", SERVICE, "--host", host, "--port", str(port)]
+def serve_command(host: str, port: int, service: str = SERVICE) -> list[str]:
+    return [*_bentoml_executable(), "serve", service, "--host", host, "--port", str(port)]
 
 
 def serve_env(model: str | Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -54,13 +68,27 @@ def check_model_ref(model: str | Path) -> None:
         raise ModelNotFoundError(f"model {str(model)!r} is neither an existing file nor a BentoML model tag")
 
 
+def check_auth_for_host(env: Mapping[str, str], host: str) -> None:
+    """AuthNotConfiguredError unless tokens are set, or auth is off on a loopback host."""
+    check_auth_config(env)
+    if auth_off_from_env(env) and not tokens_from_env(env) and not is_loopback(host):
+        raise AuthNotConfiguredError(f"{AUTH_ENV}=off is for loopback development runs; {host} is not loopback")
+
+
 def serve_forever(model: str | Path, host: str = "127.0.0.1", port: int = 3000) -> None:
     """Run the server in the foreground: this process becomes `bentoml serve`, so
-    Ctrl-C and SIGTERM reach the server itself and it stops its workers."""
+    Ctrl-C and SIGTERM reach the server itself and it stops its workers. With no token
+    configured (and auth not off) one is made for this run and printed once."""
     check_model_ref(model)
+    env = serve_env(model)
+    if not tokens_from_env(env) and not auth_off_from_env(env):
+        env[TOKENS_ENV] = secrets.token_urlsafe(24)
+        print(f"{TOKENS_ENV} is not set: this run accepts the token it made for itself:\n"
+              f"    Authorization: Bearer {env[TOKENS_ENV]}", file=sys.stderr, flush=True)
+    check_auth_for_host(env, host)
     command = serve_command(host, port)
     os.chdir(PROJECT_ROOT)
-    os.execve(command[0], command, serve_env(model))
+    os.execve(command[0], command, env)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -98,13 +126,18 @@ def running_server(
     timeout: float = 90.0,
     env: Mapping[str, str] | None = None,
     log_file: Path | None = None,
+    service: str = SERVICE,
 ) -> Iterator[str]:
     """Start `bentoml serve`, wait for /readyz, yield the base URL, stop it on exit.
 
-    ``env`` adds variables (e.g. BENTOML_HOME, upload limits). The server's output goes
-    to ``log_file`` (default: a temporary file, removed on exit); a failed start raises
-    ServerStartError with the end of that log."""
+    ``env`` adds variables (e.g. BENTOML_HOME, upload limits, RADFUSION_API_TOKENS:
+    without a token, or RADFUSION_AUTH=off on a loopback host, AuthNotConfiguredError is
+    raised before anything starts). The server's output goes to ``log_file`` (default:
+    a temporary file, removed on exit); a failed start raises ServerStartError with the
+    end of that log. ``service``: another service of serving.service (the benchmark
+    serves the model service alone)."""
     check_model_ref(model)
+    check_auth_for_host(serve_env(model, env), host)
     port = port or free_port(host)
     url = f"http://{host}:{port}"
     own_log = log_file is None
@@ -115,7 +148,7 @@ def running_server(
     try:
         with open(log_file, "wb") as out:
             process = subprocess.Popen(
-                serve_command(host, port),
+                serve_command(host, port, service),
                 env=serve_env(model, env),
                 cwd=PROJECT_ROOT,
                 stdout=out,

@@ -6,6 +6,7 @@ limit, the app's own answer replaced by the 413."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from serving.asgi_json import json_error_messages
@@ -16,9 +17,10 @@ def _json_413(max_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 class BodySizeLimit:
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, on_refused: Callable[[str, str], None] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.on_refused = on_refused or (lambda kind, path: None)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -26,6 +28,7 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            self.on_refused("upload_too_large", scope["path"])
             for message in _json_413(self.max_bytes):
                 await send(message)
             return
@@ -58,5 +61,6 @@ class BodySizeLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
+            self.on_refused("upload_too_large", scope["path"])
             for message in _json_413(self.max_bytes):
                 await send(message)

@@ -9,6 +9,7 @@ worker's event loop, so no lock is needed."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from serving.asgi_json import json_error_messages
 from serving.auth import OPEN_PATHS
@@ -22,7 +23,14 @@ def _json_503(retry_after_s: int, max_in_flight: int) -> tuple[dict, dict]:
 
 
 class InFlightLimit:
-    def __init__(self, app, max_in_flight: int, retry_after_s: int = 2, open_paths: frozenset[str] = OPEN_PATHS):
+    def __init__(
+        self,
+        app,
+        max_in_flight: int,
+        retry_after_s: int = 2,
+        open_paths: frozenset[str] = OPEN_PATHS,
+        on_refused: Callable[[str, str], None] | None = None,
+    ):
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.app = app
@@ -31,6 +39,7 @@ class InFlightLimit:
         self.open_paths = open_paths
         self.in_flight = 0
         self.shed = 0
+        self.on_refused = on_refused or (lambda kind, path: None)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
@@ -38,6 +47,7 @@ class InFlightLimit:
             return
         if self.in_flight >= self.max_in_flight:
             self.shed += 1
+            self.on_refused("overloaded", scope["path"])
             if self.shed == 1 or self.shed % 100 == 0:
                 log.warning("overloaded: %d requests shed so far (limit %d in flight)", self.shed, self.max_in_flight)
             for message in _json_503(self.retry_after_s, self.max_in_flight):

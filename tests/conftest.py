@@ -33,14 +33,15 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_contract(tiny_cohort: Path):
-    """The model contract for the tiny cohort: its genomics columns as the gene panel
-    (training-style mean/std), a small image grid, labels non-responder/responder."""
-    from radfusion.contract import GenePanel, ImageGeometry, ModelContract
-    from radfusion.genomics import feature_columns, load_genomics_table
-    from radfusion.preprocess import fit_gene_panel
+    """The model contract for the tiny cohort: its genomics columns as omics blocks
+    (expression, mutation; training-style mean/std), a small image grid, labels
+    non-responder/responder, no clinical block."""
+    from radfusion.contract import ImageGeometry, ModelContract
+    from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
+    from radfusion.preprocess import fit_omics_block
 
     table = load_genomics_table(tiny_cohort / "genomics.parquet")
-    panel: GenePanel = fit_gene_panel(table, feature_columns(table))
+    blocks = [fit_omics_block(table, name, f) for name, f in split_blocks(feature_columns(table)).items()]
     return ModelContract(
         name="tiny-fusion",
         version="0.0.1-test",
@@ -55,34 +56,40 @@ def tiny_contract(tiny_cohort: Path):
             modalities=("CT",),
             min_slices=4,
         ),
-        genomics=panel,
+        omics=blocks,
         trained_modalities=["image", "genomics"],
         may_be_missing=["image", "genomics"],
         cohort_hash="tiny",
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_onnx_model(tmp_path_factory: pytest.TempPathFactory, tiny_contract) -> Path:
-    """A real ONNX fusion model (untrained, seeded weights) with the contract embedded,
-    exported by training.export exactly as `radfusion export` does."""
+def tiny_net(contract, seed: int = 0):
+    """A small untrained FusionNet for ``contract`` (seeded weights)."""
     import torch
 
-    from training.export import export_onnx
     from training.model import FusionNet
 
-    torch.manual_seed(0)
-    net = FusionNet(
-        n_genes=len(tiny_contract.genomics.features),
-        n_classes=len(tiny_contract.labels),
-        modalities=tuple(tiny_contract.trained_modalities),
+    torch.manual_seed(seed)
+    return FusionNet(
+        omics_sizes={b.name: len(b.features) for b in contract.omics},
+        n_clinical=len(contract.clinical.features) if contract.clinical else 0,
+        n_classes=len(contract.labels),
+        modalities=tuple(contract.trained_modalities),
         image_encoder="resnet",
         image_widths=(4, 4, 8, 8),
         embed_dim=16,
         genomics_hidden=32,
     ).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_model(tmp_path_factory: pytest.TempPathFactory, tiny_contract) -> Path:
+    """A real ONNX fusion model (untrained, seeded weights) with the contract embedded,
+    exported by training.export exactly as `radfusion export` does."""
+    from training.export import export_onnx
+
     path = tmp_path_factory.mktemp("tiny_model") / "model.onnx"
-    export_onnx(net, tiny_contract, path)
+    export_onnx(tiny_net(tiny_contract), tiny_contract, path)
     return path
 
 

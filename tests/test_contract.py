@@ -16,9 +16,11 @@ from onnx import TensorProto, helper
 
 from radfusion.contract import (
     CONTRACT_METADATA_KEY,
+    ClinicalSpec,
     GenePanel,
     ImageGeometry,
     ModelContract,
+    OmicsBlock,
     read_contract_from_onnx,
     write_contract_to_onnx,
 )
@@ -39,9 +41,16 @@ def full_contract() -> ModelContract:
             modalities=("CT", "MR"),
             min_slices=6,
         ),
-        genomics=GenePanel(features=["TP53", "EGFR", "KRAS_mut"], mean=[5.5, 3.25, 0.2], std=[1.5, 0.75, 0.4]),
-        trained_modalities=["image", "genomics"],
-        may_be_missing=["genomics"],
+        omics=[
+            OmicsBlock(name="expression", features=["TP53", "EGFR"], mean=[5.5, 3.25], std=[1.5, 0.75]),
+            OmicsBlock(name="mutation", features=["KRAS_mut"], mean=[0.2], std=[0.4], impute_missing=True),
+        ],
+        clinical=ClinicalSpec(
+            numeric={"age": [61.0, 9.5]}, categorical={"treatment": ["chemo", "targeted"]}, treatment="treatment"
+        ),
+        trained_modalities=["image", "genomics", "clinical"],
+        may_be_missing=["genomics", "clinical"],
+        temperature=1.7,
         positive_label="responder",
         cohort_hash="sha256:abc123",
         metrics={"val_auroc": 0.91, "val_brier": 0.12},
@@ -77,17 +86,19 @@ def test_json_round_trip_restores_an_equal_contract() -> None:
 
 def test_json_is_plain_and_carries_the_schema_version() -> None:
     data = json.loads(full_contract().to_json())
-    assert data["schema_version"] == 1
-    assert data["input_names"] == ["image", "genomics", "presence"]
-    assert data["output_names"] == ["probabilities"]
-    assert data["genomics"]["features"] == ["TP53", "EGFR", "KRAS_mut"]
+    assert data["schema_version"] == 2
+    assert data["input_names"] == ["image", "genomics", "clinical", "presence"]
+    assert data["output_names"] == ["logits"]
+    assert [b["features"] for b in data["omics"]] == [["TP53", "EGFR"], ["KRAS_mut"]]
+    assert data["clinical"]["categorical"] == {"treatment": ["chemo", "targeted"]}
+    assert data["temperature"] == 1.7
     assert data["image"]["window"] == [-160.0, 240.0]
 
 
 def test_unknown_schema_version_is_refused() -> None:
     data = json.loads(full_contract().to_json())
-    data["schema_version"] = 2
-    with pytest.raises(ValueError, match="unsupported contract schema 2"):
+    data["schema_version"] = 1
+    with pytest.raises(ValueError, match="unsupported contract schema 1"):
         ModelContract.from_dict(data)
     del data["schema_version"]
     with pytest.raises(ValueError, match="unsupported contract schema None"):
@@ -166,6 +177,22 @@ def test_gene_panel_rejects_duplicates() -> None:
 
 def test_contract_from_json_validates_the_panel() -> None:
     data = json.loads(full_contract().to_json())
-    data["genomics"]["std"] = data["genomics"]["std"][:-1]
+    data["omics"][0]["std"] = data["omics"][0]["std"][:-1]
     with pytest.raises(ValueError, match="differ in length"):
         ModelContract.from_dict(data)
+
+
+def test_modalities_and_combined_panel_follow_the_blocks() -> None:
+    contract = full_contract()
+    assert contract.modalities == ["image", "expression", "mutation", "clinical"]
+    assert contract.genomics.features == ["TP53", "EGFR", "KRAS_mut"]
+    assert contract.clinical_width == 3
+    assert contract.trains("mutation") and contract.may_miss("expression") and not contract.may_miss("image")
+
+
+def test_unknown_modality_and_clashing_blocks_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown modalities \\['proteomics'\\]"):
+        dataclasses.replace(full_contract(), trained_modalities=["image", "proteomics"])
+    block = OmicsBlock(name="expression", features=["TP53"], mean=[0.0], std=[1.0])
+    with pytest.raises(ValueError, match="unique"):
+        dataclasses.replace(full_contract(), omics=[block, block])

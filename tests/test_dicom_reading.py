@@ -26,6 +26,8 @@ from pydicom.uid import (
 )
 
 from radfusion.dicom import find_studies, load_volume, read_header, select_series
+from radfusion.dicom.geometry import GeometryPolicy
+from radfusion.dicom.series import SelectionRules
 from radfusion.errors import (
     GeometryError,
     NoImageSeriesError,
@@ -231,28 +233,29 @@ def _write(tmp_path: Path, datasets: list[Dataset]) -> list[Path]:
     return paths
 
 
-def test_duplicate_positions_are_rejected(tmp_path: Path) -> None:
+def test_duplicate_positions_with_different_images_are_rejected(tmp_path: Path) -> None:
     pixels, positions, common = _axial_slices()
     positions[3] = positions[2]
     paths = _write(tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))])
-    with pytest.raises(GeometryError, match="duplicate slice positions"):
+    with pytest.raises(GeometryError, match="duplicate slice positions with different images"):
         load_volume(paths)
 
 
-def test_missing_slice_is_rejected_as_a_gap(tmp_path: Path) -> None:
+def test_missing_slice_is_rejected_as_a_gap_when_gaps_may_not_be_filled(tmp_path: Path) -> None:
+    """Strict policy; the default fills it (test_dicom_geometry.py)."""
     pixels, positions, common = _axial_slices(n=8)
     keep = [k for k in range(8) if k != 4]
     paths = _write(tmp_path, [ct_slice(pixels[k], positions[k], number=k + 1, **common) for k in keep])
     with pytest.raises(GeometryError, match=r"non-uniform slice spacing \(5\.00-10\.00 mm\): missing slices or gaps"):
-        load_volume(paths)
+        load_volume(paths, GeometryPolicy(max_gap_factor=1.0))
 
 
-def test_gantry_tilt_shear_is_rejected(tmp_path: Path) -> None:
+def test_gantry_tilt_shear_is_rejected_when_tilt_may_not_be_corrected(tmp_path: Path) -> None:
     pixels, positions, common = _axial_slices()
     positions[:, 1] += np.arange(len(positions)) * 1.5  # y drifts 1.5 mm per 5 mm slice
     paths = _write(tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))])
-    with pytest.raises(GeometryError, match="sheared \\(gantry tilt\\)"):
-        load_volume(paths)
+    with pytest.raises(GeometryError, match="sheared \\(gantry tilt 16\\.7 degrees\\)"):
+        load_volume(paths, GeometryPolicy(max_tilt_degrees=0))
 
 
 def test_mixed_orientations_are_rejected(tmp_path: Path) -> None:
@@ -487,14 +490,16 @@ def test_selection_skips_localizer_and_short_series_and_says_why(tmp_path: Path)
     }
 
 
-def test_among_candidates_most_slices_then_thinnest_wins(tmp_path: Path) -> None:
+def test_among_candidates_most_slices_then_thinnest_wins_when_asked(tmp_path: Path) -> None:
+    """The "most_slices" preference; the default "thinnest" is in test_dicom_selection.py."""
+    most = SelectionRules(min_slices=4, prefer="most_slices")
     study = generate_uid()
     _, thick = write_series(tmp_path / "a", ground_truth((8, 5, 4)), study_uid=study)
     _, longer = write_series(tmp_path / "b", ground_truth((10, 5, 4)), study_uid=study)
     headers = find_studies(tmp_path).studies[study].instances
-    choice = select_series(headers, min_slices=4)
+    choice = select_series(headers, rules=most)
     assert choice.series_uid == longer
-    assert choice.reason == "CT series with 10 slices, most slices / thinnest of 2 candidates"
+    assert choice.reason == "CT series with 10 slices, most slices, then thinnest of 2 candidates"
     assert choice.rejected == {}
     # same count: the thinner slices win
     for path in (tmp_path / "a").iterdir():
@@ -507,7 +512,9 @@ def test_among_candidates_most_slices_then_thinnest_wins(tmp_path: Path) -> None
         ds.SliceThickness = 2.0
         ds.save_as(path, enforce_file_format=True)
     headers = find_studies(tmp_path).studies[study].instances
-    assert select_series(headers, min_slices=4).series_uid == also_ten_thin
+    assert select_series(headers, rules=most).series_uid == also_ten_thin
+    # the default prefers the 1 mm series even though it has fewer slices
+    assert select_series(headers, min_slices=4).series_uid == thick
 
 
 def test_only_short_or_localizer_series_raise_no_image_series(tmp_path: Path) -> None:

@@ -168,7 +168,7 @@ def test_sr_references_the_scored_series_and_instances(round_trip: RoundTrip) ->
 
 def test_sr_holds_the_prediction_as_coded_content(round_trip: RoundTrip) -> None:
     with_genes, without_genes = round_trip.cases
-    for case, modalities in ((with_genes, ["RF-IMAGE", "RF-GENOMICS"]), (without_genes, ["RF-IMAGE"])):
+    for case, modalities in ((with_genes, ["RF-IMAGE", "RF-EXPRESSION", "RF-MUTATION"]), (without_genes, ["RF-IMAGE"])):
         (sr,) = round_trip.srs[case.study_uid]
         content = sr_content(sr)
         assert content["Algorithm Name"] == "tiny-fusion"

@@ -61,14 +61,17 @@ def test_checkpoint_carries_the_contract_pieces(trained, cohort):
     state = torch.load(trained, map_location="cpu", weights_only=False)
     parts = state["radfusion_contract"]
     genomics = pd.read_parquet(cohort / "genomics.parquet").set_index("patient_id")
-    assert parts["gene_panel"]["features"] == list(genomics.columns)
+    assert [b["name"] for b in parts["omics"]] == ["expression", "mutation"]
+    features = [f for b in parts["omics"] for f in b["features"]]
+    assert sorted(features) == sorted(genomics.columns)
+    assert all(f.endswith("_mut") for f in parts["omics"][1]["features"])
     assert parts["geometry"]["target_shape"] == [8, 16, 16]
     assert parts["labels"] == ["non-responder", "responder"]
     assert len(parts["cohort_hash"]) == 16
     assert 0.0 <= parts["val_auroc"] <= 1.0
     # Panel statistics come from the training split only, not the whole table.
-    mean = np.asarray(parts["gene_panel"]["mean"])
-    assert not np.allclose(mean, genomics.mean().to_numpy())
+    mean = np.asarray([m for b in parts["omics"] for m in b["mean"]])
+    assert not np.allclose(mean, genomics[features].mean().to_numpy())
     assert (trained.parent / "last.ckpt").exists()
 
 
@@ -107,7 +110,8 @@ def test_exported_model_matches_pytorch_through_the_serving_path(trained, cohort
     served = predictor.predict([case])[0]["probabilities"]["responder"]
     item = dm.datasets["test"][0]
     with torch.no_grad():
-        logits = module(item["image"][None], torch.as_tensor(item["genomics"])[None], torch.as_tensor(item["presence"])[None])
+        inputs = [torch.as_tensor(item[k])[None] for k in ("image", "genomics", "clinical", "presence")]
+        logits = module(*inputs)
     assert served == pytest.approx(float(torch.softmax(logits, -1)[0, 1]), abs=1e-4)
 
 

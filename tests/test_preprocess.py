@@ -9,10 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radfusion.contract import GenePanel, ImageGeometry, ModelContract
+from radfusion.contract import ClinicalSpec, GenePanel, ImageGeometry, ModelContract, OmicsBlock
 from radfusion.dicom.volume import Volume
-from radfusion.errors import GenePanelError, GeometryError, NoModalityError, WrongModalityError
-from radfusion.preprocess import build_inputs, fit_gene_panel, preprocess_genomics, preprocess_image
+from radfusion.errors import ClinicalInputError, GenePanelError, GeometryError, NoModalityError, WrongModalityError
+from radfusion.preprocess import (
+    OmicsInput,
+    build_inputs,
+    fit_clinical_spec,
+    fit_gene_panel,
+    preprocess_clinical,
+    preprocess_genomics,
+    preprocess_image,
+    preprocess_omics,
+)
 
 # (slice, row, col) axes of an axial volume point along patient z, y, x
 AXIAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
@@ -183,27 +192,90 @@ def test_fit_gene_panel_uses_training_statistics_and_guards_constant_genes() -> 
     assert z.tolist() == pytest.approx([1.0, 0.0, 0.0])
 
 
+# ------------------------------------------------------------------ omics blocks, clinical
+
+
+MUTATIONS = OmicsBlock(name="mutation", features=["TP53_mut", "EGFR_mut"], mean=[0.5, 0.2], std=[0.5, 0.4])
+EXPRESSION = OmicsBlock(name="expression", features=PANEL.features, mean=PANEL.mean, std=PANEL.std)
+CLINICAL_SPEC = ClinicalSpec(
+    numeric={"age": [60.0, 10.0]}, categorical={"treatment": ["chemo", "targeted"], "sex": ["F", "M"]}, treatment="treatment"
+)
+
+
+def test_omics_blocks_are_concatenated_and_a_block_without_values_is_absent() -> None:
+    values = {"TP53": 9.0, "EGFR": 1.0, "KRAS": 7.0, "TP53_mut": float("nan"), "EGFR_mut": None}
+    omics = preprocess_omics(values, [EXPRESSION, MUTATIONS])
+    assert omics.present == ["expression"]
+    assert omics.values.tolist() == [2.0, -2.0, 2.0, 0.0, 0.0]
+    both = preprocess_omics({**values, "TP53_mut": 1, "EGFR_mut": 0}, [EXPRESSION, MUTATIONS])
+    assert both.present == ["expression", "mutation"]
+    assert both.values[3:].tolist() == pytest.approx([1.0, -0.5])
+
+
+def test_an_incomplete_block_names_the_block_and_genes_unless_it_imputes() -> None:
+    with pytest.raises(GenePanelError, match="^mutation block: 1 of 2 panel genes missing: EGFR_mut$"):
+        preprocess_omics({"TP53_mut": 1.0}, [MUTATIONS])
+    imputing = dataclasses.replace(MUTATIONS, impute_missing=True)
+    assert preprocess_omics({"TP53_mut": 1.0}, [imputing]).values.tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_no_omics_feature_at_all_is_a_panel_error() -> None:
+    with pytest.raises(GenePanelError, match="none of the model's 5 omics features given"):
+        preprocess_omics({"MYC": 1.0}, [EXPRESSION, MUTATIONS])
+
+
+def test_clinical_covariates_are_scaled_and_one_hot() -> None:
+    out = preprocess_clinical({"age": 70, "treatment": "targeted", "sex": "F", "site": "x"}, CLINICAL_SPEC)
+    # Covariates in name order (ClinicalSpec sorts them, so the contract's JSON keeps it).
+    assert CLINICAL_SPEC.features == ["age", "sex=F", "sex=M", "treatment=chemo", "treatment=targeted"]
+    assert out.tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert CLINICAL_SPEC.treatments == ["chemo", "targeted"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"age": 70, "sex": "F"}, "clinical covariates missing: treatment"),
+        ({"age": 70, "treatment": "surgery", "sex": "F"}, "clinical covariate treatment='surgery' is not one of ['chemo', 'targeted']"),
+        ({"age": "old", "treatment": "chemo", "sex": "F"}, "clinical covariate age is not a number"),
+    ],
+)
+def test_bad_clinical_input_is_named(values, message) -> None:
+    with pytest.raises(ClinicalInputError) as info:
+        preprocess_clinical(values, CLINICAL_SPEC)
+    assert info.value.message == message and info.value.http_status == 422
+
+
+def test_fit_clinical_spec_takes_training_levels_and_statistics() -> None:
+    rows = pd.DataFrame({"age": [50, 70], "treatment": ["targeted", "chemo"], "sex": ["M", None]})
+    spec = fit_clinical_spec(rows, ["age"], ["treatment", "sex"], treatment="treatment")
+    assert spec.numeric == {"age": [60.0, 10.0]}
+    assert spec.categorical == {"treatment": ["chemo", "targeted"], "sex": ["M"]}
+
+
 # ------------------------------------------------------------------ presence mask
 
 
 def _contract(**changes) -> ModelContract:
     base = ModelContract(
         name="t", version="1", task="classification:response", labels=["no", "yes"],
-        image=ImageGeometry(target_shape=(4, 6, 6)), genomics=PANEL,
+        image=ImageGeometry(target_shape=(4, 6, 6)), omics=[EXPRESSION],
     )
     return dataclasses.replace(base, **changes)
 
 
 IMAGE = np.full((1, 4, 6, 6), 0.25, np.float32)
-GENES = np.array([0.5, -1.0, 2.0], np.float32)
+GENES = OmicsInput(np.array([0.5, -1.0, 2.0], np.float32), ["expression"])
 
 
 def test_both_modalities() -> None:
     inputs = build_inputs(_contract(), IMAGE, GENES)
-    assert inputs.modalities_used == ["image", "genomics"]
+    assert inputs.modalities_used == ["image", "expression"]
     assert inputs.presence.tolist() == [1.0, 1.0] and inputs.presence.dtype == np.float32
-    assert np.array_equal(inputs.image, IMAGE) and np.array_equal(inputs.genomics, GENES)
-    assert list(inputs.as_feed()) == ["image", "genomics", "presence"]
+    assert np.array_equal(inputs.image, IMAGE) and np.array_equal(inputs.genomics, GENES.values)
+    assert list(inputs.as_feed()) == ["image", "genomics", "clinical", "presence"]
+    # No clinical block: one zero column, so every model has the same four inputs.
+    assert inputs.clinical.tolist() == [0.0]
 
 
 def test_image_only_feeds_zero_genomics() -> None:
@@ -215,10 +287,25 @@ def test_image_only_feeds_zero_genomics() -> None:
 
 def test_genomics_only_feeds_a_zero_image_of_the_contract_shape() -> None:
     inputs = build_inputs(_contract(), None, GENES)
-    assert inputs.modalities_used == ["genomics"]
+    assert inputs.modalities_used == ["expression"]
     assert inputs.presence.tolist() == [0.0, 1.0]
     assert inputs.image.shape == (1, 4, 6, 6) and np.all(inputs.image == 0)
     assert inputs.image.dtype == np.float32
+
+
+def test_blocks_and_clinical_each_have_a_presence_bit() -> None:
+    contract = _contract(omics=[EXPRESSION, MUTATIONS], clinical=CLINICAL_SPEC,
+                         trained_modalities=["image", "genomics", "clinical"], may_be_missing=["image", "genomics", "clinical"])
+    assert contract.modalities == ["image", "expression", "mutation", "clinical"]
+    clinical = np.arange(5, dtype=np.float32)
+    inputs = build_inputs(contract, None, GENES_AND_ZERO_MUTATIONS, clinical)
+    assert inputs.modalities_used == ["expression", "clinical"]
+    assert inputs.presence.tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert inputs.genomics.tolist() == [0.5, -1.0, 2.0, 0.0, 0.0]
+    assert inputs.clinical.tolist() == clinical.tolist()
+
+
+GENES_AND_ZERO_MUTATIONS = OmicsInput(np.array([0.5, -1.0, 2.0, 0.0, 0.0], np.float32), ["expression"])
 
 
 def test_no_modality_is_an_error() -> None:

@@ -112,7 +112,7 @@ def test_one_row_per_study_and_the_broken_one_fails(archive, scored, tiny_cohort
     table = load_genomics_table(tiny_cohort / "genomics.parquet")
     has_genomics = ok["patient_id"].isin(table.index)
     assert has_genomics.any() and not has_genomics.all()
-    assert set(ok.loc[has_genomics, "modalities_used"]) == {"image,genomics"}
+    assert set(ok.loc[has_genomics, "modalities_used"]) == {"image,expression,mutation"}
     assert set(ok.loc[~has_genomics, "modalities_used"]) == {"image"}
 
 

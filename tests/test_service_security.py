@@ -132,7 +132,8 @@ def test_inference_routes_need_a_token(server, cohort) -> None:
         for open_path in ("/readyz", "/livez", "/healthz", "/metrics"):
             assert client.get(open_path).status_code == 200, open_path
         metrics = client.get("/metrics").text
-    assert 'radfusion_predictions_total{modalities="genomics"}' in metrics
+    assert "radfusion_predictions_total{modalities=" in metrics
+    assert 'radfusion_errors_total{kind="unauthorized",route="/predict"}' in metrics
 
 
 # ---------------------------------------------------------------------------- overload

@@ -126,8 +126,8 @@ def test_ready_and_contract(server, tiny_contract) -> None:
     assert got.status_code == posted.status_code == 200
     assert got.json() == posted.json() == json.loads(tiny_contract.to_json())
     body = got.json()
-    assert body["genomics"]["features"] == tiny_contract.genomics.features
-    assert len(body["genomics"]["features"]) == 105  # 100 genes + 5 mutation flags
+    assert [b["name"] for b in body["omics"]] == ["expression", "mutation"]
+    assert [len(b["features"]) for b in body["omics"]] == [100, 5]  # 100 genes + 5 mutation flags
     assert body["labels"] == ["non-responder", "responder"]
     assert body["image"]["target_shape"] == [8, 16, 16]
 
@@ -140,7 +140,7 @@ def test_zip_with_genomics_matches_predictor(server, cohort, predictor) -> None:
     response = post_study(client, zip_bytes(study_paths(studies[patient])), genes)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["modalities_used"] == ["image", "genomics"]
+    assert body["modalities_used"] == ["image", "expression", "mutation"]
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=TOL)
     assert body["model"] == {"name": "tiny-fusion", "version": "0.0.1-test"}
     assert body["study_instance_uid"] == studies[patient].study_uid
@@ -181,7 +181,7 @@ def test_genomics_only_json(server, cohort, predictor) -> None:
     response = client.post("/predict", json={"genomics": genes})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["modalities_used"] == ["genomics"]
+    assert body["modalities_used"] == ["expression", "mutation"]
     assert "study_instance_uid" not in body
     expected = predictor.predict([predictor.prepare(None, genes)])[0]
     assert_matches_predictor(body, expected)
@@ -250,7 +250,8 @@ def test_missing_genes_are_named(server, cohort) -> None:
     genes = genes_of(table, patient)
     del genes["EGFR"], genes["KRAS_mut"]
     detail = error_of(post_study(client, zip_bytes(study_paths(studies[patient])), genes), 422, "gene_panel_mismatch")
-    assert "2 of 105" in detail and "EGFR" in detail and "KRAS_mut" in detail
+    assert "expression block: 1 of 100 panel genes missing: EGFR" in detail
+    assert "mutation block: 1 of 5 panel genes missing: KRAS_mut" in detail
     # The same without a study.
     detail = error_of(client.post("/predict", json={"genomics": genes}), 422, "gene_panel_mismatch")
     assert "EGFR" in detail and "KRAS_mut" in detail

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from radfusion.dicom import find_studies
-from serving.launch import ServerStartError, running_server
+from serving.launch import ServerStartError, free_port, running_server
 from serving.limits import BodySizeLimit
 from serving.modelref import ModelNotFoundError, device_from_env, looks_like_tag, resolve_model_path
 from serving.uploads import (
@@ -183,7 +185,7 @@ print(json.dumps({"tag": str(model.tag), "resolved": str(resolve_model_path("tin
 
 
 @pytest.mark.slow
-def test_bentoml_build_offline_packs_code_and_names_the_model(tiny_onnx_model: Path, tmp_path: Path) -> None:
+def test_bentoml_build_offline_then_the_bento_serves(tiny_onnx_model: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RADFUSION_MODEL"}
     env.update(BENTOML_DO_NOT_TRACK="True", BENTOML_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
     registered = subprocess.run(
@@ -218,3 +220,38 @@ def test_bentoml_build_offline_packs_code_and_names_the_model(tiny_onnx_model: P
     assert not (bento / "src" / "training").exists() and not (bento / "src" / "tests").exists()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in requirements and "bentoml" in requirements and "torch" not in requirements
+
+    # The built bento serves: from its own copy of the code (not this checkout) and the
+    # model store, with a token, answering as the model does in-process.
+    serve_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    serve_env["RADFUSION_API_TOKENS"] = "bento-token"
+    port = free_port()
+    with open(tmp_path / "serve.log", "wb") as log:
+        server = subprocess.Popen([str(bentoml), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+                                  cwd=tmp_path, env=serve_env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not _answers(f"{url}/readyz"):
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.25)
+        contract = httpx.get(f"{url}/contract", headers={"X-API-Key": "bento-token"}, timeout=30)
+        assert contract.status_code == 200 and contract.json()["name"] == "tiny-fusion"
+        assert httpx.get(f"{url}/contract", timeout=30).status_code == 401
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=15)
+    assert server.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

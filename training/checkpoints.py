@@ -1,5 +1,6 @@
-"""Load a trained checkpoint together with the data module it was trained on, and
-turn its stored contract pieces into a ModelContract."""
+"""Checkpoints: load a trained one together with the data module it was trained on
+and turn its stored contract pieces into a ModelContract; and ResumeCheckpoint, the
+callback that keeps last.ckpt fresh enough to resume a killed or pre-empted run."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from radfusion.contract import GenePanel, ImageGeometry, ModelContract
+from radfusion.contract import ClinicalSpec, ImageGeometry, ModelContract, OmicsBlock
 from training.data import RadfusionDataModule
 from training.module import FusionModule
 
@@ -46,13 +48,17 @@ def build_contract(module: FusionModule, checkpoint: Path | str) -> ModelContrac
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:8]
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     modalities = list(module.hparams.modalities)
-    labels = list(parts["labels"])
+    trained_groups = ["image" in modalities, any(module.net.uses(b) for b in module.net.omics_sizes), module.net.uses("clinical")]
+    # Checkpoints from before the task switch carry neither: classification.
+    task = parts.get("task", f"classification:{parts['target']}")
+    labels = list(parts.get("output_labels", parts["labels"]))
     return ModelContract(
         name=module.hparams.model_name,
         version=f"{stamp}-{digest}",
-        task=f"classification:{parts['target']}",
+        task=task,
         labels=labels,
-        positive_label=labels[-1] if len(labels) == 2 else None,
+        positive_label=labels[-1] if len(labels) == 2 and task.startswith("classification") else None,
+        time_bins=list(parts.get("time_bins", [])),
         image=ImageGeometry(
             spatial_dims=module.hparams.spatial_dims,
             target_shape=tuple(parts["geometry"]["target_shape"]),
@@ -61,10 +67,60 @@ def build_contract(module: FusionModule, checkpoint: Path | str) -> ModelContrac
             modalities=tuple(parts["geometry"]["modalities"]),
             min_slices=parts["geometry"]["min_slices"],
         ),
-        genomics=GenePanel(**parts["gene_panel"]),
+        omics=[OmicsBlock(**block) for block in parts["omics"]],
+        clinical=ClinicalSpec(**parts["clinical"]) if parts.get("clinical") else None,
         trained_modalities=modalities,
-        may_be_missing=modalities if len(modalities) > 1 else [],
+        # A model that uses more than one modality group was trained with modality
+        # dropout, so any of them may be missing; a unimodal one needs its own.
+        may_be_missing=modalities if sum(trained_groups) > 1 else [],
         cohort_hash=parts["cohort_hash"],
-        metrics={"val_auroc": parts["val_auroc"]} if "val_auroc" in parts else {},
+        metrics={k: parts[k] for k in ("val_auroc", "val_cindex") if k in parts},
         versions={p: _version_of(p) for p in ("radfusion", "torch", "monai", "lightning", "onnx", "onnxruntime")},
     )
+
+
+class ResumeCheckpoint(ModelCheckpoint):
+    """Writes ``last.ckpt`` (full trainer state) every ``every_n_train_steps`` optimizer
+    steps, after each validation and when training ends, so a killed or pre-empted run
+    loses at most N steps: ``radfusion train ... --ckpt_path last`` continues it.
+
+    ``dirpath`` defaults to ``<trainer.default_root_dir>/checkpoints``, beside the best
+    checkpoint, and is known before ``fit`` starts because ``ckpt_path="last"`` is
+    resolved then. A subclass, so the module's best-metric ModelCheckpoint
+    (``configure_callbacks``) does not replace it: Lightning drops trainer callbacks of
+    a type the module also returns."""
+
+    def __init__(self, every_n_train_steps: int = 50, dirpath: str | None = None):
+        super().__init__(
+            dirpath=dirpath,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+            # One file, always called last.ckpt: never last-v1.ckpt beside a stale one.
+            enable_version_counter=False,
+        )
+
+    def _default_dir(self, trainer) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._default_dir(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer) -> set[str]:
+        self._default_dir(trainer)
+        return super()._find_last_checkpoints(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_now(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning's own on_train_end skips the final state once any step save
+        # happened; the end of training must always be resumable (and evaluable).
+        self._save_last_now(trainer)
+
+    def _save_last_now(self, trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # skips if saved at this step
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

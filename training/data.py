@@ -1,25 +1,34 @@
 """LightningDataModule over a radfusion cohort folder (dicom/, genomics.parquet,
 clinical.csv). Preprocessing is the core's one definition (radfusion.preprocess),
-cached to disk by MONAI's PersistentDataset so it runs once per study, not per epoch."""
+cached to disk by MONAI's PersistentDataset so it runs once per study, not per epoch.
+
+The genomics table's columns are split into omics blocks (expression, mutation,
+copy number) by feature name; each block and the optional clinical covariates get
+their own presence bit, in the order of the model contract's modalities."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import DataLoader, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose, MapTransform, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 
 from radfusion.cohort import cohort_hash, index_studies
-from radfusion.contract import GenePanel, ImageGeometry
-from radfusion.genomics import feature_columns, load_genomics_table
-from radfusion.preprocess import fit_gene_panel, preprocess_genomics
+from radfusion.cohort_manifest import load_manifest
+from radfusion.contract import CLINICAL, ClinicalSpec, ImageGeometry, OmicsBlock
+from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
+from radfusion.preprocess import fit_clinical_spec, fit_omics_block, preprocess_clinical, preprocess_omics
 from radfusion.study import read_study_image
+
+CACHE_CHOICES = ("persistent", "memory", "none")
 
 
 class LoadStudyd(MapTransform):
@@ -52,13 +61,34 @@ class RadfusionDataModule(L.LightningDataModule):
         target_spacing: tuple[float, float, float] = (5.0, 8.0, 8.0),
         window: tuple[float, float] = (-150.0, 250.0),
         image_modalities: tuple[str, ...] = ("CT",),
+        # Clinical covariates given to the model as one input block (none by default);
+        # `treatment` names the categorical one a model can be asked "what if" about.
+        clinical_numeric: tuple[str, ...] = (),
+        clinical_categorical: tuple[str, ...] = (),
+        treatment: str | None = None,
+        # Multi-label targets (e.g. response per drug): binary columns, one model
+        # output each, named by the columns. Empty: the single `target` with `labels`.
+        targets: tuple[str, ...] = (),
+        # Survival outcome columns, carried in every record for the survival tasks
+        # (time NaN, event 0 where the table lacks them).
+        time_column: str = "survival_months",
+        event_column: str = "event",
         split: tuple[float, float, float] = (0.6, 0.2, 0.2),
         split_seed: int = 0,
         batch_size: int = 16,
         num_workers: int = 0,
         augment: bool = True,
+        # Where preprocessed images are kept between epochs: "persistent" (on disk,
+        # shared by runs), "memory" (CacheDataset, filled by threads at setup) or "none".
+        cache: str = "persistent",
+        # A `radfusion cohort build` output folder: studies (the chosen series),
+        # genomics blocks and outcomes come from it instead of cohort_dir's files;
+        # cohort_dir then only holds the image cache.
+        manifest: str | None = None,
     ):
         super().__init__()
+        if cache not in CACHE_CHOICES:
+            raise ValueError(f"cache must be one of {CACHE_CHOICES}, not {cache!r}")
         self.save_hyperparameters()
         self.cohort_dir = Path(cohort_dir)
         self.geometry = ImageGeometry(
@@ -67,24 +97,56 @@ class RadfusionDataModule(L.LightningDataModule):
             window=tuple(window),
             modalities=tuple(image_modalities),
         )
-        self.labels = list(labels)
-        self.genomics = load_genomics_table(self.cohort_dir / genomics_file)
-        self.gene_features = feature_columns(self.genomics)
-        self.datasets: dict[str, PersistentDataset] = {}
+        self.labels = list(targets) if targets else list(labels)
+        self.manifest = load_manifest(manifest) if manifest else None
+        self.genomics = self.manifest.genomics if self.manifest else load_genomics_table(self.cohort_dir / genomics_file)
+        self.block_features = split_blocks(feature_columns(self.genomics))
+        self.datasets: dict[str, Dataset] = {}
         self.records: dict[str, list[dict]] = {}
-        self.gene_panel: GenePanel | None = None
+        self.omics: list[OmicsBlock] = []
+        self.clinical: ClinicalSpec | None = None
+
+    # The batch-size finder (Tuner.scale_batch_size / BatchSizeFinder) reads and sets
+    # this; the loaders read hparams.batch_size, which the setter keeps in step.
+    @property
+    def batch_size(self) -> int:
+        return self.hparams.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.hparams.batch_size = int(value)
 
     # Read by LightningCLI.link_arguments so the model is built for this data.
     @property
-    def n_genes(self) -> int:
-        return len(self.gene_features)
+    def omics_sizes(self) -> dict[str, int]:
+        return {name: len(features) for name, features in self.block_features.items()}
+
+    @cached_property
+    def n_clinical(self) -> int:
+        """Width of the encoded clinical block (0: no clinical input)."""
+        h = self.hparams
+        if not (h.clinical_numeric or h.clinical_categorical):
+            return 0
+        table = self._clinical_table()
+        return len(h.clinical_numeric) + sum(table[c].dropna().nunique() for c in h.clinical_categorical)
+
+    @property
+    def modalities(self) -> list[str]:
+        """Presence-mask order, as the contract's `modalities`."""
+        return ["image", *self.block_features, *([CLINICAL] if self.n_clinical else [])]
 
     @property
     def n_classes(self) -> int:
         return len(self.labels)
 
     @property
+    def dicom_root(self) -> Path:
+        return self.manifest.dicom_root if self.manifest else self.cohort_dir / "dicom"
+
+    @property
     def cohort_hash(self) -> str:
+        if self.manifest:
+            return cohort_hash(self.manifest.dicom_root, *self.manifest.files)
         return cohort_hash(
             self.cohort_dir / "dicom",
             self.cohort_dir / self.hparams.genomics_file,
@@ -92,7 +154,8 @@ class RadfusionDataModule(L.LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        index_studies(self.cohort_dir / "dicom")
+        if not self.manifest:
+            index_studies(self.cohort_dir / "dicom")
 
     def setup(self, stage: str | None = None) -> None:
         if self.records:
@@ -100,45 +163,76 @@ class RadfusionDataModule(L.LightningDataModule):
         table = self._joined_table()
         assignment = split_patients(table, self.hparams.split, self.hparams.split_seed, self.hparams.target)
         train_ids = assignment.index[assignment == "train"]
-        has_genes = self.genomics.index.intersection(train_ids)
-        self.gene_panel = fit_gene_panel(self.genomics.loc[has_genes], self.gene_features)
+        train_genomics = self.genomics.loc[self.genomics.index.intersection(train_ids)]
+        self.omics = [fit_omics_block(train_genomics, name, f) for name, f in self.block_features.items()]
+        if self.n_clinical:
+            h = self.hparams
+            self.clinical = fit_clinical_spec(
+                table.loc[train_ids], list(h.clinical_numeric), list(h.clinical_categorical), h.treatment
+            )
         cache = self.cohort_dir / ".radfusion" / f"images-{self._geometry_key()}"
         for part in ("train", "val", "test"):
             ids = assignment.index[assignment == part]
             self.records[part] = [self._record(table.loc[pid]) for pid in ids]
-            self.datasets[part] = PersistentDataset(
-                self.records[part],
-                transform=self._transforms(train=part == "train" and self.hparams.augment),
-                cache_dir=cache,
-                hash_transform=None,
+            self.datasets[part] = self._dataset(
+                self.records[part], self._transforms(train=part == "train" and self.hparams.augment), cache
             )
 
-    def _joined_table(self) -> pd.DataFrame:
-        studies = index_studies(self.cohort_dir / "dicom").drop_duplicates("patient_id").set_index("patient_id")
+    def _dataset(self, records: list[dict], transform: Compose, cache_dir: Path) -> Dataset:
+        """Deterministic transforms (the study loading) are cached; random ones run per epoch."""
+        if self.hparams.cache == "persistent":
+            return PersistentDataset(records, transform=transform, cache_dir=cache_dir, hash_transform=None)
+        if self.hparams.cache == "memory":
+            return CacheDataset(records, transform=transform, num_workers=None, progress=False)
+        return Dataset(records, transform=transform)
+
+    def _clinical_table(self) -> pd.DataFrame:
+        if self.manifest:
+            return self.manifest.table
         path = self.cohort_dir / self.hparams.clinical_file
         clinical = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"patient_id": str})
-        clinical = clinical.set_index("patient_id")
-        table = clinical.join(studies, how="left")
+        return clinical.set_index("patient_id")
+
+    def _joined_table(self) -> pd.DataFrame:
+        if self.manifest:
+            return self.manifest.table[self.manifest.table[self.hparams.target].notna()]
+        studies = index_studies(self.cohort_dir / "dicom").drop_duplicates("patient_id").set_index("patient_id")
+        table = self._clinical_table().join(studies, how="left")
         return table[table[self.hparams.target].notna()]
 
     def _record(self, row: pd.Series) -> dict:
         pid = row.name
-        genes = self.genomics.loc[pid, self.gene_features] if pid in self.genomics.index else None
         has_image = isinstance(row.get("files"), (list, np.ndarray)) and len(row["files"]) > 0
-        if genes is not None:
-            vector = preprocess_genomics(genes.to_dict(), self.gene_panel)
-        else:
-            vector = np.zeros(self.n_genes, dtype=np.float32)
+        present = {"image"} if has_image else set()
+        genomics = np.zeros(sum(self.omics_sizes.values()), dtype=np.float32)
+        if pid in self.genomics.index:
+            omics = preprocess_omics(self.genomics.loc[pid].to_dict(), self.omics)
+            genomics, present = omics.values, present | set(omics.present)
+        clinical = np.zeros(max(1, self.n_clinical), dtype=np.float32)
+        if self.clinical is not None:
+            clinical = preprocess_clinical(row.to_dict(), self.clinical)
+            present.add(CLINICAL)
         return {
             "patient_id": pid,
             "image": [str(f) for f in row["files"]] if has_image else [],
-            "genomics": vector,
-            "presence": np.array([has_image, genes is not None], dtype=np.float32),
-            "label": int(row[self.hparams.target]),
+            "genomics": genomics,
+            "clinical": clinical,
+            "presence": np.array([m in present for m in self.modalities], dtype=np.float32),
+            "label": self._label(row),
+            "time": float(row.get(self.hparams.time_column, np.nan)),
+            "event": int(row[self.hparams.event_column]) if pd.notna(row.get(self.hparams.event_column)) else 0,
         }
 
+    def _label(self, row: pd.Series) -> int | np.ndarray:
+        """Class index (a value that is one of `labels`, e.g. subtype "S2", or an integer
+        code), or for multi-label targets a float vector of the binary columns."""
+        if self.hparams.targets:
+            return np.array([float(row[t]) for t in self.hparams.targets], dtype=np.float32)
+        value = row[self.hparams.target]
+        return self.labels.index(str(value)) if str(value) in self.labels else int(value)
+
     def _transforms(self, train: bool) -> Compose:
-        load = LoadStudyd(self.geometry, self.cohort_dir / "dicom")
+        load = LoadStudyd(self.geometry, self.dicom_root)
         if not train:
             return Compose([load])
         return Compose(
@@ -154,7 +248,8 @@ class RadfusionDataModule(L.LightningDataModule):
         )
 
     def _geometry_key(self) -> str:
-        text = json.dumps([self.geometry.target_shape, self.geometry.target_spacing, self.geometry.window])
+        # Every geometry field (series rules and geometry repair too) changes the images.
+        text = json.dumps(dataclasses.asdict(self.geometry), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
@@ -164,6 +259,8 @@ class RadfusionDataModule(L.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
+            # Page-locked host memory lets the copy to a GPU overlap compute.
+            pin_memory=torch.cuda.is_available(),
             collate_fn=collate,
         )
 
@@ -182,8 +279,11 @@ def collate(items: list[dict]) -> dict:
         "patient_id": [i["patient_id"] for i in items],
         "image": torch.stack([torch.as_tensor(i["image"], dtype=torch.float32) for i in items]),
         "genomics": torch.stack([torch.as_tensor(i["genomics"]) for i in items]),
+        "clinical": torch.stack([torch.as_tensor(i["clinical"]) for i in items]),
         "presence": torch.stack([torch.as_tensor(i["presence"]) for i in items]),
-        "label": torch.tensor([i["label"] for i in items]),
+        "label": torch.as_tensor(np.asarray([i["label"] for i in items])),
+        "time": torch.tensor([i["time"] for i in items], dtype=torch.float32),
+        "event": torch.tensor([i["event"] for i in items]),
     }
 
 

@@ -1,5 +1,9 @@
-"""`radfusion evaluate`: held-out (test split) metrics for one or more checkpoints,
-overall and per modality-presence pattern, as JSON and a Markdown table."""
+"""`radfusion evaluate`: held-out (test split) metrics for several checkpoints on the
+same split, overall and per modality-presence pattern, as JSON and a Markdown table:
+one row per model (a fusion strategy or a unimodal baseline), columns pattern x
+metric. Classification and multi-label models get AUROC (torchmetrics); survival
+models the concordance index (lifelines) and the time-dependent AUC at the model's
+horizons (cumulative/dynamic, scikit-learn), whose mean is the table's td-AUC."""
 
 from __future__ import annotations
 
@@ -8,45 +12,90 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.functional.classification import binary_auroc, multiclass_auroc, multilabel_auroc
 
 from training.checkpoints import load_datamodule, load_module
+from training.tasks import SurvivalTask, concordance, time_dependent_auc
 
 # Presence patterns forced at evaluation time: what a model gives when a hospital
-# can supply only part of a case.
-PATTERNS = {"observed": None, "image_only": (1.0, 0.0), "genomics_only": (0.0, 1.0)}
+# can supply only part of a case. Clinical covariates, when a model has them, are
+# kept in every pattern: a hospital always knows them.
+PATTERNS = {"observed": None, "image_only": ("image",), "genomics_only": ("genomics",)}
+PATTERN_TITLES = {"observed": "all", "image_only": "image only", "genomics_only": "genomics only"}
+METRIC_TITLES = {"auroc": "AUROC", "cindex": "C-index", "td_auc": "td-AUC"}
+
+
+def pattern_mask(net, keep: tuple[str, ...]) -> torch.Tensor:
+    kept = lambda name: name in keep or name == "clinical" or ("genomics" in keep and name in net.omics_sizes)  # noqa: E731
+    return torch.tensor([float(kept(n)) for n in net.modality_names])
 
 
 @torch.no_grad()
-def predict_split(module, dm, part: str = "test", pattern: tuple[float, float] | None = None):
-    probs, labels, masks = [], [], []
+def predict_split(module, dm, part: str = "test", pattern: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Raw outputs, labels, times, events and the presence actually fed, for one split."""
+    out: dict[str, list] = {"outputs": [], "label": [], "time": [], "event": [], "presence": []}
     for batch in dm._loader(part, shuffle=False):
         presence = module._presence(batch)
         if pattern is not None:
-            presence = presence * torch.tensor(pattern)
-        logits = module(batch["image"], batch["genomics"], presence)
-        probs.append(torch.softmax(logits, dim=-1)[:, -1])
-        labels.append(batch["label"])
-        masks.append(presence)
-    return torch.cat(probs), torch.cat(labels), torch.cat(masks)
+            presence = presence * pattern_mask(module.net, pattern)
+        out["outputs"].append(module(batch["image"], batch["genomics"], batch["clinical"], presence))
+        out["presence"].append(presence)
+        for key in ("label", "time", "event"):
+            out[key].append(batch[key])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def pattern_metrics(module, predicted: dict[str, torch.Tensor], horizons) -> dict[str, float]:
+    """The task's metrics on one pattern's predictions; empty when undefined (one class
+    only, no events)."""
+    task, outputs = module.task, predicted["outputs"]
+    if isinstance(task, SurvivalTask):
+        risk = task.risk(outputs).numpy()
+        time, event = predicted["time"].numpy(), predicted["event"].numpy()
+        if event.sum() == 0 or len(risk) < 2:
+            return {}
+        per_horizon = {f"td_auc_{h:g}": time_dependent_auc(risk, time, event, h) for h in horizons}
+        finite = [v for v in per_horizon.values() if np.isfinite(v)]
+        return {"cindex": concordance(risk, time, event), **per_horizon, "td_auc": float(np.mean(finite)) if finite else float("nan")}
+    labels = predicted["label"]
+    if task.kind == "multilabel":
+        if (labels.min(dim=0).values == labels.max(dim=0).values).any():
+            return {}
+        return {"auroc": float(multilabel_auroc(torch.sigmoid(outputs), labels.long(), num_labels=outputs.shape[1]))}
+    if labels.unique().numel() < 2:
+        return {}
+    probs = torch.softmax(outputs, dim=-1)
+    if outputs.shape[1] == 2:
+        return {"auroc": float(binary_auroc(probs[:, 1], labels))}
+    return {"auroc": float(multiclass_auroc(probs, labels, num_classes=outputs.shape[1]))}
 
 
 def evaluate_checkpoint(checkpoint: Path) -> dict:
     module = load_module(checkpoint)
     dm = load_datamodule(checkpoint)
-    result: dict = {"checkpoint": str(checkpoint), "modalities": list(module.hparams.modalities)}
+    horizons = tuple(module.hparams.get("horizons", ()))
+    result: dict = {
+        "checkpoint": str(checkpoint),
+        "modalities": list(module.hparams.modalities),
+        "task": module.task.kind,
+        "fusion": module.net.fusion_kind,
+    }
+    covariates_only = pattern_mask(module.net, ()).bool()
     for name, pattern in PATTERNS.items():
-        probs, labels, presence = predict_split(module, dm, "test", pattern)
-        # Cases with nothing the model can use are excluded from that pattern.
-        usable = presence.sum(dim=1) > 0
+        predicted = predict_split(module, dm, "test", pattern)
+        # Cases with nothing the model can use (beyond covariates) are excluded from that pattern.
+        usable = predicted["presence"][:, ~covariates_only].sum(dim=1) > 0
         if name == "observed":
             usable = torch.ones_like(usable)
-        if usable.sum() < 2 or labels[usable].unique().numel() < 2:
+        kept = {k: v[usable] for k, v in predicted.items()}
+        metrics = pattern_metrics(module, kept, horizons)
+        if not metrics:  # e.g. an image-only model under "genomics only": no usable case
             continue
-        result[f"auroc_{name}"] = float(binary_auroc(probs[usable], labels[usable]))
+        result.update({f"{metric}_{name}": value for metric, value in metrics.items()})
         result[f"n_{name}"] = int(usable.sum())
-    # NaN when the test split holds one class only (tiny cohorts): undefined, not 0.5.
-    result["auroc"] = result.get("auroc_observed", float("nan"))
+    # The headline metric; NaN when undefined on this test split (tiny cohorts), not 0.5.
+    headline = "cindex" if isinstance(module.task, SurvivalTask) else "auroc"
+    result[headline] = result.get(f"{headline}_observed", float("nan"))
     return result
 
 
@@ -59,13 +108,18 @@ def evaluate(checkpoints: dict[str, Path], out_dir: Path) -> dict:
 
 
 def markdown_table(results: dict) -> str:
-    lines = [
-        "| model | modalities | test AUROC | AUROC image only | AUROC genomics only | n test |",
-        "|---|---|---|---|---|---|",
-    ]
+    """Rows: models; columns: metric x presence pattern, for the metrics any model has."""
+    metrics = [m for m in METRIC_TITLES if any(f"{m}_observed" in r for r in results.values())]
+    columns = [(m, p) for m in metrics for p in PATTERNS]
+    header = ["model", "task", "fusion", "modalities", *(f"{METRIC_TITLES[m]} {PATTERN_TITLES[p]}" for m, p in columns), "n test"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
-        cells = [_fmt(r.get(k)) for k in ("auroc", "auroc_image_only", "auroc_genomics_only")]
-        lines.append(f"| {name} | {'+'.join(r['modalities'])} | {' | '.join(cells)} | {r.get('n_observed', '')} |")
+        # A unimodal model's fusion strategy is moot: nothing to fuse.
+        fusion = r.get("fusion", "late") if len(r["modalities"]) > 1 else "–"
+        cells = [name, r.get("task", "classification"), fusion, "+".join(r["modalities"])]
+        cells += [_fmt(r.get(f"{m}_{p}")) for m, p in columns]
+        cells.append(str(r.get("n_observed", "")))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

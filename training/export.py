@@ -7,6 +7,7 @@ parity check passes, so a failed export never leaves a model that serving would 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -18,7 +19,7 @@ import torch
 from radfusion.contract import ModelContract, write_contract_to_onnx
 from radfusion.runtime import OnnxModel
 from training.checkpoints import build_contract, load_datamodule, load_module
-from training.model import ProbabilityModel
+from training.model import LogitModel
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,14 @@ class ParityError(RuntimeError):
 
 
 def export_onnx(net: torch.nn.Module, contract: ModelContract, path: Path) -> None:
-    wrapper = ProbabilityModel(net).eval()
+    wrapper = LogitModel(net).eval()
     shape = (1, *contract.image.target_shape)
-    n_genes = len(contract.genomics.features)
-    example = (torch.rand(2, *shape), torch.randn(2, n_genes), torch.ones(2, 2))
+    example = (
+        torch.rand(2, *shape),
+        torch.randn(2, len(contract.genomics.features)),
+        torch.randn(2, contract.clinical_width),
+        torch.ones(2, len(contract.modalities)),
+    )
     batch = torch.export.Dim("batch", min=1, max=4096)
     torch.onnx.export(
         wrapper,
@@ -42,26 +47,41 @@ def export_onnx(net: torch.nn.Module, contract: ModelContract, path: Path) -> No
         dynamo=True,
         input_names=list(contract.input_names),
         output_names=list(contract.output_names),
-        dynamic_shapes={"image": {0: batch}, "genomics": {0: batch}, "presence": {0: batch}},
+        dynamic_shapes={name: {0: batch} for name in ("image", "genomics", "clinical", "presence")},
         external_data=False,
         verbose=False,
     )
     write_contract_to_onnx(path, contract)
 
 
+def group_patterns(net) -> list[torch.Tensor]:
+    """Presence masks for every non-empty combination of the model's modality groups
+    (image, all omics blocks, clinical)."""
+    names = net.modality_names
+    groups = [[n == "image" for n in names], [n in net.omics_sizes for n in names], [n == "clinical" for n in names]]
+    groups = [torch.tensor(g) for g in groups if any(g)]
+    patterns = []
+    for bits in itertools.product((0, 1), repeat=len(groups)):
+        if any(bits):
+            patterns.append(sum((g * b for g, b in zip(groups, bits)), torch.zeros(len(names))).clamp(max=1).float())
+    return patterns
+
+
 @torch.no_grad()
 def parity_check(net: torch.nn.Module, onnx_path: Path, dm, max_cases: int = 32) -> float:
-    """Max |p_torch - p_onnx| over held-out cases, each also with every presence pattern."""
+    """Max |logit_torch - logit_onnx| over held-out cases, each also with every
+    combination of modality groups present."""
     model = OnnxModel(onnx_path, device="cpu")
-    wrapper = ProbabilityModel(net).eval()
+    wrapper = LogitModel(net).eval()
     worst = 0.0
     seen = 0
     for batch in dm.test_dataloader():
-        for pattern in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
-            presence = batch["presence"] * torch.tensor(pattern)
-            presence[presence.sum(dim=1) == 0] = torch.tensor(pattern)
-            expected = wrapper(batch["image"], batch["genomics"], presence).numpy()
-            got = model.run(batch["image"].numpy(), batch["genomics"].numpy(), presence.numpy())
+        inputs = (batch["image"], batch["genomics"], batch["clinical"])
+        for pattern in group_patterns(net):
+            presence = batch["presence"] * pattern
+            presence[presence.sum(dim=1) == 0] = pattern
+            expected = wrapper(*inputs, presence).numpy()
+            got = model.logits(*(x.numpy() for x in inputs), presence.numpy())
             worst = max(worst, float(np.max(np.abs(expected - got))))
         seen += len(batch["label"])
         if seen >= max_cases:

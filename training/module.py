@@ -4,16 +4,17 @@ every checkpoint so export needs nothing but the checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
 
 from training.model import FusionNet
+from training.tasks import DEFAULT_HORIZONS, DiscreteHazardTask, build_task
 
 CONTRACT_KEY = "radfusion_contract"
 
@@ -21,7 +22,8 @@ CONTRACT_KEY = "radfusion_contract"
 class FusionModule(L.LightningModule):
     def __init__(
         self,
-        n_genes: int,
+        omics_sizes: dict[str, int],
+        n_clinical: int = 0,
         n_classes: int = 2,
         modalities: tuple[str, ...] = ("image", "genomics"),
         spatial_dims: int = 3,
@@ -35,12 +37,25 @@ class FusionModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         model_name: str = "radfusion-response",
+        # late | gated | kronecker | cross_attention (training/fusion/strategies.py)
+        fusion: str = "late",
+        kronecker_rank: int = 8,
+        # classification | multilabel | survival_cox | survival_discrete (training/tasks.py)
+        task: str = "classification",
+        time_intervals: int = 8,
+        horizons: tuple[float, ...] = DEFAULT_HORIZONS,
+        # The ViT encoder's position embedding is sized by the image grid: give the
+        # data's target_shape (checked against it when training starts).
+        image_shape: tuple[int, int, int] | None = None,
+        image_patch: tuple[int, int, int] = (8, 16, 16),
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.task = build_task(task, n_classes, time_intervals, horizons)
         self.net = FusionNet(
-            n_genes=n_genes,
-            n_classes=n_classes,
+            omics_sizes=omics_sizes,
+            n_clinical=n_clinical,
+            n_classes=self.task.n_outputs,
             modalities=modalities,
             spatial_dims=spatial_dims,
             image_encoder=image_encoder,
@@ -49,50 +64,61 @@ class FusionModule(L.LightningModule):
             genomics_hidden=genomics_hidden,
             genomics_dropout=genomics_dropout,
             dropout=dropout,
+            fusion=fusion,
+            kronecker_rank=kronecker_rank,
+            image_shape=image_shape,
+            image_patch=image_patch,
         )
-        self.val_auroc = BinaryAUROC() if n_classes == 2 else MulticlassAUROC(num_classes=n_classes)
         self.contract_parts: dict[str, Any] = {}
 
-    def forward(self, image, genomics, presence):
-        return self.net(image, genomics, presence)
+    def forward(self, image, genomics, clinical, presence):
+        return self.net(image, genomics, clinical, presence)
 
     def _presence(self, batch: dict) -> torch.Tensor:
         """Presence limited to the modalities this model uses."""
-        keep = torch.tensor(
-            [m in self.hparams.modalities for m in ("image", "genomics")], dtype=batch["presence"].dtype, device=self.device
-        )
+        keep = torch.tensor(self.net.used_mask(), dtype=batch["presence"].dtype, device=self.device)
         return batch["presence"] * keep
 
+    def _dropout_groups(self) -> torch.Tensor:
+        """(groups, modalities) membership: the image, all omics blocks together (a
+        hospital has a sequencing report or not), the clinical covariates."""
+        names = self.net.modality_names
+        groups = [[n == "image" for n in names], [n in self.net.omics_sizes for n in names], [n == "clinical" for n in names]]
+        used = torch.tensor(self.net.used_mask())
+        matrix = torch.tensor(groups) & used
+        return matrix[matrix.any(dim=1)].float().to(self.device)
+
     def _modality_dropout(self, presence: torch.Tensor) -> torch.Tensor:
-        """Hide one modality of some fully observed cases, so the model learns to
-        predict from whatever subset a hospital can supply."""
+        """Hide one modality group of some cases that have at least two, so the model
+        learns to predict from whatever subset a hospital can supply."""
         p = self.hparams.modality_dropout
-        if p <= 0 or len(self.hparams.modalities) < 2:
+        groups = self._dropout_groups()
+        if p <= 0 or len(groups) < 2:
             return presence
-        both = presence.sum(dim=1) == 2
-        drop = both & (torch.rand(len(presence), device=presence.device) < p)
-        which = torch.randint(0, 2, (len(presence),), device=presence.device)
-        presence = presence.clone()
-        presence[drop, which[drop]] = 0
-        return presence
+        present = (presence @ groups.T) > 0  # (batch, groups)
+        drop = (present.sum(dim=1) >= 2) & (torch.rand(len(presence), device=presence.device) < p)
+        # Pick one present group per case, uniformly.
+        which = torch.multinomial(present.float() + 1e-9, 1).squeeze(1)
+        hide = groups[which] * drop[:, None].float()
+        return presence * (1 - hide)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         presence = self._modality_dropout(self._presence(batch))
-        logits = self(batch["image"], batch["genomics"], presence)
-        loss = F.cross_entropy(logits, batch["label"])
+        logits = self(batch["image"], batch["genomics"], batch["clinical"], presence)
+        loss = self.task.loss(logits, batch)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["image"], batch["genomics"], self._presence(batch))
-        loss = F.cross_entropy(logits, batch["label"])
-        probs = torch.softmax(logits, dim=-1)
-        self.val_auroc.update(probs[:, 1] if self.hparams.n_classes == 2 else probs, batch["label"])
+        logits = self(batch["image"], batch["genomics"], batch["clinical"], self._presence(batch))
+        loss = self.task.loss(logits, batch)
+        self.task.update(logits, batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=len(logits))
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/auroc", self.val_auroc.compute(), prog_bar=True)
-        self.val_auroc.reset()
+        for name, value in self.task.compute().items():
+            self.log(name, value, prog_bar=name == self.task.monitor)
+        self.task.reset()
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -100,25 +126,30 @@ class FusionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def configure_callbacks(self):
-        # Best checkpoint by validation AUROC, plus last.ckpt for resuming.
+        # Best checkpoint by the task's validation metric (AUROC, or the c-index for
+        # survival). last.ckpt (for resuming) is written by the
+        # trainer config's training.checkpoints.ResumeCheckpoint, every N steps too.
         return [
             ModelCheckpoint(
                 dirpath=Path(self.trainer.default_root_dir) / "checkpoints",
                 filename="best",
-                monitor="val/auroc",
+                monitor=self.task.monitor,
                 mode="max",
-                save_last=True,
+                save_last=False,
             )
         ]
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
+        shape = self.hparams.image_shape
+        if shape is not None and tuple(shape) != tuple(dm.geometry.target_shape):
+            raise ValueError(f"model.image_shape {list(shape)} differs from data.target_shape {list(dm.geometry.target_shape)}")
+        if isinstance(self.task, DiscreteHazardTask):
+            train = dm.records["train"]
+            self.task.fit_edges(np.array([r["time"] for r in train]), np.array([r["event"] for r in train]))
         self.contract_parts = {
-            "gene_panel": {
-                "features": dm.gene_panel.features,
-                "mean": dm.gene_panel.mean,
-                "std": dm.gene_panel.std,
-            },
+            "omics": [dataclasses.asdict(block) for block in dm.omics],
+            "clinical": dataclasses.asdict(dm.clinical) if dm.clinical else None,
             "geometry": {
                 "target_shape": list(dm.geometry.target_shape),
                 "target_spacing": list(dm.geometry.target_spacing),
@@ -128,14 +159,17 @@ class FusionModule(L.LightningModule):
             },
             "labels": dm.labels,
             "target": dm.hparams.target,
+            "task": self.task.contract_task(dm.hparams.target),
+            "output_labels": self.task.contract_labels(dm.labels),
+            "time_bins": self.task.edges.tolist() if isinstance(self.task, DiscreteHazardTask) else [],
             "cohort_hash": dm.cohort_hash,
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         parts = dict(self.contract_parts)
-        metric = self.trainer.callback_metrics.get("val/auroc")
+        metric = self.trainer.callback_metrics.get(self.task.monitor)
         if metric is not None:
-            parts["val_auroc"] = float(metric)
+            parts[self.task.monitor.replace("/", "_")] = float(metric)
         checkpoint[CONTRACT_KEY] = parts
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -1,14 +1,18 @@
-"""Find DICOM studies in a folder tree whatever the file names: headers are read
-(without pixel data) and instances grouped by StudyInstanceUID."""
+"""Find DICOM studies in a folder tree, zip archives or DICOMDIR media whatever the
+file names: headers are read (without pixel data) and instances grouped by
+StudyInstanceUID. Files that are not DICOM and DICOM objects without an image (SR,
+presentation states, key object selections) are skipped with a recorded reason."""
 
 from __future__ import annotations
 
-import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from radfusion.dicom.sources import list_inputs, read_dataset
 
 # Tags needed to group and choose series; reading stops at pixel data anyway.
 _HEADER_TAGS = [
@@ -29,7 +33,10 @@ _HEADER_TAGS = [
 ]
 
 # What pydicom raises for a file that is not (readable) DICOM.
-UNREADABLE_DICOM_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError)
+UNREADABLE_DICOM_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile)
+
+# Reason recorded for DICOM objects that hold no image (SR, presentation states, ...).
+NOT_AN_IMAGE = "DICOM object without an image"
 
 # Storage classes that never carry a diagnostic volume (secondary capture and friends).
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -73,7 +80,7 @@ class Discovery:
 
 def read_header(path: Path) -> InstanceHeader:
     """Read the header of one file; raises InvalidDicomError for non-DICOM files."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    ds = read_dataset(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     if "StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
         raise InvalidDicomError("no StudyInstanceUID/SeriesInstanceUID")
     thickness = ds.get("SliceThickness")
@@ -99,22 +106,37 @@ def read_header(path: Path) -> InstanceHeader:
 
 
 def read_headers(paths: list[Path]) -> tuple[list[InstanceHeader], list[tuple[Path, str]]]:
-    """Headers of the readable DICOM files; the others skipped with a reason, so one
-    bad file never raises."""
+    """Headers of the readable DICOM image instances; the others skipped with a
+    reason, so one bad file never raises."""
     headers: list[InstanceHeader] = []
     skipped: list[tuple[Path, str]] = []
     for path in paths:
         try:
-            headers.append(read_header(path))
+            header = read_header(path)
         except UNREADABLE_DICOM_ERRORS as exc:
             skipped.append((Path(path), f"not a readable DICOM file: {type(exc).__name__}"))
+            continue
+        if header.has_image:
+            headers.append(header)
+        else:
+            skipped.append((Path(path), f"{NOT_AN_IMAGE}: {_sop_class_name(header)}"))
     return headers, skipped
 
 
+def _sop_class_name(header: InstanceHeader) -> str:
+    """'Comprehensive SR Storage (SR)': what the object is, never who it is about."""
+    uid = UID(header.sop_class_uid) if header.sop_class_uid else None
+    name = uid.name if uid is not None else "no SOPClassUID"
+    return f"{name} ({header.modality or 'no modality'})"
+
+
 def find_studies(root: Path | str) -> Discovery:
-    """Walk ``root`` and group every readable DICOM instance by study.
-    Files are visited in sorted order so the result is deterministic."""
-    headers, skipped = read_headers(iter_files(Path(root)))
+    """Walk ``root`` (folders, zip archives, DICOMDIR) and group every readable DICOM
+    image instance by study. Files are visited in sorted order so the result is
+    deterministic."""
+    files, skipped_inputs = list_inputs(Path(root))
+    headers, skipped = read_headers(files)
+    skipped = skipped_inputs + skipped
     studies: dict[str, StudyFiles] = {}
     for header in headers:
         study = studies.setdefault(header.study_uid, StudyFiles(header.study_uid, header.patient_id))
@@ -123,13 +145,8 @@ def find_studies(root: Path | str) -> Discovery:
 
 
 def iter_files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        found.extend(Path(dirpath) / name for name in sorted(filenames) if not name.startswith("."))
-    return found
+    """Candidate instance paths under ``root`` (zip members as virtual paths)."""
+    return list_inputs(root)[0]
 
 
 def _as_list(value) -> list:

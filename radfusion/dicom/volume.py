@@ -1,26 +1,34 @@
-"""Build a volume in HU (or scanner units for MR) from the instances of one series.
+"""Build a volume in HU (or scanner units for MR) from the instances of one series:
+single-frame slices or one multi-frame Enhanced CT/MR image.
 
-Slices are ordered by their position along the slice normal computed from
-ImageOrientationPatient, never by file name or InstanceNumber. Geometry that cannot
-be trusted (mixed orientations or sizes, duplicate positions, gaps, gantry tilt) is
-rejected with a specific error rather than silently producing a distorted volume."""
+Files are read and decoded on a small thread pool, so file reads and the compiled
+decoders' work overlap (the speed claim lives in bench/ingest.py). Slices are stacked by radfusion.dicom.geometry: ordered
+along the slice normal, duplicates, gantry tilt and gaps repaired within the policy's
+limits and recorded, anything else rejected with a specific error. Mixed
+orientations, sizes or pixel spacings are always rejected."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_modality_lut
 
 from radfusion.dicom.discover import UNREADABLE_DICOM_ERRORS
+from radfusion.dicom.geometry import GeometryPolicy, stack_slices
+from radfusion.dicom.pixels import physical_values
+from radfusion.dicom.sources import read_dataset
 from radfusion.errors import CorruptDicomError, GeometryError, UnsupportedPixelDataError
 
-# Relative tolerance on slice spacing before the series counts as having gaps.
-SPACING_TOLERANCE = 0.1
 ORIENTATION_TOLERANCE = 1e-3
+# Threads reading one series; a few are enough to overlap file reads and decoding.
+READ_THREADS = min(4, os.cpu_count() or 1)
+# Below this many files a pool costs more than it saves.
+_MIN_FILES_FOR_THREADS = 8
 
 
 @dataclass
@@ -34,6 +42,16 @@ class Volume:
     direction: np.ndarray
     modality: str
     sop_uids: list[str]
+    # Geometry repairs made while stacking (dropped duplicates, tilt, gaps), in words.
+    corrections: list[str] = field(default_factory=list)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 voxel index (slice, row, col, 1) -> patient position (x, y, z, 1), LPS."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction * np.asarray(self.spacing)[None, :]
+        affine[:3, 3] = self.origin
+        return affine
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -63,20 +81,40 @@ class Volume:
             direction=direction,
             modality=self.modality,
             sop_uids=self.sop_uids,
+            corrections=list(self.corrections),
         )
 
 
-def load_volume(paths: Sequence[Path | str]) -> Volume:
+def load_volume(paths: Sequence[Path | str], policy: GeometryPolicy | None = None) -> Volume:
     """Read, decode and stack the instances of one series."""
     if not paths:
         raise GeometryError("series has no instances")
-    datasets = [_read(Path(p)) for p in paths]
-    n_frames = [_number_of_frames(ds) for ds in datasets]
-    if len(datasets) == 1 and n_frames[0] > 1:
-        return _multiframe_volume(datasets[0])
+    policy = policy or GeometryPolicy()
+    slices = _read_all([Path(p) for p in paths])
+    n_frames = [_number_of_frames(ds) for ds, _ in slices]
+    if len(slices) == 1 and (n_frames[0] > 1 or "PerFrameFunctionalGroupsSequence" in slices[0][0]):
+        return _multiframe_volume(*slices[0], policy)
     if max(n_frames) > 1:
         raise UnsupportedPixelDataError("series of several multi-frame instances cannot be stacked")
-    return _stack_single_frames(datasets)
+    return _stack_single_frames(slices, policy)
+
+
+def _read_all(paths: list[Path]) -> list[tuple[pydicom.Dataset, np.ndarray]]:
+    if len(paths) < _MIN_FILES_FOR_THREADS or READ_THREADS < 2:
+        return [_read_and_decode(p) for p in paths]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(_read_and_decode, paths))
+
+
+def _read_and_decode(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
+    """The header (pixel data dropped once decoded, to halve peak memory) and values."""
+    ds = _read(path)
+    _number_of_frames(ds)  # a malformed frame count is a corrupt file, before decoding
+    values = physical_values(ds)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds, values
 
 
 def _number_of_frames(ds: pydicom.Dataset) -> int:
@@ -88,35 +126,12 @@ def _number_of_frames(ds: pydicom.Dataset) -> int:
 
 def _read(path: Path) -> pydicom.Dataset:
     try:
-        ds = pydicom.dcmread(path)
+        ds = read_dataset(path)
     except UNREADABLE_DICOM_ERRORS as exc:
         raise CorruptDicomError(f"unreadable DICOM file ({type(exc).__name__})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise CorruptDicomError("instance has no pixel data")
     return ds
-
-
-def _pixels(ds: pydicom.Dataset) -> np.ndarray:
-    """Decode and apply the modality LUT (RescaleSlope/Intercept) to get HU for CT."""
-    try:
-        raw = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as exc:
-        # Raised by pydicom when no installed plugin can decode the transfer syntax.
-        raise UnsupportedPixelDataError(
-            f"cannot decode transfer syntax {ds.file_meta.TransferSyntaxUID.name}: {str(exc).splitlines()[0][:160]}"
-        ) from exc
-    except (ValueError, EOFError, AttributeError, KeyError, IndexError) as exc:
-        raise CorruptDicomError(f"pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:160]})") from exc
-    if ds.get("SamplesPerPixel", 1) != 1:
-        raise UnsupportedPixelDataError(f"{ds.get('PhotometricInterpretation')} colour images are not volumes")
-    values = apply_modality_lut(raw, ds).astype(np.float32)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1" and ds.get("Modality") != "CT":
-        # Only for non-quantitative modalities: CT's HU come from the modality LUT and
-        # MONOCHROME1 only says how to display them.
-        values = values.max() + values.min() - values
-    if not np.all(np.isfinite(values)):
-        raise CorruptDicomError("pixel data holds non-finite values")
-    return values
 
 
 def _orientation(ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +152,9 @@ def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
     return float(spacing[0]), float(spacing[1])
 
 
-def _stack_single_frames(datasets: list[pydicom.Dataset]) -> Volume:
+def _stack_single_frames(slices: list[tuple[pydicom.Dataset, np.ndarray]], policy: GeometryPolicy) -> Volume:
+    datasets = [ds for ds, _ in slices]
     first = datasets[0]
-    modality = str(first.get("Modality", ""))
     row_dir, col_dir = _orientation(first)
     pixel_spacing = _pixel_spacing(first)
     shape = (int(first.Rows), int(first.Columns))
@@ -151,24 +166,23 @@ def _stack_single_frames(datasets: list[pydicom.Dataset]) -> Volume:
             raise GeometryError("slices of different sizes in one series")
         if not np.allclose(_pixel_spacing(ds), pixel_spacing, rtol=1e-3):
             raise GeometryError("slices with different PixelSpacing in one series")
-
-    normal = np.cross(row_dir, col_dir)
     positions = np.array([_position(ds) for ds in datasets])
-    order = np.argsort(positions @ normal, kind="stable")
-    datasets = [datasets[i] for i in order]
-    positions = positions[order]
-    slice_spacing = _slice_spacing(positions, normal, first)
-
-    voxels = np.stack([_pixels(ds) for ds in datasets])
-    direction = np.stack([normal, col_dir, row_dir], axis=1)  # axes (slice, row, col)
+    stack = stack_slices([v for _, v in slices], positions, row_dir, col_dir, pixel_spacing, policy,
+                         single_slice_spacing=_nominal_spacing(first))
     return Volume(
-        voxels=voxels,
-        spacing=(slice_spacing, pixel_spacing[0], pixel_spacing[1]),
-        origin=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
-        direction=direction,
-        modality=modality,
-        sop_uids=[str(ds.get("SOPInstanceUID", "")) for ds in datasets],
+        voxels=stack.voxels,
+        spacing=(stack.slice_spacing, pixel_spacing[0], pixel_spacing[1]),
+        origin=tuple(float(v) for v in stack.origin),  # type: ignore[arg-type]
+        direction=np.stack([np.cross(row_dir, col_dir), col_dir, row_dir], axis=1),  # axes (slice, row, col)
+        modality=str(first.get("Modality", "")),
+        sop_uids=[str(datasets[i].get("SOPInstanceUID", "")) for i in stack.kept],
+        corrections=stack.corrections,
     )
+
+
+def _nominal_spacing(ds: pydicom.Dataset) -> float:
+    """Slice spacing of a lone slice, which has no neighbour to measure it from."""
+    return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
 
 
 def _position(ds: pydicom.Dataset) -> np.ndarray:
@@ -178,30 +192,8 @@ def _position(ds: pydicom.Dataset) -> np.ndarray:
     return np.asarray(ipp, dtype=float)
 
 
-def _slice_spacing(positions: np.ndarray, normal: np.ndarray, first: pydicom.Dataset) -> float:
-    if len(positions) == 1:
-        thickness = first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0
-        return float(thickness)
-    along = positions @ normal
-    steps = np.diff(along)
-    if np.any(steps < 1e-3):
-        raise GeometryError("duplicate slice positions in one series")
-    median = float(np.median(steps))
-    if np.max(np.abs(steps - median)) > SPACING_TOLERANCE * median:
-        raise GeometryError(
-            f"non-uniform slice spacing ({steps.min():.2f}-{steps.max():.2f} mm): missing slices or gaps"
-        )
-    # Offsets between slices must lie along the normal; a sideways drift means gantry tilt.
-    offsets = positions[-1] - positions[0]
-    sideways = np.linalg.norm(offsets - (offsets @ normal) * normal)
-    if sideways > 0.01 * np.linalg.norm(offsets) + 1e-3:
-        raise GeometryError("slices are sheared (gantry tilt): positions drift off the slice normal")
-    return median
-
-
-def _multiframe_volume(ds: pydicom.Dataset) -> Volume:
+def _multiframe_volume(ds: pydicom.Dataset, frames: np.ndarray, policy: GeometryPolicy) -> Volume:
     """Enhanced CT/MR: per-frame positions come from the functional groups."""
-    frames = _pixels(ds)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = ds.get("SharedFunctionalGroupsSequence")
     if not per_frame or not shared:
@@ -210,39 +202,21 @@ def _multiframe_volume(ds: pydicom.Dataset) -> Volume:
         plane = shared[0].PlaneOrientationSequence[0] if "PlaneOrientationSequence" in shared[0] else per_frame[0].PlaneOrientationSequence[0]
         measures = shared[0].PixelMeasuresSequence[0] if "PixelMeasuresSequence" in shared[0] else per_frame[0].PixelMeasuresSequence[0]
         positions = np.array([f.PlanePositionSequence[0].ImagePositionPatient for f in per_frame], dtype=float)
-    except (AttributeError, IndexError, KeyError) as exc:
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise GeometryError("multi-frame image lacks plane position/orientation") from exc
+    frames = frames.reshape(-1, *frames.shape[-2:])  # a one-frame image decodes as 2-D
+    if len(positions) != len(frames):
+        raise GeometryError(f"{len(frames)} frames but {len(positions)} per-frame positions")
     row_dir, col_dir = _orientation(plane)
     pixel_spacing = _pixel_spacing(measures)
-    if "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
-        # Enhanced CT/MR keep the modality LUT in the functional groups, which
-        # apply_modality_lut does not look at.
-        frames = _rescale_frames(frames, shared[0], per_frame)
-    normal = np.cross(row_dir, col_dir)
-    order = np.argsort(positions @ normal, kind="stable")
-    positions = positions[order]
-    slice_spacing = _slice_spacing(positions, normal, measures)
-    direction = np.stack([normal, col_dir, row_dir], axis=1)
+    stack = stack_slices(frames, positions, row_dir, col_dir, pixel_spacing, policy,
+                         single_slice_spacing=_nominal_spacing(measures))
     return Volume(
-        voxels=np.ascontiguousarray(frames[order]),
-        spacing=(slice_spacing, pixel_spacing[0], pixel_spacing[1]),
-        origin=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
-        direction=direction,
+        voxels=np.ascontiguousarray(stack.voxels),
+        spacing=(stack.slice_spacing, pixel_spacing[0], pixel_spacing[1]),
+        origin=tuple(float(v) for v in stack.origin),  # type: ignore[arg-type]
+        direction=np.stack([np.cross(row_dir, col_dir), col_dir, row_dir], axis=1),
         modality=str(ds.get("Modality", "")),
         sop_uids=[str(ds.get("SOPInstanceUID", ""))],
+        corrections=stack.corrections,
     )
-
-
-def _rescale_frames(frames: np.ndarray, shared: pydicom.Dataset, per_frame) -> np.ndarray:
-    """Apply PixelValueTransformationSequence (shared or per frame) to get HU."""
-    slopes, intercepts = [], []
-    for item in per_frame:
-        group = item if "PixelValueTransformationSequence" in item else shared
-        if "PixelValueTransformationSequence" not in group:
-            return frames
-        transform = group.PixelValueTransformationSequence[0]
-        slopes.append(float(transform.get("RescaleSlope", 1.0) or 1.0))
-        intercepts.append(float(transform.get("RescaleIntercept", 0.0) or 0.0))
-    slope = np.asarray(slopes, dtype=np.float32)[:, None, None]
-    intercept = np.asarray(intercepts, dtype=np.float32)[:, None, None]
-    return (frames * slope + intercept).astype(np.float32)

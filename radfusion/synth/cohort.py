@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from radfusion.synth.genomics_model import N_DRIVERS
+from radfusion.synth.omics_files import write_omics_files
 from radfusion.synth.patients import SimulatedCohort, simulate_patients
 from radfusion.synth.random_streams import STORAGE, exact_share_mask, stream
 from radfusion.synth.render import RenderedStudy, render_study, render_study_task
@@ -129,6 +130,7 @@ def generate_cohort(
 
     write_table(genomics_table(cohort), out, "genomics")
     write_table(clinical_table(cohort), out, "clinical")
+    write_omics_files(cohort, out)  # the same omics as raw files (radfusion cohort build reads them)
     write_json(truth_document(cohort, specs, studies, parameters), out / "truth.json")
     write_json(cohort_summary(cohort, specs), out / "cohort.json")
     log.info("synthetic cohort written: %d studies, %d files", len(studies),

@@ -15,7 +15,7 @@ import pydicom
 
 from radfusion.contract import ModelContract
 from radfusion.genomics import load_genomics_table, row_as_mapping
-from radfusion.predictor import PreparedCase, format_prediction, prepare_case
+from radfusion.predictor import PreparedCase, format_prediction, prepare_case, stack_inputs
 from radfusion.runtime import OnnxModel
 
 
@@ -63,7 +63,7 @@ class StudyPredictor:
         genes = self.genomics.find(patient_id_of(paths)) if self.contract.uses_genomics else None
         case = prepare_case(self.contract, list(paths), genes)
         inputs = case.inputs
-        probabilities = self.model.run(inputs.image[None], inputs.genomics[None], inputs.presence[None])
+        probabilities = self.model.run(*stack_inputs([inputs]))
         result = format_prediction(self.contract, case, np.asarray(probabilities)[0])
         result["genomics_source"] = genomics_source(self.contract, genes is not None)
         return StudyPrediction(result=result, case=case)

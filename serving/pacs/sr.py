@@ -46,8 +46,16 @@ MODALITY_USED = hd.sr.CodedConcept("RF0005", SCHEME, "Input modality used")
 GENOMICS_SOURCE = hd.sr.CodedConcept("RF0006", SCHEME, "Genomics source")
 MODALITY_CODES = {
     "image": hd.sr.CodedConcept("RF-IMAGE", SCHEME, "Imaging study"),
-    "genomics": hd.sr.CodedConcept("RF-GENOMICS", SCHEME, "Genomic profile"),
+    "expression": hd.sr.CodedConcept("RF-EXPRESSION", SCHEME, "Gene expression profile"),
+    "mutation": hd.sr.CodedConcept("RF-MUTATION", SCHEME, "Somatic mutation calls"),
+    "copy_number": hd.sr.CodedConcept("RF-COPYNUMBER", SCHEME, "Copy number profile"),
+    "clinical": hd.sr.CodedConcept("RF-CLINICAL", SCHEME, "Clinical covariates"),
 }
+
+
+def modality_code(name: str) -> hd.sr.CodedConcept:
+    """Known modalities have fixed codes; any other omics block gets one from its name."""
+    return MODALITY_CODES.get(name) or hd.sr.CodedConcept(f"RF-{name.upper()[:12]}", SCHEME, f"Omics block {name}")
 # Attributes highdicom copies from the first evidence instance; real studies may lack
 # some of these type 2 attributes, which are then written empty.
 _COPIED_EMPTY_IF_MISSING = (
@@ -93,7 +101,7 @@ def _content(contract: ModelContract, result: dict[str, Any], evidence: Sequence
         )
         items.append(group)
     items += [
-        hd.sr.CodeContentItem(MODALITY_USED, MODALITY_CODES[m], relationship_type=C) for m in result["modalities_used"]
+        hd.sr.CodeContentItem(MODALITY_USED, modality_code(m), relationship_type=C) for m in result["modalities_used"]
     ]
     items.append(hd.sr.TextContentItem(GENOMICS_SOURCE, result["genomics_source"], relationship_type=C))
     items += [

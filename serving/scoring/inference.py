@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from radfusion.predictor import stack_inputs
 from radfusion.preprocess import ModelInputs
 from radfusion.runtime import OnnxModel
 from serving.scoring.prepare import PreparedStudy
@@ -14,11 +15,7 @@ from serving.scoring.rows import fill_prediction
 
 
 def run_inputs(model: OnnxModel, inputs: Sequence[ModelInputs]) -> np.ndarray:
-    return model.run(
-        np.stack([i.image for i in inputs]),
-        np.stack([i.genomics for i in inputs]),
-        np.stack([i.presence for i in inputs]),
-    )
+    return model.run(*stack_inputs(inputs))
 
 
 def infer_batch(model: OnnxModel, batch: Sequence[PreparedStudy]) -> None:

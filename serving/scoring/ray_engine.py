@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radfusion.contract import MODALITIES, ModelContract
+from radfusion.contract import ModelContract
 from radfusion.genomics import row_as_mapping
-from radfusion.predictor import pack, unpack
+from radfusion.predictor import pack, packed_width, unpack
 from radfusion.preprocess import ModelInputs
 from serving.scoring.inference import infer_batch
 from serving.scoring.local_engine import EngineStats
@@ -46,8 +46,7 @@ def prepare_row(item: dict, contract: ModelContract) -> dict:
     """Ray task: one study -> its row (pickled) and its packed model inputs."""
     study, genomics = pickle.loads(item["task"])
     prepared = prepare_study(contract, study, genomics)
-    width = int(np.prod(contract.image.target_shape)) + len(contract.genomics.features) + len(MODALITIES)
-    packed = pack([prepared.inputs])[0] if prepared.inputs is not None else np.zeros(width, np.float32)
+    packed = pack([prepared.inputs])[0] if prepared.inputs is not None else np.zeros(packed_width(contract), np.float32)
     return {"row": pickle.dumps(prepared.row), "ok": prepared.inputs is not None, "inputs": packed}
 
 
@@ -67,10 +66,11 @@ class InferenceActor:
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [pickle.loads(r) for r in batch["row"]]
-        images, genomics, presence = unpack(np.asarray(batch["inputs"], dtype=np.float32), self.model.contract)
+        contract = self.model.contract
+        images, genomics, clinical, presence = unpack(np.asarray(batch["inputs"], dtype=np.float32), contract)
         ready = [
-            PreparedStudy(row, ModelInputs(images[i], genomics[i], presence[i],
-                                           [m for m, p in zip(MODALITIES, presence[i]) if p > 0]))
+            PreparedStudy(row, ModelInputs(images[i], genomics[i], clinical[i], presence[i],
+                                           [m for m, p in zip(contract.modalities, presence[i]) if p > 0]))
             for i, row in enumerate(rows) if batch["ok"][i]
         ]
         infer_batch(self.model, ready)

@@ -1,0 +1,276 @@
+"""Why did the model say that? Gene attributions and an image saliency summary for one
+case, computed by perturbing the ONNX model's inputs (numpy + ONNX Runtime only, so
+serving still needs no torch; the training side has captum IG and GradCAM).
+
+- Genes: each omics feature of a present block is occluded to its training mean
+  (z = 0, the value an imputed feature takes) one at a time; its attribution is how
+  much the score drops. For a model linear in a feature this is exactly weight x z.
+- Image: a 3D window slides over the model grid (half-window stride) and is filled
+  with the image's mean (MONAI OcclusionSensitivity's "mean_img"); each window's
+  effect is the score drop. The peak is the effect-weighted centre of the strongest
+  windows, mapped to patient coordinates (mm, DICOM LPS) through the study's
+  grid-to-patient affine (radfusion.preprocess.grid_to_patient).
+
+The score is the log-odds of the target label after the contract's temperature
+(the positive label if the contract names one, else the predicted label), so
+attributions are in the units the calibrated probability moves in.
+
+Cost is bounded and known before running: 1 + (occlusion windows, at most
+``max_windows``) + (features, at most ``max_features``) model rows, run in batches
+of ``batch_size``. When a case has more features than the cap, those furthest from
+the training mean (largest |z|) are kept: a feature at z = 0 has attribution 0 by
+construction. Memory per batch is batch_size copies of one case's inputs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from radfusion.contract import ModelContract
+from radfusion.preprocess import ModelInputs
+
+LogitsFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+GENE_METHOD = "occlusion of each feature to its training mean (z = 0)"
+IMAGE_METHOD = "3D occlusion with the image mean, half-window stride, on the model grid"
+SCORE = "log-odds of the target label after temperature scaling"
+
+
+@dataclass
+class ExplainSettings:
+    top_genes: int = 10
+    max_features: int = 320  # the demo panel (300 genes + 5 mutation flags) fits whole
+    max_windows: int = 400  # a 32x48x48 grid gets 7x7x7 windows of 8x12x12 voxels
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if min(self.top_genes, self.max_features, self.max_windows, self.batch_size) < 1:
+            raise ValueError("explain settings must all be at least 1")
+
+    @property
+    def max_rows(self) -> int:
+        return 1 + self.max_features + self.max_windows
+
+
+@dataclass
+class OcclusionGrid:
+    """Occlusion windows on the model grid: their size, stride and start corners."""
+
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    starts: list[tuple[int, ...]] = field(repr=False)
+
+    def centres(self) -> np.ndarray:
+        """Window centres in grid index coordinates (continuous), (n, 3)."""
+        return np.asarray(self.starts, dtype=float) + (np.asarray(self.window, dtype=float) - 1) / 2
+
+
+def _axis_starts(size: int, window: int, stride: int) -> list[int]:
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] + window < size:  # the last window ends flush with the grid
+        starts.append(size - window)
+    return starts
+
+
+def occlusion_grid(shape: tuple[int, ...], max_windows: int) -> OcclusionGrid:
+    """The finest grid of half-overlapping windows that needs at most ``max_windows``:
+    the same number of steps per axis, so windows cover the same share of each axis
+    (the contract grid is already in mm-proportioned voxels)."""
+    best = None
+    for steps in range(1, max(shape) + 1):
+        stride = tuple(max(1, math.ceil(n / steps)) for n in shape)
+        window = tuple(min(n, 2 * s) for n, s in zip(shape, stride))
+        per_axis = [_axis_starts(n, w, s) for n, w, s in zip(shape, window, stride)]
+        if math.prod(len(a) for a in per_axis) > max_windows:
+            break
+        best = OcclusionGrid(window, stride, list(itertools.product(*per_axis)))
+    assert best is not None  # one step (one window = the whole grid) always fits
+    return best
+
+
+def target_label(contract: ModelContract, logits: np.ndarray) -> int:
+    if contract.positive_label in contract.labels:
+        return contract.labels.index(contract.positive_label)
+    return int(np.argmax(logits))
+
+
+def log_odds(logits: np.ndarray, target: int, temperature: float) -> np.ndarray:
+    """log p_target / (1 - p_target) of softmax(logits / T), per row."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    others = np.delete(z, target, axis=1)
+    top = others.max(axis=1, keepdims=True)
+    rest = top[:, 0] + np.log(np.exp(others - top).sum(axis=1))
+    return z[:, target] - rest
+
+
+class CaseExplainer:
+    """The perturbation plan for one case, kept apart from running the model, so the
+    rows can go through any model call (a local OnnxModel, a model service)."""
+
+    def __init__(
+        self,
+        contract: ModelContract,
+        inputs: ModelInputs,
+        settings: ExplainSettings | None = None,
+        grid_affine: np.ndarray | None = None,
+    ):
+        self.contract = contract
+        self.inputs = inputs
+        self.settings = settings or ExplainSettings()
+        self.grid_affine = grid_affine
+        self.features = self._features_to_occlude()
+        self.grid = occlusion_grid(tuple(inputs.image.shape[1:]), self.settings.max_windows) if self.image_used else None
+
+    # ------------------------------------------------------------------ plan
+
+    @property
+    def image_used(self) -> bool:
+        return "image" in self.inputs.modalities_used
+
+    def _present_feature_indices(self) -> list[int]:
+        indices, offset = [], 0
+        for block in self.contract.omics:
+            if block.name in self.inputs.modalities_used:
+                indices += range(offset, offset + len(block.features))
+            offset += len(block.features)
+        return indices
+
+    def _features_to_occlude(self) -> np.ndarray:
+        present = np.asarray(self._present_feature_indices(), dtype=int)
+        if len(present) <= self.settings.max_features:
+            return present
+        z = np.abs(self.inputs.genomics[present])
+        keep = np.argsort(-z, kind="stable")[: self.settings.max_features]
+        return np.sort(present[keep])
+
+    @property
+    def n_rows(self) -> int:
+        return 1 + len(self.features) + (len(self.grid.starts) if self.grid else 0)
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Batched model inputs: the case itself, then one row per occluded feature,
+        then one per occluded window."""
+        size = self.settings.batch_size
+        for first in range(0, self.n_rows, size):
+            rows = range(first, min(first + size, self.n_rows))
+            yield self._rows(rows)
+
+    def _rows(self, rows: range) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        n = len(rows)
+        inputs = self.inputs
+        image = np.repeat(inputs.image[np.newaxis], n, axis=0)
+        genomics = np.repeat(inputs.genomics[np.newaxis], n, axis=0)
+        clinical = np.repeat(inputs.clinical[np.newaxis], n, axis=0)
+        presence = np.repeat(inputs.presence[np.newaxis], n, axis=0)
+        fill = float(inputs.image.mean())
+        for i, row in enumerate(rows):
+            if row == 0:
+                continue
+            if row <= len(self.features):
+                genomics[i, self.features[row - 1]] = 0.0
+                continue
+            start = self.grid.starts[row - 1 - len(self.features)]  # type: ignore[union-attr]
+            region = tuple(slice(s, s + w) for s, w in zip(start, self.grid.window))  # type: ignore[union-attr]
+            image[(i, 0, *region)] = fill
+        return image, genomics, clinical, presence
+
+    # ---------------------------------------------------------------- result
+
+    def result(self, logits: np.ndarray) -> dict:
+        """The explanation from the logits of every row of ``batches()``, in order."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if logits.shape[0] != self.n_rows:
+            raise ValueError(f"expected logits for {self.n_rows} rows, got {logits.shape[0]}")
+        target = target_label(self.contract, logits[0])
+        scores = log_odds(logits, target, self.contract.temperature)
+        drops = scores[0] - scores[1:]
+        n_features = len(self.features)
+        return {
+            "target_label": self.contract.labels[target],
+            "score": SCORE,
+            "baseline_score": float(scores[0]),
+            "model_rows": self.n_rows,
+            "genes": self._genes(drops[:n_features]),
+            "saliency": self._saliency(drops[n_features:]),
+        }
+
+    def _genes(self, drops: np.ndarray) -> dict:
+        if not len(self.features):
+            return {"available": False, "reason": self._missing_reason("genomics")}
+        names = self.contract.genomics.features
+        block_of = {f: b.name for b in self.contract.omics for f in b.features}
+        order = np.argsort(-np.abs(drops), kind="stable")[: self.settings.top_genes]
+        return {
+            "available": True,
+            "method": GENE_METHOD,
+            "features_evaluated": len(self.features),
+            "features_present": len(self._present_feature_indices()),
+            "top": [
+                {
+                    "feature": names[self.features[i]],
+                    "block": block_of[names[self.features[i]]],
+                    "attribution": float(drops[i]),
+                    "value_z": float(self.inputs.genomics[self.features[i]]),
+                }
+                for i in order
+            ],
+        }
+
+    def _saliency(self, effects: np.ndarray) -> dict:
+        if self.grid is None:
+            return {"available": False, "reason": self._missing_reason("image")}
+        peak = peak_voxel(self.grid, effects)
+        summary = {
+            "available": True,
+            "method": IMAGE_METHOD,
+            "windows": len(self.grid.starts),
+            "window_voxels": list(self.grid.window),
+            "stride_voxels": list(self.grid.stride),
+            "window_mm": [w * s for w, s in zip(self.grid.window, self.contract.image.target_spacing)],
+            "peak_voxel": [round(float(v), 2) for v in peak],
+            "peak_effect": float(effects[int(np.argmax(np.abs(effects)))]),
+        }
+        if self.grid_affine is not None:
+            position = np.asarray(self.grid_affine, dtype=float) @ np.append(peak, 1.0)
+            summary["peak_mm"] = [round(float(v), 2) for v in position[:3]]
+            summary["coordinates"] = "DICOM patient coordinates (LPS), mm"
+        return summary
+
+    def _missing_reason(self, modality: str) -> str:
+        uses = self.contract.uses_image if modality == "image" else self.contract.uses_genomics
+        if not uses:
+            return f"the model does not use {modality}"
+        return f"no {modality} in this case"
+
+
+def peak_voxel(grid: OcclusionGrid, effects: np.ndarray) -> np.ndarray:
+    """Grid index of the saliency peak: the |effect|-weighted centre of the windows
+    that overlap the strongest one and have at least half its |effect|. Neighbouring
+    half-overlapping windows see the same structure partly, so their weighted centre
+    locates it finer than the stride."""
+    centres = grid.centres()
+    strength = np.abs(effects)
+    best = int(np.argmax(strength))
+    near = np.all(np.abs(centres - centres[best]) < np.asarray(grid.window), axis=1)
+    chosen = near & (strength >= 0.5 * strength[best])
+    weights = strength[chosen]
+    if weights.sum() <= 0:  # the image changes nothing: no peak to speak of
+        return centres[best]
+    return (centres[chosen] * weights[:, None]).sum(axis=0) / weights.sum()
+
+
+def explain_case(
+    logits_fn: LogitsFn,
+    contract: ModelContract,
+    inputs: ModelInputs,
+    settings: ExplainSettings | None = None,
+    grid_affine: np.ndarray | None = None,
+) -> dict:
+    """Run the plan through ``logits_fn`` (e.g. OnnxModel.logits) batch by batch."""
+    explainer = CaseExplainer(contract, inputs, settings, grid_affine)
+    logits = np.concatenate([np.asarray(logits_fn(*batch)) for batch in explainer.batches()])
+    return explainer.result(logits)

@@ -1,0 +1,141 @@
+"""Treatment ranking: for a model trained with the treatment as a clinical covariate,
+predict the response under every candidate treatment (the contract's treatment
+levels), changing only the treatment's one-hot columns, and rank them.
+
+The ranking orders treatments by predicted response probability (the contract's
+positive label, after temperature scaling). The recommendation is more cautious:
+it stays with the reference — the first treatment level, taken as the standard of
+care — unless another treatment raises the response probability by more than the
+switch margin (``ClinicalSpec.switch_margin``, else DEFAULT_SWITCH_MARGIN), because a
+small predicted gain is within the model's error and switching therapy has costs
+the model does not see."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from radfusion.contract import CLINICAL, ModelContract
+from radfusion.preprocess import ModelInputs
+
+# Absolute gain in response probability; 0.05 is a conservative default for a
+# calibrated model, and the contract can carry a value chosen on validation data.
+DEFAULT_SWITCH_MARGIN = 0.05
+
+ProbabilitiesFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def unavailable_reason(contract: ModelContract, inputs: ModelInputs) -> str | None:
+    """Why this case cannot be ranked, or None when it can."""
+    spec = contract.clinical
+    if spec is None or spec.treatment is None or len(spec.treatments) < 2:
+        return "the model has no treatment covariate with at least two treatments"
+    if not contract.uses_clinical:
+        return "the model was not trained with clinical covariates"
+    if CLINICAL not in inputs.modalities_used:
+        return "no clinical covariates in this case (the treatment is one of them)"
+    if response_label(contract) is None:
+        return "the contract names no positive label (the response)"
+    return None
+
+
+def response_label(contract: ModelContract) -> int | None:
+    if contract.positive_label in contract.labels:
+        return contract.labels.index(contract.positive_label)
+    return None
+
+
+def switch_margin(contract: ModelContract) -> float:
+    margin = contract.clinical.switch_margin if contract.clinical else None
+    return DEFAULT_SWITCH_MARGIN if margin is None else float(margin)
+
+
+def candidate_inputs(contract: ModelContract, inputs: ModelInputs) -> list[ModelInputs]:
+    """The case once per treatment, in the contract's treatment order; everything but
+    the treatment's one-hot columns is left as it is."""
+    spec = contract.clinical
+    assert spec is not None and spec.treatment is not None
+    columns = [spec.features.index(f"{spec.treatment}={level}") for level in spec.treatments]
+    candidates = []
+    for chosen in columns:
+        clinical = inputs.clinical.copy()
+        clinical[columns] = 0.0
+        clinical[chosen] = 1.0
+        candidates.append(replace(inputs, clinical=clinical))
+    return candidates
+
+
+def ranking_from_probabilities(contract: ModelContract, probabilities: np.ndarray, given: str | None = None) -> dict:
+    """The answer from the candidates' probabilities (rows in treatment order).
+    ``given``: the treatment the request named, reported for comparison."""
+    spec = contract.clinical
+    assert spec is not None
+    label = response_label(contract)
+    assert label is not None
+    response = np.asarray(probabilities, dtype=np.float64)[:, label]
+    treatments = spec.treatments
+    reference = treatments[0]
+    margin = switch_margin(contract)
+    order = np.argsort(-response, kind="stable")
+    best = int(order[0])
+    gain = float(response[best] - response[0])
+    recommended = treatments[best] if best != 0 and gain > margin else reference
+    return {
+        "available": True,
+        "covariate": spec.treatment,
+        "response_label": contract.labels[label],
+        "ranking": [
+            {
+                "treatment": treatments[i],
+                "response_probability": float(response[i]),
+                "gain_vs_reference": float(response[i] - response[0]),
+            }
+            for i in order
+        ],
+        "reference": reference,
+        "switch_margin": margin,
+        "recommended": recommended,
+        "given": given,
+    }
+
+
+def given_treatment(contract: ModelContract, inputs: ModelInputs) -> str | None:
+    spec = contract.clinical
+    if spec is None or spec.treatment is None or CLINICAL not in inputs.modalities_used:
+        return None
+    for level in spec.treatments:
+        if inputs.clinical[spec.features.index(f"{spec.treatment}={level}")] == 1.0:
+            return level
+    return None
+
+
+class TreatmentRanking:
+    """The ranking for one case, kept apart from running the model, so the candidate
+    rows can go through any model call (OnnxModel.run, the batched model service)."""
+
+    def __init__(self, contract: ModelContract, inputs: ModelInputs):
+        self.contract = contract
+        self.inputs = inputs
+        self.reason = unavailable_reason(contract, inputs)
+        self.candidates = candidate_inputs(contract, inputs) if self.reason is None else []
+
+    def unavailable(self) -> dict | None:
+        """The answer when the case cannot be ranked (no model call needed)."""
+        return None if self.reason is None else {"available": False, "reason": self.reason}
+
+    def result(self, probabilities: np.ndarray) -> dict:
+        """From the calibrated probabilities of ``candidates``, in order."""
+        return ranking_from_probabilities(self.contract, probabilities, given_treatment(self.contract, self.inputs))
+
+
+def rank_treatments(probabilities_fn: ProbabilitiesFn, contract: ModelContract, inputs: ModelInputs) -> dict:
+    """Rank the treatments for one case with ``probabilities_fn`` (e.g. OnnxModel.run:
+    calibrated probabilities), all candidates in one batch."""
+    ranking = TreatmentRanking(contract, inputs)
+    unavailable = ranking.unavailable()
+    if unavailable is not None:
+        return unavailable
+    batch = [np.stack([getattr(c, n) for c in ranking.candidates]) for n in ("image", "genomics", "clinical", "presence")]
+    return ranking.result(probabilities_fn(*batch))

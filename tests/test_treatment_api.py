@@ -1,0 +1,272 @@
+"""Treatment ranking (radfusion.treatment) on a real ONNX model with a known treatment
+effect, and /predict's explain and rank_treatments options on a real BentoML server.
+
+The model (test_explain.KnownSignalNet) adds, under "targeted" only,
+GAIN x z(G1_mut) + SHIFT to the response logit: targeted helps mutated patients and
+harms the others, as in the synthetic cohort's outcome model (EGFR_mut x treatment)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_dicom_reading import AXIAL_REVERSED, write_series
+from test_explain import (
+    GENE_WEIGHTS,
+    GEOMETRY,
+    TEMPERATURE,
+    export_known_signal,
+    known_signal_contract,
+    lesion_centre_mm,
+    lesion_volume,
+    raw_genes,
+)
+
+from radfusion.contract import ClinicalSpec, ModelContract, read_contract_from_onnx
+from radfusion.predictor import Predictor, prepare_case
+from radfusion.treatment import DEFAULT_SWITCH_MARGIN, candidate_inputs, ranking_from_probabilities
+
+GAIN, SHIFT = 3.0, -0.5
+SWITCH_MARGIN = 0.04  # carried by the contract; differs from the default on purpose
+TOKEN = "test-token-treatment"
+
+
+def clinical_contract() -> ModelContract:
+    spec = ClinicalSpec(
+        numeric={"age": [60.0, 10.0]},
+        categorical={"treatment": ["chemo", "targeted"], "sex": ["F", "M"]},
+        treatment="treatment",
+        switch_margin=SWITCH_MARGIN,
+    )
+    every = ["image", "genomics", "clinical"]
+    return known_signal_contract(clinical=spec, trained_modalities=every, may_be_missing=every)
+
+
+def clinical_values(treatment: str = "chemo") -> dict:
+    return {"age": 67, "sex": "F", "treatment": treatment, "site": "ignored"}
+
+
+def genes_with_mutation(g1_mut: float) -> dict[str, float]:
+    return {**raw_genes(), "G1_mut": g1_mut}
+
+
+def expected_response(contract: ModelContract, genes: dict[str, float], treatment: str, image_term: float = 0.0) -> float:
+    panel = contract.genomics
+    z = {f: (genes[f] - m) / s for f, m, s in zip(panel.features, panel.mean, panel.std)}
+    logit = sum(w * z[f] for f, w in GENE_WEIGHTS.items()) + image_term
+    if treatment == "targeted":
+        logit += GAIN * z["G1_mut"] + SHIFT
+    return float(1 / (1 + np.exp(-logit / TEMPERATURE)))
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    contract = clinical_contract()
+    effect = {
+        "column": contract.clinical.features.index("treatment=targeted"),
+        "gain": GAIN,
+        "interaction": contract.genomics.features.index("G1_mut"),
+        "shift": SHIFT,
+    }
+    return export_known_signal(tmp_path_factory.mktemp("treatment") / "model.onnx", contract, GENE_WEIGHTS, effect)
+
+
+@pytest.fixture(scope="module")
+def predictor(model_path: Path) -> Predictor:
+    return Predictor.load(model_path, device="cpu")
+
+
+# ------------------------------------------------------------------ ranking (core)
+
+
+@pytest.mark.parametrize(
+    "g1_mut, best, recommended",
+    [(1.0, "targeted", "targeted"), (0.0, "chemo", "chemo"), (0.4, "targeted", "chemo")],
+    ids=["mutated-switches", "wild-type-stays", "small-gain-stays-with-reference"],
+)
+def test_ranking_follows_the_known_treatment_effect(predictor: Predictor, g1_mut, best, recommended) -> None:
+    genes = genes_with_mutation(g1_mut)
+    answer = predictor.rank_treatments(predictor.prepare(None, genes, clinical_values("chemo")))
+    contract = predictor.contract
+    assert answer["available"] and answer["covariate"] == "treatment" and answer["response_label"] == "responder"
+    assert answer["ranking"][0]["treatment"] == best
+    assert answer["recommended"] == recommended
+    assert (answer["reference"], answer["switch_margin"], answer["given"]) == ("chemo", SWITCH_MARGIN, "chemo")
+    for entry in answer["ranking"]:
+        want = expected_response(contract, genes, entry["treatment"])
+        assert entry["response_probability"] == pytest.approx(want, abs=1e-5)
+    by_name = {e["treatment"]: e for e in answer["ranking"]}
+    gain = by_name["targeted"]["response_probability"] - by_name["chemo"]["response_probability"]
+    assert by_name["targeted"]["gain_vs_reference"] == pytest.approx(gain, abs=1e-6)
+    # The recommendation switches exactly when the gain beats the contract's margin.
+    assert (recommended == "targeted") == (gain > SWITCH_MARGIN)
+
+
+def test_the_given_treatment_does_not_change_the_ranking(predictor: Predictor) -> None:
+    genes = genes_with_mutation(1.0)
+    as_chemo = predictor.prepare(None, genes, clinical_values("chemo"))
+    as_targeted = predictor.prepare(None, genes, clinical_values("targeted"))
+    a, b = predictor.rank_treatments(as_chemo), predictor.rank_treatments(as_targeted)
+    assert (a["given"], b["given"]) == ("chemo", "targeted")
+    assert a["ranking"] == b["ranking"] and a["recommended"] == b["recommended"]
+    # Only the treatment's one-hot columns differ between candidates and the case.
+    spec = predictor.contract.clinical
+    columns = [spec.features.index(f"treatment={level}") for level in spec.treatments]
+    for level, candidate in zip(spec.treatments, candidate_inputs(predictor.contract, as_chemo.inputs)):
+        changed = np.flatnonzero(candidate.clinical != as_chemo.inputs.clinical)
+        assert set(changed) <= set(columns)
+        assert candidate.clinical[columns].tolist() == [float(level == known) for known in spec.treatments]
+        assert np.array_equal(candidate.genomics, as_chemo.inputs.genomics)
+        assert np.array_equal(candidate.presence, as_chemo.inputs.presence)
+
+
+def test_margin_comes_from_the_contract_or_the_default(model_path: Path) -> None:
+    contract = read_contract_from_onnx(model_path)
+    assert contract.clinical.switch_margin == SWITCH_MARGIN  # survives the ONNX round trip
+    # So does the clinical column order the model was exported with (the contract's
+    # JSON sorts keys; covariates declared treatment-first must still line up).
+    assert contract.clinical.features == clinical_contract().clinical.features
+    probabilities = np.array([[0.6, 0.4], [0.55, 0.45]])  # targeted +0.05 over chemo
+    assert ranking_from_probabilities(contract, probabilities)["recommended"] == "targeted"  # 0.05 > 0.04
+    default = dataclasses.replace(contract, clinical=dataclasses.replace(contract.clinical, switch_margin=None))
+    answer = ranking_from_probabilities(default, probabilities)
+    assert answer["switch_margin"] == DEFAULT_SWITCH_MARGIN and answer["recommended"] == "chemo"  # not > 0.05
+
+
+def test_cases_that_cannot_be_ranked_say_why(predictor: Predictor) -> None:
+    no_clinical = predictor.prepare(None, genes_with_mutation(1.0), None)
+    assert predictor.rank_treatments(no_clinical) == {
+        "available": False,
+        "reason": "no clinical covariates in this case (the treatment is one of them)",
+    }
+    untreated = known_signal_contract()  # no clinical block at all
+    case = prepare_case(untreated, None, raw_genes())
+    from radfusion.treatment import rank_treatments
+
+    answer = rank_treatments(lambda *batch: pytest.fail("no model call expected"), untreated, case.inputs)
+    assert answer == {"available": False, "reason": "the model has no treatment covariate with at least two treatments"}
+
+
+# ------------------------------------------------------------------ HTTP API
+
+
+def zip_bytes(paths: list[Path]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for i, path in enumerate(paths):
+            zf.write(path, f"study/{i:03d}.dcm")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    paths, _ = write_series(tmp_path_factory.mktemp("lesion_study"), lesion_volume(), AXIAL_REVERSED)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory):
+    from serving.launch import running_server
+
+    log_file = tmp_path_factory.mktemp("treatment_server") / "serve.log"
+    env = {"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": TOKEN}
+    with running_server(model_path, timeout=120, env=env, log_file=log_file) as url:
+        with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            yield client
+
+
+def assert_close(got, want, tol: float) -> None:
+    """Equal JSON-like values, numbers within ``tol``."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), (got, want)
+        for key in want:
+            assert_close(got[key], want[key], tol)
+    elif isinstance(want, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(want), (got, want)
+        for g, w in zip(got, want):
+            assert_close(g, w, tol)
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=tol)
+    else:
+        assert got == want
+
+
+def post_case(client: httpx.Client, study: list[Path] | None, genes: dict | None, clinical: dict | None, **options):
+    fields = {"genomics": genes, "clinical": clinical, **options}
+    if study is None:
+        return client.post("/predict", json={k: v for k, v in fields.items() if v is not None})
+    data = {k: json.dumps(v) for k, v in fields.items() if v is not None}
+    return client.post("/predict", files={"study": ("study.zip", zip_bytes(study), "application/zip")}, data=data)
+
+
+@pytest.mark.slow
+def test_predict_with_explain_and_ranking_and_without(server, predictor: Predictor, study: list[Path]) -> None:
+    genes, clinical = genes_with_mutation(1.0), clinical_values("chemo")
+    plain = post_case(server, study, genes, clinical)
+    full = post_case(server, study, genes, clinical, explain=True, rank_treatments=True)
+    assert plain.status_code == full.status_code == 200, (plain.text, full.text)
+    plain, full = plain.json(), full.json()
+
+    # Without the options the answer is the plain prediction, as before.
+    case = predictor.prepare(study, genes, clinical)
+    expected = predictor.predict([case])[0]
+    assert set(plain) == set(expected)
+    assert plain["modalities_used"] == ["image", "expression", "mutation", "clinical"]
+    for label, p in expected["probabilities"].items():
+        assert plain["probabilities"][label] == pytest.approx(p, abs=1e-5)
+    # With them: the same prediction plus the evidence, equal to the core's answer.
+    assert {k: v for k, v in full.items() if k not in ("explanation", "treatment_ranking")} == plain
+    assert_close(full["treatment_ranking"], predictor.rank_treatments(case), 1e-5)
+    assert full["treatment_ranking"]["recommended"] == "targeted"
+    explanation = full["explanation"]
+    local = predictor.explain(case)
+    assert {g["feature"] for g in explanation["genes"]["top"][:3]} == set(GENE_WEIGHTS)
+    assert_close(explanation["genes"], local["genes"], 1e-5)
+    saliency = explanation["saliency"]
+    assert saliency["peak_mm"] == pytest.approx(local["saliency"]["peak_mm"], abs=0.02)
+    error = np.abs(np.array(saliency["peak_mm"]) - lesion_centre_mm())
+    assert np.all(error <= np.array(GEOMETRY.target_spacing)[::-1])
+    assert explanation["model_rows"] <= 1 + 400 + 320
+
+
+@pytest.mark.slow
+def test_missing_modalities_get_reasons_not_errors(server) -> None:
+    genes = genes_with_mutation(1.0)
+    response = post_case(server, None, genes, None, explain=True, rank_treatments=True)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["modalities_used"] == ["expression", "mutation"]
+    assert body["explanation"]["saliency"] == {"available": False, "reason": "no image in this case"}
+    assert body["explanation"]["genes"]["available"]
+    assert body["treatment_ranking"] == {
+        "available": False,
+        "reason": "no clinical covariates in this case (the treatment is one of them)",
+    }
+
+
+@pytest.mark.slow
+def test_plain_requests_keep_being_served_while_explaining(server, study: list[Path]) -> None:
+    """An explanation's rows run beside the batcher: concurrent plain requests all
+    succeed with the same answer as alone."""
+    genes, clinical = genes_with_mutation(0.0), clinical_values("targeted")
+    alone = post_case(server, None, genes, clinical).json()
+
+    def plain(_: int) -> dict:
+        response = post_case(server, None, genes, clinical)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=5) as pool:
+        explaining = pool.submit(post_case, server, study, genes, clinical, explain=True)
+        answers = list(pool.map(plain, range(8)))
+        explained = explaining.result()
+    assert explained.status_code == 200 and explained.json()["explanation"]["saliency"]["available"]
+    for answer in answers:
+        assert answer["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-6)

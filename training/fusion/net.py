@@ -1,0 +1,130 @@
+"""The fusion network: a plain nn.Module, kept apart from the LightningModule so it
+can be exported, tested and reused on its own.
+
+image  -> MONAI encoder -> embedding (+ tokens) --x presence[image] --+
+omics block (each) -> MLP -> embedding ---------x presence[block] ----+--> fusion -> outputs
+clinical -> MLP ---------> embedding -----------x presence[clinical] -+   (late | gated |
+presence mask --------------------------------------------------------+  kronecker | cross_attention)
+
+Masking the embeddings (not the inputs) keeps batch-norm statistics clean while a
+missing modality contributes exactly nothing, so one model serves any subset."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from training.fusion.encoders import build_image_encoder, clinical_encoder, omics_encoder
+from training.fusion.strategies import build_fusion
+
+
+class FusionNet(nn.Module):
+    """Encoders for the image, each omics block and the clinical covariates; their
+    masked embeddings are combined by the ``fusion`` strategy into ``n_classes``
+    outputs (class logits, label logits, a risk score or interval hazards: the
+    task decides what they mean).
+
+    ``modalities`` names what the model uses: "image", "genomics" (every omics block)
+    or single block names, and "clinical"."""
+
+    def __init__(
+        self,
+        omics_sizes: dict[str, int],
+        n_clinical: int = 0,
+        n_classes: int = 2,
+        modalities: Sequence[str] = ("image", "genomics"),
+        spatial_dims: int = 3,
+        image_encoder: str = "densenet",
+        image_widths: Sequence[int] = (16, 8),
+        embed_dim: int = 64,
+        genomics_hidden: int = 16,
+        genomics_dropout: float = 0.5,
+        dropout: float = 0.3,
+        fusion: str = "late",
+        kronecker_rank: int = 8,
+        image_shape: Sequence[int] | None = None,
+        image_patch: Sequence[int] = (8, 16, 16),
+    ):
+        super().__init__()
+        self.omics_sizes = dict(omics_sizes)
+        # Presence-mask order, as the data module and the model contract give it.
+        self.modality_names = ["image", *self.omics_sizes, *(["clinical"] if n_clinical else [])]
+        known = {*self.modality_names, "genomics"}
+        if not modalities or set(modalities) - known:
+            raise ValueError(f"modalities must be a non-empty subset of {sorted(known)}; got {list(modalities)}")
+        self.modalities = tuple(modalities)
+        self.embed_dim = embed_dim
+        self.fusion_kind = fusion
+        self.head = build_fusion(
+            fusion, self.modality_names, self.used_mask(), list(self.omics_sizes), embed_dim, n_classes, dropout,
+            kronecker_rank=kronecker_rank,
+        )
+        # Only the encoders a model uses exist: a unimodal baseline is the same
+        # architecture with the other branches removed, not branches fed zeros.
+        self.image_encoder = (
+            build_image_encoder(
+                image_encoder, spatial_dims, embed_dim, image_widths,
+                with_tokens=getattr(self.head, "queries", None) not in (None, []),
+                image_shape=image_shape, patch=image_patch,
+            )
+            if self.uses("image")
+            else None
+        )
+        self.omics_encoders = nn.ModuleDict(
+            {
+                name: omics_encoder(size, genomics_hidden, embed_dim, genomics_dropout)
+                for name, size in self.omics_sizes.items()
+                if self.uses(name)
+            }
+        )
+        self.clinical_encoder = clinical_encoder(n_clinical, embed_dim) if self.uses("clinical") else None
+
+    def uses(self, modality: str) -> bool:
+        if modality not in self.modality_names:
+            return False
+        return modality in self.modalities or (modality in self.omics_sizes and "genomics" in self.modalities)
+
+    def used_mask(self) -> list[bool]:
+        return [self.uses(m) for m in self.modality_names]
+
+    def encode(self, image, genomics, clinical, presence) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Per-modality embeddings (zero where absent or unused) and the image tokens
+        (None unless the fusion strategy reads them)."""
+        zeros = presence.new_zeros(presence.shape[0], self.embed_dim)
+        blocks = dict(zip(self.omics_sizes, torch.split(genomics, list(self.omics_sizes.values()), dim=1)))
+        out, tokens = [], None
+        for i, name in enumerate(self.modality_names):
+            mask = presence[:, i : i + 1]
+            if name == "image":
+                if self.image_encoder is None:
+                    out.append(zeros)
+                    continue
+                embedding, tokens = self.image_encoder(image)
+                out.append(embedding * mask)
+                continue
+            encoder, x = (self.clinical_encoder, clinical) if name == "clinical" else (self.omics_encoders[name] if name in self.omics_encoders else None, blocks[name])
+            out.append(encoder(x) * mask if encoder is not None else zeros)
+        return out, tokens
+
+    def embeddings(self, image, genomics, clinical, presence) -> list[torch.Tensor]:
+        """One (batch, embed_dim) embedding per modality, zero where absent or unused."""
+        return self.encode(image, genomics, clinical, presence)[0]
+
+    def forward(self, image, genomics, clinical, presence) -> torch.Tensor:
+        embeddings, tokens = self.encode(image, genomics, clinical, presence)
+        return self.head(embeddings, presence, tokens)
+
+
+class LogitModel(nn.Module):
+    """What is exported: the raw outputs ("logits"); the runtime turns them into
+    probabilities (temperature + softmax/sigmoid) or survival figures by the
+    contract's task, so calibration can change without re-exporting."""
+
+    def __init__(self, net: FusionNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image, genomics, clinical, presence) -> torch.Tensor:
+        return self.net(image, genomics, clinical, presence)
