@@ -1,7 +1,7 @@
 """Training benchmark: the fusion model's training throughput with the tuned data path
 versus a naive one, in one run, on one synthetic cohort, with one model.
 
-    python -m bench.training [--patients 100] [--epochs 3] [--workers 1]
+    python -m bench.training [--patients 60] [--epochs 3] [--workers 1]
 
 - naive: every step reads and decodes the DICOM series and resamples it
   (``cache="none"``, no worker processes): the loop a first version would write;
@@ -164,7 +164,7 @@ def run_gpu(args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=100, help="cohort size (60%% train)")
+    parser.add_argument("--patients", type=int, default=60, help="cohort size (60%% train)")
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--size", type=int, default=64, help="rows and columns of each slice")
     parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up")

@@ -66,7 +66,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
-    from serving.score import ResumeError, score_archive
+    from serving.score import PatientTableError, ResumeError, score_archive
 
     try:
         summary = score_archive(
@@ -74,6 +74,7 @@ def _score(args: argparse.Namespace) -> None:
             model_path=args.model,
             out=Path(args.out),
             genomics=Path(args.genomics) if args.genomics else None,
+            clinical=Path(args.clinical) if args.clinical else None,
             batch_size=args.batch_size,
             device=args.device,
             workers=args.workers,
@@ -84,7 +85,7 @@ def _score(args: argparse.Namespace) -> None:
             ray_actors=args.actors,
             gpus_per_actor=args.gpus_per_actor,
         )
-    except ResumeError as exc:
+    except (ResumeError, PatientTableError, FileNotFoundError) as exc:
         sys.exit(f"radfusion score: {exc}")
     except KeyboardInterrupt:
         print("interrupted: committed rows are kept; run the same command again to resume", file=sys.stderr)
@@ -96,6 +97,15 @@ def _serve(args: argparse.Namespace) -> None:
     from serving.launch import serve_forever
 
     serve_forever(model=args.model, host=args.host, port=args.port)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from training.report.build import build_report
+
+    cases = None if args.saliency_cases <= 0 else args.saliency_cases
+    path = build_report(Path(args.run), out=Path(args.out) if args.out else None,
+                        checkpoint=Path(args.checkpoint) if args.checkpoint else None, saliency_cases=cases)
+    print(f"report: {path}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -149,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="ONNX file, or BentoML model tag (default: the latest model radfusion export registered)",
     )
     p.add_argument("--genomics", help="genomics table (Parquet/CSV), joined on PatientID")
+    p.add_argument("--clinical", help="clinical covariates (Parquet/CSV: patient_id + the model's covariate columns), "
+                                      "joined on PatientID, for a model with a clinical block")
     p.add_argument("--out", required=True, help="Parquet file; <out>.parts holds committed rows while running")
     p.add_argument("--batch-size", type=int, default=16, help="studies per ONNX Runtime call")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -166,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("report", help="evidence report (genes, saliency, risk groups, treatments, calibration) as HTML")
+    p.add_argument("--run", required=True, help="run folder: fusion/checkpoints/best.ckpt or checkpoints/best.ckpt, metrics.json, model.onnx")
+    p.add_argument("--checkpoint", help="checkpoint to explain (default: the run folder's)")
+    p.add_argument("--out", help="output folder (default: <run>/report)")
+    p.add_argument("--saliency-cases", type=int, default=40, help="held-out studies to explain by occlusion (0: all)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="synth -> train -> evaluate -> export -> serve -> score, on defaults")
     p.add_argument("--out", default="runs/demo")

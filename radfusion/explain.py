@@ -123,7 +123,8 @@ class CaseExplainer:
         self.settings = settings or ExplainSettings()
         self.grid_affine = grid_affine
         self.features = self._features_to_occlude()
-        self.grid = occlusion_grid(tuple(inputs.image.shape[1:]), self.settings.max_windows) if self.image_used else None
+        shape = tuple(inputs.image.shape[1:])
+        self.grid = occlusion_grid(shape, self.settings.max_windows) if self.image_used else None
 
     # ------------------------------------------------------------------ plan
 

@@ -137,5 +137,6 @@ def rank_treatments(probabilities_fn: ProbabilitiesFn, contract: ModelContract, 
     unavailable = ranking.unavailable()
     if unavailable is not None:
         return unavailable
-    batch = [np.stack([getattr(c, n) for c in ranking.candidates]) for n in ("image", "genomics", "clinical", "presence")]
+    names = ("image", "genomics", "clinical", "presence")
+    batch = [np.stack([getattr(c, n) for c in ranking.candidates]) for n in names]
     return ranking.result(probabilities_fn(*batch))

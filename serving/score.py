@@ -1,13 +1,14 @@
 """Score every study of an archive into one Parquet file: one row per study.
 
-    radfusion score --archive DIR|ZIP|URL --genomics FILE --model M.onnx --out scores.parquet
+    radfusion score --archive DIR|ZIP|URL --genomics FILE [--clinical FILE] --model M.onnx --out scores.parquet
 
 The archive is a folder tree (any ``*.zip`` inside is read too), a zip file, or a
 DICOMweb root URL (QIDO-RS lists the studies, WADO-RS fetches each one). Studies are
-joined to genomics by PatientID, prepared with the shared preprocessing in worker
-processes and run through ONNX Runtime in batches, all three stages overlapping
-(serving/scoring/local_engine.py), or on Ray Data with ``engine="ray"``
-(serving/scoring/ray_engine.py).
+joined to genomics and clinical covariates by PatientID (serving/scoring/patients.py;
+each row says where both came from, why its series was chosen and what geometry was
+repaired), prepared with the shared preprocessing in worker processes and run through
+ONNX Runtime in batches, all three stages overlapping (serving/scoring/local_engine.py),
+or on Ray Data with ``engine="ray"`` (serving/scoring/ray_engine.py).
 
 A study that cannot be read gets a row with ``error`` set ("<kind>: <reason>") and
 never stops the run or costs the other studies of its batch. Rows are committed in part
@@ -26,15 +27,15 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from radfusion.genomics import load_genomics_table
 from radfusion.runtime import OnnxModel
 from serving.modelref import resolve_model_path
+from serving.scoring.patients import PatientTableError, PatientTables
 from serving.scoring.progress import Progress
 from serving.scoring.rows import error_kind, output_schema, prob_column
 from serving.scoring.sources import is_dicomweb
 from serving.scoring.writer import PartWriter, ResumeError
 
-__all__ = ["ResumeError", "output_schema", "prob_column", "score_archive"]
+__all__ = ["PatientTableError", "ResumeError", "output_schema", "prob_column", "score_archive"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def score_archive(
     threads: int | None = None,
     ray_actors: int = 1,
     gpus_per_actor: float = 0.0,
+    clinical: Path | None = None,
 ) -> dict:
     """Score every study of ``archive``; returns a summary of the run.
 
@@ -66,7 +68,9 @@ def score_archive(
     ``chunk_size``: rows per committed part file. ``fresh``: ignore earlier results.
     ``threads``: ONNX Runtime intra-op threads (default: the cores the workers leave
     free, at least 1; ORT's choice with the Ray engine or ``workers=0``).
-    ``ray_actors`` / ``gpus_per_actor``: the Ray engine's inference actor pool."""
+    ``ray_actors`` / ``gpus_per_actor``: the Ray engine's inference actor pool.
+    ``genomics`` / ``clinical``: tables joined on PatientID; a table the model requires
+    but that is not given, or that lacks the model's columns, raises PatientTableError."""
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be at least 1")
     if engine not in ("local", "ray"):
@@ -81,11 +85,13 @@ def score_archive(
     archive = str(archive) if is_dicomweb(archive) else str(Path(archive).resolve())
     model_file = resolve_model_path(model_path)
     model = OnnxModel(model_file, device=device, threads=threads)
-    table = load_genomics_table(genomics) if genomics is not None else None
+    patients = PatientTables.from_paths(model.contract, genomics, clinical)
     identity = {
         "model": f"{model.contract.name}:{model.contract.version}",
         "model_sha256": _sha256(model_file),
-        "genomics_sha256": _sha256(Path(genomics)) if genomics is not None else None,
+        # Tables the model does not use change no row: they do not stop a resume.
+        "genomics_sha256": _sha256(patients.genomics.path) if patients.genomics and patients.genomics.path else None,
+        "clinical_sha256": _sha256(patients.clinical.path) if patients.clinical and patients.clinical.path else None,
         "archive": archive,
     }
     writer = PartWriter(out, output_schema(model.contract), identity, chunk_size=chunk_size, fresh=fresh)
@@ -97,11 +103,11 @@ def score_archive(
             from serving.scoring.ray_engine import RayEngine
 
             stats = RayEngine(model_file, model.contract, batch_size, ray_actors, gpus_per_actor, device).run(
-                archive, table, writer, meter)
+                archive, patients, writer, meter)
         else:
             from serving.scoring.local_engine import LocalEngine
 
-            stats = LocalEngine(model, workers, batch_size).run(archive, table, writer, meter)
+            stats = LocalEngine(model, workers, batch_size).run(archive, patients, writer, meter)
         meter.close()
         result = writer.finish()
     except KeyboardInterrupt:
@@ -126,12 +132,19 @@ def _summary(result: pa.Table, stats, processed: int, seconds: float) -> dict:
     errors = result.column("error").to_pylist()
     by_reason = Counter(error_kind(e) for e in errors if e is not None)
     failed = sum(by_reason.values())
+    sources = {
+        column: dict(sorted(Counter(v for v in result.column(column).to_pylist() if v is not None).items()))
+        for column in ("genomics_source", "clinical_source")
+    }
+    corrected = sum(bool(c) for c in result.column("geometry_corrections").to_pylist())
     return {
         "studies": result.num_rows,
         "scored": result.num_rows - failed,
         "failed": failed,
         "failed_by_reason": dict(sorted(by_reason.items())),
         "skipped_files": stats.skipped_files,
+        "geometry_corrected": corrected,  # studies whose series the reader repaired
+        **sources,
         "processed_this_run": processed,
         "taken_from_earlier_runs": stats.already_done,
         "seconds": round(seconds, 3),

@@ -188,7 +188,8 @@ def test_gene_attributions_are_exact_for_a_linear_model(predictor: Predictor) ->
         assert entry["block"] == ("mutation" if entry["feature"].endswith("_mut") else "expression")
     assert all(abs(g["attribution"]) < 1e-5 for g in top[3:])  # no weight, no attribution
     assert result["genes"]["features_evaluated"] == len(panel.features)
-    assert result["baseline_score"] == pytest.approx(sum(w * z[f] for f, w in GENE_WEIGHTS.items()) / TEMPERATURE, abs=1e-4)
+    baseline = sum(w * z[f] for f, w in GENE_WEIGHTS.items()) / TEMPERATURE
+    assert result["baseline_score"] == pytest.approx(baseline, abs=1e-4)
     assert result["saliency"] == {"available": False, "reason": "no image in this case"}
 
 

@@ -128,6 +128,8 @@ def test_cross_attention_attends_to_image_tokens_only_when_the_image_is_there():
     assert genomics_only.head.queries == [] and genomics_only.image_encoder is None
 
 
+# The dynamo exporter takes 10-50 s per model on 2 shared cores.
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_onnx_export_matches_pytorch_for_every_group_pattern(fusion, tiny_contract, tmp_path):
     from radfusion.runtime import OnnxModel

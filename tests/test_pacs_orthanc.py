@@ -176,8 +176,12 @@ def test_sr_holds_the_prediction_as_coded_content(round_trip: RoundTrip) -> None
         assert content["Predicted class"] == case.expected["predicted_label"]
         assert content["probabilities"] == pytest.approx(case.expected["probabilities"], abs=TOL)
         assert content["modalities"] == modalities
-    assert sr_content(round_trip.srs[without_genes.study_uid][0])["Genomics source"].endswith("image-only prediction")
+    assert sr_content(round_trip.srs[without_genes.study_uid][0])["Genomics source"] == "patient not in the genomics table"
     assert sr_content(round_trip.srs[with_genes.study_uid][0])["Genomics source"] == "genomics table"
+    for case in round_trip.cases:
+        content = sr_content(round_trip.srs[case.study_uid][0])
+        assert content["Image series selection"].startswith("CT series with 10 slices")
+        assert "Clinical source" not in content and "Geometry corrections" not in content  # no clinical block, no repair
 
 
 def test_dsrdump_parses_the_sr(round_trip: RoundTrip, tmp_path: Path) -> None:

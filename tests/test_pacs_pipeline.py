@@ -1,6 +1,7 @@
 """The listener's pipeline in-process, on a clock the test controls: quiet period,
 scoring with the real ONNX model, the SR sent by C-STORE to a capturing pynetdicom SCP,
-retries with backoff against a peer that is down, bad input, and SR versions."""
+retries with backoff against a peer that is down, bad input, SR versions, clinical
+covariates looked up by PatientID, and the geometry-correction note in the SR."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import shutil
 import socket
 from pathlib import Path
 
+import pandas as pd
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage
 
@@ -17,10 +20,11 @@ from radfusion.dicom import find_studies
 from radfusion.predictor import Predictor
 from radfusion.runtime import OnnxModel
 from serving.pacs.pipeline import Pipeline, RetryPolicy
-from serving.pacs.predict import GenomicsLookup, StudyPredictor
+from serving.pacs.predict import StudyPredictor
 from serving.pacs.send import CStoreSender, DicomPeer
 from serving.pacs.state import OnResend, Status, StudyState
 from serving.pacs.storage import WorkDir
+from serving.scoring.patients import PatientTables
 
 QUIET = 1.0
 TOL = 1e-5
@@ -64,7 +68,8 @@ def studies(tiny_cohort: Path) -> list:
 
 @pytest.fixture(scope="module")
 def predictor(tiny_onnx_model: Path, tiny_cohort: Path) -> StudyPredictor:
-    return StudyPredictor(OnnxModel(tiny_onnx_model, device="cpu"), GenomicsLookup.from_path(tiny_cohort / "genomics.parquet"))
+    model = OnnxModel(tiny_onnx_model, device="cpu")
+    return StudyPredictor(model, PatientTables.from_paths(model.contract, tiny_cohort / "genomics.parquet"))
 
 
 @pytest.fixture
@@ -117,7 +122,7 @@ def test_scored_after_the_quiet_period_and_sent(setup, studies, tiny_onnx_model:
     assert record.status is Status.SENT and record.sr_sop_uid == sr.SOPInstanceUID
     assert sr.StudyInstanceUID == study.study_uid and sr.InstanceNumber == 1
     reference = Predictor.load(tiny_onnx_model, device="cpu")
-    genes = pipeline.predictor.genomics.find(study.patient_id)
+    genes = pipeline.predictor.patients.lookup(study.patient_id).genomics
     expected = reference.predict([reference.prepare(paths, genes)])[0]
     assert record.result["probabilities"] == pytest.approx(expected["probabilities"], abs=TOL)
     assert record.result["modalities_used"] == expected["modalities_used"]
@@ -190,3 +195,137 @@ def test_rescore_policy_sends_a_new_version(setup, studies) -> None:
     (predecessor,) = second.PredecessorDocumentsSequence
     assert predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
     assert state.get(study.study_uid).version == 2
+
+
+# ------------------------------------------------- clinical covariates, SR provenance
+
+
+def sr_texts(path: str) -> dict[str, str]:
+    """The SR's TEXT items by concept meaning, and its modality codes under "modalities"."""
+    sr = pydicom.dcmread(path)
+    texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"}
+    texts["modalities"] = ",".join(
+        i.ConceptCodeSequence[0].CodeValue for i in sr.ContentSequence
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Input modality used"
+    )
+    return texts
+
+
+@pytest.fixture(scope="module")
+def clinical_setup(tiny_cohort: Path, tiny_contract, studies, tmp_path_factory: pytest.TempPathFactory):
+    """(lenient model, strict model, clinical table without studies[0]'s patient)."""
+    from test_score_clinical import clinical_models, read_clinical_csv
+
+    lenient, strict = clinical_models(tiny_cohort, tiny_contract, tmp_path_factory.getbasetemp() / "clinical_models")
+    table = tmp_path_factory.mktemp("pacs_clinical") / "clinical.parquet"
+    read_clinical_csv(tiny_cohort / "clinical.csv").drop(index=studies[0].patient_id).reset_index().to_parquet(table)
+    return lenient, strict, table
+
+
+def listener_pipeline(tmp_path: Path, model: Path, clinical: Path | None, genomics: Path | None = None):
+    """The pipeline as ``radfusion listen --clinical`` builds it, without senders (the SR
+    stays on disk), on a test clock."""
+    from serving.pacs.listener import ListenerConfig, build_pipeline
+
+    work = WorkDir(tmp_path / "work")
+    state = StudyState(work.state_path)
+    config = ListenerConfig(model=model, work=work.root, genomics=genomics, clinical=clinical,
+                            quiet_seconds=QUIET, retry=RetryPolicy(3, 0.5, 10.0), device="cpu")
+    pipeline = build_pipeline(config, state, work)
+    pipeline.clock = clock = Clock()
+    return pipeline, state, work, clock
+
+
+def test_listener_looks_up_clinical_covariates_by_patient(clinical_setup, studies, tiny_cohort: Path, tmp_path: Path) -> None:
+    from test_score_clinical import read_clinical_csv
+
+    lenient, _, table = clinical_setup
+    pipeline, state, work, clock = listener_pipeline(tmp_path, lenient, table, tiny_cohort / "genomics.parquet")
+    try:
+        absent, present = studies[0], studies[1]
+        for study in (absent, present):
+            deliver(state, work, [h.path for h in study.instances], now=clock.now)
+        clock.now += QUIET
+        assert pipeline.tick().scored == 2
+        reference = Predictor.load(lenient, device="cpu")
+        covariates = read_clinical_csv(tiny_cohort / "clinical.csv")
+        for study, source in ((absent, "patient not in the clinical table"), (present, "clinical table")):
+            record = state.get(study.study_uid)
+            assert record.status is Status.SCORED
+            assert record.result["clinical_source"] == source
+            genes = pipeline.predictor.patients.lookup(study.patient_id).genomics
+            given = covariates.loc[study.patient_id].to_dict() if study is present else None
+            expected = reference.predict([reference.prepare([h.path for h in study.instances], genes, given)])[0]
+            assert record.result["modalities_used"] == expected["modalities_used"]
+            assert record.result["probabilities"] == pytest.approx(expected["probabilities"], abs=TOL)
+            texts = sr_texts(record.sr_path)
+            assert texts["Clinical source"] == source
+            assert texts["Image series selection"] == record.result["series_reason"]
+            assert "Geometry corrections" not in texts  # the synthetic series need no repair
+        assert "clinical" in state.get(present.study_uid).result["modalities_used"]
+        assert "clinical" not in state.get(absent.study_uid).result["modalities_used"]
+        assert sr_texts(state.get(present.study_uid).sr_path)["modalities"].endswith("RF-CLINICAL")
+    finally:
+        state.close()
+
+
+def test_a_model_requiring_clinical_fails_the_patient_without_a_row_at_once(clinical_setup, studies, tmp_path: Path) -> None:
+    from serving.scoring.patients import PatientTableError
+
+    _, strict, table = clinical_setup
+    with pytest.raises(PatientTableError, match="requires clinical input"):
+        listener_pipeline(tmp_path / "refused", strict, None)
+    pipeline, state, work, clock = listener_pipeline(tmp_path, strict, table)
+    try:
+        absent, present = studies[0], studies[1]
+        for study in (absent, present):
+            deliver(state, work, [h.path for h in study.instances], now=clock.now)
+        clock.now += QUIET
+        report = pipeline.tick()
+        assert (report.scored, report.failed, report.retried) == (1, 1, 0)
+        failed = state.get(absent.study_uid)
+        assert failed.status is Status.FAILED and failed.attempts == 1
+        assert failed.last_error == "patient_data_missing: the model requires clinical (patient not in the clinical table)"
+        assert state.get(present.study_uid).result["clinical_source"] == "clinical table"
+    finally:
+        state.close()
+
+
+def test_sr_notes_the_geometry_the_reader_repaired(predictor: StudyPredictor, tmp_path: Path) -> None:
+    from test_score_series import GAP_NOTE, write_series
+
+    study_uid = generate_uid()
+    write_series(tmp_path / "in", study_uid, 2, 10, keep=[k for k in range(10) if k != 6])
+    work = WorkDir(tmp_path / "work")
+    state = StudyState(work.state_path)
+    clock = Clock()
+    try:
+        pipeline = Pipeline(state, work, predictor, [], QUIET, RetryPolicy(3, 0.5, 10.0), clock)
+        deliver(state, work, sorted((tmp_path / "in").iterdir()), now=clock.now)
+        clock.now += QUIET
+        assert pipeline.tick().scored == 1
+        record = state.get(study_uid)
+        assert record.result["geometry_corrections"] == [GAP_NOTE]
+        texts = sr_texts(record.sr_path)
+        assert texts["Geometry corrections"] == GAP_NOTE
+        assert texts["Image series selection"] == "CT series with 9 slices"
+        assert texts["Genomics source"] == "patient not in the genomics table"
+        assert "Clinical source" not in texts  # the model has no clinical block
+    finally:
+        state.close()
+
+
+def test_listen_command_refuses_a_clinical_table_without_the_model_covariates(clinical_setup, tmp_path: Path) -> None:
+    """``radfusion listen --clinical`` reaches the lookup: a table that cannot serve the
+    model stops the command with the reason, before anything listens."""
+    from serving.pacs.cli import main
+
+    lenient, strict, table = clinical_setup
+    no_sex = tmp_path / "no_sex.csv"
+    pd.read_parquet(table).drop(columns=["sex"]).to_csv(no_sex, index=False)
+    with pytest.raises(SystemExit, match=r"radfusion listen: clinical table no_sex\.csv lacks the model's column\(s\): sex"):
+        main(["listen", "--model", str(lenient), "--work", str(tmp_path / "work"), "--clinical", str(no_sex),
+              "--port", str(free_loopback_port()), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="radfusion listen: the model requires clinical input: give a clinical table"):
+        main(["listen", "--model", str(strict), "--work", str(tmp_path / "work"), "--port", str(free_loopback_port()),
+              "--device", "cpu"])

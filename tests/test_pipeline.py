@@ -136,3 +136,33 @@ def _n_test(cohort: Path) -> int:
     clinical = pd.read_csv(cohort / "clinical.csv").set_index("patient_id")
     split = split_patients(clinical, (0.6, 0.2, 0.2), 0, "response")
     return int((split == "test").sum())
+
+
+def test_discrete_survival_model_exports_and_serves_survival_probabilities(cohort, tmp_path):
+    """A survival model exports with its task and interval edges in the contract, and
+    serving answers with a risk score and S(t) at each edge, equal to PyTorch's."""
+    from training.checkpoints import load_datamodule, load_module
+    from training.export import export
+    from training.tasks import discrete_risk, survival_curve
+
+    checkpoint = _train(cohort, tmp_path / "survival", "--config", str(CONFIGS / "experiment" / "survival_discrete.yaml"),
+                        "--model.time_intervals", "4")
+    report = export(checkpoint, tmp_path / "survival.onnx", register=False)
+    assert report["onnx_max_abs_diff"] <= 1e-4
+    contract = read_contract_from_onnx(tmp_path / "survival.onnx")
+    module = load_module(checkpoint)
+    assert contract.task == "survival:discrete" and len(contract.time_bins) == 4
+    assert contract.time_bins == pytest.approx(module.task.edges.tolist())
+    assert "val_cindex" in contract.metrics
+    dm = load_datamodule(checkpoint)
+    item = dm.datasets["test"][0]
+    record = dm.records["test"][0]
+    genes = pd.read_parquet(cohort / "genomics.parquet").set_index("patient_id")
+    mapping = genes.loc[record["patient_id"]].to_dict() if record["patient_id"] in genes.index else None
+    predictor = Predictor.load(tmp_path / "survival.onnx", device="cpu")
+    served = predictor.predict([predictor.prepare([cohort / "dicom" / f for f in record["image"]], mapping)])[0]
+    with torch.no_grad():
+        logits = module(*[torch.as_tensor(item[k])[None] for k in ("image", "genomics", "clinical", "presence")])
+    assert "probabilities" not in served
+    assert served["risk_score"] == pytest.approx(float(discrete_risk(logits)[0]), abs=1e-4)
+    assert list(served["survival_probabilities"].values()) == pytest.approx(survival_curve(logits.numpy())[0].tolist(), abs=1e-4)

@@ -120,9 +120,10 @@ def test_schema_is_fixed(scored) -> None:
     _, out = scored
     schema = pq.read_schema(out)
     assert schema.names == [
-        "study_instance_uid", "patient_id", "series_instance_uid", "predicted_label",
-        "prob_non-responder", "prob_responder", "modalities_used", "model_name", "model_version",
-        "n_instances", "prepare_seconds", "infer_seconds", "error",
+        "study_instance_uid", "patient_id", "series_instance_uid", "series_reason", "series_rejected",
+        "geometry_corrections", "predicted_label", "prob_non-responder", "prob_responder", "modalities_used",
+        "genomics_source", "clinical_source", "model_name", "model_version", "n_instances", "prepare_seconds",
+        "infer_seconds", "error",
     ]
     assert str(schema.field("prob_responder").type) == "double"
     assert str(schema.field("error").type) == "string"

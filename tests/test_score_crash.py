@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from radfusion.dicom import find_studies
-from radfusion.genomics import load_genomics_table
 from radfusion.runtime import OnnxModel
 from serving.score import score_archive
 from serving.scoring import prepare
 from serving.scoring.local_engine import LocalEngine
+from serving.scoring.patients import PatientTables
 from serving.scoring.progress import Progress
 from serving.scoring.rows import TIMING_COLUMNS, output_schema
 from serving.scoring.writer import PartWriter
@@ -21,11 +21,11 @@ from serving.scoring.writer import PartWriter
 CRASH_ENV = "RADFUSION_TEST_CRASH_STUDY"
 
 
-def crashing_prepare(study, genomics):
+def crashing_prepare(study, patient):
     """Runs in the worker: dies like a segfaulting decoder on the chosen study."""
     if study.study_uid == os.environ.get(CRASH_ENV):
         os._exit(70)
-    return prepare.prepare_task(study, genomics)
+    return prepare.prepare_task(study, patient)
 
 
 def test_a_study_that_kills_its_worker_gets_an_error_row_and_costs_nothing_else(tiny_cohort: Path, tiny_onnx_model: Path, tmp_path: Path, monkeypatch) -> None:
@@ -38,8 +38,8 @@ def test_a_study_that_kills_its_worker_gets_an_error_row_and_costs_nothing_else(
     model = OnnxModel(tiny_onnx_model, device="cpu")
     writer = PartWriter(tmp_path / "scores.parquet", output_schema(model.contract), {"test": "crash"})
     engine = LocalEngine(model, workers=2, batch_size=4, prepare_fn=crashing_prepare)
-    stats = engine.run(str(tiny_cohort / "dicom"), load_genomics_table(tiny_cohort / "genomics.parquet"),
-                       writer, Progress(enabled=False))
+    patients = PatientTables.from_paths(model.contract, tiny_cohort / "genomics.parquet")
+    stats = engine.run(str(tiny_cohort / "dicom"), patients, writer, Progress(enabled=False))
     rows = writer.finish().to_pandas().drop(columns=list(TIMING_COLUMNS)).set_index("study_instance_uid")
 
     assert stats.discovered == len(rows) == 10

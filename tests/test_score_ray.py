@@ -38,3 +38,21 @@ def test_ray_engine_gives_the_local_engine_rows(local_ray, tiny_cohort: Path, ti
 
     again = score_archive(tiny_cohort / "dicom", tiny_onnx_model, tmp_path / "ray.parquet", engine="ray", **args)
     assert (again["processed_this_run"], again["taken_from_earlier_runs"]) == (0, 10)
+
+
+def test_ray_engine_joins_clinical_covariates_like_the_local_engine(local_ray, tiny_cohort: Path, tiny_contract, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The lookup runs in the driver; each Ray task gets its patient's PatientData."""
+    from test_score_clinical import clinical_models, read_clinical_csv
+
+    model, _ = clinical_models(tiny_cohort, tiny_contract, tmp_path_factory.getbasetemp() / "clinical_models")
+    table = read_clinical_csv(tiny_cohort / "clinical.csv")
+    absent = sorted(table.index)[0]
+    clinical = tmp_path / "clinical.parquet"
+    table.drop(index=absent).reset_index().to_parquet(clinical)
+    args = dict(genomics=tiny_cohort / "genomics.parquet", clinical=clinical, device="cpu", progress=False, batch_size=4)
+    score_archive(tiny_cohort / "dicom", model, tmp_path / "local.parquet", workers=0, **args)
+    on_ray = score_archive(tiny_cohort / "dicom", model, tmp_path / "ray.parquet", engine="ray", **args)
+    assert on_ray["clinical_source"] == {"clinical table": 9, "patient not in the clinical table": 1}
+    rows = results(tmp_path / "ray.parquet")
+    pd.testing.assert_frame_equal(rows, results(tmp_path / "local.parquet"), atol=1e-6)
+    assert rows["modalities_used"].str.endswith(",clinical").sum() == 9

@@ -18,6 +18,7 @@ import pytest
 
 from radfusion.dicom import find_studies
 from serving.score import score_archive
+from serving.scoring.patients import PatientData
 from serving.scoring.prepare import prepare_study
 from serving.scoring.rows import TIMING_COLUMNS
 from serving.scoring.sources import StudyRef
@@ -151,6 +152,6 @@ def test_dicomweb_server_scores_like_the_folder(orthanc: str, tiny_cohort: Path,
 
 def test_a_study_the_server_cannot_deliver_is_a_retryable_error_row(orthanc: str, tiny_contract) -> None:
     missing = StudyRef("1.2.826.0.1.3680043.8.498.999999", "P", 3, dicomweb_url=orthanc)
-    prepared = prepare_study(tiny_contract, missing, None)
+    prepared = prepare_study(tiny_contract, missing, PatientData())
     assert prepared.inputs is None
     assert prepared.row["error"].startswith("fetch_failed: WADO-RS retrieve failed (HTTPError, HTTP 404)")

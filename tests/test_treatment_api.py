@@ -31,7 +31,7 @@ from test_explain import (
 
 from radfusion.contract import ClinicalSpec, ModelContract, read_contract_from_onnx
 from radfusion.predictor import Predictor, prepare_case
-from radfusion.treatment import DEFAULT_SWITCH_MARGIN, candidate_inputs, ranking_from_probabilities
+from radfusion.treatment import DEFAULT_SWITCH_MARGIN, candidate_inputs, rank_treatments, ranking_from_probabilities
 
 GAIN, SHIFT = 3.0, -0.5
 SWITCH_MARGIN = 0.04  # carried by the contract; differs from the default on purpose
@@ -57,10 +57,10 @@ def genes_with_mutation(g1_mut: float) -> dict[str, float]:
     return {**raw_genes(), "G1_mut": g1_mut}
 
 
-def expected_response(contract: ModelContract, genes: dict[str, float], treatment: str, image_term: float = 0.0) -> float:
+def expected_response(contract: ModelContract, genes: dict[str, float], treatment: str) -> float:
     panel = contract.genomics
     z = {f: (genes[f] - m) / s for f, m, s in zip(panel.features, panel.mean, panel.std)}
-    logit = sum(w * z[f] for f, w in GENE_WEIGHTS.items()) + image_term
+    logit = sum(w * z[f] for f, w in GENE_WEIGHTS.items())  # no image in these cases
     if treatment == "targeted":
         logit += GAIN * z["G1_mut"] + SHIFT
     return float(1 / (1 + np.exp(-logit / TEMPERATURE)))
@@ -148,8 +148,6 @@ def test_cases_that_cannot_be_ranked_say_why(predictor: Predictor) -> None:
     }
     untreated = known_signal_contract()  # no clinical block at all
     case = prepare_case(untreated, None, raw_genes())
-    from radfusion.treatment import rank_treatments
-
     answer = rank_treatments(lambda *batch: pytest.fail("no model call expected"), untreated, case.inputs)
     assert answer == {"available": False, "reason": "the model has no treatment covariate with at least two treatments"}
 

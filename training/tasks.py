@@ -239,8 +239,9 @@ class DiscreteHazardTask(SurvivalTask):
         observed = np.asarray(times)[np.asarray(events) > 0]
         if len(observed) < self.n_outputs:
             raise ValueError(f"{len(observed)} training events cannot fill {self.n_outputs} hazard intervals")
-        quantiles = np.quantile(observed, np.linspace(0, 1, self.n_outputs + 1)[1:])
-        edges = np.maximum.accumulate(quantiles + np.arange(self.n_outputs) * 1e-6)  # strictly increasing
+        edges = np.quantile(observed, np.linspace(0, 1, self.n_outputs + 1)[1:])
+        for k in range(1, len(edges)):  # tied event times: keep the edges strictly increasing
+            edges[k] = max(edges[k], edges[k - 1] + 1e-3)
         self.edges.copy_(torch.as_tensor(edges, dtype=torch.float32))
 
     def loss(self, outputs, batch):

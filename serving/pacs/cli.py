@@ -2,7 +2,7 @@
 
     radfusion listen --model model.onnx --work /var/lib/radfusion/pacs \\
         --ae-title RADFUSION --port 11112 --allow-aet ORTHANC \\
-        --genomics genomics.parquet --send-to ORTHANC@pacs.local:4242
+        --genomics genomics.parquet --clinical clinical.csv --send-to ORTHANC@pacs.local:4242
     radfusion pacs-status --work /var/lib/radfusion/pacs [--json] [--show-uids]
 
 Also runnable as ``python -m serving.pacs.cli listen ...``."""
@@ -28,7 +28,9 @@ def _listen_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112)")
     p.add_argument("--allow-aet", action="append", default=[], metavar="AET",
                    help="calling AE title allowed to associate (repeat; default: any)")
-    p.add_argument("--genomics", help="genomics table (Parquet/CSV) looked up by PatientID; without it: image-only")
+    p.add_argument("--genomics", help="genomics table (Parquet/CSV) looked up by PatientID; without it: no genomics")
+    p.add_argument("--clinical", help="clinical covariates (Parquet/CSV: patient_id + the model's covariate columns) "
+                                      "looked up by PatientID, for a model with a clinical block")
     p.add_argument("--quiet-seconds", type=float, default=30.0,
                    help="a study is complete after this long without a new instance (default 30)")
     p.add_argument("--send-to", action="append", default=[], metavar="AET@HOST:PORT",
@@ -66,6 +68,7 @@ def _listen(args: argparse.Namespace) -> None:
     from serving.pacs.pipeline import RetryPolicy
     from serving.pacs.send import DicomPeer
     from serving.pacs.state import OnResend
+    from serving.scoring.patients import PatientTableError
 
     try:
         peers = [DicomPeer.parse(text) for text in args.send_to]
@@ -81,6 +84,7 @@ def _listen(args: argparse.Namespace) -> None:
         port=args.port,
         allowed_calling=args.allow_aet,
         genomics=Path(args.genomics) if args.genomics else None,
+        clinical=Path(args.clinical) if args.clinical else None,
         quiet_seconds=args.quiet_seconds,
         send_to=peers,
         stow_url=args.stow_url,
@@ -90,7 +94,10 @@ def _listen(args: argparse.Namespace) -> None:
         poll_seconds=args.poll_seconds,
         device=args.device,
     )
-    run_listener(config)
+    try:
+        run_listener(config)
+    except (PatientTableError, FileNotFoundError) as exc:
+        sys.exit(f"radfusion listen: {exc}")
 
 
 def _pacs_status(args: argparse.Namespace) -> None:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from radfusion.runtime import OnnxModel
 from serving.pacs.pipeline import Pipeline, RetryPolicy
-from serving.pacs.predict import GenomicsLookup, StudyPredictor
+from serving.pacs.predict import StudyPredictor
 from serving.pacs.scp import StoreHandler, start_scp
 from serving.pacs.send import CStoreSender, DicomPeer, StowSender
 from serving.pacs.state import OnResend, StudyState
 from serving.pacs.storage import WorkDir
+from serving.scoring.patients import PatientTables
 
 log = logging.getLogger("radfusion.pacs")
 
@@ -30,6 +31,7 @@ class ListenerConfig:
     port: int = 11112
     allowed_calling: list[str] = field(default_factory=list)  # empty: any calling AE title
     genomics: Path | None = None
+    clinical: Path | None = None
     quiet_seconds: float = 30.0
     send_to: list[DicomPeer] = field(default_factory=list)
     stow_url: str | None = None
@@ -43,17 +45,23 @@ class ListenerConfig:
 
 def build_pipeline(config: ListenerConfig, state: StudyState, work: WorkDir) -> Pipeline:
     model = OnnxModel(config.model, device=config.device)
-    predictor = StudyPredictor(model, GenomicsLookup.from_path(config.genomics))
+    patients = PatientTables.from_paths(model.contract, config.genomics, config.clinical)
+    predictor = StudyPredictor(model, patients)
     senders: list[CStoreSender | StowSender] = [CStoreSender(peer, config.ae_title) for peer in config.send_to]
     if config.stow_url:
         senders.append(StowSender(config.stow_url, config.stow_token))
     log.info(
-        "model %s %s on %s; genomics table: %s; destinations: %s",
+        "model %s %s on %s; genomics table: %s; clinical table: %s; destinations: %s",
         model.contract.name, model.contract.version, model.provider,
-        "yes" if config.genomics else "none (image-only)",
+        _table_note(patients.genomics, model.contract.uses_genomics),
+        _table_note(patients.clinical, model.contract.uses_clinical),
         ", ".join(map(str, senders)) or "none (SRs stay on disk)",
     )
     return Pipeline(state, work, predictor, senders, config.quiet_seconds, config.retry)
+
+
+def _table_note(table, used: bool) -> str:
+    return "not used by the model" if not used else ("yes" if table is not None else "none")
 
 
 def _finish_associations(server, grace: float) -> None:
@@ -71,13 +79,19 @@ def run_listener(config: ListenerConfig, stop: threading.Event | None = None) ->
 
     Studies left pending by an earlier process are picked up by the first tick: their
     state is in SQLite, their instances on disk."""
+    work = WorkDir(config.work)
+    state = StudyState(work.state_path)
+    try:
+        pipeline = build_pipeline(config, state, work)  # a table that cannot serve the model stops here
+    except BaseException:
+        state.close()
+        raise
+    # Installed once there is something to drain; a signal during the model load ends
+    # the process the default way, which loses nothing.
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    work = WorkDir(config.work)
-    state = StudyState(work.state_path)
-    pipeline = build_pipeline(config, state, work)
     server = start_scp(
         config.host, config.port, config.ae_title, config.allowed_calling,
         StoreHandler(work, state, config.on_resend),

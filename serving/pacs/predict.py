@@ -1,6 +1,8 @@
 """One received study -> prediction, with the same preprocessing and ONNX runtime as the
-HTTP service (radfusion.predictor). Genomics come from a configured table, looked up by
-the study's PatientID; a patient without a row is scored image-only, and says so."""
+HTTP service (radfusion.predictor). Genomics and clinical covariates come from the
+configured tables, looked up by the study's PatientID with the scorer's lookup
+(serving/scoring/patients.py): a patient without a row is scored without that input
+when the model allows it, and the result says where each input came from."""
 
 from __future__ import annotations
 
@@ -10,35 +12,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pydicom
 
 from radfusion.contract import ModelContract
-from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import PreparedCase, format_prediction, prepare_case, stack_inputs
 from radfusion.runtime import OnnxModel
+from serving.scoring.patient_data import GENOMICS
+from serving.scoring.patients import PatientTable, PatientTables
+from serving.scoring.rows import rejected_summary
 
 
 @dataclass
 class StudyPrediction:
-    result: dict[str, Any]  # radfusion.predictor.format_prediction, plus "genomics_source"
+    # radfusion.predictor.format_prediction, plus "genomics_source", "clinical_source",
+    # "series_reason", "series_rejected" and "geometry_corrections" (a list).
+    result: dict[str, Any]
     case: PreparedCase
 
 
 class GenomicsLookup:
-    """PatientID -> the patient's genomic profile, from a Parquet/CSV table (or none)."""
+    """PatientID -> genomic profile from one table, or none: the HTTP service's STOW-RS
+    input (which has no clinical covariates to look up), on the same PatientTable."""
 
-    def __init__(self, table: pd.DataFrame | None):
+    def __init__(self, table: PatientTable | None):
         self.table = table
 
     @classmethod
     def from_path(cls, path: Path | str | None) -> GenomicsLookup:
-        return cls(load_genomics_table(path) if path else None)
+        return cls(PatientTable.load(GENOMICS, path) if path else None)
 
     def find(self, patient_id: str) -> dict[str, float] | None:
-        if self.table is None or not patient_id:
-            return None
-        return row_as_mapping(self.table, patient_id)
+        return self.table.find(patient_id) if self.table is not None else None
 
 
 def patient_id_of(paths: Sequence[Path]) -> str:
@@ -53,24 +57,29 @@ def patient_id_of(paths: Sequence[Path]) -> str:
 
 
 class StudyPredictor:
-    def __init__(self, model: OnnxModel, genomics: GenomicsLookup):
+    def __init__(self, model: OnnxModel, patients: PatientTables):
         self.model = model
         self.contract = model.contract
-        self.genomics = genomics
+        self.patients = patients
 
     def predict(self, paths: Sequence[Path]) -> StudyPrediction:
-        """Raises a RadfusionInputError subclass for a study the model cannot take."""
-        genes = self.genomics.find(patient_id_of(paths)) if self.contract.uses_genomics else None
-        case = prepare_case(self.contract, list(paths), genes)
-        inputs = case.inputs
-        probabilities = self.model.run(*stack_inputs([inputs]))
+        """Raises a RadfusionInputError subclass for a study the model cannot take
+        (PatientDataMissingError: the tables lack an input the model requires)."""
+        patient = self.patients.lookup(patient_id_of(paths))
+        patient.check()
+        case = prepare_case(self.contract, list(paths), patient.genomics, patient.clinical)
+        probabilities = self.model.run(*stack_inputs([case.inputs]))
         result = format_prediction(self.contract, case, np.asarray(probabilities)[0])
-        result["genomics_source"] = genomics_source(self.contract, genes is not None)
+        result.update(patient.sources())
+        if case.study is not None:
+            result["series_reason"] = case.study.series_reason
+            result["series_rejected"] = rejected_summary(case.study.selection)
+            result["geometry_corrections"] = list(case.study.corrections)
         return StudyPrediction(result=result, case=case)
 
 
 def genomics_source(contract: ModelContract, found: bool) -> str:
-    """Where the prediction's genomics came from, in words for the report."""
+    """Where the HTTP service's genomics came from, in words for its answer."""
     if not contract.uses_genomics:
         return "not used by the model"
     return "genomics table" if found else "none found for the patient: image-only prediction"

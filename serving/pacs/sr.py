@@ -10,7 +10,10 @@ Content tree (codes from DCM where one fits, else the private scheme 99RADFUSION
         CODE       Class                           = the label
         NUM        Probability (DCM 122157)        = p, unit "1" (UCUM)
       CODE       Input modality used (one per used modality)
-      TEXT       Genomics source                   = table row, or "image-only"
+      TEXT       Genomics source                   = "genomics table", "patient not in the genomics table", ...
+      TEXT       Clinical source                   = the same for the clinical covariates (a model with a clinical block)
+      TEXT       Image series selection            = why the scored series was chosen
+      TEXT       Geometry corrections              = what the reader repaired (only when it repaired anything)
       IMAGE      Source of Measurement (DCM 121112), one per instance of the scored series
 
 The scored series' instances are also the SR's evidence, so the document references
@@ -44,6 +47,9 @@ CLASS_PROBABILITY = hd.sr.CodedConcept("RF0003", SCHEME, "Class probability")
 CLASS = hd.sr.CodedConcept("RF0004", SCHEME, "Class")
 MODALITY_USED = hd.sr.CodedConcept("RF0005", SCHEME, "Input modality used")
 GENOMICS_SOURCE = hd.sr.CodedConcept("RF0006", SCHEME, "Genomics source")
+CLINICAL_SOURCE = hd.sr.CodedConcept("RF0007", SCHEME, "Clinical source")
+SERIES_SELECTION = hd.sr.CodedConcept("RF0008", SCHEME, "Image series selection")
+GEOMETRY_CORRECTIONS = hd.sr.CodedConcept("RF0009", SCHEME, "Geometry corrections")
 MODALITY_CODES = {
     "image": hd.sr.CodedConcept("RF-IMAGE", SCHEME, "Imaging study"),
     "expression": hd.sr.CodedConcept("RF-EXPRESSION", SCHEME, "Gene expression profile"),
@@ -104,6 +110,14 @@ def _content(contract: ModelContract, result: dict[str, Any], evidence: Sequence
         hd.sr.CodeContentItem(MODALITY_USED, modality_code(m), relationship_type=C) for m in result["modalities_used"]
     ]
     items.append(hd.sr.TextContentItem(GENOMICS_SOURCE, result["genomics_source"], relationship_type=C))
+    if contract.clinical is not None:
+        items.append(hd.sr.TextContentItem(CLINICAL_SOURCE, result["clinical_source"], relationship_type=C))
+    if result.get("series_reason"):
+        items.append(hd.sr.TextContentItem(SERIES_SELECTION, result["series_reason"], relationship_type=C))
+    if result.get("geometry_corrections"):
+        # A reader should know the scored volume is not exactly what was acquired.
+        note = "; ".join(result["geometry_corrections"])
+        items.append(hd.sr.TextContentItem(GEOMETRY_CORRECTIONS, note, relationship_type=C))
     items += [
         hd.sr.ImageContentItem(
             codes.DCM.SourceOfMeasurement,

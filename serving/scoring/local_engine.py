@@ -20,12 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExe
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-import pandas as pd
-
-from radfusion.genomics import row_as_mapping
 from radfusion.runtime import OnnxModel
 from serving.scoring import prepare
 from serving.scoring.inference import infer_batch
+from serving.scoring.patients import PatientTables
 from serving.scoring.prepare import PreparedStudy
 from serving.scoring.progress import Progress
 from serving.scoring.rows import new_row
@@ -65,9 +63,9 @@ class LocalEngine:
         self.max_in_flight = max(1, workers * prefetch)
         self.prepare_fn = prepare_fn  # module-level, so that it pickles to the workers
 
-    def run(self, archive: str, genomics: pd.DataFrame | None, writer: PartWriter, progress: Progress) -> EngineStats:
+    def run(self, archive: str, patients: PatientTables, writer: PartWriter, progress: Progress) -> EngineStats:
         self.stats = EngineStats()
-        self._genomics, self._writer, self._progress = genomics, writer, progress
+        self._patients, self._writer, self._progress = patients, writer, progress
         self._units: Iterator[ScanUnit] | None = iter(list_units(archive))
         self._assembler = StudyAssembler(str(archive).rstrip("/") if is_dicomweb(archive) else None)
         self._assembled = False
@@ -126,8 +124,9 @@ class LocalEngine:
         if isinstance(task, ScanUnit):
             future = self._pool.submit(prepare.scan_task, task)
         else:
-            mapping = row_as_mapping(self._genomics, task.patient_id) if self._genomics is not None else None
-            future = self._pool.submit(self.prepare_fn, task, mapping)
+            # Looked up here, in the main process: the tables are loaded once, and each
+            # worker receives only its patient's values.
+            future = self._pool.submit(self.prepare_fn, task, self._patients.lookup(task.patient_id))
         self._in_flight[future] = task
 
     def _collect(self, done) -> None:

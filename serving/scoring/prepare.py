@@ -1,6 +1,8 @@
 """The per-study work before inference: bring the study's files to local disk, read
-and preprocess them with the shared core (radfusion.predictor.prepare_case). Runs in
-worker processes (local engine) or Ray tasks; the same function either way."""
+and preprocess them with the shared core (radfusion.predictor.prepare_case), with the
+patient's genomics and clinical covariates looked up by the engine
+(serving/scoring/patients.py). Runs in worker processes (local engine) or Ray tasks;
+the same function either way."""
 
 from __future__ import annotations
 
@@ -8,14 +10,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from radfusion.contract import ModelContract
 from radfusion.errors import RadfusionInputError
 from radfusion.predictor import prepare_case
 from radfusion.preprocess import ModelInputs
-from serving.scoring.rows import new_row
+from serving.scoring.patient_data import PatientData
+from serving.scoring.rows import fill_series, new_row
 from serving.scoring.sources import ScanResult, ScanUnit, StudyRef, local_study_files, scan_unit
 
 
@@ -27,18 +29,21 @@ class PreparedStudy:
     inputs: ModelInputs | None
 
 
-def prepare_study(contract: ModelContract, study: StudyRef, genomics: Mapping[str, float] | None) -> PreparedStudy:
+def prepare_study(contract: ModelContract, study: StudyRef, patient: PatientData) -> PreparedStudy:
     started = time.perf_counter()
     row = new_row(contract, study.study_uid, study.patient_id, study.n_instances)
+    row.update(patient.sources())
     inputs = None
     try:
+        patient.check()  # before any fetch: a study the model cannot take costs nothing
         if contract.uses_image:
             with local_study_files(study) as paths:
-                case = prepare_case(contract, paths, genomics)
+                case = prepare_case(contract, paths, patient.genomics, patient.clinical)
         else:
-            case = prepare_case(contract, None, genomics)
+            case = prepare_case(contract, None, patient.genomics, patient.clinical)
         inputs = case.inputs
-        row["series_instance_uid"] = case.study.series_uid if case.study is not None else None
+        if case.study is not None:
+            fill_series(row, case.study)
     except RadfusionInputError as exc:
         row["error"] = f"{exc.kind}: {exc.message}"
     except Exception as exc:  # noqa: BLE001 - one unreadable study never stops the archive
@@ -72,9 +77,9 @@ def _exit_with_parent(parent_pid: int) -> None:
     os._exit(0)
 
 
-def prepare_task(study: StudyRef, genomics: Mapping[str, float] | None) -> PreparedStudy:
+def prepare_task(study: StudyRef, patient: PatientData) -> PreparedStudy:
     assert _contract is not None, "worker not initialised"
-    return prepare_study(_contract, study, genomics)
+    return prepare_study(_contract, study, patient)
 
 
 def scan_task(unit: ScanUnit) -> ScanResult:

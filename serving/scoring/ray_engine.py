@@ -28,14 +28,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from radfusion.contract import ModelContract
-from radfusion.genomics import row_as_mapping
 from radfusion.predictor import pack, packed_width, unpack
 from radfusion.preprocess import ModelInputs
 from serving.scoring.inference import infer_batch
 from serving.scoring.local_engine import EngineStats
+from serving.scoring.patients import PatientTables
 from serving.scoring.prepare import PreparedStudy, prepare_study
 from serving.scoring.progress import Progress
 from serving.scoring.sources import StudyAssembler, StudyRef, is_dicomweb, list_units, scan_unit
@@ -44,8 +43,8 @@ from serving.scoring.writer import PartWriter
 
 def prepare_row(item: dict, contract: ModelContract) -> dict:
     """Ray task: one study -> its row (pickled) and its packed model inputs."""
-    study, genomics = pickle.loads(item["task"])
-    prepared = prepare_study(contract, study, genomics)
+    study, patient = pickle.loads(item["task"])
+    prepared = prepare_study(contract, study, patient)
     packed = pack([prepared.inputs])[0] if prepared.inputs is not None else np.zeros(packed_width(contract), np.float32)
     return {"row": pickle.dumps(prepared.row), "ok": prepared.inputs is not None, "inputs": packed}
 
@@ -86,7 +85,7 @@ class RayEngine:
         self.model_file, self.contract = Path(model_file), contract
         self.batch_size, self.actors, self.gpus_per_actor, self.device = batch_size, actors, gpus_per_actor, device
 
-    def run(self, archive: str, genomics: pd.DataFrame | None, writer: PartWriter, progress: Progress) -> EngineStats:
+    def run(self, archive: str, patients: PatientTables, writer: PartWriter, progress: Progress) -> EngineStats:
         import ray
 
         if not ray.is_initialized():
@@ -105,22 +104,20 @@ class RayEngine:
             chunk.append(study)
             progress.found(1)
             if len(chunk) >= self.CHUNK:
-                self._score(chunk, genomics, writer, progress)
+                self._score(chunk, patients, writer, progress)
                 chunk = []
         progress.discovery_finished()
-        self._score(chunk, genomics, writer, progress)
+        self._score(chunk, patients, writer, progress)
         stats.skipped_files = assembler.skipped_files
         return stats
 
-    def _score(self, studies: list[StudyRef], genomics: pd.DataFrame | None, writer: PartWriter, progress: Progress) -> None:
+    def _score(self, studies: list[StudyRef], patients: PatientTables, writer: PartWriter, progress: Progress) -> None:
         import ray
 
         if not studies:
             return
-        items = [
-            {"task": pickle.dumps((s, row_as_mapping(genomics, s.patient_id) if genomics is not None else None))}
-            for s in studies
-        ]
+        # Looked up in the driver: the tables stay there, each task carries its patient's values.
+        items = [{"task": pickle.dumps((s, patients.lookup(s.patient_id)))} for s in studies]
         dataset = (
             ray.data.from_items(items)
             .map(prepare_row, fn_kwargs={"contract": self.contract})

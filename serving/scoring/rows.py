@@ -3,7 +3,14 @@
 Timing columns: ``prepare_seconds`` is the study's own fetch + read + preprocess time in
 its worker; ``infer_seconds`` is its share of the batch's inference time (batch time /
 batch size). ``n_instances`` is the number of files (instances) the study had when it
-was scored; a rerun uses it to notice a study that has grown since."""
+was scored; a rerun uses it to notice a study that has grown since.
+
+Provenance columns: ``series_reason`` says why the scored series was chosen,
+``series_rejected`` why each other series of the study was not ("series 2: localizer
+image type ...; series 4: ..."), ``geometry_corrections`` what the reader repaired
+(missing slices, uneven spacing, tilt, duplicates; "" when nothing). A study whose
+selection failed has the reasons in ``error`` instead. ``genomics_source`` /
+``clinical_source`` say where each came from (serving/scoring/patients.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from radfusion.contract import ModelContract
+from radfusion.study import StudyImage
 
 # Error kinds worth another try when the same command is run again; any other error
 # (a corrupt file, a wrong modality) would only fail the same way.
@@ -27,9 +35,14 @@ def output_schema(contract: ModelContract) -> pa.Schema:
             ("study_instance_uid", pa.string()),
             ("patient_id", pa.string()),
             ("series_instance_uid", pa.string()),
+            ("series_reason", pa.string()),
+            ("series_rejected", pa.string()),
+            ("geometry_corrections", pa.string()),
             ("predicted_label", pa.string()),
             *[(prob_column(label), pa.float64()) for label in contract.labels],
             ("modalities_used", pa.string()),
+            ("genomics_source", pa.string()),
+            ("clinical_source", pa.string()),
             ("model_name", pa.string()),
             ("model_version", pa.string()),
             ("n_instances", pa.int32()),
@@ -53,6 +66,24 @@ def new_row(contract: ModelContract, study_uid: str, patient_id: str, n_instance
         n_instances=n_instances,
     )
     return row
+
+
+def fill_series(row: dict, study: StudyImage) -> None:
+    """The series-selection summary of a study that was read."""
+    row["series_instance_uid"] = study.series_uid
+    row["series_reason"] = study.series_reason
+    row["series_rejected"] = rejected_summary(study.selection)
+    row["geometry_corrections"] = "; ".join(study.corrections)
+
+
+def rejected_summary(selection: dict) -> str:
+    """Every series that was not chosen, by SeriesNumber (never by description, which
+    is free text), with its outcome: "series 1: localizer image type ...; ..." """
+    return "; ".join(
+        f"series {c['series_number'] if c['series_number'] is not None else '?'}: {c['outcome']}"
+        for c in selection.get("candidates", [])
+        if c["outcome"] != "chosen"
+    )
 
 
 def fill_prediction(row: dict, contract: ModelContract, probabilities: np.ndarray, modalities_used: list[str]) -> None:

@@ -126,8 +126,9 @@ class PartWriter:
             stored = json.loads(run_file.read_text())
             if stored != self.identity:
                 raise ResumeError(
-                    f"{self.parts} holds rows of model {stored.get('model')} (sha256 {stored.get('model_sha256', '')[:12]}); "
-                    "run with the same model to resume, or pass --fresh to start over"
+                    f"{self.parts} holds rows of model {stored.get('model')} (sha256 {(stored.get('model_sha256') or '')[:12]}) "
+                    f"made with another {_differences(stored, self.identity)}; run with the same model and tables "
+                    "to resume, or pass --fresh to start over"
                 )
         else:
             run_file.write_text(json.dumps(self.identity))
@@ -138,10 +139,8 @@ class PartWriter:
         except Exception:  # noqa: BLE001 - not Parquet, or not written by this scorer
             stored = None
         if stored != self.identity:
-            raise ResumeError(
-                f"{self.out} exists and was not written by this scorer with this model; "
-                "pass --fresh to replace it"
-            )
+            what = "with this model" if stored is None else f"with this run's {_differences(stored, self.identity)}"
+            raise ResumeError(f"{self.out} exists and was not written by this scorer {what}; pass --fresh to replace it")
         shutil.copyfile(self.out, self.parts / ".part-000000.parquet.tmp")
         os.replace(self.parts / ".part-000000.parquet.tmp", self.parts / "part-000000.parquet")
 
@@ -166,6 +165,11 @@ class PartWriter:
         # np.unique on the reversed column finds each UID's last row, in UID order.
         _, first_in_reversed = np.unique(uids[::-1], return_index=True)
         return table.take(len(uids) - 1 - first_in_reversed)
+
+
+def _differences(stored: dict, identity: dict) -> str:
+    """Which parts of a run's identity (model, tables, archive) differ, by key."""
+    return ", ".join(k for k in sorted({*stored, *identity}) if stored.get(k) != identity.get(k))
 
 
 def _lock(folder: Path):

@@ -1,0 +1,158 @@
+"""All analyses for one trained checkpoint, on its own data module's held-out split,
+with the truth checks when the cohort has a truth file. The report and the tests
+both call ``run_evidence``; the analyses themselves live in their own modules."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from training.evidence import attribution, calibration, stratify, subgroups, treatment, truth
+from training.evidence.cases import Cases, clinical_frame, collect_cases, log_odds, predict_logits
+from training.evidence.saliency import Saliency, cohort_saliency
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evidence:
+    """What the report shows; arrays are per held-out patient, in ``cases`` order."""
+
+    cases: Cases
+    logits: np.ndarray
+    temperature: float
+    gene_ranking: pd.DataFrame | None = None
+    ablation_ranking: pd.DataFrame | None = None
+    gene_stability: dict | None = None
+    method_agreement: dict | None = None
+    saliencies: list[Saliency] = field(default_factory=list)
+    risk: dict | None = None
+    risk_groups: np.ndarray | None = None
+    survival: pd.DataFrame | None = None
+    clusters: dict | None = None
+    treatments: pd.DataFrame | None = None
+    calibration: dict | None = None
+    subgroups: pd.DataFrame | None = None
+    checks: list[truth.Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def probability(self) -> np.ndarray:
+        return calibration.positive_probability(self.logits, self.temperature)
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.cases.label.numpy()
+
+    def summary(self) -> dict:
+        """JSON-ready figures (no per-patient identifiers)."""
+        def top(table):
+            return None if table is None else [
+                {"feature": f, "importance": float(r.importance), "direction": float(r.direction)}
+                for f, r in table.head(20).iterrows()
+            ]
+        return {
+            "n_test": len(self.cases),
+            "temperature": self.temperature,
+            "top_genes_integrated_gradients": top(self.gene_ranking),
+            "top_genes_feature_ablation": top(self.ablation_ranking),
+            "gene_stability": self.gene_stability,
+            "method_agreement": self.method_agreement,
+            "saliency_cases": len(self.saliencies),
+            "risk": self.risk,
+            "clusters": None if self.clusters is None else {k: v for k, v in self.clusters.items() if k != "clusters"},
+            "treatment": None if self.treatments is None else {
+                "reference": self.treatments.attrs["reference"], "margin": self.treatments.attrs["margin"],
+                "recommended": self.treatments["recommended"].value_counts().to_dict(),
+            },
+            "calibration": self.calibration,
+            "subgroups": None if self.subgroups is None else self.subgroups.to_dict(orient="records"),
+            "checks": [c.to_dict() for c in self.checks],
+            "notes": self.notes,
+        }
+
+
+def run_evidence(module, dm, temperature: float | None = None, saliency_cases: int | None = None,
+                 ablation_cases: int = 48, margin: float = treatment.DEFAULT_MARGIN, part: str = "test") -> Evidence:
+    """Every analysis the model supports, on the ``part`` split; truth checks if known."""
+    net = module.net.eval()
+    cases = collect_cases(dm, part)
+    logits = predict_logits(net, cases).numpy()
+    if temperature is None:
+        temperature = calibration.fit_temperature_on_split(net, dm, "val")
+    ev = Evidence(cases=cases, logits=logits, temperature=temperature)
+    known = truth.load_truth(dm.cohort_dir)
+    clinical = clinical_frame(dm, cases.patient_ids)
+
+    _genes(ev, net, dm, ablation_cases)
+    if net.uses("image"):
+        log.info("occlusion saliency on %d held-out studies", int(cases.has(net, "image").sum()))
+        ev.saliencies = cohort_saliency(net, cases, dm.cohort_dir / "dicom", dm.geometry, saliency_cases)
+    else:
+        ev.notes.append("The model does not use the image: no saliency.")
+    _stratify(ev, net, dm, clinical)
+    if dm.clinical is not None and dm.clinical.treatment:
+        ev.treatments = treatment.rank_treatments(
+            treatment.predict_under_treatments(net, cases, dm.clinical), margin=margin, temperature=temperature)
+    else:
+        ev.notes.append("The model has no treatment input (train with configs/experiment/treatment.yaml): no treatment ranking.")
+    ev.calibration = calibration.calibration_summary(logits, ev.label, temperature)
+    ev.subgroups = subgroups.subgroup_table(ev.probability, ev.label, clinical)
+    if known is not None:
+        ev.checks = _truth_checks(ev, known)
+    return ev
+
+
+def _genes(ev: Evidence, net, dm, ablation_cases: int) -> None:
+    if not any(net.uses(b) for b in net.omics_sizes):
+        ev.notes.append("The model does not use genomics: no gene ranking.")
+        return
+    features = attribution.omics_features(net, dm)
+    ig = attribution.gene_attributions(net, ev.cases, features, "integrated_gradients")
+    ev.gene_ranking = attribution.rank_features(ig)
+    ev.gene_stability = attribution.fold_stability(ig, n_folds=3)
+    subset = ev.cases.subset(np.flatnonzero(ev.cases.has(net, "genomics"))[:ablation_cases])
+    ablation = attribution.gene_attributions(net, subset, features, "feature_ablation")
+    ev.ablation_ranking = attribution.rank_features(ablation)
+    ev.method_agreement = attribution.compare_methods(ig, ablation)
+
+
+def _stratify(ev: Evidence, net, dm, clinical: pd.DataFrame) -> None:
+    train = collect_cases(dm, "train")
+    train_clinical = clinical_frame(dm, train.patient_ids)
+    train_score = stratify.risk_scores(net, train)
+    risk_model = stratify.fit_risk_model(train_score, train_clinical["survival_months"].to_numpy(),
+                                         train_clinical["event"].to_numpy())
+    score = log_odds(torch.as_tensor(ev.logits)).numpy()
+    groups = risk_model.groups(score)
+    months, event = clinical["survival_months"].to_numpy(), clinical["event"].to_numpy()
+    ev.risk_groups = groups
+    ev.survival = pd.DataFrame({"months": months, "event": event, "group": groups})
+    ev.risk = {**stratify.logrank(groups, months, event), "direction": risk_model.direction,
+               "cuts": list(risk_model.cuts), "train_hazard_ratio_per_sd": risk_model.hazard_ratio_per_sd}
+    if "subtype" in clinical:
+        ev.clusters = stratify.cluster_subtypes(stratify.fused_embeddings(net, ev.cases), clinical["subtype"].to_numpy())
+
+
+def _truth_checks(ev: Evidence, known: dict) -> list[truth.Check]:
+    checks = []
+    if ev.gene_ranking is not None:
+        checks.append(truth.check_drivers(known, ev.gene_ranking))
+    if ev.saliencies:
+        checks.append(truth.check_saliency(known, ev.saliencies))
+    if ev.risk is not None:
+        checks.append(truth.check_logrank(ev.risk))
+    if ev.treatments is not None:
+        checks.append(truth.check_treatment(known, ev.treatments))
+    checks.append(truth.check_calibration(ev.calibration))
+    return checks
+
+
+def write_summary(ev: Evidence, path: Path) -> None:
+    path.write_text(json.dumps(ev.summary(), indent=2, default=float))

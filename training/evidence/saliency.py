@@ -1,0 +1,164 @@
+"""Image saliency: where in the study the prediction comes from.
+
+MONAI's OcclusionSensitivity covers part of the image with normal tissue and records
+the model's positive-class log-odds; the saliency of a voxel is how far the log-odds
+move, on average, when it is covered. Occlusion asks the model directly (no
+gradients, so it works for any fusion strategy and matches what the ONNX-side
+explanation does in serving). It runs coarse to fine to stay affordable on a CPU: a
+large mask over the whole image, then a lesion-sized mask inside a box around the
+coarse peak. The map is resampled back onto the source DICOM series (ModelGrid), its
+peak given in patient coordinates, and drawn as PNG overlays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.visualize import OcclusionSensitivity
+from scipy import ndimage
+
+from radfusion.contract import ImageGeometry
+from radfusion.dicom import Volume
+from training.evidence.cases import Cases, log_odds, used_presence
+from training.evidence.geometry import ModelGrid, apply_affine, load_series_volume, to_source_grid
+
+# The coarse pass covers a third of the image per axis; the fine pass a lesion-sized
+# cube (in mm, so it means the same on any grid) inside the best coarse window.
+COARSE_FRACTION = 1 / 3
+FINE_MASK_MM = 24.0
+# How the covered region is filled: its own mean. A fixed fill value would paint new
+# structure into air or bone (seen: peaks on the air in front of the body), while the
+# patch mean keeps the region's overall level and removes what lies inside it.
+OCCLUSION_MODE = "mean_patch"
+
+
+class _ImageOnly(torch.nn.Module):
+    """The fusion model as a function of the image alone (one patient's other inputs
+    repeated to the occlusion batch), returning the positive-class log-odds."""
+
+    def __init__(self, net, genomics, clinical, presence):
+        super().__init__()
+        self.net, self.genomics, self.clinical, self.presence = net, genomics, clinical, presence
+
+    def forward(self, image):
+        n = image.shape[0]
+        expand = lambda t: t.expand(n, *t.shape[1:])  # noqa: E731
+        return log_odds(self.net(image, expand(self.genomics), expand(self.clinical), expand(self.presence)))[:, None]
+
+
+def _fit(mask: list[int], shape) -> list[int]:
+    return [max(2, min(m, n)) for m, n in zip(mask, shape)]
+
+
+def occlusion_map(net, image: torch.Tensor, genomics, clinical, presence, spacing, batch: int = 32,
+                  mode=OCCLUSION_MODE, signed: bool = True) -> np.ndarray:
+    """Drop in log-odds when each region is covered (``signed``; else its absolute
+    change), on the model grid (D, H, W): coarse over the whole image, then fine
+    inside the coarse window that mattered most."""
+    module = _ImageOnly(net, genomics, clinical, presence).eval()
+    with torch.no_grad():
+        base = float(module(image)[0, 0])
+    shape = image.shape[2:]
+
+    def occlude(mask, box=None, overlap=0.5):
+        occ = OcclusionSensitivity(module, mask_size=mask, n_batch=batch, verbose=False, mode=mode,
+                                   overlap=overlap, activate=False)
+        with torch.no_grad():
+            change = base - occ(image, b_box=box)[0][0, 0]
+        return (change if signed else change.abs()).numpy()
+
+    coarse_mask = _fit([int(round(n * COARSE_FRACTION)) for n in shape], shape)
+    coarse = occlude(coarse_mask)
+    peak = np.unravel_index(int(np.argmax(coarse)), coarse.shape)
+    box = []
+    for p, m, n in zip(peak, coarse_mask, shape):
+        box += [max(0, p - m), min(n - 1, p + m)]
+    fine_mask = _fit([int(round(FINE_MASK_MM / s)) for s in spacing], shape)
+    fine = occlude(fine_mask, box)
+    # The fine map covers the box; outside it the coarse map keeps the context, below it.
+    out = np.minimum(coarse, coarse.min() + 0.5 * (coarse.max() - coarse.min()))
+    # MONAI returns the box from its first corner, as many voxels as it covered.
+    region = tuple(slice(lo, lo + n) for lo, n in zip(box[::2], fine.shape))
+    out[region] = fine
+    return out.astype(np.float32)
+
+
+@dataclass
+class Saliency:
+    """One patient's saliency, on the model grid and on the source series."""
+
+    patient_id: str
+    model_map: np.ndarray  # (D, H, W) on the model grid
+    source_map: np.ndarray  # on the source volume's voxels, its axis order
+    volume: Volume
+    peak_voxel: tuple[int, int, int]  # in the source volume
+    peak_mm: tuple[float, float, float]  # patient (x, y, z)
+
+
+def saliency_for_case(net, cases: Cases, i: int, root: Path, geometry: ImageGeometry) -> Saliency:
+    """Occlusion saliency of case ``i`` mapped back onto its DICOM series."""
+    presence = used_presence(net, cases.presence[i : i + 1])
+    model_map = occlusion_map(net, cases.image[i : i + 1], cases.genomics[i : i + 1], cases.clinical[i : i + 1],
+                              presence, geometry.target_spacing)
+    volume = load_series_volume([root / f for f in cases.files[i]], geometry)
+    grid = ModelGrid.for_volume(volume, geometry)
+    source = to_source_grid(model_map, volume, grid)
+    # A light smoothing so one noisy voxel cannot win the peak.
+    smoothed = ndimage.gaussian_filter(source, sigma=1.0)
+    peak = np.unravel_index(int(np.argmax(smoothed)), smoothed.shape)
+    mm = apply_affine(volume.affine, np.asarray(peak, dtype=float))
+    return Saliency(cases.patient_ids[i], model_map, source, volume,
+                    tuple(int(v) for v in peak), tuple(float(v) for v in mm))
+
+
+def cohort_saliency(net, cases: Cases, root: Path, geometry: ImageGeometry, max_cases: int | None = None) -> list[Saliency]:
+    """Saliency for every case with an image (the first ``max_cases`` of them)."""
+    if not net.uses("image"):
+        raise ValueError("the model does not use the image: no saliency")
+    index = np.flatnonzero(cases.has(net, "image"))[:max_cases]
+    return [saliency_for_case(net, cases, int(i), root, geometry) for i in index]
+
+
+def inside_ellipsoid(point_mm, centre_mm, semi_axes_zyx_mm) -> bool:
+    """Whether a patient-space point (x, y, z) lies in an axis-aligned ellipsoid whose
+    semi-axes are given (z, y, x), as truth.json gives the lesion."""
+    d = np.asarray(point_mm, dtype=float) - np.asarray(centre_mm, dtype=float)
+    sz, sy, sx = semi_axes_zyx_mm
+    return bool((d[0] / sx) ** 2 + (d[1] / sy) ** 2 + (d[2] / sz) ** 2 <= 1.0)
+
+
+def overlay_png(saliency: Saliency, window: tuple[float, float], lesion_mm=None, path: Path | None = None) -> bytes:
+    """Axial slice through the saliency peak: the CT in the model's window, the
+    heatmap over it, the peak marked (and the true lesion centre when known). Returns
+    the PNG bytes (also written to ``path`` when given)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    volume = saliency.volume
+    k = saliency.peak_voxel[0]
+    low, high = window
+    ct = np.clip((volume.voxels[k] - low) / (high - low), 0, 1)
+    heat = saliency.source_map[k]
+    fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=100)
+    ax.imshow(ct, cmap="gray", interpolation="nearest")
+    ax.imshow(np.ma.masked_less(heat, 0.05 * max(float(heat.max()), 1e-12)), cmap="jet", alpha=0.45)
+    ax.plot(saliency.peak_voxel[2], saliency.peak_voxel[1], "w+", markersize=12, mew=2, label="saliency peak")
+    if lesion_mm is not None:
+        r, c = np.linalg.solve(volume.affine, [*lesion_mm, 1.0])[1:3]
+        ax.plot(c, r, "o", mfc="none", mec="lime", markersize=14, mew=1.5, label="true lesion centre")
+    ax.set_axis_off()
+    ax.legend(loc="lower right", fontsize=6, framealpha=0.6)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()

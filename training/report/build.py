@@ -1,0 +1,180 @@
+"""Build the evidence report for a run folder.
+
+A run folder is what `radfusion demo` (or a user) leaves: a checkpoint at
+``fusion/checkpoints/best.ckpt`` or ``checkpoints/best.ckpt``, optionally the
+evaluation's ``metrics.json`` (the fusion-strategy table) and an exported
+``model.onnx`` (whose contract temperature the calibration section then uses, as
+serving does). The cohort, and its truth file if it is synthetic, come from the
+checkpoint's own data module."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from training.evidence.run import Evidence, run_evidence, write_summary
+from training.evidence.saliency import overlay_png
+from training.evidence.truth import load_truth, patients_by_id
+from training.report import figures
+from training.report.html import checks_table, esc, fmt, img, page, table
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_CANDIDATES = ("fusion/checkpoints/best.ckpt", "checkpoints/best.ckpt")
+OVERLAYS = 4
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    for candidate in CHECKPOINT_CANDIDATES:
+        if (run_dir / candidate).is_file():
+            return run_dir / candidate
+    raise FileNotFoundError(f"no checkpoint in the run folder (looked for {', '.join(CHECKPOINT_CANDIDATES)})")
+
+
+def exported_temperature(run_dir: Path) -> float | None:
+    onnx = run_dir / "model.onnx"
+    if not onnx.is_file():
+        return None
+    from radfusion.contract import read_contract_from_onnx
+
+    return read_contract_from_onnx(onnx).temperature
+
+
+def build_report(run_dir: Path, out: Path | None = None, checkpoint: Path | None = None,
+                 saliency_cases: int | None = 40) -> Path:
+    """Run every analysis and write ``report.html`` (and ``evidence.json``) under ``out``
+    (default ``<run>/report``). Returns the HTML path."""
+    from training.checkpoints import load_datamodule, load_module
+
+    run_dir = Path(run_dir)
+    checkpoint = Path(checkpoint) if checkpoint else find_checkpoint(run_dir)
+    out = Path(out) if out else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    module, dm = load_module(checkpoint), load_datamodule(checkpoint)
+    temperature = exported_temperature(run_dir)
+    evidence = run_evidence(module, dm, temperature=temperature, saliency_cases=saliency_cases)
+    write_summary(evidence, out / "evidence.json")
+    title = f"radfusion evidence report: {module.hparams.model_name}"
+    html = page(title, sections(evidence, module, dm, run_dir, checkpoint))
+    path = out / "report.html"
+    path.write_text(html, encoding="utf-8")
+    log.info("report written with %d checks", len(evidence.checks))
+    return path
+
+
+def sections(ev: Evidence, module, dm, run_dir: Path, checkpoint: Path) -> list[tuple[str, str]]:
+    out = [("Model and data", _overview(ev, module, dm, checkpoint))]
+    if ev.checks:
+        out.append(("Checked against the truth", checks_table(ev.checks)
+                    + "<p class=note>The synthetic cohort's truth file knows the driver genes, each lesion, each "
+                      "patient's best treatment and the outcome model; each line is also a test.</p>"))
+    out.append(("Discrimination", _discrimination(ev, run_dir)))
+    out.append(("Calibration", _calibration(ev)))
+    out.append(("Subgroups", _subgroups(ev)))
+    if ev.gene_ranking is not None:
+        out.append(("Biomarkers (genes)", _genes(ev)))
+    if ev.saliencies:
+        out.append(("Image saliency", _saliency(ev, dm)))
+    if ev.risk is not None:
+        out.append(("Stratification", _stratification(ev)))
+    if ev.treatments is not None:
+        out.append(("Treatment ranking", _treatment(ev)))
+    if ev.notes:
+        out.append(("Notes", "".join(f"<p class=note>{esc(n)}</p>" for n in ev.notes)))
+    return out
+
+
+def _overview(ev: Evidence, module, dm, checkpoint: Path) -> str:
+    rows = {
+        "checkpoint": checkpoint.parent.parent.name + "/" + checkpoint.name,
+        "modalities": ", ".join(module.hparams.modalities),
+        "target": dm.hparams.target,
+        "held-out patients (test split)": len(ev.cases),
+        "temperature": f"{ev.temperature:.3f}",
+        "written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    return table(pd.DataFrame({"": list(rows), "value": [str(v) for v in rows.values()]}))
+
+
+def _discrimination(ev: Evidence, run_dir: Path) -> str:
+    html = img(figures.roc_pr(ev.probability, ev.label), "ROC and precision-recall curves")
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        results = json.loads(metrics.read_text())
+        rows = []
+        for name, r in results.items():
+            row = {"model": name, "modalities": "+".join(r.get("modalities", []))}
+            row.update({k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            rows.append(row)
+        html += "<h3>Fusion strategies and baselines (test split, radfusion evaluate)</h3>" + table(pd.DataFrame(rows))
+    else:
+        html += "<p class=note>No metrics.json in the run folder: run radfusion evaluate for the strategy table.</p>"
+    return html
+
+
+def _calibration(ev: Evidence) -> str:
+    c = ev.calibration
+    return (img(figures.reliability(c), "reliability diagram")
+            + f"<p>ECE ({c['n_bins']} bins, {c['n']} held-out patients): {fmt(c['ece_before'])} uncalibrated, "
+              f"{fmt(c['ece_after'])} after temperature scaling (T = {c['temperature']:.3f}, fitted on the "
+              "validation split and stored in the model contract at export).</p>")
+
+
+def _subgroups(ev: Evidence) -> str:
+    frame = ev.subgroups.copy()
+    frame["AUROC (95% CI)"] = [f"{fmt(a)} ({fmt(lo)}–{fmt(hi)})" for a, lo, hi in frame[["auroc", "auroc_low", "auroc_high"]].itertuples(index=False)]
+    frame["ECE (95% CI)"] = [f"{fmt(a)} ({fmt(lo)}–{fmt(hi)})" for a, lo, hi in frame[["ece", "ece_low", "ece_high"]].itertuples(index=False)]
+    shown = frame[["variable", "group", "n", "prevalence", "AUROC (95% CI)", "ECE (95% CI)"]]
+    return table(shown) + "<p class=note>Held-out patients; confidence intervals from 500 bootstrap resamples.</p>"
+
+
+def _genes(ev: Evidence) -> str:
+    html = "<div class=figs>" + img(figures.top_genes(ev.gene_ranking), "top genes by Integrated Gradients")
+    if ev.ablation_ranking is not None:
+        html += img(figures.top_genes(ev.ablation_ranking, title="Top genes (feature ablation)"), "top genes by feature ablation")
+    html += "</div>"
+    s, m = ev.gene_stability, ev.method_agreement
+    html += (f"<p>Stability across {s['n_rankings']} disjoint patient folds: top-{s['top_k']} Jaccard "
+             f"{fmt(s['jaccard_mean'])} (min {fmt(s['jaccard_min'])}), Spearman {fmt(s['spearman_mean'])}.</p>")
+    if m:
+        html += (f"<p>Integrated Gradients vs feature ablation: top-{m['top_k']} Jaccard {fmt(m['jaccard_mean'])}, "
+                 f"Spearman {fmt(m['spearman_mean'])}.</p>")
+    return html + "<p class=note>Red: raises the predicted response; blue: lowers it.</p>"
+
+
+def _saliency(ev: Evidence, dm) -> str:
+    truth = load_truth(dm.cohort_dir)
+    known = patients_by_id(truth) if truth else {}
+    pictures = []
+    for n, s in enumerate(ev.saliencies[:OVERLAYS], start=1):
+        lesion = known.get(s.patient_id, {}).get("lesion_centre_mm")
+        pictures.append(img(overlay_png(s, dm.geometry.window, lesion), f"saliency overlay, held-out case {n}"))
+    return ("<div class=figs>" + "".join(pictures) + "</div>"
+            f"<p>Occlusion sensitivity on {len(ev.saliencies)} held-out studies, resampled onto each source "
+            "series; the slice through the peak is shown (+: peak, circle: planted lesion when known).</p>")
+
+
+def _stratification(ev: Evidence) -> str:
+    r = ev.risk
+    pairs = "; ".join(f"{k}: p = {v:.2g}" for k, v in r["pairwise_p"].items())
+    html = img(figures.kaplan_meier(ev.survival, r["p_value"]), "Kaplan-Meier curves by risk group")
+    html += (f"<p>Risk score: the model's log-odds, oriented and cut into tertiles on the training split "
+             f"(hazard ratio per SD there: {r['train_hazard_ratio_per_sd']:.2f}). Held-out log-rank p = {r['p_value']:.2g} "
+             f"({r['n']} patients); pairwise: {esc(pairs)}.</p>")
+    if ev.clusters:
+        html += (f"<p>KMeans ({ev.clusters['k']} clusters) on the fused embeddings vs the known subtypes: "
+                 f"adjusted Rand index {fmt(ev.clusters['ari'])} (0 = chance).</p>")
+    return html
+
+
+def _treatment(ev: Evidence) -> str:
+    t = ev.treatments
+    counts = t["recommended"].value_counts()
+    return (img(figures.treatment_gains(t), "predicted treatment gains")
+            + f"<p>Reference (standard of care): {esc(t.attrs['reference'])}. A patient is switched only when another "
+              f"treatment's predicted log-odds of response exceed the reference's by more than {t.attrs['margin']}. "
+              f"Recommended: {esc(', '.join(f'{k} {v}' for k, v in counts.items()))}.</p>")
