@@ -61,7 +61,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from training.export import export
 
-    report = export(Path(args.checkpoint), Path(args.out), register=not args.no_register)
+    report = export(Path(args.checkpoint), Path(args.out), register=not args.no_register, calibrate=not args.no_calibrate)
     print(json.dumps(report, indent=2))
 
 
@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--no-register", action="store_true", help="skip the BentoML model store")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="keep temperature 1 instead of fitting temperature scaling on the validation split")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("score", help="score every study of an archive into Parquet (resumable)")

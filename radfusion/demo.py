@@ -81,6 +81,9 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 30, seed: int = 0) ->
         "score", "--archive", cohort / "dicom", "--genomics", cohort / "genomics.parquet", "--model", model, "--out", scores,
     )
 
+    # The evidence report (genes, saliency, risk groups, calibration, checks against the truth).
+    _stage("report", timings, _radfusion, "report", "--run", out)
+
     metrics = json.loads((out / "metrics.json").read_text())
     export_report = json.loads(model.with_suffix(".export.json").read_text())
     scored = pd.read_parquet(scores)
@@ -96,6 +99,7 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 30, seed: int = 0) ->
         **service,
         "studies_scored": int(scored["error"].isna().sum()),
         "studies_failed": int(scored["error"].notna().sum()),
+        "report": str(out / "report" / "report.html"),
         "seconds": timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -94,6 +94,20 @@ def tiny_onnx_model(tmp_path_factory: pytest.TempPathFactory, tiny_contract) -> 
 
 
 @pytest.fixture(scope="session")
+def evidence_run(tmp_path_factory: pytest.TempPathFactory):
+    """(checkpoint, module, data module, Evidence) of the model every evidence test
+    shares: trained once per session (tests/evidence_support.py), analysed once."""
+    from evidence_support import train_evidence_model
+
+    from training.checkpoints import load_datamodule, load_module
+    from training.evidence.run import run_evidence
+
+    checkpoint = train_evidence_model(tmp_path_factory.mktemp("evidence"))
+    module, dm = load_module(checkpoint), load_datamodule(checkpoint)
+    return checkpoint, module, dm, run_evidence(module, dm, saliency_cases=40)
+
+
+@pytest.fixture(scope="session")
 def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private BentoML home (model store, bentos) for tests that run BentoML."""
     return tmp_path_factory.mktemp("bentoml_home")

@@ -106,7 +106,7 @@ def test_kronecker_keeps_unimodal_terms_and_uses_pairs():
     hook.remove()
     rank = head.reduce[0].out_features
     block = captured["x"][:, : (rank + 1) ** 2].reshape(2, rank + 1, rank + 1)  # image x expression
-    reduced = torch.relu(head.reduce[0](embeddings[0]))
+    reduced = torch.tanh(head.reduce[0](embeddings[0]))
     assert torch.allclose(block[:, :rank, rank], reduced)  # h_image x 1
     assert torch.all(block[:, :, :rank] == 0)  # absent expression: no bilinear terms
     assert torch.all(block[:, rank, rank] == 1)  # the constant

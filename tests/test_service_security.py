@@ -8,7 +8,6 @@ server holds such a request open until its last chunk arrives."""
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ import subprocess
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from serving.launch import PROJECT_ROOT, free_port, running_server, serve_command, serve_env
+from study_zip import zip_study
 
 pytestmark = pytest.mark.slow
 
@@ -76,12 +75,6 @@ def slow_body(payload: bytes, pieces: int, pause: float) -> Iterator[bytes]:
         yield payload[i : i + size]
 
 
-def zip_of(paths: list[Path]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for i, path in enumerate(paths):
-            zf.write(path, f"{i:03d}.dcm")
-    return buffer.getvalue()
 
 
 def stow_body(paths: list[Path]) -> tuple[bytes, str]:
@@ -181,7 +174,7 @@ def test_concurrent_clients_see_no_5xx_but_503(server, cohort) -> None:
         genes = genes_of(table, study.patient_id)
         data = {"genomics": json.dumps(genes)} if genes else None
         expected = predictor.predict([predictor.prepare(paths, genes)])[0]
-        requests.append(("study", {"files": {"study": ("s.zip", zip_of(paths), "application/zip")}, "data": data}, 200, expected))
+        requests.append(("study", {"files": {"study": ("s.zip", zip_study(paths), "application/zip")}, "data": data}, 200, expected))
     requests.append(("corrupt", {"files": {"study": ("s.zip", b"PK\x03\x04broken", "application/zip")}}, 400, None))
     requests.append(("no-token", {"json": {"genomics": None}, "headers": {"Authorization": "Bearer x"}}, 401, None))
     work = [requests[i % len(requests)] for i in range(16 * 6)]
@@ -259,7 +252,7 @@ def test_sigterm_drains_in_flight_requests(tiny_onnx_model: Path, bentoml_home: 
         f'--{boundary}\r\nContent-Disposition: form-data; name="genomics"\r\n\r\n{json.dumps(genes)}\r\n'
         f'--{boundary}\r\nContent-Disposition: form-data; name="study"; filename="s.zip"\r\n'
         "Content-Type: application/zip\r\n\r\n"
-    ).encode() + zip_of(paths) + f"\r\n--{boundary}--\r\n".encode()
+    ).encode() + zip_study(paths) + f"\r\n--{boundary}--\r\n".encode()
     headers = {**AUTH, "content-type": f"multipart/form-data; boundary={boundary}"}
 
     port = free_port()

@@ -5,11 +5,9 @@ the same files; metrics are checked by scraping the server before and after."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import time
-import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from serving.launch import PROJECT_ROOT, STARTUP_FAILED, free_port, running_server, serve_command, serve_env
+from study_zip import zip_study
 
 pytestmark = pytest.mark.slow
 
@@ -69,12 +68,6 @@ def paths_of(study) -> list[Path]:
     return [h.path for h in study.instances]
 
 
-def zip_of(paths: list[Path]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for i, path in enumerate(paths):
-            zf.write(path, f"{i:03d}.dcm")
-    return buffer.getvalue()
 
 
 def expected(predictor: Predictor, paths, genes) -> dict:
@@ -142,7 +135,7 @@ def test_dicomweb_references_are_refused_specifically(server, pacs, cohort) -> N
     for ref, status, kind in cases:
         response = client.post("/predict", json={"dicomweb": ref})
         assert (response.status_code, response.json()["error"]) == (status, kind), response.text
-    both = client.post("/predict", files={"study": ("s.zip", zip_of(paths_of(with_genes[0])), "application/zip")},
+    both = client.post("/predict", files={"study": ("s.zip", zip_study(paths_of(with_genes[0])), "application/zip")},
                        data={"dicomweb": json.dumps({"url": pacs.dicomweb, "study_uid": uid})})
     assert (both.status_code, both.json()["error"]) == (400, "conflicting_study_inputs")
 
@@ -213,8 +206,8 @@ def test_multipart_batch_of_zips(server, cohort) -> None:
     a, b = with_genes[0], with_genes[-1]
     genes_a = genes_of(table, a.patient_id)
     files = [
-        ("studies", ("a.zip", zip_of(paths_of(a)), "application/zip")),
-        ("studies", ("b.zip", zip_of(paths_of(b)), "application/zip")),
+        ("studies", ("a.zip", zip_study(paths_of(a)), "application/zip")),
+        ("studies", ("b.zip", zip_study(paths_of(b)), "application/zip")),
         ("studies", ("c.zip", b"PK\x03\x04 not really a zip", "application/zip")),
     ]
     cases = [{"study": {"upload": 0}, "genomics": genes_a}, {"study": {"upload": 1}}, {"study": {"upload": 2}}]
@@ -247,7 +240,7 @@ def test_metrics_count_requests_patterns_and_errors(server, cohort) -> None:
     client, _ = server
     with_genes, table, _ = cohort
     genes = genes_of(table, with_genes[0].patient_id)
-    zipped = zip_of(paths_of(with_genes[0]))
+    zipped = zip_study(paths_of(with_genes[0]))
     before = scrape(client)
     for _ in range(3):
         genes_only = client.post("/predict", json={"genomics": genes})

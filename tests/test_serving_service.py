@@ -22,6 +22,7 @@ from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from serving.launch import running_server
+from study_zip import zip_study
 
 pytestmark = pytest.mark.slow
 
@@ -67,12 +68,6 @@ def study_paths(study) -> list[Path]:
     return [h.path for h in study.instances]
 
 
-def zip_bytes(paths: list[Path], names: list[str] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for i, path in enumerate(paths):
-            zf.write(path, names[i] if names else f"study/{i:03d}_{path.name}")
-    return buffer.getvalue()
 
 
 def post_study(client: httpx.Client, payload: bytes, genomics: dict | None = None) -> httpx.Response:
@@ -137,7 +132,7 @@ def test_zip_with_genomics_matches_predictor(server, cohort, predictor) -> None:
     studies, table, with_genomics = cohort
     patient = with_genomics[0]
     genes = genes_of(table, patient)
-    response = post_study(client, zip_bytes(study_paths(studies[patient])), genes)
+    response = post_study(client, zip_study(study_paths(studies[patient])), genes)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["modalities_used"] == ["image", "expression", "mutation"]
@@ -152,7 +147,7 @@ def test_zip_without_genomics_is_image_only(server, cohort, predictor) -> None:
     client, _ = server
     studies, _, with_genomics = cohort
     patient = with_genomics[0]
-    response = post_study(client, zip_bytes(study_paths(studies[patient])))
+    response = post_study(client, zip_study(study_paths(studies[patient])))
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["modalities_used"] == ["image"]
@@ -167,7 +162,7 @@ def test_dicom_files_as_multipart_equal_the_zip(server, cohort) -> None:
     patient = with_genomics[-1]
     paths = study_paths(studies[patient])
     genes = genes_of(table, patient)
-    as_zip = post_study(client, zip_bytes(paths), genes).json()
+    as_zip = post_study(client, zip_study(paths), genes).json()
     files = [("study", (p.name, p.read_bytes(), "application/dicom")) for p in paths]
     as_files = client.post("/predict", files=files, data={"genomics": json.dumps(genes)})
     assert as_files.status_code == 200, as_files.text
@@ -192,7 +187,7 @@ def test_concurrent_requests_batch_and_agree(server, cohort, predictor) -> None:
     client, _ = server
     studies, table, _ = cohort
     patients = sorted(studies)
-    payloads = {p: zip_bytes(study_paths(studies[p])) for p in patients}
+    payloads = {p: zip_study(study_paths(studies[p])) for p in patients}
     genes = {p: genes_of(table, p) if p in table.index else None for p in patients}
 
     def call(patient: str) -> dict:
@@ -249,7 +244,7 @@ def test_missing_genes_are_named(server, cohort) -> None:
     patient = with_genomics[0]
     genes = genes_of(table, patient)
     del genes["EGFR"], genes["KRAS_mut"]
-    detail = error_of(post_study(client, zip_bytes(study_paths(studies[patient])), genes), 422, "gene_panel_mismatch")
+    detail = error_of(post_study(client, zip_study(study_paths(studies[patient])), genes), 422, "gene_panel_mismatch")
     assert "expression block: 1 of 100 panel genes missing: EGFR" in detail
     assert "mutation block: 1 of 5 panel genes missing: KRAS_mut" in detail
     # The same without a study.
@@ -269,7 +264,7 @@ def test_non_numeric_gene_value_is_named(server, cohort) -> None:
 def test_corrupt_zip(server, cohort) -> None:
     client, _ = server
     studies, _, _ = cohort
-    payload = zip_bytes(study_paths(next(iter(studies.values()))))
+    payload = zip_study(study_paths(next(iter(studies.values()))))
     detail = error_of(post_study(client, payload[: len(payload) // 2]), 400, "bad_archive")
     assert "zip" in detail
 
@@ -300,7 +295,7 @@ def test_truncated_pixel_data(server, cohort, tmp_path: Path, as_zip: bool) -> N
         axial[2].write_bytes(data[: len(data) - 700])
         names = [f"{study.patient_id}_{i:03d}.dcm" for i in range(len(paths))]
         if as_zip:
-            response = post_study(client, zip_bytes(paths, names))
+            response = post_study(client, zip_study(paths, names))
         else:
             files = [("study", (n, p.read_bytes(), "application/dicom")) for n, p in zip(names, paths)]
             response = client.post("/predict", files=files)
@@ -328,7 +323,7 @@ def test_path_traversal_zip_is_refused(server, cohort) -> None:
     paths = study_paths(next(iter(studies.values())))
     names = [f"ok/{i}.dcm" for i in range(len(paths))]
     names[0] = "../../../../tmp/radfusion-escape.dcm"
-    detail = error_of(post_study(client, zip_bytes(paths, names)), 400, "unsafe_archive")
+    detail = error_of(post_study(client, zip_study(paths, names)), 400, "unsafe_archive")
     assert ".." in detail
     assert not Path("/tmp/radfusion-escape.dcm").exists()
 
@@ -337,7 +332,7 @@ def test_wrong_modality(server, cohort, tmp_path: Path) -> None:
     client, _ = server
     studies, _, _ = cohort
     paths = rewritten(study_paths(next(iter(studies.values()))), tmp_path, Modality="MR")
-    detail = error_of(post_study(client, zip_bytes(paths)), 422, "wrong_modality")
+    detail = error_of(post_study(client, zip_study(paths)), 422, "wrong_modality")
     assert "MR" in detail
 
 
@@ -348,7 +343,7 @@ def test_no_image_series(server, cohort) -> None:
     study = next(iter(studies.values()))
     localizer = [h.path for h in study.instances if "LOCALIZER" in h.image_type]
     assert len(localizer) == 1
-    error_of(post_study(client, zip_bytes(localizer)), 422, "no_image_series")
+    error_of(post_study(client, zip_study(localizer)), 422, "no_image_series")
 
 
 def test_geometry_rejected(server, cohort, tmp_path: Path) -> None:
@@ -361,7 +356,7 @@ def test_geometry_rejected(server, cohort, tmp_path: Path) -> None:
     paths = rewritten(
         axial, tmp_path, ImageOrientationPatient=lambda i, ds: tilted if i == 4 else ds.ImageOrientationPatient
     )
-    detail = error_of(post_study(client, zip_bytes(paths)), 422, "geometry_rejected")
+    detail = error_of(post_study(client, zip_study(paths)), 422, "geometry_rejected")
     assert "orientation" in detail
 
 
@@ -401,7 +396,7 @@ def test_still_serving_after_bad_requests(server, cohort, predictor) -> None:
     patient = with_genomics[0]
     genes = genes_of(table, patient)
     assert client.get("/readyz").status_code == 200
-    response = post_study(client, zip_bytes(study_paths(studies[patient])), genes)
+    response = post_study(client, zip_study(study_paths(studies[patient])), genes)
     assert response.status_code == 200, response.text
     expected = predictor.predict([predictor.prepare(study_paths(studies[patient]), genes)])[0]
     assert_matches_predictor(response.json(), expected)
@@ -413,7 +408,7 @@ def test_logs_hold_no_patient_identifiers(server, cohort) -> None:
     studies, table, with_genomics = cohort
     patient = with_genomics[0]
     paths = study_paths(studies[patient])
-    assert post_study(client, zip_bytes(paths, [f"{patient}_{i}.dcm" for i in range(len(paths))])).status_code == 200
+    assert post_study(client, zip_study(paths, [f"{patient}_{i}.dcm" for i in range(len(paths))])).status_code == 200
     assert client.post("/predict", json={"genomics": {"TP53": 1.0}}).status_code == 422
     time.sleep(0.5)  # let the server flush its log lines
     text = log_file.read_text(errors="replace")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import httpx
@@ -32,6 +30,7 @@ from test_explain import (
 from radfusion.contract import ClinicalSpec, ModelContract, read_contract_from_onnx
 from radfusion.predictor import Predictor, prepare_case
 from radfusion.treatment import DEFAULT_SWITCH_MARGIN, candidate_inputs, rank_treatments, ranking_from_probabilities
+from study_zip import zip_study
 
 GAIN, SHIFT = 3.0, -0.5
 SWITCH_MARGIN = 0.04  # carried by the contract; differs from the default on purpose
@@ -155,12 +154,6 @@ def test_cases_that_cannot_be_ranked_say_why(predictor: Predictor) -> None:
 # ------------------------------------------------------------------ HTTP API
 
 
-def zip_bytes(paths: list[Path]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for i, path in enumerate(paths):
-            zf.write(path, f"study/{i:03d}.dcm")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +194,7 @@ def post_case(client: httpx.Client, study: list[Path] | None, genes: dict | None
     if study is None:
         return client.post("/predict", json={k: v for k, v in fields.items() if v is not None})
     data = {k: json.dumps(v) for k, v in fields.items() if v is not None}
-    return client.post("/predict", files={"study": ("study.zip", zip_bytes(study), "application/zip")}, data=data)
+    return client.post("/predict", files={"study": ("study.zip", zip_study(study), "application/zip")}, data=data)
 
 
 @pytest.mark.slow

@@ -103,10 +103,16 @@ def register_bento_model(onnx_path: Path, contract: ModelContract) -> str:
     return str(model.tag)
 
 
-def export(checkpoint: Path, out: Path, register: bool = True, tolerance: float = PARITY_TOLERANCE) -> dict:
+def export(checkpoint: Path, out: Path, register: bool = True, tolerance: float = PARITY_TOLERANCE,
+           calibrate: bool = True) -> dict:
     module = load_module(checkpoint)
     contract = build_contract(module, checkpoint)
     dm = load_datamodule(checkpoint)
+    if calibrate:
+        # Temperature scaling fitted on the validation split; serving divides the logits by it.
+        from training.evidence.calibration import fit_temperature_on_split
+
+        contract.temperature = fit_temperature_on_split(module.net, dm, "val")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     export_onnx(module.net, contract, tmp)
@@ -121,6 +127,7 @@ def export(checkpoint: Path, out: Path, register: bool = True, tolerance: float 
         "version": contract.version,
         "onnx_max_abs_diff": diff,
         "parity_tolerance": tolerance,
+        "temperature": contract.temperature,
         "bento_tag": register_bento_model(out, contract) if register else None,
     }
     out.with_suffix(".export.json").write_text(json.dumps(report, indent=2))

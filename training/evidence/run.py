@@ -96,7 +96,10 @@ def run_evidence(module, dm, temperature: float | None = None, saliency_cases: i
         ev.saliencies = cohort_saliency(net, cases, dm.cohort_dir / "dicom", dm.geometry, saliency_cases)
     else:
         ev.notes.append("The model does not use the image: no saliency.")
-    _stratify(ev, net, dm, clinical)
+    if {"survival_months", "event"} <= set(clinical.columns):
+        _stratify(ev, net, dm, clinical)
+    else:
+        ev.notes.append("The clinical table has no survival_months/event columns: no risk groups.")
     if dm.clinical is not None and dm.clinical.treatment:
         ev.treatments = treatment.rank_treatments(
             treatment.predict_under_treatments(net, cases, dm.clinical), margin=margin, temperature=temperature)

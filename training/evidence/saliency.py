@@ -24,26 +24,45 @@ from radfusion.dicom import Volume
 from training.evidence.cases import Cases, log_odds, used_presence
 from training.evidence.geometry import ModelGrid, apply_affine, load_series_volume, to_source_grid
 
-# The coarse pass covers a third of the image per axis; the fine pass a lesion-sized
+# The coarse pass covers a quarter of the image per axis (measured on 16 held-out studies:
+# 1/3 found 10 lesions, 1/4 12, 1/5 12 at 2.5x the cost); the fine pass a lesion-sized
 # cube (in mm, so it means the same on any grid) inside the best coarse window.
-COARSE_FRACTION = 1 / 3
+COARSE_FRACTION = 1 / 4
 FINE_MASK_MM = 24.0
-# How the covered region is filled: its own mean. A fixed fill value would paint new
-# structure into air or bone (seen: peaks on the air in front of the body), while the
-# patch mean keeps the region's overall level and removes what lies inside it.
-OCCLUSION_MODE = "mean_patch"
+# How the covered region is filled: clipped to the body's soft-tissue level, so bright
+# soft-tissue findings (a lesion) inside it vanish while air, fat, lung and bone stay.
+# A fixed fill value paints new structure into air (seen: peaks on the air in front of
+# the body) and the patch's own mean keeps a lesion that fills the patch bright.
+OCCLUSION_MODE = "clip_to_tissue"
+# Intensities above this (window-scaled) are body tissue; their median is the tissue level.
+BODY_THRESHOLD = 0.2
+# At or above this (window-scaled) a voxel is bone (saturated by the soft-tissue window).
+BONE_LEVEL = 0.98
+
+
+# MONAI 1.6's OcclusionSensitivity accepts a callable mode but then raises in its
+# predictor, so covered voxels are marked with this value (impossible in a windowed image)
+# and _ImageOnly fills them.
+_COVERED = -1.0
 
 
 class _ImageOnly(torch.nn.Module):
     """The fusion model as a function of the image alone (one patient's other inputs
-    repeated to the occlusion batch), returning the positive-class log-odds."""
+    repeated to the occlusion batch), returning the positive-class log-odds. Voxels
+    marked covered are clipped to ``tissue`` (the original image's value when lower)."""
 
-    def __init__(self, net, genomics, clinical, presence):
+    def __init__(self, net, image, genomics, clinical, presence, tissue: float | None = None):
         super().__init__()
-        self.net, self.genomics, self.clinical, self.presence = net, genomics, clinical, presence
+        self.net, self.image, self.tissue = net, image, tissue
+        self.genomics, self.clinical, self.presence = genomics, clinical, presence
 
     def forward(self, image):
         n = image.shape[0]
+        if self.tissue is not None:
+            # Bone saturates the window: it is anatomy, not a finding, and stays.
+            keep = self.image >= BONE_LEVEL
+            clipped = torch.where(keep, self.image, torch.clamp(self.image, max=self.tissue)).expand_as(image)
+            image = torch.where(image == _COVERED, clipped, image)
         expand = lambda t: t.expand(n, *t.shape[1:])  # noqa: E731
         return log_odds(self.net(image, expand(self.genomics), expand(self.clinical), expand(self.presence)))[:, None]
 
@@ -57,7 +76,12 @@ def occlusion_map(net, image: torch.Tensor, genomics, clinical, presence, spacin
     """Drop in log-odds when each region is covered (``signed``; else its absolute
     change), on the model grid (D, H, W): coarse over the whole image, then fine
     inside the coarse window that mattered most."""
-    module = _ImageOnly(net, genomics, clinical, presence).eval()
+    tissue = None
+    if mode == "clip_to_tissue":
+        body = image[image > BODY_THRESHOLD]
+        tissue = float(body.median()) if body.numel() else float(image.mean())
+        mode = _COVERED
+    module = _ImageOnly(net, image, genomics, clinical, presence, tissue).eval()
     with torch.no_grad():
         base = float(module(image)[0, 0])
     shape = image.shape[2:]
@@ -74,8 +98,9 @@ def occlusion_map(net, image: torch.Tensor, genomics, clinical, presence, spacin
     peak = np.unravel_index(int(np.argmax(coarse)), coarse.shape)
     box = []
     for p, m, n in zip(peak, coarse_mask, shape):
-        box += [max(0, p - m), min(n - 1, p + m)]
-    fine_mask = _fit([int(round(FINE_MASK_MM / s)) for s in spacing], shape)
+        box += [max(0, p - m // 2), min(n - 1, p + m // 2)]
+    # At least 4 voxels, so that half-overlapping windows step by 2 (the cost is cubic).
+    fine_mask = _fit([max(4, int(round(FINE_MASK_MM / s))) for s in spacing], shape)
     fine = occlude(fine_mask, box)
     # The fine map covers the box; outside it the coarse map keeps the context, below it.
     out = np.minimum(coarse, coarse.min() + 0.5 * (coarse.max() - coarse.min()))
@@ -147,7 +172,7 @@ def overlay_png(saliency: Saliency, window: tuple[float, float], lesion_mm=None,
     heat = saliency.source_map[k]
     fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=100)
     ax.imshow(ct, cmap="gray", interpolation="nearest")
-    ax.imshow(np.ma.masked_less(heat, 0.05 * max(float(heat.max()), 1e-12)), cmap="jet", alpha=0.45)
+    ax.imshow(np.ma.masked_less(heat, 0.3 * max(float(heat.max()), 1e-12)), cmap="jet", alpha=0.45)
     ax.plot(saliency.peak_voxel[2], saliency.peak_voxel[1], "w+", markersize=12, mew=2, label="saliency peak")
     if lesion_mm is not None:
         r, c = np.linalg.solve(volume.affine, [*lesion_mm, 1.0])[1:3]

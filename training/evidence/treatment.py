@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from training.evidence.cases import Cases, log_odds, predict_logits
 

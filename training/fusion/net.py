@@ -104,7 +104,10 @@ class FusionNet(nn.Module):
                 embedding, tokens = self.image_encoder(image)
                 out.append(embedding * mask)
                 continue
-            encoder, x = (self.clinical_encoder, clinical) if name == "clinical" else (self.omics_encoders[name] if name in self.omics_encoders else None, blocks[name])
+            if name == "clinical":
+                encoder, x = self.clinical_encoder, clinical
+            else:
+                encoder, x = self.omics_encoders[name] if name in self.omics_encoders else None, blocks[name]
             out.append(encoder(x) * mask if encoder is not None else zeros)
         return out, tokens
 

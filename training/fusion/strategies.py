@@ -101,7 +101,9 @@ class KroneckerFusion(nn.Module):
     def forward(self, embeddings: list[torch.Tensor], presence: torch.Tensor, tokens=None) -> torch.Tensor:
         ones = presence.new_ones(presence.shape[0], 1)
         z = {
-            i: torch.cat([torch.relu(self.reduce[i](embeddings[i])) * presence[:, i : i + 1], ones], dim=1)
+            # tanh, not ReLU: with ReLU the image's reduction died on the demo cohort
+            # (all units <= 0 for every case), leaving the model blind to the image.
+            i: torch.cat([torch.tanh(self.reduce[i](embeddings[i])) * presence[:, i : i + 1], ones], dim=1)
             for i in self.used
         }
         products = [torch.einsum("bi,bj->bij", z[a], z[b]).flatten(1) for a, b in self.pairs]

@@ -55,8 +55,13 @@ def build_report(run_dir: Path, out: Path | None = None, checkpoint: Path | None
     out = Path(out) if out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
-    temperature = exported_temperature(run_dir)
-    evidence = run_evidence(module, dm, temperature=temperature, saliency_cases=saliency_cases)
+    evidence = run_evidence(module, dm, temperature=exported_temperature(run_dir), saliency_cases=saliency_cases)
+    return render_report(evidence, module, dm, run_dir, checkpoint, out)
+
+
+def render_report(evidence: Evidence, module, dm, run_dir: Path, checkpoint: Path, out: Path) -> Path:
+    """Write ``report.html`` and ``evidence.json`` for analyses already run."""
+    out.mkdir(parents=True, exist_ok=True)
     write_summary(evidence, out / "evidence.json")
     title = f"radfusion evidence report: {module.hparams.model_name}"
     html = page(title, sections(evidence, module, dm, run_dir, checkpoint))
