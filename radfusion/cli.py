@@ -188,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--saliency-cases", type=int, default=40, help="held-out studies to explain by occlusion (0: all)")
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("demo", help="synth -> train -> evaluate -> export -> serve -> score, on defaults")
+    p = sub.add_parser("demo", help="synth -> cohort build -> train -> evaluate -> export -> serve -> score -> report")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--patients", type=int, default=800)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=20)
     p.set_defaults(func=_demo)
 
     from radfusion.deid.command import add_deid_command

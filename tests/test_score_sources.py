@@ -131,8 +131,8 @@ def orthanc(tiny_cohort: Path, tmp_path_factory):
             except OSError:
                 assert process.poll() is None and time.monotonic() < deadline, (work / "orthanc.log").read_text()[-2000:]
                 time.sleep(0.1)
-        for path in sorted((tiny_cohort / "dicom").rglob("*")):
-            if path.is_file():
+        for path in sorted((tiny_cohort / "dicom").rglob("*.dcm")):
+            if ".radfusion" not in path.parts:
                 request = urllib.request.Request(f"{base}/instances", data=path.read_bytes(), method="POST")
                 urllib.request.urlopen(request, timeout=10).read()
         yield f"{base}/dicom-web"

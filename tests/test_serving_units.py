@@ -167,7 +167,7 @@ def test_broken_model_fails_fast_with_the_reason(tmp_path: Path, bentoml_home: P
     fake = tmp_path / "model.onnx"
     fake.write_text("not an ONNX file")
     with pytest.raises(ServerStartError, match="DecodeError|failed to start"):
-        with running_server(fake, timeout=60, env={"BENTOML_HOME": str(bentoml_home)}):
+        with running_server(fake, timeout=60, env={"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": "test-token"}):
             pass
 
 

@@ -100,7 +100,8 @@ def _walk(archive: str | Path) -> Iterator[ScanUnit]:
     if not root.is_dir():
         raise FileNotFoundError(f"archive {archive} is neither a folder, a zip file nor an http(s) URL")
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        # Hidden folders hold caches (the cohort index in .radfusion/), not studies.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         names = sorted(n for n in filenames if not n.startswith("."))
         plain = tuple(n for n in names if not n.lower().endswith(".zip"))
         if plain:
