@@ -15,20 +15,10 @@ from lifelines.utils import concordance_index
 from sklearn.metrics import roc_auc_score
 
 from training.evaluate import markdown_table
+from tiny_training import train_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
-SMALL_GRID = [
-    "--data.target_shape", "[8, 16, 16]",
-    "--data.target_spacing", "[6.0, 12.0, 12.0]",
-    "--data.batch_size", "8",
-    "--model.image_encoder", "resnet",
-    "--model.image_widths", "[4, 4, 8, 8]",
-    "--model.embed_dim", "16",
-    "--trainer.max_epochs", "2",
-]
-
-
 def test_markdown_table_has_a_column_per_metric_and_pattern():
     results = {
         "gated": {"modalities": ["image", "genomics"], "task": "classification", "fusion": "gated",
@@ -50,12 +40,7 @@ def test_markdown_table_has_a_column_per_metric_and_pattern():
 
 
 def _train(cohort: Path, out: Path, *extra: str) -> Path:
-    from training.cli import main
-
-    configs = [CONFIGS / "trainer" / "cpu.yaml", CONFIGS / "data" / "synthetic.yaml", CONFIGS / "model" / "fusion_cpu.yaml"]
-    args = ["fit", *[a for c in configs for a in ("--config", str(c))], *extra]
-    main(args + ["--data.cohort_dir", str(cohort), "--trainer.default_root_dir", str(out), *SMALL_GRID])
-    return out / "checkpoints" / "best.ckpt"
+    return train_tiny(cohort, out, *extra, batch_size=8)
 
 
 @pytest.fixture(scope="module")

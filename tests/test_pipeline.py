@@ -18,29 +18,14 @@ import torch
 
 from radfusion.contract import read_contract_from_onnx
 from radfusion.predictor import Predictor
+from tiny_training import train_tiny
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
-SMALL_GRID = [
-    "--data.target_shape", "[8, 16, 16]",
-    "--data.target_spacing", "[6.0, 12.0, 12.0]",
-    "--data.batch_size", "4",
-    "--model.image_encoder", "resnet",
-    "--model.image_widths", "[4, 4, 8, 8]",
-    "--model.embed_dim", "16",
-    "--trainer.max_epochs", "2",
-]
-
-
 def _train(cohort: Path, out: Path, *extra: str) -> Path:
-    from training.cli import main
-
-    configs = [CONFIGS / "trainer" / "cpu.yaml", CONFIGS / "data" / "synthetic.yaml", CONFIGS / "model" / "fusion_cpu.yaml"]
-    args = ["fit", *[a for c in configs for a in ("--config", str(c))], *extra]
-    main(args + ["--data.cohort_dir", str(cohort), "--trainer.default_root_dir", str(out), *SMALL_GRID])
-    return out / "checkpoints" / "best.ckpt"
+    return train_tiny(cohort, out, *extra, batch_size=4)
 
 
 @pytest.fixture(scope="module")
