@@ -79,26 +79,33 @@ class FusionModule(L.LightningModule):
         keep = torch.tensor(self.net.used_mask(), dtype=batch["presence"].dtype, device=self.device)
         return batch["presence"] * keep
 
-    def _dropout_groups(self) -> torch.Tensor:
+    def _dropout_groups(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(groups, modalities) membership: the image, all omics blocks together (a
-        hospital has a sequencing report or not), the clinical covariates."""
+        hospital has a sequencing report or not), the clinical covariates; and which
+        groups are primary (image, omics) rather than covariates."""
         names = self.net.modality_names
         groups = [[n == "image" for n in names], [n in self.net.omics_sizes for n in names], [n == "clinical" for n in names]]
         used = torch.tensor(self.net.used_mask())
         matrix = torch.tensor(groups) & used
-        return matrix[matrix.any(dim=1)].float().to(self.device)
+        kept = matrix.any(dim=1)
+        primary = torch.tensor([True, True, False])[kept]
+        return matrix[kept].float().to(self.device), primary.to(self.device)
 
     def _modality_dropout(self, presence: torch.Tensor) -> torch.Tensor:
-        """Hide one modality group of some cases that have at least two, so the model
-        learns to predict from whatever subset a hospital can supply."""
+        """Hide one modality group of some cases, so the model learns to predict from
+        whatever subset a hospital can supply. A case always keeps one image or omics
+        group: covariates alone are not a case (and an image + covariates baseline
+        never loses its image)."""
         p = self.hparams.modality_dropout
-        groups = self._dropout_groups()
+        groups, primary = self._dropout_groups()
         if p <= 0 or len(groups) < 2:
             return presence
         present = (presence @ groups.T) > 0  # (batch, groups)
-        drop = (present.sum(dim=1) >= 2) & (torch.rand(len(presence), device=presence.device) < p)
-        # Pick one present group per case, uniformly.
-        which = torch.multinomial(present.float() + 1e-9, 1).squeeze(1)
+        last_primary = primary & ((present & primary).sum(dim=1, keepdim=True) == 1)
+        droppable = present & ~last_primary
+        drop = droppable.any(dim=1) & (torch.rand(len(presence), device=presence.device) < p)
+        # Pick one droppable group per case, uniformly.
+        which = torch.multinomial(droppable.float() + 1e-9, 1).squeeze(1)
         hide = groups[which] * drop[:, None].float()
         return presence * (1 - hide)
 
