@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cohorts import build_cohort as shared_cohort
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 # The demo model's grid (configs/data/synthetic.yaml).
@@ -40,13 +42,7 @@ GEOMETRY = dict(target_shape=(32, 48, 48), target_spacing=(5.0, 8.0, 8.0), windo
 
 def build_cohort(work: Path, studies: int, slices: int, size: int) -> Path:
     """Uncompressed storage: RLE's pure-Python decoding would time pydicom, not the loaders."""
-    from radfusion.synth import generate_cohort
-
-    cohort = work / f"cohort-{studies}x{slices}x{size}"
-    if not (cohort / "cohort.json").exists():
-        generate_cohort(cohort, n_patients=studies, seed=0, n_slices=slices, rows=size, cols=size,
-                        n_genes=100, rle_fraction=0.0, workers=os.cpu_count() or 1)
-    return cohort
+    return shared_cohort(work, studies, slices, size, n_genes=100, rle_fraction=0.0)
 
 
 def series_folders(cohort: Path, work: Path) -> list[list[Path]]:

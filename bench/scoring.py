@@ -31,20 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cohorts import build_cohort
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "scoring.json"
 DEMO_GEOMETRY = dict(target_shape=(32, 48, 48), target_spacing=(5.0, 8.0, 8.0), window=(-150.0, 250.0))
 DEMO_NET = dict(image_encoder="densenet", image_widths=(16, 8), embed_dim=64, genomics_hidden=16)
 
 
-def build_cohort(work: Path, studies: int, slices: int, size: int) -> Path:
-    from radfusion.synth import generate_cohort
-
-    cohort = work / f"cohort-{studies}x{slices}x{size}"
-    if not (cohort / "cohort.json").exists():
-        generate_cohort(cohort, n_patients=studies, seed=0, n_slices=slices, rows=size, cols=size,
-                        workers=os.cpu_count() or 1)
-    return cohort
 
 
 def build_model(cohort: Path, path: Path) -> Path:

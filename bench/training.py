@@ -35,6 +35,8 @@ from pathlib import Path
 
 import lightning as L
 
+from bench.cohorts import build_cohort
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "training.json"
 DEMO_GEOMETRY = dict(target_shape=(32, 48, 48), target_spacing=(5.0, 8.0, 8.0), window=(-150.0, 250.0))
@@ -87,14 +89,6 @@ class StepTimer(L.Callback):
         }
 
 
-def build_cohort(work: Path, patients: int, slices: int, size: int) -> Path:
-    from radfusion.synth import generate_cohort
-
-    cohort = work / f"cohort-{patients}x{slices}x{size}"
-    if not (cohort / "cohort.json").exists():
-        generate_cohort(cohort, n_patients=patients, seed=0, n_slices=slices, rows=size, cols=size,
-                        workers=os.cpu_count() or 1)
-    return cohort
 
 
 def train_once(cohort: Path, *, cache: str, workers: int, epochs: int, batch_size: int, net: dict,
