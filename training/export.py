@@ -58,8 +58,7 @@ def group_patterns(net) -> list[torch.Tensor]:
     """Presence masks for every non-empty combination of the model's modality groups
     (image, all omics blocks, clinical)."""
     names = net.modality_names
-    groups = [[n == "image" for n in names], [n in net.omics_sizes for n in names], [n == "clinical" for n in names]]
-    groups = [torch.tensor(g) for g in groups if any(g)]
+    groups = [torch.tensor(g) for g in net.group_masks() if any(g)]
     patterns = []
     for bits in itertools.product((0, 1), repeat=len(groups)):
         if any(bits):

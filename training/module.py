@@ -83,10 +83,8 @@ class FusionModule(L.LightningModule):
         """(groups, modalities) membership: the image, all omics blocks together (a
         hospital has a sequencing report or not), the clinical covariates; and which
         groups are primary (image, omics) rather than covariates."""
-        names = self.net.modality_names
-        groups = [[n == "image" for n in names], [n in self.net.omics_sizes for n in names], [n == "clinical" for n in names]]
         used = torch.tensor(self.net.used_mask())
-        matrix = torch.tensor(groups) & used
+        matrix = torch.tensor(self.net.group_masks()) & used
         kept = matrix.any(dim=1)
         primary = torch.tensor([True, True, False])[kept]
         return matrix[kept].float().to(self.device), primary.to(self.device)

@@ -89,6 +89,12 @@ class FusionNet(nn.Module):
     def used_mask(self) -> list[bool]:
         return [self.uses(m) for m in self.modality_names]
 
+    def group_masks(self) -> list[list[bool]]:
+        """Membership of the modality groups a hospital has or lacks as a whole — the
+        image, all omics blocks, the clinical covariates — over ``modality_names``."""
+        names = self.modality_names
+        return [[n == "image" for n in names], [n in self.omics_sizes for n in names], [n == "clinical" for n in names]]
+
     def encode(self, image, genomics, clinical, presence) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Per-modality embeddings (zero where absent or unused) and the image tokens
         (None unless the fusion strategy reads them)."""
