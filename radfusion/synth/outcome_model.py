@@ -3,11 +3,17 @@
 Designed so that neither modality alone predicts response well but both together
 do: the logit weighs an image score and an independent genomic score equally
 (true-score AUROC about 0.82 each, about 0.97 together). A treatment-by-EGFR
-interaction makes treatment ranking meaningful.
+interaction makes treatment ranking meaningful: EGFR-mutated patients respond
+clearly better to the targeted drug (+2.5 log-odds) and worse to chemotherapy
+(-1.5), an effect large enough to be estimated from a few hundred patients (an
+oracle logistic model on 250 training patients recovers it in about 95% of draws
+with a 1.0 log-odds switch margin; with +1.5/-0.5 it was about 70%).
 
 Survival follows the "aggressive but responsive" pattern seen in e.g.
 triple-negative breast cancer: high scores raise both the chance of response and
-the baseline hazard, and responding lowers the hazard.
+the baseline hazard, and responding lowers the hazard. With the hazard weights at
+1.0 the true scores reach a c-index of about 0.76 together and 0.68 each (at 0.7:
+0.69 and 0.63, a gap that 160 test patients cannot resolve reliably).
 """
 
 from __future__ import annotations
@@ -20,11 +26,11 @@ COEF_IMAGE = 4.0
 COEF_GENOMIC = 4.0
 INTERACTION_GENE = "EGFR_mut"
 # Added to the logit when the interaction gene is mutated, by treatment.
-EGFR_INTERACTION = {"targeted": 1.5, "chemo": -0.5}
+EGFR_INTERACTION = {"targeted": 2.5, "chemo": -1.5}
 TREATMENTS = ("chemo", "targeted")
 
-HAZARD_IMAGE = 0.7
-HAZARD_GENOMIC = 0.7
+HAZARD_IMAGE = 1.0
+HAZARD_GENOMIC = 1.0
 HAZARD_RESPONSE = -0.5
 BASELINE_MEDIAN_MONTHS = 20.0
 ADMIN_CENSOR_MONTHS = 120.0
