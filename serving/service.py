@@ -22,7 +22,8 @@ BentoML's traffic timeout answers 504. SIGTERM drains in-flight requests
 RADFUSION_MAX_LATENCY_MS, RADFUSION_BATCHING=off, RADFUSION_REQUEST_TIMEOUT_S,
 RADFUSION_MAX_IN_FLIGHT, RADFUSION_RETRY_AFTER_S, RADFUSION_MAX_BATCH_CASES,
 RADFUSION_ORT_THREADS;
-RADFUSION_GENOMICS_TABLE for the genomics of STOW-RS studies (looked up by PatientID);
+RADFUSION_GENOMICS_TABLE and RADFUSION_CLINICAL_TABLE for the genomics and clinical
+covariates of STOW-RS studies (looked up by PatientID, as the scorer and listener do);
 RADFUSION_DICOMWEB_ALLOWED_URLS / RADFUSION_DICOMWEB_TIMEOUT_S for DICOMweb study
 references (serving.dicomweb_input)."""
 
@@ -70,7 +71,8 @@ from serving.limits import BodySizeLimit
 from serving.metrics import count_refusal, service_metrics
 from serving.modelref import MODEL_ENV, device_from_env, looks_like_tag, model_ref_from_env, resolve_model_path
 from serving.overload import InFlightLimit
-from serving.pacs.predict import GenomicsLookup, genomics_source, patient_id_of
+from serving.pacs.predict import patient_id_of
+from serving.scoring.patients import PatientData, PatientDataMissingError, PatientTableError, PatientTables
 from serving.stow import boundary_of, split_parts
 from serving.uploads import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STUDY_BYTES, limit_from_env, remove_tree, study_files
 
@@ -93,6 +95,7 @@ ORT_THREADS = limit_from_env("RADFUSION_ORT_THREADS", 0)
 PREPARE_CONCURRENCY = limit_from_env("RADFUSION_PREPARE_CONCURRENCY", 4)
 RETRY_AFTER_S = limit_from_env("RADFUSION_RETRY_AFTER_S", 2)
 GENOMICS_TABLE_ENV = "RADFUSION_GENOMICS_TABLE"
+CLINICAL_TABLE_ENV = "RADFUSION_CLINICAL_TABLE"
 MODEL_CALL_ATTEMPTS = 4
 MODEL_CALL_TIMEOUT_S = limit_from_env("RADFUSION_MODEL_CALL_TIMEOUT_S", 60)
 # /predict?explain: at most 1 + max_features + max_windows model rows per explanation
@@ -128,6 +131,21 @@ class UnprocessableStudyError(RadfusionInputError):
 def served_contract() -> ModelContract:
     """The contract of the model named by RADFUSION_MODEL (read once per process)."""
     return read_contract_from_onnx(resolve_model_path(model_ref_from_env()))
+
+
+def stow_patient_tables(contract: ModelContract) -> tuple[PatientTables | None, str]:
+    """The tables STOW-RS studies are completed from, or None and why not. A table the
+    model requires but that was not configured only disables STOW-RS input (its
+    requests answer 422 with the reason); /predict, which carries its own values, serves."""
+    try:
+        return PatientTables.from_paths(
+            contract,
+            os.environ.get(GENOMICS_TABLE_ENV, "").strip() or None,
+            os.environ.get(CLINICAL_TABLE_ENV, "").strip() or None,
+        ), ""
+    except PatientTableError as exc:
+        log.warning("STOW-RS input disabled: %s", exc)
+        return None, f"STOW-RS input is not available: {exc}"
 
 
 def _bento_model_ref() -> t.Any:
@@ -213,7 +231,7 @@ class Radfusion:
     def __init__(self) -> None:
         check_auth_config()  # no token and not an explicit development run: do not start
         self.model_contract = served_contract()
-        self.genomics = GenomicsLookup.from_path(os.environ.get(GENOMICS_TABLE_ENV, "").strip() or None)
+        self.patients, self.patients_error = stow_patient_tables(self.model_contract)
         self.dicomweb = DicomwebPolicy.from_env(MAX_STUDY_BYTES, MAX_STUDY_FILES)
         self.metrics = service_metrics()
         log.info("serving contract of %s %s", self.model_contract.name, self.model_contract.version)
@@ -326,8 +344,9 @@ class Radfusion:
 
     async def predict_stow(self, request: Request) -> JSONResponse:
         """POST /dicom-web/studies: the instances of one study as STOW-RS parts, scored
-        with the genomics found for its PatientID in RADFUSION_GENOMICS_TABLE (else
-        image-only; ``genomics_source`` in the answer says which)."""
+        with the genomics and clinical covariates found for its PatientID in the
+        configured tables (serving.scoring.patients, as the scorer and listener do);
+        ``genomics_source`` and ``clinical_source`` in the answer say where each came from."""
         started = time.perf_counter()
         workdir = Path(tempfile.mkdtemp(prefix="radfusion-stow-"))
         try:
@@ -338,7 +357,9 @@ class Radfusion:
                     out.write(chunk)
             parts = await anyio.to_thread.run_sync(split_parts, body, boundary, workdir / "parts", MAX_STUDY_FILES)
             body.unlink()
-            case = await anyio.to_thread.run_sync(functools.partial(self._prepare, parts, None, by_patient=True))
+            patient = await anyio.to_thread.run_sync(self._patient_of, parts)
+            case = await anyio.to_thread.run_sync(
+                functools.partial(self._prepare, parts, patient.genomics, patient.clinical))
         except RadfusionInputError as exc:
             return self._rejected(exc, "stow")
         finally:
@@ -346,9 +367,17 @@ class Radfusion:
         result = await self._predict_case(case, started, "stow")
         if isinstance(result, JSONResponse):
             return result
-        used = set(case.inputs.modalities_used)
-        result["genomics_source"] = genomics_source(self.model_contract, bool(used & set(self.model_contract.omics_names)))
+        result.update(patient.sources())
         return JSONResponse(result)
+
+    def _patient_of(self, parts: list[Path]) -> PatientData:
+        """The tables' data for the uploaded study's patient; a model input the tables
+        cannot give is this study's PatientDataMissingError (422)."""
+        if self.patients is None:
+            raise PatientDataMissingError(self.patients_error)
+        patient = self.patients.lookup(patient_id_of(parts))
+        patient.check()
+        return patient
 
     async def _predict_case(self, case: PreparedCase, started: float, route: str) -> dict[str, t.Any] | JSONResponse:
         began = time.perf_counter()
@@ -423,20 +452,15 @@ class Radfusion:
         genomics: dict[str, t.Any] | None,
         clinical: dict[str, t.Any] | None = None,
         dicomweb: DicomwebRef | None = None,
-        by_patient: bool = False,
     ) -> PreparedCase:
         """One case's study (uploaded ``parts`` or fetched by ``dicomweb``) read and
-        preprocessed with its genomics and clinical values. ``by_patient``: take the
-        genomics from the configured table by the study's PatientID (STOW-RS, where a
-        PACS cannot send any)."""
+        preprocessed with its genomics and clinical values."""
         workdir = Path(tempfile.mkdtemp(prefix="radfusion-upload-"))
         try:
             if dicomweb is not None:
                 files = fetch_study(dicomweb, self.dicomweb, workdir / "dicomweb")
             else:
                 files = study_files(parts, workdir, MAX_STUDY_BYTES, MAX_STUDY_FILES) if parts else None
-            if by_patient and files and self.model_contract.uses_genomics:
-                genomics = self.genomics.find(patient_id_of(files))
             return prepare_case(self.model_contract, files, genomics, clinical)
         except RadfusionInputError:
             raise

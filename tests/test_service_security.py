@@ -205,7 +205,7 @@ def test_stow_rs_input_scores_the_study_with_genomics_by_patient(server, cohort)
     without = next(s for s in studies if s.patient_id not in table.index)
     with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
         for study, genes, source in ((with_genes, genes_of(table, with_genes.patient_id), "genomics table"),
-                                     (without, None, "none found for the patient: image-only prediction")):
+                                     (without, None, "patient not in the genomics table")):
             paths = [h.path for h in study.instances]
             body, content_type = stow_body(paths)
             response = client.post("/dicom-web/studies", content=body, headers={"content-type": content_type})
@@ -214,6 +214,8 @@ def test_stow_rs_input_scores_the_study_with_genomics_by_patient(server, cohort)
             expected = predictor.predict([predictor.prepare(paths, genes)])[0]
             assert_same_prediction(answer, expected)
             assert answer["study_instance_uid"] == study.study_uid and answer["genomics_source"] == source
+            # The same lookup as the scorer and listener: this model takes no clinical input.
+            assert answer["clinical_source"] == "not used by the model"
 
         body, _ = stow_body([with_genes.instances[0].path])
         wrong_type = client.post("/dicom-web/studies", content=body, headers={"content-type": "application/dicom"})

@@ -14,11 +14,9 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from radfusion.contract import ModelContract
 from radfusion.predictor import PreparedCase, format_prediction, prepare_case, stack_inputs
 from radfusion.runtime import OnnxModel
-from serving.scoring.patient_data import GENOMICS
-from serving.scoring.patients import PatientTable, PatientTables
+from serving.scoring.patients import PatientTables
 from serving.scoring.rows import rejected_summary
 
 
@@ -28,21 +26,6 @@ class StudyPrediction:
     # "series_reason", "series_rejected" and "geometry_corrections" (a list).
     result: dict[str, Any]
     case: PreparedCase
-
-
-class GenomicsLookup:
-    """PatientID -> genomic profile from one table, or none: the HTTP service's STOW-RS
-    input (which has no clinical covariates to look up), on the same PatientTable."""
-
-    def __init__(self, table: PatientTable | None):
-        self.table = table
-
-    @classmethod
-    def from_path(cls, path: Path | str | None) -> GenomicsLookup:
-        return cls(PatientTable.load(GENOMICS, path) if path else None)
-
-    def find(self, patient_id: str) -> dict[str, float] | None:
-        return self.table.find(patient_id) if self.table is not None else None
 
 
 def patient_id_of(paths: Sequence[Path]) -> str:
@@ -78,8 +61,3 @@ class StudyPredictor:
         return StudyPrediction(result=result, case=case)
 
 
-def genomics_source(contract: ModelContract, found: bool) -> str:
-    """Where the HTTP service's genomics came from, in words for its answer."""
-    if not contract.uses_genomics:
-        return "not used by the model"
-    return "genomics table" if found else "none found for the patient: image-only prediction"
