@@ -5,10 +5,15 @@ Content tree (codes from DCM where one fits, else the private scheme 99RADFUSION
     CONTAINER  Radfusion prediction report
       TEXT       Algorithm Name (DCM 111001)       = model name
       TEXT       Algorithm Version (DCM 111003)    = model version
-      CODE       Predicted class                   = the label
-      CONTAINER  Class probability   (one per label)
+      CODE       Predicted class                   = the label (multi-label: one per label at p >= 0.5)
+      CONTAINER  Class probability   (one per label; classification and multi-label)
         CODE       Class                           = the label
         NUM        Probability (DCM 122157)        = p, unit "1" (UCUM)
+      NUM        Risk score                        = survival models: log relative hazard (Cox)
+                                                     or cumulative hazard (discrete time), unit "1"
+      CONTAINER  Survival probability (discrete-time survival, one per interval end)
+        NUM        Time point                      = months, unit "mo" (UCUM)
+        NUM        Probability (DCM 122157)        = P(alive at that time), unit "1"
       CODE       Input modality used (one per used modality)
       TEXT       Genomics source                   = "genomics table", "patient not in the genomics table", ...
       TEXT       Clinical source                   = the same for the clinical covariates (a model with a clinical block)
@@ -50,6 +55,10 @@ GENOMICS_SOURCE = hd.sr.CodedConcept("RF0006", SCHEME, "Genomics source")
 CLINICAL_SOURCE = hd.sr.CodedConcept("RF0007", SCHEME, "Clinical source")
 SERIES_SELECTION = hd.sr.CodedConcept("RF0008", SCHEME, "Image series selection")
 GEOMETRY_CORRECTIONS = hd.sr.CodedConcept("RF0009", SCHEME, "Geometry corrections")
+RISK_SCORE = hd.sr.CodedConcept("RF0010", SCHEME, "Risk score")
+SURVIVAL_PROBABILITY = hd.sr.CodedConcept("RF0011", SCHEME, "Survival probability")
+TIME_POINT = hd.sr.CodedConcept("RF0012", SCHEME, "Time point")
+MONTHS = hd.sr.CodedConcept("mo", "UCUM", "month")
 MODALITY_CODES = {
     "image": hd.sr.CodedConcept("RF-IMAGE", SCHEME, "Imaging study"),
     "expression": hd.sr.CodedConcept("RF-EXPRESSION", SCHEME, "Gene expression profile"),
@@ -89,23 +98,41 @@ def read_evidence(paths: Sequence[Path]) -> list[Dataset]:
     return evidence
 
 
+def _number(name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept = codes.UCUM.NoUnits) -> hd.sr.NumContentItem:
+    return hd.sr.NumContentItem(name, float(value), unit, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
+def _group(name: hd.sr.CodedConcept, items: list[hd.sr.ContentItem]) -> hd.sr.ContainerContentItem:
+    group = hd.sr.ContainerContentItem(name=name, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    group.ContentSequence = hd.sr.ContentSequence(items)
+    return group
+
+
+def _task_items(result: dict[str, Any]) -> list[hd.sr.ContentItem]:
+    """The answer's task fields (radfusion.predictor.task_outputs) as content items."""
+    C = hd.sr.RelationshipTypeValues.CONTAINS
+    if "risk_score" in result:  # survival
+        items: list[hd.sr.ContentItem] = [_number(RISK_SCORE, result["risk_score"])]
+        for months, probability in result.get("survival_probabilities", {}).items():
+            items.append(_group(SURVIVAL_PROBABILITY, [_number(TIME_POINT, float(months), MONTHS),
+                                                       _number(codes.DCM.Probability, probability)]))
+        return items
+    predicted = result.get("predicted_labels", [result.get("predicted_label")])
+    items = [hd.sr.CodeContentItem(PREDICTED_CLASS, label_code(label), relationship_type=C) for label in predicted if label]
+    for label, probability in result["probabilities"].items():
+        items.append(_group(CLASS_PROBABILITY, [hd.sr.CodeContentItem(CLASS, label_code(label), relationship_type=C),
+                                                _number(codes.DCM.Probability, probability)]))
+    return items
+
+
 def _content(contract: ModelContract, result: dict[str, Any], evidence: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
     C = hd.sr.RelationshipTypeValues.CONTAINS
     root = hd.sr.ContainerContentItem(name=REPORT)
     items: list[hd.sr.ContentItem] = [
         hd.sr.TextContentItem(codes.DCM.AlgorithmName, contract.name, relationship_type=C),
         hd.sr.TextContentItem(codes.DCM.AlgorithmVersion, contract.version, relationship_type=C),
-        hd.sr.CodeContentItem(PREDICTED_CLASS, label_code(result["predicted_label"]), relationship_type=C),
+        *_task_items(result),
     ]
-    for label, probability in result["probabilities"].items():
-        group = hd.sr.ContainerContentItem(name=CLASS_PROBABILITY, relationship_type=C)
-        group.ContentSequence = hd.sr.ContentSequence(
-            [
-                hd.sr.CodeContentItem(CLASS, label_code(label), relationship_type=C),
-                hd.sr.NumContentItem(codes.DCM.Probability, float(probability), codes.UCUM.NoUnits, relationship_type=C),
-            ]
-        )
-        items.append(group)
     items += [
         hd.sr.CodeContentItem(MODALITY_USED, modality_code(m), relationship_type=C) for m in result["modalities_used"]
     ]
