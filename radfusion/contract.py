@@ -89,8 +89,9 @@ class ClinicalSpec:
     categorical: dict[str, list[str]] = field(default_factory=dict)  # name -> levels
     treatment: str | None = None  # which categorical covariate is the treatment
     # Treatment ranking recommends leaving the reference (first level, standard of
-    # care) only when another raises the response probability by more than this;
-    # None: radfusion.treatment.DEFAULT_SWITCH_MARGIN.
+    # care) only when another raises the log-odds of response by more than this
+    # (export writes radfusion.treatment.DEFAULT_SWITCH_MARGIN, the margin the
+    # evidence check used); None: that default.
     switch_margin: float | None = None
 
     def __post_init__(self) -> None:

@@ -1,7 +1,8 @@
 """`radfusion demo`: the whole job end to end on built-in defaults.
 
 synth -> cohort manifest report -> train (four fusion strategies + image-only +
-genomics-only, all treatment-aware) -> evaluate (strategy x modality-pattern table) ->
+genomics-only, all treatment-aware; a survival fusion model with the same two
+baselines) -> evaluate (strategy x modality-pattern table, AUROC and c-index) ->
 export (calibrated) -> BentoML server on loopback answering real requests, with
 explanations and treatment rankings -> archive scoring -> evidence report -> summary.
 
@@ -40,6 +41,21 @@ MODELS: dict[str, list] = {
     "kronecker": [EXPERIMENT / "fusion_kronecker.yaml"],
     "image_only": [EXPERIMENT / "image_only.yaml", "--model.modalities", "[image, clinical]"],
     "genomics_only": [EXPERIMENT / "genomics_only.yaml", "--model.modalities", "[genomics, clinical]"],
+}
+# Survival (Cox partial likelihood, trained settings in configs/experiment/survival_cox.yaml):
+# the fusion model and the same two unimodal baselines, so the table has c-index rows
+# beside the AUROC rows. Evaluated only (export, serving and the report use "fusion").
+SURVIVAL = EXPERIMENT / "survival_cox.yaml"
+SURVIVAL_MODELS: dict[str, list] = {
+    "survival_fusion": [SURVIVAL],
+    "survival_image_only": [
+        EXPERIMENT / "image_only.yaml", SURVIVAL,
+        "--model.modalities", "[image, clinical]", "--model.model_name", "radfusion-survival-image-only",
+    ],
+    "survival_genomics_only": [
+        EXPERIMENT / "genomics_only.yaml", SURVIVAL,
+        "--model.modalities", "[genomics, clinical]", "--model.model_name", "radfusion-survival-genomics-only",
+    ],
 }
 SERVICE_REQUESTS = 48
 SERVICE_CLIENTS = 8
@@ -85,7 +101,7 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0) ->
         "--maf", omics / "mutations.maf", "--cnv", omics / "copy_number.seg", "--genes", omics / "genes.bed",
         "--out", out / "manifest",
     )
-    for name, extra in MODELS.items():
+    for name, extra in {**MODELS, **SURVIVAL_MODELS}.items():
         _stage(
             f"train_{name}",
             timings,
@@ -96,7 +112,7 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0) ->
             "--trainer.max_epochs", epochs,
             "--trainer.default_root_dir", out / name,
         )
-    checkpoints = [f"{name}={out / name / 'checkpoints' / 'best.ckpt'}" for name in MODELS]
+    checkpoints = [f"{name}={out / name / 'checkpoints' / 'best.ckpt'}" for name in {**MODELS, **SURVIVAL_MODELS}]
     _stage("evaluate", timings, _radfusion, "evaluate", *[a for c in checkpoints for a in ("--checkpoint", c)], "--out", out)
     model = out / "model.onnx"
     _stage("export", timings, _radfusion, "export", "--checkpoint", out / "fusion" / "checkpoints" / "best.ckpt", "--out", model)
@@ -124,6 +140,7 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0) ->
             k.removeprefix("auroc_"): v for k, v in metrics["fusion"].items() if k.startswith("auroc_")
         },
         "n_test": metrics["fusion"]["n_observed"],
+        **survival_summary(metrics),
         "onnx_max_abs_diff": export_report["onnx_max_abs_diff"],
         "model_version": export_report["version"],
         "bento_model": export_report["bento_tag"],
@@ -137,6 +154,19 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0) ->
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary, out)
     return summary
+
+
+def survival_summary(metrics: dict) -> dict:
+    """The survival models' held-out c-index, and the fusion model's per presence pattern.
+    Their split is stratified by the event, so their test set is not the AUROC one."""
+    fusion = metrics["survival_fusion"]
+    return {
+        "cindex": {name: metrics[name]["cindex"] for name in SURVIVAL_MODELS},
+        "cindex_survival_fusion_by_presence": {
+            k.removeprefix("cindex_"): v for k, v in fusion.items() if k.startswith("cindex_")
+        },
+        "n_test_survival": fusion["n_observed"],
+    }
 
 
 def _zip_study(root: Path, files: list[str]) -> bytes:
@@ -226,6 +256,11 @@ def print_summary(summary: dict, out: Path) -> None:
     print(f"cohort: {summary['cohort_genomics_missing_share']:.1%} of patients with a study have no genomics")
     print(f"held-out AUROC (n={summary['n_test']}): " + " | ".join(f"{k} {v:.3f}" for k, v in auroc.items()))
     print(f"fusion model by presence pattern: {summary['auroc_fusion_by_presence']}")
+    print(
+        f"held-out survival c-index (n={summary['n_test_survival']}): "
+        + " | ".join(f"{k.removeprefix('survival_')} {v:.3f}" for k, v in summary["cindex"].items())
+    )
+    print(f"survival fusion model by presence pattern: {summary['cindex_survival_fusion_by_presence']}")
     print(f"ONNX parity max |diff|: {summary['onnx_max_abs_diff']:.2e}   model {summary['bento_model']}")
     print(
         f"service: {summary['service_requests_ok']}/{summary['service_requests_sent']} requests ok; "

@@ -5,10 +5,16 @@ levels), changing only the treatment's one-hot columns, and rank them.
 The ranking orders treatments by predicted response probability (the contract's
 positive label, after temperature scaling). The recommendation is more cautious:
 it stays with the reference — the first treatment level, taken as the standard of
-care — unless another treatment raises the response probability by more than the
+care — unless another treatment raises the log-odds of response by more than the
 switch margin (``ClinicalSpec.switch_margin``, else DEFAULT_SWITCH_MARGIN), because a
 small predicted gain is within the model's error and switching therapy has costs
-the model does not see."""
+the model does not see.
+
+The gain is measured in log-odds, not probability: a probability gain vanishes near
+0 and 1 whatever the treatment's effect, so one probability margin means a large
+effect for some patients and a small one for others, while a log-odds margin is one
+odds ratio for everybody. The evidence check (training.evidence.treatment) applies
+this very rule and margin."""
 
 from __future__ import annotations
 
@@ -20,9 +26,13 @@ import numpy as np
 from radfusion.contract import CLINICAL, ModelContract
 from radfusion.preprocess import ModelInputs
 
-# Absolute gain in response probability; 0.05 is a conservative default for a
-# calibrated model, and the contract can carry a value chosen on validation data.
-DEFAULT_SWITCH_MARGIN = 0.05
+# Gain in log-odds of response over the reference. 1.0 is an odds ratio of e (about
+# 2.7): a clinically meaningful effect, beyond the odds ratios of 1.5-2 that a few
+# hundred training patients leave uncertain. Export writes it into the contract.
+DEFAULT_SWITCH_MARGIN = 1.0
+# Probabilities are clipped this far from 0 and 1 before taking log-odds (float32
+# softmax saturates there); both candidates saturated means no gain to act on.
+_PROBABILITY_EPS = 1e-7
 
 ProbabilitiesFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -52,6 +62,24 @@ def switch_margin(contract: ModelContract) -> float:
     return DEFAULT_SWITCH_MARGIN if margin is None else float(margin)
 
 
+def log_odds(probability: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(probability, dtype=np.float64), _PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def recommend(log_odds_by_treatment: np.ndarray, margin: float) -> np.ndarray:
+    """Index of the recommended treatment per row of (patients, treatments) log-odds,
+    column 0 the reference: the best other treatment when its gain over the reference
+    exceeds ``margin``, else the reference. The one switch rule, for serving and the
+    evidence alike."""
+    scores = np.atleast_2d(np.asarray(log_odds_by_treatment, dtype=np.float64))
+    if scores.shape[1] < 2:
+        return np.zeros(len(scores), dtype=int)
+    best_other = 1 + np.argmax(scores[:, 1:], axis=1)
+    gain = scores[np.arange(len(scores)), best_other] - scores[:, 0]
+    return np.where(gain > margin, best_other, 0)
+
+
 def candidate_inputs(contract: ModelContract, inputs: ModelInputs) -> list[ModelInputs]:
     """The case once per treatment, in the contract's treatment order; everything but
     the treatment's one-hot columns is left as it is."""
@@ -78,10 +106,9 @@ def ranking_from_probabilities(contract: ModelContract, probabilities: np.ndarra
     treatments = spec.treatments
     reference = treatments[0]
     margin = switch_margin(contract)
+    scores = log_odds(response)
     order = np.argsort(-response, kind="stable")
-    best = int(order[0])
-    gain = float(response[best] - response[0])
-    recommended = treatments[best] if best != 0 and gain > margin else reference
+    recommended = treatments[int(recommend(scores[None, :], margin)[0])]
     return {
         "available": True,
         "covariate": spec.treatment,
@@ -91,6 +118,7 @@ def ranking_from_probabilities(contract: ModelContract, probabilities: np.ndarra
                 "treatment": treatments[i],
                 "response_probability": float(response[i]),
                 "gain_vs_reference": float(response[i] - response[0]),
+                "log_odds_gain_vs_reference": float(scores[i] - scores[0]),
             }
             for i in order
         ],

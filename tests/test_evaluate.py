@@ -93,3 +93,26 @@ def test_evaluate_compares_strategies_baselines_and_survival_on_one_split(cohort
     table = (out / "metrics.md").read_text()
     assert "| gated | classification | gated | image+genomics |" in table
     assert "C-index all" in table and "| cox | survival_cox | late |" in table
+
+
+def test_demo_trains_survival_baselines_and_reports_their_cindex():
+    """The demo's survival models: the Cox config after each baseline's own (whose
+    modalities it must not undo), and the summary reads their c-index from evaluate."""
+    from radfusion.demo import SURVIVAL, SURVIVAL_MODELS, _train_args, survival_summary
+
+    for name, modalities in [("survival_image_only", "[image, clinical]"), ("survival_genomics_only", "[genomics, clinical]")]:
+        args = [str(a) for a in _train_args(SURVIVAL_MODELS[name])]
+        assert args.index(str(SURVIVAL)) > args.index(str(CONFIGS / "experiment" / f"{name.removeprefix('survival_')}.yaml"))
+        assert args[args.index("--model.modalities") + 1] == modalities
+    metrics = {
+        "fusion": {"auroc": 0.9, "auroc_observed": 0.9, "n_observed": 160},
+        "survival_fusion": {"cindex": 0.68, "cindex_observed": 0.68, "cindex_image_only": 0.62,
+                            "cindex_genomics_only": 0.61, "td_auc_observed": 0.7, "n_observed": 161},
+        "survival_image_only": {"cindex": 0.63, "cindex_observed": 0.63, "n_observed": 161},
+        "survival_genomics_only": {"cindex": 0.6, "cindex_observed": 0.6, "n_observed": 161},
+    }
+    assert survival_summary(metrics) == {
+        "cindex": {"survival_fusion": 0.68, "survival_image_only": 0.63, "survival_genomics_only": 0.6},
+        "cindex_survival_fusion_by_presence": {"observed": 0.68, "image_only": 0.62, "genomics_only": 0.61},
+        "n_test_survival": 161,
+    }

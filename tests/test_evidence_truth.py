@@ -15,9 +15,13 @@ pytestmark = pytest.mark.slow
 # Targets the issue sets that the current model and methods do not reach yet (issue 7
 # stays open). Strict: the day one passes, the marker must go.
 NOT_YET = {
-    "saliency": "measured 70% of held-out lesions hit (28 of 40), target 80%",
-    "treatment": "model learned no EGFR x treatment interaction: 79% agree (nobody switched), target 80%",
-    "calibration": "ECE after temperature scaling 0.14 (T fitted on 75 validation patients), target 0.05",
+    "calibration": (
+        "ECE after temperature scaling 0.117 on 176 test patients (T fitted on 74 validation patients). "
+        "Two causes, measured: sampling noise (a perfectly calibrated model with these probabilities "
+        "shows 0.072 on average, the cohort's true probabilities 0.051) and an offset in the log-odds "
+        "that a temperature cannot remove (on a 1200-patient run with 720 test patients: ECE 0.105 "
+        "against a noise floor of 0.050; temperature plus bias fitted on validation 0.050)"
+    ),
 }
 
 
@@ -39,11 +43,10 @@ def test_planted_driver_genes_lead_the_ranking(evidence_run):
     assert ev.method_agreement["spearman_mean"] >= 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET["saliency"])
 def test_saliency_peak_lies_in_the_planted_lesion(evidence_run):
     _, _, _, ev = evidence_run
     check = _check(ev, "saliency peak inside the planted lesion")
-    assert len(ev.saliencies) >= 30
+    assert len(ev.saliencies) >= 60
     assert check.measured >= 0.8, check.detail
 
 
@@ -55,7 +58,6 @@ def test_risk_groups_separate_survival(evidence_run):
     assert medians["low"] > medians["high"]
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET["treatment"])
 def test_top_ranked_treatment_is_the_true_best(evidence_run):
     _, _, _, ev = evidence_run
     check = _check(ev, "top-ranked treatment equals the true best")

@@ -1,6 +1,7 @@
 """The evidence building blocks on inputs whose answer is known: geometry inversion,
-occlusion on a model that looks at one spot, temperature scaling, ECE, the treatment
-margin rule, ranking agreement and the subgroup table."""
+occlusion on a model that looks at one spot or sees only conspicuous lesions,
+temperature scaling, ECE, the treatment margin rule, ranking agreement and the
+subgroup table."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from radfusion.preprocess import preprocess_image
 from training.evidence.attribution import rank_features, top_k_agreement
 from training.evidence.calibration import ece, fit_temperature, positive_probability
 from training.evidence.geometry import ModelGrid, load_series_volume, to_source_grid
-from training.evidence.saliency import inside_ellipsoid, occlusion_map
+from training.evidence.saliency import BONE_LEVEL, inside_ellipsoid, occlusion_map, perturbed_image
 from training.evidence.subgroups import subgroup_table
 from training.evidence.treatment import rank_treatments, treatment_columns
 
@@ -94,16 +95,57 @@ class _LooksAtOneSpot(torch.nn.Module):
         return torch.stack([torch.zeros_like(spot), 10 * spot], dim=1)
 
 
-def test_occlusion_finds_the_spot_the_model_uses():
+@pytest.mark.parametrize("mode", ["enhance", "clip_to_tissue"])
+def test_occlusion_finds_the_spot_the_model_uses(mode):
     torch.manual_seed(0)
     image = 0.4 + 0.05 * torch.rand(1, 1, 12, 24, 24)
     image[:, :, 5:7, 10:13, 4:7] = 0.9  # a bright spot the model reads
     image[:, :, 1:3, 18:21, 18:21] = 0.9  # an equally bright one it ignores
     saliency = occlusion_map(_LooksAtOneSpot(), image, torch.zeros(1, 3), torch.zeros(1, 1),
-                             torch.ones(1, 2), spacing=(5.0, 8.0, 8.0))
+                             torch.ones(1, 2), spacing=(5.0, 8.0, 8.0), mode=mode)
     peak = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
     assert 4 <= peak[0] <= 7 and 9 <= peak[1] <= 13 and 3 <= peak[2] <= 7, peak
+    assert saliency.max() > 0  # perturbing the spot moves the score toward the positive class
     assert saliency[1:3, 18:21, 18:21].max() < 0.5 * saliency.max()
+
+
+class _SeesOnlyBrightFindings(torch.nn.Module):
+    """Positive logit = bright mass above a threshold (0.7), like a network whose ReLU
+    units fire only for conspicuous lesions: a faint lesion (0.6) moves it not at all."""
+
+    def forward(self, image, genomics, clinical, presence):
+        mass = torch.relu(image - 0.7).sum(dim=(1, 2, 3, 4))
+        return torch.stack([torch.zeros_like(mass), mass], dim=1)
+
+
+def test_enhancement_finds_a_lesion_too_faint_for_removal():
+    """The evidence fixture's misses in miniature: removing a lesion the model does not
+    respond to changes nothing (a flat map, its peak anywhere); raising its contrast
+    does, so the enhancement peak lies on it. Bone (read by the model) stays put."""
+    torch.manual_seed(0)
+    image = 0.45 + 0.05 * torch.rand(1, 1, 12, 24, 24)
+    image[:, :, 7:10, 4:8, 14:18] = 0.6  # the faint lesion
+    image[:, :, :, 20:23, 10:13] = 1.0  # bone: over the threshold, but anatomy
+    args = (_SeesOnlyBrightFindings(), image, torch.zeros(1, 3), torch.zeros(1, 1), torch.ones(1, 2))
+    removal = occlusion_map(*args, spacing=(5.0, 8.0, 8.0), mode="clip_to_tissue")
+    assert np.abs(removal).max() < 1e-5
+    enhanced = occlusion_map(*args, spacing=(5.0, 8.0, 8.0), mode="enhance")
+    peak = np.unravel_index(int(np.argmax(enhanced)), enhanced.shape)
+    assert 7 <= peak[0] <= 9 and 4 <= peak[1] <= 7 and 14 <= peak[2] <= 17, peak
+    assert enhanced.max() > 1.0
+    assert np.abs(enhanced[:, 21, 11]).max() < 0.5 * enhanced.max()  # the bone column itself
+
+
+def test_perturbed_image_changes_only_what_is_brighter_than_tissue():
+    image = torch.tensor([0.1, 0.4, 0.5, 0.6, 0.9, 1.0])  # air/fat, tissue, lesions, bone
+    clipped = perturbed_image(image, "clip_to_tissue", tissue=0.5)
+    assert torch.allclose(clipped, torch.tensor([0.1, 0.4, 0.5, 0.5, 0.5, 1.0]))
+    enhanced = perturbed_image(image, "enhance", tissue=0.5, gain=3.0)
+    assert torch.allclose(enhanced[:4], torch.tensor([0.1, 0.4, 0.5, 0.8]))  # 0.1 above tissue -> 0.3
+    assert BONE_LEVEL - 0.01 < enhanced[4] < BONE_LEVEL  # would be 1.7: stops short of bone
+    assert enhanced[5] == 1.0
+    with pytest.raises(ValueError):
+        perturbed_image(image, "blur", tissue=0.5)
 
 
 def test_temperature_scaling_recovers_a_known_temperature():

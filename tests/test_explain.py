@@ -17,9 +17,9 @@ from torch import nn
 
 from radfusion.contract import ImageGeometry, ModelContract, OmicsBlock
 from radfusion.dicom.volume import Volume
-from radfusion.explain import ExplainSettings, explain_case, occlusion_grid
+from radfusion.explain import BONE_LEVEL, ExplainSettings, enhanced_image, explain_case, occlusion_grid
 from radfusion.predictor import Predictor, prepare_case
-from radfusion.preprocess import grid_to_patient, preprocess_image
+from radfusion.preprocess import ModelInputs, build_inputs, grid_to_patient, preprocess_image
 
 GENES = [f"G{i}" for i in range(10)]
 MUTATIONS = ["G0_mut", "G1_mut"]
@@ -235,7 +235,7 @@ def test_saliency_peak_lies_on_the_bright_region_in_patient_coordinates(
     # Within one model-grid voxel of the box centre on every axis (x, y, z).
     error = np.abs(np.array(saliency["peak_mm"]) - lesion_centre_mm())
     assert np.all(error <= np.array(GEOMETRY.target_spacing)[::-1]), (saliency["peak_mm"], lesion_centre_mm())
-    assert saliency["peak_effect"] > 0  # removing the bright box lowers the response
+    assert saliency["peak_effect"] > 0  # enhancing the bright box raises the response
     # Bounded cost: the case, each feature, each window; in batches of at most 64.
     assert sum(calls) == result["model_rows"] == 1 + 12 + 343 <= settings.max_rows
     assert max(calls) <= 64
@@ -251,6 +251,47 @@ def test_image_without_genomics_explains_the_image_and_says_why_no_genes(predict
     error = np.abs(np.array(result["saliency"]["peak_mm"]) - lesion_centre_mm())
     # Coarser windows (64 at most), so a coarser but still local answer: within 2 voxels.
     assert np.all(error <= 2 * np.array(GEOMETRY.target_spacing)[::-1])
+
+
+def test_enhancement_raises_only_what_is_brighter_than_soft_tissue() -> None:
+    image = np.full((1, 4, 8, 8), 0.5, dtype=np.float32)  # soft tissue
+    image[0, 0] = 0.1  # air and fat below the body threshold
+    image[0, 1, :2] = 0.6  # a faint finding, 0.1 above tissue
+    image[0, 2, :2] = 1.0  # bone
+    image[0, 3, :2] = 0.9  # a bright finding
+    out = enhanced_image(image, gain=3.0)
+    assert out.dtype == image.dtype and np.array_equal(out[0, 0], image[0, 0])
+    assert np.allclose(out[0, 1, :2], 0.8) and np.allclose(out[0, 1, 2:], 0.5)
+    assert np.array_equal(out[0, 2], image[0, 2])
+    assert np.all((out[0, 3, :2] < BONE_LEVEL) & (out[0, 3, :2] > BONE_LEVEL - 0.01))
+
+
+FAINT = (slice(4, 7), slice(3, 6), slice(10, 13))  # on the (8, 16, 16) model grid
+
+
+def _faint_lesion_case(contract: ModelContract) -> ModelInputs:
+    rng = np.random.default_rng(0)
+    image = (0.45 + 0.05 * rng.random((1, *GEOMETRY.target_shape))).astype(np.float32)
+    image[(0, *FAINT)] = 0.6
+    return build_inputs(contract, image, None)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["raises", "lowers"])
+def test_saliency_finds_a_lesion_the_model_reads_only_when_conspicuous(sign: float) -> None:
+    """A model like a network whose units fire only above a threshold (0.7): removing
+    the faint lesion (0.6) would change nothing, raising its contrast does, so the peak
+    lies on it, whether brightness raises the score or (``lowers``) lowers it."""
+    contract = known_signal_contract(temperature=1.0)
+    inputs = _faint_lesion_case(contract)
+
+    def logits(image, genomics, clinical, presence):
+        score = sign * np.maximum(image - 0.7, 0.0).sum(axis=(1, 2, 3, 4))
+        return np.stack([np.zeros_like(score), score], axis=1)
+
+    saliency = explain_case(logits, contract, inputs, ExplainSettings(max_features=1))["saliency"]
+    centre = [(s.start + s.stop - 1) / 2 for s in FAINT]
+    assert np.all(np.abs(np.array(saliency["peak_voxel"]) - centre) <= 1.0), (saliency["peak_voxel"], centre)
+    assert np.sign(saliency["peak_effect"]) == sign
 
 
 # ------------------------------------------------------------------ the real fusion network

@@ -3,7 +3,9 @@ effect, and /predict's explain and rank_treatments options on a real BentoML ser
 
 The model (test_explain.KnownSignalNet) adds, under "targeted" only,
 GAIN x z(G1_mut) + SHIFT to the response logit: targeted helps mutated patients and
-harms the others, as in the synthetic cohort's outcome model (EGFR_mut x treatment)."""
+harms the others, as in the synthetic cohort's outcome model (EGFR_mut x treatment).
+The recommendation compares log-odds gains with the switch margin, the rule the
+evidence check (training.evidence.treatment) applies too."""
 
 from __future__ import annotations
 
@@ -29,11 +31,17 @@ from test_explain import (
 
 from radfusion.contract import ClinicalSpec, ModelContract, read_contract_from_onnx
 from radfusion.predictor import Predictor, prepare_case
-from radfusion.treatment import DEFAULT_SWITCH_MARGIN, candidate_inputs, rank_treatments, ranking_from_probabilities
+from radfusion.treatment import (
+    DEFAULT_SWITCH_MARGIN,
+    candidate_inputs,
+    log_odds,
+    rank_treatments,
+    ranking_from_probabilities,
+)
 from study_zip import zip_study
 
 GAIN, SHIFT = 3.0, -0.5
-SWITCH_MARGIN = 0.04  # carried by the contract; differs from the default on purpose
+SWITCH_MARGIN = 0.5  # log-odds, carried by the contract; differs from the default on purpose
 TOKEN = "test-token-treatment"
 
 
@@ -56,13 +64,18 @@ def genes_with_mutation(g1_mut: float) -> dict[str, float]:
     return {**raw_genes(), "G1_mut": g1_mut}
 
 
-def expected_response(contract: ModelContract, genes: dict[str, float], treatment: str) -> float:
+def expected_logit(contract: ModelContract, genes: dict[str, float], treatment: str) -> float:
+    """Calibrated log-odds of response (the logit over the temperature)."""
     panel = contract.genomics
     z = {f: (genes[f] - m) / s for f, m, s in zip(panel.features, panel.mean, panel.std)}
     logit = sum(w * z[f] for f, w in GENE_WEIGHTS.items())  # no image in these cases
     if treatment == "targeted":
         logit += GAIN * z["G1_mut"] + SHIFT
-    return float(1 / (1 + np.exp(-logit / TEMPERATURE)))
+    return logit / TEMPERATURE
+
+
+def expected_response(contract: ModelContract, genes: dict[str, float], treatment: str) -> float:
+    return float(1 / (1 + np.exp(-expected_logit(contract, genes, treatment))))
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +117,12 @@ def test_ranking_follows_the_known_treatment_effect(predictor: Predictor, g1_mut
     by_name = {e["treatment"]: e for e in answer["ranking"]}
     gain = by_name["targeted"]["response_probability"] - by_name["chemo"]["response_probability"]
     assert by_name["targeted"]["gain_vs_reference"] == pytest.approx(gain, abs=1e-6)
-    # The recommendation switches exactly when the gain beats the contract's margin.
-    assert (recommended == "targeted") == (gain > SWITCH_MARGIN)
+    # The log-odds gain is the model's: (GAIN z(G1_mut) + SHIFT) / temperature.
+    want_gain = expected_logit(contract, genes, "targeted") - expected_logit(contract, genes, "chemo")
+    assert by_name["targeted"]["log_odds_gain_vs_reference"] == pytest.approx(want_gain, abs=1e-4)
+    assert by_name["chemo"]["log_odds_gain_vs_reference"] == 0.0
+    # The recommendation switches exactly when the log-odds gain beats the contract's margin.
+    assert (recommended == "targeted") == (want_gain > SWITCH_MARGIN)
 
 
 def test_the_given_treatment_does_not_change_the_ranking(predictor: Predictor) -> None:
@@ -132,11 +149,49 @@ def test_margin_comes_from_the_contract_or_the_default(model_path: Path) -> None
     # So does the clinical column order the model was exported with (the contract's
     # JSON sorts keys; covariates declared treatment-first must still line up).
     assert contract.clinical.features == clinical_contract().clinical.features
-    probabilities = np.array([[0.6, 0.4], [0.55, 0.45]])  # targeted +0.05 over chemo
-    assert ranking_from_probabilities(contract, probabilities)["recommended"] == "targeted"  # 0.05 > 0.04
+    probabilities = np.array([[0.6, 0.4], [0.4, 0.6]])  # targeted: +0.81 log-odds over chemo
+    assert ranking_from_probabilities(contract, probabilities)["recommended"] == "targeted"  # 0.81 > 0.5
     default = dataclasses.replace(contract, clinical=dataclasses.replace(contract.clinical, switch_margin=None))
     answer = ranking_from_probabilities(default, probabilities)
-    assert answer["switch_margin"] == DEFAULT_SWITCH_MARGIN and answer["recommended"] == "chemo"  # not > 0.05
+    assert answer["switch_margin"] == DEFAULT_SWITCH_MARGIN == 1.0 and answer["recommended"] == "chemo"  # not > 1.0
+
+
+def test_the_margin_is_an_odds_ratio_not_a_probability_gain(predictor: Predictor) -> None:
+    """The same odds ratio counts the same near 0 as in the middle: 1% -> 3% response
+    (odds ratio 3.1, +0.02 in probability) switches under a 1.0 log-odds margin,
+    50% -> 60% (odds ratio 1.5, +0.10) does not."""
+    default = dataclasses.replace(
+        predictor.contract, clinical=dataclasses.replace(predictor.contract.clinical, switch_margin=None)
+    )
+    rare = ranking_from_probabilities(default, np.array([[0.99, 0.01], [0.97, 0.03]]))
+    common = ranking_from_probabilities(default, np.array([[0.5, 0.5], [0.4, 0.6]]))
+    assert rare["recommended"] == "targeted" and common["recommended"] == "chemo"
+    gain = {a["treatment"]: a["log_odds_gain_vs_reference"] for a in rare["ranking"]}["targeted"]
+    assert gain == pytest.approx(np.log(0.03 / 0.97) - np.log(0.01 / 0.99), abs=1e-9)
+    # Saturated probabilities give finite log-odds, not infinities.
+    assert np.isfinite(log_odds(np.array([0.0, 1.0]))).all()
+
+
+def test_evidence_and_serving_recommend_alike() -> None:
+    """The evidence check ranks from the model's log-odds with the same rule and margin
+    that serving applies to the calibrated probabilities."""
+    import pandas as pd
+
+    from training.evidence.treatment import DEFAULT_MARGIN, rank_treatments as evidence_ranking
+
+    assert DEFAULT_MARGIN == DEFAULT_SWITCH_MARGIN
+    contract = dataclasses.replace(clinical_contract(), temperature=1.0)
+    contract = dataclasses.replace(contract, clinical=dataclasses.replace(contract.clinical, switch_margin=None))
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"chemo": rng.normal(0, 2, 200), "targeted": rng.normal(0, 2, 200)})
+    table["targeted"] = table["chemo"] + rng.uniform(-3, 3, 200)
+    evidence = evidence_ranking(table)["recommended"].tolist()
+    served = []
+    for chemo, targeted in table.to_numpy():
+        p = 1 / (1 + np.exp(-np.array([chemo, targeted])))
+        served.append(ranking_from_probabilities(contract, np.stack([1 - p, p], axis=1))["recommended"])
+    assert evidence == served
+    assert 20 < evidence.count("targeted") < 180  # both outcomes are exercised
 
 
 def test_cases_that_cannot_be_ranked_say_why(predictor: Predictor) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from radfusion.contract import ModelContract, write_contract_to_onnx
 from radfusion.runtime import OnnxModel
+from radfusion.treatment import DEFAULT_SWITCH_MARGIN
 from training.checkpoints import build_contract, load_datamodule, load_module
 from training.model import LogitModel
 
@@ -107,6 +108,9 @@ def export(checkpoint: Path, out: Path, register: bool = True, tolerance: float 
     module = load_module(checkpoint)
     contract = build_contract(module, checkpoint)
     dm = load_datamodule(checkpoint)
+    if contract.clinical is not None and contract.clinical.treatment:
+        # Serving recommends with the very margin the evidence report measured.
+        contract.clinical.switch_margin = DEFAULT_SWITCH_MARGIN
     if calibrate:
         # Temperature scaling fitted on the validation split; serving divides the logits by it.
         from training.evidence.calibration import fit_temperature_on_split

@@ -48,6 +48,17 @@ class FusionModule(L.LightningModule):
         # data's target_shape (checked against it when training starts).
         image_shape: tuple[int, int, int] | None = None,
         image_patch: tuple[int, int, int] = (8, 16, 16),
+        # An explicit treatment x omics term (training/fusion/interaction.py): needs
+        # data.treatment. Its feature weights are L1-penalised (interaction_l1, per
+        # unit of the mean training loss) and learn at their own rate, because a
+        # linear effect of several log-odds is out of reach at lr in a few hundred steps.
+        treatment_interaction: bool = False,
+        # Omics blocks whose features are candidate biomarkers (None: all the model uses).
+        interaction_blocks: tuple[str, ...] | None = None,
+        interaction_l1: float = 0.005,
+        interaction_lr: float = 0.03,
+        # Filled from the data module's treatment levels when training starts.
+        treatment_columns: tuple[int, ...] = (),
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -68,8 +79,21 @@ class FusionModule(L.LightningModule):
             kronecker_rank=kronecker_rank,
             image_shape=image_shape,
             image_patch=image_patch,
+            treatment_columns=treatment_columns,
+            interaction_blocks=interaction_blocks,
         )
         self.contract_parts: dict[str, Any] = {}
+
+    def setup(self, stage: str) -> None:
+        if not self.hparams.treatment_interaction or self.net.treatment_effect is not None:
+            return
+        spec = self.trainer.datamodule.clinical
+        if spec is None or not spec.treatment:
+            raise ValueError("model.treatment_interaction needs a treatment covariate (data.treatment)")
+        # Reference (the first level, the standard of care) first.
+        columns = [spec.features.index(f"{spec.treatment}={level}") for level in spec.treatments]
+        self.hparams.treatment_columns = tuple(columns)  # saved, so a checkpoint rebuilds the term
+        self.net.add_treatment_interaction(columns, self.hparams.interaction_blocks)
 
     def forward(self, image, genomics, clinical, presence):
         return self.net(image, genomics, clinical, presence)
@@ -111,6 +135,8 @@ class FusionModule(L.LightningModule):
         presence = self._modality_dropout(self._presence(batch))
         logits = self(batch["image"], batch["genomics"], batch["clinical"], presence)
         loss = self.task.loss(logits, batch)
+        if self.net.treatment_effect is not None:
+            loss = loss + self.hparams.interaction_l1 * self.net.treatment_effect.penalty()
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
@@ -126,7 +152,12 @@ class FusionModule(L.LightningModule):
         self.task.reset()
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        interaction = list(self.net.treatment_effect.parameters()) if self.net.treatment_effect is not None else []
+        others = [p for p in self.parameters() if all(p is not q for q in interaction)]
+        groups = [{"params": others}]
+        if interaction:  # the L1 penalty is its regulariser, not weight decay
+            groups.append({"params": interaction, "lr": self.hparams.interaction_lr, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs or 1))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 

@@ -37,6 +37,8 @@ class Evidence:
     survival: pd.DataFrame | None = None
     clusters: dict | None = None
     treatments: pd.DataFrame | None = None
+    # (omics feature x treatment) log-odds weights of the explicit treatment term, if any.
+    treatment_effects: pd.DataFrame | None = None
     calibration: dict | None = None
     subgroups: pd.DataFrame | None = None
     checks: list[truth.Check] = field(default_factory=list)
@@ -70,6 +72,10 @@ class Evidence:
             "treatment": None if self.treatments is None else {
                 "reference": self.treatments.attrs["reference"], "margin": self.treatments.attrs["margin"],
                 "recommended": self.treatments["recommended"].value_counts().to_dict(),
+                "interactions": None if self.treatment_effects is None else [
+                    {"feature": f, **{t: float(w) for t, w in row.items()}}
+                    for f, row in self.treatment_effects.head(10).iterrows()
+                ],
             },
             "calibration": self.calibration,
             "subgroups": None if self.subgroups is None else self.subgroups.to_dict(orient="records"),
@@ -84,8 +90,10 @@ def run_evidence(module, dm, temperature: float | None = None, saliency_cases: i
     net = module.net.eval()
     cases = collect_cases(dm, part)
     logits = predict_logits(net, cases).numpy()
+    val = collect_cases(dm, "val") if part != "val" else cases
+    val_logits = predict_logits(net, val).numpy()
     if temperature is None:
-        temperature = calibration.fit_temperature_on_split(net, dm, "val")
+        temperature = calibration.fit_temperature(val_logits, val.label.numpy())
     ev = Evidence(cases=cases, logits=logits, temperature=temperature)
     known = truth.load_truth(dm.cohort_dir)
     clinical = clinical_frame(dm, cases.patient_ids)
@@ -103,9 +111,14 @@ def run_evidence(module, dm, temperature: float | None = None, saliency_cases: i
     if dm.clinical is not None and dm.clinical.treatment:
         ev.treatments = treatment.rank_treatments(
             treatment.predict_under_treatments(net, cases, dm.clinical), margin=margin, temperature=temperature)
+        if getattr(net, "treatment_effect", None) is not None:  # the predictive biomarkers it learned
+            ev.treatment_effects = net.treatment_effect.effects(
+                dm.clinical.treatments[1:], attribution.omics_features(net, dm))
     else:
         ev.notes.append("The model has no treatment input (train with configs/experiment/treatment.yaml): no treatment ranking.")
-    ev.calibration = calibration.calibration_summary(logits, ev.label, temperature)
+    # Validation and held-out cases pooled with out-of-fold temperatures: an ECE on more patients.
+    pooled = (val_logits, val.label.numpy()) if part != "val" else (None, None)
+    ev.calibration = calibration.calibration_summary(logits, ev.label, temperature, *pooled)
     ev.subgroups = subgroups.subgroup_table(ev.probability, ev.label, clinical)
     if known is not None:
         ev.checks = _truth_checks(ev, known)

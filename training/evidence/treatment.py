@@ -5,16 +5,19 @@ one-hot switched, everything else kept). The reference treatment is the standard
 care, the first level listed (or named). The recommendation switches away from it only
 when another treatment's predicted gain in log-odds of response exceeds ``margin``:
 a model's small, noisy differences must not move patients off the standard of care.
-The default margin, 0.5 log-odds, is an odds ratio of about 1.65."""
+Rule and default margin are serving's (radfusion.treatment: 1.0 log-odds, an odds
+ratio of about 2.7), which export writes into the model contract, so the evidence
+measures exactly what the service will recommend."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from radfusion.treatment import DEFAULT_SWITCH_MARGIN, recommend
 from training.evidence.cases import Cases, log_odds, predict_logits
 
-DEFAULT_MARGIN = 0.5
+DEFAULT_MARGIN = DEFAULT_SWITCH_MARGIN
 
 
 def treatment_columns(spec) -> dict[str, int]:
@@ -45,14 +48,14 @@ def rank_treatments(log_odds_table: pd.DataFrame, reference: str | None = None,
     if reference not in log_odds_table.columns:
         raise ValueError(f"reference treatment {reference!r} is not one of {list(log_odds_table.columns)}")
     scaled = log_odds_table / temperature
-    others = scaled.drop(columns=[reference])
-    gain = others.sub(scaled[reference], axis=0)
-    best_other = gain.idxmax(axis=1) if len(others.columns) else pd.Series(reference, index=scaled.index)
-    best_gain = gain.max(axis=1) if len(others.columns) else pd.Series(0.0, index=scaled.index)
+    # Reference first: the column order radfusion.treatment.recommend expects.
+    scaled = scaled[[reference, *(c for c in scaled.columns if c != reference)]]
+    gain = scaled.drop(columns=[reference]).sub(scaled[reference], axis=0)
+    best_gain = gain.max(axis=1) if len(gain.columns) else pd.Series(0.0, index=scaled.index)
     probability = 1.0 / (1.0 + np.exp(-scaled))
     result = probability.add_prefix("p_")
     result["ranking"] = [" > ".join(row.sort_values(ascending=False).index) for _, row in scaled.iterrows()]
     result["gain_log_odds"] = best_gain
-    result["recommended"] = np.where(best_gain > margin, best_other, reference)
+    result["recommended"] = scaled.columns.to_numpy()[recommend(scaled.to_numpy(), margin)]
     result.attrs.update(reference=reference, margin=margin)
     return result

@@ -79,4 +79,17 @@ def check_calibration(summary: dict) -> Check:
     value = summary["ece_after"]
     return Check("ECE after temperature scaling", value, f"<= {MAX_ECE}", value <= MAX_ECE,
                  f"{summary['n']} held-out patients, {summary['n_bins']} bins, T = {summary['temperature']:.3f} "
-                 f"(ECE before {summary['ece_before']:.3f})")
+                 f"(ECE before {summary['ece_before']:.3f}){_calibration_floor(summary)}")
+
+
+def _calibration_floor(summary: dict) -> str:
+    """What sampling noise alone gives at this n (see calibration.perfect_calibration_ece)."""
+    text = ""
+    if "ece_perfect_p95" in summary:
+        text += (f"; perfectly calibrated, these probabilities would show ECE {summary['ece_perfect_mean']:.3f} "
+                 f"on average, 95% of draws <= {summary['ece_perfect_p95']:.3f}")
+    if "cross_fitted" in summary:
+        c = summary["cross_fitted"]
+        text += (f"; validation + test with {c['folds']}-fold cross-fitted T: ECE {c['ece']:.3f} on {c['n']} "
+                 f"(perfect-calibration 95%: {c['ece_perfect_p95']:.3f})")
+    return text

@@ -5,9 +5,15 @@ image  -> MONAI encoder -> embedding (+ tokens) --x presence[image] --+
 omics block (each) -> MLP -> embedding ---------x presence[block] ----+--> fusion -> outputs
 clinical -> MLP ---------> embedding -----------x presence[clinical] -+   (late | gated |
 presence mask --------------------------------------------------------+  kronecker | cross_attention)
+                                                              + treatment interaction (optional)
 
 Masking the embeddings (not the inputs) keeps batch-norm statistics clean while a
-missing modality contributes exactly nothing, so one model serves any subset."""
+missing modality contributes exactly nothing, so one model serves any subset.
+
+With ``treatment_columns`` (the treatment's one-hot clinical columns, the reference
+treatment first) an explicit treatment x omics term (interaction.py) is added to the
+outputs and the clinical encoder no longer sees those columns: the treatment acts
+through that term alone."""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import torch
 from torch import nn
 
 from training.fusion.encoders import build_image_encoder, clinical_encoder, omics_encoder
+from training.fusion.interaction import TreatmentInteraction
 from training.fusion.strategies import build_fusion
 
 
@@ -46,8 +53,11 @@ class FusionNet(nn.Module):
         kronecker_rank: int = 8,
         image_shape: Sequence[int] | None = None,
         image_patch: Sequence[int] = (8, 16, 16),
+        treatment_columns: Sequence[int] = (),
+        interaction_blocks: Sequence[str] | None = None,
     ):
         super().__init__()
+        self.n_outputs = n_classes
         self.omics_sizes = dict(omics_sizes)
         # Presence-mask order, as the data module and the model contract give it.
         self.modality_names = ["image", *self.omics_sizes, *(["clinical"] if n_clinical else [])]
@@ -80,6 +90,33 @@ class FusionNet(nn.Module):
             }
         )
         self.clinical_encoder = clinical_encoder(n_clinical, embed_dim) if self.uses("clinical") else None
+        self.treatment_effect: TreatmentInteraction | None = None
+        if treatment_columns:
+            self.add_treatment_interaction(treatment_columns, interaction_blocks)
+
+    def add_treatment_interaction(self, treatment_columns: Sequence[int], blocks: Sequence[str] | None = None) -> None:
+        """Build the explicit treatment term over the treatment's one-hot clinical
+        columns, reference (standard of care) first: one effect per other treatment.
+        ``blocks``: the omics blocks whose features are candidate biomarkers (None:
+        every block the model uses)."""
+        if not self.uses("clinical"):
+            raise ValueError("a treatment interaction needs the clinical covariates (the treatment is one)")
+        unknown = set(blocks or ()) - set(self.omics_sizes)
+        if unknown:
+            raise ValueError(f"interaction blocks {sorted(unknown)} are not omics blocks of {list(self.omics_sizes)}")
+        names = self.modality_names
+        self.treatment_effect = TreatmentInteraction(
+            treatment_columns, self.omics_sizes, [names.index(b) for b in self.omics_sizes], names.index("clinical"),
+            self.n_outputs, used_blocks=[self.uses(b) and (blocks is None or b in blocks) for b in self.omics_sizes],
+        )
+        # The clinical encoder reads every column but the treatments (multiplied, not
+        # indexed, so the exported graph keeps one static shape).
+        keep = torch.ones(self.clinical_encoder[0].in_features)
+        keep[list(treatment_columns)] = 0.0
+        self.register_buffer("clinical_keep", keep, persistent=False)
+
+    def _clinical_input(self, clinical: torch.Tensor) -> torch.Tensor:
+        return clinical if self.treatment_effect is None else clinical * self.clinical_keep
 
     def uses(self, modality: str) -> bool:
         if modality not in self.modality_names:
@@ -111,7 +148,7 @@ class FusionNet(nn.Module):
                 out.append(embedding * mask)
                 continue
             if name == "clinical":
-                encoder, x = self.clinical_encoder, clinical
+                encoder, x = self.clinical_encoder, self._clinical_input(clinical)
             else:
                 encoder, x = self.omics_encoders[name] if name in self.omics_encoders else None, blocks[name]
             out.append(encoder(x) * mask if encoder is not None else zeros)
@@ -123,7 +160,10 @@ class FusionNet(nn.Module):
 
     def forward(self, image, genomics, clinical, presence) -> torch.Tensor:
         embeddings, tokens = self.encode(image, genomics, clinical, presence)
-        return self.head(embeddings, presence, tokens)
+        out = self.head(embeddings, presence, tokens)
+        if self.treatment_effect is not None:
+            out = out + self.treatment_effect(genomics, clinical, presence)
+        return out
 
 
 class LogitModel(nn.Module):
