@@ -104,7 +104,7 @@ def evidence_run(tmp_path_factory: pytest.TempPathFactory):
 
     checkpoint = train_evidence_model(tmp_path_factory.mktemp("evidence"))
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
-    return checkpoint, module, dm, run_evidence(module, dm, saliency_cases=80)
+    return checkpoint, module, dm, run_evidence(module, dm, saliency_cases=None)
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,11 @@ pytestmark = pytest.mark.slow
 # stays open). Strict: the day one passes, the marker must go.
 NOT_YET = {
     "calibration": (
-        "ECE after temperature scaling 0.117 on 176 test patients (T fitted on 74 validation patients). "
-        "Two causes, measured: sampling noise (a perfectly calibrated model with these probabilities "
-        "shows 0.072 on average, the cohort's true probabilities 0.051) and an offset in the log-odds "
-        "that a temperature cannot remove (on a 1200-patient run with 720 test patients: ECE 0.105 "
-        "against a noise floor of 0.050; temperature plus bias fitted on validation 0.050)"
+        "ECE after temperature scaling 0.107 on 176 test patients (T 0.97 fitted on 74 validation "
+        "patients). Two causes, measured: sampling noise (a perfectly calibrated model with these "
+        "probabilities shows 0.074 on average, 95% <= 0.105) and an offset in the log-odds that a "
+        "temperature cannot remove (a 1200-patient run, 720 test patients: ECE 0.105 against a "
+        "noise floor of 0.050; mean predicted probability 0.55 vs response rate 0.46)"
     ),
 }
 
@@ -46,7 +46,7 @@ def test_planted_driver_genes_lead_the_ranking(evidence_run):
 def test_saliency_peak_lies_in_the_planted_lesion(evidence_run):
     _, _, _, ev = evidence_run
     check = _check(ev, "saliency peak inside the planted lesion")
-    assert len(ev.saliencies) >= 60
+    assert len(ev.saliencies) >= 150  # every held-out study (176)
     assert check.measured >= 0.8, check.detail
 
 
