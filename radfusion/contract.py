@@ -118,6 +118,12 @@ class ClinicalSpec:
     def treatments(self) -> list[str]:
         return list(self.categorical[self.treatment]) if self.treatment else []
 
+    @property
+    def treatment_columns(self) -> list[int]:
+        """The encoded column of each treatment level, in ``treatments`` order."""
+        features = self.features
+        return [features.index(f"{self.treatment}={level}") for level in self.treatments]
+
 
 @dataclass
 class ModelContract:

@@ -85,7 +85,7 @@ def candidate_inputs(contract: ModelContract, inputs: ModelInputs) -> list[Model
     the treatment's one-hot columns is left as it is."""
     spec = contract.clinical
     assert spec is not None and spec.treatment is not None
-    columns = [spec.features.index(f"{spec.treatment}={level}") for level in spec.treatments]
+    columns = spec.treatment_columns
     candidates = []
     for chosen in columns:
         clinical = inputs.clinical.copy()
@@ -133,8 +133,8 @@ def given_treatment(contract: ModelContract, inputs: ModelInputs) -> str | None:
     spec = contract.clinical
     if spec is None or spec.treatment is None or CLINICAL not in inputs.modalities_used:
         return None
-    for level in spec.treatments:
-        if inputs.clinical[spec.features.index(f"{spec.treatment}={level}")] == 1.0:
+    for level, column in zip(spec.treatments, spec.treatment_columns):
+        if inputs.clinical[column] == 1.0:
             return level
     return None
 

@@ -91,7 +91,7 @@ class FusionModule(L.LightningModule):
         if spec is None or not spec.treatment:
             raise ValueError("model.treatment_interaction needs a treatment covariate (data.treatment)")
         # Reference (the first level, the standard of care) first.
-        columns = [spec.features.index(f"{spec.treatment}={level}") for level in spec.treatments]
+        columns = spec.treatment_columns
         self.hparams.treatment_columns = tuple(columns)  # saved, so a checkpoint rebuilds the term
         self.net.add_treatment_interaction(columns, self.hparams.interaction_blocks)
 
