@@ -130,11 +130,12 @@ def tissue_level(image: np.ndarray) -> float:
     return float(np.median(body)) if body.size else float(image.mean())
 
 
-def enhanced_image(image: np.ndarray, gain: float = CONTRAST_GAIN) -> np.ndarray:
-    """The image with every voxel brighter than soft tissue at ``gain`` times its
-    contrast above it; bone stays, and an enhanced finding stops just below the bone
-    level so that it cannot turn into bone."""
-    tissue = tissue_level(image)
+def enhanced_image(image: np.ndarray, gain: float = CONTRAST_GAIN, tissue: float | None = None) -> np.ndarray:
+    """The image with every voxel brighter than soft tissue (``tissue``, else the
+    image's tissue_level) at ``gain`` times its contrast above it; bone stays, and an
+    enhanced finding stops just below the bone level so that it cannot turn into bone.
+    The training-side saliency uses this very function."""
+    tissue = tissue_level(image) if tissue is None else tissue
     raised = np.minimum(tissue + gain * (image - tissue), BONE_LEVEL - 1e-3)
     return np.where((image > tissue) & (image < BONE_LEVEL), raised, image).astype(image.dtype)
 

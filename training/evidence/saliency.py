@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from radfusion.contract import ImageGeometry
 from radfusion.dicom import Volume
-from radfusion.explain import BODY_THRESHOLD, BONE_LEVEL, CONTRAST_GAIN
+from radfusion.explain import BONE_LEVEL, CONTRAST_GAIN, enhanced_image, tissue_level
 from training.evidence.cases import Cases, log_odds, used_presence
 from training.evidence.geometry import ModelGrid, apply_affine, load_series_volume, to_source_grid
 
@@ -57,26 +57,16 @@ _COVERED = -1.0
 _DIRECTION = {"enhance": 1.0, "clip_to_tissue": -1.0}
 
 
-def tissue_level(image: torch.Tensor) -> float:
-    """The body's soft-tissue level: the median of what is brighter than fat."""
-    body = image[image > BODY_THRESHOLD]
-    return float(body.median()) if body.numel() else float(image.mean())
-
-
 def perturbed_image(image: torch.Tensor, mode: str, tissue: float, gain: float = CONTRAST_GAIN) -> torch.Tensor:
     """What a perturbed voxel becomes: brighter-than-tissue voxels clipped to ``tissue``
     (clip_to_tissue) or with ``gain`` times their contrast above it (enhance). Bone
     saturates the window: it is anatomy, not a finding, and stays; an enhanced finding
     stops just below it, so that it cannot turn into bone."""
-    bone = image >= BONE_LEVEL
-    if mode == "clip_to_tissue":
-        changed = torch.clamp(image, max=tissue)
-    elif mode == "enhance":
-        brighter = image > tissue
-        changed = torch.where(brighter, torch.clamp(tissue + gain * (image - tissue), max=BONE_LEVEL - 1e-3), image)
-    else:
+    if mode == "enhance":
+        return torch.from_numpy(enhanced_image(image.numpy(), gain, tissue))
+    if mode != "clip_to_tissue":
         raise ValueError(f"unknown perturbation {mode!r}")
-    return torch.where(bone, image, changed)
+    return torch.where(image >= BONE_LEVEL, image, torch.clamp(image, max=tissue))
 
 
 class _ImageOnly(torch.nn.Module):
@@ -109,7 +99,7 @@ def occlusion_map(net, image: torch.Tensor, genomics, clinical, presence, spacin
     "enhance", "clip_to_tissue" or one of MONAI's fills (read as removal)."""
     replacement, direction = None, -1.0
     if mode in _DIRECTION:
-        replacement, direction = perturbed_image(image, mode, tissue_level(image)), _DIRECTION[mode]
+        replacement, direction = perturbed_image(image, mode, tissue_level(image.numpy())), _DIRECTION[mode]
         mode = _COVERED
     module = _ImageOnly(net, genomics, clinical, presence, replacement).eval()
     with torch.no_grad():
