@@ -101,7 +101,8 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0) ->
         "--maf", omics / "mutations.maf", "--cnv", omics / "copy_number.seg", "--genes", omics / "genes.bed",
         "--out", out / "manifest",
     )
-    for name, extra in {**MODELS, **SURVIVAL_MODELS}.items():
+    trained = {**MODELS, **SURVIVAL_MODELS}
+    for name, extra in trained.items():
         _stage(
             f"train_{name}",
             timings,
@@ -112,7 +113,7 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0) ->
             "--trainer.max_epochs", epochs,
             "--trainer.default_root_dir", out / name,
         )
-    checkpoints = [f"{name}={out / name / 'checkpoints' / 'best.ckpt'}" for name in {**MODELS, **SURVIVAL_MODELS}]
+    checkpoints = [f"{name}={out / name / 'checkpoints' / 'best.ckpt'}" for name in trained]
     _stage("evaluate", timings, _radfusion, "evaluate", *[a for c in checkpoints for a in ("--checkpoint", c)], "--out", out)
     model = out / "model.onnx"
     _stage("export", timings, _radfusion, "export", "--checkpoint", out / "fusion" / "checkpoints" / "best.ckpt", "--out", model)
