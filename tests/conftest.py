@@ -97,14 +97,14 @@ def tiny_onnx_model(tmp_path_factory: pytest.TempPathFactory, tiny_contract) -> 
 def evidence_run(tmp_path_factory: pytest.TempPathFactory):
     """(checkpoint, module, data module, Evidence) of the model every evidence test
     shares: trained once per session (tests/evidence_support.py), analysed once."""
-    from evidence_support import train_evidence_model
+    from evidence_support import EVIDENCE_SALIENCY_CASES, train_evidence_model
 
     from training.checkpoints import load_datamodule, load_module
     from training.evidence.run import run_evidence
 
     checkpoint = train_evidence_model(tmp_path_factory.mktemp("evidence"))
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
-    return checkpoint, module, dm, run_evidence(module, dm, saliency_cases=None)
+    return checkpoint, module, dm, run_evidence(module, dm, saliency_cases=EVIDENCE_SALIENCY_CASES)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ from training.evidence.calibration import (
     calibration_summary,
     cross_fitted_probability,
     ece,
+    fit_temperature,
+    fit_temperature_and_level,
     perfect_calibration_ece,
     positive_probability,
 )
@@ -87,3 +89,21 @@ def test_cross_fitting_uses_fewer_folds_for_a_rare_class_and_needs_two_of_each()
         cross_fitted_probability(logits, rare)
     # The summary leaves the pooled figure out rather than fail on such a split.
     assert "cross_fitted" not in calibration_summary(logits[30:], rare[30:], 1.0, logits[:30], rare[:30])
+
+
+def test_level_from_training_and_temperature_from_validation_undo_an_offset():
+    # Labels follow softmax((logits - 1.2) / 2): too confident and too high by 1.2.
+    def draw(n, seed):
+        rng = np.random.default_rng(seed)
+        z = rng.normal(0.5, 3, n)
+        label = (rng.random(n) < 1 / (1 + np.exp(-(z - 1.2) / 2.0))).astype(int)
+        return np.stack([np.zeros_like(z), z], axis=1), label
+
+    (train, train_y), (val, val_y), (test, test_y) = draw(300, 1), draw(150, 2), draw(20000, 3)
+    t, shift = fit_temperature_and_level(train, train_y, val, val_y)
+    leveled = positive_probability(train + shift, t)
+    assert abs(leveled.mean() - train_y.mean()) < 1e-3  # the level is the training frequency
+    assert 1.5 < t < 2.7 and -1.8 < shift[1] - shift[0] < -0.6
+    alone = ece(positive_probability(test, fit_temperature(val, val_y)), test_y)
+    both = ece(positive_probability(test + shift, t), test_y)
+    assert both < 0.03 and both < alone

@@ -7,22 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evidence_support import EVIDENCE_SALIENCY_CASES
+
 from training.evidence import truth
 
 pytestmark = pytest.mark.slow
-
-
-# Targets the issue sets that the current model and methods do not reach yet (issue 7
-# stays open). Strict: the day one passes, the marker must go.
-NOT_YET = {
-    "calibration": (
-        "ECE after temperature scaling 0.107 on 176 test patients (T 0.97 fitted on 74 validation "
-        "patients). Two causes, measured: sampling noise (a perfectly calibrated model with these "
-        "probabilities shows 0.074 on average, 95% <= 0.105) and an offset in the log-odds that a "
-        "temperature cannot remove (a 1200-patient run, 720 test patients: ECE 0.105 against a "
-        "noise floor of 0.050; mean predicted probability 0.55 vs response rate 0.46)"
-    ),
-}
 
 
 def _check(evidence, name: str) -> truth.Check:
@@ -46,7 +35,7 @@ def test_planted_driver_genes_lead_the_ranking(evidence_run):
 def test_saliency_peak_lies_in_the_planted_lesion(evidence_run):
     _, _, _, ev = evidence_run
     check = _check(ev, "saliency peak inside the planted lesion")
-    assert len(ev.saliencies) >= 150  # every held-out study (176)
+    assert len(ev.saliencies) == EVIDENCE_SALIENCY_CASES
     assert check.measured >= 0.8, check.detail
 
 
@@ -64,9 +53,11 @@ def test_top_ranked_treatment_is_the_true_best(evidence_run):
     assert check.measured >= 0.8, check.detail
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET["calibration"])
 def test_temperature_scaling_calibrates(evidence_run):
     _, _, _, ev = evidence_run
     c = ev.calibration
-    assert c["ece_after"] <= 0.05, c
+    assert c["ece_after"] <= 0.05, {k: v for k, v in c.items() if not k.startswith("reliability")}
+    # On 1095 held-out patients the figure means something: a perfectly calibrated
+    # model would show well under the target by sampling noise alone.
+    assert c["n"] >= 1000 and c["ece_perfect_p95"] < 0.045
     assert np.isfinite(c["temperature"]) and c["temperature"] > 0

@@ -230,6 +230,26 @@ def test_batch_size_finder_tunes_the_datamodule(cohort, tmp_path):
     assert not list(tmp_path.glob(".scale_batch_size_*.ckpt"))  # the finder's temporary state is gone
 
 
+# ------------------------------------------------------------------ evaluation mode
+
+def _saved_buffers(checkpoint: Path) -> tuple[set[int], torch.Tensor]:
+    """The BatchNorm layers' batch counts and the output shift, as saved."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return {int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}, state["net.output_bias"]
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_the_evaluation_mode_fitted_under_the_final_weights(cohort, tmp_path):
+    # The ResNet encoder's BatchNorm layers: 5 training steps would leave a moving
+    # average over 5 batches; recomputed before validation, over the 3 batches asked for.
+    cli(cohort, tmp_path / "aligned", "--trainer.max_epochs", "1", "--model.evaluation_batches", "3", run=True)
+    counts, shift = _saved_buffers(tmp_path / "aligned" / "checkpoints" / "best.ckpt")
+    assert counts == {3} and shift.abs().sum() > 0
+    cli(cohort, tmp_path / "moving", "--trainer.max_epochs", "1", "--model.evaluation_batches", "0", run=True)
+    counts, shift = _saved_buffers(tmp_path / "moving" / "checkpoints" / "best.ckpt")
+    assert counts == {STEPS_PER_EPOCH} and shift.abs().sum() == 0
+
+
 # ------------------------------------------------------------------ GPU script
 
 def test_gpu_script_exits_cleanly_without_a_gpu(tmp_path):

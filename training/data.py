@@ -102,6 +102,7 @@ class RadfusionDataModule(L.LightningDataModule):
         self.genomics = self.manifest.genomics if self.manifest else load_genomics_table(self.cohort_dir / genomics_file)
         self.block_features = split_blocks(feature_columns(self.genomics))
         self.datasets: dict[str, Dataset] = {}
+        self._statistics_dataset: Dataset | None = None
         self.records: dict[str, list[dict]] = {}
         self.omics: list[OmicsBlock] = []
         self.clinical: ClinicalSpec | None = None
@@ -170,17 +171,17 @@ class RadfusionDataModule(L.LightningDataModule):
             self.clinical = fit_clinical_spec(
                 table.loc[train_ids], list(h.clinical_numeric), list(h.clinical_categorical), h.treatment
             )
-        cache = self.cohort_dir / ".radfusion" / f"images-{self._geometry_key()}"
         for part in ("train", "val", "test"):
             ids = assignment.index[assignment == part]
             self.records[part] = [self._record(table.loc[pid]) for pid in ids]
             self.datasets[part] = self._dataset(
-                self.records[part], self._transforms(train=part == "train" and self.hparams.augment), cache
+                self.records[part], self._transforms(train=part == "train" and self.hparams.augment)
             )
 
-    def _dataset(self, records: list[dict], transform: Compose, cache_dir: Path) -> Dataset:
+    def _dataset(self, records: list[dict], transform: Compose) -> Dataset:
         """Deterministic transforms (the study loading) are cached; random ones run per epoch."""
         if self.hparams.cache == "persistent":
+            cache_dir = self.cohort_dir / ".radfusion" / f"images-{self._geometry_key()}"
             return PersistentDataset(records, transform=transform, cache_dir=cache_dir, hash_transform=None)
         if self.hparams.cache == "memory":
             return CacheDataset(records, transform=transform, num_workers=None, progress=False)
@@ -266,6 +267,21 @@ class RadfusionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
+
+    def statistics_dataloader(self, seed: int = 0) -> DataLoader:
+        """The training split as evaluation sees it (no augmentation), shuffled by its
+        own generator so it draws nothing from training's random stream: what the
+        evaluation-mode network is fitted on (training/evaluation_mode.py)."""
+        if self._statistics_dataset is None:
+            self._statistics_dataset = self._dataset(self.records["train"], self._transforms(train=False))
+        return DataLoader(
+            self._statistics_dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+            num_workers=self.hparams.num_workers,
+            collate_fn=collate,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

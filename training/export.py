@@ -111,11 +111,12 @@ def export(checkpoint: Path, out: Path, register: bool = True, tolerance: float 
     if contract.clinical is not None and contract.clinical.treatment:
         # Serving recommends with the very margin the evidence report measured.
         contract.clinical.switch_margin = DEFAULT_SWITCH_MARGIN
-    if calibrate:
-        # Temperature scaling fitted on the validation split; serving divides the logits by it.
-        from training.evidence.calibration import fit_temperature_on_split
+    if calibrate and module.task.kind == "classification":
+        # Temperature from the validation split, level from the training split (the
+        # level goes into the exported graph); serving divides the logits by the temperature.
+        from training.evidence.calibration import calibrate
 
-        contract.temperature = fit_temperature_on_split(module.net, dm, "val")
+        contract.temperature = calibrate(module.net, dm)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     export_onnx(module.net, contract, tmp)

@@ -5,6 +5,7 @@ every checkpoint so export needs nothing but the checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from training.evaluation_mode import batchnorm_layers, fit_output_shift, recompute_batchnorm_statistics
 from training.model import FusionNet
 from training.tasks import DEFAULT_HORIZONS, DiscreteHazardTask, build_task
 
@@ -59,6 +61,10 @@ class FusionModule(L.LightningModule):
         interaction_lr: float = 0.03,
         # Filled from the data module's treatment levels when training starts.
         treatment_columns: tuple[int, ...] = (),
+        # Training batches (as evaluation sees them) over which the BatchNorm statistics
+        # are recomputed and the output shift refitted before each validation
+        # (training/evaluation_mode.py); 0 keeps the moving averages and no shift.
+        evaluation_batches: int = 20,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -94,6 +100,9 @@ class FusionModule(L.LightningModule):
         columns = spec.treatment_columns
         self.hparams.treatment_columns = tuple(columns)  # saved, so a checkpoint rebuilds the term
         self.net.add_treatment_interaction(columns, self.hparams.interaction_blocks)
+        train = self.trainer.datamodule.records["train"]
+        self.net.treatment_effect.set_reference(
+            torch.as_tensor(np.stack([r["genomics"] for r in train])), torch.as_tensor(np.stack([r["presence"] for r in train])))
 
     def forward(self, image, genomics, clinical, presence):
         return self.net(image, genomics, clinical, presence)
@@ -139,6 +148,42 @@ class FusionModule(L.LightningModule):
             loss = loss + self.hparams.interaction_l1 * self.net.treatment_effect.penalty()
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # While fitting only: the sanity check runs before any training, and a
+        # standalone validate must measure the checkpoint as it is.
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        self.align_evaluation_mode()
+
+    def align_evaluation_mode(self) -> None:
+        """Precise BatchNorm statistics, then the output shift, under the current
+        weights: validation, the saved checkpoint and the exported model evaluate the
+        network the loss fitted (training/evaluation_mode.py)."""
+        batches = self.hparams.evaluation_batches
+        if batches <= 0:
+            return
+        dm = self.trainer.datamodule
+
+        def forward(batch: dict) -> tuple[torch.Tensor, dict]:
+            batch = self.transfer_batch_to_device(batch, self.device, 0)
+            return self(batch["image"], batch["genomics"], batch["clinical"], self._presence(batch)), batch
+
+        recompute_batchnorm_statistics(self.net, dm.statistics_dataloader(), forward, batches)
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            seen = [forward(b) for b in itertools.islice(dm.statistics_dataloader(), batches)]
+        self.net.train(was_training)
+        if not seen:
+            return
+        targets = {k: torch.cat([b[k] for _, b in seen]) for k in ("label", "time", "event")}
+        self.net.output_bias += fit_output_shift(torch.cat([o for o, _ in seen]), targets, self.task.loss)
+        if self.trainer.world_size > 1:  # one network on every replica
+            for layer in batchnorm_layers(self.net):
+                for buffer in (layer.running_mean, layer.running_var):
+                    buffer.copy_(self.trainer.strategy.reduce(buffer, reduce_op="mean"))
+            self.net.output_bias.copy_(self.trainer.strategy.reduce(self.net.output_bias, reduce_op="mean"))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"], batch["genomics"], batch["clinical"], self._presence(batch))
@@ -210,3 +255,10 @@ class FusionModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.contract_parts = checkpoint.get(CONTRACT_KEY, {})
+        # Checkpoints from before these buffers existed: no output shift, and a treatment
+        # term measured from the mean (0).
+        state = checkpoint["state_dict"]
+        state.setdefault("net.output_bias", torch.zeros(self.net.n_outputs))
+        weight = state.get("net.treatment_effect.features.weight")
+        if weight is not None:
+            state.setdefault("net.treatment_effect.reference", weight.new_zeros(weight.shape[1]))

@@ -6,6 +6,16 @@ ranking (AUROC) of any prediction, only how confident they are. The fitted value
 stored in the model contract's ``temperature`` at export, where the serving runtime
 applies it. ECE is torchmetrics' binned expected calibration error.
 
+A temperature also moves the mean prediction when the logits are not symmetric about
+zero, and 150 validation patients measure that level no better than +-0.04. So
+``calibrate`` fits the temperature with the level held by the training split: for
+each candidate temperature the network's output shift (training/evaluation_mode.py)
+is refitted so that the calibrated probabilities' mean per class on the training
+split (evaluation mode) is the class frequency, and the temperature is the one that
+then minimises the validation NLL. Measured on eight trainings of the evidence tests'
+model (1095 held-out patients): ECE 0.024-0.050 this way against 0.032-0.076 with the
+temperature alone.
+
 Binned ECE is biased upwards on small samples: even a perfectly calibrated model shows
 an ECE of several hundredths on ~200 patients, more the less extreme its probabilities
 (labels are Bernoulli draws). ``perfect_calibration_ece`` measures that floor for the
@@ -22,6 +32,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.model_selection import StratifiedKFold
 from torchmetrics.functional.classification import binary_calibration_error
 
+from training.evaluation_mode import fit_output_shift
 from training.evidence.cases import collect_cases, predict_logits
 
 N_BINS = 10
@@ -53,10 +64,36 @@ def fit_temperature(logits: np.ndarray, label: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(low, high), method="bounded").x))
 
 
-def fit_temperature_on_split(net, dm, part: str = "val") -> float:
-    """The temperature fitted on a split's cases (validation by default)."""
-    cases = collect_cases(dm, part)
-    return fit_temperature(predict_logits(net, cases).numpy(), cases.label.numpy())
+def fit_temperature_and_level(train_logits: np.ndarray, train_label: np.ndarray, val_logits: np.ndarray,
+                              val_label: np.ndarray) -> tuple[float, np.ndarray]:
+    """(T, shift): softmax((logits + shift) / T) has the training split's class
+    frequencies as its mean there, and T minimises the validation NLL given that."""
+    train_t, val_t = torch.as_tensor(train_logits, dtype=torch.float64), torch.as_tensor(val_logits, dtype=torch.float64)
+    train_y, val_y = torch.as_tensor(train_label).long(), torch.as_tensor(val_label).long()
+    if len(val_y) < 2 or val_y.unique().numel() < 2:
+        raise ValueError("temperature scaling needs validation cases of every class")
+    ce = torch.nn.functional.cross_entropy
+
+    def level(t: float) -> torch.Tensor:  # the shift on the scaled logits
+        return fit_output_shift(train_t / t, {"label": train_y}, lambda z, b: ce(z, b["label"]))
+
+    def nll(log_t: float) -> float:
+        t = np.exp(log_t)
+        return float(ce(val_t / t + level(t), val_y))
+
+    low, high = np.log(TEMPERATURE_BOUNDS)
+    t = float(np.exp(minimize_scalar(nll, bounds=(low, high), method="bounded").x))
+    return t, (level(t) * t).float().numpy()
+
+
+def calibrate(net, dm) -> float:
+    """Fit the temperature (returned) and the level (written into ``net.output_bias``,
+    so the exported model carries it) as ``fit_temperature_and_level`` describes."""
+    train, val = collect_cases(dm, "train"), collect_cases(dm, "val")
+    t, shift = fit_temperature_and_level(predict_logits(net, train).numpy(), train.label.numpy(),
+                                         predict_logits(net, val).numpy(), val.label.numpy())
+    net.output_bias += torch.as_tensor(shift, device=net.output_bias.device)
+    return t
 
 
 def perfect_calibration_ece(probability: np.ndarray, n_bins: int = N_BINS, draws: int = FLOOR_DRAWS,

@@ -86,14 +86,15 @@ class Evidence:
 
 def run_evidence(module, dm, temperature: float | None = None, saliency_cases: int | None = None,
                  ablation_cases: int = 48, margin: float = treatment.DEFAULT_MARGIN, part: str = "test") -> Evidence:
-    """Every analysis the model supports, on the ``part`` split; truth checks if known."""
+    """Every analysis the model supports, on the ``part`` split; truth checks if known.
+    Without a ``temperature``, a classifier is calibrated first (in place) as export does."""
     net = module.net.eval()
+    if temperature is None:
+        temperature = calibration.calibrate(net, dm) if module.task.kind == "classification" else 1.0
     cases = collect_cases(dm, part)
     logits = predict_logits(net, cases).numpy()
     val = collect_cases(dm, "val") if part != "val" else cases
     val_logits = predict_logits(net, val).numpy()
-    if temperature is None:
-        temperature = calibration.fit_temperature(val_logits, val.label.numpy())
     ev = Evidence(cases=cases, logits=logits, temperature=temperature)
     known = truth.load_truth(dm.cohort_dir)
     clinical = clinical_frame(dm, cases.patient_ids)

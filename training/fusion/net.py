@@ -90,6 +90,9 @@ class FusionNet(nn.Module):
             }
         )
         self.clinical_encoder = clinical_encoder(n_clinical, embed_dim) if self.uses("clinical") else None
+        # Added to the outputs: refitted in evaluation mode before each validation
+        # (training/evaluation_mode.py) and by calibration (training/evidence/calibration.py).
+        self.register_buffer("output_bias", torch.zeros(n_classes))
         self.treatment_effect: TreatmentInteraction | None = None
         if treatment_columns:
             self.add_treatment_interaction(treatment_columns, interaction_blocks)
@@ -160,7 +163,7 @@ class FusionNet(nn.Module):
 
     def forward(self, image, genomics, clinical, presence) -> torch.Tensor:
         embeddings, tokens = self.encode(image, genomics, clinical, presence)
-        out = self.head(embeddings, presence, tokens)
+        out = self.head(embeddings, presence, tokens) + self.output_bias
         if self.treatment_effect is not None:
             out = out + self.treatment_effect(genomics, clinical, presence)
         return out

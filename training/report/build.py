@@ -2,10 +2,10 @@
 
 A run folder is what `radfusion demo` (or a user) leaves: a checkpoint at
 ``fusion/checkpoints/best.ckpt`` or ``checkpoints/best.ckpt``, optionally the
-evaluation's ``metrics.json`` (the fusion-strategy table) and an exported
-``model.onnx`` (whose contract temperature the calibration section then uses, as
-serving does). The cohort, and its truth file if it is synthetic, come from the
-checkpoint's own data module."""
+evaluation's ``metrics.json`` (the fusion-strategy table). The model is calibrated
+as `radfusion export` calibrates it (the same fit on the same splits, so the same
+temperature as an exported model's contract). The cohort, and its truth file if it
+is synthetic, come from the checkpoint's own data module."""
 
 from __future__ import annotations
 
@@ -35,15 +35,6 @@ def find_checkpoint(run_dir: Path) -> Path:
     raise FileNotFoundError(f"no checkpoint in the run folder (looked for {', '.join(CHECKPOINT_CANDIDATES)})")
 
 
-def exported_temperature(run_dir: Path) -> float | None:
-    onnx = run_dir / "model.onnx"
-    if not onnx.is_file():
-        return None
-    from radfusion.contract import read_contract_from_onnx
-
-    return read_contract_from_onnx(onnx).temperature
-
-
 def build_report(run_dir: Path, out: Path | None = None, checkpoint: Path | None = None,
                  saliency_cases: int | None = 40) -> Path:
     """Run every analysis and write ``report.html`` (and ``evidence.json``) under ``out``
@@ -55,7 +46,7 @@ def build_report(run_dir: Path, out: Path | None = None, checkpoint: Path | None
     out = Path(out) if out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
-    evidence = run_evidence(module, dm, temperature=exported_temperature(run_dir), saliency_cases=saliency_cases)
+    evidence = run_evidence(module, dm, saliency_cases=saliency_cases)
     return render_report(evidence, module, dm, run_dir, checkpoint, out)
 
 
