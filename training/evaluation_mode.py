@@ -3,7 +3,7 @@
 Training fits the loss with dropout on and BatchNorm normalising by each batch's own
 statistics; validation, export and serving run the network in evaluation mode, with
 dropout off and BatchNorm using moving averages. Two differences follow, both
-measured on the evidence tests' treatment model (1500 patients, 255 trained on):
+measured on the evidence tests' treatment model (trained on 255-300 patients):
 
 - BatchNorm's moving averages (momentum 0.1) are dominated by the last batches,
   computed under earlier weights and on augmented images. On one model the mean
@@ -19,8 +19,9 @@ measured on the evidence tests' treatment model (1500 patients, 255 trained on):
   than +-0.04. ``fit_output_shift`` refits one additive shift per output by the task's
   own loss on the training split in evaluation mode, everything else frozen (for a
   classifier: mean predicted probability = training class frequency; a Cox risk has
-  no such freedom and keeps 0). A single intercept fitted on a few hundred patients
-  cannot overfit; the validation split stays untouched for the temperature."""
+  no such freedom and keeps 0). One intercept per output fitted on a few hundred
+  patients has little room to overfit, and the validation split stays untouched for
+  the temperature."""
 
 from __future__ import annotations
 

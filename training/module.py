@@ -62,8 +62,8 @@ class FusionModule(L.LightningModule):
         # Filled from the data module's treatment levels when training starts.
         treatment_columns: tuple[int, ...] = (),
         # Training batches (as evaluation sees them) over which the BatchNorm statistics
-        # are recomputed and the output shift refitted before each validation
-        # (training/evaluation_mode.py); 0 keeps the moving averages and no shift.
+        # are recomputed before each validation and the output shift refitted for each
+        # new best checkpoint (training/evaluation_mode.py); 0: moving averages, no shift.
         evaluation_batches: int = 20,
     ):
         super().__init__()
@@ -89,6 +89,7 @@ class FusionModule(L.LightningModule):
             interaction_blocks=interaction_blocks,
         )
         self.contract_parts: dict[str, Any] = {}
+        self._best_monitored = float("-inf")  # the validation metric of the best checkpoint so far
 
     def setup(self, stage: str) -> None:
         if not self.hparams.treatment_interaction or self.net.treatment_effect is not None:
@@ -149,40 +150,52 @@ class FusionModule(L.LightningModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        # While fitting only: the sanity check runs before any training, and a
-        # standalone validate must measure the checkpoint as it is.
-        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
-            return
-        self.align_evaluation_mode()
+    def _fitting(self) -> bool:
+        # The sanity check runs before any training, and a standalone validate must
+        # measure the checkpoint as it is.
+        return not self.trainer.sanity_checking and self.trainer.state.fn == "fit"
 
-    def align_evaluation_mode(self) -> None:
-        """Precise BatchNorm statistics, then the output shift, under the current
-        weights: validation, the saved checkpoint and the exported model evaluate the
-        network the loss fitted (training/evaluation_mode.py)."""
+    def on_validation_epoch_start(self) -> None:
+        if self._fitting():
+            self.recompute_batchnorm()
+
+    def _evaluation_forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        batch = self.transfer_batch_to_device(batch, self.device, 0)
+        return self(batch["image"], batch["genomics"], batch["clinical"], self._presence(batch)), batch
+
+    def recompute_batchnorm(self) -> None:
+        """Precise BatchNorm statistics under the current weights, so validation, the
+        saved checkpoint and the exported model evaluate the network the loss fitted
+        (training/evaluation_mode.py)."""
+        batches = self.hparams.evaluation_batches
+        if not batchnorm_layers(self.net) or batches <= 0:
+            return
+        recompute_batchnorm_statistics(self.net, self.trainer.datamodule.statistics_dataloader(),
+                                       self._evaluation_forward, batches)
+        if self.trainer.world_size > 1:  # one set of statistics on every replica
+            for layer in batchnorm_layers(self.net):
+                for buffer in (layer.running_mean, layer.running_var):
+                    buffer.copy_(self.trainer.strategy.reduce(buffer, reduce_op="mean"))
+
+    def refit_output_shift(self) -> None:
+        """The output shift by the task's loss on training batches in evaluation mode
+        (training/evaluation_mode.py). Run only when a new best checkpoint is about to
+        be saved: the validation metrics (AUROC, c-index) do not depend on it, and a
+        second pass every epoch would cost about a third of the training time."""
         batches = self.hparams.evaluation_batches
         if batches <= 0:
             return
-        dm = self.trainer.datamodule
-
-        def forward(batch: dict) -> tuple[torch.Tensor, dict]:
-            batch = self.transfer_batch_to_device(batch, self.device, 0)
-            return self(batch["image"], batch["genomics"], batch["clinical"], self._presence(batch)), batch
-
-        recompute_batchnorm_statistics(self.net, dm.statistics_dataloader(), forward, batches)
         was_training = self.net.training
         self.net.eval()
         with torch.no_grad():
-            seen = [forward(b) for b in itertools.islice(dm.statistics_dataloader(), batches)]
+            seen = [self._evaluation_forward(b)
+                    for b in itertools.islice(self.trainer.datamodule.statistics_dataloader(), batches)]
         self.net.train(was_training)
         if not seen:
             return
         targets = {k: torch.cat([b[k] for _, b in seen]) for k in ("label", "time", "event")}
         self.net.output_bias += fit_output_shift(torch.cat([o for o, _ in seen]), targets, self.task.loss)
-        if self.trainer.world_size > 1:  # one network on every replica
-            for layer in batchnorm_layers(self.net):
-                for buffer in (layer.running_mean, layer.running_var):
-                    buffer.copy_(self.trainer.strategy.reduce(buffer, reduce_op="mean"))
+        if self.trainer.world_size > 1:
             self.net.output_bias.copy_(self.trainer.strategy.reduce(self.net.output_bias, reduce_op="mean"))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -192,9 +205,15 @@ class FusionModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=len(logits))
 
     def on_validation_epoch_end(self) -> None:
-        for name, value in self.task.compute().items():
+        metrics = self.task.compute()
+        for name, value in metrics.items():
             self.log(name, value, prog_bar=name == self.task.monitor)
         self.task.reset()
+        # The best checkpoint (mode max, saved after this hook) gets the shift fitted for its weights.
+        monitored = float(metrics[self.task.monitor])
+        if self._fitting() and monitored > self._best_monitored:
+            self._best_monitored = monitored
+            self.refit_output_shift()
 
     def configure_optimizers(self):
         interaction = list(self.net.treatment_effect.parameters()) if self.net.treatment_effect is not None else []

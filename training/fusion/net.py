@@ -90,7 +90,7 @@ class FusionNet(nn.Module):
             }
         )
         self.clinical_encoder = clinical_encoder(n_clinical, embed_dim) if self.uses("clinical") else None
-        # Added to the outputs: refitted in evaluation mode before each validation
+        # Added to the outputs: refitted in evaluation mode for each new best checkpoint
         # (training/evaluation_mode.py) and by calibration (training/evidence/calibration.py).
         self.register_buffer("output_bias", torch.zeros(n_classes))
         self.treatment_effect: TreatmentInteraction | None = None
