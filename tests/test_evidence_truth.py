@@ -11,7 +11,9 @@ from evidence_support import EVIDENCE_SALIENCY_CASES
 
 from training.evidence import truth
 
-pytestmark = pytest.mark.slow
+# The first test to run also builds the shared evidence model (about 4 minutes on 2
+# cores): its time counts against that test's timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def _check(evidence, name: str) -> truth.Check:

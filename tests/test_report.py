@@ -12,7 +12,9 @@ import pytest
 
 from radfusion.cli import build_parser
 
-pytestmark = pytest.mark.slow
+# The first test to run also builds the shared evidence model (about 4 minutes on 2
+# cores): its time counts against that test's timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
