@@ -14,16 +14,17 @@ median of each feature, which for a mutation call is the wild type. So b + c is 
 effect for a typical patient and the L1 penalty shrinks a biomarker's extra effect
 towards it. Measured from the mean instead (r = 0 for z-scores), b + c is the
 population-average effect, and shrinkage spreads a mutated minority's benefit over
-everyone (one training on the evidence tests' cohort, EGFR mutated in 25%: every
-wild-type patient was predicted a benefit of 0.9 log-odds from the targeted drug,
-which has none for them). The estimates stay as noisy as a few hundred training
-patients make them: see README, "Checked against the truth".
+everyone (one training on the evidence tests' cohort, EGFR mutated in 25%: wild-type
+patients were predicted a benefit of about 0.7 log-odds from the targeted drug, which
+has none for them). The estimates stay as noisy as a few hundred training patients
+make them: see README, "Checked against the truth".
 
 The weights read directly as "effect of t versus the reference"; the feature weights
-w are L1-penalised (``penalty``), and only the candidate blocks' features take part (``used_blocks``; configs/experiment/treatment.yaml names the
-mutation calls): a treatment interaction is seen only in patients whose response is
-not already settled by the strong prognostic signals, too few to pick a biomarker
-out of a hundred or more candidates by chance alone.
+w are L1-penalised (``penalty``), and only the candidate blocks' features take part
+(``used_blocks``; configs/experiment/treatment.yaml names the mutation calls): a
+treatment interaction is seen only in patients whose response is not already settled
+by the strong prognostic signals, too few to pick a biomarker out of a hundred or more
+candidates by chance alone.
 
 The treatment enters centred (contrast coding, as in the modified covariate method,
 Tian et al. 2014): a patient given treatment g gets e_g - mean over all K treatments
