@@ -170,12 +170,10 @@ class FusionModule(L.LightningModule):
         batches = self.hparams.evaluation_batches
         if not batchnorm_layers(self.net) or batches <= 0:
             return
+        # Every DDP rank reads the same batches (the statistics loader is not sharded and
+        # has its own seed) under the same weights, so the replicas agree without a reduce.
         recompute_batchnorm_statistics(self.net, self.trainer.datamodule.statistics_dataloader(),
                                        self._evaluation_forward, batches)
-        if self.trainer.world_size > 1:  # one set of statistics on every replica
-            for layer in batchnorm_layers(self.net):
-                for buffer in (layer.running_mean, layer.running_var):
-                    buffer.copy_(self.trainer.strategy.reduce(buffer, reduce_op="mean"))
 
     def refit_output_shift(self) -> None:
         """The output shift by the task's loss on training batches in evaluation mode
@@ -195,8 +193,6 @@ class FusionModule(L.LightningModule):
             return
         targets = {k: torch.cat([b[k] for _, b in seen]) for k in ("label", "time", "event")}
         self.net.output_bias += fit_output_shift(torch.cat([o for o, _ in seen]), targets, self.task.loss)
-        if self.trainer.world_size > 1:
-            self.net.output_bias.copy_(self.trainer.strategy.reduce(self.net.output_bias, reduce_op="mean"))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"], batch["genomics"], batch["clinical"], self._presence(batch))
