@@ -108,7 +108,7 @@ def time_loaders(series: list[list[Path]], repeats: int) -> dict:
 
 def time_epochs(cohort: Path, cache: str, epochs: int, batch_size: int) -> dict:
     """Setup and each epoch of the train DataLoader, from a cold cache."""
-    from training.data import RadfusionDataModule
+    from radfusion.training.data import RadfusionDataModule
 
     shutil.rmtree(cohort / ".radfusion", ignore_errors=True)
     start = time.perf_counter()

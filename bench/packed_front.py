@@ -1,5 +1,5 @@
 """A thin front for the serving benchmark: takes one case's packed inputs (float32
-bytes, base64 in JSON) and asks the real model service (serving.service:RadfusionModel)
+bytes, base64 in JSON) and asks the real model service (radfusion.serving.http.service:RadfusionModel)
 for its probabilities, exactly as the public API service does after preprocessing.
 
 BentoML refuses its pickle serde from outside callers (rightly), and a JSON list of
@@ -14,7 +14,7 @@ import base64
 import bentoml
 import numpy as np
 
-from serving.service import Radfusion, RadfusionModel
+from radfusion.serving.http.service import Radfusion, RadfusionModel
 
 
 @bentoml.service(name="bench_packed_front", workers=1)

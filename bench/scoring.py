@@ -50,8 +50,8 @@ def build_model(cohort: Path, path: Path) -> Path:
     from radfusion.contract import ImageGeometry, ModelContract
     from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
     from radfusion.preprocess import fit_omics_block
-    from training.export import export_onnx
-    from training.model import FusionNet
+    from radfusion.training.export import export_onnx
+    from radfusion.training.model import FusionNet
 
     table = load_genomics_table(cohort / "genomics.parquet")
     contract = ModelContract(
@@ -81,9 +81,9 @@ class _NoWriter:
 
 def decode_only(archive: Path, model_path: Path, genomics_file: Path, workers: int, batch_size: int) -> tuple[float, list]:
     from radfusion.runtime import OnnxModel
-    from serving.scoring.local_engine import LocalEngine
-    from serving.scoring.patients import PatientTables
-    from serving.scoring.progress import Progress
+    from radfusion.serving.scoring.local_engine import LocalEngine
+    from radfusion.serving.patients import PatientTables
+    from radfusion.serving.scoring.progress import Progress
 
     kept: list = []
 
@@ -104,7 +104,7 @@ def decode_only(archive: Path, model_path: Path, genomics_file: Path, workers: i
 
 def inference_only(model_path: Path, inputs: list, batch_size: int) -> float:
     from radfusion.runtime import OnnxModel
-    from serving.scoring.inference import run_inputs
+    from radfusion.serving.scoring.inference import run_inputs
 
     model = OnnxModel(model_path, device="cpu")
     run_inputs(model, inputs[:batch_size])  # warm-up: first call allocates
@@ -115,7 +115,7 @@ def inference_only(model_path: Path, inputs: list, batch_size: int) -> float:
 
 
 def end_to_end(archive: Path, model_path: Path, genomics_file: Path, out: Path, workers: int, batch_size: int) -> float:
-    from serving.score import score_archive
+    from radfusion.serving.scoring.score import score_archive
 
     started = time.perf_counter()
     summary = score_archive(archive, model_path, out, genomics=genomics_file, batch_size=batch_size, device="cpu",

@@ -2,7 +2,7 @@
 
     python -m bench.serving [--studies 16] [--clients 16] [--requests 32] [--rounds 3]
 
-- ``batching_speedup``: requests/s of the model service (serving.service:RadfusionModel,
+- ``batching_speedup``: requests/s of the model service (radfusion.serving.http.service:RadfusionModel,
   the one that runs ONNX Runtime behind adaptive batching) under 16 concurrent clients,
   each sending one case's packed inputs (radfusion.predictor.pack, the exact array the
   API service sends it) through a thin front (bench/packed_front.py, as BentoML only
@@ -154,7 +154,7 @@ def api_study_calls(url: str, cases: list[dict]) -> Callable[[int], Callable[[in
 
 
 def batch_rows(url: str) -> dict:
-    """Mean cases per ONNX Runtime run in the model service (serving.metrics)."""
+    """Mean cases per ONNX Runtime run in the model service (radfusion.serving.http.metrics)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -170,7 +170,7 @@ def batch_rows(url: str) -> dict:
 @contextlib.contextmanager
 def servers(model: Path, service: str, home: Path, clients: int) -> Iterator[dict[str, str]]:
     """Both legs' servers, batching on and off, up at once."""
-    from serving import launch
+    from radfusion.serving.http import launch
 
     threads = str(os.cpu_count() or 1)
     common = {
@@ -225,7 +225,7 @@ def ort_vs_torch(model_path: Path, cases: list[dict], repeats: int) -> dict:
 
     from radfusion.predictor import stack_inputs
     from radfusion.runtime import OnnxModel
-    from training.model import FusionNet, LogitModel
+    from radfusion.training.model import FusionNet, LogitModel
 
     ort_model = OnnxModel(model_path, device="cpu", threads=torch.get_num_threads())
     contract = ort_model.contract
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     with servers(model, "bench.packed_front:PackedFront", home / "model", args.clients) as urls:
         model_only = compare(urls, model_service_calls, cases, args.clients, args.requests, args.rounds)
-    with servers(model, "serving.service:Radfusion", home / "api", args.clients) as urls:
+    with servers(model, "radfusion.serving.http.service:Radfusion", home / "api", args.clients) as urls:
         end_to_end = compare(urls, api_study_calls, cases, args.clients, args.study_requests, args.rounds)
     engines = ort_vs_torch(model, cases, args.repeats)
     ort_per_case = per_case_ms(model, cases, args.repeats)

@@ -94,8 +94,8 @@ class StepTimer(L.Callback):
 def train_once(cohort: Path, *, cache: str, workers: int, epochs: int, batch_size: int, net: dict,
                accelerator: str = "cpu", precision: str = "32-true") -> dict:
     """One Lightning fit of the fusion model (no validation, no checkpoints); the timer's report."""
-    from training.data import RadfusionDataModule
-    from training.module import FusionModule
+    from radfusion.training.data import RadfusionDataModule
+    from radfusion.training.module import FusionModule
 
     L.seed_everything(0, verbose=False)
     dm = RadfusionDataModule(str(cohort), batch_size=batch_size, num_workers=workers, cache=cache, **DEMO_GEOMETRY)

@@ -9,7 +9,7 @@ serving still needs no torch; the training side has captum IG and GradCAM).
   is brighter than the body's soft-tissue level gets CONTRAST_GAIN times its contrast
   above it (a lesion made more conspicuous; air, fat, tissue and bone stay), and the
   window's effect is the rise in score. The training-side evidence does the same
-  (training.evidence.saliency): a lesion the model responds to only above some size
+  (radfusion.training.evidence.saliency): a lesion the model responds to only above some size
   or contrast moves the score when enhanced, not when removed, and filling windows
   with the image mean paints dark holes the model reads (peak in the planted lesion
   for 40 held-out studies of two trained evidence-fixture models: mean fill 4 and 19,
@@ -45,12 +45,12 @@ LogitsFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray
 GENE_METHOD = "occlusion of each feature to its training mean (z = 0)"
 IMAGE_METHOD = "3D occlusion raising the contrast above soft tissue, half-window stride, on the model grid"
 
-# The image perturbation (shared with training.evidence.saliency), in window-scaled
+# The image perturbation (shared with radfusion.training.evidence.saliency), in window-scaled
 # intensities: above BODY_THRESHOLD is body tissue (fat and air below), whose median is
 # the soft-tissue level; at or above BONE_LEVEL the window is saturated by bone.
 BODY_THRESHOLD = 0.2
 BONE_LEVEL = 0.98
-# Measured with training.evidence.saliency on the evidence fixture's 40 held-out studies
+# Measured with radfusion.training.evidence.saliency on the evidence fixture's 40 held-out studies
 # (saliency peak in the planted lesion): removal 27, gain 2: 31, gain 3: 33, gain 4: 33,
 # at the same cost.
 CONTRAST_GAIN = 3.0

@@ -38,6 +38,16 @@ class StudyImage:
     # found on the image tensor lies in the source series (preprocess.grid_to_patient).
     grid_affine: np.ndarray | None = None
 
+    @property
+    def rejected_summary(self) -> str:
+        """Every series that was not chosen, by SeriesNumber (never by description, which
+        is free text), with its outcome: "series 1: localizer image type ...; ..." """
+        return "; ".join(
+            f"series {c['series_number'] if c['series_number'] is not None else '?'}: {c['outcome']}"
+            for c in self.selection.get("candidates", [])
+            if c["outcome"] != "chosen"
+        )
+
 
 def study_image_from_headers(headers: list[InstanceHeader], geometry: ImageGeometry) -> StudyImage:
     if not headers:

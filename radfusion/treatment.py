@@ -13,7 +13,7 @@ the model does not see.
 The gain is measured in log-odds, not probability: a probability gain vanishes near
 0 and 1 whatever the treatment's effect, so one probability margin means a large
 effect for some patients and a small one for others, while a log-odds margin is one
-odds ratio for everybody. The evidence check (training.evidence.treatment) applies
+odds ratio for everybody. The evidence check (radfusion.training.evidence.treatment) applies
 this very rule and margin."""
 
 from __future__ import annotations

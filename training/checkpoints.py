@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from radfusion.contract import ClinicalSpec, ImageGeometry, ModelContract, OmicsBlock
-from training.data import RadfusionDataModule
-from training.module import FusionModule
+from radfusion.training.data import RadfusionDataModule
+from radfusion.training.module import FusionModule
 
 
 def load_module(checkpoint: Path | str) -> FusionModule:

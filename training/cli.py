@@ -17,8 +17,8 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.tuner import Tuner
 
-from training.data import RadfusionDataModule
-from training.module import FusionModule
+from radfusion.training.data import RadfusionDataModule
+from radfusion.training.module import FusionModule
 
 
 class RadfusionCLI(LightningCLI):

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, multiclass_auroc, multilabel_auroc
 
-from training.checkpoints import load_datamodule, load_module
-from training.tasks import SurvivalTask, concordance, time_dependent_auc
+from radfusion.training.checkpoints import load_datamodule, load_module
+from radfusion.training.tasks import SurvivalTask, concordance, time_dependent_auc
 
 # Presence patterns forced at evaluation time: what a model gives when a hospital
 # can supply only part of a case. Clinical covariates, when a model has them, are

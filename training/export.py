@@ -19,8 +19,8 @@ import torch
 from radfusion.contract import ModelContract, write_contract_to_onnx
 from radfusion.runtime import OnnxModel
 from radfusion.treatment import DEFAULT_SWITCH_MARGIN
-from training.checkpoints import build_contract, load_datamodule, load_module
-from training.model import LogitModel
+from radfusion.training.checkpoints import build_contract, load_datamodule, load_module
+from radfusion.training.model import LogitModel
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def export(checkpoint: Path, out: Path, register: bool = True, tolerance: float 
     if calibrate and module.task.kind == "classification":
         # Temperature from the validation split, level from the training split (the
         # level goes into the exported graph); serving divides the logits by the temperature.
-        from training.evidence.calibration import calibrate
+        from radfusion.training.evidence.calibration import calibrate
 
         contract.temperature = calibrate(module.net, dm)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from training.evaluation_mode import batchnorm_layers, fit_output_shift, recompute_batchnorm_statistics
-from training.model import FusionNet
-from training.tasks import DEFAULT_HORIZONS, DiscreteHazardTask, build_task
+from radfusion.training.evaluation_mode import batchnorm_layers, fit_output_shift, recompute_batchnorm_statistics
+from radfusion.training.model import FusionNet
+from radfusion.training.tasks import DEFAULT_HORIZONS, DiscreteHazardTask, build_task
 
 CONTRACT_KEY = "radfusion_contract"
 
@@ -224,7 +224,7 @@ class FusionModule(L.LightningModule):
     def configure_callbacks(self):
         # Best checkpoint by the task's validation metric (AUROC, or the c-index for
         # survival). last.ckpt (for resuming) is written by the
-        # trainer config's training.checkpoints.ResumeCheckpoint, every N steps too.
+        # trainer config's radfusion.training.checkpoints.ResumeCheckpoint, every N steps too.
         return [
             ModelCheckpoint(
                 dirpath=Path(self.trainer.default_root_dir) / "checkpoints",

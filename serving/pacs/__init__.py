@@ -7,4 +7,4 @@ result back into the study as a Structured Report.
 
 Everything a study goes through is recorded in SQLite (state), so a restart resumes
 where the last process stopped. ``radfusion listen`` / ``radfusion pacs-status``
-(serving.pacs.cli) are the commands."""
+(radfusion.serving.pacs.cli) are the commands."""

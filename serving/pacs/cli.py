@@ -5,7 +5,7 @@
         --genomics genomics.parquet --clinical clinical.csv --send-to ORTHANC@pacs.local:4242
     radfusion pacs-status --work /var/lib/radfusion/pacs [--json] [--show-uids]
 
-Also runnable as ``python -m serving.pacs.cli listen ...``."""
+Also runnable as ``python -m radfusion.serving.pacs.cli listen ...``."""
 
 from __future__ import annotations
 
@@ -64,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _listen(args: argparse.Namespace) -> None:
-    from serving.pacs.listener import ListenerConfig, run_listener
-    from serving.pacs.pipeline import RetryPolicy
-    from serving.pacs.send import DicomPeer
-    from serving.pacs.state import OnResend
-    from serving.scoring.patients import PatientTableError
+    from radfusion.serving.pacs.listener import ListenerConfig, run_listener
+    from radfusion.serving.pacs.pipeline import RetryPolicy
+    from radfusion.serving.pacs.send import DicomPeer
+    from radfusion.serving.pacs.state import OnResend
+    from radfusion.serving.patients import PatientTableError
 
     try:
         peers = [DicomPeer.parse(text) for text in args.send_to]
@@ -101,9 +101,9 @@ def _listen(args: argparse.Namespace) -> None:
 
 
 def _pacs_status(args: argparse.Namespace) -> None:
-    from serving.pacs.state import StudyState
-    from serving.pacs.status import format_table, status_report
-    from serving.pacs.storage import STATE_FILE
+    from radfusion.serving.pacs.state import StudyState
+    from radfusion.serving.pacs.status import format_table, status_report
+    from radfusion.serving.pacs.storage import STATE_FILE
 
     path = Path(args.work) / STATE_FILE
     if not path.is_file():

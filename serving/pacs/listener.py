@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radfusion.runtime import OnnxModel
-from serving.pacs.pipeline import Pipeline, RetryPolicy
-from serving.pacs.predict import StudyPredictor
-from serving.pacs.scp import StoreHandler, start_scp
-from serving.pacs.send import CStoreSender, DicomPeer, StowSender
-from serving.pacs.state import OnResend, StudyState
-from serving.pacs.storage import WorkDir
-from serving.scoring.patients import PatientTables
+from radfusion.serving.pacs.pipeline import Pipeline, RetryPolicy
+from radfusion.serving.pacs.predict import StudyPredictor
+from radfusion.serving.pacs.scp import StoreHandler, start_scp
+from radfusion.serving.pacs.send import CStoreSender, DicomPeer, StowSender
+from radfusion.serving.pacs.state import OnResend, StudyState
+from radfusion.serving.pacs.storage import WorkDir
+from radfusion.serving.patients import PatientTables
 
 log = logging.getLogger("radfusion.pacs")
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pydicom
 
 from radfusion.errors import RadfusionInputError
-from serving.pacs.predict import StudyPredictor
-from serving.pacs.send import CStoreSender, SendError, StowSender
-from serving.pacs.sr import build_prediction_sr, new_uid, read_evidence
-from serving.pacs.state import Status, StudyRecord, StudyState
-from serving.pacs.storage import WorkDir, study_key, write_durably
+from radfusion.serving.pacs.predict import StudyPredictor
+from radfusion.serving.pacs.send import CStoreSender, SendError, StowSender
+from radfusion.serving.pacs.sr import build_prediction_sr, new_uid, read_evidence
+from radfusion.serving.pacs.state import Status, StudyRecord, StudyState
+from radfusion.serving.pacs.storage import WorkDir, study_key, write_durably
 
 log = logging.getLogger("radfusion.pacs")
 

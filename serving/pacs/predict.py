@@ -1,7 +1,7 @@
 """One received study -> prediction, with the same preprocessing and ONNX runtime as the
 HTTP service (radfusion.predictor). Genomics and clinical covariates come from the
 configured tables, looked up by the study's PatientID with the scorer's lookup
-(serving/scoring/patients.py): a patient without a row is scored without that input
+(serving/patients.py): a patient without a row is scored without that input
 when the model allows it, and the result says where each input came from."""
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 
 from radfusion.predictor import PreparedCase, format_prediction, prepare_case, stack_inputs
 from radfusion.runtime import OnnxModel
-from serving.scoring.patients import PatientTables
-from serving.scoring.rows import rejected_summary
+from radfusion.serving.patients import PatientTables, patient_id_of
 
 
 @dataclass
@@ -26,17 +24,6 @@ class StudyPrediction:
     # "series_reason", "series_rejected" and "geometry_corrections" (a list).
     result: dict[str, Any]
     case: PreparedCase
-
-
-def patient_id_of(paths: Sequence[Path]) -> str:
-    """PatientID of the first readable file (used only for the lookup, never logged)."""
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
-        except Exception:
-            continue  # an unreadable file is reported by the study reader
-        return str(ds.get("PatientID", "") or "").strip()
-    return ""
 
 
 class StudyPredictor:
@@ -56,7 +43,7 @@ class StudyPredictor:
         result.update(patient.sources())
         if case.study is not None:
             result["series_reason"] = case.study.series_reason
-            result["series_rejected"] = rejected_summary(case.study.selection)
+            result["series_rejected"] = case.study.rejected_summary
             result["geometry_corrections"] = list(case.study.corrections)
         return StudyPrediction(result=result, case=case)
 

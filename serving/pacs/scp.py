@@ -15,8 +15,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from serving.pacs.state import Arrival, OnResend, StudyState
-from serving.pacs.storage import WorkDir, study_key, write_durably
+from radfusion.serving.pacs.state import Arrival, OnResend, StudyState
+from radfusion.serving.pacs.storage import WorkDir, study_key, write_durably
 
 log = logging.getLogger("radfusion.pacs")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from serving.pacs.state import StudyRecord, StudyState
-from serving.pacs.storage import study_key
+from radfusion.serving.pacs.state import StudyRecord, StudyState
+from radfusion.serving.pacs.storage import study_key
 
 
 def study_row(record: StudyRecord, now: float, show_uids: bool = False) -> dict[str, Any]:

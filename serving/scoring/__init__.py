@@ -1,4 +1,4 @@
-"""The archive scorer, piece by piece (``serving.score.score_archive`` puts them together).
+"""The archive scorer, piece by piece (``radfusion.serving.scoring.score.score_archive`` puts them together).
 
 - ``sources``: where studies come from (folder tree, zip archives, DICOMweb) and how
   one study's files are brought to local disk for the shared preprocessing.

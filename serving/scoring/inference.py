@@ -10,8 +10,8 @@ import numpy as np
 from radfusion.predictor import stack_inputs
 from radfusion.preprocess import ModelInputs
 from radfusion.runtime import OnnxModel
-from serving.scoring.prepare import PreparedStudy
-from serving.scoring.rows import fill_prediction
+from radfusion.serving.scoring.prepare import PreparedStudy
+from radfusion.serving.scoring.rows import fill_prediction
 
 
 def run_inputs(model: OnnxModel, inputs: Sequence[ModelInputs]) -> np.ndarray:

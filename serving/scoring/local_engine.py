@@ -21,14 +21,14 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from radfusion.runtime import OnnxModel
-from serving.scoring import prepare
-from serving.scoring.inference import infer_batch
-from serving.scoring.patients import PatientTables
-from serving.scoring.prepare import PreparedStudy
-from serving.scoring.progress import Progress
-from serving.scoring.rows import new_row
-from serving.scoring.sources import ScanUnit, StudyAssembler, StudyRef, is_dicomweb, list_units
-from serving.scoring.writer import PartWriter
+from radfusion.serving.scoring import prepare
+from radfusion.serving.scoring.inference import infer_batch
+from radfusion.serving.patients import PatientTables
+from radfusion.serving.scoring.prepare import PreparedStudy
+from radfusion.serving.scoring.progress import Progress
+from radfusion.serving.scoring.rows import new_row
+from radfusion.serving.scoring.sources import ScanUnit, StudyAssembler, StudyRef, is_dicomweb, list_units
+from radfusion.serving.scoring.writer import PartWriter
 
 # Keep this many studies found but not yet handed out, per worker, before scanning more.
 READY_PER_WORKER = 8

@@ -1,7 +1,7 @@
 """The per-study work before inference: bring the study's files to local disk, read
 and preprocess them with the shared core (radfusion.predictor.prepare_case), with the
 patient's genomics and clinical covariates looked up by the engine
-(serving/scoring/patients.py). Runs in worker processes (local engine) or Ray tasks;
+(serving/patients.py). Runs in worker processes (local engine) or Ray tasks;
 the same function either way."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from radfusion.contract import ModelContract
 from radfusion.errors import RadfusionInputError
 from radfusion.predictor import prepare_case
 from radfusion.preprocess import ModelInputs
-from serving.scoring.patient_data import PatientData
-from serving.scoring.rows import fill_series, new_row
-from serving.scoring.sources import ScanResult, ScanUnit, StudyRef, local_study_files, scan_unit
+from radfusion.serving.patient_data import PatientData
+from radfusion.serving.scoring.rows import fill_series, new_row
+from radfusion.serving.scoring.sources import ScanResult, ScanUnit, StudyRef, local_study_files, scan_unit
 
 
 @dataclass

@@ -10,7 +10,7 @@ import time
 
 from tqdm import tqdm
 
-log = logging.getLogger("serving.score")
+log = logging.getLogger("radfusion.serving.scoring.score")
 
 
 class Progress:

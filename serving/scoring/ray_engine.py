@@ -32,13 +32,13 @@ import numpy as np
 from radfusion.contract import ModelContract
 from radfusion.predictor import pack, packed_width, unpack
 from radfusion.preprocess import ModelInputs
-from serving.scoring.inference import infer_batch
-from serving.scoring.local_engine import EngineStats
-from serving.scoring.patients import PatientTables
-from serving.scoring.prepare import PreparedStudy, prepare_study
-from serving.scoring.progress import Progress
-from serving.scoring.sources import StudyAssembler, StudyRef, is_dicomweb, list_units, scan_unit
-from serving.scoring.writer import PartWriter
+from radfusion.serving.scoring.inference import infer_batch
+from radfusion.serving.scoring.local_engine import EngineStats
+from radfusion.serving.patients import PatientTables
+from radfusion.serving.scoring.prepare import PreparedStudy, prepare_study
+from radfusion.serving.scoring.progress import Progress
+from radfusion.serving.scoring.sources import StudyAssembler, StudyRef, is_dicomweb, list_units, scan_unit
+from radfusion.serving.scoring.writer import PartWriter
 
 
 def prepare_row(item: dict, contract: ModelContract) -> dict:

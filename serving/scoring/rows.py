@@ -10,7 +10,7 @@ Provenance columns: ``series_reason`` says why the scored series was chosen,
 image type ...; series 4: ..."), ``geometry_corrections`` what the reader repaired
 (missing slices, uneven spacing, tilt, duplicates; "" when nothing). A study whose
 selection failed has the reasons in ``error`` instead. ``genomics_source`` /
-``clinical_source`` say where each came from (serving/scoring/patients.py)."""
+``clinical_source`` say where each came from (serving/patients.py)."""
 
 from __future__ import annotations
 
@@ -72,18 +72,9 @@ def fill_series(row: dict, study: StudyImage) -> None:
     """The series-selection summary of a study that was read."""
     row["series_instance_uid"] = study.series_uid
     row["series_reason"] = study.series_reason
-    row["series_rejected"] = rejected_summary(study.selection)
+    row["series_rejected"] = study.rejected_summary
     row["geometry_corrections"] = "; ".join(study.corrections)
 
-
-def rejected_summary(selection: dict) -> str:
-    """Every series that was not chosen, by SeriesNumber (never by description, which
-    is free text), with its outcome: "series 1: localizer image type ...; ..." """
-    return "; ".join(
-        f"series {c['series_number'] if c['series_number'] is not None else '?'}: {c['outcome']}"
-        for c in selection.get("candidates", [])
-        if c["outcome"] != "chosen"
-    )
 
 
 def fill_prediction(row: dict, contract: ModelContract, probabilities: np.ndarray, modalities_used: list[str]) -> None:

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.scoring.rows import RETRY_ON_RESUME, error_kind
-from serving.scoring.sources import StudyRef
+from radfusion.serving.scoring.rows import RETRY_ON_RESUME, error_kind
+from radfusion.serving.scoring.sources import StudyRef
 
 METADATA_KEY = b"radfusion.scorer"
 RUN_FILE = "run.json"

@@ -18,7 +18,7 @@ import torch
 from captum.attr import FeatureAblation, IntegratedGradients
 from scipy.stats import spearmanr
 
-from training.evidence.cases import Cases, log_odds, used_presence
+from radfusion.training.evidence.cases import Cases, log_odds, used_presence
 
 METHODS = ("integrated_gradients", "feature_ablation")
 

@@ -32,8 +32,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.model_selection import StratifiedKFold
 from torchmetrics.functional.classification import binary_calibration_error
 
-from training.evaluation_mode import fit_output_shift
-from training.evidence.cases import collect_cases, predict_logits
+from radfusion.training.evaluation_mode import fit_output_shift
+from radfusion.training.evidence.cases import collect_cases, predict_logits
 
 N_BINS = 10
 TEMPERATURE_BOUNDS = (0.05, 20.0)

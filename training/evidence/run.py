@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from training.evidence import attribution, calibration, stratify, subgroups, treatment, truth
-from training.evidence.cases import Cases, clinical_frame, collect_cases, log_odds, predict_logits
-from training.evidence.saliency import Saliency, cohort_saliency
+from radfusion.training.evidence import attribution, calibration, stratify, subgroups, treatment, truth
+from radfusion.training.evidence.cases import Cases, clinical_frame, collect_cases, log_odds, predict_logits
+from radfusion.training.evidence.saliency import Saliency, cohort_saliency
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from scipy import ndimage
 from radfusion.contract import ImageGeometry
 from radfusion.dicom import Volume
 from radfusion.explain import BONE_LEVEL, CONTRAST_GAIN, enhanced_image, tissue_level
-from training.evidence.cases import Cases, log_odds, used_presence
-from training.evidence.geometry import ModelGrid, apply_affine, load_series_volume, to_source_grid
+from radfusion.training.evidence.cases import Cases, log_odds, used_presence
+from radfusion.training.evidence.geometry import ModelGrid, apply_affine, load_series_volume, to_source_grid
 
 # The coarse pass covers a quarter of the image per axis (measured on 16 held-out studies:
 # 1/3 found 10 lesions, 1/4 12, 1/5 12 at 2.5x the cost); the fine pass a lesion-sized

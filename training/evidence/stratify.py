@@ -19,7 +19,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.preprocessing import StandardScaler
 
-from training.evidence.cases import Cases, log_odds, predict_logits, used_presence
+from radfusion.training.evidence.cases import Cases, log_odds, predict_logits, used_presence
 
 GROUPS = ("low", "intermediate", "high")
 

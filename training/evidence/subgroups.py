@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from training.evidence.calibration import ece
+from radfusion.training.evidence.calibration import ece
 
 AGE_BANDS = (0, 55, 65, 75, 200)
 AGE_LABELS = ("<55", "55-64", "65-74", ">=75")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from radfusion.treatment import DEFAULT_SWITCH_MARGIN, recommend
-from training.evidence.cases import Cases, log_odds, predict_logits
+from radfusion.training.evidence.cases import Cases, log_odds, predict_logits
 
 DEFAULT_MARGIN = DEFAULT_SWITCH_MARGIN
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.evidence.saliency import Saliency, inside_ellipsoid
+from radfusion.training.evidence.saliency import Saliency, inside_ellipsoid
 
 TOP_GENES = 20
 MIN_DRIVERS_IN_TOP = 8

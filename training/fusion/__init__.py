@@ -3,8 +3,8 @@ and the network that joins them (net.py)."""
 
 from __future__ import annotations
 
-from training.fusion.encoders import IMAGE_ENCODERS, build_image_encoder, omics_encoder
-from training.fusion.net import FusionNet, LogitModel
-from training.fusion.strategies import FUSIONS, build_fusion
+from radfusion.training.fusion.encoders import IMAGE_ENCODERS, build_image_encoder, omics_encoder
+from radfusion.training.fusion.net import FusionNet, LogitModel
+from radfusion.training.fusion.strategies import FUSIONS, build_fusion
 
 __all__ = ["FUSIONS", "IMAGE_ENCODERS", "FusionNet", "LogitModel", "build_fusion", "build_image_encoder", "omics_encoder"]

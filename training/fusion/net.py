@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from training.fusion.encoders import build_image_encoder, clinical_encoder, omics_encoder
-from training.fusion.interaction import TreatmentInteraction
-from training.fusion.strategies import build_fusion
+from radfusion.training.fusion.encoders import build_image_encoder, clinical_encoder, omics_encoder
+from radfusion.training.fusion.interaction import TreatmentInteraction
+from radfusion.training.fusion.strategies import build_fusion
 
 
 class FusionNet(nn.Module):

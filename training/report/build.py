@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.evidence.run import Evidence, run_evidence, write_summary
-from training.evidence.saliency import overlay_png
-from training.evidence.truth import load_truth, patients_by_id
-from training.report import figures
-from training.report.html import checks_table, esc, fmt, img, page, table
+from radfusion.training.evidence.run import Evidence, run_evidence, write_summary
+from radfusion.training.evidence.saliency import overlay_png
+from radfusion.training.evidence.truth import load_truth, patients_by_id
+from radfusion.training.report import figures
+from radfusion.training.report.html import checks_table, esc, fmt, img, page, table
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def build_report(run_dir: Path, out: Path | None = None, checkpoint: Path | None
                  saliency_cases: int | None = 40) -> Path:
     """Run every analysis and write ``report.html`` (and ``evidence.json``) under ``out``
     (default ``<run>/report``). Returns the HTML path."""
-    from training.checkpoints import load_datamodule, load_module
+    from radfusion.training.checkpoints import load_datamodule, load_module
 
     run_dir = Path(run_dir)
     checkpoint = Path(checkpoint) if checkpoint else find_checkpoint(run_dir)

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import auc, precision_recall_curve, roc_curve  # noqa: E402
 
-from training.evidence.stratify import GROUPS, km_curves  # noqa: E402
+from radfusion.training.evidence.stratify import GROUPS, km_curves  # noqa: E402
 
 
 def _png(fig) -> bytes:

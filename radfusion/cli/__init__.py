@@ -1,0 +1,220 @@
+"""The `radfusion` command. Each subcommand imports only what it needs: scoring and
+serving never load torch; synth needs only the core."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+# What `radfusion export` registers in the BentoML model store (training/module.py's
+# default model_name); `name:latest` is the newest export.
+DEFAULT_MODEL_TAG = "radfusion-response:latest"
+
+# Subcommands whose arguments are parsed by their own module (listed here for --help).
+PACS_COMMANDS = {
+    "listen": "DICOM listener: C-STORE in, prediction SR back to the PACS (see radfusion listen --help)",
+    "pacs-status": "listener state: received, pending, scored, sent, failed",
+}
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from radfusion.synth import generate_cohort
+
+    out = generate_cohort(
+        Path(args.out),
+        n_patients=args.patients,
+        seed=args.seed,
+        n_genes=args.genes,
+        n_slices=args.slices,
+        rows=args.size,
+        cols=args.size,
+        rle_fraction=args.rle_fraction,
+        workers=args.workers,
+    )
+    print(json.dumps(json.loads((out / "cohort.json").read_text()), indent=2))
+
+
+def _train(rest: list[str]) -> None:
+    import warnings
+
+    from radfusion.training.cli import main
+
+    # sys.argv stays the real command line: Lightning's DDP launcher starts the other
+    # ranks by running it again. LightningCLI warns when it sees both argv and args.
+    sys.argv = [sys.argv[0], "train", *rest]
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    main(["fit", *rest])
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from radfusion.training.evaluate import evaluate, markdown_table
+
+    checkpoints = dict(_named(item) for item in args.checkpoint)
+    results = evaluate(checkpoints, Path(args.out))
+    print(markdown_table(results))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from radfusion.training.export import export
+
+    report = export(Path(args.checkpoint), Path(args.out), register=not args.no_register, calibrate=not args.no_calibrate)
+    print(json.dumps(report, indent=2))
+
+
+def _score(args: argparse.Namespace) -> None:
+    from radfusion.serving.scoring.score import PatientTableError, ResumeError, score_archive
+
+    try:
+        summary = score_archive(
+            archive=args.archive,
+            model_path=args.model,
+            out=Path(args.out),
+            genomics=Path(args.genomics) if args.genomics else None,
+            clinical=Path(args.clinical) if args.clinical else None,
+            batch_size=args.batch_size,
+            device=args.device,
+            workers=args.workers,
+            engine=args.engine,
+            chunk_size=args.chunk_size,
+            fresh=args.fresh,
+            threads=args.threads,
+            ray_actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor,
+        )
+    except (ResumeError, PatientTableError, FileNotFoundError) as exc:
+        sys.exit(f"radfusion score: {exc}")
+    except KeyboardInterrupt:
+        print("interrupted: committed rows are kept; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps(summary, indent=2))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from radfusion.serving.http.launch import serve_forever
+
+    serve_forever(model=args.model, host=args.host, port=args.port)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from radfusion.training.report.build import build_report
+
+    cases = None if args.saliency_cases <= 0 else args.saliency_cases
+    path = build_report(Path(args.run), out=Path(args.out) if args.out else None,
+                        checkpoint=Path(args.checkpoint) if args.checkpoint else None, saliency_cases=cases)
+    print(f"report: {path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from radfusion.cli.demo import run_demo
+
+    run_demo(Path(args.out), patients=args.patients, epochs=args.epochs)
+
+
+def _named(item: str) -> tuple[str, str]:
+    name, sep, path = item.partition("=")
+    if not sep:
+        return Path(item).parent.parent.name, item
+    return name, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radfusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic radiogenomic cohort (DICOM + genomics + outcomes)")
+    p.add_argument("--patients", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--genes", type=int, default=300)
+    p.add_argument("--slices", type=int, default=32)
+    p.add_argument("--size", type=int, default=64, help="rows and columns of each slice")
+    p.add_argument("--rle-fraction", type=float, default=0.25)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_synth)
+
+    sub.add_parser("train", help="train with LightningCLI: radfusion train --config A.yaml [--config B.yaml] [--key value]")
+    for name, text in PACS_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+
+    p = sub.add_parser("evaluate", help="held-out metrics for checkpoints (NAME=PATH ...)")
+    p.add_argument("--checkpoint", action="append", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX with contract, parity check, BentoML store")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-register", action="store_true", help="skip the BentoML model store")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="keep temperature 1 instead of fitting temperature scaling on the validation split")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("score", help="score every study of an archive into Parquet (resumable)")
+    p.add_argument("--archive", required=True, help="folder tree (zip files inside are read too), a .zip, or a DICOMweb root URL")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_TAG,
+        help="ONNX file, or BentoML model tag (default: the latest model radfusion export registered)",
+    )
+    p.add_argument("--genomics", help="genomics table (Parquet/CSV), joined on PatientID")
+    p.add_argument("--clinical", help="clinical covariates (Parquet/CSV: patient_id + the model's covariate columns), "
+                                      "joined on PatientID, for a model with a clinical block")
+    p.add_argument("--out", required=True, help="Parquet file; <out>.parts holds committed rows while running")
+    p.add_argument("--batch-size", type=int, default=16, help="studies per ONNX Runtime call")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--workers", type=int, default=None, help="processes that read and preprocess studies (default: CPU count; 0: none)")
+    p.add_argument("--chunk-size", type=int, default=256, help="rows per committed part file")
+    p.add_argument("--fresh", action="store_true", help="ignore rows of an earlier run and score everything again")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: cores left free by the workers, at least 1)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data on RAY_ADDRESS or a local Ray")
+    p.add_argument("--actors", type=int, default=1, help="ray engine: inference actors, one ORT session each")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray engine: GPUs per inference actor (fractions allowed)")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("serve", help="run the BentoML HTTP service")
+    p.add_argument("--model", default=DEFAULT_MODEL_TAG, help="ONNX file or BentoML model tag (default: latest export)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("report", help="evidence report (genes, saliency, risk groups, treatments, calibration) as HTML")
+    p.add_argument("--run", required=True, help="run folder: fusion/checkpoints/best.ckpt or checkpoints/best.ckpt, metrics.json, model.onnx")
+    p.add_argument("--checkpoint", help="checkpoint to explain (default: the run folder's)")
+    p.add_argument("--out", help="output folder (default: <run>/report)")
+    p.add_argument("--saliency-cases", type=int, default=40, help="held-out studies to explain by occlusion (0: all)")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("demo", help="synth -> cohort build -> train -> evaluate -> export -> serve -> score -> report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--patients", type=int, default=800)
+    p.add_argument("--epochs", type=int, default=20)
+    p.set_defaults(func=_demo)
+
+    from radfusion.deid.command import add_deid_command
+
+    add_deid_command(sub)
+
+    from radfusion.cohort_manifest.command import add_cohort_command
+
+    add_cohort_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if argv and argv[0] == "train":
+        _train(argv[1:])
+        return
+    if argv and argv[0] in PACS_COMMANDS:
+        from radfusion.serving.pacs.cli import main as pacs_main
+
+        pacs_main(argv)
+        return
+    args = build_parser().parse_args(argv)
+    args.func(args)
+

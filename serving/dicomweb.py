@@ -1,0 +1,214 @@
+"""A DICOMweb study reference as prediction input: ``{"url": <DICOMweb root>,
+"study_uid": <StudyInstanceUID>}``, fetched by WADO-RS with dicomweb-client.
+
+The service fetches URLs on a caller's behalf only under rules a hospital can audit:
+
+- only below a base URL listed in RADFUSION_DICOMWEB_ALLOWED_URLS (comma-separated;
+  none listed: DICOMweb input is off and every reference is refused 403), compared by
+  scheme, host, port and path segments, never by string prefix;
+- no redirects (a redirect could lead anywhere), no proxy or credentials from the
+  environment, no user:password in the URL;
+- a deadline for the whole retrieval (RADFUSION_DICOMWEB_TIMEOUT_S), besides the
+  per-read timeout; and the study's size and instance count capped as for uploads
+  (counted as the bytes arrive, never trusted from headers).
+
+Instances are written to disk as they arrive, so memory holds one instance at a time."""
+
+from __future__ import annotations
+
+import re
+import time
+import typing as t
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field
+
+from radfusion.errors import RadfusionInputError
+from radfusion.serving.study_files import UploadTooLargeError, limit_from_env
+
+ALLOWED_URLS_ENV = "RADFUSION_DICOMWEB_ALLOWED_URLS"
+TIMEOUT_ENV = "RADFUSION_DICOMWEB_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 60
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class DicomwebRef(BaseModel):
+    """Where a study lies: a DICOMweb server's root URL and the study's UID."""
+
+    url: str = Field(description="DICOMweb root, e.g. https://pacs.example/dicom-web")
+    study_uid: str = Field(description="StudyInstanceUID", max_length=64)
+
+
+class DicomwebNotAllowedError(RadfusionInputError):
+    kind = "dicomweb_not_allowed"
+    http_status = 403
+
+
+class BadDicomwebRefError(RadfusionInputError):
+    kind = "bad_dicomweb_reference"
+    http_status = 400
+
+
+class DicomwebStudyNotFoundError(RadfusionInputError):
+    kind = "dicomweb_study_not_found"
+    http_status = 404
+
+
+class DicomwebUnavailableError(RadfusionInputError):
+    """The DICOMweb server failed or could not be reached: the request was fine, the
+    upstream was not (502, as a gateway answers)."""
+
+    kind = "dicomweb_unavailable"
+    http_status = 502
+
+
+class DicomwebTimeoutError(RadfusionInputError):
+    kind = "dicomweb_timeout"
+    http_status = 504
+
+
+@dataclass(frozen=True)
+class _Base:
+    scheme: str
+    host: str
+    port: int
+    segments: tuple[str, ...]
+
+
+def _parse(url: str) -> _Base:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadDicomwebRefError("DICOMweb url must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise BadDicomwebRefError("DICOMweb url must not carry credentials")
+    if parts.query or parts.fragment:
+        raise BadDicomwebRefError("DICOMweb url must be the server's root, without query or fragment")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise BadDicomwebRefError("DICOMweb url has an invalid port") from exc
+    segments = tuple(s for s in parts.path.split("/") if s)
+    if any(s in (".", "..") for s in segments):
+        raise BadDicomwebRefError("DICOMweb url path must not hold '.' or '..'")
+    return _Base(parts.scheme, parts.hostname.lower(), port, segments)
+
+
+@dataclass(frozen=True)
+class DicomwebPolicy:
+    allowed: tuple[str, ...] = ()
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_bytes: int = 2 * 1024**3
+    max_instances: int = 20_000
+    _bases: tuple[_Base, ...] = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_bases", tuple(_parse(url) for url in self.allowed))
+
+    @classmethod
+    def from_env(cls, max_bytes: int, max_instances: int) -> DicomwebPolicy:
+        import os
+
+        allowed = tuple(u.strip() for u in os.environ.get(ALLOWED_URLS_ENV, "").split(",") if u.strip())
+        return cls(allowed, float(limit_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)), max_bytes, max_instances)
+
+    def check(self, ref: DicomwebRef) -> str:
+        """The URL to fetch from (normalised), or DicomwebNotAllowedError."""
+        if not _UID.match(ref.study_uid):
+            raise BadDicomwebRefError("study_uid must be a DICOM UID (digits and dots)")
+        wanted = _parse(ref.url)
+        if not self._bases:
+            raise DicomwebNotAllowedError(f"DICOMweb input is off on this server ({ALLOWED_URLS_ENV} is not set)")
+        for base in self._bases:
+            if (base.scheme, base.host, base.port) == (wanted.scheme, wanted.host, wanted.port) and (
+                wanted.segments[: len(base.segments)] == base.segments
+            ):
+                path = "/".join(wanted.segments)
+                return f"{wanted.scheme}://{urlsplit(ref.url.strip()).netloc}" + (f"/{path}" if path else "")
+        raise DicomwebNotAllowedError("DICOMweb url is not below any base URL this server is allowed to fetch from")
+
+
+class _Budget:
+    """Counts response bytes as they stream in and stops at the size or the deadline."""
+
+    def __init__(self, max_bytes: int, deadline: float):
+        self.left = max_bytes
+        self.deadline = deadline
+
+    def hook(self, response, *args, **kwargs):
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.left:
+            response.close()
+            raise UploadTooLargeError("DICOMweb study is larger than the server's size limit")
+        iter_content = response.iter_content
+
+        def counted(chunk_size: int = 1, decode_unicode: bool = False) -> t.Iterator[bytes]:
+            for chunk in iter_content(chunk_size=chunk_size, decode_unicode=decode_unicode):
+                self.left -= len(chunk)
+                if self.left < 0:
+                    response.close()
+                    raise UploadTooLargeError("DICOMweb study is larger than the server's size limit")
+                if time.monotonic() > self.deadline:
+                    response.close()
+                    raise DicomwebTimeoutError("DICOMweb retrieval did not finish within the time limit")
+                yield chunk
+
+        response.iter_content = counted
+        return response
+
+
+def _session():
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False  # no proxy, netrc or CA settings from the environment
+    session.max_redirects = 0
+    return session
+
+
+def fetch_study(ref: DicomwebRef, policy: DicomwebPolicy, dest: Path) -> list[Path]:
+    """WADO-RS retrieve the study into ``dest`` (generated names); raises a specific
+    RadfusionInputError for a refused, missing, oversized, slow or failing retrieval."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    url = policy.check(ref)
+    deadline = time.monotonic() + policy.timeout_s
+    budget = _Budget(policy.max_bytes, deadline)
+    dest.mkdir(parents=True, exist_ok=True)
+    read_timeout = max(1.0, min(policy.timeout_s, 30.0))
+    session = _session()
+    written: list[Path] = []
+    try:
+        client = DICOMwebClient(url=url, session=session, callback=budget.hook, timeout=(5.0, read_timeout))
+        client.set_http_retry_params(retry=False)  # retries with backoff would outlive the deadline
+        # Instances in the transfer syntax they are stored in: no server-side transcoding.
+        for dataset in client.iter_study(ref.study_uid, media_types=(("application/dicom", "*"),)):
+            if len(written) >= policy.max_instances:
+                raise UploadTooLargeError(f"DICOMweb study holds more than {policy.max_instances} instances")
+            target = dest / f"{len(written):06d}.dcm"
+            dataset.save_as(target, enforce_file_format=True)
+            written.append(target)
+            if time.monotonic() > deadline:
+                raise DicomwebTimeoutError("DICOMweb retrieval did not finish within the time limit")
+    except RadfusionInputError:
+        raise
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 404:
+            raise DicomwebStudyNotFoundError("the DICOMweb server has no such study") from exc
+        raise DicomwebUnavailableError(f"the DICOMweb server answered HTTP {status}") from exc
+    except requests.TooManyRedirects as exc:
+        raise DicomwebUnavailableError("the DICOMweb server answered with a redirect, which is not followed") from exc
+    except requests.Timeout as exc:
+        raise DicomwebTimeoutError("the DICOMweb server did not answer in time") from exc
+    except (requests.RequestException, OSError) as exc:
+        raise DicomwebUnavailableError(f"the DICOMweb server could not be reached ({type(exc).__name__})") from exc
+    except ValueError as exc:  # a non-multipart answer, or a part that is no DICOM
+        raise DicomwebUnavailableError(f"the DICOMweb server's answer could not be read ({type(exc).__name__})") from exc
+    finally:
+        session.close()
+    if not written:
+        raise DicomwebStudyNotFoundError("the DICOMweb server returned no instance for the study")
+    return written

@@ -1,0 +1,508 @@
+"""The BentoML HTTP service.
+
+Two services: ``RadfusionModel`` holds the ONNX session and exposes one batchable API
+(adaptive batching across concurrent requests); ``Radfusion`` is the public API that
+turns an uploaded study + genomics into model inputs with the one shared preprocessing
+(radfusion.predictor.prepare_case) and asks the model service for probabilities.
+
+    RADFUSION_MODEL=model.onnx bentoml serve radfusion.serving.http.service:Radfusion
+
+Endpoints: POST /predict (one case: uploaded study or DICOMweb reference, genomics,
+clinical; options explain and rank_treatments add the evidence), POST /predict/batch (many cases in one call, one result or one error each,
+run through the model together), GET|POST /contract, POST /dicom-web/studies (STOW-RS
+input), plus BentoML's /readyz, /livez, /metrics (ours: radfusion.serving.http.metrics). Bad input is
+answered 4xx with {"error": <kind>, "detail": <reason>}; never a 500. No patient names,
+IDs or UIDs are logged.
+
+Safety (ASGI middleware, outermost first): token auth (radfusion.serving.http.auth, 401; the service
+refuses to start without a token unless RADFUSION_AUTH=off, loopback only), load
+shedding (radfusion.serving.http.overload, 503 + Retry-After), body size limit (radfusion.serving.http.limits, 413);
+BentoML's traffic timeout answers 504. SIGTERM drains in-flight requests
+(radfusion.serving.http.drain). Tuning, all from the environment at start: RADFUSION_MAX_BATCH_SIZE,
+RADFUSION_MAX_LATENCY_MS, RADFUSION_BATCHING=off, RADFUSION_REQUEST_TIMEOUT_S,
+RADFUSION_MAX_IN_FLIGHT, RADFUSION_RETRY_AFTER_S, RADFUSION_MAX_BATCH_CASES,
+RADFUSION_ORT_THREADS;
+RADFUSION_GENOMICS_TABLE and RADFUSION_CLINICAL_TABLE for the genomics and clinical
+covariates of STOW-RS studies (looked up by PatientID, as the scorer and listener do);
+RADFUSION_DICOMWEB_ALLOWED_URLS / RADFUSION_DICOMWEB_TIMEOUT_S for DICOMweb study
+references (radfusion.serving.dicomweb)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import os
+import tempfile
+import time
+import traceback
+import typing as t
+from pathlib import Path
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.exceptions import ServiceUnavailable
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from radfusion.contract import ModelContract, read_contract_from_onnx
+from radfusion.errors import RadfusionInputError
+from radfusion.explain import ExplainSettings, explain_case
+from radfusion.predictor import PreparedCase, format_prediction, pack, prepare_case, unpack, unpack_case
+from radfusion.runtime import OnnxModel
+from radfusion.treatment import TreatmentRanking
+from radfusion.serving.http.auth import TokenAuth, auth_off_from_env, check_auth_config, tokens_from_env
+from radfusion.serving.http.cases import (
+    CaseRequest,
+    ConflictingStudyError,
+    OverloadedCaseError,
+    batch_cases,
+    error_entry,
+    upload_problems,
+)
+from radfusion.serving.dicomweb import DicomwebPolicy, DicomwebRef, fetch_study
+from radfusion.serving.http.drain import defer_shutdown_until_callers_exit, keep_sockets_until_workers_stop
+from radfusion.serving.http.hardening import forbid_url_fetch_for_file_fields
+from radfusion.serving.http.limits import BodySizeLimit
+from radfusion.serving.http.metrics import count_refusal, service_metrics
+from radfusion.serving.modelref import MODEL_ENV, device_from_env, looks_like_tag, model_ref_from_env, resolve_model_path
+from radfusion.serving.http.overload import InFlightLimit
+from radfusion.serving.patients import patient_id_of, PatientData, PatientDataMissingError, PatientTableError, PatientTables
+from radfusion.serving.http.stow import boundary_of, split_parts
+from radfusion.serving.study_files import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STUDY_BYTES, limit_from_env, remove_tree, study_files
+
+# Under "bentoml" so that `bentoml serve` shows these lines with its own.
+log = logging.getLogger("bentoml.radfusion")
+
+MAX_REQUEST_BYTES = limit_from_env("RADFUSION_MAX_UPLOAD_BYTES", 1024**3)
+MAX_STUDY_BYTES = limit_from_env("RADFUSION_MAX_STUDY_BYTES", DEFAULT_MAX_STUDY_BYTES)
+MAX_STUDY_FILES = limit_from_env("RADFUSION_MAX_STUDY_FILES", DEFAULT_MAX_MEMBERS)
+MAX_BATCH_SIZE = limit_from_env("RADFUSION_MAX_BATCH_SIZE", 32)
+MAX_LATENCY_MS = limit_from_env("RADFUSION_MAX_LATENCY_MS", 2000)
+# "off": every request runs the model on its own (the benchmark's baseline).
+BATCHING = os.environ.get("RADFUSION_BATCHING", "on").strip().lower() != "off"
+REQUEST_TIMEOUT_S = limit_from_env("RADFUSION_REQUEST_TIMEOUT_S", 300)
+MAX_IN_FLIGHT = limit_from_env("RADFUSION_MAX_IN_FLIGHT", 64)
+MAX_BATCH_CASES = limit_from_env("RADFUSION_MAX_BATCH_CASES", 64)
+# ONNX Runtime intra-op threads on CPU (0: ORT's choice, its count of physical cores).
+ORT_THREADS = limit_from_env("RADFUSION_ORT_THREADS", 0)
+# Cases of one batch request read at once (threads; DICOMweb fetches wait on the network).
+PREPARE_CONCURRENCY = limit_from_env("RADFUSION_PREPARE_CONCURRENCY", 4)
+RETRY_AFTER_S = limit_from_env("RADFUSION_RETRY_AFTER_S", 2)
+GENOMICS_TABLE_ENV = "RADFUSION_GENOMICS_TABLE"
+CLINICAL_TABLE_ENV = "RADFUSION_CLINICAL_TABLE"
+MODEL_CALL_ATTEMPTS = 4
+MODEL_CALL_TIMEOUT_S = limit_from_env("RADFUSION_MODEL_CALL_TIMEOUT_S", 60)
+# /predict?explain: at most 1 + max_features + max_windows model rows per explanation
+# (radfusion.explain), and at most EXPLAIN_CONCURRENCY explanations at once.
+EXPLAIN_SETTINGS = ExplainSettings(
+    top_genes=limit_from_env("RADFUSION_EXPLAIN_TOP_GENES", ExplainSettings.top_genes),
+    max_features=limit_from_env("RADFUSION_EXPLAIN_MAX_FEATURES", ExplainSettings.max_features),
+    max_windows=limit_from_env("RADFUSION_EXPLAIN_MAX_WINDOWS", ExplainSettings.max_windows),
+    batch_size=limit_from_env("RADFUSION_EXPLAIN_BATCH", ExplainSettings.batch_size),
+)
+EXPLAIN_CONCURRENCY = limit_from_env("RADFUSION_EXPLAIN_CONCURRENCY", 1)
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import aiohttp
+    import httpx
+
+    return (aiohttp.ClientConnectionError, httpx.RemoteProtocolError, httpx.ConnectError)
+
+
+_CONNECTION_DROPPED = _connection_errors()
+
+
+class UnprocessableStudyError(RadfusionInputError):
+    """The study's files broke the reader in a way it does not name (a malformed file
+    it did not anticipate). Still the input's fault as far as the caller can act on it."""
+
+    kind = "unprocessable_study"
+    http_status = 422
+
+
+@functools.lru_cache(maxsize=1)
+def served_contract() -> ModelContract:
+    """The contract of the model named by RADFUSION_MODEL (read once per process)."""
+    return read_contract_from_onnx(resolve_model_path(model_ref_from_env()))
+
+
+def stow_patient_tables(contract: ModelContract) -> tuple[PatientTables | None, str]:
+    """The tables STOW-RS studies are completed from, or None and why not. A table the
+    model requires but that was not configured only disables STOW-RS input (its
+    requests answer 422 with the reason); /predict, which carries its own values, serves."""
+    try:
+        return PatientTables.from_paths(
+            contract,
+            os.environ.get(GENOMICS_TABLE_ENV, "").strip() or None,
+            os.environ.get(CLINICAL_TABLE_ENV, "").strip() or None,
+        ), ""
+    except PatientTableError as exc:
+        log.warning("STOW-RS input disabled: %s", exc)
+        return None, f"STOW-RS input is not available: {exc}"
+
+
+def _bento_model_ref() -> t.Any:
+    """Declare the store model when RADFUSION_MODEL is a tag, so a built bento names it."""
+    ref = os.environ.get(MODEL_ENV, "").strip()
+    return bentoml.models.BentoModel(ref) if ref and looks_like_tag(ref) else None
+
+
+@bentoml.service(name="radfusion_model", workers=1, traffic={"timeout": REQUEST_TIMEOUT_S})
+class RadfusionModel:
+    """The ONNX model behind adaptive batching. Its one API takes a packed batch
+    (radfusion.predictor.pack): BentoML batches exactly one argument."""
+
+    bento_model = _bento_model_ref()
+
+    def __init__(self) -> None:
+        path = resolve_model_path(model_ref_from_env())
+        self.model = OnnxModel(path, device=device_from_env(), threads=ORT_THREADS or None)
+        self.model_contract = self.model.contract
+        # The API service may still need this one after SIGTERM: see radfusion.serving.http.drain.
+        defer_shutdown_until_callers_exit("radfusion_model", max_wait_s=REQUEST_TIMEOUT_S + 30)
+        log.info(
+            "model %s %s loaded on %s (batching %s)",
+            self.model_contract.name, self.model_contract.version, self.model.provider,
+            f"up to {MAX_BATCH_SIZE} within {MAX_LATENCY_MS} ms" if BATCHING else "off",
+        )
+
+    @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    def probabilities(self, packed: np.ndarray) -> np.ndarray:
+        service_metrics().model_batch_rows.observe(len(packed))
+        return self.model.run(*unpack(np.asarray(packed, dtype=np.float32), self.model_contract))
+
+    @bentoml.api
+    async def explain(
+        self, packed: np.ndarray, settings: dict[str, int], grid_affine: list[list[float]] | None = None
+    ) -> dict[str, t.Any]:
+        """Gene attributions and image saliency for one packed case (radfusion.explain).
+        Its hundreds of rows run here, next to the model, on their own thread and
+        limiter: the batched API's thread stays free, so normal requests keep their
+        batches while an explanation runs."""
+        inputs = unpack_case(np.asarray(packed, dtype=np.float32), self.model_contract)
+        affine = None if grid_affine is None else np.asarray(grid_affine, dtype=float)
+        run = functools.partial(
+            explain_case, self.model.logits, self.model_contract, inputs, ExplainSettings(**settings), affine
+        )
+        return await anyio.to_thread.run_sync(run, limiter=_explain_limiter())
+
+
+@functools.lru_cache(maxsize=1)
+def _explain_limiter() -> anyio.CapacityLimiter:
+    return anyio.CapacityLimiter(EXPLAIN_CONCURRENCY)
+
+
+def _error_response(exc: RadfusionInputError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+
+
+async def _get_contract(_: Request) -> JSONResponse:
+    return JSONResponse(served_contract().to_dict())
+
+
+async def _stow(request: Request) -> JSONResponse:
+    service = t.cast("Radfusion", bentoml.get_current_service())
+    return await service.predict_stow(request)
+
+
+# GET /contract (BentoML APIs are POST-only) and STOW-RS (a multipart/related body
+# BentoML's typed APIs cannot take) are routes of a small mounted app.
+contract_app = Starlette(
+    routes=[
+        Route("/contract", _get_contract, methods=["GET"]),
+        Route("/dicom-web/studies", _stow, methods=["POST"]),
+    ]
+)
+
+
+@bentoml.service(name="radfusion", workers=1, traffic={"timeout": REQUEST_TIMEOUT_S})
+class Radfusion:
+    """Public API: study (zip or DICOM files) + genomics -> prediction."""
+
+    model_service = bentoml.depends(RadfusionModel)
+
+    def __init__(self) -> None:
+        check_auth_config()  # no token and not an explicit development run: do not start
+        self.model_contract = served_contract()
+        self.patients, self.patients_error = stow_patient_tables(self.model_contract)
+        self.dicomweb = DicomwebPolicy.from_env(MAX_STUDY_BYTES, MAX_STUDY_FILES)
+        self.metrics = service_metrics()
+        log.info("serving contract of %s %s", self.model_contract.name, self.model_contract.version)
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        # BentoML 1.4 cannot make file fields optional (its file validator inside a
+        # Union fails), so "no study" is the empty list; never mutated.
+        study: list[Path] = [],  # noqa: B006
+        genomics: dict[str, t.Any] | None = None,
+        clinical: dict[str, t.Any] | None = None,
+        dicomweb: DicomwebRef | None = None,
+        explain: bool = False,
+        rank_treatments: bool = False,
+    ) -> dict[str, t.Any]:
+        """``study``: one zip of the study's DICOM files, or the DICOM files themselves
+        (repeat the multipart field); or instead ``dicomweb``: {"url", "study_uid"} of
+        a study on an allowed DICOMweb server. ``genomics``: JSON object feature ->
+        value. ``clinical``: JSON object covariate -> value. Any may be omitted when the
+        model allows that modality to be missing. ``explain``: add the top genes and
+        the image saliency peak; ``rank_treatments``: add the predicted response under
+        each treatment (see _with_evidence)."""
+        started = time.perf_counter()
+        try:
+            if study and dicomweb is not None:
+                raise ConflictingStudyError("send the study as an upload or as a DICOMweb reference, not both")
+            prepare = functools.partial(self._prepare, study or None, genomics, clinical, dicomweb)
+            case = await anyio.to_thread.run_sync(prepare)
+        except RadfusionInputError as exc:
+            return self._rejected(exc, "predict")  # type: ignore[return-value]
+        result = await self._predict_case(case, started, "predict")
+        if isinstance(result, dict) and (explain or rank_treatments):
+            return await self._with_evidence(result, case, explain, rank_treatments)  # type: ignore[return-value]
+        return result
+
+    @bentoml.api(route="/predict/batch")
+    async def predict_batch(
+        self,
+        cases: list[CaseRequest] = [],  # noqa: B006
+        studies: list[Path] = [],  # noqa: B006
+    ) -> dict[str, t.Any]:
+        """Many cases in one call. ``cases``: a list of {study, genomics, clinical},
+        where study is {"upload": i} (the i-th ``studies`` file: a zip or one DICOM
+        file) or {"dicomweb": {"url", "study_uid"}}; with no ``cases``, each uploaded
+        file is one image-only case. The answer's ``results`` hold, in case order, the
+        prediction or the case's own error: one bad case never fails the others. The
+        ready cases go to the model service together, so they share its batches."""
+        started = time.perf_counter()
+        try:
+            cases = batch_cases(cases, len(studies), MAX_BATCH_CASES)
+        except RadfusionInputError as exc:
+            return self._rejected(exc, "predict_batch")  # type: ignore[return-value]
+        self.metrics.batch_cases.observe(len(cases))
+        outcomes: list[PreparedCase | RadfusionInputError | None] = [None] * len(cases)
+        for index, problem in upload_problems(cases, len(studies)).items():
+            outcomes[index] = problem
+        limiter = anyio.CapacityLimiter(PREPARE_CONCURRENCY)
+
+        async def prepare_one(index: int, case: CaseRequest) -> None:
+            parts = [studies[case.study.upload]] if case.study is not None and case.study.upload is not None else None
+            dicomweb = case.study.dicomweb if case.study is not None else None
+            prepare = functools.partial(self._prepare, parts, case.genomics, case.clinical, dicomweb)
+            try:
+                outcomes[index] = await anyio.to_thread.run_sync(prepare, limiter=limiter)
+            except RadfusionInputError as exc:
+                outcomes[index] = exc
+
+        async with anyio.create_task_group() as group:
+            for index, case in enumerate(cases):
+                if outcomes[index] is None:
+                    group.start_soon(prepare_one, index, case)
+        results = await self._predict_prepared(t.cast(list, outcomes))
+        failed = sum("error" in r for r in results)
+        log.info("predict_batch: %d cases, %d ok, %d failed in %.0f ms",
+                 len(cases), len(cases) - failed, failed, 1000 * (time.perf_counter() - started))
+        return {"results": results, "cases": len(cases), "ok": len(cases) - failed, "failed": failed}
+
+    async def _predict_prepared(self, outcomes: list[PreparedCase | RadfusionInputError]) -> list[dict[str, t.Any]]:
+        """Run every prepared case through the model service at once (in chunks of at
+        most max_batch_size, all sent together so the batcher can merge them with other
+        requests); errors stay per case."""
+        ready = [i for i, o in enumerate(outcomes) if isinstance(o, PreparedCase)]
+        chunks = [ready[i : i + MAX_BATCH_SIZE] for i in range(0, len(ready), MAX_BATCH_SIZE)]
+        began = time.perf_counter()
+        answers = await asyncio.gather(
+            *(self._infer(pack([t.cast(PreparedCase, outcomes[i]).inputs for i in chunk])) for chunk in chunks),
+            return_exceptions=True,
+        )
+        if chunks:
+            self.metrics.model_seconds.labels(route="predict_batch").observe(time.perf_counter() - began)
+        probabilities: dict[int, np.ndarray | BaseException] = {}
+        for chunk, answer in zip(chunks, answers):
+            if isinstance(answer, BaseException) and not isinstance(answer, ServiceUnavailable):
+                raise answer
+            for row, index in enumerate(chunk):
+                probabilities[index] = answer if isinstance(answer, BaseException) else np.asarray(answer)[row]
+        results = []
+        for index, outcome in enumerate(outcomes):
+            found = probabilities.get(index)
+            if isinstance(found, ServiceUnavailable):
+                outcome = OverloadedCaseError(f"the model is at capacity; retry this case after {RETRY_AFTER_S} s")
+            if isinstance(outcome, RadfusionInputError):
+                self.metrics.error(outcome.kind, "predict_batch")
+                results.append(error_entry(index, outcome))
+                continue
+            self.metrics.prediction(outcome.inputs.modalities_used)
+            results.append({"case": index, **format_prediction(self.model_contract, outcome, t.cast(np.ndarray, found))})
+        return results
+
+    async def predict_stow(self, request: Request) -> JSONResponse:
+        """POST /dicom-web/studies: the instances of one study as STOW-RS parts, scored
+        with the genomics and clinical covariates found for its PatientID in the
+        configured tables (radfusion.serving.patients, as the scorer and listener do);
+        ``genomics_source`` and ``clinical_source`` in the answer say where each came from."""
+        started = time.perf_counter()
+        workdir = Path(tempfile.mkdtemp(prefix="radfusion-stow-"))
+        try:
+            boundary = boundary_of(request.headers.get("content-type", ""))
+            body = workdir / "body"
+            with open(body, "wb") as out:
+                async for chunk in request.stream():
+                    out.write(chunk)
+            parts = await anyio.to_thread.run_sync(split_parts, body, boundary, workdir / "parts", MAX_STUDY_FILES)
+            body.unlink()
+            patient = await anyio.to_thread.run_sync(self._patient_of, parts)
+            case = await anyio.to_thread.run_sync(
+                functools.partial(self._prepare, parts, patient.genomics, patient.clinical))
+        except RadfusionInputError as exc:
+            return self._rejected(exc, "stow")
+        finally:
+            remove_tree(workdir)
+        result = await self._predict_case(case, started, "stow")
+        if isinstance(result, JSONResponse):
+            return result
+        result.update(patient.sources())
+        return JSONResponse(result)
+
+    def _patient_of(self, parts: list[Path]) -> PatientData:
+        """The tables' data for the uploaded study's patient; a model input the tables
+        cannot give is this study's PatientDataMissingError (422)."""
+        if self.patients is None:
+            raise PatientDataMissingError(self.patients_error)
+        patient = self.patients.lookup(patient_id_of(parts))
+        patient.check()
+        return patient
+
+    async def _predict_case(self, case: PreparedCase, started: float, route: str) -> dict[str, t.Any] | JSONResponse:
+        began = time.perf_counter()
+        try:
+            probabilities = await self._infer(pack([case.inputs]))
+        except ServiceUnavailable:
+            self.metrics.error("overloaded", route)
+            # The model service's batcher sheds load it cannot serve within
+            # max_latency_ms: the caller gets the same 503 as from radfusion.serving.http.overload.
+            log.info("%s shed by the model service (overloaded)", route)
+            return JSONResponse(
+                {"error": "overloaded", "detail": f"the model is at capacity; retry after {RETRY_AFTER_S} s"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self.metrics.model_seconds.labels(route=route).observe(time.perf_counter() - began)
+        result = format_prediction(self.model_contract, case, np.asarray(probabilities)[0])
+        self.metrics.prediction(case.inputs.modalities_used)
+        log.info("%s ok: modalities=%s in %.0f ms", route, "+".join(case.inputs.modalities_used),
+                 1000 * (time.perf_counter() - started))
+        return result
+
+    async def _with_evidence(
+        self, result: dict[str, t.Any], case: PreparedCase, explain: bool, rank: bool
+    ) -> dict[str, t.Any] | JSONResponse:
+        """``treatment_ranking`` (radfusion.treatment): one row per treatment through the
+        batched model API, like any prediction. ``explanation`` (radfusion.explain): its
+        rows run in the model service's explain API, outside the batcher. A part the
+        case cannot have (no image: no saliency; no clinical: no ranking) says why."""
+        try:
+            if rank:
+                ranking = TreatmentRanking(self.model_contract, case.inputs)
+                unavailable = ranking.unavailable()
+                if unavailable is None:
+                    probabilities = await self._infer(pack(ranking.candidates))
+                    result["treatment_ranking"] = ranking.result(np.asarray(probabilities))
+                else:
+                    result["treatment_ranking"] = unavailable
+            if explain:
+                began = time.perf_counter()
+                affine = case.study.grid_affine if case.study is not None else None
+                result["explanation"] = await self.model_service.to_async.explain(
+                    packed=pack([case.inputs]),
+                    settings=dataclasses.asdict(EXPLAIN_SETTINGS),
+                    grid_affine=None if affine is None else affine.tolist(),
+                )
+                self.metrics.model_seconds.labels(route="explain").observe(time.perf_counter() - began)
+                log.info("explain: %d model rows in %.0f ms", result["explanation"]["model_rows"],
+                         1000 * (time.perf_counter() - began))
+        except ServiceUnavailable:
+            self.metrics.error("overloaded", "predict")
+            return JSONResponse(
+                {"error": "overloaded", "detail": f"the model is at capacity; retry after {RETRY_AFTER_S} s"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        return result
+
+    def _rejected(self, exc: RadfusionInputError, route: str) -> JSONResponse:
+        self.metrics.error(exc.kind, route)
+        log.info("%s rejected: %s (HTTP %d)", route, exc.kind, exc.http_status)
+        return _error_response(exc)
+
+    @bentoml.api(route="/contract")
+    def contract(self) -> dict[str, t.Any]:
+        """What the model expects: labels, image geometry, gene panel, modalities."""
+        return self.model_contract.to_dict()
+
+    def _prepare(
+        self,
+        parts: list[Path] | None,
+        genomics: dict[str, t.Any] | None,
+        clinical: dict[str, t.Any] | None = None,
+        dicomweb: DicomwebRef | None = None,
+    ) -> PreparedCase:
+        """One case's study (uploaded ``parts`` or fetched by ``dicomweb``) read and
+        preprocessed with its genomics and clinical values."""
+        workdir = Path(tempfile.mkdtemp(prefix="radfusion-upload-"))
+        try:
+            if dicomweb is not None:
+                files = fetch_study(dicomweb, self.dicomweb, workdir / "dicomweb")
+            else:
+                files = study_files(parts, workdir, MAX_STUDY_BYTES, MAX_STUDY_FILES) if parts else None
+            return prepare_case(self.model_contract, files, genomics, clinical)
+        except RadfusionInputError:
+            raise
+        except Exception as exc:
+            # The message may quote header values (names, IDs): log only type and frames.
+            log.warning(
+                "unanticipated %s while reading a study:\n%s",
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            raise UnprocessableStudyError(f"study could not be read ({type(exc).__name__})") from exc
+        finally:
+            remove_tree(workdir)
+
+    async def _infer(self, packed: np.ndarray) -> np.ndarray:
+        """Probabilities from the model service.
+
+        BentoML 1.4's dependency client replaces its HTTP session every 100 calls and
+        closes the old one with calls still in flight on it, and its pooled connections
+        can outlive the server's keep-alive (BentoML issue #4971); both surface as a
+        dropped connection. Under sustained load (bench/serving.py) a call was also
+        seen to hang until the 300 s request timeout, so each attempt is bounded by
+        RADFUSION_MODEL_CALL_TIMEOUT_S. Inference is idempotent, so such calls are
+        retried."""
+        for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
+            try:
+                return await asyncio.wait_for(
+                    self.model_service.to_async.probabilities(packed), timeout=MODEL_CALL_TIMEOUT_S
+                )
+            except (*_CONNECTION_DROPPED, asyncio.TimeoutError) as exc:
+                if attempt == MODEL_CALL_ATTEMPTS:
+                    raise
+                log.info("model service connection dropped (%s); retrying", type(exc).__name__)
+        raise AssertionError("unreachable")
+
+
+forbid_url_fetch_for_file_fields()
+keep_sockets_until_workers_stop()
+# Outermost first: a request without a token is refused before it counts as load or
+# its body is read.
+Radfusion.add_asgi_middleware(TokenAuth, tokens=tokens_from_env(), auth_off=auth_off_from_env(), on_refused=count_refusal)
+Radfusion.add_asgi_middleware(
+    InFlightLimit, max_in_flight=MAX_IN_FLIGHT, retry_after_s=RETRY_AFTER_S, on_refused=count_refusal
+)
+Radfusion.add_asgi_middleware(BodySizeLimit, max_bytes=MAX_REQUEST_BYTES, on_refused=count_refusal)
+Radfusion.mount_asgi_app(contract_app, path="/")

@@ -1,0 +1,28 @@
+"""The tiny synthetic cohort and model the fast tests share: cohort parameters, the
+model grid that covers it, and a small seeded FusionNet."""
+
+from __future__ import annotations
+
+TINY_COHORT = dict(n_patients=10, seed=7, n_genes=100, n_slices=10, rows=32, cols=32, rle_fraction=0.25)
+# The synthetic studies have ~5 mm slices and ~6 mm pixels: 10 x 32 x 32 voxels span
+# ~50 x 192 x 192 mm, which this grid covers (8 x 6 mm, 16 x 12 mm).
+TINY_TARGET_SHAPE = (8, 16, 16)
+TINY_TARGET_SPACING = (6.0, 12.0, 12.0)
+
+
+def tiny_net(contract, seed: int = 0):
+    """A small untrained FusionNet for ``contract`` (seeded weights)."""
+    import torch
+    from radfusion.training.model import FusionNet
+
+    torch.manual_seed(seed)
+    return FusionNet(
+        omics_sizes={b.name: len(b.features) for b in contract.omics},
+        n_clinical=len(contract.clinical.features) if contract.clinical else 0,
+        n_classes=len(contract.labels),
+        modalities=tuple(contract.trained_modalities),
+        image_encoder="resnet",
+        image_widths=(4, 4, 8, 8),
+        embed_dim=16,
+        genomics_hidden=32,
+    ).eval()
