@@ -1,8 +1,21 @@
 """Specific input errors. Each carries a machine-readable ``kind`` so HTTP, DICOM and
 batch callers can map it (HTTP 4xx reason, per-study error row) without parsing text.
-Messages never contain patient names or identifiers."""
+Messages never contain patient names or identifiers.
+
+One failure has one kind everywhere (HTTP body, scorer error row, listener): the
+catalogue of kinds is generated from the classes themselves (``error_catalogue``), and
+docs/errors.md is that catalogue as a table:
+
+    python -m radfusion.errors --markdown > docs/errors.md
+"""
 
 from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 
 class RadfusionInputError(ValueError):
@@ -10,6 +23,9 @@ class RadfusionInputError(ValueError):
 
     kind = "bad_input"
     http_status = 400
+    # True when the same input may succeed later (an upstream outage, a full server):
+    # the scorer retries such rows on resume, an HTTP client may retry the request.
+    retryable = False
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -20,35 +36,49 @@ class RadfusionInputError(ValueError):
 
 
 class CorruptDicomError(RadfusionInputError):
+    """A file is not readable DICOM (truncated, not DICOM at all, broken header)."""
+
     kind = "corrupt_dicom"
 
 
 class NoImageSeriesError(RadfusionInputError):
+    """The study holds no series the model can use (no image series, or every series rejected)."""
+
     kind = "no_image_series"
     http_status = 422
 
 
 class WrongModalityError(RadfusionInputError):
+    """The study's modality is not one the model accepts."""
+
     kind = "wrong_modality"
     http_status = 422
 
 
 class GeometryError(RadfusionInputError):
+    """The chosen series' geometry (spacing, orientation, gaps) cannot be repaired safely."""
+
     kind = "geometry_rejected"
     http_status = 422
 
 
 class UnsupportedPixelDataError(RadfusionInputError):
+    """The pixel data uses an encoding or layout this installation cannot decode."""
+
     kind = "unsupported_pixel_data"
     http_status = 422
 
 
 class GenePanelError(RadfusionInputError):
+    """The genomics do not match the model's gene panel."""
+
     kind = "gene_panel_mismatch"
     http_status = 422
 
 
 class ClinicalInputError(RadfusionInputError):
+    """Clinical covariates are missing, of the wrong type or out of range."""
+
     kind = "clinical_invalid"
     http_status = 422
 
@@ -62,5 +92,102 @@ class OmicsFormatError(RadfusionInputError):
 
 
 class NoModalityError(RadfusionInputError):
+    """The case carries no modality the model could predict from."""
+
     kind = "no_modality"
     http_status = 422
+
+
+# Modules that define error classes outside this one. Imported only to write the
+# documentation table (never at run time: the core does not depend on serving).
+ERROR_MODULES = (
+    "radfusion.deid.errors",
+    "radfusion.prediction",
+    "radfusion.serving.study_files",
+    "radfusion.serving.dicomweb",
+    "radfusion.serving.patient_data",
+    "radfusion.serving.scoring.sources",
+    "radfusion.serving.http.auth",
+    "radfusion.serving.http.cases",
+    "radfusion.serving.http.overload",
+    "radfusion.serving.http.stow",
+    "radfusion.serving.http.service",
+)
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """One row of the catalogue."""
+
+    kind: str
+    http_status: int
+    retryable: bool
+    meaning: str
+    cls: type[RadfusionInputError]
+
+
+def error_classes(root: type[RadfusionInputError] = RadfusionInputError) -> list[type[RadfusionInputError]]:
+    """``root`` and every subclass of it imported so far, depth first."""
+    found = [root]
+    for sub in root.__subclasses__():
+        found += error_classes(sub)
+    return found
+
+
+def import_error_modules(modules: Iterable[str] = ERROR_MODULES) -> None:
+    """Import the modules that define error classes, so that the catalogue is whole."""
+    for name in modules:
+        importlib.import_module(name)
+
+
+def _meaning(cls: type) -> str:
+    doc = cls.__doc__ if "__doc__" in vars(cls) else None
+    return " ".join((inspect.cleandoc(doc) if doc else "").split())
+
+
+def error_catalogue(classes: Iterable[type[RadfusionInputError]] | None = None) -> list[ErrorKind]:
+    """One entry per kind, sorted by kind. A subclass that keeps its parent's kind is
+    the same failure and is not listed again."""
+    entries: dict[str, ErrorKind] = {}
+    for cls in error_classes() if classes is None else classes:
+        if cls.kind not in entries:
+            entries[cls.kind] = ErrorKind(cls.kind, cls.http_status, cls.retryable, _meaning(cls), cls)
+    return sorted(entries.values(), key=lambda e: e.kind)
+
+
+def markdown_table(entries: Iterable[ErrorKind]) -> str:
+    lines = [
+        "# Error kinds",
+        "",
+        "Generated from the error classes by `python -m radfusion.errors --markdown`; do not edit.",
+        "The same kind appears in the HTTP body (`error`), the scorer's error rows",
+        "(`<kind>: <reason>`) and the listener's logs. Retryable: the same input may succeed later.",
+        "",
+        "| kind | HTTP status | retryable | meaning |",
+        "|---|---|---|---|",
+    ]
+    for e in entries:
+        retryable = "yes" if e.retryable else "no"
+        lines.append(f"| `{e.kind}` | {e.http_status} | {retryable} | {e.meaning.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The catalogue of radfusion's error kinds.")
+    parser.add_argument("--markdown", action="store_true", help="print docs/errors.md")
+    args = parser.parse_args(argv)
+    # Run as ``python -m``, this file is __main__: the classes other modules subclass
+    # are those of the imported radfusion.errors.
+    from radfusion import errors
+
+    errors.import_error_modules()
+    entries = errors.error_catalogue()
+    if args.markdown:
+        print(markdown_table(entries), end="")
+    else:
+        for e in entries:
+            print(f"{e.kind}\t{e.http_status}\t{'retryable' if e.retryable else '-'}")
+
+
+if __name__ == "__main__":
+    main()

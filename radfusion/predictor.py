@@ -11,6 +11,7 @@ import numpy as np
 
 from radfusion.contract import ModelContract
 from radfusion.explain import ExplainSettings, explain_case
+from radfusion.prediction import Prediction
 from radfusion.preprocess import ModelInputs, build_inputs, preprocess_clinical, preprocess_omics
 from radfusion.runtime import OnnxModel
 from radfusion.study import StudyImage, read_study_image
@@ -82,33 +83,16 @@ def stack_inputs(cases: Sequence[ModelInputs]) -> tuple[np.ndarray, np.ndarray, 
 
 
 def task_outputs(contract: ModelContract, outputs: np.ndarray) -> dict:
-    """One case's model outputs (``OnnxModel.run``) as the task's answer fields.
-
-    classification: class probabilities and the predicted label; multi-label: a
-    probability per label and the labels at or above 0.5; survival:cox: the risk
-    score (log relative hazard; higher = worse); survival:discrete: the risk score
-    (cumulative hazard over all intervals) and the survival probability at each
-    interval's end, keyed by months."""
-    kind = contract.task.partition(":")[0]
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if kind == "survival":
-        if contract.task == "survival:cox":
-            return {"risk_score": float(outputs[0])}
-        hazards = 1.0 / (1.0 + np.exp(-outputs))
-        survival = np.cumprod(1.0 - hazards)
-        return {
-            "risk_score": float(np.sum(np.logaddexp(0.0, outputs))),  # sum_k -log(1 - h_k)
-            "survival_probabilities": {f"{t:g}": float(p) for t, p in zip(contract.time_bins, survival)},
-        }
-    probs = {label: float(p) for label, p in zip(contract.labels, outputs)}
-    if kind == "multilabel":
-        return {"probabilities": probs, "predicted_labels": [label for label, p in probs.items() if p >= 0.5]}
-    return {"probabilities": probs, "predicted_label": contract.labels[int(np.argmax(outputs))]}
+    """One case's model outputs (``OnnxModel.run``) as the task's answer fields
+    (radfusion.prediction.Prediction.answer)."""
+    return Prediction.from_outputs(contract, outputs).answer()
 
 
-def format_prediction(contract: ModelContract, case: PreparedCase, probabilities: np.ndarray) -> dict:
+def format_prediction(contract: ModelContract, case: PreparedCase, prediction: Prediction) -> dict:
+    """The HTTP JSON answer: the task fields, the modalities used, the model, and the
+    scored study/series when there was an image."""
     result = {
-        **task_outputs(contract, probabilities),
+        **prediction.answer(),
         "modalities_used": case.inputs.modalities_used,
         "model": {"name": contract.name, "version": contract.version},
     }
@@ -131,10 +115,14 @@ class Predictor:
         return prepare_case(self.contract, study_paths, genomics, clinical)
 
     def predict(self, cases: Sequence[PreparedCase]) -> list[dict]:
+        """HTTP-format answers; raises NonFiniteOutputError if any case's output is NaN/inf."""
+        return [format_prediction(self.contract, c, p) for c, p in zip(cases, self.predictions(cases), strict=True)]
+
+    def predictions(self, cases: Sequence[PreparedCase]) -> list[Prediction]:
         if not cases:
             return []
-        probabilities = self.model.run(*stack_inputs([c.inputs for c in cases]))
-        return [format_prediction(self.contract, c, p) for c, p in zip(cases, probabilities)]
+        outputs = self.model.run(*stack_inputs([c.inputs for c in cases]))
+        return [Prediction.from_outputs(self.contract, row) for row in outputs]
 
     def explain(self, case: PreparedCase, settings: ExplainSettings | None = None) -> dict:
         """Top genes and the image saliency peak (radfusion.explain) for one case."""

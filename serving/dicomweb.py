@@ -1,5 +1,12 @@
-"""A DICOMweb study reference as prediction input: ``{"url": <DICOMweb root>,
-"study_uid": <StudyInstanceUID>}``, fetched by WADO-RS with dicomweb-client.
+"""The ONE DICOMweb client (dicomweb-client: QIDO-RS search, WADO-RS retrieve) of the
+HTTP service and the archive scorer, under one of two policies:
+
+- allow-listed (``DicomwebPolicy(allowed=...)``): a study reference sent by an HTTP
+  caller (``{"url": <DICOMweb root>, "study_uid": <StudyInstanceUID>}``), fetched on
+  the caller's behalf;
+- trusted (``DicomwebPolicy.trusted(url)``): the archive the scorer's operator points
+  it at; any http(s) URL, with the environment's proxy and CA settings, redirects
+  followed and retries with backoff. Sizes are capped the same way.
 
 The service fetches URLs on a caller's behalf only under rules a hospital can audit:
 
@@ -12,13 +19,16 @@ The service fetches URLs on a caller's behalf only under rules a hospital can au
   per-read timeout; and the study's size and instance count capped as for uploads
   (counted as the bytes arrive, never trusted from headers).
 
-Instances are written to disk as they arrive, so memory holds one instance at a time."""
+Instances are written to disk as they arrive, so memory holds one instance at a time.
+Every failure is one of the error classes below, whoever called."""
 
 from __future__ import annotations
 
 import re
 import time
 import typing as t
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,11 +36,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field
 
 from radfusion.errors import RadfusionInputError
-from radfusion.serving.study_files import UploadTooLargeError, limit_from_env
+from radfusion.serving.study_files import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STUDY_BYTES, UploadTooLargeError
 
 ALLOWED_URLS_ENV = "RADFUSION_DICOMWEB_ALLOWED_URLS"
 TIMEOUT_ENV = "RADFUSION_DICOMWEB_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 60
+TRUSTED_TIMEOUT_S = 600  # a whole study from an operator's own archive
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -42,16 +53,22 @@ class DicomwebRef(BaseModel):
 
 
 class DicomwebNotAllowedError(RadfusionInputError):
+    """The DICOMweb URL is not below a base URL this server may fetch from (or DICOMweb input is off)."""
+
     kind = "dicomweb_not_allowed"
     http_status = 403
 
 
 class BadDicomwebRefError(RadfusionInputError):
+    """The DICOMweb reference is malformed (not an http(s) root URL, credentials in it, no UID)."""
+
     kind = "bad_dicomweb_reference"
     http_status = 400
 
 
 class DicomwebStudyNotFoundError(RadfusionInputError):
+    """The DICOMweb server has no such study, or returned no instance of it."""
+
     kind = "dicomweb_study_not_found"
     http_status = 404
 
@@ -62,11 +79,15 @@ class DicomwebUnavailableError(RadfusionInputError):
 
     kind = "dicomweb_unavailable"
     http_status = 502
+    retryable = True
 
 
 class DicomwebTimeoutError(RadfusionInputError):
+    """The DICOMweb server did not deliver the study within the time limit."""
+
     kind = "dicomweb_timeout"
     http_status = 504
+    retryable = True
 
 
 @dataclass(frozen=True)
@@ -97,26 +118,35 @@ def _parse(url: str) -> _Base:
 
 @dataclass(frozen=True)
 class DicomwebPolicy:
+    """Which servers may be fetched from, and how much, how long. ``allowed`` empty and
+    not ``is_trusted``: DICOMweb input is off."""
+
     allowed: tuple[str, ...] = ()
     timeout_s: float = DEFAULT_TIMEOUT_S
-    max_bytes: int = 2 * 1024**3
-    max_instances: int = 20_000
+    max_bytes: int = DEFAULT_MAX_STUDY_BYTES
+    max_instances: int = DEFAULT_MAX_MEMBERS
+    is_trusted: bool = False
     _bases: tuple[_Base, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_bases", tuple(_parse(url) for url in self.allowed))
 
     @classmethod
-    def from_env(cls, max_bytes: int, max_instances: int) -> DicomwebPolicy:
-        import os
-
-        allowed = tuple(u.strip() for u in os.environ.get(ALLOWED_URLS_ENV, "").split(",") if u.strip())
-        return cls(allowed, float(limit_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)), max_bytes, max_instances)
+    def trusted(
+        cls,
+        timeout_s: float = TRUSTED_TIMEOUT_S,
+        max_bytes: int = DEFAULT_MAX_STUDY_BYTES,
+        max_instances: int = DEFAULT_MAX_MEMBERS,
+    ) -> DicomwebPolicy:
+        """The scorer's policy: the operator chose the server."""
+        return cls((), timeout_s, max_bytes, max_instances, is_trusted=True)
 
     def check(self, ref: DicomwebRef) -> str:
         """The URL to fetch from (normalised), or DicomwebNotAllowedError."""
         if not _UID.match(ref.study_uid):
             raise BadDicomwebRefError("study_uid must be a DICOM UID (digits and dots)")
+        if self.is_trusted:
+            return self.check_url(ref.url)
         wanted = _parse(ref.url)
         if not self._bases:
             raise DicomwebNotAllowedError(f"DICOMweb input is off on this server ({ALLOWED_URLS_ENV} is not set)")
@@ -127,6 +157,15 @@ class DicomwebPolicy:
                 path = "/".join(wanted.segments)
                 return f"{wanted.scheme}://{urlsplit(ref.url.strip()).netloc}" + (f"/{path}" if path else "")
         raise DicomwebNotAllowedError("DICOMweb url is not below any base URL this server is allowed to fetch from")
+
+    def check_url(self, url: str) -> str:
+        """A server root the trusted policy may search and fetch from."""
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadDicomwebRefError("DICOMweb url must be an http(s) URL with a host")
+        if not self.is_trusted:
+            raise DicomwebNotAllowedError("only a trusted policy searches a whole DICOMweb server")
+        return url.strip().rstrip("/")
 
 
 class _Budget:
@@ -158,40 +197,43 @@ class _Budget:
         return response
 
 
-def _session():
+_trusted_sessions: dict[str, t.Any] = {}
+
+
+def _session(policy: DicomwebPolicy, url: str):
+    """An allow-listed fetch gets a fresh session that ignores the environment (proxy,
+    netrc, CA) and follows no redirect; a trusted server keeps one session per process
+    (the scorer's workers reuse its connections) with the environment's settings."""
     import requests
 
+    if policy.is_trusted:
+        if url not in _trusted_sessions:
+            _trusted_sessions[url] = requests.Session()
+        return _trusted_sessions[url]
     session = requests.Session()
-    session.trust_env = False  # no proxy, netrc or CA settings from the environment
+    session.trust_env = False
     session.max_redirects = 0
     return session
 
 
-def fetch_study(ref: DicomwebRef, policy: DicomwebPolicy, dest: Path) -> list[Path]:
-    """WADO-RS retrieve the study into ``dest`` (generated names); raises a specific
-    RadfusionInputError for a refused, missing, oversized, slow or failing retrieval."""
-    import requests
+def _client(url: str, policy: DicomwebPolicy, session, budget: _Budget | None):
     from dicomweb_client.api import DICOMwebClient
 
-    url = policy.check(ref)
-    deadline = time.monotonic() + policy.timeout_s
-    budget = _Budget(policy.max_bytes, deadline)
-    dest.mkdir(parents=True, exist_ok=True)
     read_timeout = max(1.0, min(policy.timeout_s, 30.0))
-    session = _session()
-    written: list[Path] = []
-    try:
-        client = DICOMwebClient(url=url, session=session, callback=budget.hook, timeout=(5.0, read_timeout))
+    client = DICOMwebClient(url=url, session=session, callback=budget.hook if budget else None,
+                            timeout=(5.0, read_timeout))
+    if not policy.is_trusted:
         client.set_http_retry_params(retry=False)  # retries with backoff would outlive the deadline
-        # Instances in the transfer syntax they are stored in: no server-side transcoding.
-        for dataset in client.iter_study(ref.study_uid, media_types=(("application/dicom", "*"),)):
-            if len(written) >= policy.max_instances:
-                raise UploadTooLargeError(f"DICOMweb study holds more than {policy.max_instances} instances")
-            target = dest / f"{len(written):06d}.dcm"
-            dataset.save_as(target, enforce_file_format=True)
-            written.append(target)
-            if time.monotonic() > deadline:
-                raise DicomwebTimeoutError("DICOMweb retrieval did not finish within the time limit")
+    return client
+
+
+@contextmanager
+def _upstream_errors(policy: DicomwebPolicy, session) -> Iterator[None]:
+    """Every failure of a DICOMweb exchange as one of this module's errors."""
+    import requests
+
+    try:
+        yield
     except RadfusionInputError:
         raise
     except requests.HTTPError as exc:
@@ -206,9 +248,42 @@ def fetch_study(ref: DicomwebRef, policy: DicomwebPolicy, dest: Path) -> list[Pa
     except (requests.RequestException, OSError) as exc:
         raise DicomwebUnavailableError(f"the DICOMweb server could not be reached ({type(exc).__name__})") from exc
     except ValueError as exc:  # a non-multipart answer, or a part that is no DICOM
-        raise DicomwebUnavailableError(f"the DICOMweb server's answer could not be read ({type(exc).__name__})") from exc
+        raise DicomwebUnavailableError(
+            f"the DICOMweb server's answer could not be read ({type(exc).__name__})") from exc
     finally:
-        session.close()
+        if not policy.is_trusted:
+            session.close()
+
+
+def fetch_study(ref: DicomwebRef, policy: DicomwebPolicy, dest: Path) -> list[Path]:
+    """WADO-RS retrieve the study into ``dest`` (generated names); raises a specific
+    RadfusionInputError for a refused, missing, oversized, slow or failing retrieval."""
+    url = policy.check(ref)
+    deadline = time.monotonic() + policy.timeout_s
+    budget = _Budget(policy.max_bytes, deadline)
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    session = _session(policy, url)
+    with _upstream_errors(policy, session):
+        client = _client(url, policy, session, budget)
+        # Instances in the transfer syntax they are stored in: no server-side transcoding.
+        for dataset in client.iter_study(ref.study_uid, media_types=(("application/dicom", "*"),)):
+            if len(written) >= policy.max_instances:
+                raise UploadTooLargeError(f"DICOMweb study holds more than {policy.max_instances} instances")
+            target = dest / f"{len(written):06d}.dcm"
+            dataset.save_as(target, enforce_file_format=True)
+            written.append(target)
+            if time.monotonic() > deadline:
+                raise DicomwebTimeoutError("DICOMweb retrieval did not finish within the time limit")
     if not written:
         raise DicomwebStudyNotFoundError("the DICOMweb server returned no instance for the study")
     return written
+
+
+def search_studies(url: str, policy: DicomwebPolicy, offset: int, limit: int, fields: list[str]) -> list[dict]:
+    """One QIDO-RS page of the server's studies (trusted policy only: searching a whole
+    server is an operator's act, never a caller's)."""
+    url = policy.check_url(url)
+    session = _session(policy, url)
+    with _upstream_errors(policy, session):
+        return _client(url, policy, session, None).search_for_studies(offset=offset, limit=limit, fields=fields)

@@ -1,43 +1,72 @@
-"""Uploaded study parts -> DICOM files on local disk, safely.
+"""Study files -> DICOM files on local disk, safely: ONE reader of zip archives for HTTP
+uploads and for the archive scorer.
 
 A part is a zip archive (detected by content, not by name) or one DICOM file. Zip
 members are written under generated names inside a fresh folder, so no member name can
 reach outside it; members whose names try to (absolute paths, '..') reject the whole
-archive. Sizes are counted while decompressing, never trusted from the zip headers."""
+archive. Sizes are counted while decompressing, never trusted from the zip headers:
+a ``Budget`` of bytes and files is shared by every part of one study (one request, or
+one study of an archive), and a study over it is that study's UploadTooLargeError."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from radfusion.errors import RadfusionInputError
 
-DEFAULT_MAX_STUDY_BYTES = 2 * 1024**3  # uncompressed, over all parts of one request
+DEFAULT_MAX_STUDY_BYTES = 2 * 1024**3  # uncompressed, over all parts of one study
 DEFAULT_MAX_MEMBERS = 20_000
 _CHUNK = 1024 * 1024
 
 
 class BadArchiveError(RadfusionInputError):
+    """A zip archive that cannot be read (not a zip, truncated, encrypted, unsupported compression)."""
+
     kind = "bad_archive"
     http_status = 400
 
 
 class UnsafeArchiveError(RadfusionInputError):
+    """A zip archive whose member names point outside it (absolute paths or '..')."""
+
     kind = "unsafe_archive"
     http_status = 400
 
 
 class UploadTooLargeError(RadfusionInputError):
+    """The study (request body, upload, archive study or DICOMweb retrieval) is larger
+    than the size or file-count limit."""
+
     kind = "upload_too_large"
     http_status = 413
 
 
-def limit_from_env(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else default
+@dataclass
+class Budget:
+    """Uncompressed bytes and files still allowed for one study, spent as they are written."""
+
+    bytes_left: int = DEFAULT_MAX_STUDY_BYTES
+    files_left: int = DEFAULT_MAX_MEMBERS
+    max_files: int = DEFAULT_MAX_MEMBERS
+
+    @classmethod
+    def of(cls, max_bytes: int, max_files: int) -> Budget:
+        return cls(max_bytes, max_files, max_files)
+
+    def spend_bytes(self, n: int) -> None:
+        self.bytes_left -= n
+        if self.bytes_left < 0:
+            raise UploadTooLargeError("study is larger than the server's uncompressed size limit")
+
+    def spend_files(self, n: int) -> None:
+        self.files_left -= n
+        if self.files_left < 0:
+            raise UploadTooLargeError(f"study holds more than {self.max_files} files")
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -59,38 +88,71 @@ def _unsafe_name(name: str) -> bool:
     return False
 
 
-def extract_zip(archive: Path, dest: Path, budget: list[int], max_members: int) -> list[Path]:
-    """Extract regular members of ``archive`` into ``dest`` as 000000.dcm, 000001.dcm, ...
+def is_zip_archive(path: Path) -> bool:
+    """A zip by content (a DICOM file's 128-byte preamble may hold anything, so a DICOM
+    file is never taken for a zip)."""
+    return not is_dicom_file(path) and is_zip_file(path)
 
-    ``budget`` is a one-item list holding the bytes still allowed; it is shared by the
-    parts of one request and decremented as bytes are written."""
+
+def zip_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The members that may hold a DICOM file, in archive order: regular files, not
+    hidden ones or macOS resource forks."""
+    return [
+        m for m in archive.infolist()
+        if not m.is_dir() and not PurePosixPath(m.filename).name.startswith(".")
+        and not m.filename.startswith("__MACOSX/")
+    ]
+
+
+@contextmanager
+def open_zip(path: Path | str) -> Iterator[zipfile.ZipFile]:
+    """The zip file at ``path``; any failure to read it is a BadArchiveError."""
     try:
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            if len(members) > max_members:
-                raise UploadTooLargeError(f"archive holds {len(members)} files; at most {max_members} allowed")
-            for member in members:
-                if _unsafe_name(member.filename):
-                    raise UnsafeArchiveError("archive member names point outside the archive (absolute path or '..')")
-            dest.mkdir(parents=True, exist_ok=True)
-            written: list[Path] = []
-            for i, member in enumerate(members):
-                if PurePosixPath(member.filename).name.startswith(".") or member.filename.startswith("__MACOSX/"):
-                    continue
-                target = dest / f"{i:06d}.dcm"
-                with zf.open(member) as src, open(target, "wb") as out:
-                    while chunk := src.read(_CHUNK):
-                        budget[0] -= len(chunk)
-                        if budget[0] < 0:
-                            raise UploadTooLargeError("study is larger than the server's uncompressed size limit")
-                        out.write(chunk)
-                written.append(target)
-            return written
+        with zipfile.ZipFile(path) as archive:
+            yield archive
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError) as exc:
         # RuntimeError: encrypted members; NotImplementedError: unsupported compression.
         raise BadArchiveError(f"not a readable zip archive ({type(exc).__name__})") from exc
-    except OSError as exc:
+    except (OSError, KeyError) as exc:
         raise BadArchiveError(f"zip archive cannot be extracted ({type(exc).__name__})") from exc
+
+
+def _copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo | str, target: Path, budget: Budget) -> Path:
+    """One member streamed to ``target``, its bytes counted as they are decompressed."""
+    with archive.open(member) as src, open(target, "wb") as out:
+        while chunk := src.read(_CHUNK):
+            budget.spend_bytes(len(chunk))
+            out.write(chunk)
+    return target
+
+
+def extract_zip(archive: Path, dest: Path, budget: Budget) -> list[Path]:
+    """Extract the members of an uploaded ``archive`` into ``dest`` as 000000.dcm, ...
+
+    The whole archive is refused if any member name points outside it."""
+    with open_zip(archive) as zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) > budget.files_left:
+            raise UploadTooLargeError(f"archive holds {len(members)} files; at most {budget.max_files} allowed")
+        if any(_unsafe_name(m.filename) for m in members):
+            raise UnsafeArchiveError("archive member names point outside the archive (absolute path or '..')")
+        dest.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for i, member in enumerate(zip_members(zf)):
+            budget.spend_files(1)
+            written.append(_copy_member(zf, member, dest / f"{i:06d}.dcm", budget))
+        return written
+
+
+def extract_members(zip_path: Path | str, members: Iterable[tuple[int, str]], dest: Path, budget: Budget) -> list[Path]:
+    """Named members of an archive's zip (the scorer's study files) written to
+    ``dest`` as <index>.dcm, under the study's budget."""
+    with open_zip(zip_path) as zf:
+        written: list[Path] = []
+        for index, name in members:
+            budget.spend_files(1)
+            written.append(_copy_member(zf, name, dest / f"{index:06d}.dcm", budget))
+        return written
 
 
 def study_files(parts: Sequence[Path], workdir: Path, max_bytes: int, max_members: int) -> list[Path]:
@@ -98,20 +160,17 @@ def study_files(parts: Sequence[Path], workdir: Path, max_bytes: int, max_member
     zips are extracted, anything else is moved in as one DICOM file (and reported as
     corrupt later if it is not)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    budget = [max_bytes]
+    budget = Budget.of(max_bytes, max_members)
     files: list[Path] = []
     for index, part in enumerate(parts):
-        if not is_dicom_file(part) and is_zip_file(part):
-            files.extend(extract_zip(part, workdir / f"part{index:03d}", budget, max_members - len(files)))
+        if is_zip_archive(part):
+            files.extend(extract_zip(part, workdir / f"part{index:03d}", budget))
         else:
-            budget[0] -= part.stat().st_size
-            if budget[0] < 0:
-                raise UploadTooLargeError("study is larger than the server's size limit")
+            budget.spend_files(1)
+            budget.spend_bytes(part.stat().st_size)
             # The upload's temporary name carries the client's file name, which may hold
             # a patient's name and would reach logs through reader warnings.
             files.append(Path(shutil.move(part, workdir / f"file{index:06d}.dcm")))
-        if len(files) > max_members:
-            raise UploadTooLargeError(f"study holds more than {max_members} files")
     return files
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from radfusion.errors import RadfusionInputError
+
 
 def json_error_messages(
     status: int, error: str, detail: str, headers: list[tuple[bytes, bytes]] | None = None
@@ -21,3 +23,10 @@ def json_error_messages(
         ],
     }
     return start, {"type": "http.response.body", "body": body}
+
+
+def error_messages(
+    error: RadfusionInputError, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The answer to ``error``: its kind, message and HTTP status, as the API answers."""
+    return json_error_messages(error.http_status, error.kind, error.message, headers)

@@ -21,7 +21,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from radfusion.serving.http.asgi_json import json_error_messages
+from radfusion.errors import RadfusionInputError
+from radfusion.serving.http.asgi_json import error_messages
 
 log = logging.getLogger("bentoml.radfusion")
 
@@ -30,6 +31,20 @@ TOKENS_FILE_ENV = "RADFUSION_API_TOKENS_FILE"
 AUTH_ENV = "RADFUSION_AUTH"  # "off": no tokens, loopback clients only (development)
 OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class UnauthorizedError(RadfusionInputError):
+    """The request carries no API token, or one the server does not know."""
+
+    kind = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(RadfusionInputError):
+    """Authentication is off and the client is not on the loopback interface."""
+
+    kind = "forbidden"
+    http_status = 403
 
 
 class AuthNotConfiguredError(RuntimeError):
@@ -76,11 +91,11 @@ def _presented_token(headers: dict[bytes, bytes]) -> bytes | None:
 
 
 def _json_401(detail: str) -> tuple[dict, dict]:
-    return json_error_messages(401, "unauthorized", detail, [(b"www-authenticate", b'Bearer realm="radfusion"')])
+    return error_messages(UnauthorizedError(detail), [(b"www-authenticate", b'Bearer realm="radfusion"')])
 
 
 def _json_403(detail: str) -> tuple[dict, dict]:
-    return json_error_messages(403, "forbidden", detail)
+    return error_messages(ForbiddenError(detail))
 
 
 class TokenAuth:

@@ -36,30 +36,39 @@ class CaseRequest(BaseModel):
 
 
 class BadCaseError(RadfusionInputError):
+    """A case of a batch request names an upload that does not exist, or one another case also names."""
+
     kind = "bad_case"
     http_status = 400
 
 
 class TooManyCasesError(RadfusionInputError):
+    """A batch request holds more cases than the server takes in one call."""
+
     kind = "too_many_cases"
     http_status = 413
 
 
 class NoCasesError(RadfusionInputError):
+    """A batch request holds no case at all."""
+
     kind = "no_cases"
     http_status = 422
 
 
 class ConflictingStudyError(RadfusionInputError):
+    """The study came both as an upload and as a DICOMweb reference."""
+
     kind = "conflicting_study_inputs"
     http_status = 400
 
 
-class OverloadedCaseError(RadfusionInputError):
-    """The model service shed this case's batch (over capacity): retry it."""
+class UnprocessableStudyError(RadfusionInputError):
+    """The study's files broke the reader in a way it does not name (a malformed file
+    it did not anticipate). Still the input's fault as far as the caller can act on it."""
 
-    kind = "overloaded"
-    http_status = 503
+    kind = "unprocessable_study"
+    http_status = 422
 
 
 def batch_cases(cases: Sequence[CaseRequest], n_uploads: int, max_cases: int) -> list[CaseRequest]:

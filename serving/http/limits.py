@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from radfusion.serving.http.asgi_json import json_error_messages
+from radfusion.serving.http.asgi_json import error_messages
+from radfusion.serving.study_files import UploadTooLargeError
 
 
 def _json_413(max_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    return json_error_messages(413, "upload_too_large", f"request body exceeds the limit of {max_bytes} bytes")
+    return error_messages(UploadTooLargeError(f"request body exceeds the limit of {max_bytes} bytes"))
 
 
 class BodySizeLimit:
@@ -28,7 +29,7 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            self.on_refused("upload_too_large", scope["path"])
+            self.on_refused(UploadTooLargeError.kind, scope["path"])
             for message in _json_413(self.max_bytes):
                 await send(message)
             return
@@ -61,6 +62,6 @@ class BodySizeLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
-            self.on_refused("upload_too_large", scope["path"])
+            self.on_refused(UploadTooLargeError.kind, scope["path"])
             for message in _json_413(self.max_bytes):
                 await send(message)

@@ -11,15 +11,39 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from radfusion.serving.http.asgi_json import json_error_messages
+from radfusion.errors import RadfusionInputError
+from radfusion.serving.http.asgi_json import error_messages
 from radfusion.serving.http.auth import OPEN_PATHS
 
 log = logging.getLogger("bentoml.radfusion")
 
 
-def _json_503(retry_after_s: int, max_in_flight: int) -> tuple[dict, dict]:
-    detail = f"{max_in_flight} requests already in progress; retry after {retry_after_s} s"
-    return json_error_messages(503, "overloaded", detail, [(b"retry-after", str(retry_after_s).encode())])
+class OverloadedError(RadfusionInputError):
+    """The server or its model service is at capacity: retry after the Retry-After seconds."""
+
+    kind = "overloaded"
+    http_status = 503
+    retryable = True
+
+    def __init__(self, reason: str, retry_after_s: int):
+        super().__init__(f"{reason}; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+def overloaded(reason: str, retry_after_s: int) -> OverloadedError:
+    """THE 503 answer (the shedding middleware's, the model service's, a batch case's):
+    body ``{"error": "overloaded", "detail": ...}`` plus a Retry-After header."""
+    return OverloadedError(reason, retry_after_s)
+
+
+def overloaded_messages(error: OverloadedError) -> tuple[dict, dict]:
+    """The ASGI messages of ``error``, for middleware that answers before the app."""
+    headers = [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+    return error_messages(error, headers)
 
 
 class InFlightLimit:
@@ -50,7 +74,8 @@ class InFlightLimit:
             self.on_refused("overloaded", scope["path"])
             if self.shed == 1 or self.shed % 100 == 0:
                 log.warning("overloaded: %d requests shed so far (limit %d in flight)", self.shed, self.max_in_flight)
-            for message in _json_503(self.retry_after_s, self.max_in_flight):
+            error = overloaded(f"{self.max_in_flight} requests already in progress", self.retry_after_s)
+            for message in overloaded_messages(error):
                 await send(message)
             return
         self.in_flight += 1

@@ -18,14 +18,11 @@ Safety (ASGI middleware, outermost first): token auth (radfusion.serving.http.au
 refuses to start without a token unless RADFUSION_AUTH=off, loopback only), load
 shedding (radfusion.serving.http.overload, 503 + Retry-After), body size limit (radfusion.serving.http.limits, 413);
 BentoML's traffic timeout answers 504. SIGTERM drains in-flight requests
-(radfusion.serving.http.drain). Tuning, all from the environment at start: RADFUSION_MAX_BATCH_SIZE,
-RADFUSION_MAX_LATENCY_MS, RADFUSION_BATCHING=off, RADFUSION_REQUEST_TIMEOUT_S,
-RADFUSION_MAX_IN_FLIGHT, RADFUSION_RETRY_AFTER_S, RADFUSION_MAX_BATCH_CASES,
-RADFUSION_ORT_THREADS;
-RADFUSION_GENOMICS_TABLE and RADFUSION_CLINICAL_TABLE for the genomics and clinical
-covariates of STOW-RS studies (looked up by PatientID, as the scorer and listener do);
-RADFUSION_DICOMWEB_ALLOWED_URLS / RADFUSION_DICOMWEB_TIMEOUT_S for DICOMweb study
-references (radfusion.serving.dicomweb)."""
+(radfusion.serving.http.drain). Tuning: RADFUSION_* environment variables, read and
+checked when the service starts (radfusion.serving.settings: limits, batching, timeouts,
+the genomics and clinical tables of STOW-RS studies, the DICOMweb allow-list); importing
+this module reads none of them except the four BentoML fixes at declaration
+(settings.DeclaredSettings)."""
 
 from __future__ import annotations
 
@@ -52,6 +49,7 @@ from starlette.routing import Route
 from radfusion.contract import ModelContract, read_contract_from_onnx
 from radfusion.errors import RadfusionInputError
 from radfusion.explain import ExplainSettings, explain_case
+from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase, format_prediction, pack, prepare_case, unpack, unpack_case
 from radfusion.runtime import OnnxModel
 from radfusion.treatment import TreatmentRanking
@@ -59,53 +57,36 @@ from radfusion.serving.http.auth import TokenAuth, auth_off_from_env, check_auth
 from radfusion.serving.http.cases import (
     CaseRequest,
     ConflictingStudyError,
-    OverloadedCaseError,
+    UnprocessableStudyError,
     batch_cases,
     error_entry,
     upload_problems,
 )
-from radfusion.serving.dicomweb import DicomwebPolicy, DicomwebRef, fetch_study
+from radfusion.serving.dicomweb import DicomwebRef, fetch_study
 from radfusion.serving.http.drain import defer_shutdown_until_callers_exit, keep_sockets_until_workers_stop
 from radfusion.serving.http.hardening import forbid_url_fetch_for_file_fields
 from radfusion.serving.http.limits import BodySizeLimit
 from radfusion.serving.http.metrics import count_refusal, service_metrics
 from radfusion.serving.modelref import MODEL_ENV, device_from_env, looks_like_tag, model_ref_from_env, resolve_model_path
-from radfusion.serving.http.overload import InFlightLimit
+from radfusion.serving.http.overload import InFlightLimit, OverloadedError, overloaded
 from radfusion.serving.patients import patient_id_of, PatientData, PatientDataMissingError, PatientTableError, PatientTables
 from radfusion.serving.http.stow import boundary_of, split_parts
-from radfusion.serving.study_files import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STUDY_BYTES, limit_from_env, remove_tree, study_files
+from radfusion.serving.settings import ServiceSettings, declared_from_env
+from radfusion.serving.study_files import remove_tree, study_files
 
 # Under "bentoml" so that `bentoml serve` shows these lines with its own.
 log = logging.getLogger("bentoml.radfusion")
 
-MAX_REQUEST_BYTES = limit_from_env("RADFUSION_MAX_UPLOAD_BYTES", 1024**3)
-MAX_STUDY_BYTES = limit_from_env("RADFUSION_MAX_STUDY_BYTES", DEFAULT_MAX_STUDY_BYTES)
-MAX_STUDY_FILES = limit_from_env("RADFUSION_MAX_STUDY_FILES", DEFAULT_MAX_MEMBERS)
-MAX_BATCH_SIZE = limit_from_env("RADFUSION_MAX_BATCH_SIZE", 32)
-MAX_LATENCY_MS = limit_from_env("RADFUSION_MAX_LATENCY_MS", 2000)
-# "off": every request runs the model on its own (the benchmark's baseline).
-BATCHING = os.environ.get("RADFUSION_BATCHING", "on").strip().lower() != "off"
-REQUEST_TIMEOUT_S = limit_from_env("RADFUSION_REQUEST_TIMEOUT_S", 300)
-MAX_IN_FLIGHT = limit_from_env("RADFUSION_MAX_IN_FLIGHT", 64)
-MAX_BATCH_CASES = limit_from_env("RADFUSION_MAX_BATCH_CASES", 64)
-# ONNX Runtime intra-op threads on CPU (0: ORT's choice, its count of physical cores).
-ORT_THREADS = limit_from_env("RADFUSION_ORT_THREADS", 0)
-# Cases of one batch request read at once (threads; DICOMweb fetches wait on the network).
-PREPARE_CONCURRENCY = limit_from_env("RADFUSION_PREPARE_CONCURRENCY", 4)
-RETRY_AFTER_S = limit_from_env("RADFUSION_RETRY_AFTER_S", 2)
-GENOMICS_TABLE_ENV = "RADFUSION_GENOMICS_TABLE"
-CLINICAL_TABLE_ENV = "RADFUSION_CLINICAL_TABLE"
+# Batching and the request timeout are part of the BentoML declarations below.
+DECLARED = declared_from_env()
 MODEL_CALL_ATTEMPTS = 4
-MODEL_CALL_TIMEOUT_S = limit_from_env("RADFUSION_MODEL_CALL_TIMEOUT_S", 60)
-# /predict?explain: at most 1 + max_features + max_windows model rows per explanation
-# (radfusion.explain), and at most EXPLAIN_CONCURRENCY explanations at once.
-EXPLAIN_SETTINGS = ExplainSettings(
-    top_genes=limit_from_env("RADFUSION_EXPLAIN_TOP_GENES", ExplainSettings.top_genes),
-    max_features=limit_from_env("RADFUSION_EXPLAIN_MAX_FEATURES", ExplainSettings.max_features),
-    max_windows=limit_from_env("RADFUSION_EXPLAIN_MAX_WINDOWS", ExplainSettings.max_windows),
-    batch_size=limit_from_env("RADFUSION_EXPLAIN_BATCH", ExplainSettings.batch_size),
-)
-EXPLAIN_CONCURRENCY = limit_from_env("RADFUSION_EXPLAIN_CONCURRENCY", 1)
+
+
+@functools.lru_cache(maxsize=1)
+def service_settings() -> ServiceSettings:
+    """The settings of this process, read from the environment when the service starts
+    (its __init__, then the middleware built for its first request)."""
+    return ServiceSettings.from_env()
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -118,30 +99,18 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 _CONNECTION_DROPPED = _connection_errors()
 
 
-class UnprocessableStudyError(RadfusionInputError):
-    """The study's files broke the reader in a way it does not name (a malformed file
-    it did not anticipate). Still the input's fault as far as the caller can act on it."""
-
-    kind = "unprocessable_study"
-    http_status = 422
-
-
 @functools.lru_cache(maxsize=1)
 def served_contract() -> ModelContract:
     """The contract of the model named by RADFUSION_MODEL (read once per process)."""
     return read_contract_from_onnx(resolve_model_path(model_ref_from_env()))
 
 
-def stow_patient_tables(contract: ModelContract) -> tuple[PatientTables | None, str]:
+def stow_patient_tables(contract: ModelContract, settings: ServiceSettings) -> tuple[PatientTables | None, str]:
     """The tables STOW-RS studies are completed from, or None and why not. A table the
     model requires but that was not configured only disables STOW-RS input (its
     requests answer 422 with the reason); /predict, which carries its own values, serves."""
     try:
-        return PatientTables.from_paths(
-            contract,
-            os.environ.get(GENOMICS_TABLE_ENV, "").strip() or None,
-            os.environ.get(CLINICAL_TABLE_ENV, "").strip() or None,
-        ), ""
+        return PatientTables.from_paths(contract, settings.genomics_table, settings.clinical_table), ""
     except PatientTableError as exc:
         log.warning("STOW-RS input disabled: %s", exc)
         return None, f"STOW-RS input is not available: {exc}"
@@ -153,7 +122,7 @@ def _bento_model_ref() -> t.Any:
     return bentoml.models.BentoModel(ref) if ref and looks_like_tag(ref) else None
 
 
-@bentoml.service(name="radfusion_model", workers=1, traffic={"timeout": REQUEST_TIMEOUT_S})
+@bentoml.service(name="radfusion_model", workers=1, traffic={"timeout": DECLARED.request_timeout_s})
 class RadfusionModel:
     """The ONNX model behind adaptive batching. Its one API takes a packed batch
     (radfusion.predictor.pack): BentoML batches exactly one argument."""
@@ -161,18 +130,20 @@ class RadfusionModel:
     bento_model = _bento_model_ref()
 
     def __init__(self) -> None:
+        self.settings = service_settings()
         path = resolve_model_path(model_ref_from_env())
-        self.model = OnnxModel(path, device=device_from_env(), threads=ORT_THREADS or None)
+        self.model = OnnxModel(path, device=device_from_env(), threads=self.settings.ort_threads or None)
         self.model_contract = self.model.contract
         # The API service may still need this one after SIGTERM: see radfusion.serving.http.drain.
-        defer_shutdown_until_callers_exit("radfusion_model", max_wait_s=REQUEST_TIMEOUT_S + 30)
+        defer_shutdown_until_callers_exit("radfusion_model", max_wait_s=DECLARED.request_timeout_s + 30)
         log.info(
             "model %s %s loaded on %s (batching %s)",
             self.model_contract.name, self.model_contract.version, self.model.provider,
-            f"up to {MAX_BATCH_SIZE} within {MAX_LATENCY_MS} ms" if BATCHING else "off",
+            f"up to {DECLARED.max_batch_size} within {DECLARED.max_latency_ms} ms" if DECLARED.batching else "off",
         )
 
-    @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    @bentoml.api(batchable=DECLARED.batching, max_batch_size=DECLARED.max_batch_size,
+                 max_latency_ms=DECLARED.max_latency_ms)
     def probabilities(self, packed: np.ndarray) -> np.ndarray:
         service_metrics().model_batch_rows.observe(len(packed))
         return self.model.run(*unpack(np.asarray(packed, dtype=np.float32), self.model_contract))
@@ -190,16 +161,19 @@ class RadfusionModel:
         run = functools.partial(
             explain_case, self.model.logits, self.model_contract, inputs, ExplainSettings(**settings), affine
         )
-        return await anyio.to_thread.run_sync(run, limiter=_explain_limiter())
+        limiter = _explain_limiter(self.settings.explain_concurrency)
+        return await anyio.to_thread.run_sync(run, limiter=limiter)
 
 
 @functools.lru_cache(maxsize=1)
-def _explain_limiter() -> anyio.CapacityLimiter:
-    return anyio.CapacityLimiter(EXPLAIN_CONCURRENCY)
+def _explain_limiter(concurrency: int) -> anyio.CapacityLimiter:
+    return anyio.CapacityLimiter(concurrency)
 
 
 def _error_response(exc: RadfusionInputError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+    """The JSON error answer; an overloaded answer (503) also says when to retry."""
+    headers = exc.headers if isinstance(exc, OverloadedError) else None
+    return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
 
 async def _get_contract(_: Request) -> JSONResponse:
@@ -221,7 +195,7 @@ contract_app = Starlette(
 )
 
 
-@bentoml.service(name="radfusion", workers=1, traffic={"timeout": REQUEST_TIMEOUT_S})
+@bentoml.service(name="radfusion", workers=1, traffic={"timeout": DECLARED.request_timeout_s})
 class Radfusion:
     """Public API: study (zip or DICOM files) + genomics -> prediction."""
 
@@ -229,9 +203,10 @@ class Radfusion:
 
     def __init__(self) -> None:
         check_auth_config()  # no token and not an explicit development run: do not start
+        self.settings = service_settings()  # a bad RADFUSION_* value stops the start here
         self.model_contract = served_contract()
-        self.patients, self.patients_error = stow_patient_tables(self.model_contract)
-        self.dicomweb = DicomwebPolicy.from_env(MAX_STUDY_BYTES, MAX_STUDY_FILES)
+        self.patients, self.patients_error = stow_patient_tables(self.model_contract, self.settings)
+        self.dicomweb = self.settings.dicomweb_policy()
         self.metrics = service_metrics()
         log.info("serving contract of %s %s", self.model_contract.name, self.model_contract.version)
 
@@ -281,14 +256,14 @@ class Radfusion:
         ready cases go to the model service together, so they share its batches."""
         started = time.perf_counter()
         try:
-            cases = batch_cases(cases, len(studies), MAX_BATCH_CASES)
+            cases = batch_cases(cases, len(studies), self.settings.max_batch_cases)
         except RadfusionInputError as exc:
             return self._rejected(exc, "predict_batch")  # type: ignore[return-value]
         self.metrics.batch_cases.observe(len(cases))
         outcomes: list[PreparedCase | RadfusionInputError | None] = [None] * len(cases)
         for index, problem in upload_problems(cases, len(studies)).items():
             outcomes[index] = problem
-        limiter = anyio.CapacityLimiter(PREPARE_CONCURRENCY)
+        limiter = anyio.CapacityLimiter(self.settings.prepare_concurrency)
 
         async def prepare_one(index: int, case: CaseRequest) -> None:
             parts = [studies[case.study.upload]] if case.study is not None and case.study.upload is not None else None
@@ -314,7 +289,8 @@ class Radfusion:
         most max_batch_size, all sent together so the batcher can merge them with other
         requests); errors stay per case."""
         ready = [i for i, o in enumerate(outcomes) if isinstance(o, PreparedCase)]
-        chunks = [ready[i : i + MAX_BATCH_SIZE] for i in range(0, len(ready), MAX_BATCH_SIZE)]
+        size = DECLARED.max_batch_size
+        chunks = [ready[i : i + size] for i in range(0, len(ready), size)]
         began = time.perf_counter()
         answers = await asyncio.gather(
             *(self._infer(pack([t.cast(PreparedCase, outcomes[i]).inputs for i in chunk])) for chunk in chunks),
@@ -332,13 +308,18 @@ class Radfusion:
         for index, outcome in enumerate(outcomes):
             found = probabilities.get(index)
             if isinstance(found, ServiceUnavailable):
-                outcome = OverloadedCaseError(f"the model is at capacity; retry this case after {RETRY_AFTER_S} s")
+                outcome = self._model_overloaded()
+            if isinstance(outcome, PreparedCase):
+                try:  # a NaN/inf model output is this case's error (NonFiniteOutputError)
+                    prediction = Prediction.from_outputs(self.model_contract, t.cast(np.ndarray, found))
+                except RadfusionInputError as exc:
+                    outcome = exc
             if isinstance(outcome, RadfusionInputError):
                 self.metrics.error(outcome.kind, "predict_batch")
                 results.append(error_entry(index, outcome))
                 continue
             self.metrics.prediction(outcome.inputs.modalities_used)
-            results.append({"case": index, **format_prediction(self.model_contract, outcome, t.cast(np.ndarray, found))})
+            results.append({"case": index, **format_prediction(self.model_contract, outcome, prediction)})
         return results
 
     async def predict_stow(self, request: Request) -> JSONResponse:
@@ -354,7 +335,7 @@ class Radfusion:
             with open(body, "wb") as out:
                 async for chunk in request.stream():
                     out.write(chunk)
-            parts = await anyio.to_thread.run_sync(split_parts, body, boundary, workdir / "parts", MAX_STUDY_FILES)
+            parts = await anyio.to_thread.run_sync(split_parts, body, boundary, workdir / "parts", self.settings.max_study_files)
             body.unlink()
             patient = await anyio.to_thread.run_sync(self._patient_of, parts)
             case = await anyio.to_thread.run_sync(
@@ -387,13 +368,13 @@ class Radfusion:
             # The model service's batcher sheds load it cannot serve within
             # max_latency_ms: the caller gets the same 503 as from radfusion.serving.http.overload.
             log.info("%s shed by the model service (overloaded)", route)
-            return JSONResponse(
-                {"error": "overloaded", "detail": f"the model is at capacity; retry after {RETRY_AFTER_S} s"},
-                status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+            return _error_response(self._model_overloaded())
         self.metrics.model_seconds.labels(route=route).observe(time.perf_counter() - began)
-        result = format_prediction(self.model_contract, case, np.asarray(probabilities)[0])
+        try:  # a NaN/inf model output is rejected (NonFiniteOutputError), never answered
+            prediction = Prediction.from_outputs(self.model_contract, np.asarray(probabilities)[0])
+        except RadfusionInputError as exc:
+            return self._rejected(exc, route)
+        result = format_prediction(self.model_contract, case, prediction)
         self.metrics.prediction(case.inputs.modalities_used)
         log.info("%s ok: modalities=%s in %.0f ms", route, "+".join(case.inputs.modalities_used),
                  1000 * (time.perf_counter() - started))
@@ -420,7 +401,7 @@ class Radfusion:
                 affine = case.study.grid_affine if case.study is not None else None
                 result["explanation"] = await self.model_service.to_async.explain(
                     packed=pack([case.inputs]),
-                    settings=dataclasses.asdict(EXPLAIN_SETTINGS),
+                    settings=dataclasses.asdict(self.settings.explain),
                     grid_affine=None if affine is None else affine.tolist(),
                 )
                 self.metrics.model_seconds.labels(route="explain").observe(time.perf_counter() - began)
@@ -428,12 +409,13 @@ class Radfusion:
                          1000 * (time.perf_counter() - began))
         except ServiceUnavailable:
             self.metrics.error("overloaded", "predict")
-            return JSONResponse(
-                {"error": "overloaded", "detail": f"the model is at capacity; retry after {RETRY_AFTER_S} s"},
-                status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+            return _error_response(self._model_overloaded())
         return result
+
+    def _model_overloaded(self) -> OverloadedError:
+        """The model service's batcher shed the call (it cannot serve it within
+        max_latency_ms): the same 503 as radfusion.serving.http.overload's."""
+        return overloaded("the model is at capacity", self.settings.retry_after_s)
 
     def _rejected(self, exc: RadfusionInputError, route: str) -> JSONResponse:
         self.metrics.error(exc.kind, route)
@@ -459,7 +441,7 @@ class Radfusion:
             if dicomweb is not None:
                 files = fetch_study(dicomweb, self.dicomweb, workdir / "dicomweb")
             else:
-                files = study_files(parts, workdir, MAX_STUDY_BYTES, MAX_STUDY_FILES) if parts else None
+                files = study_files(parts, workdir, self.settings.max_study_bytes, self.settings.max_study_files) if parts else None
             return prepare_case(self.model_contract, files, genomics, clinical)
         except RadfusionInputError:
             raise
@@ -487,7 +469,7 @@ class Radfusion:
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
                 return await asyncio.wait_for(
-                    self.model_service.to_async.probabilities(packed), timeout=MODEL_CALL_TIMEOUT_S
+                    self.model_service.to_async.probabilities(packed), timeout=service_settings().model_call_timeout_s
                 )
             except (*_CONNECTION_DROPPED, asyncio.TimeoutError) as exc:
                 if attempt == MODEL_CALL_ATTEMPTS:
@@ -496,13 +478,26 @@ class Radfusion:
         raise AssertionError("unreachable")
 
 
+def _token_auth(app):
+    return TokenAuth(app, tokens=tokens_from_env(), auth_off=auth_off_from_env(), on_refused=count_refusal)
+
+
+def _in_flight_limit(app):
+    settings = service_settings()
+    return InFlightLimit(app, max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s,
+                         on_refused=count_refusal)
+
+
+def _body_size_limit(app):
+    return BodySizeLimit(app, max_bytes=service_settings().max_upload_bytes, on_refused=count_refusal)
+
+
 forbid_url_fetch_for_file_fields()
 keep_sockets_until_workers_stop()
 # Outermost first: a request without a token is refused before it counts as load or
-# its body is read.
-Radfusion.add_asgi_middleware(TokenAuth, tokens=tokens_from_env(), auth_off=auth_off_from_env(), on_refused=count_refusal)
-Radfusion.add_asgi_middleware(
-    InFlightLimit, max_in_flight=MAX_IN_FLIGHT, retry_after_s=RETRY_AFTER_S, on_refused=count_refusal
-)
-Radfusion.add_asgi_middleware(BodySizeLimit, max_bytes=MAX_REQUEST_BYTES, on_refused=count_refusal)
+# its body is read. Each is built with the worker's app (after the service started),
+# so its settings come from the environment then, not at import.
+Radfusion.add_asgi_middleware(_token_auth)
+Radfusion.add_asgi_middleware(_in_flight_limit)
+Radfusion.add_asgi_middleware(_body_size_limit)
 Radfusion.mount_asgi_app(contract_app, path="/")

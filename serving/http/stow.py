@@ -19,11 +19,15 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
 
 class BadMultipartError(RadfusionInputError):
+    """A STOW-RS body that is not a well-formed multipart/related message."""
+
     kind = "bad_multipart"
     http_status = 400
 
 
 class UnsupportedMediaTypeError(RadfusionInputError):
+    """A STOW-RS request that is not multipart/related."""
+
     kind = "unsupported_media_type"
     http_status = 415
 

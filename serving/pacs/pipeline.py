@@ -98,7 +98,7 @@ class Pipeline:
         previous = pydicom.dcmread(record.sr_path) if record.sr_path and Path(record.sr_path).is_file() else None
         try:
             sr = build_prediction_sr(
-                self.predictor.contract, prediction.result, read_evidence(sources),
+                self.predictor.contract, prediction.prediction, prediction.result, read_evidence(sources),
                 sr_series_uid, sr_sop_uid, version, previous,
             )
             path = self.work.result_path(record.study_uid, version)
@@ -114,7 +114,7 @@ class Pipeline:
             report.scored += 1
             log.info(
                 "study %s scored v%d: %s (modalities %s)",
-                key, version, prediction.result["predicted_label"], ",".join(prediction.result["modalities_used"]),
+                key, version, prediction.prediction.summary(), ",".join(prediction.result["modalities_used"]),
             )
         else:  # more instances arrived while scoring: scored again after the quiet period
             path.unlink(missing_ok=True)

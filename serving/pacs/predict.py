@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase, format_prediction, prepare_case, stack_inputs
 from radfusion.runtime import OnnxModel
 from radfusion.serving.patients import PatientTables, patient_id_of
@@ -20,8 +19,13 @@ from radfusion.serving.patients import PatientTables, patient_id_of
 
 @dataclass
 class StudyPrediction:
-    # radfusion.predictor.format_prediction, plus "genomics_source", "clinical_source",
-    # "series_reason", "series_rejected" and "geometry_corrections" (a list).
+    """The typed prediction (what the SR reports), the case it was made from, and
+    ``result``: the JSON-ready record kept in the listener's state — the HTTP answer
+    (radfusion.predictor.format_prediction) plus "genomics_source", "clinical_source",
+    "series_reason", "series_rejected", "geometry_corrections" (a list) and "summary"
+    (Prediction.summary, for logs and ``radfusion pacs-status``)."""
+
+    prediction: Prediction
     result: dict[str, Any]
     case: PreparedCase
 
@@ -34,17 +38,18 @@ class StudyPredictor:
 
     def predict(self, paths: Sequence[Path]) -> StudyPrediction:
         """Raises a RadfusionInputError subclass for a study the model cannot take
-        (PatientDataMissingError: the tables lack an input the model requires)."""
+        (PatientDataMissingError: the tables lack an input the model requires;
+        NonFiniteOutputError: the model's output for it is NaN/inf)."""
         patient = self.patients.lookup(patient_id_of(paths))
         patient.check()
         case = prepare_case(self.contract, list(paths), patient.genomics, patient.clinical)
-        probabilities = self.model.run(*stack_inputs([case.inputs]))
-        result = format_prediction(self.contract, case, np.asarray(probabilities)[0])
+        (outputs,) = self.model.run(*stack_inputs([case.inputs]))
+        prediction = Prediction.from_outputs(self.contract, outputs)
+        result = format_prediction(self.contract, case, prediction)
         result.update(patient.sources())
+        result["summary"] = prediction.summary()
         if case.study is not None:
             result["series_reason"] = case.study.series_reason
             result["series_rejected"] = case.study.rejected_summary
             result["geometry_corrections"] = list(case.study.corrections)
-        return StudyPrediction(result=result, case=case)
-
-
+        return StudyPrediction(prediction=prediction, result=result, case=case)

@@ -40,6 +40,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from radfusion.contract import ModelContract
+from radfusion.prediction import Prediction
 
 SCHEME = "99RADFUSION"
 MANUFACTURER = "radfusion"
@@ -108,30 +109,33 @@ def _group(name: hd.sr.CodedConcept, items: list[hd.sr.ContentItem]) -> hd.sr.Co
     return group
 
 
-def _task_items(result: dict[str, Any]) -> list[hd.sr.ContentItem]:
-    """The answer's task fields (radfusion.predictor.task_outputs) as content items."""
+def _task_items(prediction: Prediction) -> list[hd.sr.ContentItem]:
+    """The typed prediction (radfusion.prediction.Prediction) as content items."""
     C = hd.sr.RelationshipTypeValues.CONTAINS
-    if "risk_score" in result:  # survival
-        items: list[hd.sr.ContentItem] = [_number(RISK_SCORE, result["risk_score"])]
-        for months, probability in result.get("survival_probabilities", {}).items():
-            items.append(_group(SURVIVAL_PROBABILITY, [_number(TIME_POINT, float(months), MONTHS),
+    if prediction.risk_score is not None:  # survival
+        items: list[hd.sr.ContentItem] = [_number(RISK_SCORE, prediction.risk_score)]
+        for months, probability in prediction.survival:
+            items.append(_group(SURVIVAL_PROBABILITY, [_number(TIME_POINT, months, MONTHS),
                                                        _number(codes.DCM.Probability, probability)]))
         return items
-    predicted = result.get("predicted_labels", [result.get("predicted_label")])
-    items = [hd.sr.CodeContentItem(PREDICTED_CLASS, label_code(label), relationship_type=C) for label in predicted if label]
-    for label, probability in result["probabilities"].items():
+    items = [
+        hd.sr.CodeContentItem(PREDICTED_CLASS, label_code(label), relationship_type=C) for label in prediction.predicted
+    ]
+    for label, probability in prediction.probabilities:
         items.append(_group(CLASS_PROBABILITY, [hd.sr.CodeContentItem(CLASS, label_code(label), relationship_type=C),
                                                 _number(codes.DCM.Probability, probability)]))
     return items
 
 
-def _content(contract: ModelContract, result: dict[str, Any], evidence: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+def _content(
+    contract: ModelContract, prediction: Prediction, result: dict[str, Any], evidence: Sequence[Dataset]
+) -> hd.sr.ContainerContentItem:
     C = hd.sr.RelationshipTypeValues.CONTAINS
     root = hd.sr.ContainerContentItem(name=REPORT)
     items: list[hd.sr.ContentItem] = [
         hd.sr.TextContentItem(codes.DCM.AlgorithmName, contract.name, relationship_type=C),
         hd.sr.TextContentItem(codes.DCM.AlgorithmVersion, contract.version, relationship_type=C),
-        *_task_items(result),
+        *_task_items(prediction),
     ]
     items += [
         hd.sr.CodeContentItem(MODALITY_USED, modality_code(m), relationship_type=C) for m in result["modalities_used"]
@@ -160,6 +164,7 @@ def _content(contract: ModelContract, result: dict[str, Any], evidence: Sequence
 
 def build_prediction_sr(
     contract: ModelContract,
+    prediction: Prediction,
     result: dict[str, Any],
     evidence: Sequence[Dataset],
     sr_series_uid: str,
@@ -167,10 +172,13 @@ def build_prediction_sr(
     version: int,
     previous: Dataset | None = None,
 ) -> hd.sr.ComprehensiveSR:
-    """``evidence``: headers of the scored series' instances (read_evidence)."""
+    """``prediction``: what the report states; ``result``: the case's other facts
+    ("modalities_used", "genomics_source", "clinical_source", "series_reason",
+    "geometry_corrections"; serving/pacs/predict.py); ``evidence``: headers of the
+    scored series' instances (read_evidence)."""
     sr = hd.sr.ComprehensiveSR(
         evidence=list(evidence),
-        content=_content(contract, result, evidence),
+        content=_content(contract, prediction, result, evidence),
         series_instance_uid=sr_series_uid,
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=sr_sop_uid,

@@ -24,6 +24,8 @@ def study_row(record: StudyRecord, now: float, show_uids: bool = False) -> dict[
         else None,
         "last_error": record.last_error,
         "predicted_label": (record.result or {}).get("predicted_label"),
+        # Prediction.summary: the label(s), or "risk <score>" for a survival model.
+        "prediction": (record.result or {}).get("summary", (record.result or {}).get("predicted_label")),
         "modalities_used": (record.result or {}).get("modalities_used"),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.updated)),
     }
@@ -43,7 +45,7 @@ def status_report(state: StudyState, show_uids: bool = False, now: float | None 
 
 def format_table(report: dict[str, Any]) -> str:
     counts = "  ".join(f"{k}={v}" for k, v in report["counts"].items())
-    columns = ["study", "status", "instances", "version", "attempts", "retry_in_s", "predicted_label", "last_error"]
+    columns = ["study", "status", "instances", "version", "attempts", "retry_in_s", "prediction", "last_error"]
     if report["studies"] and "study_instance_uid" in report["studies"][0]:
         columns.append("study_instance_uid")
     rows = [[("" if r[c] is None else str(r[c])) for c in columns] for r in report["studies"]]

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from radfusion.errors import RadfusionInputError
+from radfusion.prediction import Prediction
 from radfusion.predictor import stack_inputs
 from radfusion.preprocess import ModelInputs
 from radfusion.runtime import OnnxModel
@@ -25,16 +27,27 @@ def infer_batch(model: OnnxModel, batch: Sequence[PreparedStudy]) -> None:
         return
     started = time.perf_counter()
     try:
-        probabilities = run_inputs(model, [p.inputs for p in batch])
+        outputs = run_inputs(model, [p.inputs for p in batch])
     except Exception:  # noqa: BLE001 - isolate the case that breaks the runtime
         for item in batch:
             try:
-                fill_prediction(item.row, model.contract, run_inputs(model, [item.inputs])[0], item.inputs.modalities_used)
+                _fill(item, model, run_inputs(model, [item.inputs])[0])
             except Exception as exc:  # noqa: BLE001
                 item.row["error"] = f"inference_failed: {type(exc).__name__}"
     else:
-        for item, probs in zip(batch, probabilities):
-            fill_prediction(item.row, model.contract, probs, item.inputs.modalities_used)
+        for item, row_outputs in zip(batch, outputs, strict=True):
+            _fill(item, model, row_outputs)
     share = (time.perf_counter() - started) / len(batch)
     for item in batch:
         item.row["infer_seconds"] = share
+
+
+def _fill(item: PreparedStudy, model: OnnxModel, outputs: np.ndarray) -> None:
+    """One study's prediction into its row, or its error: a NaN/inf output
+    (NonFiniteOutputError) is that study's error row, never a NaN in the output."""
+    try:
+        prediction = Prediction.from_outputs(model.contract, outputs)
+    except RadfusionInputError as exc:
+        item.row["error"] = f"{exc.kind}: {exc.message}"
+        return
+    fill_prediction(item.row, prediction, item.inputs.modalities_used)

@@ -14,19 +14,27 @@ selection failed has the reasons in ``error`` instead. ``genomics_source`` /
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 
 from radfusion.contract import ModelContract
+from radfusion.prediction import Prediction, output_columns, prob_column
 from radfusion.study import StudyImage
 
 # Error kinds worth another try when the same command is run again; any other error
-# (a corrupt file, a wrong modality) would only fail the same way.
-RETRY_ON_RESUME = frozenset({"fetch_failed", "inference_failed", "worker_crashed"})
+# (a corrupt file, a wrong modality) would only fail the same way. The retryable kinds
+# of the error catalogue (radfusion.errors; tests/core/test_errors.py checks), the
+# scorer's own two, and "fetch_failed", which rows written by earlier versions carry.
+RETRY_ON_RESUME = frozenset(
+    {"dicomweb_unavailable", "dicomweb_timeout", "overloaded", "inference_failed", "worker_crashed", "fetch_failed"}
+)
 
+__all__ = [
+    "RETRY_ON_RESUME", "TIMING_COLUMNS", "error_kind", "fill_prediction", "fill_series", "new_row", "output_schema",
+    "prob_column",  # radfusion.prediction's, re-exported for radfusion.serving.scoring.score
+]
 
-def prob_column(label: str) -> str:
-    return f"prob_{label}"
+# The Parquet type of each kind of prediction column (radfusion.prediction.output_columns).
+_ARROW_TYPES = {"string": pa.string(), "float64": pa.float64(), "list<string>": pa.list_(pa.string())}
 
 
 def output_schema(contract: ModelContract) -> pa.Schema:
@@ -38,8 +46,8 @@ def output_schema(contract: ModelContract) -> pa.Schema:
             ("series_reason", pa.string()),
             ("series_rejected", pa.string()),
             ("geometry_corrections", pa.string()),
-            ("predicted_label", pa.string()),
-            *[(prob_column(label), pa.float64()) for label in contract.labels],
+            # The task's columns: prob_<label> + predicted_label(s), or risk_score (+ survival_<months>).
+            *[(name, _ARROW_TYPES[kind]) for name, kind in output_columns(contract)],
             ("modalities_used", pa.string()),
             ("genomics_source", pa.string()),
             ("clinical_source", pa.string()),
@@ -76,11 +84,9 @@ def fill_series(row: dict, study: StudyImage) -> None:
     row["geometry_corrections"] = "; ".join(study.corrections)
 
 
-
-def fill_prediction(row: dict, contract: ModelContract, probabilities: np.ndarray, modalities_used: list[str]) -> None:
-    for label, p in zip(contract.labels, probabilities):
-        row[prob_column(label)] = float(p)
-    row["predicted_label"] = contract.labels[int(np.argmax(probabilities))]
+def fill_prediction(row: dict, prediction: Prediction, modalities_used: list[str]) -> None:
+    """The prediction's columns (radfusion.prediction.Prediction.columns) into ``row``."""
+    row.update(prediction.columns())
     row["modalities_used"] = ",".join(modalities_used)
 
 

@@ -10,8 +10,10 @@ repaired), prepared with the shared preprocessing in worker processes and run th
 ONNX Runtime in batches, all three stages overlapping (serving/scoring/local_engine.py),
 or on Ray Data with ``engine="ray"`` (serving/scoring/ray_engine.py).
 
-A study that cannot be read gets a row with ``error`` set ("<kind>: <reason>") and
-never stops the run or costs the other studies of its batch. Rows are committed in part
+A study that cannot be read, fetched, or that is larger than the per-study budget of
+serving/study_files.py (bytes and files, counted as they stream in) gets a row with
+``error`` set ("<kind>: <reason>", kinds as in docs/errors.md) and never stops the run
+or costs the other studies of its batch. Rows are committed in part
 files and compacted at the end (serving/scoring/writer.py): interrupt the run (Ctrl-C,
 kill -9) and run the same command again, and every study still ends with exactly one
 row. The output file is only ever replaced whole."""

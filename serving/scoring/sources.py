@@ -13,7 +13,12 @@ depth-first walk never comes back into a folder it has left, so a study laid out
 early as possible. Should a later unit still hold files of a released study (a study
 scattered across the tree), the study is released again at the end with all its files:
 its row then carries a larger ``n_instances`` and replaces the earlier one (writer.py).
-DICOMweb studies are released as soon as their listing page arrives."""
+DICOMweb studies are released as soon as their listing page arrives.
+
+Zip archives are read by the one reader of serving/study_files.py and DICOMweb servers
+through the one client of serving/dicomweb.py (its trusted policy): a study's zip
+members and instances are streamed to disk under a per-study budget of bytes and files,
+and a study over it, or one that cannot be fetched, is that study's error row."""
 
 from __future__ import annotations
 
@@ -31,19 +36,19 @@ from pathlib import Path
 import pydicom
 
 from radfusion.dicom.discover import UNREADABLE_DICOM_ERRORS
-from radfusion.errors import RadfusionInputError
+from radfusion.serving.dicomweb import DicomwebPolicy, DicomwebRef, fetch_study, search_studies
+from radfusion.serving.study_files import (
+    BadArchiveError,
+    Budget,
+    extract_members,
+    is_zip_archive,
+    open_zip,
+    zip_members,
+)
 
 QIDO_PAGE = 500
-
-
-class FetchError(RadfusionInputError):
-    """The study could not be fetched (server error, network): worth retrying later."""
-
-    kind = "fetch_failed"
-
-
-class CorruptArchiveError(RadfusionInputError):
-    kind = "corrupt_archive"
+# The scorer's operator chose the archive: its DICOMweb server is trusted (no allow-list).
+TRUSTED = DicomwebPolicy.trusted()
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ def _walk(archive: str | Path) -> Iterator[ScanUnit]:
         return
     root = Path(archive)
     if root.is_file():
-        yield ScanUnit("zip", str(root)) if _is_zip(root) else ScanUnit("dir", str(root.parent), names=(root.name,))
+        yield ScanUnit("zip", str(root)) if is_zip_archive(root) else ScanUnit("dir", str(root.parent), names=(root.name,))
         return
     if not root.is_dir():
         raise FileNotFoundError(f"archive {archive} is neither a folder, a zip file nor an http(s) URL")
@@ -142,20 +147,16 @@ def _add_instance(result: ScanResult, read, ref: FileRef) -> None:
 
 def _scan_zip(path: Path, result: ScanResult) -> None:
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        result.skipped.append(f"not a readable zip archive: {type(exc).__name__}")
-        return
-    with archive:
-        for info in sorted(archive.infolist(), key=lambda i: i.filename):
-            if info.is_dir() or Path(info.filename).name.startswith("."):
-                continue
+        with open_zip(path) as archive:
+            for info in sorted(zip_members(archive), key=lambda i: i.filename):
 
-            def read(info=info):
-                with archive.open(info) as member:
-                    return pydicom.dcmread(member, **_IDS_ONLY)
+                def read(info=info):
+                    with archive.open(info) as member:
+                        return pydicom.dcmread(member, **_IDS_ONLY)
 
-            _add_instance(result, read, FileRef(str(path), info.filename))
+                _add_instance(result, read, FileRef(str(path), info.filename))
+    except BadArchiveError as exc:
+        result.skipped.append(f"not a readable zip archive: {exc.message}")
 
 
 @dataclass
@@ -242,78 +243,49 @@ def _within(position: str, home: str) -> bool:
 
 
 @contextmanager
-def local_study_files(study: StudyRef) -> Iterator[list[Path]]:
-    """The study's files as local paths; zip members and DICOMweb instances are written
+def local_study_files(study: StudyRef, budget: Budget | None = None) -> Iterator[list[Path]]:
+    """The study's files as local paths; zip members and DICOMweb instances are streamed
     to a private temporary folder (under names we choose: no path from the archive is
-    trusted) that is removed afterwards."""
+    trusted) that is removed afterwards. ``budget``: the bytes and files one study may
+    take (default: the upload limits); a study over it raises UploadTooLargeError."""
+    budget = budget or Budget()
     if study.dicomweb_url is None and all(f.member is None for f in study.files):
+        budget.spend_files(len(study.files))
         yield [Path(f.path) for f in study.files]
         return
     folder = Path(tempfile.mkdtemp(prefix="radfusion-study-"))
     try:
         if study.dicomweb_url is not None:
-            yield _fetch_dicomweb(study, folder)
+            yield _fetch_dicomweb(study, folder, budget)
         else:
-            yield _extract_members(study.files, folder)
+            yield _extract_members(study.files, folder, budget)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _extract_members(files: tuple[FileRef, ...], folder: Path) -> list[Path]:
+def _extract_members(files: tuple[FileRef, ...], folder: Path, budget: Budget) -> list[Path]:
     paths: list[Path] = []
     by_zip: dict[str, list[tuple[int, str]]] = {}
     for i, ref in enumerate(files):
         if ref.member is None:
+            budget.spend_files(1)
             paths.append(Path(ref.path))
         else:
             by_zip.setdefault(ref.path, []).append((i, ref.member))
     for zip_path, members in by_zip.items():
-        try:
-            with zipfile.ZipFile(zip_path) as archive:
-                for i, member in members:
-                    target = folder / f"{i:06d}.dcm"
-                    target.write_bytes(archive.read(member))
-                    paths.append(target)
-        except (zipfile.BadZipFile, OSError, KeyError) as exc:
-            raise CorruptArchiveError(f"zip member cannot be read ({type(exc).__name__})") from None
+        paths += extract_members(zip_path, members, folder, budget)
     return paths
 
 
-_clients: dict[str, object] = {}
-
-
-def dicomweb_client(url: str):
-    """One client per server and process (workers reuse the HTTP session)."""
-    if url not in _clients:
-        from dicomweb_client.api import DICOMwebClient
-
-        _clients[url] = DICOMwebClient(url=url)
-    return _clients[url]
-
-
-def _fetch_dicomweb(study: StudyRef, folder: Path) -> list[Path]:
-    try:
-        instances = dicomweb_client(study.dicomweb_url).retrieve_study(study.study_uid)
-    except Exception as exc:  # noqa: BLE001 - requests/HTTP errors of any kind: retry on resume
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        raise FetchError(f"WADO-RS retrieve failed ({type(exc).__name__}{f', HTTP {status}' if status else ''})") from None
-    paths = []
-    for i, ds in enumerate(instances):
-        path = folder / f"{i:06d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+def _fetch_dicomweb(study: StudyRef, folder: Path, budget: Budget) -> list[Path]:
+    policy = DicomwebPolicy.trusted(max_bytes=budget.bytes_left, max_instances=budget.files_left)
+    return fetch_study(DicomwebRef(url=study.dicomweb_url, study_uid=study.study_uid), policy, folder)
 
 
 def _qido_pages(url: str) -> Iterator[ScanUnit]:
-    client = dicomweb_client(url)
     offset = 0
     while True:
-        try:
-            page = client.search_for_studies(offset=offset, limit=QIDO_PAGE,
-                                             fields=["NumberOfStudyRelatedInstances"])
-        except Exception as exc:  # noqa: BLE001
-            raise FetchError(f"QIDO-RS study search failed ({type(exc).__name__})") from None
+        page = search_studies(url, TRUSTED, offset=offset, limit=QIDO_PAGE, fields=["NumberOfStudyRelatedInstances"])
         entries = tuple(
             (_value(item, "0020000D"), _value(item, "00100020"), int(_value(item, "00201208") or 0))
             for item in page
@@ -328,7 +300,3 @@ def _qido_pages(url: str) -> Iterator[ScanUnit]:
 def _value(item: dict, tag: str) -> str:
     values = item.get(tag, {}).get("Value") or [""]
     return str(values[0])
-
-
-def _is_zip(path: Path) -> bool:
-    return path.suffix.lower() == ".zip"

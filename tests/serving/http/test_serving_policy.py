@@ -27,6 +27,7 @@ from radfusion.serving.http.cases import (
     upload_problems,
 )
 from radfusion.serving.http.launch import check_auth_for_host, running_server
+from radfusion.serving.settings import ServiceSettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -170,12 +171,25 @@ def test_study_uid_must_be_a_uid_and_dicomweb_off_without_allowed_urls() -> None
         DicomwebPolicy().check(DicomwebRef(url="http://127.0.0.1:8042/dicom-web", study_uid=UID))
 
 
-def test_policy_from_env(monkeypatch) -> None:
-    monkeypatch.setenv("RADFUSION_DICOMWEB_ALLOWED_URLS", " http://a.example/dw , http://b.example ")
-    monkeypatch.setenv("RADFUSION_DICOMWEB_TIMEOUT_S", "7")
-    policy = DicomwebPolicy.from_env(max_bytes=10, max_instances=2)
-    assert policy.allowed == ("http://a.example/dw", "http://b.example")
+def test_policy_from_settings() -> None:
+    settings = ServiceSettings.from_env({"RADFUSION_DICOMWEB_ALLOWED_URLS": " http://a.example/dw , http://b.example ",
+                                         "RADFUSION_DICOMWEB_TIMEOUT_S": "7", "RADFUSION_MAX_STUDY_BYTES": "10",
+                                         "RADFUSION_MAX_STUDY_FILES": "2"})
+    policy = settings.dicomweb_policy()
+    assert policy.allowed == ("http://a.example/dw", "http://b.example") and not policy.is_trusted
     assert (policy.timeout_s, policy.max_bytes, policy.max_instances) == (7.0, 10, 2)
+
+
+def test_trusted_policy_takes_any_http_server_but_still_checks_the_uid() -> None:
+    trusted = DicomwebPolicy.trusted()
+    assert trusted.check(DicomwebRef(url="http://archive.internal:8042/dicom-web/", study_uid=UID)) == (
+        "http://archive.internal:8042/dicom-web")
+    with pytest.raises(BadDicomwebRefError, match="UID"):
+        trusted.check(DicomwebRef(url="http://archive.internal/dicom-web", study_uid="1.2/../x"))
+    with pytest.raises(BadDicomwebRefError):
+        trusted.check_url("file:///etc/passwd")
+    with pytest.raises(DicomwebNotAllowedError):  # a caller's policy never searches a whole server
+        POLICY.check_url("http://127.0.0.1:8042/dicom-web")
 
 
 # ------------------------------------------------------------------------------ cases

@@ -27,6 +27,7 @@ from radfusion.serving.modelref import (
 )
 from radfusion.serving.study_files import (
     BadArchiveError,
+    Budget,
     UnsafeArchiveError,
     UploadTooLargeError,
     extract_zip,
@@ -56,7 +57,7 @@ def test_members_get_generated_names_inside_dest(tmp_path: Path) -> None:
         tmp_path / "a.zip",
         {"Doe^John/IM0001": b"one", "deep/er/IM0002.dcm": b"two", ".DS_Store": b"x", "__MACOSX/._IM1": b"y"},
     )
-    written = extract_zip(archive, tmp_path / "out", budget=[10_000], max_members=10)
+    written = extract_zip(archive, tmp_path / "out", Budget.of(10_000, 10))
     assert [p.name for p in written] == ["000000.dcm", "000001.dcm"]
     assert [p.read_bytes() for p in written] == [b"one", b"two"]
     assert all(p.parent == tmp_path / "out" for p in written)  # no member name survives
@@ -66,7 +67,7 @@ def test_members_get_generated_names_inside_dest(tmp_path: Path) -> None:
 def test_escaping_member_names_reject_the_archive(tmp_path: Path, name: str) -> None:
     archive = make_zip(tmp_path / "a.zip", {"ok.dcm": b"fine", name: b"evil"})
     with pytest.raises(UnsafeArchiveError):
-        extract_zip(archive, tmp_path / "out", budget=[10_000], max_members=10)
+        extract_zip(archive, tmp_path / "out", Budget.of(10_000, 10))
     assert not (tmp_path / "out").exists()  # rejected before anything is written
     assert not (tmp_path / "evil.dcm").exists()
 
@@ -75,13 +76,13 @@ def test_zip_bomb_is_stopped_by_the_byte_budget(tmp_path: Path) -> None:
     archive = make_zip(tmp_path / "bomb.zip", {"a.dcm": b"\0" * (8 * 1024 * 1024)})
     assert archive.stat().st_size < 64 * 1024  # small on the wire
     with pytest.raises(UploadTooLargeError):
-        extract_zip(archive, tmp_path / "out", budget=[1024 * 1024], max_members=10)
+        extract_zip(archive, tmp_path / "out", Budget.of(1024 * 1024, 10))
 
 
 def test_too_many_members(tmp_path: Path) -> None:
     archive = make_zip(tmp_path / "many.zip", {f"{i}.dcm": b"x" for i in range(12)})
     with pytest.raises(UploadTooLargeError, match="12 files"):
-        extract_zip(archive, tmp_path / "out", budget=[10_000], max_members=10)
+        extract_zip(archive, tmp_path / "out", Budget.of(10_000, 10))
 
 
 def test_broken_zip(tmp_path: Path) -> None:

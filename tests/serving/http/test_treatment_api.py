@@ -23,7 +23,6 @@ from radfusion.predictor import Predictor, prepare_case
 from radfusion.treatment import (
     DEFAULT_SWITCH_MARGIN,
     candidate_inputs,
-    log_odds,
     rank_treatments,
     ranking_from_probabilities,
 )
@@ -169,7 +168,8 @@ def test_the_margin_is_an_odds_ratio_not_a_probability_gain(predictor: Predictor
     gain = {a["treatment"]: a["log_odds_gain_vs_reference"] for a in rare["ranking"]}["targeted"]
     assert gain == pytest.approx(np.log(0.03 / 0.97) - np.log(0.01 / 0.99), abs=1e-9)
     # Saturated probabilities give finite log-odds, not infinities.
-    assert np.isfinite(log_odds(np.array([0.0, 1.0]))).all()
+    saturated = ranking_from_probabilities(default, np.array([[1.0, 0.0], [0.0, 1.0]]))
+    assert all(np.isfinite(a["log_odds_gain_vs_reference"]) for a in saturated["ranking"])
 
 
 def test_evidence_and_serving_recommend_alike() -> None:

@@ -1,6 +1,6 @@
-"""The prediction SR for every task's answer (radfusion.predictor.task_outputs):
+"""The prediction SR for every task's typed prediction (radfusion.prediction.Prediction):
 classification, multi-label and both survival forms, written, re-read from the file and
-checked item by item against the answer it was built from."""
+checked item by item against the prediction's HTTP answer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from radfusion.serving.pacs.sr import build_prediction_sr, new_uid, read_evidence
 
 from radfusion.dicom import find_studies
-from radfusion.predictor import task_outputs
+from radfusion.prediction import Prediction
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,9 @@ def _contract(tiny_contract, task: str, labels: list[str], time_bins: list[float
     return dataclasses.replace(tiny_contract, task=task, labels=labels, time_bins=time_bins or [])
 
 
-def _written(contract, result, evidence, tmp_path: Path) -> pydicom.Dataset:
-    result = {**result, "modalities_used": ["image"], "genomics_source": "patient not in the genomics table"}
-    sr = build_prediction_sr(contract, result, evidence, new_uid(), new_uid(), version=1)
+def _written(contract, prediction: Prediction, evidence, tmp_path: Path) -> pydicom.Dataset:
+    facts = {"modalities_used": ["image"], "genomics_source": "patient not in the genomics table"}
+    sr = build_prediction_sr(contract, prediction, facts, evidence, new_uid(), new_uid(), version=1)
     path = tmp_path / "sr.dcm"
     sr.save_as(path)
     return pydicom.dcmread(path)
@@ -53,8 +53,9 @@ def _group_values(group) -> dict[str, object]:
 
 def test_discrete_survival_answer_becomes_risk_and_survival_curve(tiny_contract, evidence, tmp_path: Path) -> None:
     contract = _contract(tiny_contract, "survival:discrete", ["t12", "t24", "t36"], [12.0, 24.0, 36.0])
-    result = task_outputs(contract, np.array([-2.0, -1.0, 0.5]))
-    ds = _written(contract, result, evidence, tmp_path)
+    prediction = Prediction.from_outputs(contract, np.array([-2.0, -1.0, 0.5]))
+    result = prediction.answer()
+    ds = _written(contract, prediction, evidence, tmp_path)
     (risk,) = _items(ds, "Risk score")
     assert _number(risk) == pytest.approx(result["risk_score"], rel=1e-6)
     curve = [_group_values(g) for g in _items(ds, "Survival probability")]
@@ -66,15 +67,14 @@ def test_discrete_survival_answer_becomes_risk_and_survival_curve(tiny_contract,
 
 def test_cox_answer_is_a_risk_score_only(tiny_contract, evidence, tmp_path: Path) -> None:
     contract = _contract(tiny_contract, "survival:cox", ["risk"])
-    ds = _written(contract, task_outputs(contract, np.array([0.8])), evidence, tmp_path)
+    ds = _written(contract, Prediction.from_outputs(contract, np.array([0.8])), evidence, tmp_path)
     assert _number(_items(ds, "Risk score")[0]) == pytest.approx(0.8)
     assert not _items(ds, "Survival probability")
 
 
 def test_multilabel_answer_lists_every_label_at_or_above_half(tiny_contract, evidence, tmp_path: Path) -> None:
     contract = _contract(tiny_contract, "multilabel", ["drug_a", "drug_b", "drug_c"])
-    result = task_outputs(contract, np.array([0.9, 0.2, 0.5]))
-    ds = _written(contract, result, evidence, tmp_path)
+    ds = _written(contract, Prediction.from_outputs(contract, np.array([0.9, 0.2, 0.5])), evidence, tmp_path)
     predicted = [i.ConceptCodeSequence[0].CodeMeaning for i in _items(ds, "Predicted class")]
     assert predicted == ["drug_a", "drug_c"]
     groups = {g["Class"]: g["Probability"] for g in map(_group_values, _items(ds, "Class probability"))}
@@ -82,7 +82,8 @@ def test_multilabel_answer_lists_every_label_at_or_above_half(tiny_contract, evi
 
 
 def test_classification_answer_names_one_class(tiny_contract, evidence, tmp_path: Path) -> None:
-    result = task_outputs(tiny_contract, np.array([0.3, 0.7]))
-    ds = _written(tiny_contract, result, evidence, tmp_path)
+    prediction = Prediction.from_outputs(tiny_contract, np.array([0.3, 0.7]))
+    result = prediction.answer()
+    ds = _written(tiny_contract, prediction, evidence, tmp_path)
     assert [i.ConceptCodeSequence[0].CodeMeaning for i in _items(ds, "Predicted class")] == [result["predicted_label"]]
     assert len(_items(ds, "Class probability")) == 2 and not _items(ds, "Risk score")

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from radfusion.serving.patients import PatientData
-from radfusion.serving.scoring.prepare import prepare_study
-from radfusion.serving.scoring.rows import TIMING_COLUMNS
-from radfusion.serving.scoring.score import score_archive
-from radfusion.serving.scoring.sources import StudyRef
 
 from radfusion.dicom import find_studies
+from radfusion.serving.patients import PatientData
+from radfusion.serving.scoring import sources
+from radfusion.serving.scoring.prepare import prepare_study
+from radfusion.serving.scoring.rows import RETRY_ON_RESUME, TIMING_COLUMNS, error_kind
+from radfusion.serving.scoring.score import score_archive
+from radfusion.serving.scoring.sources import FileRef, ScanUnit, StudyRef, local_study_files, scan_unit
+from radfusion.serving.study_files import BadArchiveError, Budget, UploadTooLargeError
 
 TOL = 1e-6
 ORTHANC = shutil.which("Orthanc")
@@ -150,8 +152,64 @@ def test_dicomweb_server_scores_like_the_folder(orthanc: str, tiny_cohort: Path,
     pd.testing.assert_frame_equal(results(out), folder_reference, atol=TOL)
 
 
-def test_a_study_the_server_cannot_deliver_is_a_retryable_error_row(orthanc: str, tiny_contract) -> None:
+def test_a_study_the_server_does_not_have_is_an_error_row_of_the_shared_client(orthanc: str, tiny_contract) -> None:
+    """The scorer fetches through radfusion.serving.dicomweb: the same kind as an HTTP caller gets."""
     missing = StudyRef("1.2.826.0.1.3680043.8.498.999999", "P", 3, dicomweb_url=orthanc)
     prepared = prepare_study(tiny_contract, missing, PatientData())
     assert prepared.inputs is None
-    assert prepared.row["error"].startswith("fetch_failed: WADO-RS retrieve failed (HTTPError, HTTP 404)")
+    assert prepared.row["error"].startswith("dicomweb_study_not_found: ")
+    assert error_kind(prepared.row["error"]) not in RETRY_ON_RESUME
+
+
+def test_an_unreachable_server_is_a_retryable_error_row(tiny_contract) -> None:
+    gone = StudyRef("1.2.826.0.1.3680043.8.498.1", "P", 3, dicomweb_url=f"http://127.0.0.1:{free_port()}/dicom-web")
+    prepared = prepare_study(tiny_contract, gone, PatientData())
+    assert prepared.inputs is None
+    assert error_kind(prepared.row["error"]) == "dicomweb_unavailable" in RETRY_ON_RESUME
+
+
+# ------------------------------------------------------------- zip members under a budget
+
+
+def _zipped_study(tiny_cohort: Path, tmp_path: Path) -> StudyRef:
+    """The first study of the tiny cohort, zipped, as discovery finds it."""
+    study = next(iter(find_studies(tiny_cohort / "dicom").studies.values()))
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, instance in enumerate(study.instances):
+            zf.write(instance.path, f"series/{i:03d}.dcm")
+    result = scan_unit(ScanUnit("zip", str(archive)))
+    files = tuple(ref for _, _, ref, _ in result.found)
+    return StudyRef(study.study_uid, study.patient_id, len(files), files=files)
+
+
+def test_zip_members_are_streamed_under_the_study_budget(tiny_cohort: Path, tmp_path: Path) -> None:
+    study = _zipped_study(tiny_cohort, tmp_path)
+    total = sum(zipfile.ZipFile(study.files[0].path).getinfo(f.member).file_size for f in study.files)
+    with local_study_files(study, Budget.of(total, len(study.files))) as paths:
+        assert len(paths) == len(study.files) and sum(p.stat().st_size for p in paths) == total
+        folder = paths[0].parent
+    assert not folder.exists()  # the private folder is removed afterwards
+    with pytest.raises(UploadTooLargeError, match="size limit"), local_study_files(
+            study, Budget.of(total - 1, len(study.files))):
+        pass
+    with pytest.raises(UploadTooLargeError, match="files"), local_study_files(
+            study, Budget.of(total, len(study.files) - 1)):
+        pass
+
+
+def test_a_study_over_budget_is_its_own_error_row(tiny_cohort: Path, tiny_contract, tmp_path, monkeypatch) -> None:
+    study = _zipped_study(tiny_cohort, tmp_path)
+    monkeypatch.setattr(sources, "Budget", lambda: Budget.of(1000, 10_000))
+    prepared = prepare_study(tiny_contract, study, PatientData())
+    assert prepared.inputs is None and error_kind(prepared.row["error"]) == "upload_too_large"
+
+
+def test_a_broken_zip_is_skipped_at_discovery_and_a_member_gone_later_is_bad_archive(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    result = scan_unit(ScanUnit("zip", str(broken)))
+    assert result.found == [] and result.skipped[0].startswith("not a readable zip archive")
+    study = StudyRef("1.2.3", "P", 1, files=(FileRef(str(broken), "a.dcm"),))
+    with pytest.raises(BadArchiveError), local_study_files(study):
+        pass

@@ -1,0 +1,147 @@
+"""The HTTP service's settings: one dataclass, read from RADFUSION_* environment
+variables when the service starts (``ServiceSettings.from_env()`` in its ``__init__``),
+never when a module is imported, so that importing the service (tests, `bentoml build`,
+the import checker) does not depend on the environment.
+
+Every bad value fails at start with an error that names the variable and the form it
+expects, e.g. ``RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes, got '2G'``.
+
+Four values shape the BentoML declarations themselves (the model API's adaptive
+batching and the services' request timeout): BentoML fixes those when the service class
+is declared, so ``declared_from_env()`` reads just these four, once, at that point."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+
+from radfusion.explain import ExplainSettings
+from radfusion.serving.dicomweb import ALLOWED_URLS_ENV, DEFAULT_TIMEOUT_S, DicomwebPolicy
+from radfusion.serving.study_files import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STUDY_BYTES
+
+
+class SettingsError(ValueError):
+    """A RADFUSION_* variable holds a value the service cannot use: it does not start."""
+
+
+def _parse_int(name: str, raw: str, form: str, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected {form}, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}: expected {form}, got {raw!r}")
+    return value
+
+
+def byte_count(name: str, raw: str) -> int:
+    return _parse_int(name, raw, "an integer number of bytes", 1)
+
+
+def positive_int(name: str, raw: str) -> int:
+    return _parse_int(name, raw, "a positive integer", 1)
+
+
+def count_or_zero(name: str, raw: str) -> int:
+    return _parse_int(name, raw, "an integer >= 0 (0: the runtime's choice)", 0)
+
+
+def seconds(name: str, raw: str) -> int:
+    return _parse_int(name, raw, "a positive integer number of seconds", 1)
+
+
+def on_off(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("on", "off"):
+        raise SettingsError(f"{name}: expected 'on' or 'off', got {raw!r}")
+    return value == "on"
+
+
+def optional_path(name: str, raw: str) -> str | None:
+    return raw or None
+
+
+def url_list(name: str, raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    try:
+        DicomwebPolicy(allowed=urls)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: expected comma-separated DICOMweb root URLs (http(s)://host[:port]/path), "
+                            f"got {raw!r}: {exc}") from None
+    return urls
+
+
+def _setting(env: str, parse: Callable[[str, str], object], default: object) -> object:
+    """A dataclass field read from ``env`` with ``parse`` (unset or blank: ``default``)."""
+    return field(default=default, metadata={"env": env, "parse": parse})
+
+
+@dataclass(frozen=True)
+class DeclaredSettings:
+    """What BentoML needs when the service classes are declared."""
+
+    batching: bool = _setting("RADFUSION_BATCHING", on_off, True)  # off: each request alone (benchmark baseline)
+    max_batch_size: int = _setting("RADFUSION_MAX_BATCH_SIZE", positive_int, 32)
+    max_latency_ms: int = _setting("RADFUSION_MAX_LATENCY_MS", positive_int, 2000)
+    request_timeout_s: int = _setting("RADFUSION_REQUEST_TIMEOUT_S", seconds, 300)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Everything else the service reads from the environment, read at start."""
+
+    max_upload_bytes: int = _setting("RADFUSION_MAX_UPLOAD_BYTES", byte_count, 1024**3)
+    max_study_bytes: int = _setting("RADFUSION_MAX_STUDY_BYTES", byte_count, DEFAULT_MAX_STUDY_BYTES)
+    max_study_files: int = _setting("RADFUSION_MAX_STUDY_FILES", positive_int, DEFAULT_MAX_MEMBERS)
+    max_in_flight: int = _setting("RADFUSION_MAX_IN_FLIGHT", positive_int, 64)
+    retry_after_s: int = _setting("RADFUSION_RETRY_AFTER_S", seconds, 2)
+    max_batch_cases: int = _setting("RADFUSION_MAX_BATCH_CASES", positive_int, 64)
+    ort_threads: int = _setting("RADFUSION_ORT_THREADS", count_or_zero, 0)  # ONNX Runtime intra-op threads
+    # Cases of one batch request read at once (threads; DICOMweb fetches wait on the network).
+    prepare_concurrency: int = _setting("RADFUSION_PREPARE_CONCURRENCY", positive_int, 4)
+    model_call_timeout_s: int = _setting("RADFUSION_MODEL_CALL_TIMEOUT_S", seconds, 60)
+    # /predict?explain: at most 1 + max_features + max_windows model rows per explanation.
+    explain_top_genes: int = _setting("RADFUSION_EXPLAIN_TOP_GENES", positive_int, ExplainSettings.top_genes)
+    explain_max_features: int = _setting("RADFUSION_EXPLAIN_MAX_FEATURES", positive_int, ExplainSettings.max_features)
+    explain_max_windows: int = _setting("RADFUSION_EXPLAIN_MAX_WINDOWS", positive_int, ExplainSettings.max_windows)
+    explain_batch: int = _setting("RADFUSION_EXPLAIN_BATCH", positive_int, ExplainSettings.batch_size)
+    explain_concurrency: int = _setting("RADFUSION_EXPLAIN_CONCURRENCY", positive_int, 1)
+    # Where STOW-RS studies get their genomics and clinical covariates (by PatientID).
+    genomics_table: str | None = _setting("RADFUSION_GENOMICS_TABLE", optional_path, None)
+    clinical_table: str | None = _setting("RADFUSION_CLINICAL_TABLE", optional_path, None)
+    dicomweb_allowed_urls: tuple[str, ...] = _setting(ALLOWED_URLS_ENV, url_list, ())
+    dicomweb_timeout_s: int = _setting("RADFUSION_DICOMWEB_TIMEOUT_S", seconds, DEFAULT_TIMEOUT_S)
+
+    @property
+    def explain(self) -> ExplainSettings:
+        return ExplainSettings(self.explain_top_genes, self.explain_max_features, self.explain_max_windows,
+                               self.explain_batch)
+
+    def dicomweb_policy(self) -> DicomwebPolicy:
+        """The allow-listed policy of DICOMweb references sent by callers."""
+        return DicomwebPolicy(self.dicomweb_allowed_urls, float(self.dicomweb_timeout_s),
+                              self.max_study_bytes, self.max_study_files)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+        return _from_env(cls, environ)
+
+
+def declared_from_env(environ: Mapping[str, str] | None = None) -> DeclaredSettings:
+    return _from_env(DeclaredSettings, environ)
+
+
+def _from_env(cls, environ: Mapping[str, str] | None):
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in fields(cls):
+        raw = environ.get(f.metadata["env"], "").strip()
+        if raw:
+            values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
+    return cls(**values)
+
+
+def settings_table() -> list[tuple[str, str, object]]:
+    """(variable, field, default) of every setting, for the documentation."""
+    return [(f.metadata["env"], f.name, f.default) for cls in (DeclaredSettings, ServiceSettings) for f in fields(cls)]

@@ -1,0 +1,94 @@
+"""Service settings are read when the service starts, never when it is imported, and a
+bad value names its variable and the form it expects."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+from radfusion.serving.settings import DeclaredSettings, ServiceSettings, SettingsError, declared_from_env
+from tests.support.paths import PROJECT_ROOT as ROOT
+
+
+def _env_names(cls) -> list[str]:
+    return [f.metadata["env"] for f in fields(cls)]
+
+
+def test_defaults_without_environment() -> None:
+    settings = ServiceSettings.from_env({})
+    assert (settings.max_upload_bytes, settings.max_study_files, settings.retry_after_s) == (1024**3, 20_000, 2)
+    assert settings.dicomweb_allowed_urls == () and settings.genomics_table is None
+    assert declared_from_env({}) == DeclaredSettings()
+
+
+def test_values_are_parsed() -> None:
+    settings = ServiceSettings.from_env({
+        "RADFUSION_MAX_UPLOAD_BYTES": " 2048 ", "RADFUSION_ORT_THREADS": "0",
+        "RADFUSION_GENOMICS_TABLE": "g.parquet", "RADFUSION_EXPLAIN_TOP_GENES": "3",
+    })
+    assert (settings.max_upload_bytes, settings.ort_threads, settings.genomics_table) == (2048, 0, "g.parquet")
+    assert settings.explain.top_genes == 3
+    assert not declared_from_env({"RADFUSION_BATCHING": "OFF"}).batching
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RADFUSION_MAX_UPLOAD_BYTES", "2G",
+         "RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes, got '2G'"),
+        ("RADFUSION_MAX_IN_FLIGHT", "0", "RADFUSION_MAX_IN_FLIGHT: expected a positive integer, got '0'"),
+        ("RADFUSION_ORT_THREADS", "-1", "RADFUSION_ORT_THREADS: expected an integer >= 0"),
+        ("RADFUSION_DICOMWEB_TIMEOUT_S", "1.5",
+         "RADFUSION_DICOMWEB_TIMEOUT_S: expected a positive integer number of seconds"),
+        ("RADFUSION_DICOMWEB_ALLOWED_URLS", "ftp://x", "RADFUSION_DICOMWEB_ALLOWED_URLS: expected comma-separated"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_form(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        ServiceSettings.from_env({name: value})
+    assert str(raised.value).startswith(message)
+
+
+def test_a_bad_declared_value_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match="RADFUSION_BATCHING: expected 'on' or 'off', got 'maybe'"):
+        declared_from_env({"RADFUSION_BATCHING": "maybe"})
+
+
+PROBE = """
+import json, os, sys
+read = []
+class Spy(dict):
+    def get(self, key, default=None):
+        read.append(key)
+        return super().get(key, default)
+    def __getitem__(self, key):
+        read.append(key)
+        return super().__getitem__(key)
+import os
+spy = Spy(os.environ)
+os.environ = spy
+import radfusion.serving.http.service
+print(json.dumps(sorted(set(k for k in read if k.startswith("RADFUSION_")))))
+"""
+
+
+def test_importing_the_service_reads_no_service_setting() -> None:
+    """Every ServiceSettings variable set to garbage: the import still works, and it
+    read none of them (only the four BentoML fixes at declaration, and the model tag
+    `bentoml build` names)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADFUSION_")}
+    env.update(dict.fromkeys(_env_names(ServiceSettings), "garbage"))
+    env["PYTHONPATH"] = str(ROOT)
+    probe = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    read = set(json.loads(probe.stdout.strip().splitlines()[-1]))
+    assert set(_env_names(DeclaredSettings)) <= read <= {*_env_names(DeclaredSettings), "RADFUSION_MODEL"}, read
+    assert read.isdisjoint(_env_names(ServiceSettings))
+    with pytest.raises(SettingsError, match="RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes"):
+        ServiceSettings.from_env(env)
