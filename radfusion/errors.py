@@ -6,13 +6,11 @@ One failure has one kind everywhere (HTTP body, scorer error row, listener): the
 catalogue of kinds is generated from the classes themselves (``error_catalogue``), and
 docs/errors.md is that catalogue as a table:
 
-    python -m radfusion.errors --markdown > docs/errors.md
+    radfusion errors --markdown > docs/errors.md
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -98,23 +96,6 @@ class NoModalityError(RadfusionInputError):
     http_status = 422
 
 
-# Modules that define error classes outside this one. Imported only to write the
-# documentation table (never at run time: the core does not depend on serving).
-ERROR_MODULES = (
-    "radfusion.deid.errors",
-    "radfusion.prediction",
-    "radfusion.serving.study_files",
-    "radfusion.serving.dicomweb",
-    "radfusion.serving.patient_data",
-    "radfusion.serving.scoring.sources",
-    "radfusion.serving.http.auth",
-    "radfusion.serving.http.cases",
-    "radfusion.serving.http.overload",
-    "radfusion.serving.http.stow",
-    "radfusion.serving.http.service",
-)
-
-
 @dataclass(frozen=True)
 class ErrorKind:
     """One row of the catalogue."""
@@ -132,12 +113,6 @@ def error_classes(root: type[RadfusionInputError] = RadfusionInputError) -> list
     for sub in root.__subclasses__():
         found += error_classes(sub)
     return found
-
-
-def import_error_modules(modules: Iterable[str] = ERROR_MODULES) -> None:
-    """Import the modules that define error classes, so that the catalogue is whole."""
-    for name in modules:
-        importlib.import_module(name)
 
 
 def _meaning(cls: type) -> str:
@@ -159,7 +134,7 @@ def markdown_table(entries: Iterable[ErrorKind]) -> str:
     lines = [
         "# Error kinds",
         "",
-        "Generated from the error classes by `python -m radfusion.errors --markdown`; do not edit.",
+        "Generated from the error classes by `radfusion errors --markdown`; do not edit.",
         "The same kind appears in the HTTP body (`error`), the scorer's error rows",
         "(`<kind>: <reason>`) and the listener's logs. Retryable: the same input may succeed later.",
         "",
@@ -171,23 +146,3 @@ def markdown_table(entries: Iterable[ErrorKind]) -> str:
         lines.append(f"| `{e.kind}` | {e.http_status} | {retryable} | {e.meaning.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The catalogue of radfusion's error kinds.")
-    parser.add_argument("--markdown", action="store_true", help="print docs/errors.md")
-    args = parser.parse_args(argv)
-    # Run as ``python -m``, this file is __main__: the classes other modules subclass
-    # are those of the imported radfusion.errors.
-    from radfusion import errors
-
-    errors.import_error_modules()
-    entries = errors.error_catalogue()
-    if args.markdown:
-        print(markdown_table(entries), end="")
-    else:
-        for e in entries:
-            print(f"{e.kind}\t{e.http_status}\t{'retryable' if e.retryable else '-'}")
-
-
-if __name__ == "__main__":
-    main()

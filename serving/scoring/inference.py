@@ -13,7 +13,7 @@ from radfusion.predictor import stack_inputs
 from radfusion.preprocess import ModelInputs
 from radfusion.runtime import OnnxModel
 from radfusion.serving.scoring.prepare import PreparedStudy
-from radfusion.serving.scoring.rows import fill_prediction
+from radfusion.serving.scoring.rows import InferenceFailedError, fill_prediction
 
 
 def run_inputs(model: OnnxModel, inputs: Sequence[ModelInputs]) -> np.ndarray:
@@ -33,7 +33,7 @@ def infer_batch(model: OnnxModel, batch: Sequence[PreparedStudy]) -> None:
             try:
                 _fill(item, model, run_inputs(model, [item.inputs])[0])
             except Exception as exc:  # noqa: BLE001
-                item.row["error"] = f"inference_failed: {type(exc).__name__}"
+                item.row["error"] = f"{InferenceFailedError.kind}: {type(exc).__name__}"
     else:
         for item, row_outputs in zip(batch, outputs, strict=True):
             _fill(item, model, row_outputs)

@@ -26,7 +26,7 @@ from radfusion.serving.scoring.inference import infer_batch
 from radfusion.serving.patients import PatientTables
 from radfusion.serving.scoring.prepare import PreparedStudy
 from radfusion.serving.scoring.progress import Progress
-from radfusion.serving.scoring.rows import new_row
+from radfusion.serving.scoring.rows import WorkerCrashedError, new_row
 from radfusion.serving.scoring.sources import ScanUnit, StudyAssembler, StudyRef, is_dicomweb, list_units
 from radfusion.serving.scoring.writer import PartWriter
 
@@ -189,7 +189,7 @@ class LocalEngine:
             self._suspects.extend(lost)
         elif isinstance(lost[0], StudyRef):
             row = new_row(self.contract, lost[0].study_uid, lost[0].patient_id, lost[0].n_instances)
-            row["error"] = "worker_crashed: the process preparing this study died"
+            row["error"] = f"{WorkerCrashedError.kind}: the process preparing this study died"
             self._emit([row])
         else:  # a unit whose headers kill the reader: its files count as unreadable
             self._assembler.skipped_files += max(1, len(lost[0].names))

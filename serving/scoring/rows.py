@@ -17,19 +17,40 @@ from __future__ import annotations
 import pyarrow as pa
 
 from radfusion.contract import ModelContract
+from radfusion.errors import RadfusionInputError
 from radfusion.prediction import Prediction, output_columns, prob_column
 from radfusion.study import StudyImage
 
+
+
+class InferenceFailedError(RadfusionInputError):
+    """ONNX Runtime failed on this study even when run alone (the rest of its batch was
+    scored). Retried on resume: a transient runtime failure may not recur."""
+
+    kind = "inference_failed"
+    http_status = 500
+    retryable = True
+
+
+class WorkerCrashedError(RadfusionInputError):
+    """The process preparing this study died (out of memory, a decoder crash); the
+    other studies went on in a new worker. Retried on resume."""
+
+    kind = "worker_crashed"
+    http_status = 500
+    retryable = True
+
+
 # Error kinds worth another try when the same command is run again; any other error
 # (a corrupt file, a wrong modality) would only fail the same way. The retryable kinds
-# of the error catalogue (radfusion.errors; tests/core/test_errors.py checks), the
-# scorer's own two, and "fetch_failed", which rows written by earlier versions carry.
+# of the error catalogue (tests/core/test_errors.py checks), and "fetch_failed", which
+# rows written by earlier versions carry.
 RETRY_ON_RESUME = frozenset(
-    {"dicomweb_unavailable", "dicomweb_timeout", "overloaded", "inference_failed", "worker_crashed", "fetch_failed"}
+    {"dicomweb_unavailable", "dicomweb_timeout", "overloaded", InferenceFailedError.kind, WorkerCrashedError.kind, "fetch_failed"}
 )
 
 __all__ = [
-    "RETRY_ON_RESUME", "TIMING_COLUMNS", "error_kind", "fill_prediction", "fill_series", "new_row", "output_schema",
+    "InferenceFailedError", "RETRY_ON_RESUME", "TIMING_COLUMNS", "WorkerCrashedError", "error_kind", "fill_prediction", "fill_series", "new_row", "output_schema",
     "prob_column",  # radfusion.prediction's, re-exported for radfusion.serving.scoring.score
 ]
 

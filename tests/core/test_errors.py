@@ -6,7 +6,8 @@ import itertools
 import subprocess
 import sys
 
-from radfusion.errors import error_catalogue, error_classes, import_error_modules, markdown_table
+from radfusion.cli.errors import import_error_modules
+from radfusion.errors import error_catalogue, error_classes, markdown_table
 from tests.support.paths import PROJECT_ROOT as ROOT
 
 
@@ -48,8 +49,8 @@ def test_the_scorer_retries_every_retryable_kind_on_resume() -> None:
 
 def test_committed_docs_equal_the_generated_table() -> None:
     generated = subprocess.run(
-        [sys.executable, "-m", "radfusion.errors", "--markdown"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "radfusion.cli", "errors", "--markdown"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert generated == markdown_table(error_catalogue(_all_classes()))
     committed = (ROOT / "docs" / "errors.md").read_text()
-    assert committed == generated, "docs/errors.md is stale: python -m radfusion.errors --markdown > docs/errors.md"
+    assert committed == generated, "docs/errors.md is stale: radfusion errors --markdown > docs/errors.md"
