@@ -6,7 +6,7 @@ export BENTOML_DO_NOT_TRACK := True
 export XDG_CACHE_HOME ?= $(CURDIR)/.cache
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test test-fast lint bento venv bench clean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -14,8 +14,22 @@ venv:
 demo: venv
 	$(PY) -m radfusion.cli demo --out runs/demo
 
+# The full suite (servers, training, the bento build included): what CI runs.
 test: venv
 	$(PY) -m pytest -q
+
+# Everything not marked slow: the unit tests, for the edit-test loop.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+# ruff check, ruff format --check, the import contracts and mypy (scripts/lint.sh).
+lint: venv
+	PY=$(PY) bash scripts/lint.sh
+
+# A bento of the HTTP service from the project's wheel (bentofile.yaml), offline.
+bento: venv
+	$(PY) scripts/layout.py wheel
+	$(VENV)/bin/bentoml build -f bentofile.yaml .
 
 # Archive scorer: decode-only, inference-only and end-to-end throughput in one run
 # -> bench/results/scoring.json (pipeline_efficiency, worker_scaling).
@@ -34,4 +48,4 @@ bench: venv
 	$(PY) -m bench.ingest
 
 clean:
-	rm -rf runs .bentoml .cache .pytest_cache
+	rm -rf runs .bentoml .cache .pytest_cache dist

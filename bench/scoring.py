@@ -62,8 +62,8 @@ def build_model(cohort: Path, path: Path) -> Path:
         trained_modalities=["image", "genomics"], may_be_missing=["image", "genomics"], cohort_hash="bench",
     )
     torch.manual_seed(0)
-    net = FusionNet(omics_sizes={b.name: len(b.features) for b in contract.omics}, n_classes=2, modalities=("image", "genomics"),
-                    **DEMO_NET).eval()
+    net = FusionNet(omics_sizes={b.name: len(b.features) for b in contract.omics}, n_classes=2,
+                    config={"modalities": ("image", "genomics"), **DEMO_NET}).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(net, contract, path)
     return path

@@ -231,7 +231,7 @@ def ort_vs_torch(model_path: Path, cases: list[dict], repeats: int) -> dict:
     contract = ort_model.contract
     torch.manual_seed(0)  # the weights bench.scoring.build_model exported
     net = FusionNet(omics_sizes={b.name: len(b.features) for b in contract.omics}, n_classes=len(contract.labels),
-                    modalities=("image", "genomics"), **DEMO_NET)
+                    config={"modalities": ("image", "genomics"), **DEMO_NET})
     model = LogitModel(net).eval()  # what is exported
 
     def batch(n: int) -> tuple[np.ndarray, ...]:

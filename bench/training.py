@@ -99,7 +99,7 @@ def train_once(cohort: Path, *, cache: str, workers: int, epochs: int, batch_siz
 
     L.seed_everything(0, verbose=False)
     dm = RadfusionDataModule(str(cohort), batch_size=batch_size, num_workers=workers, cache=cache, **DEMO_GEOMETRY)
-    model = FusionModule(omics_sizes=dm.omics_sizes, n_clinical=dm.n_clinical, n_classes=dm.n_classes, **net)
+    model = FusionModule(omics_sizes=dm.omics_sizes, n_clinical=dm.n_clinical, n_classes=dm.n_classes, network=net)
     timer = StepTimer()
     trainer = L.Trainer(
         accelerator=accelerator, devices=1, precision=precision, max_epochs=epochs, limit_val_batches=0,

@@ -8,7 +8,8 @@ serving still needs no torch; the training side has captum IG and GradCAM).
 - Image: a 3D window slides over the model grid (half-window stride); inside it, what
   is brighter than the body's soft-tissue level gets CONTRAST_GAIN times its contrast
   above it (a lesion made more conspicuous; air, fat, tissue and bone stay), and the
-  window's effect is the rise in score. The training-side evidence does the same
+  window's effect is the rise in score (ImageOcclusion, image_saliency). The
+  training-side evidence report runs this very algorithm through a torch model
   (radfusion.training.evidence.saliency): a lesion the model responds to only above some size
   or contrast moves the score when enhanced, not when removed, and filling windows
   with the image mean paints dark holes the model reads (peak in the planted lesion
@@ -115,9 +116,15 @@ def target_label(contract: ModelContract, logits: np.ndarray) -> int:
     return int(np.argmax(logits))
 
 
-def log_odds(logits: np.ndarray, target: int, temperature: float) -> np.ndarray:
-    """log p_target / (1 - p_target) of softmax(logits / T), per row."""
+def log_odds(logits: np.ndarray, target: int = -1, temperature: float = 1.0) -> np.ndarray:
+    """log p_target / (1 - p_target) of softmax(logits / T), per row of (rows, labels)
+    logits; ``target`` -1 is the last (positive) label. The one log-odds of radfusion:
+    the explanation's score, the treatment ranking's (fed log-probabilities) and the
+    evidence report's (torch callers convert; training.evidence.cases.log_odds_torch is
+    this formula for callers that need its gradient). For two labels it is
+    (z_target - z_other) / T exactly."""
     z = np.asarray(logits, dtype=np.float64) / temperature
+    target = target % z.shape[1]
     others = np.delete(z, target, axis=1)
     top = others.max(axis=1, keepdims=True)
     rest = top[:, 0] + np.log(np.exp(others - top).sum(axis=1))
@@ -140,6 +147,76 @@ def enhanced_image(image: np.ndarray, gain: float = CONTRAST_GAIN, tissue: float
     return np.where((image > tissue) & (image < BONE_LEVEL), raised, image).astype(image.dtype)
 
 
+class ImageOcclusion:
+    """The image half of an explanation, the one occlusion saliency algorithm of
+    radfusion (the service's explain and the evidence report both run it): windows
+    of the model grid (``occlusion_grid``), each in turn replaced by the enhanced
+    image (``enhanced_image``); a window's effect is the rise in score it causes and
+    the peak is ``peak_voxel`` of those effects."""
+
+    def __init__(self, image: np.ndarray, max_windows: int):
+        self.grid = occlusion_grid(tuple(image.shape[1:]), max_windows)
+        self.enhanced = enhanced_image(image)
+
+    def __len__(self) -> int:
+        return len(self.grid.starts)
+
+    def perturb(self, image: np.ndarray, window: int) -> None:
+        """Enhance ``window`` of one (1, D, H, W) image row in place."""
+        region = tuple(slice(s, s + w) for s, w in zip(self.grid.starts[window], self.grid.window))
+        image[(0, *region)] = self.enhanced[(0, *region)]
+
+    def voxel_map(self, effects: np.ndarray) -> np.ndarray:
+        """(D, H, W): the mean effect of the windows covering each voxel, for drawing."""
+        total = np.zeros(self.enhanced.shape[1:])
+        count = np.zeros_like(total)
+        for start, effect in zip(self.grid.starts, effects):
+            region = tuple(slice(s, s + w) for s, w in zip(start, self.grid.window))
+            total[region] += effect
+            count[region] += 1
+        return (total / np.maximum(count, 1)).astype(np.float32)
+
+
+@dataclass
+class ImageSaliency:
+    """Where in the image the score comes from, on the model grid."""
+
+    grid: OcclusionGrid
+    effects: np.ndarray  # the rise in score when each window is enhanced
+    peak: np.ndarray  # grid index (continuous) of the peak: peak_voxel
+    voxel_map: np.ndarray  # (D, H, W) mean effect per voxel
+
+
+def image_saliency(
+    logits_fn: LogitsFn,
+    image: np.ndarray,
+    genomics: np.ndarray,
+    clinical: np.ndarray,
+    presence: np.ndarray,
+    target: int = -1,
+    temperature: float = 1.0,
+    max_windows: int = ExplainSettings.max_windows,
+    batch_size: int = ExplainSettings.batch_size,
+) -> ImageSaliency:
+    """The image occlusion alone for one case (inputs without a batch axis), through
+    any model call: numpy in, numpy out (an ONNX Runtime session, a torch module
+    wrapped to numpy). ``target``: the label whose log-odds is the score (-1: the
+    last, positive one)."""
+    plan = ImageOcclusion(image, max_windows)
+    n_rows = 1 + len(plan)
+    logits = []
+    for first in range(0, n_rows, batch_size):
+        rows = range(first, min(first + batch_size, n_rows))
+        batch = [np.repeat(x[np.newaxis], len(rows), axis=0) for x in (image, genomics, clinical, presence)]
+        for i, row in enumerate(rows):
+            if row > 0:
+                plan.perturb(batch[0][i], row - 1)
+        logits.append(np.asarray(logits_fn(*batch)))
+    scores = log_odds(np.concatenate(logits), target, temperature)
+    effects = scores[1:] - scores[0]
+    return ImageSaliency(plan.grid, effects, peak_voxel(plan.grid, effects), plan.voxel_map(effects))
+
+
 class CaseExplainer:
     """The perturbation plan for one case, kept apart from running the model, so the
     rows can go through any model call (a local OnnxModel, a model service)."""
@@ -156,9 +233,8 @@ class CaseExplainer:
         self.settings = settings or ExplainSettings()
         self.grid_affine = grid_affine
         self.features = self._features_to_occlude()
-        shape = tuple(inputs.image.shape[1:])
-        self.grid = occlusion_grid(shape, self.settings.max_windows) if self.image_used else None
-        self.enhanced = enhanced_image(inputs.image) if self.image_used else None
+        self.occlusion = ImageOcclusion(inputs.image, self.settings.max_windows) if self.image_used else None
+        self.grid = self.occlusion.grid if self.occlusion is not None else None
 
     # ------------------------------------------------------------------ plan
 
@@ -207,9 +283,7 @@ class CaseExplainer:
             if row <= len(self.features):
                 genomics[i, self.features[row - 1]] = 0.0
                 continue
-            start = self.grid.starts[row - 1 - len(self.features)]  # type: ignore[union-attr]
-            region = tuple(slice(s, s + w) for s, w in zip(start, self.grid.window))  # type: ignore[union-attr]
-            image[(i, 0, *region)] = self.enhanced[(0, *region)]  # type: ignore[index]
+            self.occlusion.perturb(image[i], row - 1 - len(self.features))  # type: ignore[union-attr]
         return image, genomics, clinical, presence
 
     # ---------------------------------------------------------------- result

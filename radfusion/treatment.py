@@ -24,6 +24,7 @@ from dataclasses import replace
 import numpy as np
 
 from radfusion.contract import CLINICAL, ModelContract
+from radfusion.explain import log_odds
 from radfusion.preprocess import ModelInputs
 
 # Gain in log-odds of response over the reference. 1.0 is an odds ratio of e (about
@@ -62,9 +63,12 @@ def switch_margin(contract: ModelContract) -> float:
     return DEFAULT_SWITCH_MARGIN if margin is None else float(margin)
 
 
-def log_odds(probability: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(probability, dtype=np.float64), _PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
-    return np.log(p) - np.log1p(-p)
+def response_log_odds(probabilities: np.ndarray, label: int) -> np.ndarray:
+    """Log-odds of ``label`` per row of (rows, labels) probabilities, by the one
+    definition (radfusion.explain.log_odds) applied to log-probabilities; probabilities
+    are clipped away from 0 so saturated ones give finite log-odds."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), _PROBABILITY_EPS, 1.0)
+    return log_odds(np.log(p), label)
 
 
 def recommend(log_odds_by_treatment: np.ndarray, margin: float) -> np.ndarray:
@@ -106,7 +110,7 @@ def ranking_from_probabilities(contract: ModelContract, probabilities: np.ndarra
     treatments = spec.treatments
     reference = treatments[0]
     margin = switch_margin(contract)
-    scores = log_odds(response)
+    scores = response_log_odds(probabilities, label)
     order = np.argsort(-response, kind="stable")
     recommended = treatments[int(recommend(scores[None, :], margin)[0])]
     return {

@@ -1,10 +1,13 @@
 """Where the served model lives: an ONNX file path, or a BentoML model tag whose folder
-holds model.onnx (what `radfusion export` registers)."""
+holds model.onnx (what `radfusion export` registers through ``register_model``)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+
+from radfusion.contract import read_contract_from_onnx
 
 MODEL_ENV = "RADFUSION_MODEL"
 DEVICE_ENV = "RADFUSION_DEVICE"
@@ -54,3 +57,19 @@ def device_from_env() -> str:
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"{DEVICE_ENV} must be auto, cpu or cuda, not {device!r}")
     return device
+
+
+def register_model(onnx_path: Path | str) -> str:
+    """Store an exported ONNX model in the BentoML model store under the version its
+    contract names (``name:version``), labelled by task and modalities, and return
+    the tag. Serving owns the store: training writes the file, the CLI registers it."""
+    import bentoml
+
+    contract = read_contract_from_onnx(Path(onnx_path))
+    with bentoml.models.create(
+        f"{contract.name}:{contract.version}",
+        labels={"task": contract.task.replace(":", "-"), "modalities": "-".join(contract.trained_modalities)},
+        metadata={"cohort_hash": contract.cohort_hash, **contract.metrics},
+    ) as model:
+        shutil.copyfile(onnx_path, Path(model.path) / ONNX_IN_BENTO_MODEL)
+    return str(model.tag)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 from importlib import metadata
 from pathlib import Path
 
@@ -14,21 +15,35 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from radfusion.contract import ClinicalSpec, ImageGeometry, ModelContract, OmicsBlock
 from radfusion.training.data import RadfusionDataModule
-from radfusion.training.module import FusionModule
+from radfusion.training.module import FusionModule, migrate_hparams
 
 
 def load_module(checkpoint: Path | str) -> FusionModule:
-    module = FusionModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
+    """The trained module in evaluation mode, from a checkpoint of any radfusion
+    version: flat 0.1 hyper-parameters are migrated into today's configs first."""
+    state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    # Built here rather than by Lightning's loader, whose instantiator (LightningCLI's
+    # "_instantiator") would re-parse the hyper-parameters and reject an old shape.
+    hparams = {k: v for k, v in migrate_hparams(state["hyper_parameters"]).items() if not k.startswith("_")}
+    module = FusionModule(**hparams)
+    module.on_load_checkpoint(state)
+    module.load_state_dict(state["state_dict"])
     module.eval()
     return module
 
 
-def load_datamodule(checkpoint: Path | str) -> RadfusionDataModule:
-    """The data module exactly as configured for training (same split, same panel)."""
+def load_datamodule(checkpoint: Path | str, cohort_dir: Path | str | None = None) -> RadfusionDataModule:
+    """The data module exactly as configured for training (same split, same panel).
+    ``cohort_dir``: where the training cohort lies now, when it has moved since."""
     state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
     # LightningCLI adds private keys (e.g. "_instantiator") beside the real arguments.
     hparams = {k: v for k, v in state["datamodule_hyper_parameters"].items() if not k.startswith("_")}
+    # Arguments that older versions had and this one dropped are not passed on.
+    accepted = inspect.signature(RadfusionDataModule.__init__).parameters
+    hparams = {k: v for k, v in hparams.items() if k in accepted}
     hparams["augment"] = False
+    if cohort_dir is not None:
+        hparams["cohort_dir"] = str(cohort_dir)
     dm = RadfusionDataModule(**hparams)
     dm.setup("test")
     return dm
@@ -47,20 +62,20 @@ def build_contract(module: FusionModule, checkpoint: Path | str) -> ModelContrac
         raise ValueError("checkpoint carries no radfusion contract (was it trained with radfusion train?)")
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:8]
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
-    modalities = list(module.hparams.modalities)
+    modalities = list(module.network_config.modalities)
     trained_groups = ["image" in modalities, any(module.net.uses(b) for b in module.net.omics_sizes), module.net.uses("clinical")]
     # Checkpoints from before the task switch carry neither: classification.
     task = parts.get("task", f"classification:{parts['target']}")
     labels = list(parts.get("output_labels", parts["labels"]))
     return ModelContract(
-        name=module.hparams.model_name,
+        name=module.model_name,
         version=f"{stamp}-{digest}",
         task=task,
         labels=labels,
         positive_label=labels[-1] if len(labels) == 2 and task.startswith("classification") else None,
         time_bins=list(parts.get("time_bins", [])),
         image=ImageGeometry(
-            spatial_dims=module.hparams.spatial_dims,
+            spatial_dims=module.network_config.spatial_dims,
             target_shape=tuple(parts["geometry"]["target_shape"]),
             target_spacing=tuple(parts["geometry"]["target_spacing"]),
             window=tuple(parts["geometry"]["window"]),

@@ -70,13 +70,15 @@ def pattern_metrics(module, predicted: dict[str, torch.Tensor], horizons) -> dic
     return {"auroc": float(multiclass_auroc(probs, labels, num_classes=outputs.shape[1]))}
 
 
-def evaluate_checkpoint(checkpoint: Path) -> dict:
+def evaluate_checkpoint(checkpoint: Path, cohort_dir: Path | None = None) -> dict:
+    """Test-split metrics of one checkpoint (any radfusion version), observed and per
+    modality pattern. ``cohort_dir``: where the training cohort lies now, if it moved."""
     module = load_module(checkpoint)
-    dm = load_datamodule(checkpoint)
-    horizons = tuple(module.hparams.get("horizons", ()))
+    dm = load_datamodule(checkpoint, cohort_dir)
+    horizons = tuple(module.task_config.horizons)
     result: dict = {
         "checkpoint": str(checkpoint),
-        "modalities": list(module.hparams.modalities),
+        "modalities": list(module.network_config.modalities),
         "task": module.task.kind,
         "fusion": module.net.fusion_kind,
     }

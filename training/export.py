@@ -1,6 +1,7 @@
 """`radfusion export`: checkpoint -> one ONNX file (dynamo exporter, dynamic batch)
-with the model contract inside, a parity check against PyTorch on held-out cases,
-and registration in the BentoML model store under the contract's version.
+with the model contract inside and a parity check against PyTorch on held-out cases.
+Registration in the BentoML model store is serving's (radfusion.serving.modelref.
+register_model), run by the `radfusion export` command: training never imports bentoml.
 
 The ONNX file is written to a temporary name and moved into place only after the
 parity check passes, so a failed export never leaves a model that serving would load."""
@@ -10,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,23 +91,14 @@ def parity_check(net: torch.nn.Module, onnx_path: Path, dm, max_cases: int = 32)
     return worst
 
 
-def register_bento_model(onnx_path: Path, contract: ModelContract) -> str:
-    import bentoml
-
-    with bentoml.models.create(
-        f"{contract.name}:{contract.version}",
-        labels={"task": contract.task.replace(":", "-"), "modalities": "-".join(contract.trained_modalities)},
-        metadata={"cohort_hash": contract.cohort_hash, **contract.metrics},
-    ) as model:
-        shutil.copyfile(onnx_path, Path(model.path) / "model.onnx")
-    return str(model.tag)
-
-
-def export(checkpoint: Path, out: Path, register: bool = True, tolerance: float = PARITY_TOLERANCE,
-           calibrate: bool = True) -> dict:
+def export(checkpoint: Path, out: Path, tolerance: float = PARITY_TOLERANCE, calibrate: bool = True,
+           cohort_dir: Path | None = None) -> dict:
+    """Export ``checkpoint`` to ``out`` (plus ``out``.export.json, the report returned).
+    ``cohort_dir``: where the training cohort lies now, if it moved since training
+    (calibration and the parity check read it)."""
     module = load_module(checkpoint)
     contract = build_contract(module, checkpoint)
-    dm = load_datamodule(checkpoint)
+    dm = load_datamodule(checkpoint, cohort_dir)
     if contract.clinical is not None and contract.clinical.treatment:
         # Serving recommends with the very margin the evidence report measured.
         contract.clinical.switch_margin = DEFAULT_SWITCH_MARGIN
@@ -132,7 +123,11 @@ def export(checkpoint: Path, out: Path, register: bool = True, tolerance: float 
         "onnx_max_abs_diff": diff,
         "parity_tolerance": tolerance,
         "temperature": contract.temperature,
-        "bento_tag": register_bento_model(out, contract) if register else None,
     }
-    out.with_suffix(".export.json").write_text(json.dumps(report, indent=2))
+    write_export_report(out, report)
     return report
+
+
+def write_export_report(out: Path, report: dict) -> None:
+    """The export report beside the model (``model.export.json``)."""
+    out.with_suffix(".export.json").write_text(json.dumps(report, indent=2))

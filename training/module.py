@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,92 +17,103 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from radfusion.training.evaluation_mode import batchnorm_layers, fit_output_shift, recompute_batchnorm_statistics
-from radfusion.training.model import FusionNet
-from radfusion.training.tasks import DEFAULT_HORIZONS, DiscreteHazardTask, build_task
+from radfusion.training.model import FusionNet, NetworkConfig
+from radfusion.training.tasks import DiscreteHazardTask, TaskConfig
 
 CONTRACT_KEY = "radfusion_contract"
 
 
+@dataclass(frozen=True)
+class OptimiserConfig:
+    """AdamW with a cosine schedule over the epochs (YAML ``model.optimiser``)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    # The treatment x omics term's feature weights are L1-penalised (interaction_l1,
+    # per unit of the mean training loss) and learn at their own rate, because a linear
+    # effect of several log-odds is out of reach at lr in a few hundred steps.
+    interaction_l1: float = 0.005
+    interaction_lr: float = 0.03
+
+    @classmethod
+    def coerce(cls, value: OptimiserConfig | Mapping[str, Any] | None) -> OptimiserConfig:
+        """The config from itself, a mapping (a checkpoint's or YAML's), or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        return cls(**dict(value))
+
+
+# Where each hyper-parameter of a flat (radfusion 0.1) checkpoint went.
+_TASK_KEYS = {"task": "kind", "time_intervals": "time_intervals", "horizons": "horizons"}
+_OPTIMISER_KEYS = tuple(f.name for f in dataclasses.fields(OptimiserConfig))
+
+
+def migrate_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's hyper-parameters in today's shape. radfusion 0.1 saved them flat
+    (``lr``, ``embed_dim``, ``task`` as a string ...): they are sorted into the
+    ``network``, ``task`` and ``optimiser`` configs; today's pass through unchanged.
+    Private keys (LightningCLI's ``_instantiator``) are kept."""
+    hparams = dict(hparams)
+    if "network" in hparams or "optimiser" in hparams:
+        return hparams
+    network = {k: hparams.pop(k) for k in NetworkConfig.field_names() if k in hparams}
+    task = {new: hparams.pop(old) for old, new in _TASK_KEYS.items() if old in hparams}
+    optimiser = {k: hparams.pop(k) for k in _OPTIMISER_KEYS if k in hparams}
+    return {**hparams, "network": network, "task": task, "optimiser": optimiser}
+
+
 class FusionModule(L.LightningModule):
+    """Trains a FusionNet for one task. The data-derived sizes (``omics_sizes``,
+    ``n_clinical``, ``n_classes``) are linked from the data module by the CLI; the
+    rest is three configs (YAML ``model.network``, ``model.task``, ``model.optimiser``)
+    and the training regime below."""
+
     def __init__(
         self,
         omics_sizes: dict[str, int],
         n_clinical: int = 0,
         n_classes: int = 2,
-        modalities: tuple[str, ...] = ("image", "genomics"),
-        spatial_dims: int = 3,
-        image_encoder: str = "densenet",
-        image_widths: tuple[int, ...] = (16, 8),
-        embed_dim: int = 64,
-        genomics_hidden: int = 16,
-        genomics_dropout: float = 0.5,
-        dropout: float = 0.3,
-        modality_dropout: float = 0.25,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
+        network: NetworkConfig = NetworkConfig(),
+        task: TaskConfig = TaskConfig(),
+        optimiser: OptimiserConfig = OptimiserConfig(),
         model_name: str = "radfusion-response",
-        # late | gated | kronecker | cross_attention (training/fusion/strategies.py)
-        fusion: str = "late",
-        kronecker_rank: int = 8,
-        # classification | multilabel | survival_cox | survival_discrete (training/tasks.py)
-        task: str = "classification",
-        time_intervals: int = 8,
-        horizons: tuple[float, ...] = DEFAULT_HORIZONS,
-        # The ViT encoder's position embedding is sized by the image grid: give the
-        # data's target_shape (checked against it when training starts).
-        image_shape: tuple[int, int, int] | None = None,
-        image_patch: tuple[int, int, int] = (8, 16, 16),
-        # An explicit treatment x omics term (training/fusion/interaction.py): needs
-        # data.treatment. Its feature weights are L1-penalised (interaction_l1, per
-        # unit of the mean training loss) and learn at their own rate, because a
-        # linear effect of several log-odds is out of reach at lr in a few hundred steps.
-        treatment_interaction: bool = False,
-        # Omics blocks whose features are candidate biomarkers (None: all the model uses).
-        interaction_blocks: tuple[str, ...] | None = None,
-        interaction_l1: float = 0.005,
-        interaction_lr: float = 0.03,
-        # Filled from the data module's treatment levels when training starts.
-        treatment_columns: tuple[int, ...] = (),
+        # Share of training cases (with two or more modality groups) that lose one group.
+        modality_dropout: float = 0.25,
         # Training batches (as evaluation sees them) over which the BatchNorm statistics
         # are recomputed before each validation and the output shift refitted for each
         # new best checkpoint (training/evaluation_mode.py); 0: moving averages, no shift.
         evaluation_batches: int = 20,
+        # The treatment's one-hot clinical columns: filled from the data module's
+        # treatment levels when training starts (network.treatment_interaction).
+        treatment_columns: tuple[int, ...] = (),
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.task = build_task(task, n_classes, time_intervals, horizons)
-        self.net = FusionNet(
-            omics_sizes=omics_sizes,
-            n_clinical=n_clinical,
-            n_classes=self.task.n_outputs,
-            modalities=modalities,
-            spatial_dims=spatial_dims,
-            image_encoder=image_encoder,
-            image_widths=image_widths,
-            embed_dim=embed_dim,
-            genomics_hidden=genomics_hidden,
-            genomics_dropout=genomics_dropout,
-            dropout=dropout,
-            fusion=fusion,
-            kronecker_rank=kronecker_rank,
-            image_shape=image_shape,
-            image_patch=image_patch,
-            treatment_columns=treatment_columns,
-            interaction_blocks=interaction_blocks,
-        )
+        # LightningCLI saves the configs as it parsed them (mappings), the constructor as given.
+        self.network_config = NetworkConfig.coerce(network)
+        self.task_config = TaskConfig.coerce(task)
+        self.optimiser_config = OptimiserConfig.coerce(optimiser)
+        self.task = self.task_config.build(n_classes)
+        self.net = FusionNet(omics_sizes, n_clinical, self.task.n_outputs, self.network_config, treatment_columns)
         self.contract_parts: dict[str, Any] = {}
         self._best_monitored = float("-inf")  # the validation metric of the best checkpoint so far
 
+    @property
+    def model_name(self) -> str:
+        return self.hparams.model_name
+
     def setup(self, stage: str) -> None:
-        if not self.hparams.treatment_interaction or self.net.treatment_effect is not None:
+        if not self.network_config.treatment_interaction or self.net.treatment_effect is not None:
             return
         spec = self.trainer.datamodule.clinical
         if spec is None or not spec.treatment:
-            raise ValueError("model.treatment_interaction needs a treatment covariate (data.treatment)")
+            raise ValueError("model.network.treatment_interaction needs a treatment covariate (data.treatment)")
         # Reference (the first level, the standard of care) first.
         columns = spec.treatment_columns
         self.hparams.treatment_columns = tuple(columns)  # saved, so a checkpoint rebuilds the term
-        self.net.add_treatment_interaction(columns, self.hparams.interaction_blocks)
+        self.net.add_treatment_interaction(columns, self.network_config.interaction_blocks)
         train = self.trainer.datamodule.records["train"]
         self.net.treatment_effect.set_reference(
             torch.as_tensor(np.stack([r["genomics"] for r in train])), torch.as_tensor(np.stack([r["presence"] for r in train])))
@@ -146,7 +159,7 @@ class FusionModule(L.LightningModule):
         logits = self(batch["image"], batch["genomics"], batch["clinical"], presence)
         loss = self.task.loss(logits, batch)
         if self.net.treatment_effect is not None:
-            loss = loss + self.hparams.interaction_l1 * self.net.treatment_effect.penalty()
+            loss = loss + self.optimiser_config.interaction_l1 * self.net.treatment_effect.penalty()
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
@@ -216,8 +229,9 @@ class FusionModule(L.LightningModule):
         others = [p for p in self.parameters() if all(p is not q for q in interaction)]
         groups = [{"params": others}]
         if interaction:  # the L1 penalty is its regulariser, not weight decay
-            groups.append({"params": interaction, "lr": self.hparams.interaction_lr, "weight_decay": 0.0})
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+            groups.append({"params": interaction, "lr": self.optimiser_config.interaction_lr, "weight_decay": 0.0})
+        optimiser = self.optimiser_config
+        optimizer = torch.optim.AdamW(groups, lr=optimiser.lr, weight_decay=optimiser.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs or 1))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
@@ -237,9 +251,9 @@ class FusionModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
-        shape = self.hparams.image_shape
+        shape = self.network_config.image_shape
         if shape is not None and tuple(shape) != tuple(dm.geometry.target_shape):
-            raise ValueError(f"model.image_shape {list(shape)} differs from data.target_shape {list(dm.geometry.target_shape)}")
+            raise ValueError(f"model.network.image_shape {list(shape)} differs from data.target_shape {list(dm.geometry.target_shape)}")
         if isinstance(self.task, DiscreteHazardTask):
             train = dm.records["train"]
             self.task.fit_edges(np.array([r["time"] for r in train]), np.array([r["event"] for r in train]))

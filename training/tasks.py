@@ -1,6 +1,6 @@
 """Prediction tasks: what the network's outputs mean, the loss that trains them, the
 validation metric that picks the best checkpoint, and how the model contract names
-them. ``model.task`` picks one:
+them. ``model.task.kind`` picks one (TaskConfig):
 
 - ``classification``: binary or multi-class (response, subtype); cross-entropy; val/auroc.
 - ``multilabel``: one binary label per output (e.g. response per drug); BCE; val/auroc (macro).
@@ -15,7 +15,9 @@ scikit-learn's ``roc_auc_score``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -255,6 +257,37 @@ class DiscreteHazardTask(SurvivalTask):
 
     def contract_labels(self, labels):
         return [f"hazard_{k}" for k in range(self.n_outputs)]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What the model predicts (YAML ``model.task``): the task kind, the discrete-time
+    intervals and the survival horizons (months) reported for survival tasks."""
+
+    # classification | multilabel | survival_cox | survival_discrete
+    kind: str = "classification"
+    time_intervals: int = 8
+    horizons: tuple[float, ...] = DEFAULT_HORIZONS
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASKS:
+            raise ValueError(f"unknown task {self.kind!r}; choose from {TASKS}")
+        object.__setattr__(self, "horizons", tuple(float(h) for h in self.horizons))
+
+    @classmethod
+    def coerce(cls, value: TaskConfig | Mapping[str, Any] | str | None) -> TaskConfig:
+        """The config from itself, a mapping (a checkpoint's or YAML's), a bare task
+        kind, or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls(kind=value)
+        return cls(**dict(value))
+
+    def build(self, n_classes: int) -> Task:
+        return build_task(self.kind, n_classes, self.time_intervals, self.horizons)
 
 
 def build_task(kind: str, n_classes: int, n_intervals: int = 8, horizons: Sequence[float] = DEFAULT_HORIZONS) -> Task:

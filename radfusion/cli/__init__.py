@@ -59,9 +59,18 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from radfusion.training.export import export
+    """Training exports and checks the model; serving registers it (the CLI is the one
+    layer that may join them)."""
+    from radfusion.training.export import export, write_export_report
 
-    report = export(Path(args.checkpoint), Path(args.out), register=not args.no_register, calibrate=not args.no_calibrate)
+    out = Path(args.out)
+    report = export(Path(args.checkpoint), out, calibrate=not args.no_calibrate)
+    report["bento_tag"] = None
+    if not args.no_register:
+        from radfusion.serving.modelref import register_model
+
+        report["bento_tag"] = register_model(out)
+    write_export_report(out, report)
     print(json.dumps(report, indent=2))
 
 
@@ -201,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     from radfusion.cohort_manifest.command import add_cohort_command
 
     add_cohort_command(sub)
+
+    from radfusion.cli.errors import add_errors_command
+
+    add_errors_command(sub)
     return parser
 
 

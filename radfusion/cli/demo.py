@@ -39,8 +39,8 @@ MODELS: dict[str, list] = {
     "late": [],
     "gated": [EXPERIMENT / "fusion_gated.yaml"],
     "kronecker": [EXPERIMENT / "fusion_kronecker.yaml"],
-    "image_only": [EXPERIMENT / "image_only.yaml", "--model.modalities", "[image, clinical]"],
-    "genomics_only": [EXPERIMENT / "genomics_only.yaml", "--model.modalities", "[genomics, clinical]"],
+    "image_only": [EXPERIMENT / "image_only.yaml", "--model.network.modalities", "[image, clinical]"],
+    "genomics_only": [EXPERIMENT / "genomics_only.yaml", "--model.network.modalities", "[genomics, clinical]"],
 }
 # Survival (Cox partial likelihood, trained settings in configs/experiment/survival_cox.yaml):
 # the fusion model and the same two unimodal baselines, so the table has c-index rows
@@ -50,11 +50,11 @@ SURVIVAL_MODELS: dict[str, list] = {
     "survival_fusion": [SURVIVAL],
     "survival_image_only": [
         EXPERIMENT / "image_only.yaml", SURVIVAL,
-        "--model.modalities", "[image, clinical]", "--model.model_name", "radfusion-survival-image-only",
+        "--model.network.modalities", "[image, clinical]", "--model.model_name", "radfusion-survival-image-only",
     ],
     "survival_genomics_only": [
         EXPERIMENT / "genomics_only.yaml", SURVIVAL,
-        "--model.modalities", "[genomics, clinical]", "--model.model_name", "radfusion-survival-genomics-only",
+        "--model.network.modalities", "[genomics, clinical]", "--model.model_name", "radfusion-survival-genomics-only",
     ],
 }
 SERVICE_REQUESTS = 48

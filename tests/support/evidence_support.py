@@ -26,7 +26,7 @@ EVIDENCE_TRAINING = [
     "--data.target_spacing", "[5.0, 9.0, 9.0]",
     "--data.split", "[0.17, 0.1, 0.73]",
     "--data.batch_size", "32",
-    "--model.embed_dim", "32",
+    "--model.network.embed_dim", "32",
     "--trainer.max_epochs", "20",
     "--trainer.enable_progress_bar", "false",
     "--trainer.callbacks", "null",

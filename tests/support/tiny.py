@@ -13,16 +13,18 @@ TINY_TARGET_SPACING = (6.0, 12.0, 12.0)
 def tiny_net(contract, seed: int = 0):
     """A small untrained FusionNet for ``contract`` (seeded weights)."""
     import torch
-    from radfusion.training.model import FusionNet
+    from radfusion.training.model import FusionNet, NetworkConfig
 
     torch.manual_seed(seed)
     return FusionNet(
         omics_sizes={b.name: len(b.features) for b in contract.omics},
         n_clinical=len(contract.clinical.features) if contract.clinical else 0,
         n_classes=len(contract.labels),
-        modalities=tuple(contract.trained_modalities),
-        image_encoder="resnet",
-        image_widths=(4, 4, 8, 8),
-        embed_dim=16,
-        genomics_hidden=32,
+        config=NetworkConfig(
+            modalities=tuple(contract.trained_modalities),
+            image_encoder="resnet",
+            image_widths=(4, 4, 8, 8),
+            embed_dim=16,
+            genomics_hidden=32,
+        ),
     ).eval()

@@ -10,9 +10,9 @@ from tests.support.paths import CONFIGS
 TINY_GRID = [
     "--data.target_shape", "[8, 16, 16]",
     "--data.target_spacing", "[6.0, 12.0, 12.0]",
-    "--model.image_encoder", "resnet",
-    "--model.image_widths", "[4, 4, 8, 8]",
-    "--model.embed_dim", "16",
+    "--model.network.image_encoder", "resnet",
+    "--model.network.image_widths", "[4, 4, 8, 8]",
+    "--model.network.embed_dim", "16",
     "--trainer.max_epochs", "2",
 ]
 

@@ -1,48 +1,81 @@
-"""The layout's promises, checked on the source: training/ and serving/ never import
-each other, and the core imports neither (nor torch, lightning or monai) at module
-level, so serving's install stays small."""
+"""The layout's import rules, checked by import-linter on the installed layout (the
+contracts live in pyproject.toml [tool.importlinter]; scripts/layout.py stages
+training/ and serving/ as radfusion.training and radfusion.serving first): the core
+never imports training, serving or the CLI; training and serving never import each
+other; only training reaches torch/Lightning/MONAI/Captum/TorchMetrics; only serving
+reaches BentoML; serving's HTTP, scoring and PACS parts are independent."""
 
 from __future__ import annotations
 
-import ast
+import importlib.util
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.support.paths import PROJECT_ROOT as ROOT
 
-HEAVY = {"torch", "lightning", "monai", "torchmetrics"}
+
+def _layout_script():
+    spec = importlib.util.spec_from_file_location("radfusion_layout_script", ROOT / "scripts" / "layout.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _imported_top_modules(path: Path, module_level_only: bool) -> set[str]:
-    tree = ast.parse(path.read_text())
-    nodes = tree.body if module_level_only else list(ast.walk(tree))
-    found: set[str] = set()
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found
+layout = _layout_script()
 
 
-def _files(package: str) -> list[Path]:
-    return sorted((ROOT / package).rglob("*.py"))
+def test_import_contracts_hold(tmp_path: Path) -> None:
+    code, output = layout.check_imports(ROOT, tmp_path / "layout")
+    assert code == 0, output
+    assert re.search(r"Contracts: [1-9]\d* kept, 0 broken\.", output), output
 
 
-@pytest.mark.parametrize("package, forbidden", [("training", {"serving"}), ("serving", {"training"} | HEAVY)])
-def test_training_and_serving_never_import_each_other(package, forbidden):
-    offenders = {
-        str(path.relative_to(ROOT)): sorted(_imported_top_modules(path, module_level_only=False) & forbidden)
-        for path in _files(package)
-    }
-    assert {k: v for k, v in offenders.items() if v} == {}
+def test_staged_layout_is_the_installed_one(tmp_path: Path) -> None:
+    layout.stage(ROOT, tmp_path / "layout")
+    staged = tmp_path / "layout" / "radfusion"
+    for installed, source in (("training", "training"), ("serving/http", "serving/http"), ("dicom", "radfusion/dicom")):
+        assert (staged / installed / "__init__.py").resolve() == (ROOT / source / "__init__.py").resolve()
+    assert not (tmp_path / "layout" / "training").exists()
 
 
-def test_core_has_no_heavy_module_level_imports():
-    # radfusion/cli/__init__.py and demo.py reach training/serving lazily inside functions.
-    offenders = {
-        str(path.relative_to(ROOT)): sorted(_imported_top_modules(path, module_level_only=True) & (HEAVY | {"training", "serving", "bentoml"}))
-        for path in _files("radfusion")
-    }
-    assert {k: v for k, v in offenders.items() if v} == {}
+@pytest.fixture
+def broken_copy(tmp_path: Path) -> Path:
+    """A copy of the project's sources with one violation of each kind planted in it."""
+    copy = tmp_path / "project"
+    copy.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    for folder in ("radfusion", "training", "serving"):
+        shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def plant(path: str, line: str) -> None:
+        target = copy / path
+        target.write_text(target.read_text() + f"\n\ndef _planted():\n    {line}\n")
+
+    plant("radfusion/contract.py", "from radfusion.training import module")  # core above training
+    plant("serving/patients.py", "import torch")  # serving reaches torch
+    plant("radfusion/runtime.py", "import monai")  # the core reaches MONAI
+    plant("training/export.py", "import bentoml")  # training reaches BentoML
+    plant("serving/scoring/__init__.py", "from radfusion.serving.http import service")  # serving parts
+    plant("training/data.py", "from radfusion.serving import patients")  # training -> serving
+    (copy / "radfusion" / "unplaced.py").write_text('"""A core module no layer names yet."""\n')
+    return copy
+
+
+def test_a_broken_contract_fails_the_check(broken_copy: Path, tmp_path: Path) -> None:
+    code, output = layout.check_imports(broken_copy, tmp_path / "layout")
+    assert code != 0
+    assert re.search(r"Contracts: \d+ kept, 4 broken\.", output), output
+    for expected in (
+        "radfusion.unplaced",  # the exhaustive layers contract: every core module is placed
+        "radfusion.contract -> radfusion.training.module",
+        "radfusion.training.data -> radfusion.serving.patients",
+        "radfusion.serving.patients -> torch",
+        "radfusion.runtime -> monai",
+        "radfusion.training.export -> bentoml",
+        "radfusion.serving.scoring -> radfusion.serving.http.service",
+    ):
+        assert expected in output, f"{expected!r} not reported:\n{output}"

@@ -136,8 +136,8 @@ def test_discrete_survival_model_exports_and_serves_survival_probabilities(cohor
     from radfusion.training.tasks import discrete_risk, survival_curve
 
     checkpoint = _train(cohort, tmp_path / "survival", "--config", str(CONFIGS / "experiment" / "survival_discrete.yaml"),
-                        "--model.time_intervals", "4")
-    report = export(checkpoint, tmp_path / "survival.onnx", register=False)
+                        "--model.task.time_intervals", "4")
+    report = export(checkpoint, tmp_path / "survival.onnx")
     assert report["onnx_max_abs_diff"] <= 1e-4
     contract = read_contract_from_onnx(tmp_path / "survival.onnx")
     module = load_module(checkpoint)

@@ -109,7 +109,7 @@ def test_demo_trains_survival_baselines_and_reports_their_cindex():
     for name, modalities in [("survival_image_only", "[image, clinical]"), ("survival_genomics_only", "[genomics, clinical]")]:
         args = [str(a) for a in _train_args(SURVIVAL_MODELS[name])]
         assert args.index(str(SURVIVAL)) > args.index(str(CONFIGS / "experiment" / f"{name.removeprefix('survival_')}.yaml"))
-        assert args[args.index("--model.modalities") + 1] == modalities
+        assert args[args.index("--model.network.modalities") + 1] == modalities
     metrics = {
         "fusion": {"auroc": 0.9, "auroc_observed": 0.9, "n_observed": 160},
         "survival_fusion": {"cindex": 0.68, "cindex_observed": 0.68, "cindex_image_only": 0.62,

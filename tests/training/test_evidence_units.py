@@ -23,10 +23,8 @@ from radfusion.training.evidence.geometry import (
     to_source_grid,
 )
 from radfusion.training.evidence.saliency import (
-    BONE_LEVEL,
     inside_ellipsoid,
     occlusion_map,
-    perturbed_image,
 )
 from radfusion.training.evidence.subgroups import subgroup_table
 from radfusion.training.evidence.treatment import rank_treatments, treatment_columns
@@ -108,16 +106,14 @@ class _LooksAtOneSpot(torch.nn.Module):
         return torch.stack([torch.zeros_like(spot), 10 * spot], dim=1)
 
 
-@pytest.mark.parametrize("mode", ["enhance", "clip_to_tissue"])
-def test_occlusion_finds_the_spot_the_model_uses(mode):
+def test_occlusion_finds_the_spot_the_model_uses():
     torch.manual_seed(0)
     image = 0.4 + 0.05 * torch.rand(1, 1, 12, 24, 24)
     image[:, :, 5:7, 10:13, 4:7] = 0.9  # a bright spot the model reads
     image[:, :, 1:3, 18:21, 18:21] = 0.9  # an equally bright one it ignores
-    saliency = occlusion_map(_LooksAtOneSpot(), image, torch.zeros(1, 3), torch.zeros(1, 1),
-                             torch.ones(1, 2), spacing=(5.0, 8.0, 8.0), mode=mode)
-    peak = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
-    assert 4 <= peak[0] <= 7 and 9 <= peak[1] <= 13 and 3 <= peak[2] <= 7, peak
+    found = occlusion_map(_LooksAtOneSpot(), image, torch.zeros(1, 3), torch.zeros(1, 1), torch.ones(1, 2))
+    saliency = found.voxel_map
+    assert 4 <= found.peak[0] <= 7 and 9 <= found.peak[1] <= 13 and 3 <= found.peak[2] <= 7, found.peak
     assert saliency.max() > 0  # perturbing the spot moves the score toward the positive class
     assert saliency[1:3, 18:21, 18:21].max() < 0.5 * saliency.max()
 
@@ -133,32 +129,29 @@ class _SeesOnlyBrightFindings(torch.nn.Module):
 
 def test_enhancement_finds_a_lesion_too_faint_for_removal():
     """The evidence fixture's misses in miniature: removing a lesion the model does not
-    respond to changes nothing (a flat map, its peak anywhere); raising its contrast
-    does, so the enhancement peak lies on it. Bone (read by the model) stays put."""
+    respond to would change nothing; raising its contrast does, so the peak lies on it.
+    Bone (read by the model) stays put."""
     torch.manual_seed(0)
     image = 0.45 + 0.05 * torch.rand(1, 1, 12, 24, 24)
     image[:, :, 7:10, 4:8, 14:18] = 0.6  # the faint lesion
     image[:, :, :, 20:23, 10:13] = 1.0  # bone: over the threshold, but anatomy
-    args = (_SeesOnlyBrightFindings(), image, torch.zeros(1, 3), torch.zeros(1, 1), torch.ones(1, 2))
-    removal = occlusion_map(*args, spacing=(5.0, 8.0, 8.0), mode="clip_to_tissue")
-    assert np.abs(removal).max() < 1e-5
-    enhanced = occlusion_map(*args, spacing=(5.0, 8.0, 8.0), mode="enhance")
-    peak = np.unravel_index(int(np.argmax(enhanced)), enhanced.shape)
-    assert 7 <= peak[0] <= 9 and 4 <= peak[1] <= 7 and 14 <= peak[2] <= 17, peak
+    found = occlusion_map(_SeesOnlyBrightFindings(), image, torch.zeros(1, 3), torch.zeros(1, 1), torch.ones(1, 2))
+    enhanced = found.voxel_map
+    assert 6.5 <= found.peak[0] <= 9.5 and 3.5 <= found.peak[1] <= 7.5 and 13.5 <= found.peak[2] <= 17.5, found.peak
     assert enhanced.max() > 1.0
     assert np.abs(enhanced[:, 21, 11]).max() < 0.5 * enhanced.max()  # the bone column itself
 
 
-def test_perturbed_image_changes_only_what_is_brighter_than_tissue():
-    image = torch.tensor([0.1, 0.4, 0.5, 0.6, 0.9, 1.0])  # air/fat, tissue, lesions, bone
-    clipped = perturbed_image(image, "clip_to_tissue", tissue=0.5)
-    assert torch.allclose(clipped, torch.tensor([0.1, 0.4, 0.5, 0.5, 0.5, 1.0]))
-    enhanced = perturbed_image(image, "enhance", tissue=0.5, gain=3.0)
-    assert torch.allclose(enhanced[:4], torch.tensor([0.1, 0.4, 0.5, 0.8]))  # 0.1 above tissue -> 0.3
-    assert BONE_LEVEL - 0.01 < enhanced[4] < BONE_LEVEL  # would be 1.7: stops short of bone
-    assert enhanced[5] == 1.0
-    with pytest.raises(ValueError):
-        perturbed_image(image, "blur", tissue=0.5)
+def test_torch_log_odds_is_the_core_definition():
+    """Integrated Gradients needs a differentiable score: the torch form must be the
+    core's radfusion.explain.log_odds (two and three labels, the last one positive)."""
+    from radfusion.explain import log_odds
+    from radfusion.training.evidence.cases import log_odds_torch, positive_log_odds
+
+    for n in (2, 3):
+        logits = torch.randn(7, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+        assert np.allclose(log_odds_torch(logits).numpy(), log_odds(logits.numpy()), atol=1e-12)
+        assert np.allclose(positive_log_odds(logits), log_odds(logits.numpy()), atol=1e-5)
 
 
 def test_temperature_scaling_recovers_a_known_temperature():

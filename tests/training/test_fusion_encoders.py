@@ -68,15 +68,16 @@ def test_bad_encoder_configurations_are_refused():
 def test_encoders_export_to_onnx_with_parity(kind, widths, spatial_dims, tiny_contract, tmp_path):
     import numpy as np
     from radfusion.training.export import export_onnx
-    from radfusion.training.fusion import FusionNet
+    from radfusion.training.fusion import FusionNet, NetworkConfig
 
     from radfusion.runtime import OnnxModel
 
     torch.manual_seed(0)
     shape = tiny_contract.image.target_shape
     net = FusionNet(
-        {b.name: len(b.features) for b in tiny_contract.omics}, n_classes=2, image_encoder=kind, image_widths=widths,
-        embed_dim=16, spatial_dims=spatial_dims, fusion="cross_attention", image_shape=shape, image_patch=(4, 8, 8),
+        {b.name: len(b.features) for b in tiny_contract.omics}, n_classes=2,
+        config=NetworkConfig(image_encoder=kind, image_widths=widths, embed_dim=16, spatial_dims=spatial_dims,
+                             fusion="cross_attention", image_shape=shape, image_patch=(4, 8, 8)),
     ).eval()
     export_onnx(net, tiny_contract, tmp_path / "m.onnx")
     g = torch.Generator().manual_seed(3)

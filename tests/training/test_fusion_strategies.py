@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from radfusion.training.fusion import FUSIONS, FusionNet
+from radfusion.training.fusion import FUSIONS, FusionNet, NetworkConfig
 from radfusion.training.fusion.strategies import (
     CrossAttentionFusion,
     GatedFusion,
@@ -24,8 +24,9 @@ SHAPE = (8, 16, 16)
 def make_net(fusion: str, modalities=("image", "genomics", "clinical"), n_clinical: int = 3, seed: int = 0) -> FusionNet:
     torch.manual_seed(seed)
     return FusionNet(
-        OMICS, n_clinical=n_clinical, n_classes=2, modalities=modalities, image_encoder="resnet",
-        image_widths=(4, 4, 8, 8), embed_dim=16, fusion=fusion,
+        OMICS, n_clinical=n_clinical, n_classes=2,
+        config=NetworkConfig(modalities=modalities, image_encoder="resnet", image_widths=(4, 4, 8, 8), embed_dim=16,
+                             fusion=fusion),
     ).eval()
 
 
@@ -142,8 +143,9 @@ def test_onnx_export_matches_pytorch_for_every_group_pattern(fusion, tiny_contra
 
     torch.manual_seed(0)
     net = FusionNet(
-        {b.name: len(b.features) for b in tiny_contract.omics}, n_classes=2, modalities=("image", "genomics"),
-        image_encoder="resnet", image_widths=(4, 4, 8, 8), embed_dim=16, fusion=fusion,
+        {b.name: len(b.features) for b in tiny_contract.omics}, n_classes=2,
+        config=NetworkConfig(modalities=("image", "genomics"), image_encoder="resnet", image_widths=(4, 4, 8, 8),
+                             embed_dim=16, fusion=fusion),
     ).eval()
     path = tmp_path / f"{fusion}.onnx"
     export_onnx(net, tiny_contract, path)

@@ -28,9 +28,9 @@ SMALL = [
     "--data.target_shape", "[16, 32, 32]",
     "--data.target_spacing", "[6.0, 12.0, 12.0]",
     "--data.batch_size", "2",
-    "--model.image_encoder", "resnet",
-    "--model.image_widths", "[4, 4, 8, 8]",
-    "--model.embed_dim", "16",
+    "--model.network.image_encoder", "resnet",
+    "--model.network.image_widths", "[4, 4, 8, 8]",
+    "--model.network.embed_dim", "16",
 ]
 # 16 patients, split 0.6/0.2/0.2 per class: 10 train -> 5 steps of 2 per epoch.
 TRAIN_PATIENTS = 10

@@ -47,7 +47,7 @@ def test_export_keeps_parity_and_carries_the_switch_margin(checkpoint: Path, tmp
     from radfusion.training.export import export
 
     out = tmp_path / "model.onnx"
-    report = export(checkpoint, out, register=False)
+    report = export(checkpoint, out)
     assert report["onnx_max_abs_diff"] <= 1e-4
     contract = read_contract_from_onnx(out)
     assert contract.clinical.switch_margin == DEFAULT_SWITCH_MARGIN
@@ -76,5 +76,5 @@ def test_export_keeps_parity_and_carries_the_switch_margin(checkpoint: Path, tmp
 
 def test_the_term_needs_a_treatment_covariate(tiny_cohort: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="data.treatment"):
-        train_tiny(tiny_cohort, tmp_path, "--model.treatment_interaction", "true",
-                   "--model.modalities", "[image, genomics, clinical]", "--data.clinical_numeric", "[age]")
+        train_tiny(tiny_cohort, tmp_path, "--model.network.treatment_interaction", "true",
+                   "--model.network.modalities", "[image, genomics, clinical]", "--data.clinical_numeric", "[age]")

@@ -18,7 +18,7 @@ import torch
 from captum.attr import FeatureAblation, IntegratedGradients
 from scipy.stats import spearmanr
 
-from radfusion.training.evidence.cases import Cases, log_odds, used_presence
+from radfusion.training.evidence.cases import Cases, log_odds_torch, used_presence
 
 METHODS = ("integrated_gradients", "feature_ablation")
 
@@ -36,7 +36,7 @@ class _LogOdds(torch.nn.Module):
         self.net = net
 
     def forward(self, genomics, image, clinical, presence):
-        return log_odds(self.net(image, genomics, clinical, presence))
+        return log_odds_torch(self.net(image, genomics, clinical, presence))
 
 
 def gene_attributions(net, cases: Cases, features: list[str], method: str = "integrated_gradients",

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from radfusion.explain import log_odds
+
 
 @dataclass
 class Cases:
@@ -76,9 +78,19 @@ def used_presence(net, presence: torch.Tensor) -> torch.Tensor:
     return presence * torch.tensor(net.used_mask(), dtype=presence.dtype)
 
 
-def log_odds(logits: torch.Tensor) -> torch.Tensor:
-    """Positive-class score: log-odds for two classes (the last class is positive)."""
-    return logits[:, -1] - logits[:, 0] if logits.shape[1] == 2 else torch.log_softmax(logits, dim=1)[:, -1]
+def positive_log_odds(logits: torch.Tensor) -> np.ndarray:
+    """The positive (last) label's log-odds per row: radfusion.explain.log_odds, the
+    one definition, on the logits converted to numpy."""
+    return log_odds(logits.detach().cpu().numpy()).astype(np.float32)
+
+
+def log_odds_torch(logits: torch.Tensor) -> torch.Tensor:
+    """radfusion.explain.log_odds (last label, temperature 1) on a torch tensor, for
+    the one caller that needs its gradient (Integrated Gradients): log p - log(1 - p)
+    of the softmax, the same formula (tests/training/test_evidence_units.py checks
+    they agree)."""
+    log_p = torch.log_softmax(logits, dim=1)
+    return log_p[:, -1] - torch.logsumexp(log_p[:, :-1], dim=1)
 
 
 @torch.no_grad()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from radfusion.training.evidence import attribution, calibration, stratify, subgroups, treatment, truth
-from radfusion.training.evidence.cases import Cases, clinical_frame, collect_cases, log_odds, predict_logits
+from radfusion.explain import log_odds
+from radfusion.training.evidence.cases import Cases, clinical_frame, collect_cases, predict_logits
 from radfusion.training.evidence.saliency import Saliency, cohort_saliency
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def _stratify(ev: Evidence, net, dm, clinical: pd.DataFrame) -> None:
     train_score = stratify.risk_scores(net, train)
     risk_model = stratify.fit_risk_model(train_score, train_clinical["survival_months"].to_numpy(),
                                          train_clinical["event"].to_numpy())
-    score = log_odds(torch.as_tensor(ev.logits)).numpy()
+    score = log_odds(ev.logits)
     groups = risk_model.groups(score)
     months, event = clinical["survival_months"].to_numpy(), clinical["event"].to_numpy()
     ev.risk_groups = groups

@@ -1,133 +1,52 @@
 """Image saliency: where in the study the prediction comes from.
 
-MONAI's OcclusionSensitivity perturbs one region of the image at a time and records the
-model's positive-class log-odds; the saliency of a voxel is how far the log-odds move,
-on average, when its region is perturbed. The default perturbation raises the contrast
-of what is brighter than soft tissue in the region (a lesion made more conspicuous) and
-counts the rise; covering the region with normal tissue (``clip_to_tissue``) counts the
-drop instead. Removal alone cannot find a lesion the model responds to only above some
-size or contrast: on the evidence fixture 13 of 40 held-out lesions (radius <= 16.5 mm)
-moved the log-odds by <= 0.05 when removed whole, so the peak landed on noise. Raising
-the contrast found 6 of them and every lesion removal found (peak in the lesion: 27 ->
-33 of 40; on a second model trained with another cohort seed 34 -> 40), at the same cost.
-Perturbation asks the model directly (no gradients, so it works for any fusion strategy,
-as the ONNX-side explanation does in serving). It runs coarse to fine to stay affordable
-on a CPU: a large window over the whole image, then a lesion-sized one inside a box
-around the coarse peak. The map is resampled back onto the source DICOM series
-(ModelGrid), its peak given in patient coordinates, and drawn as PNG overlays."""
+The algorithm is radfusion.explain's image occlusion, the very one the service's
+explain runs on the ONNX model: windows of the model grid (half-window stride, at most
+``SALIENCY_WINDOWS``) are in turn made more conspicuous (what is brighter than soft
+tissue gets CONTRAST_GAIN times its contrast above it), the saliency of a window is
+the rise in the positive label's log-odds, and the peak is the strength-weighted centre
+of the strongest windows. Here the model is the torch network, wrapped to a numpy
+function (``numpy_logits``). Perturbation asks the model directly (no gradients, so it
+works for any fusion strategy). The per-voxel map (mean effect of the windows covering
+a voxel) is resampled back onto the source DICOM series (ModelGrid) and drawn as PNG
+overlays; the peak is mapped to patient coordinates through the same grid."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.visualize import OcclusionSensitivity
-from scipy import ndimage
 
 from radfusion.contract import ImageGeometry
 from radfusion.dicom import Volume
-from radfusion.explain import BONE_LEVEL, CONTRAST_GAIN, enhanced_image, tissue_level
-from radfusion.training.evidence.cases import Cases, log_odds, used_presence
-from radfusion.training.evidence.geometry import ModelGrid, apply_affine, load_series_volume, to_source_grid
+from radfusion.explain import ExplainSettings, image_saliency
+from radfusion.training.evidence.cases import Cases, used_presence
+from radfusion.training.evidence.geometry import ModelGrid, load_series_volume, to_source_grid
 
-# The coarse pass covers a quarter of the image per axis (measured on 16 held-out studies:
-# 1/3 found 10 lesions, 1/4 12, 1/5 12 at 2.5x the cost); the fine pass a lesion-sized
-# cube (in mm, so it means the same on any grid) inside the best coarse window.
-COARSE_FRACTION = 1 / 4
-FINE_MASK_MM = 24.0
-# How the perturbed region changes. "enhance": voxels brighter than the body's soft-tissue
-# level get CONTRAST_GAIN times their contrast above it (air, fat, lung, tissue and bone
-# stay), and the saliency is the rise in log-odds. "clip_to_tissue": they are clipped to
-# that level, so a bright finding vanishes, and the saliency is the drop. A fixed fill
-# value paints new structure into air (seen: peaks on the air in front of the body) and
-# the patch's own mean keeps a lesion that fills the patch bright.
-OCCLUSION_MODE = "enhance"
-# CONTRAST_GAIN, BODY_THRESHOLD (above it: body tissue, whose median is the tissue level)
-# and BONE_LEVEL (at or above it: bone) are radfusion.explain's, so that serving's
-# explanation perturbs the image exactly as this does.
+# The service's window budget: the same windows, so the report measures what serving shows.
+SALIENCY_WINDOWS = ExplainSettings.max_windows
 
 
-# MONAI 1.6's OcclusionSensitivity accepts a callable mode but then raises in its
-# predictor, so perturbed voxels are marked with this value (impossible in a windowed
-# image) and _ImageOnly replaces them.
-_COVERED = -1.0
-# Our perturbations, and the sign that makes "supports the positive class" positive.
-_DIRECTION = {"enhance": 1.0, "clip_to_tissue": -1.0}
+def numpy_logits(net: torch.nn.Module) -> Callable[..., np.ndarray]:
+    """The torch network as radfusion.explain's logits function: numpy in, numpy out."""
+
+    @torch.no_grad()
+    def logits(image, genomics, clinical, presence) -> np.ndarray:
+        inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in (image, genomics, clinical, presence)]
+        return net(*inputs).numpy()
+
+    return logits
 
 
-def perturbed_image(image: torch.Tensor, mode: str, tissue: float, gain: float = CONTRAST_GAIN) -> torch.Tensor:
-    """What a perturbed voxel becomes: brighter-than-tissue voxels clipped to ``tissue``
-    (clip_to_tissue) or with ``gain`` times their contrast above it (enhance). Bone
-    saturates the window: it is anatomy, not a finding, and stays; an enhanced finding
-    stops just below it, so that it cannot turn into bone."""
-    if mode == "enhance":
-        return torch.from_numpy(enhanced_image(image.numpy(), gain, tissue))
-    if mode != "clip_to_tissue":
-        raise ValueError(f"unknown perturbation {mode!r}")
-    return torch.where(image >= BONE_LEVEL, image, torch.clamp(image, max=tissue))
-
-
-class _ImageOnly(torch.nn.Module):
-    """The fusion model as a function of the image alone (one patient's other inputs
-    repeated to the occlusion batch), returning the positive-class log-odds. Voxels
-    marked covered take their value from ``replacement`` (the perturbed image)."""
-
-    def __init__(self, net, genomics, clinical, presence, replacement: torch.Tensor | None = None):
-        super().__init__()
-        self.net, self.replacement = net, replacement
-        self.genomics, self.clinical, self.presence = genomics, clinical, presence
-
-    def forward(self, image):
-        n = image.shape[0]
-        if self.replacement is not None:
-            image = torch.where(image == _COVERED, self.replacement.expand_as(image), image)
-        expand = lambda t: t.expand(n, *t.shape[1:])  # noqa: E731
-        return log_odds(self.net(image, expand(self.genomics), expand(self.clinical), expand(self.presence)))[:, None]
-
-
-def _fit(mask: list[int], shape) -> list[int]:
-    return [max(2, min(m, n)) for m, n in zip(mask, shape)]
-
-
-def occlusion_map(net, image: torch.Tensor, genomics, clinical, presence, spacing, batch: int = 32,
-                  mode=OCCLUSION_MODE, signed: bool = True) -> np.ndarray:
-    """How far each region moves the log-odds toward the positive class when perturbed
-    (``signed``; else the absolute change), on the model grid (D, H, W): coarse over
-    the whole image, then fine inside the coarse window that mattered most. ``mode``:
-    "enhance", "clip_to_tissue" or one of MONAI's fills (read as removal)."""
-    replacement, direction = None, -1.0
-    if mode in _DIRECTION:
-        replacement, direction = perturbed_image(image, mode, tissue_level(image.numpy())), _DIRECTION[mode]
-        mode = _COVERED
-    module = _ImageOnly(net, genomics, clinical, presence, replacement).eval()
-    with torch.no_grad():
-        base = float(module(image)[0, 0])
-    shape = image.shape[2:]
-
-    def occlude(mask, box=None, overlap=0.5):
-        occ = OcclusionSensitivity(module, mask_size=mask, n_batch=batch, verbose=False, mode=mode,
-                                   overlap=overlap, activate=False)
-        with torch.no_grad():
-            change = direction * (occ(image, b_box=box)[0][0, 0] - base)
-        return (change if signed else change.abs()).numpy()
-
-    coarse_mask = _fit([int(round(n * COARSE_FRACTION)) for n in shape], shape)
-    coarse = occlude(coarse_mask)
-    peak = np.unravel_index(int(np.argmax(coarse)), coarse.shape)
-    box = []
-    for p, m, n in zip(peak, coarse_mask, shape):
-        box += [max(0, p - m // 2), min(n - 1, p + m // 2)]
-    # At least 4 voxels, so that half-overlapping windows step by 2 (the cost is cubic).
-    fine_mask = _fit([max(4, int(round(FINE_MASK_MM / s))) for s in spacing], shape)
-    fine = occlude(fine_mask, box)
-    # The fine map covers the box; outside it the coarse map keeps the context, below it.
-    out = np.minimum(coarse, coarse.min() + 0.5 * (coarse.max() - coarse.min()))
-    # MONAI returns the box from its first corner, as many voxels as it covered.
-    region = tuple(slice(lo, lo + n) for lo, n in zip(box[::2], fine.shape))
-    out[region] = fine
-    return out.astype(np.float32)
+def occlusion_map(net, image: torch.Tensor, genomics, clinical, presence, batch: int = 32):
+    """The occlusion saliency of one case (tensors with a batch axis of 1), positive
+    label: radfusion.explain.image_saliency through the torch network."""
+    net.eval()
+    return image_saliency(numpy_logits(net), image[0].numpy(), genomics[0].numpy(), clinical[0].numpy(),
+                          presence[0].numpy(), max_windows=SALIENCY_WINDOWS, batch_size=batch)
 
 
 @dataclass
@@ -145,16 +64,14 @@ class Saliency:
 def saliency_for_case(net, cases: Cases, i: int, root: Path, geometry: ImageGeometry) -> Saliency:
     """Occlusion saliency of case ``i`` mapped back onto its DICOM series."""
     presence = used_presence(net, cases.presence[i : i + 1])
-    model_map = occlusion_map(net, cases.image[i : i + 1], cases.genomics[i : i + 1], cases.clinical[i : i + 1],
-                              presence, geometry.target_spacing)
+    found = occlusion_map(net, cases.image[i : i + 1], cases.genomics[i : i + 1], cases.clinical[i : i + 1], presence)
     volume = load_series_volume([root / f for f in cases.files[i]], geometry)
     grid = ModelGrid.for_volume(volume, geometry)
-    source = to_source_grid(model_map, volume, grid)
-    # A light smoothing so one noisy voxel cannot win the peak.
-    smoothed = ndimage.gaussian_filter(source, sigma=1.0)
-    peak = np.unravel_index(int(np.argmax(smoothed)), smoothed.shape)
-    mm = apply_affine(volume.affine, np.asarray(peak, dtype=float))
-    return Saliency(cases.patient_ids[i], model_map, source, volume,
+    source = to_source_grid(found.voxel_map, volume, grid)
+    mm = grid.model_to_patient(found.peak)
+    voxel = np.linalg.solve(volume.affine, [*mm, 1.0])[:3]
+    peak = np.clip(np.round(voxel), 0, np.asarray(volume.voxels.shape) - 1).astype(int)
+    return Saliency(cases.patient_ids[i], found.voxel_map, source, volume,
                     tuple(int(v) for v in peak), tuple(float(v) for v in mm))
 
 

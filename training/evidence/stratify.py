@@ -19,7 +19,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.preprocessing import StandardScaler
 
-from radfusion.training.evidence.cases import Cases, log_odds, predict_logits, used_presence
+from radfusion.training.evidence.cases import Cases, positive_log_odds, predict_logits, used_presence
 
 GROUPS = ("low", "intermediate", "high")
 
@@ -39,7 +39,7 @@ class RiskModel:
 
 
 def risk_scores(net, cases: Cases) -> np.ndarray:
-    return log_odds(predict_logits(net, cases)).numpy()
+    return positive_log_odds(predict_logits(net, cases))
 
 
 def fit_risk_model(score: np.ndarray, months: np.ndarray, event: np.ndarray) -> RiskModel:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from radfusion.treatment import DEFAULT_SWITCH_MARGIN, recommend
-from radfusion.training.evidence.cases import Cases, log_odds, predict_logits
+from radfusion.training.evidence.cases import Cases, positive_log_odds, predict_logits
 
 DEFAULT_MARGIN = DEFAULT_SWITCH_MARGIN
 
@@ -35,7 +35,7 @@ def predict_under_treatments(net, cases: Cases, spec) -> pd.DataFrame:
         clinical = cases.clinical.clone()
         clinical[:, list(columns.values())] = 0.0
         clinical[:, col] = 1.0
-        out[level] = log_odds(predict_logits(net, cases, clinical=clinical)).numpy()
+        out[level] = positive_log_odds(predict_logits(net, cases, clinical=clinical))
     return pd.DataFrame(out, index=cases.patient_ids)
 
 

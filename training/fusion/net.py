@@ -17,7 +17,9 @@ through that term alone."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +27,57 @@ from torch import nn
 from radfusion.training.fusion.encoders import build_image_encoder, clinical_encoder, omics_encoder
 from radfusion.training.fusion.interaction import TreatmentInteraction
 from radfusion.training.fusion.strategies import build_fusion
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything that shapes the fusion network (YAML ``model.network``): the one
+    place a network option is declared. What the data decides (omics block sizes,
+    clinical width, output count, treatment columns) is passed to FusionNet apart."""
+
+    # What the model uses: "image", "genomics" (every omics block) or single block
+    # names, and "clinical".
+    modalities: tuple[str, ...] = ("image", "genomics")
+    spatial_dims: int = 3
+    # densenet | resnet | efficientnet | vit (training/fusion/encoders.py)
+    image_encoder: str = "densenet"
+    image_widths: tuple[int, ...] = (16, 8)
+    embed_dim: int = 64
+    genomics_hidden: int = 16
+    genomics_dropout: float = 0.5
+    dropout: float = 0.3
+    # late | gated | kronecker | cross_attention (training/fusion/strategies.py)
+    fusion: str = "late"
+    kronecker_rank: int = 8
+    # The ViT encoder's position embedding is sized by the image grid: give the data's
+    # target_shape (checked against it when training starts).
+    image_shape: tuple[int, int, int] | None = None
+    image_patch: tuple[int, int, int] = (8, 16, 16)
+    # An explicit treatment x omics term (training/fusion/interaction.py): needs
+    # data.treatment; its columns are filled from the data when training starts.
+    treatment_interaction: bool = False
+    # Omics blocks whose features are candidate biomarkers (None: all the model uses).
+    interaction_blocks: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # YAML and old checkpoints give lists: keep the config hashable and comparable.
+        for name in ("modalities", "image_widths", "image_shape", "image_patch", "interaction_blocks"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+
+    @classmethod
+    def coerce(cls, value: NetworkConfig | Mapping[str, Any] | None) -> NetworkConfig:
+        """The config from itself, a mapping (a checkpoint's or YAML's), or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        return cls(**dict(value))
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
 
 class FusionNet(nn.Module):
@@ -41,22 +94,13 @@ class FusionNet(nn.Module):
         omics_sizes: dict[str, int],
         n_clinical: int = 0,
         n_classes: int = 2,
-        modalities: Sequence[str] = ("image", "genomics"),
-        spatial_dims: int = 3,
-        image_encoder: str = "densenet",
-        image_widths: Sequence[int] = (16, 8),
-        embed_dim: int = 64,
-        genomics_hidden: int = 16,
-        genomics_dropout: float = 0.5,
-        dropout: float = 0.3,
-        fusion: str = "late",
-        kronecker_rank: int = 8,
-        image_shape: Sequence[int] | None = None,
-        image_patch: Sequence[int] = (8, 16, 16),
+        config: NetworkConfig | None = None,
         treatment_columns: Sequence[int] = (),
-        interaction_blocks: Sequence[str] | None = None,
     ):
         super().__init__()
+        config = NetworkConfig.coerce(config)
+        self.config = config
+        modalities, embed_dim, fusion = config.modalities, config.embed_dim, config.fusion
         self.n_outputs = n_classes
         self.omics_sizes = dict(omics_sizes)
         # Presence-mask order, as the data module and the model contract give it.
@@ -68,23 +112,23 @@ class FusionNet(nn.Module):
         self.embed_dim = embed_dim
         self.fusion_kind = fusion
         self.head = build_fusion(
-            fusion, self.modality_names, self.used_mask(), list(self.omics_sizes), embed_dim, n_classes, dropout,
-            kronecker_rank=kronecker_rank,
+            fusion, self.modality_names, self.used_mask(), list(self.omics_sizes), embed_dim, n_classes, config.dropout,
+            kronecker_rank=config.kronecker_rank,
         )
         # Only the encoders a model uses exist: a unimodal baseline is the same
         # architecture with the other branches removed, not branches fed zeros.
         self.image_encoder = (
             build_image_encoder(
-                image_encoder, spatial_dims, embed_dim, image_widths,
+                config.image_encoder, config.spatial_dims, embed_dim, config.image_widths,
                 with_tokens=getattr(self.head, "queries", None) not in (None, []),
-                image_shape=image_shape, patch=image_patch,
+                image_shape=config.image_shape, patch=config.image_patch,
             )
             if self.uses("image")
             else None
         )
         self.omics_encoders = nn.ModuleDict(
             {
-                name: omics_encoder(size, genomics_hidden, embed_dim, genomics_dropout)
+                name: omics_encoder(size, config.genomics_hidden, embed_dim, config.genomics_dropout)
                 for name, size in self.omics_sizes.items()
                 if self.uses(name)
             }
@@ -95,7 +139,7 @@ class FusionNet(nn.Module):
         self.register_buffer("output_bias", torch.zeros(n_classes))
         self.treatment_effect: TreatmentInteraction | None = None
         if treatment_columns:
-            self.add_treatment_interaction(treatment_columns, interaction_blocks)
+            self.add_treatment_interaction(treatment_columns, config.interaction_blocks)
 
     def add_treatment_interaction(self, treatment_columns: Sequence[int], blocks: Sequence[str] | None = None) -> None:
         """Build the explicit treatment term over the treatment's one-hot clinical

@@ -1,6 +1,6 @@
 """Fusion strategies: how per-modality embeddings (already zero where a modality is
 absent) and the presence mask become the output. One config switch,
-``model.fusion``, picks one; all share the encoders in encoders.py.
+``model.network.fusion``, picks one; all share the encoders in encoders.py.
 
 Every strategy gives an output for every presence pattern and never divides by a
 count of present modalities that could be zero, so the exported graph has no

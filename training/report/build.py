@@ -54,7 +54,7 @@ def render_report(evidence: Evidence, module, dm, run_dir: Path, checkpoint: Pat
     """Write ``report.html`` and ``evidence.json`` for analyses already run."""
     out.mkdir(parents=True, exist_ok=True)
     write_summary(evidence, out / "evidence.json")
-    title = f"radfusion evidence report: {module.hparams.model_name}"
+    title = f"radfusion evidence report: {module.model_name}"
     html = page(title, sections(evidence, module, dm, run_dir, checkpoint))
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")
@@ -87,7 +87,7 @@ def sections(ev: Evidence, module, dm, run_dir: Path, checkpoint: Path) -> list[
 def _overview(ev: Evidence, module, dm, checkpoint: Path) -> str:
     rows = {
         "checkpoint": checkpoint.parent.parent.name + "/" + checkpoint.name,
-        "modalities": ", ".join(module.hparams.modalities),
+        "modalities": ", ".join(module.network_config.modalities),
         "target": dm.hparams.target,
         "held-out patients (test split)": len(ev.cases),
         "temperature": f"{ev.temperature:.3f}",

@@ -21,11 +21,7 @@ import yaml
 
 from tests.support.paths import PROJECT_ROOT as ROOT
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(not shutil.which("dcmcjpeg"), reason="dcmtk (dcmcjpeg) is not installed"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 BIN = Path(sys.executable).parent
 JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
@@ -114,6 +110,7 @@ def test_bento_carries_the_wheel_and_no_source_tree(bento: Path) -> None:
     assert not (bento / "src" / "serving").exists()
 
 
+@pytest.mark.skipif(not shutil.which("dcmcjpeg"), reason="dcmtk (dcmcjpeg) is not installed")
 def test_bento_install_decodes_jpeg_lossless_ct(bento: Path, tmp_path: Path) -> None:
     # A real CT slice shipped in pydicom, JPEG-lossless (process 14, SV1) by dcmtk.
     original = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
