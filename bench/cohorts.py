@@ -13,6 +13,14 @@ def build_cohort(work: Path, patients: int, slices: int, size: int, **options) -
 
     cohort = work / f"cohort-{patients}x{slices}x{size}"
     if not (cohort / "cohort.json").exists():
-        generate_cohort(cohort, n_patients=patients, seed=0, n_slices=slices, rows=size, cols=size,
-                        workers=os.cpu_count() or 1, **options)
+        generate_cohort(
+            cohort,
+            n_patients=patients,
+            seed=0,
+            n_slices=slices,
+            rows=size,
+            cols=size,
+            workers=os.cpu_count() or 1,
+            **options,
+        )
     return cohort

@@ -48,15 +48,21 @@ def gpu_names() -> list[str]:
         listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [line.strip() for line in listed.stdout.splitlines() if line.startswith("GPU")] if listed.returncode == 0 else []
+    return (
+        [line.strip() for line in listed.stdout.splitlines() if line.startswith("GPU")]
+        if listed.returncode == 0
+        else []
+    )
 
 
 def gpu_net() -> dict:
     """The GPU config's network widths (the CPU benchmark uses the CPU config's)."""
     model = yaml.safe_load(GPU_CONFIG.read_text())["model"]
     return {
-        "image_encoder": model["image_encoder"], "image_widths": tuple(model["image_widths"]),
-        "embed_dim": model["embed_dim"], "genomics_hidden": model["genomics_hidden"],
+        "image_encoder": model["image_encoder"],
+        "image_widths": tuple(model["image_widths"]),
+        "embed_dim": model["embed_dim"],
+        "genomics_hidden": model["genomics_hidden"],
     }
 
 
@@ -138,8 +144,10 @@ def measure_provider(model: Path, inputs: Path, provider: str, cache: Path, repe
         return {"skipped": f"{provider} did not load (session runs on {session.get_providers()[0]})"}
     result: dict = {"session_seconds": round(time.perf_counter() - started, 2)}
     for batch in BATCHES:
-        feed = {name: np.ascontiguousarray(np.repeat(a[:1], batch, axis=0)) if batch > len(a) else a[:batch]
-                for name, a in arrays.items()}
+        feed = {
+            name: np.ascontiguousarray(np.repeat(a[:1], batch, axis=0)) if batch > len(a) else a[:batch]
+            for name, a in arrays.items()
+        }
         for _ in range(3):  # warm-up: kernels chosen, engines built
             session.run(None, feed)
         times = []
@@ -159,13 +167,29 @@ def providers_in_children(model: Path, inputs: Path, work: Path, repeats: int) -
         env = dict(os.environ)
         if provider == "TensorrtExecutionProvider":
             env["LD_LIBRARY_PATH"] = os.pathsep.join([*tensorrt_library_dirs(), env.get("LD_LIBRARY_PATH", "")])
-        command = [sys.executable, "-m", "bench.gpu_serving", "--provider", provider, "--model", str(model),
-                   "--inputs", str(inputs), "--work", str(work), "--repeats", str(repeats)]
+        command = [
+            sys.executable,
+            "-m",
+            "bench.gpu_serving",
+            "--provider",
+            provider,
+            "--model",
+            str(model),
+            "--inputs",
+            str(inputs),
+            "--work",
+            str(work),
+            "--repeats",
+            str(repeats),
+        ]
         try:
             child = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
             last = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else ""
-            results[provider] = json.loads(last) if child.returncode == 0 and last.startswith("{") else {
-                "skipped": f"exit {child.returncode}: {child.stderr.strip()[-300:]}"}
+            results[provider] = (
+                json.loads(last)
+                if child.returncode == 0 and last.startswith("{")
+                else {"skipped": f"exit {child.returncode}: {child.stderr.strip()[-300:]}"}
+            )
         except subprocess.TimeoutExpired:
             results[provider] = {"skipped": "timed out after 150 s"}
     return results
@@ -241,8 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff_logits_vs_cpu": parity(args.work),
         "model_service": batching,
         "setup": {
-            "gpus": gpus, "net": gpu_net(), "batches": list(BATCHES), "clients": args.clients,
-            "python": platform.python_version(), "seconds": round(time.perf_counter() - started, 1),
+            "gpus": gpus,
+            "net": gpu_net(),
+            "batches": list(BATCHES),
+            "clients": args.clients,
+            "python": platform.python_version(),
+            "seconds": round(time.perf_counter() - started, 1),
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -68,13 +68,15 @@ def monai_pipeline():
     from monai.transforms import Compose, LoadImage, Orientation, ResizeWithPadOrCrop, ScaleIntensityRange, Spacing
 
     low, high = GEOMETRY["window"]
-    return Compose([
-        LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True),
-        Orientation(axcodes="SPL"),  # radfusion's canonical (z, y, x) in LPS: superior, posterior, left
-        Spacing(pixdim=GEOMETRY["target_spacing"], mode="bilinear"),
-        ResizeWithPadOrCrop(spatial_size=GEOMETRY["target_shape"], mode="constant", constant_values=low),
-        ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
-    ])
+    return Compose(
+        [
+            LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True),
+            Orientation(axcodes="SPL"),  # radfusion's canonical (z, y, x) in LPS: superior, posterior, left
+            Spacing(pixdim=GEOMETRY["target_spacing"], mode="bilinear"),
+            ResizeWithPadOrCrop(spatial_size=GEOMETRY["target_shape"], mode="constant", constant_values=low),
+            ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
 
 
 def time_loaders(series: list[list[Path]], repeats: int) -> dict:
@@ -147,8 +149,10 @@ def time_training_loader(cohort: Path, epochs: int, batch_size: int, repeats: in
             "memory_warm": round(samples / warm["memory"], 2),
         },
         "whole_run_seconds": {k: round(v, 3) for k, v in whole.items()},
-        "all_runs": {k: [{"setup_s": round(r["setup_s"], 3), "epoch_s": [round(t, 3) for t in r["epoch_s"]]}
-                         for r in v] for k, v in runs.items()},
+        "all_runs": {
+            k: [{"setup_s": round(r["setup_s"], 3), "epoch_s": [round(t, 3) for t in r["epoch_s"]]} for r in v]
+            for k, v in runs.items()
+        },
         "train_samples_per_epoch": samples,
     }
 
@@ -178,10 +182,18 @@ def main(argv: list[str] | None = None) -> dict:
         "series_to_input": loaders,
         "training_loader": training,
         "setup": {
-            "studies": args.studies, "slices_per_series": [len(s) for s in series], "rows": args.size,
-            "cols": args.size, "storage": "uncompressed", "epochs": args.epochs, "batch_size": args.batch_size,
-            "num_workers": 0, "repeats": args.repeats, **{k: list(v) for k, v in GEOMETRY.items()},
-            "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "studies": args.studies,
+            "slices_per_series": [len(s) for s in series],
+            "rows": args.size,
+            "cols": args.size,
+            "storage": "uncompressed",
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "num_workers": 0,
+            "repeats": args.repeats,
+            **{k: list(v) for k, v in GEOMETRY.items()},
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

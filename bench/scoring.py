@@ -39,8 +39,6 @@ DEMO_GEOMETRY = dict(target_shape=(32, 48, 48), target_spacing=(5.0, 8.0, 8.0), 
 DEMO_NET = dict(image_encoder="densenet", image_widths=(16, 8), embed_dim=64, genomics_hidden=16)
 
 
-
-
 def build_model(cohort: Path, path: Path) -> Path:
     """An untrained fusion model with the demo geometry and the cohort's gene panel."""
     if path.exists():
@@ -55,15 +53,23 @@ def build_model(cohort: Path, path: Path) -> Path:
 
     table = load_genomics_table(cohort / "genomics.parquet")
     contract = ModelContract(
-        name="bench-fusion", version="0.0.0-bench", task="classification:response",
-        labels=["non-responder", "responder"], positive_label="responder",
+        name="bench-fusion",
+        version="0.0.0-bench",
+        task="classification:response",
+        labels=["non-responder", "responder"],
+        positive_label="responder",
         image=ImageGeometry(spatial_dims=3, modalities=("CT",), min_slices=8, **DEMO_GEOMETRY),
         omics=[fit_omics_block(table, name, f) for name, f in split_blocks(feature_columns(table)).items()],
-        trained_modalities=["image", "genomics"], may_be_missing=["image", "genomics"], cohort_hash="bench",
+        trained_modalities=["image", "genomics"],
+        may_be_missing=["image", "genomics"],
+        cohort_hash="bench",
     )
     torch.manual_seed(0)
-    net = FusionNet(omics_sizes={b.name: len(b.features) for b in contract.omics}, n_classes=2,
-                    config={"modalities": ("image", "genomics"), **DEMO_NET}).eval()
+    net = FusionNet(
+        omics_sizes={b.name: len(b.features) for b in contract.omics},
+        n_classes=2,
+        config={"modalities": ("image", "genomics"), **DEMO_NET},
+    ).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(net, contract, path)
     return path
@@ -79,10 +85,12 @@ class _NoWriter:
         pass
 
 
-def decode_only(archive: Path, model_path: Path, genomics_file: Path, workers: int, batch_size: int) -> tuple[float, list]:
+def decode_only(
+    archive: Path, model_path: Path, genomics_file: Path, workers: int, batch_size: int
+) -> tuple[float, list]:
     from radfusion.runtime import OnnxModel
-    from radfusion.serving.scoring.local_engine import LocalEngine
     from radfusion.serving.patients import PatientTables
+    from radfusion.serving.scoring.local_engine import LocalEngine
     from radfusion.serving.scoring.progress import Progress
 
     kept: list = []
@@ -118,8 +126,17 @@ def end_to_end(archive: Path, model_path: Path, genomics_file: Path, out: Path, 
     from radfusion.serving.scoring.score import score_archive
 
     started = time.perf_counter()
-    summary = score_archive(archive, model_path, out, genomics=genomics_file, batch_size=batch_size, device="cpu",
-                            progress=False, workers=workers, fresh=True)
+    summary = score_archive(
+        archive,
+        model_path,
+        out,
+        genomics=genomics_file,
+        batch_size=batch_size,
+        device="cpu",
+        progress=False,
+        workers=workers,
+        fresh=True,
+    )
     return summary["processed_this_run"] / (time.perf_counter() - started)
 
 
@@ -141,15 +158,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Interleaved repeats, best of each: other load on a shared machine only ever slows
     # a run down, and interleaving spreads it over all four measurements alike.
-    runs: dict[str, list[float]] = {"decode_only": [], "inference_only": [], "end_to_end": [], "end_to_end_1_worker": []}
+    runs: dict[str, list[float]] = {
+        "decode_only": [],
+        "inference_only": [],
+        "end_to_end": [],
+        "end_to_end_1_worker": [],
+    }
     for _ in range(args.repeats):
         sps, inputs = decode_only(archive, model, genomics_file, args.workers, args.batch_size)
         runs["decode_only"].append(sps)
         runs["inference_only"].append(inference_only(model, inputs, args.batch_size))
-        runs["end_to_end"].append(end_to_end(archive, model, genomics_file, args.work / "scores.parquet",
-                                             args.workers, args.batch_size))
-        runs["end_to_end_1_worker"].append(end_to_end(archive, model, genomics_file, args.work / "scores-1.parquet",
-                                                      1, args.batch_size))
+        runs["end_to_end"].append(
+            end_to_end(archive, model, genomics_file, args.work / "scores.parquet", args.workers, args.batch_size)
+        )
+        runs["end_to_end_1_worker"].append(
+            end_to_end(archive, model, genomics_file, args.work / "scores-1.parquet", 1, args.batch_size)
+        )
     decode_sps, infer_sps, e2e_sps, e2e_one_sps = (max(runs[k]) for k in runs)
 
     result = {
@@ -164,9 +188,17 @@ def main(argv: list[str] | None = None) -> dict:
         "all_runs_studies_per_second": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
         "bottleneck": "decode" if decode_sps < infer_sps else "inference",
         "setup": {
-            "studies": args.studies, "slices": args.slices, "size": args.size, "workers": args.workers,
-            "batch_size": args.batch_size, "repeats": args.repeats, "target_shape": DEMO_GEOMETRY["target_shape"], "net": DEMO_NET,
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "prepared_inputs": len(inputs),
+            "studies": args.studies,
+            "slices": args.slices,
+            "size": args.size,
+            "workers": args.workers,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "target_shape": DEMO_GEOMETRY["target_shape"],
+            "net": DEMO_NET,
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "prepared_inputs": len(inputs),
             "image_bytes_per_study": int(np.prod(DEMO_GEOMETRY["target_shape"])) * 4,
         },
     }

@@ -164,7 +164,10 @@ def batch_rows(url: str) -> dict:
             if sample.name in totals:
                 totals[sample.name] += sample.value
     runs = totals["radfusion_model_batch_rows_count"]
-    return {"model_runs": int(runs), "mean_cases_per_run": round(totals["radfusion_model_batch_rows_sum"] / runs, 2) if runs else None}
+    return {
+        "model_runs": int(runs),
+        "mean_cases_per_run": round(totals["radfusion_model_batch_rows_sum"] / runs, 2) if runs else None,
+    }
 
 
 @contextlib.contextmanager
@@ -187,7 +190,8 @@ def servers(model: Path, service: str, home: Path, clients: int) -> Iterator[dic
             log_file = home / f"serve-{leg}.log"  # kept: a failing request is explained there
             log_file.parent.mkdir(parents=True, exist_ok=True)
             urls[leg] = stack.enter_context(
-                launch.running_server(model, timeout=180, env=env, service=service, log_file=log_file))
+                launch.running_server(model, timeout=180, env=env, service=service, log_file=log_file)
+            )
         yield urls
 
 
@@ -230,8 +234,11 @@ def ort_vs_torch(model_path: Path, cases: list[dict], repeats: int) -> dict:
     ort_model = OnnxModel(model_path, device="cpu", threads=torch.get_num_threads())
     contract = ort_model.contract
     torch.manual_seed(0)  # the weights bench.scoring.build_model exported
-    net = FusionNet(omics_sizes={b.name: len(b.features) for b in contract.omics}, n_classes=len(contract.labels),
-                    config={"modalities": ("image", "genomics"), **DEMO_NET})
+    net = FusionNet(
+        omics_sizes={b.name: len(b.features) for b in contract.omics},
+        n_classes=len(contract.labels),
+        config={"modalities": ("image", "genomics"), **DEMO_NET},
+    )
     model = LogitModel(net).eval()  # what is exported
 
     def batch(n: int) -> tuple[np.ndarray, ...]:
@@ -256,8 +263,11 @@ def ort_vs_torch(model_path: Path, cases: list[dict], repeats: int) -> dict:
     for n in (1, 16):
         arrays = batch(n)
         t_torch, t_ort = timed(run_torch, arrays), timed(lambda a: ort_model.logits(*a), arrays)
-        out[f"batch{n}"] = {"torch_ms": round(1000 * t_torch, 2), "ort_ms": round(1000 * t_ort, 2),
-                            "ratio": round(t_torch / t_ort, 2)}
+        out[f"batch{n}"] = {
+            "torch_ms": round(1000 * t_torch, 2),
+            "ort_ms": round(1000 * t_ort, 2),
+            "ratio": round(t_torch / t_ort, 2),
+        }
     return out
 
 
@@ -305,7 +315,9 @@ def notes(results: dict) -> list[str]:
             "run leaves the device mostly idle: bench/gpu_serving.sh measures it there."
         )
     if results["ort_vs_torch"] < TARGETS["ort_vs_torch"]:
-        lines.append(f"ort_vs_torch {results['ort_vs_torch']} is below the target {TARGETS['ort_vs_torch']}, as measured.")
+        lines.append(
+            f"ort_vs_torch {results['ort_vs_torch']} is below the target {TARGETS['ort_vs_torch']}, as measured."
+        )
     return lines
 
 
@@ -351,10 +363,14 @@ def main(argv: list[str] | None = None) -> dict:
         "engines": engines,
         "ort_per_case": ort_per_case,
         "setup": {
-            "clients": args.clients, "rounds": args.rounds, "studies": len(cases),
-            "study": f"{args.slices} slices of {args.size}x{args.size}", "net": DEMO_NET,
+            "clients": args.clients,
+            "rounds": args.rounds,
+            "studies": len(cases),
+            "study": f"{args.slices} slices of {args.size}x{args.size}",
+            "net": DEMO_NET,
             "packed_floats_per_case": int(cases[0]["packed"].shape[1]),
-            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
             "seconds": round(time.perf_counter() - started, 1),
         },
     }

@@ -89,10 +89,17 @@ class StepTimer(L.Callback):
         }
 
 
-
-
-def train_once(cohort: Path, *, cache: str, workers: int, epochs: int, batch_size: int, net: dict,
-               accelerator: str = "cpu", precision: str = "32-true") -> dict:
+def train_once(
+    cohort: Path,
+    *,
+    cache: str,
+    workers: int,
+    epochs: int,
+    batch_size: int,
+    net: dict,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
+) -> dict:
     """One Lightning fit of the fusion model (no validation, no checkpoints); the timer's report."""
     from radfusion.training.data import RadfusionDataModule
     from radfusion.training.module import FusionModule
@@ -102,9 +109,17 @@ def train_once(cohort: Path, *, cache: str, workers: int, epochs: int, batch_siz
     model = FusionModule(omics_sizes=dm.omics_sizes, n_clinical=dm.n_clinical, n_classes=dm.n_classes, network=net)
     timer = StepTimer()
     trainer = L.Trainer(
-        accelerator=accelerator, devices=1, precision=precision, max_epochs=epochs, limit_val_batches=0,
-        num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer], default_root_dir=str(cohort.parent / "bench-train-runs"),
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_epochs=epochs,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        default_root_dir=str(cohort.parent / "bench-train-runs"),
     )
     started = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -129,9 +144,17 @@ def run_cpu(args) -> dict:
         "samples_per_s": {name: run["samples_per_s"] for name, run in runs.items()},
         "runs": runs,
         "setup": {
-            "patients": args.patients, "slices": args.slices, "size": args.size, "epochs": args.epochs,
-            "measured_epochs": args.epochs - 1, "batch_size": args.batch_size, "workers": args.workers,
-            "geometry": DEMO_GEOMETRY, "net": CPU_NET, "cpus": os.cpu_count(), "machine": platform.machine(),
+            "patients": args.patients,
+            "slices": args.slices,
+            "size": args.size,
+            "epochs": args.epochs,
+            "measured_epochs": args.epochs - 1,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "geometry": DEMO_GEOMETRY,
+            "net": CPU_NET,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
         },
     }
 
@@ -141,8 +164,14 @@ def run_gpu(args) -> dict:
     import torch
 
     cohort = build_cohort(Path(args.work), args.patients, args.slices, args.size)
-    common = dict(cache="memory", workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
-                  net=GPU_NET, accelerator="gpu")
+    common = dict(
+        cache="memory",
+        workers=args.workers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        net=GPU_NET,
+        accelerator="gpu",
+    )
     runs = {p: train_once(cohort, precision=p, **common) for p in ("32-true", "bf16-mixed")}
     for name, run in runs.items():
         print(f"{name:>10}: {run['samples_per_s']:8.1f} samples/s, data wait {run['data_wait_fraction']:.3f}")
@@ -151,8 +180,14 @@ def run_gpu(args) -> dict:
         "samples_per_s": {name: run["samples_per_s"] for name, run in runs.items()},
         "runs": runs,
         "gpu": torch.cuda.get_device_name(0),
-        "setup": {"patients": args.patients, "epochs": args.epochs, "batch_size": args.batch_size,
-                  "workers": args.workers, "geometry": DEMO_GEOMETRY, "net": GPU_NET},
+        "setup": {
+            "patients": args.patients,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "geometry": DEMO_GEOMETRY,
+            "net": GPU_NET,
+        },
     }
 
 

@@ -190,7 +190,9 @@ class ModelContract:
         if len(set(features)) != len(features):
             raise ValueError("a feature appears in more than one omics block")
         if self.task == "survival:discrete" and len(self.time_bins) != len(self.labels):
-            raise ValueError(f"discrete-time survival needs one time bin per output: {len(self.time_bins)} vs {len(self.labels)}")
+            raise ValueError(
+                f"discrete-time survival needs one time bin per output: {len(self.time_bins)} vs {len(self.labels)}"
+            )
         unknown = set(self.trained_modalities) | set(self.may_be_missing)
         unknown -= {*self.modalities, GENOMICS}
         if unknown:

@@ -145,4 +145,3 @@ def markdown_table(entries: Iterable[ErrorKind]) -> str:
         retryable = "yes" if e.retryable else "no"
         lines.append(f"| `{e.kind}` | {e.http_status} | {retryable} | {e.meaning.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
-

@@ -59,7 +59,8 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
     """Numeric feature columns in table order."""
     # pandas' own test: numpy's issubdtype raises on pandas string/nullable dtypes.
     return [
-        c for c in table.columns
+        c
+        for c in table.columns
         if pd.api.types.is_numeric_dtype(table[c].dtype) and not pd.api.types.is_bool_dtype(table[c].dtype)
     ]
 

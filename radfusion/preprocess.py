@@ -97,9 +97,7 @@ def preprocess_genomics(values: Mapping[str, float], panel: GenePanel, impute: b
     extra features are ignored."""
     missing = [g for g in panel.features if g not in values]
     if missing and not impute:
-        raise GenePanelError(
-            f"{len(missing)} of {len(panel.features)} panel genes missing: {_names(missing)}"
-        )
+        raise GenePanelError(f"{len(missing)} of {len(panel.features)} panel genes missing: {_names(missing)}")
     mean = np.asarray(panel.mean, dtype=np.float64)
     raw = np.array([_as_float(values[g]) if g in values else m for g, m in zip(panel.features, mean)])
     bad = [g for g, v in zip(panel.features, raw) if not np.isfinite(v)]
@@ -239,9 +237,7 @@ def build_inputs(
             offset += width
     clinical_in = clinical if CLINICAL in used else np.zeros(contract.clinical_width, dtype=np.float32)
     presence = np.array([m in used for m in contract.modalities], dtype=np.float32)
-    return ModelInputs(
-        image_in.astype(np.float32), genomics_in, clinical_in.astype(np.float32), presence, used
-    )
+    return ModelInputs(image_in.astype(np.float32), genomics_in, clinical_in.astype(np.float32), presence, used)
 
 
 def _is_missing(value: object) -> bool:

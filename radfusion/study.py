@@ -86,4 +86,3 @@ def read_study_image(paths: Sequence[Path] | Path, geometry: ImageGeometry) -> S
     study = study_image_from_headers(headers, geometry)
     study.skipped = [f"{path.name}: {why}" for path, why in skipped_inputs + skipped]
     return study
-

@@ -220,8 +220,9 @@ def _client(url: str, policy: DicomwebPolicy, session, budget: _Budget | None):
     from dicomweb_client.api import DICOMwebClient
 
     read_timeout = max(1.0, min(policy.timeout_s, 30.0))
-    client = DICOMwebClient(url=url, session=session, callback=budget.hook if budget else None,
-                            timeout=(5.0, read_timeout))
+    client = DICOMwebClient(
+        url=url, session=session, callback=budget.hook if budget else None, timeout=(5.0, read_timeout)
+    )
     if not policy.is_trusted:
         client.set_http_retry_params(retry=False)  # retries with backoff would outlive the deadline
     return client
@@ -249,7 +250,8 @@ def _upstream_errors(policy: DicomwebPolicy, session) -> Iterator[None]:
         raise DicomwebUnavailableError(f"the DICOMweb server could not be reached ({type(exc).__name__})") from exc
     except ValueError as exc:  # a non-multipart answer, or a part that is no DICOM
         raise DicomwebUnavailableError(
-            f"the DICOMweb server's answer could not be read ({type(exc).__name__})") from exc
+            f"the DICOMweb server's answer could not be read ({type(exc).__name__})"
+        ) from exc
     finally:
         if not policy.is_trusted:
             session.close()

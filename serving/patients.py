@@ -81,8 +81,9 @@ class PatientTable:
 class PatientTables:
     """The genomics and clinical tables a model is scored with (either may be absent)."""
 
-    def __init__(self, contract: ModelContract, genomics: PatientTable | None = None,
-                 clinical: PatientTable | None = None):
+    def __init__(
+        self, contract: ModelContract, genomics: PatientTable | None = None, clinical: PatientTable | None = None
+    ):
         self.contract = contract
         self.genomics = genomics if contract.uses_genomics else None
         self.clinical = clinical if contract.uses_clinical else None
@@ -91,8 +92,9 @@ class PatientTables:
                 raise PatientTableError(f"the model requires {kind} input: give a {kind} table")
 
     @classmethod
-    def from_paths(cls, contract: ModelContract, genomics: Path | str | None = None,
-                   clinical: Path | str | None = None) -> PatientTables:
+    def from_paths(
+        cls, contract: ModelContract, genomics: Path | str | None = None, clinical: Path | str | None = None
+    ) -> PatientTables:
         """Loads only the tables the model uses (a clinical table keeps only the
         model's covariates); a table it does not use is named in a warning."""
         for kind, path in ((GENOMICS, genomics), (CLINICAL, clinical)):
@@ -112,7 +114,8 @@ class PatientTables:
         genes, genomics_source = self._find(GENOMICS, self.genomics, patient_id)
         covariates, clinical_source = self._find(CLINICAL, self.clinical, patient_id)
         missing = tuple(
-            kind for kind, values in ((GENOMICS, genes), (CLINICAL, covariates))
+            kind
+            for kind, values in ((GENOMICS, genes), (CLINICAL, covariates))
             if self._uses(kind) and values is None and not self._may_miss(kind)
         )
         return PatientData(genes, covariates, genomics_source, clinical_source, missing)

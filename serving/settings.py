@@ -67,8 +67,9 @@ def url_list(name: str, raw: str) -> tuple[str, ...]:
     try:
         DicomwebPolicy(allowed=urls)
     except ValueError as exc:
-        raise SettingsError(f"{name}: expected comma-separated DICOMweb root URLs (http(s)://host[:port]/path), "
-                            f"got {raw!r}: {exc}") from None
+        raise SettingsError(
+            f"{name}: expected comma-separated DICOMweb root URLs (http(s)://host[:port]/path), got {raw!r}: {exc}"
+        ) from None
     return urls
 
 
@@ -115,13 +116,15 @@ class ServiceSettings:
 
     @property
     def explain(self) -> ExplainSettings:
-        return ExplainSettings(self.explain_top_genes, self.explain_max_features, self.explain_max_windows,
-                               self.explain_batch)
+        return ExplainSettings(
+            self.explain_top_genes, self.explain_max_features, self.explain_max_windows, self.explain_batch
+        )
 
     def dicomweb_policy(self) -> DicomwebPolicy:
         """The allow-listed policy of DICOMweb references sent by callers."""
-        return DicomwebPolicy(self.dicomweb_allowed_urls, float(self.dicomweb_timeout_s),
-                              self.max_study_bytes, self.max_study_files)
+        return DicomwebPolicy(
+            self.dicomweb_allowed_urls, float(self.dicomweb_timeout_s), self.max_study_bytes, self.max_study_files
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:

@@ -98,8 +98,10 @@ def zip_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     """The members that may hold a DICOM file, in archive order: regular files, not
     hidden ones or macOS resource forks."""
     return [
-        m for m in archive.infolist()
-        if not m.is_dir() and not PurePosixPath(m.filename).name.startswith(".")
+        m
+        for m in archive.infolist()
+        if not m.is_dir()
+        and not PurePosixPath(m.filename).name.startswith(".")
         and not m.filename.startswith("__MACOSX/")
     ]
 

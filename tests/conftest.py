@@ -30,6 +30,7 @@ from tests.support.tiny import (
 # BentoML phones home unless told not to; no test may reach the network.
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
+
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 10-patient synthetic cohort: out/dicom/**, genomics.parquet, clinical.csv, truth.json.
@@ -90,7 +91,6 @@ def evidence_run(tmp_path_factory: pytest.TempPathFactory):
     shares: trained once per session (tests/support/evidence_support.py), analysed once."""
     from radfusion.training.checkpoints import load_datamodule, load_module
     from radfusion.training.evidence.run import run_evidence
-
     from tests.support.evidence_support import (
         EVIDENCE_SALIENCY_CASES,
         train_evidence_model,

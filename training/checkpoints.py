@@ -61,9 +61,13 @@ def build_contract(module: FusionModule, checkpoint: Path | str) -> ModelContrac
     if not parts:
         raise ValueError("checkpoint carries no radfusion contract (was it trained with radfusion train?)")
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:8]
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
     modalities = list(module.network_config.modalities)
-    trained_groups = ["image" in modalities, any(module.net.uses(b) for b in module.net.omics_sizes), module.net.uses("clinical")]
+    trained_groups = [
+        "image" in modalities,
+        any(module.net.uses(b) for b in module.net.omics_sizes),
+        module.net.uses("clinical"),
+    ]
     # Checkpoints from before the task switch carry neither: classification.
     task = parts.get("task", f"classification:{parts['target']}")
     labels = list(parts.get("output_labels", parts["labels"]))

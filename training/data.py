@@ -99,7 +99,9 @@ class RadfusionDataModule(L.LightningDataModule):
         )
         self.labels = list(targets) if targets else list(labels)
         self.manifest = load_manifest(manifest) if manifest else None
-        self.genomics = self.manifest.genomics if self.manifest else load_genomics_table(self.cohort_dir / genomics_file)
+        self.genomics = (
+            self.manifest.genomics if self.manifest else load_genomics_table(self.cohort_dir / genomics_file)
+        )
         self.block_features = split_blocks(feature_columns(self.genomics))
         self.datasets: dict[str, Dataset] = {}
         self._statistics_dataset: Dataset | None = None

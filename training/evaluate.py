@@ -56,7 +56,11 @@ def pattern_metrics(module, predicted: dict[str, torch.Tensor], horizons) -> dic
             return {}
         per_horizon = {f"td_auc_{h:g}": time_dependent_auc(risk, time, event, h) for h in horizons}
         finite = [v for v in per_horizon.values() if np.isfinite(v)]
-        return {"cindex": concordance(risk, time, event), **per_horizon, "td_auc": float(np.mean(finite)) if finite else float("nan")}
+        return {
+            "cindex": concordance(risk, time, event),
+            **per_horizon,
+            "td_auc": float(np.mean(finite)) if finite else float("nan"),
+        }
     labels = predicted["label"]
     if task.kind == "multilabel":
         if (labels.min(dim=0).values == labels.max(dim=0).values).any():
@@ -113,7 +117,14 @@ def markdown_table(results: dict) -> str:
     """Rows: models; columns: metric x presence pattern, for the metrics any model has."""
     metrics = [m for m in METRIC_TITLES if any(f"{m}_observed" in r for r in results.values())]
     columns = [(m, p) for m in metrics for p in PATTERNS]
-    header = ["model", "task", "fusion", "modalities", *(f"{METRIC_TITLES[m]} {PATTERN_TITLES[p]}" for m, p in columns), "n test"]
+    header = [
+        "model",
+        "task",
+        "fusion",
+        "modalities",
+        *(f"{METRIC_TITLES[m]} {PATTERN_TITLES[p]}" for m, p in columns),
+        "n test",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         # A unimodal model's fusion strategy is moot: nothing to fuse.

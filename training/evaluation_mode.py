@@ -37,8 +37,9 @@ def batchnorm_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def recompute_batchnorm_statistics(net: nn.Module, batches: Iterable, forward: Callable[[object], object],
-                                   max_batches: int) -> int:
+def recompute_batchnorm_statistics(
+    net: nn.Module, batches: Iterable, forward: Callable[[object], object], max_batches: int
+) -> int:
     """Run ``forward(batch)`` on up to ``max_batches`` batches with only the BatchNorm
     layers in training mode and their momentum set to a cumulative average; returns
     how many batches were used. With no batch, the statistics are left as they were."""
@@ -67,8 +68,9 @@ def recompute_batchnorm_statistics(net: nn.Module, batches: Iterable, forward: C
     return used
 
 
-def fit_output_shift(outputs: torch.Tensor, targets: dict, loss: Callable[[torch.Tensor, dict], torch.Tensor],
-                     max_iter: int = 100) -> torch.Tensor:
+def fit_output_shift(
+    outputs: torch.Tensor, targets: dict, loss: Callable[[torch.Tensor, dict], torch.Tensor], max_iter: int = 100
+) -> torch.Tensor:
     """The shift s (one value per output) minimising ``loss(outputs + s, targets)``,
     ``outputs`` computed in evaluation mode and held fixed."""
     outputs = outputs.detach()

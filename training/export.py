@@ -18,9 +18,9 @@ import torch
 
 from radfusion.contract import ModelContract, write_contract_to_onnx
 from radfusion.runtime import OnnxModel
-from radfusion.treatment import DEFAULT_SWITCH_MARGIN
 from radfusion.training.checkpoints import build_contract, load_datamodule, load_module
 from radfusion.training.model import LogitModel
+from radfusion.treatment import DEFAULT_SWITCH_MARGIN
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,13 @@ def parity_check(net: torch.nn.Module, onnx_path: Path, dm, max_cases: int = 32)
     return worst
 
 
-def export(checkpoint: Path, out: Path, tolerance: float = PARITY_TOLERANCE, calibrate: bool = True,
-           cohort_dir: Path | None = None) -> dict:
+def export(
+    checkpoint: Path,
+    out: Path,
+    tolerance: float = PARITY_TOLERANCE,
+    calibrate: bool = True,
+    cohort_dir: Path | None = None,
+) -> dict:
     """Export ``checkpoint`` to ``out`` (plus ``out``.export.json, the report returned).
     ``cohort_dir``: where the training cohort lies now, if it moved since training
     (calibration and the parity check read it)."""

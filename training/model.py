@@ -3,6 +3,22 @@ other code and checkpoints use (``radfusion.training.model.FusionNet``, ``Networ
 
 from __future__ import annotations
 
-from radfusion.training.fusion import FUSIONS, IMAGE_ENCODERS, FusionNet, LogitModel, NetworkConfig, build_image_encoder, omics_encoder
+from radfusion.training.fusion import (
+    FUSIONS,
+    IMAGE_ENCODERS,
+    FusionNet,
+    LogitModel,
+    NetworkConfig,
+    build_image_encoder,
+    omics_encoder,
+)
 
-__all__ = ["FUSIONS", "IMAGE_ENCODERS", "FusionNet", "LogitModel", "NetworkConfig", "build_image_encoder", "omics_encoder"]
+__all__ = [
+    "FUSIONS",
+    "IMAGE_ENCODERS",
+    "FusionNet",
+    "LogitModel",
+    "NetworkConfig",
+    "build_image_encoder",
+    "omics_encoder",
+]

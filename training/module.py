@@ -116,7 +116,9 @@ class FusionModule(L.LightningModule):
         self.net.add_treatment_interaction(columns, self.network_config.interaction_blocks)
         train = self.trainer.datamodule.records["train"]
         self.net.treatment_effect.set_reference(
-            torch.as_tensor(np.stack([r["genomics"] for r in train])), torch.as_tensor(np.stack([r["presence"] for r in train])))
+            torch.as_tensor(np.stack([r["genomics"] for r in train])),
+            torch.as_tensor(np.stack([r["presence"] for r in train])),
+        )
 
     def forward(self, image, genomics, clinical, presence):
         return self.net(image, genomics, clinical, presence)
@@ -185,8 +187,9 @@ class FusionModule(L.LightningModule):
             return
         # Every DDP rank reads the same batches (the statistics loader is not sharded and
         # has its own seed) under the same weights, so the replicas agree without a reduce.
-        recompute_batchnorm_statistics(self.net, self.trainer.datamodule.statistics_dataloader(),
-                                       self._evaluation_forward, batches)
+        recompute_batchnorm_statistics(
+            self.net, self.trainer.datamodule.statistics_dataloader(), self._evaluation_forward, batches
+        )
 
     def refit_output_shift(self) -> None:
         """The output shift by the task's loss on training batches in evaluation mode
@@ -199,8 +202,10 @@ class FusionModule(L.LightningModule):
         was_training = self.net.training
         self.net.eval()
         with torch.no_grad():
-            seen = [self._evaluation_forward(b)
-                    for b in itertools.islice(self.trainer.datamodule.statistics_dataloader(), batches)]
+            seen = [
+                self._evaluation_forward(b)
+                for b in itertools.islice(self.trainer.datamodule.statistics_dataloader(), batches)
+            ]
         self.net.train(was_training)
         if not seen:
             return
@@ -253,7 +258,9 @@ class FusionModule(L.LightningModule):
         dm = self.trainer.datamodule
         shape = self.network_config.image_shape
         if shape is not None and tuple(shape) != tuple(dm.geometry.target_shape):
-            raise ValueError(f"model.network.image_shape {list(shape)} differs from data.target_shape {list(dm.geometry.target_shape)}")
+            raise ValueError(
+                f"model.network.image_shape {list(shape)} differs from data.target_shape {list(dm.geometry.target_shape)}"
+            )
         if isinstance(self.task, DiscreteHazardTask):
             train = dm.records["train"]
             self.task.fit_edges(np.array([r["time"] for r in train]), np.array([r["event"] for r in train]))

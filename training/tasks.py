@@ -59,7 +59,9 @@ def interval_index(time: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(time, edges).clamp(max=len(edges) - 1)
 
 
-def discrete_hazard_nll(logits: torch.Tensor, time: torch.Tensor, event: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+def discrete_hazard_nll(
+    logits: torch.Tensor, time: torch.Tensor, event: torch.Tensor, edges: torch.Tensor
+) -> torch.Tensor:
     """Negative log-likelihood of the discrete-time (logistic) hazard model.
 
     A patient whose time falls in interval k survived intervals < k (target 0 each);

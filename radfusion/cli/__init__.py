@@ -9,7 +9,6 @@ import logging
 import sys
 from pathlib import Path
 
-
 # What `radfusion export` registers in the BentoML model store (training/module.py's
 # default model_name); `name:latest` is the newest export.
 DEFAULT_MODEL_TAG = "radfusion-response:latest"
@@ -112,8 +111,12 @@ def _report(args: argparse.Namespace) -> None:
     from radfusion.training.report.build import build_report
 
     cases = None if args.saliency_cases <= 0 else args.saliency_cases
-    path = build_report(Path(args.run), out=Path(args.out) if args.out else None,
-                        checkpoint=Path(args.checkpoint) if args.checkpoint else None, saliency_cases=cases)
+    path = build_report(
+        Path(args.run),
+        out=Path(args.out) if args.out else None,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        saliency_cases=cases,
+    )
     print(f"report: {path}")
 
 
@@ -145,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_synth)
 
-    sub.add_parser("train", help="train with LightningCLI: radfusion train --config A.yaml [--config B.yaml] [--key value]")
+    sub.add_parser(
+        "train", help="train with LightningCLI: radfusion train --config A.yaml [--config B.yaml] [--key value]"
+    )
     for name, text in PACS_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
 
@@ -158,30 +163,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--no-register", action="store_true", help="skip the BentoML model store")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="keep temperature 1 instead of fitting temperature scaling on the validation split")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="keep temperature 1 instead of fitting temperature scaling on the validation split",
+    )
     p.set_defaults(func=_export)
 
     p = sub.add_parser("score", help="score every study of an archive into Parquet (resumable)")
-    p.add_argument("--archive", required=True, help="folder tree (zip files inside are read too), a .zip, or a DICOMweb root URL")
+    p.add_argument(
+        "--archive", required=True, help="folder tree (zip files inside are read too), a .zip, or a DICOMweb root URL"
+    )
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL_TAG,
         help="ONNX file, or BentoML model tag (default: the latest model radfusion export registered)",
     )
     p.add_argument("--genomics", help="genomics table (Parquet/CSV), joined on PatientID")
-    p.add_argument("--clinical", help="clinical covariates (Parquet/CSV: patient_id + the model's covariate columns), "
-                                      "joined on PatientID, for a model with a clinical block")
+    p.add_argument(
+        "--clinical",
+        help="clinical covariates (Parquet/CSV: patient_id + the model's covariate columns), "
+        "joined on PatientID, for a model with a clinical block",
+    )
     p.add_argument("--out", required=True, help="Parquet file; <out>.parts holds committed rows while running")
     p.add_argument("--batch-size", type=int, default=16, help="studies per ONNX Runtime call")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--workers", type=int, default=None, help="processes that read and preprocess studies (default: CPU count; 0: none)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that read and preprocess studies (default: CPU count; 0: none)",
+    )
     p.add_argument("--chunk-size", type=int, default=256, help="rows per committed part file")
     p.add_argument("--fresh", action="store_true", help="ignore rows of an earlier run and score everything again")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: cores left free by the workers, at least 1)")
-    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data on RAY_ADDRESS or a local Ray")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default: cores left free by the workers, at least 1)",
+    )
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="ray: Ray Data on RAY_ADDRESS or a local Ray"
+    )
     p.add_argument("--actors", type=int, default=1, help="ray engine: inference actors, one ORT session each")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray engine: GPUs per inference actor (fractions allowed)")
+    p.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, help="ray engine: GPUs per inference actor (fractions allowed)"
+    )
     p.set_defaults(func=_score)
 
     p = sub.add_parser("serve", help="run the BentoML HTTP service")
@@ -191,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("report", help="evidence report (genes, saliency, risk groups, treatments, calibration) as HTML")
-    p.add_argument("--run", required=True, help="run folder: fusion/checkpoints/best.ckpt or checkpoints/best.ckpt, metrics.json, model.onnx")
+    p.add_argument(
+        "--run",
+        required=True,
+        help="run folder: fusion/checkpoints/best.ckpt or checkpoints/best.ckpt, metrics.json, model.onnx",
+    )
     p.add_argument("--checkpoint", help="checkpoint to explain (default: the run folder's)")
     p.add_argument("--out", help="output folder (default: <run>/report)")
     p.add_argument("--saliency-cases", type=int, default=40, help="held-out studies to explain by occlusion (0: all)")
@@ -230,4 +261,3 @@ def main(argv: list[str] | None = None) -> None:
         return
     args = build_parser().parse_args(argv)
     args.func(args)
-

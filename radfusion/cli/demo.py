@@ -49,12 +49,20 @@ SURVIVAL = EXPERIMENT / "survival_cox.yaml"
 SURVIVAL_MODELS: dict[str, list] = {
     "survival_fusion": [SURVIVAL],
     "survival_image_only": [
-        EXPERIMENT / "image_only.yaml", SURVIVAL,
-        "--model.network.modalities", "[image, clinical]", "--model.model_name", "radfusion-survival-image-only",
+        EXPERIMENT / "image_only.yaml",
+        SURVIVAL,
+        "--model.network.modalities",
+        "[image, clinical]",
+        "--model.model_name",
+        "radfusion-survival-image-only",
     ],
     "survival_genomics_only": [
-        EXPERIMENT / "genomics_only.yaml", SURVIVAL,
-        "--model.network.modalities", "[genomics, clinical]", "--model.model_name", "radfusion-survival-genomics-only",
+        EXPERIMENT / "genomics_only.yaml",
+        SURVIVAL,
+        "--model.network.modalities",
+        "[genomics, clinical]",
+        "--model.model_name",
+        "radfusion-survival-genomics-only",
     ],
 }
 SERVICE_REQUESTS = 48
@@ -76,8 +84,12 @@ def _stage(name: str, timings: dict, fn, *args):
 
 
 def _train_args(extra: list) -> list:
-    base = [CONFIGS / "trainer" / "cpu.yaml", CONFIGS / "data" / "synthetic.yaml", CONFIGS / "model" / "fusion_cpu.yaml",
-            EXPERIMENT / "treatment.yaml"]
+    base = [
+        CONFIGS / "trainer" / "cpu.yaml",
+        CONFIGS / "data" / "synthetic.yaml",
+        CONFIGS / "model" / "fusion_cpu.yaml",
+        EXPERIMENT / "treatment.yaml",
+    ]
     configs = [a for c in base for a in ("--config", c)]
     for item in extra:  # config files, then plain overrides
         configs += ["--config", item] if isinstance(item, Path) else [item]
@@ -95,11 +107,29 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0) ->
     _stage("synth", timings, _radfusion, "synth", "--patients", patients, "--seed", seed, "--out", cohort)
     omics = cohort / "omics"
     _stage(
-        "cohort_build", timings, _radfusion,
-        "cohort", "build", "--dicom", cohort / "dicom", "--clinical", cohort / "clinical.csv",
-        "--sample-map", omics / "sample_map.csv", "--expression", omics / "expression.tsv", "--expression-scale", "log",
-        "--maf", omics / "mutations.maf", "--cnv", omics / "copy_number.seg", "--genes", omics / "genes.bed",
-        "--out", out / "manifest",
+        "cohort_build",
+        timings,
+        _radfusion,
+        "cohort",
+        "build",
+        "--dicom",
+        cohort / "dicom",
+        "--clinical",
+        cohort / "clinical.csv",
+        "--sample-map",
+        omics / "sample_map.csv",
+        "--expression",
+        omics / "expression.tsv",
+        "--expression-scale",
+        "log",
+        "--maf",
+        omics / "mutations.maf",
+        "--cnv",
+        omics / "copy_number.seg",
+        "--genes",
+        omics / "genes.bed",
+        "--out",
+        out / "manifest",
     )
     trained = {**MODELS, **SURVIVAL_MODELS}
     for name, extra in trained.items():
@@ -109,20 +139,51 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0) ->
             _radfusion,
             "train",
             *_train_args(extra),
-            "--data.cohort_dir", cohort,
-            "--trainer.max_epochs", epochs,
-            "--trainer.default_root_dir", out / name,
+            "--data.cohort_dir",
+            cohort,
+            "--trainer.max_epochs",
+            epochs,
+            "--trainer.default_root_dir",
+            out / name,
         )
     checkpoints = [f"{name}={out / name / 'checkpoints' / 'best.ckpt'}" for name in trained]
-    _stage("evaluate", timings, _radfusion, "evaluate", *[a for c in checkpoints for a in ("--checkpoint", c)], "--out", out)
+    _stage(
+        "evaluate",
+        timings,
+        _radfusion,
+        "evaluate",
+        *[a for c in checkpoints for a in ("--checkpoint", c)],
+        "--out",
+        out,
+    )
     model = out / "model.onnx"
-    _stage("export", timings, _radfusion, "export", "--checkpoint", out / "fusion" / "checkpoints" / "best.ckpt", "--out", model)
+    _stage(
+        "export",
+        timings,
+        _radfusion,
+        "export",
+        "--checkpoint",
+        out / "fusion" / "checkpoints" / "best.ckpt",
+        "--out",
+        model,
+    )
     service = _stage("serve", timings, exercise_service, model, cohort)
     scores = out / "scores.parquet"
     _stage(
-        "score", timings, _radfusion,
-        "score", "--archive", cohort / "dicom", "--genomics", cohort / "genomics.parquet",
-        "--clinical", cohort / "clinical.csv", "--model", model, "--out", scores,
+        "score",
+        timings,
+        _radfusion,
+        "score",
+        "--archive",
+        cohort / "dicom",
+        "--genomics",
+        cohort / "genomics.parquet",
+        "--clinical",
+        cohort / "clinical.csv",
+        "--model",
+        model,
+        "--out",
+        scores,
     )
 
     # The evidence report (genes, saliency, risk groups, calibration, checks against the truth).
@@ -181,12 +242,12 @@ def _zip_study(root: Path, files: list[str]) -> bytes:
 def exercise_service(model: Path, cohort: Path) -> dict:
     """Start the real server, send studies from several concurrent clients, stop it.
     Server answers are checked against the same model run in-process."""
+    import secrets
+
     import httpx
 
     from radfusion.predictor import Predictor
     from radfusion.serving.http.launch import running_server
-
-    import secrets
 
     token = secrets.token_urlsafe(24)
     headers = {"Authorization": f"Bearer {token}"}

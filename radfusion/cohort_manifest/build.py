@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radfusion.contract import ModelContract
-from radfusion.dicom import SelectionRules
-from radfusion.genomics import ID_COLUMN, load_genomics_table
-from radfusion.omics import join_patient_blocks, read_sample_map
 from radfusion.cohort_manifest.omics_inputs import OmicsSources, block_report, map_blocks, read_blocks
 from radfusion.cohort_manifest.outcomes import read_clinical
 from radfusion.cohort_manifest.report import validation_report
 from radfusion.cohort_manifest.studies import index_cohort_studies
+from radfusion.contract import ModelContract
+from radfusion.dicom import SelectionRules
+from radfusion.genomics import ID_COLUMN, load_genomics_table
+from radfusion.omics import join_patient_blocks, read_sample_map
 
 MANIFEST_FILE = "manifest.parquet"
 GENOMICS_FILE = "genomics.parquet"
@@ -105,8 +105,11 @@ def panel_check(contract: ModelContract, genomics: pd.DataFrame) -> dict:
     out = {}
     for block in contract.omics:
         missing = [f for f in block.features if f not in genomics.columns]
-        out[block.name] = {"panel": len(block.features), "missing": missing,
-                           "mismatch": bool(missing) and not block.impute_missing}
+        out[block.name] = {
+            "panel": len(block.features),
+            "missing": missing,
+            "mismatch": bool(missing) and not block.impute_missing,
+        }
     return out
 
 
@@ -127,7 +130,9 @@ def write_manifest(manifest: Manifest, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     manifest.table.reset_index().to_parquet(out / MANIFEST_FILE, index=False)
     manifest.genomics.reset_index().to_parquet(out / GENOMICS_FILE, index=False)
-    (out / REPORT_FILE).write_text(json.dumps(manifest.report, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    (out / REPORT_FILE).write_text(
+        json.dumps(manifest.report, indent=1, default=_json_default) + "\n", encoding="utf-8"
+    )
     return out
 
 

@@ -21,8 +21,12 @@ def add_cohort_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clinical", required=True, help="clinical/outcome table (CSV, TSV or Parquet) with patient_id")
     p.add_argument("--sample-map", help="CSV sample_id,patient_id mapping omics samples to DICOM PatientID")
     p.add_argument("--expression", help="expression matrix (CSV, TSV or Parquet; samples as rows or columns)")
-    p.add_argument("--expression-scale", choices=["counts", "log"], default="log",
-                   help="counts: raw read counts, turned into log2(CPM+1); log: kept as they are")
+    p.add_argument(
+        "--expression-scale",
+        choices=["counts", "log"],
+        default="log",
+        help="counts: raw read counts, turned into log2(CPM+1); log: kept as they are",
+    )
     p.add_argument("--expression-orientation", choices=["auto", "samples_as_rows", "genes_as_rows"], default="auto")
     mutations = p.add_mutually_exclusive_group()
     mutations.add_argument("--maf", help="mutation calls as a MAF")
@@ -32,8 +36,11 @@ def add_cohort_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outcome", action="append", help="outcome column(s) a patient must have (default: response)")
     p.add_argument("--modality", action="append", help="image modalities a main series may have (default: CT)")
     p.add_argument("--min-slices", type=int, default=8, help="fewest slices a main series may have")
-    p.add_argument("--verify-pixels", action="store_true",
-                   help="also read every chosen series to check its geometry (slow: reads all pixels)")
+    p.add_argument(
+        "--verify-pixels",
+        action="store_true",
+        help="also read every chosen series to check its geometry (slow: reads all pixels)",
+    )
     p.add_argument("--contract", help="an exported model (ONNX): report genes of its panels the cohort lacks")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_cohort_build)

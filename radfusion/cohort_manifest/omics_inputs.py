@@ -45,8 +45,14 @@ def read_blocks(sources: OmicsSources, sample_map: pd.DataFrame) -> list[GeneBlo
     annotation = read_gene_annotation(sources.genes) if sources.genes is not None else None
     blocks = []
     if sources.expression is not None:
-        blocks.append(read_expression(sources.expression, sources.expression_scale,
-                                      sources.expression_orientation, sample_ids=set(sample_map["sample_id"])))
+        blocks.append(
+            read_expression(
+                sources.expression,
+                sources.expression_scale,
+                sources.expression_orientation,
+                sample_ids=set(sample_map["sample_id"]),
+            )
+        )
     if sources.maf is not None:
         blocks.append(read_maf(sources.maf))
     if sources.vcf is not None:

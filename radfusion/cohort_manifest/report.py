@@ -11,14 +11,23 @@ import pandas as pd
 from radfusion.cohort_manifest.studies import StudyIndex
 
 
-def validation_report(table: pd.DataFrame, studies: StudyIndex, omics: dict[str, dict],
-                      clinical_repeats: dict[str, int], outcomes: list[str]) -> dict:
+def validation_report(
+    table: pd.DataFrame,
+    studies: StudyIndex,
+    omics: dict[str, dict],
+    clinical_repeats: dict[str, int],
+    outcomes: list[str],
+) -> dict:
     blocks = list(omics)
     with_image = table[table["has_image"]]
     any_omics = table[[f"has_{b}" for b in blocks]].any(axis=1) if blocks else pd.Series(False, index=table.index)
     no_genomics = with_image.index[~any_omics.loc[with_image.index]]
     without_study = {
-        name: sorted(s for p, s in zip(table.index, table[f"{name}_sample"]) if isinstance(s, str) and not table.at[p, "has_image"])
+        name: sorted(
+            s
+            for p, s in zip(table.index, table[f"{name}_sample"])
+            if isinstance(s, str) and not table.at[p, "has_image"]
+        )
         for name in blocks
     }
     return {
@@ -60,29 +69,41 @@ def summary_text(report: dict) -> str:
     lines += [f"  {pattern}: {n}" for pattern, n in report["modality_patterns"].items()]
     missing = report["genomics_missing"]
     if missing["share"] is not None:
-        lines.append(f"without genomics: {missing['patients']} of {missing['of_patients_with_image']} "
-                     f"patients with a study ({missing['share']:.1%})")
+        lines.append(
+            f"without genomics: {missing['patients']} of {missing['of_patients_with_image']} "
+            f"patients with a study ({missing['share']:.1%})"
+        )
     studies = report["studies"]
     lines.append(f"studies: {studies['found']} found, {studies['kept']} kept, {len(studies['rejected'])} rejected")
     lines += [f"  rejected ({n}): {reason}" for reason, n in studies["rejected_by_reason"].items()]
     lines += [f"  files skipped ({n}): {reason}" for reason, n in studies["skipped_files_by_reason"].items()]
     for name, block in report["omics"].items():
-        lines.append(f"{name}: {block['features']} features, {block['samples']} samples -> {block['patients']} patients "
-                     f"({block['source']})")
+        lines.append(
+            f"{name}: {block['features']} features, {block['samples']} samples -> {block['patients']} patients "
+            f"({block['source']})"
+        )
         lines += [f"  {note}" for note in block["notes"]]
-        for label, count in (("samples not in the sample map", len(block["unmapped_samples"])),
-                             ("samples without a study", len(report["samples_without_study"][name])),
-                             ("samples with NaN/inf values", len(block["samples_with_nonfinite_values"])),
-                             ("patients with several samples (first in the map kept)", len(block["duplicates"]))):
+        for label, count in (
+            ("samples not in the sample map", len(block["unmapped_samples"])),
+            ("samples without a study", len(report["samples_without_study"][name])),
+            ("samples with NaN/inf values", len(block["samples_with_nonfinite_values"])),
+            ("patients with several samples (first in the map kept)", len(block["duplicates"])),
+        ):
             if count:
                 lines.append(f"  {label}: {count}")
-    lines.append(f"patients without outcome ({', '.join(report['patients_without_outcome']['outcomes'])}): "
-                 f"{len(report['patients_without_outcome']['patient_ids'])}")
+    lines.append(
+        f"patients without outcome ({', '.join(report['patients_without_outcome']['outcomes'])}): "
+        f"{len(report['patients_without_outcome']['patient_ids'])}"
+    )
     dup = report["duplicates"]
-    lines.append(f"patients with several studies (one kept): {len(dup['studies'])}; "
-                 f"repeated clinical rows: {len(dup['clinical_rows'])}")
+    lines.append(
+        f"patients with several studies (one kept): {len(dup['studies'])}; "
+        f"repeated clinical rows: {len(dup['clinical_rows'])}"
+    )
     for name, check in report.get("panel_check", {}).items():
         state = "MISMATCH" if check["mismatch"] else "ok"
-        lines.append(f"model panel {name}: {state}, {len(check['missing'])} of {check['panel']} features missing"
-                     + (f": {', '.join(check['missing'][:20])}" if check["missing"] else ""))
+        lines.append(
+            f"model panel {name}: {state}, {len(check['missing'])} of {check['panel']} features missing"
+            + (f": {', '.join(check['missing'][:20])}" if check["missing"] else "")
+        )
     return "\n".join(lines)

@@ -18,8 +18,16 @@ import pandas as pd
 from radfusion.dicom import GeometryPolicy, SelectionRules, find_studies, load_volume, select_series
 from radfusion.errors import RadfusionInputError
 
-STUDY_COLUMNS = ["patient_id", "study_uid", "series_uid", "series_reason", "n_slices", "slice_thickness",
-                 "selection", "files"]
+STUDY_COLUMNS = [
+    "patient_id",
+    "study_uid",
+    "series_uid",
+    "series_reason",
+    "n_slices",
+    "slice_thickness",
+    "selection",
+    "files",
+]
 
 
 @dataclass
@@ -47,8 +55,14 @@ def index_cohort_studies(
     candidates, rejected = [], []
     for uid, study in sorted(discovery.studies.items()):
         if not study.patient_id.strip():
-            rejected.append({"study_uid": uid, "patient_id": "", "kind": "no_patient_id",
-                             "reason": "study has no PatientID: it cannot be joined to omics or outcomes"})
+            rejected.append(
+                {
+                    "study_uid": uid,
+                    "patient_id": "",
+                    "kind": "no_patient_id",
+                    "reason": "study has no PatientID: it cannot be joined to omics or outcomes",
+                }
+            )
             continue
         try:
             choice = select_series(study.instances, rules=rules)
@@ -59,16 +73,18 @@ def index_cohort_studies(
         record = choice.to_record()
         if verify_pixels:
             record["corrections"] = corrections
-        candidates.append({
-            "patient_id": study.patient_id,
-            "study_uid": uid,
-            "series_uid": choice.series_uid,
-            "series_reason": choice.reason,
-            "n_slices": int(record["n_slices"]),
-            "slice_thickness": record["slice_thickness"],
-            "selection": json.dumps(record, sort_keys=True),
-            "files": sorted(str(h.path.relative_to(root)) for h in choice.instances),
-        })
+        candidates.append(
+            {
+                "patient_id": study.patient_id,
+                "study_uid": uid,
+                "series_uid": choice.series_uid,
+                "series_reason": choice.reason,
+                "n_slices": int(record["n_slices"]),
+                "slice_thickness": record["slice_thickness"],
+                "selection": json.dumps(record, sort_keys=True),
+                "files": sorted(str(h.path.relative_to(root)) for h in choice.instances),
+            }
+        )
     chosen, duplicates = _one_study_per_patient(pd.DataFrame(candidates, columns=STUDY_COLUMNS))
     skipped = Counter(why for _, why in discovery.skipped)
     return StudyIndex(chosen, rejected, duplicates, dict(sorted(skipped.items())), len(discovery.studies))
@@ -78,10 +94,14 @@ def _one_study_per_patient(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str,
     """Keep the study whose main series has the most slices, then the thinnest
     slices, then the smallest StudyInstanceUID (deterministic for any file order)."""
     thickness = table["slice_thickness"].astype(float).fillna(float("inf"))
-    ordered = table.assign(_neg=-table["n_slices"], _thick=thickness).sort_values(
-        ["patient_id", "_neg", "_thick", "study_uid"]).drop(columns=["_neg", "_thick"])
+    ordered = (
+        table.assign(_neg=-table["n_slices"], _thick=thickness)
+        .sort_values(["patient_id", "_neg", "_thick", "study_uid"])
+        .drop(columns=["_neg", "_thick"])
+    )
     duplicates = {
         pid: {"kept": group["study_uid"].iloc[0], "dropped": group["study_uid"].iloc[1:].tolist()}
-        for pid, group in ordered.groupby("patient_id", sort=True) if len(group) > 1
+        for pid, group in ordered.groupby("patient_id", sort=True)
+        if len(group) > 1
     }
     return ordered.drop_duplicates("patient_id", keep="first").set_index("patient_id"), duplicates

@@ -62,10 +62,12 @@ def deidentify_dataset(ds: Dataset, ctx: PatientContext) -> None:
     ds.PatientIdentityRemoved = "YES"
     ds.LongitudinalTemporalInformationModified = "MODIFIED"
     ds.DeidentificationMethod = METHOD_TEXT
-    ds.DeidentificationMethodCodeSequence = Sequence([
-        _code_item(codes.DCM.BasicApplicationConfidentialityProfile),
-        _code_item(codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption),
-    ])
+    ds.DeidentificationMethodCodeSequence = Sequence(
+        [
+            _code_item(codes.DCM.BasicApplicationConfidentialityProfile),
+            _code_item(codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption),
+        ]
+    )
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         _clean_file_meta(meta, ds, ctx)
@@ -193,4 +195,3 @@ def _shift_temporal(ds: Dataset, elems: list[DataElement], ctx: PatientContext) 
             elem.value = elem.empty_value
         elif moved:
             elem.value = moved if len(moved) > 1 else moved[0]
-

@@ -43,7 +43,9 @@ def run_deid_command(args: argparse.Namespace) -> None:
         else:
             raise DeidKeyError(f"give --key, --key-file or set {KEY_ENV}")
         summary = deidentify_tree(
-            Path(args.src), Path(args.out), key,
+            Path(args.src),
+            Path(args.out),
+            key,
             mapping=Path(args.mapping) if args.mapping else None,
             report=Path(args.report) if args.report else None,
         )

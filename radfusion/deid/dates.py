@@ -87,8 +87,7 @@ def _parse_tm(value: str) -> tuple[time, str] | None:
         return None
     hh, mm, ss, fraction = match.groups()
     try:
-        parsed = time(int(hh), int(mm or 0), min(int(ss or 0), 59),
-                      int((fraction or ".0")[1:].ljust(6, "0")))
+        parsed = time(int(hh), int(mm or 0), min(int(ss or 0), 59), int((fraction or ".0")[1:].ljust(6, "0")))
     except ValueError:
         return None
     layout = "H" + ("M" if mm else "") + ("S" if ss else "") + (str(len(fraction) - 1) if fraction else "")

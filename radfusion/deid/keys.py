@@ -42,7 +42,7 @@ class DeidKey:
         return cls(path.read_bytes().strip())
 
     def digest(self, purpose: str, value: str) -> bytes:
-        return hmac.new(self.secret, f"{purpose}\x00{value}".encode("utf-8"), hashlib.sha256).digest()
+        return hmac.new(self.secret, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
 
     @property
     def fingerprint(self) -> str:

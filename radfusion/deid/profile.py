@@ -45,27 +45,31 @@ class ProfileRow:
 # SOP Classes whose IOD holds the Enhanced General Equipment Module (Mandatory), where
 # Device Serial Number is Type 1: enhanced and legacy-converted CT/MR/PET, XA/XRF,
 # segmentation.
-_ENHANCED_EQUIPMENT = frozenset({
-    "1.2.840.10008.5.1.4.1.1.2.1",    # Enhanced CT
-    "1.2.840.10008.5.1.4.1.1.2.2",    # Legacy Converted Enhanced CT
-    "1.2.840.10008.5.1.4.1.1.4.1",    # Enhanced MR
-    "1.2.840.10008.5.1.4.1.1.4.3",    # Enhanced MR Color
-    "1.2.840.10008.5.1.4.1.1.4.4",    # Legacy Converted Enhanced MR
-    "1.2.840.10008.5.1.4.1.1.12.1.1", # Enhanced XA
-    "1.2.840.10008.5.1.4.1.1.12.2.1", # Enhanced XRF
-    "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET
-    "1.2.840.10008.5.1.4.1.1.130",    # Enhanced PET
-    "1.2.840.10008.5.1.4.1.1.66.4",   # Segmentation
-})
+_ENHANCED_EQUIPMENT = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
+        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
+        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
+        "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color
+        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
+        "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA
+        "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF
+        "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET
+        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET
+        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    }
+)
 
 # SR SOP Classes (SR Document General Module), where Referenced Performed Procedure Step
 # Sequence is Type 2: the prediction reports serving/ writes are Comprehensive SR.
-_STRUCTURED_REPORTS = frozenset({
-    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
-    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
-    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
-    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
-})
+_STRUCTURED_REPORTS = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+        "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+        "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    }
+)
 
 # Combined-code attributes that are Type 1 or 2 in the IOD of a SOP Class.
 IOD_REQUIRED: dict[int, tuple[frozenset[str], str]] = {

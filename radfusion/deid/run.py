@@ -59,8 +59,9 @@ def default_side_files(out: Path) -> tuple[Path, Path]:
     return out.parent / f"{out.name}-patients.csv", out.parent / f"{out.name}-files.csv"
 
 
-def deidentify_tree(src: Path, out: Path, key: DeidKey, *, mapping: Path | None = None,
-                    report: Path | None = None) -> DeidSummary:
+def deidentify_tree(
+    src: Path, out: Path, key: DeidKey, *, mapping: Path | None = None, report: Path | None = None
+) -> DeidSummary:
     src, out = src.resolve(), out.resolve()
     _check_paths(src, out)
     default_map, default_report = default_side_files(out)
@@ -74,16 +75,26 @@ def deidentify_tree(src: Path, out: Path, key: DeidKey, *, mapping: Path | None 
     summary = DeidSummary(mapping=str(mapping), report=str(report))
     with _values_not_quoted_in_logs():
         rows, studies, counts = _deidentify_files(src, out, key, patients, summary)
-    _write_csv(mapping, MAP_COLUMNS, [
-        {"patient_id": pid, "pseudonym": pseudo, "key_fingerprint": key.fingerprint}
-        for pid, pseudo in sorted(patients.items())
-    ])
+    _write_csv(
+        mapping,
+        MAP_COLUMNS,
+        [
+            {"patient_id": pid, "pseudonym": pseudo, "key_fingerprint": key.fingerprint}
+            for pid, pseudo in sorted(patients.items())
+        ],
+    )
     _write_csv(report, REPORT_COLUMNS, rows)
     summary.patients, summary.studies = len(patients), len(studies)
     summary.actions = dict(sorted(counts.items()))
-    log.info("deid: %d files seen, %d written, %d skipped, %d failed, %d patients, %d studies",
-             summary.files_seen, summary.written, summary.skipped, summary.failed,
-             summary.patients, summary.studies)
+    log.info(
+        "deid: %d files seen, %d written, %d skipped, %d failed, %d patients, %d studies",
+        summary.files_seen,
+        summary.written,
+        summary.skipped,
+        summary.failed,
+        summary.patients,
+        summary.studies,
+    )
     return summary
 
 
@@ -99,8 +110,9 @@ def _values_not_quoted_in_logs():
         pydicom.config.settings.reading_validation_mode = previous
 
 
-def _deidentify_files(src: Path, out: Path, key: DeidKey, patients: dict[str, str],
-                      summary: DeidSummary) -> tuple[list[dict[str, str]], set[str], Counter]:
+def _deidentify_files(
+    src: Path, out: Path, key: DeidKey, patients: dict[str, str], summary: DeidSummary
+) -> tuple[list[dict[str, str]], set[str], Counter]:
     rows: list[dict[str, str]] = []
     studies: set[str] = set()
     counts: Counter = Counter()
@@ -149,8 +161,9 @@ def _patient_key(ds: Dataset) -> str:
     return pid or f"study:{ds.get('StudyInstanceUID', '')}"
 
 
-def _deidentify_file(path: Path, rel: Path, out: Path, key: DeidKey, patients: dict[str, str],
-                     counts: Counter, targets: set[Path]) -> tuple[Path, str]:
+def _deidentify_file(
+    path: Path, rel: Path, out: Path, key: DeidKey, patients: dict[str, str], counts: Counter, targets: set[Path]
+) -> tuple[Path, str]:
     # From bytes, so that pydicom's own warnings cannot quote the (possibly identifying) path.
     ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
@@ -158,8 +171,12 @@ def _deidentify_file(path: Path, rel: Path, out: Path, key: DeidKey, patients: d
     ds.decode()  # fail here, not half-way through writing, on a broken character set
     patient_key = _patient_key(ds)
     pseudonym = key.patient_pseudonym(patient_key)
-    ctx = PatientContext(key=key, pseudonym=pseudonym, shift=DateShift.for_patient(key, patient_key),
-                         sop_class_uid=str(ds.get("SOPClassUID", "")))
+    ctx = PatientContext(
+        key=key,
+        pseudonym=pseudonym,
+        shift=DateShift.for_patient(key, patient_key),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+    )
     deidentify_dataset(ds, ctx)
     parts = rel.parent.parts
     folder = out.joinpath(*[key.path_name("/".join(parts[: i + 1])) for i in range(len(parts))])

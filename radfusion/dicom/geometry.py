@@ -120,7 +120,9 @@ def _correct_tilt(voxels, positions, along, normal, row_dir, col_dir, pixel_spac
     out = np.empty_like(voxels)
     for k in range(len(voxels)):
         out[k] = ndimage.shift(voxels[k], shifts[k], order=1, mode="nearest")
-    corrections.append(f"gantry tilt of {tilt:.1f} degrees corrected: slices shifted in-plane by up to {drift.max():.1f} mm")
+    corrections.append(
+        f"gantry tilt of {tilt:.1f} degrees corrected: slices shifted in-plane by up to {drift.max():.1f} mm"
+    )
     return out
 
 

@@ -96,8 +96,12 @@ class SeriesChoice:
             "reason": self.reason,
             "rules": {**asdict(self.rules), "modalities": list(self.rules.modalities)},
             "candidates": [
-                {**asdict(s), "outcome": "chosen" if s.series_uid == self.series_uid
-                 else self.rejected.get(s.series_uid, "candidate, ranked lower")}
+                {
+                    **asdict(s),
+                    "outcome": "chosen"
+                    if s.series_uid == self.series_uid
+                    else self.rejected.get(s.series_uid, "candidate, ranked lower"),
+                }
                 for s in self.series
             ],
         }

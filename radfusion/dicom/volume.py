@@ -160,15 +160,24 @@ def _stack_single_frames(slices: list[tuple[pydicom.Dataset, np.ndarray]], polic
     shape = (int(first.Rows), int(first.Columns))
     for ds in datasets[1:]:
         r, c = _orientation(ds)
-        if not (np.allclose(r, row_dir, atol=ORIENTATION_TOLERANCE) and np.allclose(c, col_dir, atol=ORIENTATION_TOLERANCE)):
+        if not (
+            np.allclose(r, row_dir, atol=ORIENTATION_TOLERANCE) and np.allclose(c, col_dir, atol=ORIENTATION_TOLERANCE)
+        ):
             raise GeometryError("mixed slice orientations in one series")
         if (int(ds.Rows), int(ds.Columns)) != shape:
             raise GeometryError("slices of different sizes in one series")
         if not np.allclose(_pixel_spacing(ds), pixel_spacing, rtol=1e-3):
             raise GeometryError("slices with different PixelSpacing in one series")
     positions = np.array([_position(ds) for ds in datasets])
-    stack = stack_slices([v for _, v in slices], positions, row_dir, col_dir, pixel_spacing, policy,
-                         single_slice_spacing=_nominal_spacing(first))
+    stack = stack_slices(
+        [v for _, v in slices],
+        positions,
+        row_dir,
+        col_dir,
+        pixel_spacing,
+        policy,
+        single_slice_spacing=_nominal_spacing(first),
+    )
     return Volume(
         voxels=stack.voxels,
         spacing=(stack.slice_spacing, pixel_spacing[0], pixel_spacing[1]),
@@ -199,8 +208,16 @@ def _multiframe_volume(ds: pydicom.Dataset, frames: np.ndarray, policy: Geometry
     if not per_frame or not shared:
         raise UnsupportedPixelDataError("multi-frame image without functional groups has no slice geometry")
     try:
-        plane = shared[0].PlaneOrientationSequence[0] if "PlaneOrientationSequence" in shared[0] else per_frame[0].PlaneOrientationSequence[0]
-        measures = shared[0].PixelMeasuresSequence[0] if "PixelMeasuresSequence" in shared[0] else per_frame[0].PixelMeasuresSequence[0]
+        plane = (
+            shared[0].PlaneOrientationSequence[0]
+            if "PlaneOrientationSequence" in shared[0]
+            else per_frame[0].PlaneOrientationSequence[0]
+        )
+        measures = (
+            shared[0].PixelMeasuresSequence[0]
+            if "PixelMeasuresSequence" in shared[0]
+            else per_frame[0].PixelMeasuresSequence[0]
+        )
         positions = np.array([f.PlanePositionSequence[0].ImagePositionPatient for f in per_frame], dtype=float)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise GeometryError("multi-frame image lacks plane position/orientation") from exc
@@ -209,8 +226,9 @@ def _multiframe_volume(ds: pydicom.Dataset, frames: np.ndarray, policy: Geometry
         raise GeometryError(f"{len(frames)} frames but {len(positions)} per-frame positions")
     row_dir, col_dir = _orientation(plane)
     pixel_spacing = _pixel_spacing(measures)
-    stack = stack_slices(frames, positions, row_dir, col_dir, pixel_spacing, policy,
-                         single_slice_spacing=_nominal_spacing(measures))
+    stack = stack_slices(
+        frames, positions, row_dir, col_dir, pixel_spacing, policy, single_slice_spacing=_nominal_spacing(measures)
+    )
     return Volume(
         voxels=np.ascontiguousarray(stack.voxels),
         spacing=(stack.slice_spacing, pixel_spacing[0], pixel_spacing[1]),

@@ -78,7 +78,9 @@ def _read_bed(path: Path) -> pd.DataFrame:
                 continue
             parts = line.rstrip("\n").split("\t")
             if len(parts) < 4:
-                raise OmicsFormatError(f"{path.name} line {number}: a BED gene annotation needs chrom, start, end, name")
+                raise OmicsFormatError(
+                    f"{path.name} line {number}: a BED gene annotation needs chrom, start, end, name"
+                )
             try:
                 rows.append((parts[0], int(parts[1]), int(parts[2]), parts[3].strip()))
             except ValueError as exc:

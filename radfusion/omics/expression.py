@@ -60,8 +60,10 @@ def read_expression(
         matrix = log_cpm(matrix, path.name)
         notes.append("raw counts -> log2(CPM + 1), library size = sum of counts per sample")
     elif _looks_like_counts(matrix):
-        notes.append("declared log-scale but every value is a whole number and some exceed "
-                      f"{_COUNTS_LIKE_MAX:g}: check whether these are raw counts")
+        notes.append(
+            "declared log-scale but every value is a whole number and some exceed "
+            f"{_COUNTS_LIKE_MAX:g}: check whether these are raw counts"
+        )
     return GeneBlock(EXPRESSION, matrix.astype(np.float64), path.name, notes)
 
 
@@ -154,8 +156,10 @@ def _check_labels(matrix: pd.DataFrame, name: str) -> None:
     for what, labels in (("sample", matrix.index), ("gene", matrix.columns)):
         duplicated = labels[labels.duplicated()].unique()
         if len(duplicated):
-            raise OmicsFormatError(f"{name}: {len(duplicated)} duplicated {what} label(s)"
-                                   + (f": {', '.join(map(str, duplicated[:10]))}" if what == "gene" else ""))
+            raise OmicsFormatError(
+                f"{name}: {len(duplicated)} duplicated {what} label(s)"
+                + (f": {', '.join(map(str, duplicated[:10]))}" if what == "gene" else "")
+            )
     suffixed = [g for g in matrix.columns if any(g.endswith(s) for s in BLOCK_SUFFIXES)]
     if suffixed:
         raise OmicsFormatError(f"{name}: expression genes named like another block's features: {suffixed[:10]}")

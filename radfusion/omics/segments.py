@@ -47,8 +47,10 @@ def read_segments(path: Path | str) -> pd.DataFrame:
             missing.append(name)
         picked[name] = found
     if missing:
-        raise OmicsFormatError(f"{path.name}: SEG columns missing: {', '.join(missing)} "
-                               "(expected ID, chrom, loc.start, loc.end, num.mark, seg.mean)")
+        raise OmicsFormatError(
+            f"{path.name}: SEG columns missing: {', '.join(missing)} "
+            "(expected ID, chrom, loc.start, loc.end, num.mark, seg.mean)"
+        )
     seg = pd.DataFrame({name: raw[column] for name, column in picked.items()})
     try:
         seg["start"] = seg["start"].astype(np.int64) - 1
@@ -59,7 +61,9 @@ def read_segments(path: Path | str) -> pd.DataFrame:
     seg["sample"] = seg["sample"].str.strip()
     seg["chrom"] = seg["chrom"].map(normalise_chrom)
     if (seg["end"] <= seg["start"]).any():
-        raise OmicsFormatError(f"{path.name}: {int((seg['end'] <= seg['start']).sum())} segment(s) end before they start")
+        raise OmicsFormatError(
+            f"{path.name}: {int((seg['end'] <= seg['start']).sum())} segment(s) end before they start"
+        )
     return seg
 
 

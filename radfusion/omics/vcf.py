@@ -65,14 +65,22 @@ def read_vcf(
         for gene in hit & wanted:
             flags.loc[sample, gene] = 1.0
     flags.columns = feature_names("mutation", panel)
-    notes.insert(0, f"{counts['records']} records in {len(files)} file(s): {counts['filtered']} not PASS, "
-                    f"{counts['silent_or_intergenic']} silent or outside genes")
+    notes.insert(
+        0,
+        f"{counts['records']} records in {len(files)} file(s): {counts['filtered']} not PASS, "
+        f"{counts['silent_or_intergenic']} silent or outside genes",
+    )
     source = Path(path).name
     return GeneBlock("mutation", flags, source, notes)
 
 
-def _read_one(file: Path, annotation: GeneAnnotation | None, carriers: dict[str, set[str]],
-              counts: dict[str, int], notes: list[str]) -> None:
+def _read_one(
+    file: Path,
+    annotation: GeneAnnotation | None,
+    carriers: dict[str, set[str]],
+    counts: dict[str, int],
+    notes: list[str],
+) -> None:
     from cyvcf2 import VCF  # on use: a compiled htslib binding that most commands never need
 
     try:
@@ -91,8 +99,10 @@ def _read_one(file: Path, annotation: GeneAnnotation | None, carriers: dict[str,
         if field is None and annotation is None:
             raise OmicsFormatError(f"{file.name}: no CSQ/ANN consequence field; give a gene annotation (BED/GTF)")
         if field is None:
-            notes.append(f"{file.name}: no consequence field, genes from the annotation's intervals "
-                         "(silent calls cannot be told apart)")
+            notes.append(
+                f"{file.name}: no consequence field, genes from the annotation's intervals "
+                "(silent calls cannot be told apart)"
+            )
         for variant in vcf:
             counts["records"] += 1
             if variant.FILTER is not None:  # cyvcf2: None means PASS or "."

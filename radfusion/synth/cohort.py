@@ -50,8 +50,16 @@ def plan_studies(
     signed = exact_share_mask(n, 0.5, rng)
     dirs = _study_dirs(n, rng)
     return [
-        make_study_spec(p, cohort.seed, n_slices=n_slices, rows=rows, cols=cols,
-                        rle=bool(rle[i]), signed=bool(signed[i]), study_dir=dirs[i])
+        make_study_spec(
+            p,
+            cohort.seed,
+            n_slices=n_slices,
+            rows=rows,
+            cols=cols,
+            rle=bool(rle[i]),
+            signed=bool(signed[i]),
+            study_dir=dirs[i],
+        )
         for i, p in enumerate(cohort.patients)
     ]
 
@@ -76,8 +84,17 @@ def _render_all(specs: list[StudySpec], dicom_root: Path, workers: int) -> list[
         return list(pool.imap(render_study_task, tasks, chunksize=4))
 
 
-def _validate(n_patients: int, seed: int, n_genes: int, n_slices: int, rows: int, cols: int,
-              rle_fraction: float, genomics_missing_fraction: float, workers: int) -> None:
+def _validate(
+    n_patients: int,
+    seed: int,
+    n_genes: int,
+    n_slices: int,
+    rows: int,
+    cols: int,
+    rle_fraction: float,
+    genomics_missing_fraction: float,
+    workers: int,
+) -> None:
     if n_patients < 1:
         raise ValueError("n_patients must be at least 1")
     if seed < 0:
@@ -86,8 +103,7 @@ def _validate(n_patients: int, seed: int, n_genes: int, n_slices: int, rows: int
         raise ValueError(f"n_genes must be at least {2 * N_DRIVERS}")
     if n_slices < 8 or rows < 24 or cols < 24:
         raise ValueError("volumes must be at least 8 slices of 24 x 24 pixels to hold the anatomy")
-    for name, value in (("rle_fraction", rle_fraction),
-                        ("genomics_missing_fraction", genomics_missing_fraction)):
+    for name, value in (("rle_fraction", rle_fraction), ("genomics_missing_fraction", genomics_missing_fraction)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be within [0, 1]")
     if workers < 1:
@@ -113,13 +129,17 @@ def generate_cohort(
     cohort.json is written last and marks a complete cohort; a later run into
     the same `out` replaces that cohort's DICOM folder. Returns `out`.
     """
-    _validate(n_patients, seed, n_genes, n_slices, rows, cols, rle_fraction,
-              genomics_missing_fraction, workers)
+    _validate(n_patients, seed, n_genes, n_slices, rows, cols, rle_fraction, genomics_missing_fraction, workers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parameters = {
-        "n_patients": n_patients, "seed": seed, "n_genes": n_genes, "n_slices": n_slices,
-        "rows": rows, "cols": cols, "rle_fraction": rle_fraction,
+        "n_patients": n_patients,
+        "seed": seed,
+        "n_genes": n_genes,
+        "n_slices": n_slices,
+        "rows": rows,
+        "cols": cols,
+        "rle_fraction": rle_fraction,
         "genomics_missing_fraction": genomics_missing_fraction,
     }
     cohort = simulate_patients(n_patients, seed, n_genes, genomics_missing_fraction)
@@ -133,6 +153,5 @@ def generate_cohort(
     write_omics_files(cohort, out)  # the same omics as raw files (radfusion cohort build reads them)
     write_json(truth_document(cohort, specs, studies, parameters), out / "truth.json")
     write_json(cohort_summary(cohort, specs), out / "cohort.json")
-    log.info("synthetic cohort written: %d studies, %d files", len(studies),
-             sum(s.n_files for s in studies))
+    log.info("synthetic cohort written: %d studies, %d files", len(studies), sum(s.n_files for s in studies))
     return out

@@ -111,8 +111,9 @@ def _series_dataset(spec: StudySpec, *, localizer: bool) -> Dataset:
     return ds
 
 
-def _set_image(ds: Dataset, spec: StudySpec, uid: str, number: int,
-               geometry: SliceGeometry, pixels: np.ndarray) -> None:
+def _set_image(
+    ds: Dataset, spec: StudySpec, uid: str, number: int, geometry: SliceGeometry, pixels: np.ndarray
+) -> None:
     """Per-instance elements and pixel data (RLE-compressed when the study says so)."""
     ds.SOPInstanceUID = uid
     ds.file_meta.MediaStorageSOPInstanceUID = uid
@@ -155,8 +156,9 @@ def _file_paths(spec: StudySpec, n_main: int, rng: np.random.Generator) -> tuple
     return main, f"{spec.study_dir}/{fresh(8)}.dcm"
 
 
-def write_study(spec: StudySpec, hu: np.ndarray, localizer_hu: np.ndarray,
-                dicom_root: Path, rng: np.random.Generator) -> list[str]:
+def write_study(
+    spec: StudySpec, hu: np.ndarray, localizer_hu: np.ndarray, dicom_root: Path, rng: np.random.Generator
+) -> list[str]:
     """Write all files of the study in shuffled order; returns their relative paths."""
     main_paths, localizer_path = _file_paths(spec, spec.n_slices, rng)
     for rel in {str(Path(p).parent) for p in [*main_paths, localizer_path]}:

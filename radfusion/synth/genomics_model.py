@@ -105,9 +105,7 @@ def round_like_text(values: np.ndarray, decimals: int) -> np.ndarray:
     return text.astype(np.float64).reshape(values.shape)
 
 
-def simulate_expression(
-    model: PanelModel, subtype_codes: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def simulate_expression(model: PanelModel, subtype_codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Expression matrix (patients x genes), rounded as it will be written."""
     n, g = len(subtype_codes), len(model.genes)
     factors = rng.standard_normal((n, N_MODULES)) + SUBTYPE_SHIFTS[subtype_codes]

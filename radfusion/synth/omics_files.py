@@ -33,8 +33,18 @@ CN_SCALE = 0.35  # log2 ratio per unit of module activity
 NON_SILENT = ("Missense_Mutation", "Nonsense_Mutation", "Frame_Shift_Del", "In_Frame_Del")
 SILENT = ("Silent", "Intron", "3'UTR")
 FILTERED_SHARE = 0.2  # patients with one call that failed filtering
-MAF_COLUMNS = ("Hugo_Symbol", "Chromosome", "Start_Position", "End_Position", "Variant_Classification",
-               "Variant_Type", "Reference_Allele", "Tumor_Seq_Allele2", "Tumor_Sample_Barcode", "FILTER")
+MAF_COLUMNS = (
+    "Hugo_Symbol",
+    "Chromosome",
+    "Start_Position",
+    "End_Position",
+    "Variant_Classification",
+    "Variant_Type",
+    "Reference_Allele",
+    "Tumor_Seq_Allele2",
+    "Tumor_Sample_Barcode",
+    "FILTER",
+)
 
 
 def write_omics_files(cohort: SimulatedCohort, out: Path) -> Path:
@@ -48,7 +58,8 @@ def write_omics_files(cohort: SimulatedCohort, out: Path) -> Path:
     genes = gene_coordinates(cohort.genes)
     genes.to_csv(folder / "genes.bed", sep="\t", header=False, index=False)
     pd.DataFrame({"sample_id": samples, "patient_id": [p.patient_id for p in released]}).sort_values(
-        "sample_id").to_csv(folder / "sample_map.csv", index=False)
+        "sample_id"
+    ).to_csv(folder / "sample_map.csv", index=False)
     _write_expression(cohort, released, samples, folder / "expression.tsv")
     _write_maf(cohort, released, samples, genes, rng, folder / "mutations.maf")
     _write_segments(cohort, released, samples, genes, rng, folder / "copy_number.seg")
@@ -89,8 +100,23 @@ def _write_maf(cohort, released, samples, genes: pd.DataFrame, rng: np.random.Ge
         chrom, start, end = at.loc[gene, ["chrom", "start", "end"]]
         position = int(start) + 1 + int(rng.integers(int(end) - int(start)))
         deletion = kind in ("Frame_Shift_Del", "In_Frame_Del")
-        return dict(zip(MAF_COLUMNS, (gene, chrom, position, position, kind, "DEL" if deletion else "SNP",
-                                      "A", "-" if deletion else "T", sample, passed)))
+        return dict(
+            zip(
+                MAF_COLUMNS,
+                (
+                    gene,
+                    chrom,
+                    position,
+                    position,
+                    kind,
+                    "DEL" if deletion else "SNP",
+                    "A",
+                    "-" if deletion else "T",
+                    sample,
+                    passed,
+                ),
+            )
+        )
 
     rows = []
     filtered = rng.random(len(released)) < FILTERED_SHARE

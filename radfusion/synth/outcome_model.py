@@ -41,9 +41,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def response_logit(
-    z_img: np.ndarray, z_gen: np.ndarray, egfr_mut: np.ndarray, treatment: np.ndarray
-) -> np.ndarray:
+def response_logit(z_img: np.ndarray, z_gen: np.ndarray, egfr_mut: np.ndarray, treatment: np.ndarray) -> np.ndarray:
     """logit = b0 + 4.0 z_img + 4.0 z_gen + EGFR x treatment interaction."""
     treatment = np.asarray(treatment)
     bonus = np.where(treatment == "targeted", EGFR_INTERACTION["targeted"], EGFR_INTERACTION["chemo"])
@@ -78,14 +76,13 @@ def _expected_censored(rate: float, hazard: np.ndarray) -> float:
     return float(np.mean(rate / total * (1.0 - tail) + tail))
 
 
-def simulate_survival(
-    hazard: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def simulate_survival(hazard: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(survival_months, event): exponential event and censoring times.
 
     The censoring rate is solved for so that the expected censored share is
     TARGET_CENSORED_FRACTION for these very patients, whatever their hazards.
     """
+
     def excess(r: float) -> float:
         return _expected_censored(r, hazard) - TARGET_CENSORED_FRACTION
 

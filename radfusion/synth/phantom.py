@@ -118,9 +118,7 @@ def render_phantom(spec: StudySpec, rng: np.random.Generator) -> Phantom:
 
     z, y, x = _grid_mm(spec)
     q = np.sqrt(
-        ((z - z[k, 0, 0]) / semi[0]) ** 2
-        + ((y - y[0, r, 0]) / semi[1]) ** 2
-        + ((x - x[0, 0, c]) / semi[2]) ** 2
+        ((z - z[k, 0, 0]) / semi[0]) ** 2 + ((y - y[0, r, 0]) / semi[1]) ** 2 + ((x - x[0, 0, c]) / semi[2]) ** 2
     )
     border_mm = (q - 1.0) * spec.lesion_radius_mm
     weight = np.clip(0.5 - border_mm / LESION_EDGE_MM, 0.0, 1.0)

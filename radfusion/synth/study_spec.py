@@ -22,8 +22,23 @@ from radfusion.synth.patients import PatientRecord
 from radfusion.synth.random_streams import STUDY_SPEC, stream
 
 FAMILY_NAMES = (
-    "Smith", "Jones", "Garcia", "Muller", "Rossi", "Novak", "Silva", "Kim", "Tanaka",
-    "Dubois", "Olsen", "Kowalski", "Murphy", "Costa", "Nguyen", "Fischer", "Larsen",
+    "Smith",
+    "Jones",
+    "Garcia",
+    "Muller",
+    "Rossi",
+    "Novak",
+    "Silva",
+    "Kim",
+    "Tanaka",
+    "Dubois",
+    "Olsen",
+    "Kowalski",
+    "Murphy",
+    "Costa",
+    "Nguyen",
+    "Fischer",
+    "Larsen",
 )
 GIVEN_NAMES = {
     "M": ("John", "Lukas", "Marco", "Pierre", "Jan", "Hiroshi", "Diego", "Tom", "Erik"),
@@ -32,14 +47,22 @@ GIVEN_NAMES = {
 
 # Per site: (manufacturer, model, reconstruction kernel, localizer name, main series names)
 SCANNERS = {
-    "site_A": ("SIEMENS", "SOMATOM Definition AS", "B30f", "Topogram  0.6  T20f",
-               ("CHEST 5mm", "Thorax 5.0 B30f", "CHEST 5.0 mm")),
-    "site_B": ("GE MEDICAL SYSTEMS", "Revolution CT", "STANDARD", "Scout",
-               ("CHEST 5mm", "5mm Chest", "CT CHEST W/ 5mm")),
-    "site_C": ("Philips", "iCT 256", "B", "Surview",
-               ("CHEST 5mm", "Chest 5mm iDose", "THORAX 5mm")),
-    "site_D": ("TOSHIBA", "Aquilion ONE", "FC08", "Scanogram",
-               ("CHEST 5mm", "Chest 5.0 FC08", "CHEST AXIAL 5mm")),
+    "site_A": (
+        "SIEMENS",
+        "SOMATOM Definition AS",
+        "B30f",
+        "Topogram  0.6  T20f",
+        ("CHEST 5mm", "Thorax 5.0 B30f", "CHEST 5.0 mm"),
+    ),
+    "site_B": (
+        "GE MEDICAL SYSTEMS",
+        "Revolution CT",
+        "STANDARD",
+        "Scout",
+        ("CHEST 5mm", "5mm Chest", "CT CHEST W/ 5mm"),
+    ),
+    "site_C": ("Philips", "iCT 256", "B", "Surview", ("CHEST 5mm", "Chest 5mm iDose", "THORAX 5mm")),
+    "site_D": ("TOSHIBA", "Aquilion ONE", "FC08", "Scanogram", ("CHEST 5mm", "Chest 5.0 FC08", "CHEST AXIAL 5mm")),
 }
 
 LAYOUT_FLAT = "flat"  # dicom/<study>/<file>

@@ -16,8 +16,15 @@ from radfusion.synth.genomics_model import MUTATION_GENES
 from radfusion.synth.patients import SimulatedCohort
 
 CLINICAL_COLUMNS = (
-    "patient_id", "treatment", "response", "survival_months", "event",
-    "subtype", "sex", "age", "site",
+    "patient_id",
+    "treatment",
+    "response",
+    "survival_months",
+    "event",
+    "subtype",
+    "sex",
+    "age",
+    "site",
 )
 MUTATION_COLUMNS = tuple(f"{gene}_mut" for gene in MUTATION_GENES)
 
@@ -34,9 +41,7 @@ def genomics_table(cohort: SimulatedCohort) -> pd.DataFrame:
 
 def clinical_table(cohort: SimulatedCohort) -> pd.DataFrame:
     """One row per patient, observed clinical variables and outcomes only."""
-    records = [
-        {column: getattr(p, column) for column in CLINICAL_COLUMNS} for p in cohort.patients
-    ]
+    records = [{column: getattr(p, column) for column in CLINICAL_COLUMNS} for p in cohort.patients]
     frame = pd.DataFrame.from_records(records, columns=list(CLINICAL_COLUMNS))
     return frame.astype({"response": np.int64, "event": np.int64, "age": np.int64})
 

@@ -76,8 +76,11 @@ def truth_document(
             "b0": om.B0,
             "coef_image_score": om.COEF_IMAGE,
             "coef_genomic_score": om.COEF_GENOMIC,
-            "hazard": {"image_score": om.HAZARD_IMAGE, "genomic_score": om.HAZARD_GENOMIC,
-                       "response": om.HAZARD_RESPONSE},
+            "hazard": {
+                "image_score": om.HAZARD_IMAGE,
+                "genomic_score": om.HAZARD_GENOMIC,
+                "response": om.HAZARD_RESPONSE,
+            },
         },
         "driver_genes": cohort.panel.driver_genes,
         "driver_weights": [float(w) for w in cohort.panel.driver_weights],
@@ -88,8 +91,7 @@ def truth_document(
         },
         "voxel_order": VOXEL_ORDER,
         "patients": [
-            _patient_truth(p, spec, study)
-            for p, spec, study in zip(cohort.patients, specs, studies, strict=True)
+            _patient_truth(p, spec, study) for p, spec, study in zip(cohort.patients, specs, studies, strict=True)
         ],
     }
 

@@ -95,9 +95,8 @@ def keep_sockets_until_workers_stop() -> None:
     service module) to run its exit stack, which removes the unix socket folder, after
     the watchers stopped instead of before. Idempotent; only for the blocking arbiter
     `bentoml serve` uses (no externally provided event loop)."""
-    from circus.arbiter import Arbiter as CircusArbiter
-
     from bentoml._internal.utils.circus import Arbiter
+    from circus.arbiter import Arbiter as CircusArbiter
 
     if getattr(Arbiter, "_radfusion_drain_patch", False):
         return

@@ -83,8 +83,12 @@ def serve_forever(model: str | Path, host: str = "127.0.0.1", port: int = 3000) 
     env = serve_env(model)
     if not tokens_from_env(env) and not auth_off_from_env(env):
         env[TOKENS_ENV] = secrets.token_urlsafe(24)
-        print(f"{TOKENS_ENV} is not set: this run accepts the token it made for itself:\n"
-              f"    Authorization: Bearer {env[TOKENS_ENV]}", file=sys.stderr, flush=True)
+        print(
+            f"{TOKENS_ENV} is not set: this run accepts the token it made for itself:\n"
+            f"    Authorization: Bearer {env[TOKENS_ENV]}",
+            file=sys.stderr,
+            flush=True,
+        )
     check_auth_for_host(env, host)
     command = serve_command(host, port)
     os.chdir(PROJECT_ROOT)

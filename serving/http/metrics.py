@@ -40,15 +40,19 @@ def service_metrics() -> ServiceMetrics:
         predictions=Counter("radfusion_predictions", "Predictions served, by the modalities used", ["modalities"]),
         errors=Counter("radfusion_errors", "Requests or batch cases refused or failed, by kind", ["kind", "route"]),
         batch_cases=Histogram(
-            "radfusion_batch_request_cases", "Cases per /predict/batch request",
+            "radfusion_batch_request_cases",
+            "Cases per /predict/batch request",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         ),
         model_seconds=Histogram(
-            "radfusion_model_call_seconds", "Time waiting for the model service (batching included)", ["route"],
+            "radfusion_model_call_seconds",
+            "Time waiting for the model service (batching included)",
+            ["route"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         ),
         model_batch_rows=Histogram(
-            "radfusion_model_batch_rows", "Cases per ONNX Runtime run in the model service",
+            "radfusion_model_batch_rows",
+            "Cases per ONNX Runtime run in the model service",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         ),
     )

@@ -52,7 +52,7 @@ from radfusion.explain import ExplainSettings, explain_case
 from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase, format_prediction, pack, prepare_case, unpack, unpack_case
 from radfusion.runtime import OnnxModel
-from radfusion.treatment import TreatmentRanking
+from radfusion.serving.dicomweb import DicomwebRef, fetch_study
 from radfusion.serving.http.auth import TokenAuth, auth_off_from_env, check_auth_config, tokens_from_env
 from radfusion.serving.http.cases import (
     CaseRequest,
@@ -62,17 +62,29 @@ from radfusion.serving.http.cases import (
     error_entry,
     upload_problems,
 )
-from radfusion.serving.dicomweb import DicomwebRef, fetch_study
 from radfusion.serving.http.drain import defer_shutdown_until_callers_exit, keep_sockets_until_workers_stop
 from radfusion.serving.http.hardening import forbid_url_fetch_for_file_fields
 from radfusion.serving.http.limits import BodySizeLimit
 from radfusion.serving.http.metrics import count_refusal, service_metrics
-from radfusion.serving.modelref import MODEL_ENV, device_from_env, looks_like_tag, model_ref_from_env, resolve_model_path
 from radfusion.serving.http.overload import InFlightLimit, OverloadedError, overloaded
-from radfusion.serving.patients import patient_id_of, PatientData, PatientDataMissingError, PatientTableError, PatientTables
 from radfusion.serving.http.stow import boundary_of, split_parts
+from radfusion.serving.modelref import (
+    MODEL_ENV,
+    device_from_env,
+    looks_like_tag,
+    model_ref_from_env,
+    resolve_model_path,
+)
+from radfusion.serving.patients import (
+    PatientData,
+    PatientDataMissingError,
+    PatientTableError,
+    PatientTables,
+    patient_id_of,
+)
 from radfusion.serving.settings import ServiceSettings, declared_from_env
 from radfusion.serving.study_files import remove_tree, study_files
+from radfusion.treatment import TreatmentRanking
 
 # Under "bentoml" so that `bentoml serve` shows these lines with its own.
 log = logging.getLogger("bentoml.radfusion")
@@ -138,12 +150,15 @@ class RadfusionModel:
         defer_shutdown_until_callers_exit("radfusion_model", max_wait_s=DECLARED.request_timeout_s + 30)
         log.info(
             "model %s %s loaded on %s (batching %s)",
-            self.model_contract.name, self.model_contract.version, self.model.provider,
+            self.model_contract.name,
+            self.model_contract.version,
+            self.model.provider,
             f"up to {DECLARED.max_batch_size} within {DECLARED.max_latency_ms} ms" if DECLARED.batching else "off",
         )
 
-    @bentoml.api(batchable=DECLARED.batching, max_batch_size=DECLARED.max_batch_size,
-                 max_latency_ms=DECLARED.max_latency_ms)
+    @bentoml.api(
+        batchable=DECLARED.batching, max_batch_size=DECLARED.max_batch_size, max_latency_ms=DECLARED.max_latency_ms
+    )
     def probabilities(self, packed: np.ndarray) -> np.ndarray:
         service_metrics().model_batch_rows.observe(len(packed))
         return self.model.run(*unpack(np.asarray(packed, dtype=np.float32), self.model_contract))
@@ -280,8 +295,13 @@ class Radfusion:
                     group.start_soon(prepare_one, index, case)
         results = await self._predict_prepared(t.cast(list, outcomes))
         failed = sum("error" in r for r in results)
-        log.info("predict_batch: %d cases, %d ok, %d failed in %.0f ms",
-                 len(cases), len(cases) - failed, failed, 1000 * (time.perf_counter() - started))
+        log.info(
+            "predict_batch: %d cases, %d ok, %d failed in %.0f ms",
+            len(cases),
+            len(cases) - failed,
+            failed,
+            1000 * (time.perf_counter() - started),
+        )
         return {"results": results, "cases": len(cases), "ok": len(cases) - failed, "failed": failed}
 
     async def _predict_prepared(self, outcomes: list[PreparedCase | RadfusionInputError]) -> list[dict[str, t.Any]]:
@@ -335,11 +355,14 @@ class Radfusion:
             with open(body, "wb") as out:
                 async for chunk in request.stream():
                     out.write(chunk)
-            parts = await anyio.to_thread.run_sync(split_parts, body, boundary, workdir / "parts", self.settings.max_study_files)
+            parts = await anyio.to_thread.run_sync(
+                split_parts, body, boundary, workdir / "parts", self.settings.max_study_files
+            )
             body.unlink()
             patient = await anyio.to_thread.run_sync(self._patient_of, parts)
             case = await anyio.to_thread.run_sync(
-                functools.partial(self._prepare, parts, patient.genomics, patient.clinical))
+                functools.partial(self._prepare, parts, patient.genomics, patient.clinical)
+            )
         except RadfusionInputError as exc:
             return self._rejected(exc, "stow")
         finally:
@@ -376,8 +399,12 @@ class Radfusion:
             return self._rejected(exc, route)
         result = format_prediction(self.model_contract, case, prediction)
         self.metrics.prediction(case.inputs.modalities_used)
-        log.info("%s ok: modalities=%s in %.0f ms", route, "+".join(case.inputs.modalities_used),
-                 1000 * (time.perf_counter() - started))
+        log.info(
+            "%s ok: modalities=%s in %.0f ms",
+            route,
+            "+".join(case.inputs.modalities_used),
+            1000 * (time.perf_counter() - started),
+        )
         return result
 
     async def _with_evidence(
@@ -405,8 +432,11 @@ class Radfusion:
                     grid_affine=None if affine is None else affine.tolist(),
                 )
                 self.metrics.model_seconds.labels(route="explain").observe(time.perf_counter() - began)
-                log.info("explain: %d model rows in %.0f ms", result["explanation"]["model_rows"],
-                         1000 * (time.perf_counter() - began))
+                log.info(
+                    "explain: %d model rows in %.0f ms",
+                    result["explanation"]["model_rows"],
+                    1000 * (time.perf_counter() - began),
+                )
         except ServiceUnavailable:
             self.metrics.error("overloaded", "predict")
             return _error_response(self._model_overloaded())
@@ -441,7 +471,11 @@ class Radfusion:
             if dicomweb is not None:
                 files = fetch_study(dicomweb, self.dicomweb, workdir / "dicomweb")
             else:
-                files = study_files(parts, workdir, self.settings.max_study_bytes, self.settings.max_study_files) if parts else None
+                files = (
+                    study_files(parts, workdir, self.settings.max_study_bytes, self.settings.max_study_files)
+                    if parts
+                    else None
+                )
             return prepare_case(self.model_contract, files, genomics, clinical)
         except RadfusionInputError:
             raise
@@ -471,7 +505,7 @@ class Radfusion:
                 return await asyncio.wait_for(
                     self.model_service.to_async.probabilities(packed), timeout=service_settings().model_call_timeout_s
                 )
-            except (*_CONNECTION_DROPPED, asyncio.TimeoutError) as exc:
+            except (TimeoutError, *_CONNECTION_DROPPED) as exc:
                 if attempt == MODEL_CALL_ATTEMPTS:
                     raise
                 log.info("model service connection dropped (%s); retrying", type(exc).__name__)
@@ -484,8 +518,9 @@ def _token_auth(app):
 
 def _in_flight_limit(app):
     settings = service_settings()
-    return InFlightLimit(app, max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s,
-                         on_refused=count_refusal)
+    return InFlightLimit(
+        app, max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s, on_refused=count_refusal
+    )
 
 
 def _body_size_limit(app):

@@ -36,7 +36,7 @@ def boundary_of(content_type: str) -> bytes:
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "multipart/related":
         raise UnsupportedMediaTypeError(
-            f"STOW-RS takes multipart/related; type=\"application/dicom\", not {media_type or 'no content type'}"
+            f'STOW-RS takes multipart/related; type="application/dicom", not {media_type or "no content type"}'
         )
     type_param = re.search(r'type="?([^";]+)"?', content_type, re.IGNORECASE)
     if type_param and type_param[1].strip().lower() != "application/dicom":

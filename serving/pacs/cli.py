@@ -26,21 +26,48 @@ def _listen_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ae-title", default="RADFUSION", help="this listener's AE title (default RADFUSION)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all; default loopback)")
     p.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112)")
-    p.add_argument("--allow-aet", action="append", default=[], metavar="AET",
-                   help="calling AE title allowed to associate (repeat; default: any)")
+    p.add_argument(
+        "--allow-aet",
+        action="append",
+        default=[],
+        metavar="AET",
+        help="calling AE title allowed to associate (repeat; default: any)",
+    )
     p.add_argument("--genomics", help="genomics table (Parquet/CSV) looked up by PatientID; without it: no genomics")
-    p.add_argument("--clinical", help="clinical covariates (Parquet/CSV: patient_id + the model's covariate columns) "
-                                      "looked up by PatientID, for a model with a clinical block")
-    p.add_argument("--quiet-seconds", type=float, default=30.0,
-                   help="a study is complete after this long without a new instance (default 30)")
-    p.add_argument("--send-to", action="append", default=[], metavar="AET@HOST:PORT",
-                   help="C-STORE the SR to this DICOM peer (repeatable)")
+    p.add_argument(
+        "--clinical",
+        help="clinical covariates (Parquet/CSV: patient_id + the model's covariate columns) "
+        "looked up by PatientID, for a model with a clinical block",
+    )
+    p.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=30.0,
+        help="a study is complete after this long without a new instance (default 30)",
+    )
+    p.add_argument(
+        "--send-to",
+        action="append",
+        default=[],
+        metavar="AET@HOST:PORT",
+        help="C-STORE the SR to this DICOM peer (repeatable)",
+    )
     p.add_argument("--stow-url", help=f"STOW-RS the SR to this DICOMweb root (bearer token from ${STOW_TOKEN_ENV})")
-    p.add_argument("--on-resend", choices=["ignore", "rescore"], default="ignore",
-                   help="a scored study received again: ignore it (default) or score it again as a new SR version")
-    p.add_argument("--max-attempts", type=int, default=5, help="attempts to score/send before a study fails (default 5)")
-    p.add_argument("--retry-seconds", type=float, default=10.0,
-                   help="first retry delay; doubles each attempt, capped at --retry-cap-seconds (default 10)")
+    p.add_argument(
+        "--on-resend",
+        choices=["ignore", "rescore"],
+        default="ignore",
+        help="a scored study received again: ignore it (default) or score it again as a new SR version",
+    )
+    p.add_argument(
+        "--max-attempts", type=int, default=5, help="attempts to score/send before a study fails (default 5)"
+    )
+    p.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=10.0,
+        help="first retry delay; doubles each attempt, capped at --retry-cap-seconds (default 10)",
+    )
     p.add_argument("--retry-cap-seconds", type=float, default=600.0)
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often pending work is checked (default 1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -51,8 +78,9 @@ def _status_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", required=True, help="the listener's --work folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--show-uids", action="store_true", help="include Study Instance UIDs (identifiers)")
-    p.add_argument("--requeue-failed", action="store_true",
-                   help="give failed studies another try (after fixing the cause)")
+    p.add_argument(
+        "--requeue-failed", action="store_true", help="give failed studies another try (after fixing the cause)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

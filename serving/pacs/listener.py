@@ -52,7 +52,9 @@ def build_pipeline(config: ListenerConfig, state: StudyState, work: WorkDir) -> 
         senders.append(StowSender(config.stow_url, config.stow_token))
     log.info(
         "model %s %s on %s; genomics table: %s; clinical table: %s; destinations: %s",
-        model.contract.name, model.contract.version, model.provider,
+        model.contract.name,
+        model.contract.version,
+        model.provider,
         _table_note(patients.genomics, model.contract.uses_genomics),
         _table_note(patients.clinical, model.contract.uses_clinical),
         ", ".join(map(str, senders)) or "none (SRs stay on disk)",
@@ -93,12 +95,19 @@ def run_listener(config: ListenerConfig, stop: threading.Event | None = None) ->
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     server = start_scp(
-        config.host, config.port, config.ae_title, config.allowed_calling,
+        config.host,
+        config.port,
+        config.ae_title,
+        config.allowed_calling,
         StoreHandler(work, state, config.on_resend),
     )
     log.info(
         "listening as %s on %s:%d (calling AE titles: %s); resumed: %s",
-        config.ae_title, config.host, config.port, ", ".join(config.allowed_calling) or "any", state.counts(),
+        config.ae_title,
+        config.host,
+        config.port,
+        ", ".join(config.allowed_calling) or "any",
+        state.counts(),
     )
     try:
         while not stop.is_set():

@@ -98,8 +98,14 @@ class Pipeline:
         previous = pydicom.dcmread(record.sr_path) if record.sr_path and Path(record.sr_path).is_file() else None
         try:
             sr = build_prediction_sr(
-                self.predictor.contract, prediction.prediction, prediction.result, read_evidence(sources),
-                sr_series_uid, sr_sop_uid, version, previous,
+                self.predictor.contract,
+                prediction.prediction,
+                prediction.result,
+                read_evidence(sources),
+                sr_series_uid,
+                sr_sop_uid,
+                version,
+                previous,
             )
             path = self.work.result_path(record.study_uid, version)
             buffer = io.BytesIO()
@@ -114,7 +120,10 @@ class Pipeline:
             report.scored += 1
             log.info(
                 "study %s scored v%d: %s (modalities %s)",
-                key, version, prediction.prediction.summary(), ",".join(prediction.result["modalities_used"]),
+                key,
+                version,
+                prediction.prediction.summary(),
+                ",".join(prediction.result["modalities_used"]),
             )
         else:  # more instances arrived while scoring: scored again after the quiet period
             path.unlink(missing_ok=True)
@@ -136,18 +145,29 @@ class Pipeline:
             return
         if self.state.mark_sent(record.study_uid, record.sr_sop_uid, now=self.clock()):
             report.sent += 1
-            log.info("study %s: SR v%d sent to %s", study_key(record.study_uid), record.version,
-                     ", ".join(map(str, self.senders)))
+            log.info(
+                "study %s: SR v%d sent to %s",
+                study_key(record.study_uid),
+                record.version,
+                ", ".join(map(str, self.senders)),
+            )
 
     def _retry(self, record: StudyRecord, status: Status, error: str, report: TickReport) -> None:
         outcome = self.state.mark_retry(
-            record.study_uid, status, error, self.retry.max_attempts, self.retry.base_seconds,
-            self.retry.cap_seconds, now=self.clock(),
+            record.study_uid,
+            status,
+            error,
+            self.retry.max_attempts,
+            self.retry.base_seconds,
+            self.retry.cap_seconds,
+            now=self.clock(),
         )
         report.errors.append(error)
         if outcome is Status.FAILED:
             report.failed += 1
-            log.error("study %s failed after %d attempts: %s", study_key(record.study_uid), self.retry.max_attempts, error)
+            log.error(
+                "study %s failed after %d attempts: %s", study_key(record.study_uid), self.retry.max_attempts, error
+            )
         elif outcome is not None:
             report.retried += 1
             log.warning("study %s: %s; will retry", study_key(record.study_uid), error)

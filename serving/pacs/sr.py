@@ -72,11 +72,20 @@ MODALITY_CODES = {
 def modality_code(name: str) -> hd.sr.CodedConcept:
     """Known modalities have fixed codes; any other omics block gets one from its name."""
     return MODALITY_CODES.get(name) or hd.sr.CodedConcept(f"RF-{name.upper()[:12]}", SCHEME, f"Omics block {name}")
+
+
 # Attributes highdicom copies from the first evidence instance; real studies may lack
 # some of these type 2 attributes, which are then written empty.
 _COPIED_EMPTY_IF_MISSING = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
 )
 
 
@@ -99,7 +108,9 @@ def read_evidence(paths: Sequence[Path]) -> list[Dataset]:
     return evidence
 
 
-def _number(name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept = codes.UCUM.NoUnits) -> hd.sr.NumContentItem:
+def _number(
+    name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept = codes.UCUM.NoUnits
+) -> hd.sr.NumContentItem:
     return hd.sr.NumContentItem(name, float(value), unit, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
@@ -115,15 +126,26 @@ def _task_items(prediction: Prediction) -> list[hd.sr.ContentItem]:
     if prediction.risk_score is not None:  # survival
         items: list[hd.sr.ContentItem] = [_number(RISK_SCORE, prediction.risk_score)]
         for months, probability in prediction.survival:
-            items.append(_group(SURVIVAL_PROBABILITY, [_number(TIME_POINT, months, MONTHS),
-                                                       _number(codes.DCM.Probability, probability)]))
+            items.append(
+                _group(
+                    SURVIVAL_PROBABILITY,
+                    [_number(TIME_POINT, months, MONTHS), _number(codes.DCM.Probability, probability)],
+                )
+            )
         return items
     items = [
         hd.sr.CodeContentItem(PREDICTED_CLASS, label_code(label), relationship_type=C) for label in prediction.predicted
     ]
     for label, probability in prediction.probabilities:
-        items.append(_group(CLASS_PROBABILITY, [hd.sr.CodeContentItem(CLASS, label_code(label), relationship_type=C),
-                                                _number(codes.DCM.Probability, probability)]))
+        items.append(
+            _group(
+                CLASS_PROBABILITY,
+                [
+                    hd.sr.CodeContentItem(CLASS, label_code(label), relationship_type=C),
+                    _number(codes.DCM.Probability, probability),
+                ],
+            )
+        )
     return items
 
 

@@ -251,8 +251,16 @@ class StudyState:
                 " result = ?, attempts = 0, next_attempt = ?, last_error = NULL, updated = ?"
                 " WHERE study_uid = ? AND status = ?",
                 (
-                    Status.SCORED.value, version, sr_series_uid, sr_sop_uid, sr_path,
-                    json.dumps(result), now, now, study_uid, Status.PENDING.value,
+                    Status.SCORED.value,
+                    version,
+                    sr_series_uid,
+                    sr_sop_uid,
+                    sr_path,
+                    json.dumps(result),
+                    now,
+                    now,
+                    study_uid,
+                    Status.PENDING.value,
                 ),
             ).rowcount
             if changed:
@@ -298,8 +306,13 @@ class StudyState:
                 "UPDATE studies SET status = ?, attempts = ?, next_attempt = ?, last_error = ?, failed_at = ?,"
                 " updated = ? WHERE study_uid = ?",
                 (
-                    new_status.value, attempts, now + backoff_seconds(attempts, backoff_base, backoff_cap),
-                    error, status.value, now, study_uid,
+                    new_status.value,
+                    attempts,
+                    now + backoff_seconds(attempts, backoff_base, backoff_cap),
+                    error,
+                    status.value,
+                    now,
+                    study_uid,
                 ),
             )
             return new_status

@@ -21,9 +21,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from radfusion.runtime import OnnxModel
+from radfusion.serving.patients import PatientTables
 from radfusion.serving.scoring import prepare
 from radfusion.serving.scoring.inference import infer_batch
-from radfusion.serving.patients import PatientTables
 from radfusion.serving.scoring.prepare import PreparedStudy
 from radfusion.serving.scoring.progress import Progress
 from radfusion.serving.scoring.rows import WorkerCrashedError, new_row
@@ -56,8 +56,14 @@ class _InlineExecutor(Executor):
 
 
 class LocalEngine:
-    def __init__(self, model: OnnxModel, workers: int, batch_size: int, prefetch: int = 4,
-                 prepare_fn: Callable[..., PreparedStudy] = prepare.prepare_task):
+    def __init__(
+        self,
+        model: OnnxModel,
+        workers: int,
+        batch_size: int,
+        prefetch: int = 4,
+        prepare_fn: Callable[..., PreparedStudy] = prepare.prepare_task,
+    ):
         self.model, self.contract = model, model.contract
         self.workers, self.batch_size = workers, batch_size
         self.max_in_flight = max(1, workers * prefetch)

@@ -32,9 +32,9 @@ import numpy as np
 from radfusion.contract import ModelContract
 from radfusion.predictor import pack, packed_width, unpack
 from radfusion.preprocess import ModelInputs
+from radfusion.serving.patients import PatientTables
 from radfusion.serving.scoring.inference import infer_batch
 from radfusion.serving.scoring.local_engine import EngineStats
-from radfusion.serving.patients import PatientTables
 from radfusion.serving.scoring.prepare import PreparedStudy, prepare_study
 from radfusion.serving.scoring.progress import Progress
 from radfusion.serving.scoring.sources import StudyAssembler, StudyRef, is_dicomweb, list_units, scan_unit
@@ -68,9 +68,18 @@ class InferenceActor:
         contract = self.model.contract
         images, genomics, clinical, presence = unpack(np.asarray(batch["inputs"], dtype=np.float32), contract)
         ready = [
-            PreparedStudy(row, ModelInputs(images[i], genomics[i], clinical[i], presence[i],
-                                           [m for m, p in zip(contract.modalities, presence[i]) if p > 0]))
-            for i, row in enumerate(rows) if batch["ok"][i]
+            PreparedStudy(
+                row,
+                ModelInputs(
+                    images[i],
+                    genomics[i],
+                    clinical[i],
+                    presence[i],
+                    [m for m, p in zip(contract.modalities, presence[i]) if p > 0],
+                ),
+            )
+            for i, row in enumerate(rows)
+            if batch["ok"][i]
         ]
         infer_batch(self.model, ready)
         return {"row": np.array([pickle.dumps(r) for r in rows], dtype=object)}
@@ -80,8 +89,15 @@ class RayEngine:
     # Studies per Ray Data pipeline: the driver holds one chunk's file lists at a time.
     CHUNK = 10_000
 
-    def __init__(self, model_file: Path, contract: ModelContract, batch_size: int, actors: int = 1,
-                 gpus_per_actor: float = 0.0, device: str = "auto"):
+    def __init__(
+        self,
+        model_file: Path,
+        contract: ModelContract,
+        batch_size: int,
+        actors: int = 1,
+        gpus_per_actor: float = 0.0,
+        device: str = "auto",
+    ):
         self.model_file, self.contract = Path(model_file), contract
         self.batch_size, self.actors, self.gpus_per_actor, self.device = batch_size, actors, gpus_per_actor, device
 

@@ -22,7 +22,6 @@ from radfusion.prediction import Prediction, output_columns, prob_column
 from radfusion.study import StudyImage
 
 
-
 class InferenceFailedError(RadfusionInputError):
     """ONNX Runtime failed on this study even when run alone (the rest of its batch was
     scored). Retried on resume: a transient runtime failure may not recur."""
@@ -46,11 +45,26 @@ class WorkerCrashedError(RadfusionInputError):
 # of the error catalogue (tests/core/test_errors.py checks), and "fetch_failed", which
 # rows written by earlier versions carry.
 RETRY_ON_RESUME = frozenset(
-    {"dicomweb_unavailable", "dicomweb_timeout", "overloaded", InferenceFailedError.kind, WorkerCrashedError.kind, "fetch_failed"}
+    {
+        "dicomweb_unavailable",
+        "dicomweb_timeout",
+        "overloaded",
+        InferenceFailedError.kind,
+        WorkerCrashedError.kind,
+        "fetch_failed",
+    }
 )
 
 __all__ = [
-    "InferenceFailedError", "RETRY_ON_RESUME", "TIMING_COLUMNS", "WorkerCrashedError", "error_kind", "fill_prediction", "fill_series", "new_row", "output_schema",
+    "RETRY_ON_RESUME",
+    "TIMING_COLUMNS",
+    "InferenceFailedError",
+    "WorkerCrashedError",
+    "error_kind",
+    "fill_prediction",
+    "fill_series",
+    "new_row",
+    "output_schema",
     "prob_column",  # radfusion.prediction's, re-exported for radfusion.serving.scoring.score
 ]
 

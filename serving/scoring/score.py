@@ -97,15 +97,22 @@ def score_archive(
         "archive": archive,
     }
     writer = PartWriter(out, output_schema(model.contract), identity, chunk_size=chunk_size, fresh=fresh)
-    log.info("scoring with %s on %s, engine %s, %d workers, batch %d",
-             identity["model"], model.provider, engine, workers, batch_size)
+    log.info(
+        "scoring with %s on %s, engine %s, %d workers, batch %d",
+        identity["model"],
+        model.provider,
+        engine,
+        workers,
+        batch_size,
+    )
     meter = Progress(enabled=progress)
     try:
         if engine == "ray":
             from radfusion.serving.scoring.ray_engine import RayEngine
 
             stats = RayEngine(model_file, model.contract, batch_size, ray_actors, gpus_per_actor, device).run(
-                archive, patients, writer, meter)
+                archive, patients, writer, meter
+            )
         else:
             from radfusion.serving.scoring.local_engine import LocalEngine
 
@@ -115,18 +122,31 @@ def score_archive(
     except KeyboardInterrupt:
         writer.commit()  # what is finished stays finished
         writer.close()
-        log.warning("interrupted: %d rows committed this run; run the same command again to resume",
-                    writer.committed_this_run)
+        log.warning(
+            "interrupted: %d rows committed this run; run the same command again to resume", writer.committed_this_run
+        )
         raise
     except BaseException:
         writer.close()
         raise
     seconds = time.perf_counter() - started
     summary = _summary(result, stats, writer.committed_this_run, seconds)
-    summary.update(out=str(out), model=identity["model"], provider=model.provider, engine=engine,
-                   workers=workers, batch_size=batch_size, threads=threads)
-    log.info("scored %d, failed %d %s, %.1f studies/s", summary["scored"], summary["failed"],
-             summary["failed_by_reason"], summary["studies_per_second"])
+    summary.update(
+        out=str(out),
+        model=identity["model"],
+        provider=model.provider,
+        engine=engine,
+        workers=workers,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    log.info(
+        "scored %d, failed %d %s, %.1f studies/s",
+        summary["scored"],
+        summary["failed"],
+        summary["failed_by_reason"],
+        summary["studies_per_second"],
+    )
     return summary
 
 

@@ -100,7 +100,11 @@ def _walk(archive: str | Path) -> Iterator[ScanUnit]:
         return
     root = Path(archive)
     if root.is_file():
-        yield ScanUnit("zip", str(root)) if is_zip_archive(root) else ScanUnit("dir", str(root.parent), names=(root.name,))
+        yield (
+            ScanUnit("zip", str(root))
+            if is_zip_archive(root)
+            else ScanUnit("dir", str(root.parent), names=(root.name,))
+        )
         return
     if not root.is_dir():
         raise FileNotFoundError(f"archive {archive} is neither a folder, a zip file nor an http(s) URL")
@@ -287,8 +291,7 @@ def _qido_pages(url: str) -> Iterator[ScanUnit]:
     while True:
         page = search_studies(url, TRUSTED, offset=offset, limit=QIDO_PAGE, fields=["NumberOfStudyRelatedInstances"])
         entries = tuple(
-            (_value(item, "0020000D"), _value(item, "00100020"), int(_value(item, "00201208") or 0))
-            for item in page
+            (_value(item, "0020000D"), _value(item, "00100020"), int(_value(item, "00201208") or 0)) for item in page
         )
         if entries:
             yield ScanUnit("qido", url, entries=entries)

@@ -45,8 +45,16 @@ def parts_dir(out: Path) -> Path:
 
 
 class PartWriter:
-    def __init__(self, out: Path, schema: pa.Schema, identity: dict, *, chunk_size: int = 256,
-                 commit_seconds: float = 30.0, fresh: bool = False):
+    def __init__(
+        self,
+        out: Path,
+        schema: pa.Schema,
+        identity: dict,
+        *,
+        chunk_size: int = 256,
+        commit_seconds: float = 30.0,
+        fresh: bool = False,
+    ):
         self.out, self.schema, self.identity = Path(out), schema, identity
         self.chunk_size, self.commit_seconds = chunk_size, commit_seconds
         self.parts = parts_dir(self.out)
@@ -108,8 +116,11 @@ class PartWriter:
         self.commit()
         table = self._compacted()
         schema = self.schema.with_metadata({METADATA_KEY: json.dumps(self.identity).encode()})
-        _write_durably(table.replace_schema_metadata(schema.metadata), self.out,
-                       self.out.parent / f".{self.out.name}.{os.getpid()}.tmp")
+        _write_durably(
+            table.replace_schema_metadata(schema.metadata),
+            self.out,
+            self.out.parent / f".{self.out.name}.{os.getpid()}.tmp",
+        )
         self.close()
         shutil.rmtree(self.parts, ignore_errors=True)
         return table
@@ -140,7 +151,9 @@ class PartWriter:
             stored = None
         if stored != self.identity:
             what = "with this model" if stored is None else f"with this run's {_differences(stored, self.identity)}"
-            raise ResumeError(f"{self.out} exists and was not written by this scorer {what}; pass --fresh to replace it")
+            raise ResumeError(
+                f"{self.out} exists and was not written by this scorer {what}; pass --fresh to replace it"
+            )
         shutil.copyfile(self.out, self.parts / ".part-000000.parquet.tmp")
         os.replace(self.parts / ".part-000000.parquet.tmp", self.parts / "part-000000.parquet")
 

@@ -148,7 +148,9 @@ def test_onnx_without_contract_raises_value_error(tmp_path: Path) -> None:
         read_contract_from_onnx(path)
 
 
-def test_exported_fusion_model_carries_the_training_contract(tiny_onnx_model: Path, tiny_contract, tmp_path: Path) -> None:
+def test_exported_fusion_model_carries_the_training_contract(
+    tiny_onnx_model: Path, tiny_contract, tmp_path: Path
+) -> None:
     assert read_contract_from_onnx(tiny_onnx_model) == tiny_contract
     copy = tmp_path / "model.onnx"
     shutil.copy(tiny_onnx_model, copy)

@@ -45,6 +45,7 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 # ---------------------------------------------------------------- identifying values
 
+
 def _concrete_tag(tag: str) -> int | None:
     """The table's tag as one element we can set (a repeating group's first instance)."""
     if tag == "private":
@@ -63,9 +64,15 @@ def _value(vr: str, n: int):
     """An identifying value of this VR, unique to attribute n and easy to find again."""
     text = f"{TOKEN}{n:03d}"
     return {
-        "PN": f"{text}^PATIENT", "DA": f"{20110101 + (n % 28)}", "TM": f"{10 + n % 10:02d}{n % 60:02d}17",
-        "DT": f"2011021{n % 10}12{n % 60:02d}05", "UI": f"{UID_ROOT}{n}", "AS": "042Y",
-        "DS": f"31{n:03d}.5", "IS": f"31{n:03d}", "UR": f"http://{text.lower()}.example",
+        "PN": f"{text}^PATIENT",
+        "DA": f"{20110101 + (n % 28)}",
+        "TM": f"{10 + n % 10:02d}{n % 60:02d}17",
+        "DT": f"2011021{n % 10}12{n % 60:02d}05",
+        "UI": f"{UID_ROOT}{n}",
+        "AS": "042Y",
+        "DS": f"31{n:03d}.5",
+        "IS": f"31{n:03d}",
+        "UR": f"http://{text.lower()}.example",
     }.get(vr, _binary_or_number(vr, text, n))
 
 
@@ -121,8 +128,11 @@ def fill_every_attribute(ds: Dataset, *, with_command_group: bool) -> dict[int, 
 def remapped_uids(ds: Dataset) -> set[str]:
     """The instance UIDs (table action U) of a dataset; class and implementation UIDs stay."""
     sop_class = str(ds.get("SOPClassUID", ""))
-    return {str(e.value) for e in all_elements(ds)
-            if e.VR == "UI" and action_for(e.tag, sop_class) is Action.REMAP_UID and e.value}
+    return {
+        str(e.value)
+        for e in all_elements(ds)
+        if e.VR == "UI" and action_for(e.tag, sop_class) is Action.REMAP_UID and e.value
+    }
 
 
 def all_elements(ds: Dataset):
@@ -155,6 +165,7 @@ def assert_nothing_survives(out: Dataset, originals: dict[int, object], original
 
 
 # ---------------------------------------------------------------- the table
+
 
 def test_table_is_complete_data_with_valid_codes():
     rows = profile_rows()
@@ -189,24 +200,28 @@ def _known(tag: int) -> bool:
 
 def test_combined_codes_take_the_strictest_choice_that_keeps_the_iod_valid():
     serial, pps, ref_images = Tag(0x00181000), Tag(0x00081111), Tag(0x00081140)
-    assert resolve("X/Z/D", serial, CT_IMAGE) is Action.REMOVE        # Type 3 in CT Image
-    assert resolve("X/Z/D", serial, ENHANCED_CT) is Action.DUMMY      # Type 1 in Enhanced General Equipment
-    assert resolve("X/Z/D", pps, COMPREHENSIVE_SR) is Action.EMPTY    # Type 2 in SR Document General
+    assert resolve("X/Z/D", serial, CT_IMAGE) is Action.REMOVE  # Type 3 in CT Image
+    assert resolve("X/Z/D", serial, ENHANCED_CT) is Action.DUMMY  # Type 1 in Enhanced General Equipment
+    assert resolve("X/Z/D", pps, COMPREHENSIVE_SR) is Action.EMPTY  # Type 2 in SR Document General
     assert resolve("X/Z/U*", ref_images, CT_IMAGE) is Action.REMOVE
     assert resolve("Z/D", Tag(0x00700084), CT_IMAGE) is Action.EMPTY
-    assert action_for(Tag(0x00080020), CT_IMAGE) is Action.CLEAN      # dates move (option 113107)
-    assert action_for(Tag(0x50020010), CT_IMAGE) is Action.REMOVE     # curve group 50xx
-    assert action_for(Tag(0x60020040), CT_IMAGE) is Action.REMOVE     # the rest of an overlay group
-    assert action_for(Tag(0x00091010), CT_IMAGE) is Action.REMOVE     # private
-    assert action_for(Tag(0x00080070), CT_IMAGE) is None              # Manufacturer: not listed, kept
+    assert action_for(Tag(0x00080020), CT_IMAGE) is Action.CLEAN  # dates move (option 113107)
+    assert action_for(Tag(0x50020010), CT_IMAGE) is Action.REMOVE  # curve group 50xx
+    assert action_for(Tag(0x60020040), CT_IMAGE) is Action.REMOVE  # the rest of an overlay group
+    assert action_for(Tag(0x00091010), CT_IMAGE) is Action.REMOVE  # private
+    assert action_for(Tag(0x00080070), CT_IMAGE) is None  # Manufacturer: not listed, kept
 
 
 # ---------------------------------------------------------------- one dataset, every attribute
 
+
 def _ctx(ds: Dataset, key: DeidKey = KEY_A) -> PatientContext:
-    return PatientContext(key=key, pseudonym=key.patient_pseudonym(str(ds.PatientID)),
-                          shift=DateShift.for_patient(key, str(ds.PatientID)),
-                          sop_class_uid=str(ds.SOPClassUID))
+    return PatientContext(
+        key=key,
+        pseudonym=key.patient_pseudonym(str(ds.PatientID)),
+        shift=DateShift.for_patient(key, str(ds.PatientID)),
+        sop_class_uid=str(ds.SOPClassUID),
+    )
 
 
 def test_every_table_attribute_gets_its_action_and_no_value_survives():
@@ -230,11 +245,13 @@ def test_every_table_attribute_gets_its_action_and_no_value_survives():
         if action is Action.REMOVE:
             assert tag not in holder, row.name
         elif action is Action.EMPTY:
-            assert tag in holder and holder[tag].is_empty or tag in (0x00100010, 0x00100020), row.name
+            assert (tag in holder and holder[tag].is_empty) or tag in (0x00100010, 0x00100020), row.name
         elif action is Action.DUMMY and holder[tag].VR not in ("SQ", "OB"):
             assert holder[tag].value in (DUMMY_TEXT, "0", 0), row.name
         elif action is Action.REMAP_UID:
-            assert all(str(v).startswith("2.25.") for v in (holder[tag].value if holder[tag].VM > 1 else [holder[tag].value])), row.name
+            assert all(
+                str(v).startswith("2.25.") for v in (holder[tag].value if holder[tag].VM > 1 else [holder[tag].value])
+            ), row.name
         elif action is Action.CLEAN and holder[tag].VR in ("DA", "DT", "TM"):
             assert holder[tag].value and holder[tag].value != originals[tag], row.name
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
@@ -265,6 +282,7 @@ def test_pseudonyms_uids_and_date_shifts_depend_only_on_the_key():
 
 # ---------------------------------------------------------------- folder trees
 
+
 @pytest.fixture(scope="module")
 def source_tree(tmp_path_factory) -> Path:
     """Two hand-made studies of one patient (every attribute filled), a second patient from
@@ -294,8 +312,17 @@ def source_tree(tmp_path_factory) -> Path:
     mr = root / "other" / "MR_small_RLE.dcm"
     mr.parent.mkdir(parents=True)
     shutil.copy(SHIPPED / "MR_small_RLE.dcm", mr)
-    generate_cohort(root.parent / "synth", n_patients=2, seed=3, n_genes=24, n_slices=8, rows=24, cols=24,
-                    rle_fraction=0.5, workers=1)
+    generate_cohort(
+        root.parent / "synth",
+        n_patients=2,
+        seed=3,
+        n_genes=24,
+        n_slices=8,
+        rows=24,
+        cols=24,
+        rle_fraction=0.5,
+        workers=1,
+    )
     shutil.copytree(root.parent / "synth" / "dicom", root / "synth")
     (root / "notes.txt").write_text("not an image")
     (root / "broken").mkdir()
@@ -385,8 +412,10 @@ def test_dates_move_but_intervals_within_a_patient_stay(runs, source_tree):
     out, _, report = runs["a1"]
     outputs = _read_outputs(out, report)
     hand = sorted(rel for rel in outputs if rel.startswith("SMITH"))
+
     def instant(ds):
         return datetime.strptime(ds.StudyDate + ds.StudyTime[:6], "%Y%m%d%H%M%S")
+
     before = [pydicom.dcmread(source_tree / hand[i]) for i in (0, 2)]
     after = [outputs[hand[i]] for i in (0, 2)]
     assert instant(after[1]) - instant(after[0]) == instant(before[1]) - instant(before[0])
@@ -405,7 +434,9 @@ def test_mapping_file_is_correct_and_outside_out(runs, source_tree, tmp_path):
     expected = {}
     for r in report:
         if r["status"] == "written":
-            expected[str(pydicom.dcmread(source_tree / r["input"]).PatientID)] = str(pydicom.dcmread(out / r["output"]).PatientID)
+            expected[str(pydicom.dcmread(source_tree / r["input"]).PatientID)] = str(
+                pydicom.dcmread(out / r["output"]).PatientID
+            )
     assert {r["patient_id"]: r["pseudonym"] for r in rows} == expected
     assert {r["key_fingerprint"] for r in rows} == {KEY_A.fingerprint}
     with pytest.raises(DeidKeyError):
@@ -438,8 +469,19 @@ def test_cli_deid(source_tree, tmp_path, capsys):
     key_file = tmp_path / "deid.key"
     key_file.write_text("radfusion-test-key-A-0123456789\n")
     with pytest.raises(SystemExit) as stop:  # the two corrupt files make the exit status 1
-        cli_main(["deid", "--in", str(source_tree), "--out", str(tmp_path / "out"), "--key-file", str(key_file),
-                  "--mapping", str(tmp_path / "map.csv")])
+        cli_main(
+            [
+                "deid",
+                "--in",
+                str(source_tree),
+                "--out",
+                str(tmp_path / "out"),
+                "--key-file",
+                str(key_file),
+                "--mapping",
+                str(tmp_path / "map.csv"),
+            ]
+        )
     assert stop.value.code == 1
     summary = json.loads(capsys.readouterr().out)
     assert summary["written"] == 23 and summary["failed"] == 2 and summary["mapping"].endswith("map.csv")

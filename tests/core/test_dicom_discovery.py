@@ -65,8 +65,10 @@ def test_a_zipped_study_is_discovered_and_read_without_extracting(tmp_path: Path
     assert np.array_equal(load_volume(members).voxels, G.astype(np.float32))
     image = read_study_image(archive, GEOMETRY)
     assert image.series_uid == series_uid and image.image.shape == (1, 9, 5, 4)
-    assert image.skipped == ["inner.zip: zip archive inside a zip archive is not opened",
-                             "report.dcm: DICOM object without an image: Comprehensive SR Storage (SR)"]
+    assert image.skipped == [
+        "inner.zip: zip archive inside a zip archive is not opened",
+        "report.dcm: DICOM object without an image: Comprehensive SR Storage (SR)",
+    ]
 
 
 def test_a_study_of_reports_only_has_no_image_series(tmp_path: Path) -> None:
@@ -74,7 +76,8 @@ def test_a_study_of_reports_only_has_no_image_series(tmp_path: Path) -> None:
     with pytest.raises(NoImageSeriesError) as info:
         read_study_image(tmp_path, GEOMETRY)
     assert info.value.message == (
-        "no image instances: 1 file(s) skipped, e.g. DICOM object without an image: Comprehensive SR Storage (SR)")
+        "no image instances: 1 file(s) skipped, e.g. DICOM object without an image: Comprehensive SR Storage (SR)"
+    )
 
 
 def test_dicomdir_media_index_is_used_and_missing_instances_reported(tmp_path: Path) -> None:
@@ -92,7 +95,8 @@ def test_dicomdir_media_index_is_used_and_missing_instances_reported(tmp_path: P
     # walking the folder finds the same instances, once each
     walked = find_studies(media)
     assert sorted(h.path for s in walked.studies.values() for h in s.instances) == sorted(
-        h.path for s in discovery.studies.values() for h in s.instances)
+        h.path for s in discovery.studies.values() for h in s.instances
+    )
 
 
 def test_selection_rules_plane_description_and_thinnest_first(tmp_path: Path) -> None:
@@ -100,8 +104,11 @@ def test_selection_rules_plane_description_and_thinnest_first(tmp_path: Path) ->
     _, axial_thick = write_series(tmp_path / "a", ground_truth((10, 5, 4)), study_uid=study)
     _, axial_thin = write_series(tmp_path / "b", ground_truth((8, 5, 4)), study_uid=study)
     _, coronal = write_series(tmp_path / "c", ground_truth((6, 5, 4)), CORONAL, study_uid=study)
-    for folder, description, thickness, number in (("a", "CHEST 5mm", 5.0, 2), ("b", "Chest 1.0 B30f", 1.0, 3),
-                                                   ("c", "COR MPR", 3.0, 4)):
+    for folder, description, thickness, number in (
+        ("a", "CHEST 5mm", 5.0, 2),
+        ("b", "Chest 1.0 B30f", 1.0, 3),
+        ("c", "COR MPR", 3.0, 4),
+    ):
         for path in (tmp_path / folder).iterdir():
             ds = pydicom.dcmread(path)
             ds.SeriesDescription, ds.SliceThickness, ds.SeriesNumber = description, thickness, number
@@ -118,12 +125,24 @@ def test_selection_rules_plane_description_and_thinnest_first(tmp_path: Path) ->
 
     record = choice.to_record()
     assert {k: record[k] for k in ("series_uid", "series_description", "n_slices", "slice_thickness", "plane")} == {
-        "series_uid": axial_thin, "series_description": "Chest 1.0 B30f", "n_slices": 8, "slice_thickness": 1.0,
-        "plane": "axial"}
-    assert record["rules"] == {"modalities": ["CT"], "min_slices": 4, "plane": None, "description": "",
-                               "prefer": "thinnest"}
+        "series_uid": axial_thin,
+        "series_description": "Chest 1.0 B30f",
+        "n_slices": 8,
+        "slice_thickness": 1.0,
+        "plane": "axial",
+    }
+    assert record["rules"] == {
+        "modalities": ["CT"],
+        "min_slices": 4,
+        "plane": None,
+        "description": "",
+        "prefer": "thinnest",
+    }
     assert [(c["series_number"], c["plane"], c["outcome"]) for c in record["candidates"]] == [
-        (2, "axial", "candidate, ranked lower"), (3, "axial", "chosen"), (4, "coronal", "candidate, ranked lower")]
+        (2, "axial", "candidate, ranked lower"),
+        (3, "axial", "chosen"),
+        (4, "coronal", "candidate, ranked lower"),
+    ]
 
     with pytest.raises(NoImageSeriesError, match="description does not match 'arterial'"):
         select_series(headers, rules=SelectionRules(min_slices=4, description="arterial"))

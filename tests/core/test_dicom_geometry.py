@@ -85,9 +85,7 @@ def test_gantry_tilt_is_corrected_by_shifting_slices_back_onto_the_normal(tmp_pa
     tilted = np.stack([np.concatenate([G[k, k:], np.repeat(G[k, -1:], k, axis=0)]) for k in range(6)])
     paths = _write(tmp_path, tilted, positions)
     volume = load_volume(paths)
-    assert volume.corrections == [
-        "gantry tilt of 21.8 degrees corrected: slices shifted in-plane by up to 10.0 mm"
-    ]
+    assert volume.corrections == ["gantry tilt of 21.8 degrees corrected: slices shifted in-plane by up to 10.0 mm"]
     assert volume.spacing == pytest.approx((5.0, 2.0, 3.0))
     assert volume.origin == pytest.approx(ORIGIN_XYZ)
     # rows 5.. lie inside every slice's field of view; above them the edge is repeated
@@ -115,7 +113,9 @@ def test_affine_maps_voxel_indices_to_patient_positions(tmp_path: Path) -> None:
     for k in range(6):
         assert volume.affine @ np.array([k, 0, 0, 1.0]) == pytest.approx([*positions[k], 1.0])
     # one row down is +2 mm in y, one column right +3 mm in x
-    assert volume.affine @ np.array([0, 1, 1, 1.0]) == pytest.approx([ORIGIN_XYZ[0] + 3, ORIGIN_XYZ[1] + 2, ORIGIN_XYZ[2], 1])
+    assert volume.affine @ np.array([0, 1, 1, 1.0]) == pytest.approx(
+        [ORIGIN_XYZ[0] + 3, ORIGIN_XYZ[1] + 2, ORIGIN_XYZ[2], 1]
+    )
     assert np.allclose(volume.canonical().affine, volume.affine)  # axial: already canonical
 
 
@@ -135,7 +135,9 @@ def test_study_image_reports_corrections_and_honours_the_contract_limits(tmp_pat
     pixels, positions, _ = cut_slices(G, *AXIAL)
     keep = [k for k in range(10) if k != 6]
     _write(tmp_path, pixels[keep], positions[keep])
-    geometry = ImageGeometry(target_shape=(10, 5, 4), target_spacing=(5.0, 2.0, 3.0), window=(-400.0, 0.0), min_slices=4)
+    geometry = ImageGeometry(
+        target_shape=(10, 5, 4), target_spacing=(5.0, 2.0, 3.0), window=(-400.0, 0.0), min_slices=4
+    )
     study = read_study_image(tmp_path, geometry)
     assert study.corrections == ["slice steps 5.00-10.00 mm resampled onto a uniform 5.00 mm grid (9 -> 10 slices)"]
     assert study.selection["n_slices"] == 9

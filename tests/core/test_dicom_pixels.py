@@ -68,6 +68,7 @@ def test_pixel_padding_becomes_air_for_ct_and_zero_otherwise(tmp_path: Path, mod
     padded[:, 0, :] = -2000  # outside the field of view, one value
     padded[:, -1, :] = -1600  # a second value inside PixelPaddingRangeLimit
     paths, _ = write_series(tmp_path, padded, modality=modality)
+
     def with_value(ds: pydicom.Dataset) -> None:
         ds.add_new("PixelPaddingValue", "SS", -2000)  # SS: the storage is signed
 
@@ -100,7 +101,9 @@ def test_jpeg_baseline_series_reads_within_the_lossy_error(tmp_path: Path) -> No
     """8-bit JPEG baseline (Pillow's encoder): HU = 8 * stored - 1024."""
     rng = np.random.default_rng(0)
     stored = np.clip(rng.normal(120, 30, size=(6, 32, 32)), 0, 255).astype(np.uint8)
-    stored = np.round(np.stack([np.kron(s[::4, ::4], np.ones((4, 4))) for s in stored])).astype(np.uint8)  # smooth blocks
+    stored = np.round(np.stack([np.kron(s[::4, ::4], np.ones((4, 4))) for s in stored])).astype(
+        np.uint8
+    )  # smooth blocks
     _, positions, _ = cut_slices(ground_truth((6, 32, 32)), *AXIAL)
     common = dict(study_uid=generate_uid(), series_uid=generate_uid(), pixel_spacing=(2.0, 3.0))
     paths = []
@@ -144,8 +147,9 @@ def test_shipped_12_bit_jpeg_extended_reads_as_a_ct_slice(tmp_path: Path) -> Non
 def test_mr_study_reads_under_an_mr_contract_and_is_refused_under_a_ct_one(tmp_path: Path) -> None:
     G = ground_truth((9, 5, 4))
     write_series(tmp_path, G, modality="MR")
-    mr = ImageGeometry(target_shape=(9, 5, 4), target_spacing=(5.0, 2.0, 3.0), window=(-400.0, 0.0),
-                       modalities=("MR",), min_slices=4)
+    mr = ImageGeometry(
+        target_shape=(9, 5, 4), target_spacing=(5.0, 2.0, 3.0), window=(-400.0, 0.0), modalities=("MR",), min_slices=4
+    )
     study = read_study_image(tmp_path, mr)
     assert study.selection["modality"] == "MR" and study.image.shape == (1, 9, 5, 4)
     with pytest.raises(WrongModalityError, match=r"study has modality \['MR'\], model accepts \['CT'\]"):

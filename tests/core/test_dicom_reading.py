@@ -122,7 +122,9 @@ def _write(tmp_path: Path, datasets: list[Dataset]) -> list[Path]:
 def test_duplicate_positions_with_different_images_are_rejected(tmp_path: Path) -> None:
     pixels, positions, common = _axial_slices()
     positions[3] = positions[2]
-    paths = _write(tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))])
+    paths = _write(
+        tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))]
+    )
     with pytest.raises(GeometryError, match="duplicate slice positions with different images"):
         load_volume(paths)
 
@@ -139,7 +141,9 @@ def test_missing_slice_is_rejected_as_a_gap_when_gaps_may_not_be_filled(tmp_path
 def test_gantry_tilt_shear_is_rejected_when_tilt_may_not_be_corrected(tmp_path: Path) -> None:
     pixels, positions, common = _axial_slices()
     positions[:, 1] += np.arange(len(positions)) * 1.5  # y drifts 1.5 mm per 5 mm slice
-    paths = _write(tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))])
+    paths = _write(
+        tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))]
+    )
     with pytest.raises(GeometryError, match="sheared \\(gantry tilt 16\\.7 degrees\\)"):
         load_volume(paths, GeometryPolicy(max_tilt_degrees=0))
 
@@ -237,7 +241,8 @@ def test_enhanced_multiframe_with_per_frame_rescale(tmp_path: Path) -> None:
     intercepts = [-1024.0, -1000.0, -900.0, -1100.0, -800.0, -1024.0]
     path = tmp_path / "enhanced.dcm"
     enhanced_ct(pixels[shuffle], positions[shuffle], per_frame_intercepts=intercepts).save_as(
-        path, enforce_file_format=True)
+        path, enforce_file_format=True
+    )
     assert np.array_equal(load_volume([path]).voxels, G.astype(np.float32))
 
 
@@ -289,11 +294,13 @@ def test_selection_skips_localizer_and_short_series_and_says_why(tmp_path: Path)
     G = ground_truth((9, 5, 4))
     _, main_uid = write_series(tmp_path / "main", G, study_uid=study)
     _, short_uid = write_series(tmp_path / "short", ground_truth((2, 5, 4)), study_uid=study)
-    _, scout_uid = write_series(tmp_path / "scout", ground_truth((1, 5, 4)), study_uid=study,
-                                image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    _, scout_uid = write_series(
+        tmp_path / "scout", ground_truth((1, 5, 4)), study_uid=study, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")
+    )
     # a longer series of derived images (e.g. MPR) must not win on slice count
-    _, derived_uid = write_series(tmp_path / "derived", ground_truth((12, 5, 4)), study_uid=study,
-                                  image_type=("DERIVED", "SECONDARY", "AXIAL"))
+    _, derived_uid = write_series(
+        tmp_path / "derived", ground_truth((12, 5, 4)), study_uid=study, image_type=("DERIVED", "SECONDARY", "AXIAL")
+    )
     (tmp_path / "notes.txt").write_text("not DICOM")
     discovery = find_studies(tmp_path)
     assert list(discovery.studies) == [study]
@@ -341,8 +348,9 @@ def test_among_candidates_most_slices_then_thinnest_wins_when_asked(tmp_path: Pa
 def test_only_short_or_localizer_series_raise_no_image_series(tmp_path: Path) -> None:
     study = generate_uid()
     write_series(tmp_path / "short", ground_truth((2, 5, 4)), study_uid=study)
-    write_series(tmp_path / "scout", ground_truth((1, 5, 4)), study_uid=study,
-                 image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    write_series(
+        tmp_path / "scout", ground_truth((1, 5, 4)), study_uid=study, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")
+    )
     headers = find_studies(tmp_path).studies[study].instances
     with pytest.raises(NoImageSeriesError) as info:
         select_series(headers, min_slices=8)
@@ -383,13 +391,15 @@ def test_read_study_image_on_a_synthetic_study(tiny_cohort: Path, tiny_contract)
     truth = json.loads((tiny_cohort / "truth.json").read_text())
     patient = truth["patients"][0]
     discovery = find_studies(tiny_cohort / "dicom")
-    folders = {h.path.relative_to(tiny_cohort / "dicom").parts[0]
-               for h in discovery.studies[patient["study_instance_uid"]].instances}
+    folders = {
+        h.path.relative_to(tiny_cohort / "dicom").parts[0]
+        for h in discovery.studies[patient["study_instance_uid"]].instances
+    }
     assert len(folders) == 1
     study = read_study_image(tiny_cohort / "dicom" / folders.pop(), tiny_contract.image)
     assert study.image.shape == (1, *tiny_contract.image.target_shape) == (1, 8, 16, 16)
     assert study.image.dtype == np.float32
-    assert 0.0 <= study.image.min() and study.image.max() <= 1.0
+    assert study.image.min() >= 0.0 and study.image.max() <= 1.0
     assert study.image.min() == 0.0 and study.image.max() > 0.5  # air and tissue both present
     assert study.study_uid == patient["study_instance_uid"]
     assert study.series_uid == patient["main_series_instance_uid"]  # not the localizer

@@ -49,7 +49,11 @@ def test_the_scorer_retries_every_retryable_kind_on_resume() -> None:
 
 def test_committed_docs_equal_the_generated_table() -> None:
     generated = subprocess.run(
-        [sys.executable, "-m", "radfusion.cli", "errors", "--markdown"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "radfusion.cli", "errors", "--markdown"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert generated == markdown_table(error_catalogue(_all_classes()))
     committed = (ROOT / "docs" / "errors.md").read_text()

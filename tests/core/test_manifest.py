@@ -39,9 +39,15 @@ def truth(cohort: Path) -> dict:
 def build(cohort: Path, out: Path, capsys: pytest.CaptureFixture, **override: str) -> tuple[dict, str]:
     omics = cohort / "omics"
     args = {
-        "--dicom": cohort / "dicom", "--clinical": cohort / "clinical.csv", "--sample-map": omics / "sample_map.csv",
-        "--expression": omics / "expression.tsv", "--maf": omics / "mutations.maf",
-        "--cnv": omics / "copy_number.seg", "--genes": omics / "genes.bed", "--out": out, **override,
+        "--dicom": cohort / "dicom",
+        "--clinical": cohort / "clinical.csv",
+        "--sample-map": omics / "sample_map.csv",
+        "--expression": omics / "expression.tsv",
+        "--maf": omics / "mutations.maf",
+        "--cnv": omics / "copy_number.seg",
+        "--genes": omics / "genes.bed",
+        "--out": out,
+        **override,
     }
     main(["cohort", "build", *[str(v) for pair in args.items() for v in pair]])
     return json.loads((out / "report.json").read_text()), capsys.readouterr().out
@@ -51,8 +57,12 @@ def test_report_shows_the_planted_missing_genomics_share(cohort: Path, truth: di
     report, printed = build(cohort, tmp_path / "m", capsys)
     without = sorted(p["patient_id"] for p in truth["patients"] if not p["has_genomics"])
     assert len(without) == round(0.15 * COHORT["n_patients"])  # 3 of 20, planted
-    assert report["genomics_missing"] == {"patients": 3, "of_patients_with_image": 20, "share": 0.15,
-                                          "patient_ids": without}
+    assert report["genomics_missing"] == {
+        "patients": 3,
+        "of_patients_with_image": 20,
+        "share": 0.15,
+        "patient_ids": without,
+    }
     assert report["modality_patterns"] == {"image+expression+mutation+copy_number": 17, "image only": 3}
     assert "without genomics: 3 of 20 patients with a study (15.0%)" in printed
     assert not any(p["patient_id"] in printed for p in truth["patients"])  # counts only on screen
@@ -62,7 +72,9 @@ def test_report_shows_the_planted_missing_genomics_share(cohort: Path, truth: di
     assert report["duplicates"]["studies"] == {}
 
 
-def test_manifest_holds_the_true_main_series_and_the_released_omics(cohort: Path, truth: dict, tmp_path: Path, capsys) -> None:
+def test_manifest_holds_the_true_main_series_and_the_released_omics(
+    cohort: Path, truth: dict, tmp_path: Path, capsys
+) -> None:
     build(cohort, tmp_path / "m", capsys)
     manifest = load_manifest(tmp_path / "m")
     table = manifest.table
@@ -136,28 +148,53 @@ def test_messy_cohort_problems_all_reported(cohort: Path, truth: dict, tmp_path:
     assert table.loc["RFP_NOSTUDY", "modalities"] == "expression only"
     first_gene = str(pd.read_csv(messy / "omics" / "expression.tsv", sep="\t", index_col=0).index[0])
     assert report["omics"]["expression"]["samples_with_nonfinite_values"] == [
-        {"sample_id": "NOSTUDY", "nan": [first_gene], "patient_id": "RFP_NOSTUDY"}]
+        {"sample_id": "NOSTUDY", "nan": [first_gene], "patient_id": "RFP_NOSTUDY"}
+    ]
     assert report["patients_without_outcome"]["patient_ids"] == sorted([genomic[2], "RFP_NOSTUDY"])
     assert report["genomics_missing"]["share"] == 0.15  # still 3 of the 20 imaged patients
-    for line in ("studies: 22 found, 20 kept, 1 rejected", "samples not in the sample map: 1",
-                 "samples without a study: 1", "samples with NaN/inf values: 1",
-                 "patients with several samples (first in the map kept): 1",
-                 "patients without outcome (response): 2", "patients with several studies (one kept): 1"):
+    for line in (
+        "studies: 22 found, 20 kept, 1 rejected",
+        "samples not in the sample map: 1",
+        "samples without a study: 1",
+        "samples with NaN/inf values: 1",
+        "patients with several samples (first in the map kept): 1",
+        "patients without outcome (response): 2",
+        "patients with several studies (one kept): 1",
+    ):
         assert line in printed
 
 
 def test_cohort_build_refuses_omics_without_a_sample_map(cohort: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="need a sample map"):
-        main(["cohort", "build", "--dicom", str(cohort / "dicom"), "--clinical", str(cohort / "clinical.csv"),
-              "--expression", str(cohort / "omics" / "expression.tsv"), "--out", str(tmp_path / "m")])
+        main(
+            [
+                "cohort",
+                "build",
+                "--dicom",
+                str(cohort / "dicom"),
+                "--clinical",
+                str(cohort / "clinical.csv"),
+                "--expression",
+                str(cohort / "omics" / "expression.tsv"),
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
 
 
 def test_training_reads_the_manifest(cohort: Path, truth: dict, tmp_path: Path, capsys) -> None:
     from radfusion.training.data import RadfusionDataModule
 
     build(cohort, tmp_path / "m", capsys)
-    data = RadfusionDataModule(str(tmp_path / "work"), manifest=str(tmp_path / "m"), target_shape=(8, 16, 16),
-                               target_spacing=(6.0, 12.0, 12.0), batch_size=4, cache="none", augment=False)
+    data = RadfusionDataModule(
+        str(tmp_path / "work"),
+        manifest=str(tmp_path / "m"),
+        target_shape=(8, 16, 16),
+        target_spacing=(6.0, 12.0, 12.0),
+        batch_size=4,
+        cache="none",
+        augment=False,
+    )
     assert data.modalities == ["image", "expression", "mutation", "copy_number"]
     assert data.omics_sizes["copy_number"] == COHORT["n_genes"]
     data.setup("fit")
@@ -180,11 +217,22 @@ def test_panel_check_names_the_genes_a_model_needs_and_the_cohort_lacks(cohort: 
     genomics = load_manifest(tmp_path / "m").genomics
     blocks = [
         OmicsBlock(features=["TP53", "NOTAGENE1", "NOTAGENE2"], mean=[0.0] * 3, std=[1.0] * 3, name="expression"),
-        OmicsBlock(features=["TP53_cn", "ZZZ_cn"], mean=[0.0] * 2, std=[1.0] * 2, name="copy_number", impute_missing=True),
+        OmicsBlock(
+            features=["TP53_cn", "ZZZ_cn"], mean=[0.0] * 2, std=[1.0] * 2, name="copy_number", impute_missing=True
+        ),
     ]
-    contract = ModelContract(name="m", version="0", task="classification:response", labels=["no", "yes"],
-                             positive_label="yes", image=ImageGeometry(), omics=blocks,
-                             trained_modalities=["image", "genomics"], may_be_missing=["genomics"], cohort_hash="x")
+    contract = ModelContract(
+        name="m",
+        version="0",
+        task="classification:response",
+        labels=["no", "yes"],
+        positive_label="yes",
+        image=ImageGeometry(),
+        omics=blocks,
+        trained_modalities=["image", "genomics"],
+        may_be_missing=["genomics"],
+        cohort_hash="x",
+    )
     check = panel_check(contract, genomics)
     assert check == {
         "expression": {"panel": 3, "missing": ["NOTAGENE1", "NOTAGENE2"], "mismatch": True},

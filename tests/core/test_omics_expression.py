@@ -48,7 +48,7 @@ def test_raw_counts_become_log2_cpm(tmp_path: Path) -> None:
     # S-010: library 10 -> 0, 0, 5e5, 5e5.
     np.testing.assert_allclose(block.values.loc["S-010"], np.log2([1.0, 1.0, 5e5 + 1, 5e5 + 1]))
     # Every sample's CPM sums to a million: the library-size normalisation holds.
-    np.testing.assert_allclose((2.0 ** block.values - 1.0).sum(axis=1), 1e6)
+    np.testing.assert_allclose((2.0**block.values - 1.0).sum(axis=1), 1e6)
 
 
 def test_counts_declared_as_log_are_flagged_and_negative_counts_refused(tmp_path: Path) -> None:

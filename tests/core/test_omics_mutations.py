@@ -20,8 +20,10 @@ HEADER = """##fileformat=VCFv4.2
 ##FILTER=<ID=LowQual,Description="Low quality">
 ##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">
 """
-CSQ = ('##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. '
-       'Format: Allele|Consequence|IMPACT|SYMBOL|Gene">\n')
+CSQ = (
+    '##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. '
+    'Format: Allele|Consequence|IMPACT|SYMBOL|Gene">\n'
+)
 COLUMNS = "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t{samples}\n"
 
 # EGFR missense in T1 and T2 (T3 hom-ref); KRAS stop_gained in T3 but LowQual;
@@ -31,17 +33,37 @@ CSQ_RECORDS = [
     ("chr7", 55191822, "T", "G", "PASS", "CSQ=G|missense_variant|MODERATE|EGFR|ENSG00000146648", "0/1", "0/1", "0/0"),
     ("chr12", 25245350, "C", "A", "LowQual", "CSQ=A|stop_gained|HIGH|KRAS|ENSG00000133703", "0/0", "0/0", "0/1"),
     ("chr17", 7675088, "C", "T", "PASS", "CSQ=T|synonymous_variant|LOW|TP53|ENSG00000141510", "0/1", "0/0", "0/0"),
-    ("chr17", 7674220, "CA", "C", ".", "CSQ=-|frameshift_variant&splice_region_variant|HIGH|TP53|ENSG00000141510",
-     "0/0", "1/1", "./."),
-    ("chr7", 140753336, "A", "T", "PASS", "CSQ=T|splice_region_variant&intron_variant|LOW|BRAF|ENSG00000157764",
-     "0/0", "0/0", "0/1"),
+    (
+        "chr17",
+        7674220,
+        "CA",
+        "C",
+        ".",
+        "CSQ=-|frameshift_variant&splice_region_variant|HIGH|TP53|ENSG00000141510",
+        "0/0",
+        "1/1",
+        "./.",
+    ),
+    (
+        "chr7",
+        140753336,
+        "A",
+        "T",
+        "PASS",
+        "CSQ=T|splice_region_variant&intron_variant|LOW|BRAF|ENSG00000157764",
+        "0/0",
+        "0/0",
+        "0/1",
+    ),
 ]
 
 
 def write_vcf(path: Path, samples: list[str], records: list[tuple], annotated: bool = True) -> Path:
     lines = [HEADER, CSQ if annotated else "", COLUMNS.format(samples="\t".join(samples))]
     for chrom, pos, ref, alt, filt, info, *gts in records:
-        lines.append(f"{chrom}\t{pos}\t.\t{ref}\t{alt}\t50\t{filt}\t{info if annotated else '.'}\tGT\t" + "\t".join(gts) + "\n")
+        lines.append(
+            f"{chrom}\t{pos}\t.\t{ref}\t{alt}\t50\t{filt}\t{info if annotated else '.'}\tGT\t" + "\t".join(gts) + "\n"
+        )
     path.write_text("".join(lines))
     return path
 
@@ -89,11 +111,17 @@ def test_vcf_without_consequences_uses_the_gene_annotation(tmp_path: Path) -> No
 
 
 def test_snpeff_ann_field_is_read_too(tmp_path: Path) -> None:
-    ann = ('##INFO=<ID=ANN,Number=.,Type=String,Description="Functional annotations: '
-           "'Allele | Annotation | Annotation_Impact | Gene_Name | Gene_ID '\">\n")
+    ann = (
+        '##INFO=<ID=ANN,Number=.,Type=String,Description="Functional annotations: '
+        "'Allele | Annotation | Annotation_Impact | Gene_Name | Gene_ID '\">\n"
+    )
     path = tmp_path / "snpeff.vcf"
-    path.write_text(HEADER + ann + COLUMNS.format(samples="T1\tT2")
-                    + "chr7\t1\t.\tA\tT\t50\tPASS\tANN=T|missense_variant|MODERATE|EGFR|x,T|upstream_gene_variant|MODIFIER|LINC1|y\tGT\t0/1\t0/0\n")
+    path.write_text(
+        HEADER
+        + ann
+        + COLUMNS.format(samples="T1\tT2")
+        + "chr7\t1\t.\tA\tT\t50\tPASS\tANN=T|missense_variant|MODERATE|EGFR|x,T|upstream_gene_variant|MODIFIER|LINC1|y\tGT\t0/1\t0/0\n"
+    )
     block = read_vcf(path)
     assert block.values.to_dict("index") == {"T1": {"EGFR_mut": 1.0}, "T2": {"EGFR_mut": 0.0}}
 
@@ -109,7 +137,9 @@ MAF_ROWS = [
 ]
 
 
-def write_maf(path: Path, rows=MAF_ROWS, columns=("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode", "FILTER")) -> Path:
+def write_maf(
+    path: Path, rows=MAF_ROWS, columns=("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode", "FILTER")
+) -> Path:
     frame = pd.DataFrame(rows, columns=list(columns))
     with open(path, "w") as handle:
         handle.write("#version 2.4\n#annotation.spec=test\n")

@@ -25,7 +25,9 @@ def test_mapping_keeps_the_first_sample_in_the_map_and_reports_the_rest(tmp_path
     path.write_text("sample_id,patient_id\nS-B,P1\nS-A,P1\nS-C,P2\nS-C,P2\n")
     sample_map = read_sample_map(path)
     assert sample_map.values.tolist() == [["S-B", "P1"], ["S-A", "P1"], ["S-C", "P2"]]
-    values = pd.DataFrame({"EGFR": [1.0, 2.0, 3.0, 4.0]}, index=pd.Index(["S-A", "S-B", "S-C", "S-X"], name="sample_id"))
+    values = pd.DataFrame(
+        {"EGFR": [1.0, 2.0, 3.0, 4.0]}, index=pd.Index(["S-A", "S-B", "S-C", "S-X"], name="sample_id")
+    )
     mapped = map_to_patients(GeneBlock("expression", values, "x"), sample_map)
     assert mapped.sample_of == {"P1": "S-B", "P2": "S-C"}
     assert mapped.values["EGFR"].to_dict() == {"P1": 2.0, "P2": 3.0}
@@ -56,7 +58,10 @@ def test_blocks_join_into_the_table_the_contract_splits() -> None:
     table = join_patient_blocks([expression, mutation, copy_number])
     assert list(table.index) == ["P1", "P2", "P3"]
     assert split_blocks(list(table.columns)) == {
-        "expression": ["EGFR"], "mutation": ["EGFR_mut"], "copy_number": ["EGFR_cn"]}
+        "expression": ["EGFR"],
+        "mutation": ["EGFR_mut"],
+        "copy_number": ["EGFR_cn"],
+    }
     assert np.isnan(table.loc["P1", "EGFR_mut"]) and np.isnan(table.loc["P3", "EGFR_cn"])  # inf -> NaN
     with pytest.raises(ValueError, match="feature columns in two blocks"):
         join_patient_blocks([expression, expression])

@@ -40,13 +40,20 @@ AXIAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 
 def volume(voxels: np.ndarray, spacing=(4.0, 4.0, 4.0), direction=AXIAL_DIRECTION, modality="CT") -> Volume:
-    return Volume(np.asarray(voxels, dtype=np.float32), tuple(spacing), (0.0, 0.0, 0.0),
-                  np.array(direction, dtype=float), modality, [])
+    return Volume(
+        np.asarray(voxels, dtype=np.float32),
+        tuple(spacing),
+        (0.0, 0.0, 0.0),
+        np.array(direction, dtype=float),
+        modality,
+        [],
+    )
 
 
 def geometry(shape=(8, 8, 8), spacing=(4.0, 4.0, 4.0), window=(0.0, 100.0), modalities=("CT",)) -> ImageGeometry:
-    return ImageGeometry(spatial_dims=3, target_shape=shape, target_spacing=spacing, window=window,
-                         modalities=modalities, min_slices=1)
+    return ImageGeometry(
+        spatial_dims=3, target_shape=shape, target_spacing=spacing, window=window, modalities=modalities, min_slices=1
+    )
 
 
 def _extent(mask: np.ndarray, axis: int) -> list[int]:
@@ -210,7 +217,9 @@ def test_fit_gene_panel_uses_training_statistics_and_guards_constant_genes() -> 
 MUTATIONS = OmicsBlock(name="mutation", features=["TP53_mut", "EGFR_mut"], mean=[0.5, 0.2], std=[0.5, 0.4])
 EXPRESSION = OmicsBlock(name="expression", features=PANEL.features, mean=PANEL.mean, std=PANEL.std)
 CLINICAL_SPEC = ClinicalSpec(
-    numeric={"age": [60.0, 10.0]}, categorical={"treatment": ["chemo", "targeted"], "sex": ["F", "M"]}, treatment="treatment"
+    numeric={"age": [60.0, 10.0]},
+    categorical={"treatment": ["chemo", "targeted"], "sex": ["F", "M"]},
+    treatment="treatment",
 )
 
 
@@ -248,7 +257,10 @@ def test_clinical_covariates_are_scaled_and_one_hot() -> None:
     ("values", "message"),
     [
         ({"age": 70, "sex": "F"}, "clinical covariates missing: treatment"),
-        ({"age": 70, "treatment": "surgery", "sex": "F"}, "clinical covariate treatment='surgery' is not one of ['chemo', 'targeted']"),
+        (
+            {"age": 70, "treatment": "surgery", "sex": "F"},
+            "clinical covariate treatment='surgery' is not one of ['chemo', 'targeted']",
+        ),
         ({"age": "old", "treatment": "chemo", "sex": "F"}, "clinical covariate age is not a number"),
     ],
 )
@@ -270,8 +282,12 @@ def test_fit_clinical_spec_takes_training_levels_and_statistics() -> None:
 
 def _contract(**changes) -> ModelContract:
     base = ModelContract(
-        name="t", version="1", task="classification:response", labels=["no", "yes"],
-        image=ImageGeometry(target_shape=(4, 6, 6)), omics=[EXPRESSION],
+        name="t",
+        version="1",
+        task="classification:response",
+        labels=["no", "yes"],
+        image=ImageGeometry(target_shape=(4, 6, 6)),
+        omics=[EXPRESSION],
     )
     return dataclasses.replace(base, **changes)
 
@@ -306,8 +322,12 @@ def test_genomics_only_feeds_a_zero_image_of_the_contract_shape() -> None:
 
 
 def test_blocks_and_clinical_each_have_a_presence_bit() -> None:
-    contract = _contract(omics=[EXPRESSION, MUTATIONS], clinical=CLINICAL_SPEC,
-                         trained_modalities=["image", "genomics", "clinical"], may_be_missing=["image", "genomics", "clinical"])
+    contract = _contract(
+        omics=[EXPRESSION, MUTATIONS],
+        clinical=CLINICAL_SPEC,
+        trained_modalities=["image", "genomics", "clinical"],
+        may_be_missing=["image", "genomics", "clinical"],
+    )
     assert contract.modalities == ["image", "expression", "mutation", "clinical"]
     clinical = np.arange(5, dtype=np.float32)
     inputs = build_inputs(contract, None, GENES_AND_ZERO_MUTATIONS, clinical)

@@ -26,13 +26,12 @@ from radfusion.synth.genomics_model import DRIVER_MODULE, SUBTYPE_SHIFTS
 from radfusion.synth.render import render_study
 
 N_PATIENTS = 16
-SMALL = dict(n_patients=N_PATIENTS, n_genes=300, n_slices=20, rows=48, cols=48,
-             rle_fraction=0.25, genomics_missing_fraction=0.15)
-TABLE_FILES = ("genomics.csv", "genomics.parquet", "clinical.csv", "clinical.parquet",
-               "truth.json", "cohort.json")
+SMALL = dict(
+    n_patients=N_PATIENTS, n_genes=300, n_slices=20, rows=48, cols=48, rle_fraction=0.25, genomics_missing_fraction=0.15
+)
+TABLE_FILES = ("genomics.csv", "genomics.parquet", "clinical.csv", "clinical.parquet", "truth.json", "cohort.json")
 MUTATION_COLUMNS = ["TP53_mut", "KRAS_mut", "EGFR_mut", "PIK3CA_mut", "BRAF_mut"]
-CLINICAL_COLUMNS = ["patient_id", "treatment", "response", "survival_months", "event",
-                    "subtype", "sex", "age", "site"]
+CLINICAL_COLUMNS = ["patient_id", "treatment", "response", "survival_months", "event", "subtype", "sex", "age", "site"]
 
 
 def auroc(score: np.ndarray, label: np.ndarray) -> float:
@@ -46,7 +45,7 @@ def auroc(score: np.ndarray, label: np.ndarray) -> float:
         j = i
         while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     n_pos, n_neg = label.sum(), (~label).sum()
     return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -91,8 +90,7 @@ def truth(cohort_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def instances(cohort_dir: Path) -> list[Instance]:
-    return [Instance(p, pydicom.dcmread(p)) for p in sorted((cohort_dir / "dicom").rglob("*"))
-            if p.is_file()]
+    return [Instance(p, pydicom.dcmread(p)) for p in sorted((cohort_dir / "dicom").rglob("*")) if p.is_file()]
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +124,7 @@ def _file_bytes_by_uid(root: Path) -> dict[str, bytes]:
     return out
 
 
-def test_same_seed_gives_identical_bytes_for_any_worker_count(
-    cohort_dir: Path, same_seed_dir: Path
-) -> None:
+def test_same_seed_gives_identical_bytes_for_any_worker_count(cohort_dir: Path, same_seed_dir: Path) -> None:
     for name in TABLE_FILES:
         assert (cohort_dir / name).read_bytes() == (same_seed_dir / name).read_bytes(), name
     a, b = _file_bytes_by_uid(cohort_dir), _file_bytes_by_uid(same_seed_dir)
@@ -156,11 +152,31 @@ def test_different_seed_gives_different_cohort(cohort_dir: Path, other_seed_dir:
 
 
 REQUIRED = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "PatientAge", "StudyDate",
-    "StudyTime", "AccessionNumber", "Modality", "Manufacturer", "StudyInstanceUID",
-    "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient",
-    "ImageOrientationPatient", "PixelSpacing", "RescaleSlope", "RescaleIntercept",
-    "InstanceNumber", "WindowCenter", "WindowWidth", "KVP", "ImageType", "SeriesDescription",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "Modality",
+    "Manufacturer",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "InstanceNumber",
+    "WindowCenter",
+    "WindowWidth",
+    "KVP",
+    "ImageType",
+    "SeriesDescription",
 )
 
 
@@ -202,9 +218,7 @@ def test_every_file_is_a_valid_ct_image(instances: list[Instance], cohort_dir: P
     assert len(sops) == len(instances)  # SOP Instance UIDs unique across the cohort
 
 
-def test_each_study_has_one_localizer_and_one_main_series(
-    by_series: dict, truth: dict
-) -> None:
+def test_each_study_has_one_localizer_and_one_main_series(by_series: dict, truth: dict) -> None:
     studies: dict[str, list[list[Instance]]] = defaultdict(list)
     for (study, _), insts in by_series.items():
         studies[study].append(insts)
@@ -226,7 +240,8 @@ def test_each_study_has_one_localizer_and_one_main_series(
         assert "5" in first.SeriesDescription
         assert {tuple(i.ds.ImageType) for i in ordered} == {("ORIGINAL", "PRIMARY", "AXIAL")}
         assert {tuple(float(v) for v in i.ds.ImageOrientationPatient) for i in ordered} == {
-            (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)}
+            (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        }
         assert len({i.ds.FrameOfReferenceUID for i in ordered} | {loc.FrameOfReferenceUID}) == 1
         assert len({i.ds.BitsStored for i in ordered} | {loc.BitsStored}) == 1
         z = np.array([float(i.ds.ImagePositionPatient[2]) for i in ordered])
@@ -267,8 +282,7 @@ def test_file_names_and_write_order_reveal_nothing(
             assert all(re.fullmatch(r"[0-9a-f]{4,6}", part) for part in rel.parts[:-1])
             depths.add(len(rel.parts))
         if len(insts) > 1:
-            z_by_name = [float(i.ds.ImagePositionPatient[2])
-                         for i in sorted(insts, key=lambda i: i.path.name)]
+            z_by_name = [float(i.ds.ImagePositionPatient[2]) for i in sorted(insts, key=lambda i: i.path.name)]
             assert z_by_name != sorted(z_by_name) and z_by_name != sorted(z_by_name, reverse=True)
     assert len(depths) >= 2  # folder depth varies between studies
 
@@ -281,10 +295,9 @@ def test_file_names_and_write_order_reveal_nothing(
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(pydicom.Dataset, "save_as", recording_save_as)
-    spec = plan_studies(simulate_patients(2, seed=3), n_slices=20, rows=48, cols=48,
-                        rle_fraction=0.0)[0]
+    spec = plan_studies(simulate_patients(2, seed=3), n_slices=20, rows=48, cols=48, rle_fraction=0.0)[0]
     render_study(spec, tmp_path)
-    assert sorted(written) == list(range(0, 21))  # 0 marks the localizer
+    assert sorted(written) == list(range(21))  # 0 marks the localizer
     axial = [n for n in written if n]
     assert axial != sorted(axial) and axial != sorted(axial, reverse=True)
 
@@ -299,8 +312,12 @@ def test_lesion_at_truth_location_with_truth_contrast(by_series: dict, truth: di
         # truth's millimetre centre is the DICOM position of the centre voxel
         ipp = np.array([float(v) for v in ds.ImagePositionPatient])
         assert np.allclose(patient["lesion_centre_mm"], ipp + [c * ps, r * ps, 0.0], atol=1e-3)
-        zz, yy, xx = np.meshgrid(np.arange(volume.shape[0]) * dz, np.arange(volume.shape[1]) * ps,
-                                 np.arange(volume.shape[2]) * ps, indexing="ij")
+        zz, yy, xx = np.meshgrid(
+            np.arange(volume.shape[0]) * dz,
+            np.arange(volume.shape[1]) * ps,
+            np.arange(volume.shape[2]) * ps,
+            indexing="ij",
+        )
         dist = np.sqrt((zz - k * dz) ** 2 + (yy - r * ps) ** 2 + (xx - c * ps) ** 2)
         radius = patient["lesion_radius_mm"]
         assert 8.0 <= radius <= 36.0  # clip(20 + 5 z_img, 8, 36)
@@ -342,7 +359,7 @@ def test_genomics_table_columns_values_and_missing_share(cohort_dir: Path, truth
     with_genomics = {p["patient_id"] for p in truth["patients"] if p["has_genomics"]}
     assert set(csv["patient_id"]) == with_genomics
     values = csv[genes].to_numpy()
-    assert values.dtype == np.float64 and 0.0 <= values.min() and values.max() < 16.0
+    assert values.dtype == np.float64 and values.min() >= 0.0 and values.max() < 16.0
     assert 3.0 < values.mean() < 7.0  # log2(TPM+1)-like scale
     for column in MUTATION_COLUMNS:
         assert csv[column].dtype == np.int64 and set(csv[column]) <= {0, 1}
@@ -547,10 +564,18 @@ def test_refuses_foreign_folder_and_replaces_its_own(tmp_path: Path) -> None:
     assert len(pd.read_csv(ours / "clinical.csv")) == 2
 
 
-@pytest.mark.parametrize("bad", [
-    dict(n_patients=0), dict(rle_fraction=1.5), dict(genomics_missing_fraction=-0.1),
-    dict(workers=0), dict(n_genes=5), dict(rows=8), dict(seed=-1),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(n_patients=0),
+        dict(rle_fraction=1.5),
+        dict(genomics_missing_fraction=-0.1),
+        dict(workers=0),
+        dict(n_genes=5),
+        dict(rows=8),
+        dict(seed=-1),
+    ],
+)
 def test_rejects_bad_parameters(tmp_path: Path, bad: dict) -> None:
     args = dict(n_patients=2, n_slices=8, rows=32, cols=32) | bad
     with pytest.raises(ValueError):

@@ -12,6 +12,7 @@ from radfusion.preprocess import fit_clinical_spec
 
 COVARIATES = dict(numeric=["age"], categorical=["sex", "treatment"], treatment="treatment")
 
+
 def read_clinical_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"patient_id": str}).set_index("patient_id")
 
@@ -21,7 +22,6 @@ def clinical_models(tiny_cohort: Path, tiny_contract: ModelContract, folder: Pat
     session; ``strict`` is the same network under a contract where clinical may not be
     missing. Shared with test_pacs_pipeline.py through ``folder``."""
     from radfusion.training.export import export_onnx
-
     from tests.support.tiny import tiny_net
 
     lenient, strict = folder / "clinical.onnx", folder / "clinical-strict.onnx"
@@ -29,13 +29,16 @@ def clinical_models(tiny_cohort: Path, tiny_contract: ModelContract, folder: Pat
         return lenient, strict
     folder.mkdir(parents=True, exist_ok=True)
     spec: ClinicalSpec = fit_clinical_spec(read_clinical_csv(tiny_cohort / "clinical.csv"), **COVARIATES)
-    contract = ModelContract(**{
-        **tiny_contract.__dict__, "name": "tiny-clinical", "clinical": spec,
-        "trained_modalities": ["image", "genomics", "clinical"], "may_be_missing": ["image", "genomics", "clinical"],
-    })
+    contract = ModelContract(
+        **{
+            **tiny_contract.__dict__,
+            "name": "tiny-clinical",
+            "clinical": spec,
+            "trained_modalities": ["image", "genomics", "clinical"],
+            "may_be_missing": ["image", "genomics", "clinical"],
+        }
+    )
     export_onnx(tiny_net(contract, seed=3), contract, lenient)
     shutil.copyfile(lenient, strict)
     write_contract_to_onnx(strict, ModelContract(**{**contract.__dict__, "may_be_missing": ["image", "genomics"]}))
     return lenient, strict
-
-

@@ -29,6 +29,7 @@ SPACING_ZYX = (5.0, 2.0, 3.0)  # mm between voxels of G along z, y, x
 
 ORIGIN_XYZ = (-40.0, 25.0, -120.0)  # patient position of G[0, 0, 0]
 
+
 def ground_truth(shape: tuple[int, int, int] = (6, 5, 4)) -> np.ndarray:
     """HU values on the patient grid, all distinct and within a CT range."""
     return (np.arange(np.prod(shape), dtype=np.int16).reshape(shape) * 7 - 400).astype(np.int16)
@@ -135,8 +136,16 @@ def write_series(
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in rng.permutation(len(pixels)):
-        ds = ct_slice(pixels[k], positions[k], orientation, spacing, study_uid=study_uid,
-                      series_uid=series_uid, number=int(k) + 1, **kwargs)
+        ds = ct_slice(
+            pixels[k],
+            positions[k],
+            orientation,
+            spacing,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            number=int(k) + 1,
+            **kwargs,
+        )
         path = folder / f"{rng.integers(16**8):08x}"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -212,13 +221,16 @@ def _rescale(intercept: float) -> Dataset:
 GAP_NOTE = "slice steps 5.00-10.00 mm resampled onto a uniform 5.00 mm grid (9 -> 10 slices)"
 
 
-def write_axial_series(folder: Path, study_uid: str, number: int, n_slices: int, keep=None, image_type=("ORIGINAL", "PRIMARY", "AXIAL")) -> None:
+def write_axial_series(
+    folder: Path, study_uid: str, number: int, n_slices: int, keep=None, image_type=("ORIGINAL", "PRIMARY", "AXIAL")
+) -> None:
     pixels, positions, _ = cut_slices(ground_truth((n_slices, 5, 4)), *AXIAL)
     keep = list(range(n_slices)) if keep is None else keep
     series_uid = generate_uid()
     folder.mkdir(parents=True, exist_ok=True)
     for i in keep:
-        ds = ct_slice(pixels[i], positions[i], study_uid=study_uid, series_uid=series_uid, number=i + 1,
-                      image_type=image_type)
+        ds = ct_slice(
+            pixels[i], positions[i], study_uid=study_uid, series_uid=series_uid, number=i + 1, image_type=image_type
+        )
         ds.SeriesNumber = number
         ds.save_as(folder / f"{number:02d}-{i:03d}.dcm", enforce_file_format=True)

@@ -22,14 +22,22 @@ from tests.support.paths import PROJECT_ROOT as ROOT
 CONFIGS = ROOT / "configs"
 EVIDENCE_COHORT = dict(n_patients=1500, seed=11, n_genes=100, n_slices=16, rows=48, cols=48, workers=2)
 EVIDENCE_TRAINING = [
-    "--data.target_shape", "[16, 32, 32]",
-    "--data.target_spacing", "[5.0, 9.0, 9.0]",
-    "--data.split", "[0.17, 0.1, 0.73]",
-    "--data.batch_size", "32",
-    "--model.network.embed_dim", "32",
-    "--trainer.max_epochs", "20",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.callbacks", "null",
+    "--data.target_shape",
+    "[16, 32, 32]",
+    "--data.target_spacing",
+    "[5.0, 9.0, 9.0]",
+    "--data.split",
+    "[0.17, 0.1, 0.73]",
+    "--data.batch_size",
+    "32",
+    "--model.network.embed_dim",
+    "32",
+    "--trainer.max_epochs",
+    "20",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.callbacks",
+    "null",
 ]
 # Occlusion saliency costs a few hundred forward passes per study: measured on the
 # first 200 held-out studies, not all 1095.
@@ -38,9 +46,8 @@ EVIDENCE_SALIENCY_CASES = 200
 
 def train_evidence_model(root: Path) -> Path:
     """Generate the cohort under root/cohort and train; returns the best checkpoint."""
-    from radfusion.training.cli import main
-
     from radfusion.synth import generate_cohort
+    from radfusion.training.cli import main
 
     cohort = generate_cohort(root / "cohort", **EVIDENCE_COHORT)
     configs = ["trainer/cpu.yaml", "data/synthetic.yaml", "model/fusion_cpu.yaml", "experiment/treatment.yaml"]

@@ -38,6 +38,7 @@ VOLUME_SHAPE = (12, 60, 40)
 
 LESION = (slice(6, 9), slice(12, 22), slice(24, 32))
 
+
 class KnownSignalNet(nn.Module):
     """Two logits: 0 and a score linear in the genes and in bright-voxel mass. The
     image term is gated by its presence bit like FusionNet's embeddings. Optionally a
@@ -106,5 +107,3 @@ def raw_genes(seed: int = 0) -> dict[str, float]:
     values = {g: float(v) for g, v in zip(GENES, rng.normal(1.0, 3.0, len(GENES)))}
     values.update({"G0_mut": 0.0, "G1_mut": 1.0})
     return values
-
-

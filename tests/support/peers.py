@@ -69,7 +69,9 @@ class OrthancPeer:
 
     def send_study(self, modality: str, study_uid: str) -> dict:
         """C-STORE the study to a modality (synchronous job: returns when done)."""
-        response = self.http.post(f"/modalities/{modality}/store", json={"Resources": [self.study_id(study_uid)], "Synchronous": True})
+        response = self.http.post(
+            f"/modalities/{modality}/store", json={"Resources": [self.study_id(study_uid)], "Synchronous": True}
+        )
         response.raise_for_status()
         return response.json()
 
@@ -86,7 +88,10 @@ class ListenerProcess:
         with open(log_file, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "radfusion.serving.pacs.cli", "listen", "--port", str(port), *args],
-                cwd=PROJECT_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     def wait_ready(self, timeout: float = 60.0) -> None:

@@ -13,6 +13,7 @@ TINY_TARGET_SPACING = (6.0, 12.0, 12.0)
 def tiny_net(contract, seed: int = 0):
     """A small untrained FusionNet for ``contract`` (seeded weights)."""
     import torch
+
     from radfusion.training.model import FusionNet, NetworkConfig
 
     torch.manual_seed(seed)

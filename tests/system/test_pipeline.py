@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 from tests.support.paths import PROJECT_ROOT as ROOT
 
 CONFIGS = ROOT / "configs"
+
+
 def _train(cohort: Path, out: Path, *extra: str) -> Path:
     return train_tiny(cohort, out, *extra, batch_size=4)
 
@@ -66,7 +68,10 @@ def test_export_cli_checks_parity_and_registers(trained, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
     subprocess.run(
         [sys.executable, "-m", "radfusion.cli", "export", "--checkpoint", str(trained), "--out", str(out)],
-        check=True, cwd=ROOT, env=env, capture_output=True,
+        check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
     )
     report = json.loads(out.with_suffix(".export.json").read_text())
     assert report["onnx_max_abs_diff"] <= 1e-4
@@ -135,8 +140,14 @@ def test_discrete_survival_model_exports_and_serves_survival_probabilities(cohor
     from radfusion.training.export import export
     from radfusion.training.tasks import discrete_risk, survival_curve
 
-    checkpoint = _train(cohort, tmp_path / "survival", "--config", str(CONFIGS / "experiment" / "survival_discrete.yaml"),
-                        "--model.task.time_intervals", "4")
+    checkpoint = _train(
+        cohort,
+        tmp_path / "survival",
+        "--config",
+        str(CONFIGS / "experiment" / "survival_discrete.yaml"),
+        "--model.task.time_intervals",
+        "4",
+    )
     report = export(checkpoint, tmp_path / "survival.onnx")
     assert report["onnx_max_abs_diff"] <= 1e-4
     contract = read_contract_from_onnx(tmp_path / "survival.onnx")
@@ -155,4 +166,6 @@ def test_discrete_survival_model_exports_and_serves_survival_probabilities(cohor
         logits = module(*[torch.as_tensor(item[k])[None] for k in ("image", "genomics", "clinical", "presence")])
     assert "probabilities" not in served
     assert served["risk_score"] == pytest.approx(float(discrete_risk(logits)[0]), abs=1e-4)
-    assert list(served["survival_probabilities"].values()) == pytest.approx(survival_curve(logits.numpy())[0].tolist(), abs=1e-4)
+    assert list(served["survival_probabilities"].values()) == pytest.approx(
+        survival_curve(logits.numpy())[0].tolist(), abs=1e-4
+    )

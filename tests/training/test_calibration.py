@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from radfusion.training.evidence.calibration import (
     calibration_summary,
     cross_fitted_probability,

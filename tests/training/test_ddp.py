@@ -44,21 +44,36 @@ TOLERANCE = 1e-5
 # Batch-norm running statistics are buffers, not trained weights: DDP keeps rank 0's.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 SAME_TRAINING = [
-    "--config", str(CONFIGS / "data" / "synthetic.yaml"),
-    "--config", str(CONFIGS / "model" / "fusion_cpu.yaml"),
-    "--data.target_shape", "[16, 32, 32]",
-    "--data.target_spacing", "[6.0, 12.0, 12.0]",
-    "--data.augment", "false",
-    "--model.network.image_encoder", "resnet",
-    "--model.network.image_widths", "[4, 4, 8, 8]",
-    "--model.network.embed_dim", "16",
-    "--model.network.dropout", "0",
-    "--model.network.genomics_dropout", "0",
-    "--model.modality_dropout", "0",
-    "--trainer.max_epochs", "1",
-    "--trainer.max_steps", str(STEPS),
-    "--trainer.limit_val_batches", "0",
-    "--trainer.num_sanity_val_steps", "0",
+    "--config",
+    str(CONFIGS / "data" / "synthetic.yaml"),
+    "--config",
+    str(CONFIGS / "model" / "fusion_cpu.yaml"),
+    "--data.target_shape",
+    "[16, 32, 32]",
+    "--data.target_spacing",
+    "[6.0, 12.0, 12.0]",
+    "--data.augment",
+    "false",
+    "--model.network.image_encoder",
+    "resnet",
+    "--model.network.image_widths",
+    "[4, 4, 8, 8]",
+    "--model.network.embed_dim",
+    "16",
+    "--model.network.dropout",
+    "0",
+    "--model.network.genomics_dropout",
+    "0",
+    "--model.modality_dropout",
+    "0",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.max_steps",
+    str(STEPS),
+    "--trainer.limit_val_batches",
+    "0",
+    "--trainer.num_sanity_val_steps",
+    "0",
 ]
 
 
@@ -75,9 +90,18 @@ def cohort(tmp_path_factory) -> Path:
 def train(trainer_config: str, out: Path, cohort: Path, *extra: str) -> tuple[dict, str]:
     """Run `radfusion train` as a user would; (last.ckpt contents, console output)."""
     command = [
-        sys.executable, "-m", "radfusion.cli", "train",
-        "--config", str(CONFIGS / "trainer" / trainer_config), *SAME_TRAINING,
-        "--data.cohort_dir", str(cohort), "--trainer.default_root_dir", str(out), *extra,
+        sys.executable,
+        "-m",
+        "radfusion.cli",
+        "train",
+        "--config",
+        str(CONFIGS / "trainer" / trainer_config),
+        *SAME_TRAINING,
+        "--data.cohort_dir",
+        str(cohort),
+        "--trainer.default_root_dir",
+        str(out),
+        *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=300)
@@ -93,8 +117,15 @@ def weights(state: dict) -> dict[str, torch.Tensor]:
 def test_two_gloo_ranks_train_like_one_process(cohort, tmp_path):
     ddp, ddp_log = train("ddp_cpu.yaml", tmp_path / "ddp", cohort, "--data.batch_size", "1")
     single, single_log = train(
-        "ddp_cpu.yaml", tmp_path / "single", cohort,
-        "--trainer.devices", "1", "--data.batch_size", "1", "--trainer.accumulate_grad_batches", "2",
+        "ddp_cpu.yaml",
+        tmp_path / "single",
+        cohort,
+        "--trainer.devices",
+        "1",
+        "--data.batch_size",
+        "1",
+        "--trainer.accumulate_grad_batches",
+        "2",
     )
 
     # Two processes joined one gloo process group, against one (Lightning's own report).
@@ -115,6 +146,7 @@ def test_two_gloo_ranks_train_like_one_process(cohort, tmp_path):
 def initial_weights(state: dict) -> dict[str, torch.Tensor]:
     """The model as seed_everything(0) builds it before any step (what both runs start from)."""
     import lightning as L
+
     from radfusion.training.module import FusionModule
 
     L.seed_everything(0)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from radfusion.training.data import RadfusionDataModule
 
 GRID = dict(target_shape=(8, 16, 16), target_spacing=(6.0, 12.0, 12.0), window=(-150.0, 250.0))

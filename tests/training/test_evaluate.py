@@ -12,21 +12,42 @@ import numpy as np
 import pytest
 import torch
 from lifelines.utils import concordance_index
-from radfusion.training.evaluate import markdown_table
 from sklearn.metrics import roc_auc_score
 
+from radfusion.training.evaluate import markdown_table
 from tests.support.paths import PROJECT_ROOT as ROOT
 from tests.support.tiny_training import train_tiny
 
 CONFIGS = ROOT / "configs"
+
+
 def test_markdown_table_has_a_column_per_metric_and_pattern():
     results = {
-        "gated": {"modalities": ["image", "genomics"], "task": "classification", "fusion": "gated",
-                  "auroc_observed": 0.91, "auroc_image_only": 0.8, "auroc_genomics_only": 0.82, "n_observed": 160},
-        "image_only": {"modalities": ["image"], "task": "classification", "fusion": "late",
-                       "auroc_observed": 0.79, "auroc_image_only": 0.79, "n_observed": 160},
-        "cox": {"modalities": ["image", "genomics"], "task": "survival_cox", "fusion": "late",
-                "cindex_observed": 0.7, "td_auc_observed": 0.75, "n_observed": 160},
+        "gated": {
+            "modalities": ["image", "genomics"],
+            "task": "classification",
+            "fusion": "gated",
+            "auroc_observed": 0.91,
+            "auroc_image_only": 0.8,
+            "auroc_genomics_only": 0.82,
+            "n_observed": 160,
+        },
+        "image_only": {
+            "modalities": ["image"],
+            "task": "classification",
+            "fusion": "late",
+            "auroc_observed": 0.79,
+            "auroc_image_only": 0.79,
+            "n_observed": 160,
+        },
+        "cox": {
+            "modalities": ["image", "genomics"],
+            "task": "survival_cox",
+            "fusion": "late",
+            "cindex_observed": 0.7,
+            "td_auc_observed": 0.75,
+            "n_observed": 160,
+        },
     }
     lines = markdown_table(results).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -54,10 +75,9 @@ def cohort(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_evaluate_compares_strategies_baselines_and_survival_on_one_split(cohort, tmp_path):
+    from radfusion.cli import main as radfusion_main
     from radfusion.training.checkpoints import load_datamodule, load_module
     from radfusion.training.evaluate import predict_split
-
-    from radfusion.cli import main as radfusion_main
 
     experiment = CONFIGS / "experiment"
     checkpoints = {
@@ -66,7 +86,9 @@ def test_evaluate_compares_strategies_baselines_and_survival_on_one_split(cohort
         "cox": _train(cohort, tmp_path / "cox", "--config", str(experiment / "survival_cox.yaml")),
     }
     out = tmp_path / "eval"
-    radfusion_main(["evaluate", *[a for n, p in checkpoints.items() for a in ("--checkpoint", f"{n}={p}")], "--out", str(out)])
+    radfusion_main(
+        ["evaluate", *[a for n, p in checkpoints.items() for a in ("--checkpoint", f"{n}={p}")], "--out", str(out)]
+    )
     saved = json.loads((out / "metrics.json").read_text())
     assert list(saved) == ["gated", "image_only", "cox"]
     assert saved["gated"]["fusion"] == "gated" and saved["cox"]["task"] == "survival_cox"
@@ -79,13 +101,17 @@ def test_evaluate_compares_strategies_baselines_and_survival_on_one_split(cohort
     module, dm = load_module(checkpoints["gated"]), load_datamodule(checkpoints["gated"])
     predicted = predict_split(module, dm, "test", ("image",))
     probs = torch.softmax(predicted["outputs"], -1)[:, 1].numpy()
-    assert saved["gated"]["auroc_image_only"] == pytest.approx(roc_auc_score(predicted["label"].numpy(), probs), abs=1e-6)
+    assert saved["gated"]["auroc_image_only"] == pytest.approx(
+        roc_auc_score(predicted["label"].numpy(), probs), abs=1e-6
+    )
     module, dm = load_module(checkpoints["cox"]), load_datamodule(checkpoints["cox"])
     predicted = predict_split(module, dm, "test")
     risk = predicted["outputs"][:, 0].numpy()
     expected = concordance_index(predicted["time"].numpy(), -risk, predicted["event"].numpy())
     assert saved["cox"]["cindex"] == pytest.approx(expected, abs=1e-9)
-    horizons = [k for k in saved["cox"] if k.startswith("td_auc_") and k.endswith("_observed") and k != "td_auc_observed"]
+    horizons = [
+        k for k in saved["cox"] if k.startswith("td_auc_") and k.endswith("_observed") and k != "td_auc_observed"
+    ]
     assert len(horizons) == 3
     finite = [saved["cox"][k] for k in horizons if not math.isnan(saved["cox"][k])]
     assert all(0.0 <= v <= 1.0 for v in finite)
@@ -106,14 +132,25 @@ def test_demo_trains_survival_baselines_and_reports_their_cindex():
         survival_summary,
     )
 
-    for name, modalities in [("survival_image_only", "[image, clinical]"), ("survival_genomics_only", "[genomics, clinical]")]:
+    for name, modalities in [
+        ("survival_image_only", "[image, clinical]"),
+        ("survival_genomics_only", "[genomics, clinical]"),
+    ]:
         args = [str(a) for a in _train_args(SURVIVAL_MODELS[name])]
-        assert args.index(str(SURVIVAL)) > args.index(str(CONFIGS / "experiment" / f"{name.removeprefix('survival_')}.yaml"))
+        assert args.index(str(SURVIVAL)) > args.index(
+            str(CONFIGS / "experiment" / f"{name.removeprefix('survival_')}.yaml")
+        )
         assert args[args.index("--model.network.modalities") + 1] == modalities
     metrics = {
         "fusion": {"auroc": 0.9, "auroc_observed": 0.9, "n_observed": 160},
-        "survival_fusion": {"cindex": 0.68, "cindex_observed": 0.68, "cindex_image_only": 0.62,
-                            "cindex_genomics_only": 0.61, "td_auc_observed": 0.7, "n_observed": 161},
+        "survival_fusion": {
+            "cindex": 0.68,
+            "cindex_observed": 0.68,
+            "cindex_image_only": 0.62,
+            "cindex_genomics_only": 0.61,
+            "td_auc_observed": 0.7,
+            "n_observed": 161,
+        },
         "survival_image_only": {"cindex": 0.63, "cindex_observed": 0.63, "n_observed": 161},
         "survival_genomics_only": {"cindex": 0.6, "cindex_observed": 0.6, "n_observed": 161},
     }

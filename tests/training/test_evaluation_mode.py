@@ -6,13 +6,14 @@ likelihood intercept."""
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from radfusion.training.evaluation_mode import (
     batchnorm_layers,
     fit_output_shift,
     recompute_batchnorm_statistics,
 )
 from radfusion.training.tasks import build_task
-from torch import nn
 
 
 class ModeRecorder(nn.Module):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from radfusion.training.evidence import truth
 
+from radfusion.training.evidence import truth
 from tests.support.evidence_support import EVIDENCE_SALIENCY_CASES
 
 # The first test to run also builds the shared evidence model (about 4 minutes on 2

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from radfusion.preprocess import preprocess_image
 from radfusion.training.evidence.attribution import rank_features, top_k_agreement
 from radfusion.training.evidence.calibration import (
     ece,
@@ -28,8 +30,6 @@ from radfusion.training.evidence.saliency import (
 )
 from radfusion.training.evidence.subgroups import subgroup_table
 from radfusion.training.evidence.treatment import rank_treatments, treatment_columns
-
-from radfusion.preprocess import preprocess_image
 
 
 def _study_files(cohort, patient_id):
@@ -180,7 +180,11 @@ def test_treatment_switches_only_beyond_the_margin():
     assert ranked.loc["a", "ranking"] == "targeted > chemo"  # ranked first, still not switched
     assert ranked.loc["b", "p_targeted"] == pytest.approx(1 / (1 + np.exp(-0.7)))
     assert rank_treatments(table, margin=0.2)["recommended"].tolist() == ["targeted", "targeted", "chemo"]
-    assert rank_treatments(table, reference="targeted", margin=0.5)["recommended"].tolist() == ["targeted", "targeted", "chemo"]
+    assert rank_treatments(table, reference="targeted", margin=0.5)["recommended"].tolist() == [
+        "targeted",
+        "targeted",
+        "chemo",
+    ]
     with pytest.raises(ValueError):
         rank_treatments(table, reference="surgery")
     with pytest.raises(ValueError):
@@ -205,8 +209,9 @@ def test_inside_ellipsoid_uses_zyx_semi_axes():
 def test_subgroup_table_counts_and_intervals():
     rng = np.random.default_rng(1)
     n = 200
-    clinical = pd.DataFrame({"sex": rng.choice(["F", "M"], n), "age": rng.integers(40, 85, n),
-                             "site": rng.choice(["site_A", "site_B"], n)})
+    clinical = pd.DataFrame(
+        {"sex": rng.choice(["F", "M"], n), "age": rng.integers(40, 85, n), "site": rng.choice(["site_A", "site_B"], n)}
+    )
     p = rng.random(n)
     y = (rng.random(n) < p).astype(int)
     table = subgroup_table(p, y, clinical, n_boot=50)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from radfusion.training.fusion.encoders import build_image_encoder
 
 # (encoder, widths, input (D, H, W), tokens in 3D, tokens in 2D (slices x positions))
@@ -64,20 +65,30 @@ def test_bad_encoder_configurations_are_refused():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,widths,spatial_dims", [("vit", (32, 1, 2), 3), ("efficientnet", (8, 16, 24), 3), ("resnet", (4, 4, 8, 8), 2)])
+@pytest.mark.parametrize(
+    "kind,widths,spatial_dims", [("vit", (32, 1, 2), 3), ("efficientnet", (8, 16, 24), 3), ("resnet", (4, 4, 8, 8), 2)]
+)
 def test_encoders_export_to_onnx_with_parity(kind, widths, spatial_dims, tiny_contract, tmp_path):
     import numpy as np
-    from radfusion.training.export import export_onnx
-    from radfusion.training.fusion import FusionNet, NetworkConfig
 
     from radfusion.runtime import OnnxModel
+    from radfusion.training.export import export_onnx
+    from radfusion.training.fusion import FusionNet, NetworkConfig
 
     torch.manual_seed(0)
     shape = tiny_contract.image.target_shape
     net = FusionNet(
-        {b.name: len(b.features) for b in tiny_contract.omics}, n_classes=2,
-        config=NetworkConfig(image_encoder=kind, image_widths=widths, embed_dim=16, spatial_dims=spatial_dims,
-                             fusion="cross_attention", image_shape=shape, image_patch=(4, 8, 8)),
+        {b.name: len(b.features) for b in tiny_contract.omics},
+        n_classes=2,
+        config=NetworkConfig(
+            image_encoder=kind,
+            image_widths=widths,
+            embed_dim=16,
+            spatial_dims=spatial_dims,
+            fusion="cross_attention",
+            image_shape=shape,
+            image_patch=(4, 8, 8),
+        ),
     ).eval()
     export_onnx(net, tiny_contract, tmp_path / "m.onnx")
     g = torch.Generator().manual_seed(3)
@@ -86,5 +97,7 @@ def test_encoders_export_to_onnx_with_parity(kind, widths, spatial_dims, tiny_co
     clinical, presence = torch.zeros(3, 1), torch.ones(3, 3)
     with torch.no_grad():
         expected = net(image, genomics, clinical, presence).numpy()
-    got = OnnxModel(tmp_path / "m.onnx", device="cpu").logits(image.numpy(), genomics.numpy(), clinical.numpy(), presence.numpy())
+    got = OnnxModel(tmp_path / "m.onnx", device="cpu").logits(
+        image.numpy(), genomics.numpy(), clinical.numpy(), presence.numpy()
+    )
     assert np.max(np.abs(expected - got)) < 1e-4

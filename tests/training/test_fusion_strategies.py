@@ -9,6 +9,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+
 from radfusion.training.fusion import FUSIONS, FusionNet, NetworkConfig
 from radfusion.training.fusion.strategies import (
     CrossAttentionFusion,
@@ -21,18 +22,27 @@ OMICS = {"expression": 12, "mutation": 5}
 SHAPE = (8, 16, 16)
 
 
-def make_net(fusion: str, modalities=("image", "genomics", "clinical"), n_clinical: int = 3, seed: int = 0) -> FusionNet:
+def make_net(
+    fusion: str, modalities=("image", "genomics", "clinical"), n_clinical: int = 3, seed: int = 0
+) -> FusionNet:
     torch.manual_seed(seed)
     return FusionNet(
-        OMICS, n_clinical=n_clinical, n_classes=2,
-        config=NetworkConfig(modalities=modalities, image_encoder="resnet", image_widths=(4, 4, 8, 8), embed_dim=16,
-                             fusion=fusion),
+        OMICS,
+        n_clinical=n_clinical,
+        n_classes=2,
+        config=NetworkConfig(
+            modalities=modalities, image_encoder="resnet", image_widths=(4, 4, 8, 8), embed_dim=16, fusion=fusion
+        ),
     ).eval()
 
 
 def inputs(batch: int = 3, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 1, *SHAPE, generator=g), torch.randn(batch, 17, generator=g), torch.randn(batch, 3, generator=g)
+    return (
+        torch.rand(batch, 1, *SHAPE, generator=g),
+        torch.randn(batch, 17, generator=g),
+        torch.randn(batch, 3, generator=g),
+    )
 
 
 def all_patterns(n: int) -> list[list[float]]:
@@ -69,7 +79,12 @@ def test_an_absent_modality_contributes_nothing(fusion):
 
 
 def test_the_switch_builds_the_named_strategy_on_the_same_encoders():
-    kinds = {"late": LateFusion, "gated": GatedFusion, "kronecker": KroneckerFusion, "cross_attention": CrossAttentionFusion}
+    kinds = {
+        "late": LateFusion,
+        "gated": GatedFusion,
+        "kronecker": KroneckerFusion,
+        "cross_attention": CrossAttentionFusion,
+    }
     encoder_keys = None
     for name, cls in kinds.items():
         net = make_net(name)
@@ -137,15 +152,20 @@ def test_cross_attention_attends_to_image_tokens_only_when_the_image_is_there():
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_onnx_export_matches_pytorch_for_every_group_pattern(fusion, tiny_contract, tmp_path):
-    from radfusion.training.export import export_onnx, group_patterns
-
     from radfusion.runtime import OnnxModel
+    from radfusion.training.export import export_onnx, group_patterns
 
     torch.manual_seed(0)
     net = FusionNet(
-        {b.name: len(b.features) for b in tiny_contract.omics}, n_classes=2,
-        config=NetworkConfig(modalities=("image", "genomics"), image_encoder="resnet", image_widths=(4, 4, 8, 8),
-                             embed_dim=16, fusion=fusion),
+        {b.name: len(b.features) for b in tiny_contract.omics},
+        n_classes=2,
+        config=NetworkConfig(
+            modalities=("image", "genomics"),
+            image_encoder="resnet",
+            image_widths=(4, 4, 8, 8),
+            embed_dim=16,
+            fusion=fusion,
+        ),
     ).eval()
     path = tmp_path / f"{fusion}.onnx"
     export_onnx(net, tiny_contract, path)
@@ -226,8 +246,11 @@ def test_absent_omics_or_clinical_switch_the_interaction_off(fusion):
     # Only the mutation block: the expression features no longer count.
     mutation_only = torch.tensor([[1.0, 0, 1, 1]] * 3)
     mixed = torch.cat([other_genomics[:, :12], genomics[:, 12:]], dim=1)
-    assert torch.allclose(treatment_gain(net, image, genomics, clinical, mutation_only),
-                          treatment_gain(net, image, mixed, clinical, mutation_only), atol=1e-5)
+    assert torch.allclose(
+        treatment_gain(net, image, genomics, clinical, mutation_only),
+        treatment_gain(net, image, mixed, clinical, mutation_only),
+        atol=1e-5,
+    )
     # No clinical block: the treatment is unknown and changes nothing.
     no_clinical = torch.tensor([[1.0, 1, 1, 0]] * 3)
     assert torch.all(treatment_gain(net, image, genomics, clinical, no_clinical) == 0)

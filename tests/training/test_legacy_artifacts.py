@@ -24,8 +24,9 @@ def test_flat_hyper_parameters_migrate_into_the_configs():
     flat = torch.load(str(CHECKPOINT), map_location="cpu", weights_only=False)["hyper_parameters"]
     assert "embed_dim" in flat and "network" not in flat  # really the old shape
     module = load_module(CHECKPOINT)
-    assert module.network_config == NetworkConfig(modalities=("image", "genomics"), image_encoder="resnet",
-                                                  image_widths=(4, 4, 8, 8), embed_dim=16)
+    assert module.network_config == NetworkConfig(
+        modalities=("image", "genomics"), image_encoder="resnet", image_widths=(4, 4, 8, 8), embed_dim=16
+    )
     assert module.task_config == TaskConfig(kind="classification", time_intervals=8, horizons=(12.0, 24.0, 36.0))
     assert module.optimiser_config == OptimiserConfig()
     assert module.model_name == "radfusion-response" and module.hparams.modality_dropout == 0.5
@@ -81,5 +82,9 @@ def test_legacy_checkpoint_exports_the_legacy_model(legacy_cohort, tmp_path):
     clinical = np.zeros((6, old.contract.clinical_width), dtype=np.float32)
     presence = np.ones((6, len(old.contract.modalities)), dtype=np.float32)
     presence[3:, 1:] = 0.0  # genomics absent for half of them
-    assert np.max(np.abs(new.logits(image, genomics, clinical, presence)
-                         - old.logits(image, genomics, clinical, presence))) <= 1e-5
+    assert (
+        np.max(
+            np.abs(new.logits(image, genomics, clinical, presence) - old.logits(image, genomics, clinical, presence))
+        )
+        <= 1e-5
+    )

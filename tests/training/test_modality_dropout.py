@@ -4,13 +4,16 @@ and never leaves a case with covariates only."""
 from __future__ import annotations
 
 import torch
+
 from radfusion.training.model import NetworkConfig
 from radfusion.training.module import FusionModule
 
 
 def _module(modalities: tuple[str, ...]) -> FusionModule:
     return FusionModule(
-        omics_sizes={"expression": 3, "mutation": 2}, n_clinical=2, modality_dropout=1.0,
+        omics_sizes={"expression": 3, "mutation": 2},
+        n_clinical=2,
+        modality_dropout=1.0,
         network=NetworkConfig(modalities=modalities, image_encoder="resnet", image_widths=(4, 4, 8, 8), embed_dim=8),
     )
 

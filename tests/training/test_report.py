@@ -65,12 +65,26 @@ def test_report_renders_every_figure_and_check(evidence_run, tmp_path):
     page = _open(path)
     _assert_images_resolve(page, path.parent)
     alts = [i["alt"] for i in page.images]
-    for figure in ("ROC and precision-recall curves", "reliability diagram", "Kaplan-Meier curves by risk group",
-                   "top genes by Integrated Gradients", "top genes by feature ablation", "predicted treatment gains"):
+    for figure in (
+        "ROC and precision-recall curves",
+        "reliability diagram",
+        "Kaplan-Meier curves by risk group",
+        "top genes by Integrated Gradients",
+        "top genes by feature ablation",
+        "predicted treatment gains",
+    ):
         assert figure in alts
     assert sum(a.startswith("saliency overlay") for a in alts) == 4
-    for section in ("Checked against the truth", "Discrimination", "Calibration", "Subgroups", "Biomarkers (genes)",
-                    "Image saliency", "Stratification", "Treatment ranking"):
+    for section in (
+        "Checked against the truth",
+        "Discrimination",
+        "Calibration",
+        "Subgroups",
+        "Biomarkers (genes)",
+        "Image saliency",
+        "Stratification",
+        "Treatment ranking",
+    ):
         assert section in page.headings
     html = path.read_text(encoding="utf-8")
     assert html.count("check against the truth") == 1 and len(ev.checks) == 5

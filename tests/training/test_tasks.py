@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from radfusion.training.tasks import (
     ClassificationTask,
     CoxTask,
@@ -81,11 +82,14 @@ def test_discrete_hazard_nll_matches_its_definition():
     event = torch.tensor([1, 0, 0])
     assert interval_index(time, edges).tolist() == [1, 0, 2]
     h = torch.sigmoid(logits)
-    expected = -(
-        (torch.log(1 - h[0, 0]) + torch.log(h[0, 1]))  # survived 0, event in 1
-        + torch.log(1 - h[1, 0])  # censored in 0: survived it
-        + torch.log(1 - h[2]).sum()  # censored after the last edge
-    ) / 3
+    expected = (
+        -(
+            (torch.log(1 - h[0, 0]) + torch.log(h[0, 1]))  # survived 0, event in 1
+            + torch.log(1 - h[1, 0])  # censored in 0: survived it
+            + torch.log(1 - h[2]).sum()  # censored after the last edge
+        )
+        / 3
+    )
     assert float(discrete_hazard_nll(logits, time, event, edges)) == pytest.approx(float(expected), rel=1e-6)
     curve = survival_curve(logits.numpy())
     assert np.allclose(curve[:, -1], torch.prod(1 - h, dim=1).numpy(), atol=1e-6)
@@ -145,7 +149,7 @@ def test_survival_validation_metrics_follow_the_ranking():
 def test_multilabel_loss_and_auroc():
     task = MultilabelTask(2)
     labels = torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]])
-    perfect = (labels * 8 - 4)
+    perfect = labels * 8 - 4
     assert float(task.loss(perfect, {"label": labels})) < 0.02
     task.update(perfect, {"label": labels})
     assert float(task.compute()["val/auroc"]) == 1.0
@@ -157,7 +161,9 @@ def test_multilabel_loss_and_auroc():
 def _datamodule(cohort, **kwargs):
     from radfusion.training.data import RadfusionDataModule
 
-    dm = RadfusionDataModule(str(cohort), target_shape=(8, 16, 16), target_spacing=(6.0, 12.0, 12.0), cache="none", **kwargs)
+    dm = RadfusionDataModule(
+        str(cohort), target_shape=(8, 16, 16), target_spacing=(6.0, 12.0, 12.0), cache="none", **kwargs
+    )
     dm.setup("fit")
     return dm
 
@@ -183,7 +189,10 @@ def test_records_carry_subtype_multilabel_and_survival_targets(tiny_cohort, tmp_
     assert dm.labels == ["resp_chemo", "resp_targeted"] and dm.n_classes == 2
     from radfusion.training.data import collate
 
-    batch = collate(dm.records["train"][:3] and [dict(r, image=np.zeros((1, 8, 16, 16), np.float32)) for r in dm.records["train"][:3]])
+    batch = collate(
+        dm.records["train"][:3]
+        and [dict(r, image=np.zeros((1, 8, 16, 16), np.float32)) for r in dm.records["train"][:3]]
+    )
     assert batch["label"].shape == (3, 2) and batch["label"].dtype == torch.float32
     wanted = table.set_index("patient_id").loc[batch["patient_id"], ["resp_chemo", "resp_targeted"]].to_numpy()
     assert np.array_equal(batch["label"].numpy(), wanted)
@@ -206,7 +215,9 @@ def test_serving_answers_follow_the_task(tiny_contract):
     logits = np.array([[0.2, -1.0, 1.5]], dtype=np.float32)
     cox = _contract(tiny_contract, task="survival:cox", labels=["risk"])
     assert task_outputs(cox, outputs_from_logits(logits[:, :1], cox)[0]) == {"risk_score": pytest.approx(0.2)}
-    discrete = _contract(tiny_contract, task="survival:discrete", labels=["h0", "h1", "h2"], time_bins=[6.0, 12.0, 24.0])
+    discrete = _contract(
+        tiny_contract, task="survival:discrete", labels=["h0", "h1", "h2"], time_bins=[6.0, 12.0, 24.0]
+    )
     answer = task_outputs(discrete, outputs_from_logits(logits, discrete)[0])
     expected = survival_curve(logits)[0]
     assert list(answer["survival_probabilities"]) == ["6", "12", "24"]

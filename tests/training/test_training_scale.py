@@ -23,14 +23,22 @@ from tests.support.paths import PROJECT_ROOT as ROOT
 
 CONFIGS = ROOT / "configs"
 SMALL = [
-    "--config", str(CONFIGS / "data" / "synthetic.yaml"),
-    "--config", str(CONFIGS / "model" / "fusion_cpu.yaml"),
-    "--data.target_shape", "[16, 32, 32]",
-    "--data.target_spacing", "[6.0, 12.0, 12.0]",
-    "--data.batch_size", "2",
-    "--model.network.image_encoder", "resnet",
-    "--model.network.image_widths", "[4, 4, 8, 8]",
-    "--model.network.embed_dim", "16",
+    "--config",
+    str(CONFIGS / "data" / "synthetic.yaml"),
+    "--config",
+    str(CONFIGS / "model" / "fusion_cpu.yaml"),
+    "--data.target_shape",
+    "[16, 32, 32]",
+    "--data.target_spacing",
+    "[6.0, 12.0, 12.0]",
+    "--data.batch_size",
+    "2",
+    "--model.network.image_encoder",
+    "resnet",
+    "--model.network.image_widths",
+    "[4, 4, 8, 8]",
+    "--model.network.embed_dim",
+    "16",
 ]
 # 16 patients, split 0.6/0.2/0.2 per class: 10 train -> 5 steps of 2 per epoch.
 TRAIN_PATIENTS = 10
@@ -50,8 +58,16 @@ def cli(cohort: Path, root: Path, *args: str, trainer: str = "cpu.yaml", run: bo
     """RadfusionCLI in this process, as `radfusion train` builds it."""
     from radfusion.training.cli import main
 
-    args = ["--config", str(CONFIGS / "trainer" / trainer), *SMALL, "--data.cohort_dir", str(cohort),
-            "--trainer.default_root_dir", str(root), *args]
+    args = [
+        "--config",
+        str(CONFIGS / "trainer" / trainer),
+        *SMALL,
+        "--data.cohort_dir",
+        str(cohort),
+        "--trainer.default_root_dir",
+        str(root),
+        *args,
+    ]
     if run:
         return main(["fit", *args])
     from radfusion.training.cli import RadfusionCLI
@@ -63,17 +79,34 @@ def cli(cohort: Path, root: Path, *args: str, trainer: str = "cpu.yaml", run: bo
 
 # ------------------------------------------------------------------ configs
 
-ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.precision", "32", "--trainer.sync_batchnorm", "false",
-          "--trainer.devices", "1", "--trainer.num_nodes", "1"]
+ON_CPU = [
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.precision",
+    "32",
+    "--trainer.sync_batchnorm",
+    "false",
+    "--trainer.devices",
+    "1",
+    "--trainer.num_nodes",
+    "1",
+]
 
 
 def test_slurm_config_requeues_on_sigusr1(cohort, tmp_path, monkeypatch):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     # What srun sets for one task: SLURMEnvironment reads ranks and nodes from it.
-    for key, value in {"SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1",
-                       "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "radfusion", "SLURM_NODELIST": "node1",
-                       "SLURM_JOB_ID": "42"}.items():
+    for key, value in {
+        "SLURM_NODEID": "0",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_JOB_NAME": "radfusion",
+        "SLURM_NODELIST": "node1",
+        "SLURM_JOB_ID": "42",
+    }.items():
         monkeypatch.setenv(key, value)
     trainer = cli(cohort, tmp_path, *ON_CPU, trainer="slurm.yaml").trainer
     environment = trainer._accelerator_connector.cluster_environment
@@ -86,9 +119,16 @@ def test_slurm_config_requeues_on_sigusr1(cohort, tmp_path, monkeypatch):
 def test_torchrun_config_takes_ranks_from_torchrun(cohort, tmp_path, monkeypatch):
     from lightning.fabric.plugins.environments import TorchElasticEnvironment
 
-    for key, value in {"TORCHELASTIC_RUN_ID": "radfusion-1", "RANK": "0", "GROUP_RANK": "0", "LOCAL_RANK": "0",
-                       "LOCAL_WORLD_SIZE": "1", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": "29500"}.items():
+    for key, value in {
+        "TORCHELASTIC_RUN_ID": "radfusion-1",
+        "RANK": "0",
+        "GROUP_RANK": "0",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }.items():
         monkeypatch.setenv(key, value)
     trainer = cli(cohort, tmp_path, *ON_CPU, trainer="torchrun.yaml").trainer
     assert isinstance(trainer._accelerator_connector.cluster_environment, TorchElasticEnvironment)
@@ -106,6 +146,7 @@ def test_gpu_configs_ask_for_what_they_say(name):
 
 
 # ------------------------------------------------------------------ loggers
+
 
 def test_csv_logger_and_rich_progress_bar_by_default(cohort, tmp_path):
     from lightning.pytorch.callbacks import RichProgressBar
@@ -135,8 +176,14 @@ def test_mlflow_logger_from_yaml_writes_to_file_store(cohort, tmp_path):
     from lightning.pytorch.loggers import MLFlowLogger
 
     store = tmp_path / "mlruns"
-    trainer = cli(cohort, tmp_path / "run", "--config", str(CONFIGS / "trainer" / "logger" / "mlflow.yaml"),
-                  "--trainer.logger.init_args.tracking_uri", store.as_uri()).trainer
+    trainer = cli(
+        cohort,
+        tmp_path / "run",
+        "--config",
+        str(CONFIGS / "trainer" / "logger" / "mlflow.yaml"),
+        "--trainer.logger.init_args.tracking_uri",
+        store.as_uri(),
+    ).trainer
     assert isinstance(trainer.logger, MLFlowLogger)
     trainer.logger.log_metrics({"val/auroc": 0.75}, step=3)
     trainer.logger.finalize("success")
@@ -145,6 +192,7 @@ def test_mlflow_logger_from_yaml_writes_to_file_store(cohort, tmp_path):
 
 
 # ------------------------------------------------------------------ resume
+
 
 def _lr_steps(log_dir: Path) -> list[int]:
     """Global steps at which LearningRateMonitor logged (every step with log_every_n_steps 1)."""
@@ -157,10 +205,25 @@ def test_killed_mid_epoch_resumes_from_last_checkpoint(cohort, tmp_path):
     epochs = 8
     total = epochs * STEPS_PER_EPOCH
     root = tmp_path / "run"
-    command = [sys.executable, "-m", "radfusion.cli", "train", "--config", str(CONFIGS / "trainer" / "cpu.yaml"), *SMALL,
-               "--data.cohort_dir", str(cohort), "--trainer.default_root_dir", str(root),
-               "--trainer.max_epochs", str(epochs), "--trainer.log_every_n_steps", "1",
-               "--trainer.callbacks.every_n_train_steps", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "radfusion.cli",
+        "train",
+        "--config",
+        str(CONFIGS / "trainer" / "cpu.yaml"),
+        *SMALL,
+        "--data.cohort_dir",
+        str(cohort),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.callbacks.every_n_train_steps",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     last = root / "checkpoints" / "last.ckpt"
 
@@ -183,8 +246,9 @@ def test_killed_mid_epoch_resumes_from_last_checkpoint(cohort, tmp_path):
     assert 0 < resumed_from < total
     assert 0 < in_epoch < STEPS_PER_EPOCH, "the kill should land mid-epoch"
 
-    second = subprocess.run([*command, "--ckpt_path", "last"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600)
+    second = subprocess.run(
+        [*command, "--ckpt_path", "last"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     assert f"Restored all states from the checkpoint at {last}" in second.stdout + second.stderr
 
@@ -206,10 +270,10 @@ def test_killed_mid_epoch_resumes_from_last_checkpoint(cohort, tmp_path):
 
 # ------------------------------------------------------------------ accumulation, batch-size finder
 
+
 @pytest.mark.slow
 def test_gradient_accumulation_steps_once_per_n_batches(cohort, tmp_path):
-    run = cli(cohort, tmp_path, "--trainer.max_epochs", "2", "--trainer.accumulate_grad_batches", "2",
-              run=True)
+    run = cli(cohort, tmp_path, "--trainer.max_epochs", "2", "--trainer.accumulate_grad_batches", "2", run=True)
     # 5 batches per epoch: steps after batches 2, 4 and the epoch's last (Lightning
     # steps at epoch end with what it has) -> 3 per epoch.
     assert run.trainer.global_step == 2 * 3
@@ -219,8 +283,7 @@ def test_gradient_accumulation_steps_once_per_n_batches(cohort, tmp_path):
 
 @pytest.mark.slow
 def test_batch_size_finder_tunes_the_datamodule(cohort, tmp_path):
-    run = cli(cohort, tmp_path, "--tune_batch_size", "true", "--trainer.max_epochs", "1",
-              run=True)
+    run = cli(cohort, tmp_path, "--tune_batch_size", "true", "--trainer.max_epochs", "1", run=True)
     # On a CPU nothing runs out of memory: power scaling doubles 2 -> 4 -> 8 -> 16 and
     # stops at the first size that covers the training set (Lightning keeps that one).
     assert len(run.datamodule.datasets["train"]) == TRAIN_PATIENTS
@@ -232,6 +295,7 @@ def test_batch_size_finder_tunes_the_datamodule(cohort, tmp_path):
 
 
 # ------------------------------------------------------------------ evaluation mode
+
 
 def _saved_buffers(checkpoint: Path) -> tuple[set[int], torch.Tensor]:
     """The BatchNorm layers' batch counts and the output shift, as saved."""
@@ -253,6 +317,7 @@ def test_checkpoint_holds_the_evaluation_mode_fitted_under_the_final_weights(coh
 
 # ------------------------------------------------------------------ GPU script
 
+
 def test_gpu_script_exits_cleanly_without_a_gpu(tmp_path):
     # A PATH without nvidia-smi: this script's view of a machine with no NVIDIA driver.
     bin_dir = tmp_path / "bin"
@@ -261,8 +326,13 @@ def test_gpu_script_exits_cleanly_without_a_gpu(tmp_path):
         if found := shutil.which(tool):
             (bin_dir / tool).symlink_to(found)
     out = tmp_path / "out"
-    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_train.sh"), str(out)], env={"PATH": str(bin_dir)},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_train.sh"), str(out)],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "no NVIDIA GPU" in result.stdout
     report = json.loads((out / "gpu_train.json").read_text())

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from radfusion.training.checkpoints import load_datamodule, load_module
-from radfusion.training.evidence.cases import collect_cases
 
 from radfusion.contract import read_contract_from_onnx
 from radfusion.runtime import OnnxModel
+from radfusion.training.checkpoints import load_datamodule, load_module
+from radfusion.training.evidence.cases import collect_cases
 from radfusion.treatment import DEFAULT_SWITCH_MARGIN
 from tests.support.tiny_training import CONFIGS, train_tiny
 
@@ -76,5 +76,13 @@ def test_export_keeps_parity_and_carries_the_switch_margin(checkpoint: Path, tmp
 
 def test_the_term_needs_a_treatment_covariate(tiny_cohort: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="data.treatment"):
-        train_tiny(tiny_cohort, tmp_path, "--model.network.treatment_interaction", "true",
-                   "--model.network.modalities", "[image, genomics, clinical]", "--data.clinical_numeric", "[age]")
+        train_tiny(
+            tiny_cohort,
+            tmp_path,
+            "--model.network.treatment_interaction",
+            "true",
+            "--model.network.modalities",
+            "[image, genomics, clinical]",
+            "--data.clinical_numeric",
+            "[age]",
+        )

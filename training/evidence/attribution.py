@@ -39,8 +39,14 @@ class _LogOdds(torch.nn.Module):
         return log_odds_torch(self.net(image, genomics, clinical, presence))
 
 
-def gene_attributions(net, cases: Cases, features: list[str], method: str = "integrated_gradients",
-                      n_steps: int = 32, batch_size: int = 16) -> pd.DataFrame:
+def gene_attributions(
+    net,
+    cases: Cases,
+    features: list[str],
+    method: str = "integrated_gradients",
+    n_steps: int = 32,
+    batch_size: int = 16,
+) -> pd.DataFrame:
     """(patients with genomics) x features attributions of the positive-class log-odds."""
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose from {METHODS}")
@@ -59,13 +65,19 @@ def gene_attributions(net, cases: Cases, features: list[str], method: str = "int
         extra = (sub.image[s], sub.clinical[s], presence[s])
         if method == "integrated_gradients":
             attr = IntegratedGradients(forward).attribute(
-                genomics, baselines=torch.zeros_like(genomics), additional_forward_args=extra,
-                n_steps=n_steps, internal_batch_size=batch_size * 8,
+                genomics,
+                baselines=torch.zeros_like(genomics),
+                additional_forward_args=extra,
+                n_steps=n_steps,
+                internal_batch_size=batch_size * 8,
             )
         else:
             with torch.no_grad():
                 attr = FeatureAblation(forward).attribute(
-                    genomics, baselines=0.0, additional_forward_args=extra, perturbations_per_eval=8,
+                    genomics,
+                    baselines=0.0,
+                    additional_forward_args=extra,
+                    perturbations_per_eval=8,
                 )
         rows.append(attr.detach())
     return pd.DataFrame(torch.cat(rows).numpy(), index=sub.patient_ids, columns=features)
@@ -74,10 +86,12 @@ def gene_attributions(net, cases: Cases, features: list[str], method: str = "int
 def rank_features(attributions: pd.DataFrame) -> pd.DataFrame:
     """Cohort ranking: mean |attribution| (importance) and mean signed attribution
     (direction: positive raises the predicted response), most important first."""
-    table = pd.DataFrame({
-        "importance": attributions.abs().mean(axis=0),
-        "direction": attributions.mean(axis=0),
-    })
+    table = pd.DataFrame(
+        {
+            "importance": attributions.abs().mean(axis=0),
+            "direction": attributions.mean(axis=0),
+        }
+    )
     table = table.sort_values("importance", ascending=False)
     table["rank"] = np.arange(1, len(table) + 1)
     return table
@@ -93,8 +107,13 @@ def top_k_agreement(importances: list[pd.Series], k: int = 20) -> dict[str, floa
         top_a, top_b = set(a.nlargest(k).index), set(b.nlargest(k).index)
         jaccard.append(len(top_a & top_b) / len(top_a | top_b))
         rho.append(spearmanr(a, b.loc[a.index]).statistic)
-    return {"top_k": k, "jaccard_mean": float(np.mean(jaccard)), "jaccard_min": float(np.min(jaccard)),
-            "spearman_mean": float(np.mean(rho)), "n_rankings": len(importances)}
+    return {
+        "top_k": k,
+        "jaccard_mean": float(np.mean(jaccard)),
+        "jaccard_min": float(np.min(jaccard)),
+        "spearman_mean": float(np.mean(rho)),
+        "n_rankings": len(importances),
+    }
 
 
 def fold_stability(attributions: pd.DataFrame, n_folds: int = 3, k: int = 20, seed: int = 0) -> dict[str, float]:

@@ -64,11 +64,15 @@ def fit_temperature(logits: np.ndarray, label: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(low, high), method="bounded").x))
 
 
-def fit_temperature_and_level(train_logits: np.ndarray, train_label: np.ndarray, val_logits: np.ndarray,
-                              val_label: np.ndarray) -> tuple[float, np.ndarray]:
+def fit_temperature_and_level(
+    train_logits: np.ndarray, train_label: np.ndarray, val_logits: np.ndarray, val_label: np.ndarray
+) -> tuple[float, np.ndarray]:
     """(T, shift): softmax((logits + shift) / T) has the training split's class
     frequencies as its mean there, and T minimises the validation NLL given that."""
-    train_t, val_t = torch.as_tensor(train_logits, dtype=torch.float64), torch.as_tensor(val_logits, dtype=torch.float64)
+    train_t, val_t = (
+        torch.as_tensor(train_logits, dtype=torch.float64),
+        torch.as_tensor(val_logits, dtype=torch.float64),
+    )
     train_y, val_y = torch.as_tensor(train_label).long(), torch.as_tensor(val_label).long()
     if len(val_y) < 2 or val_y.unique().numel() < 2:
         raise ValueError("temperature scaling needs validation cases of every class")
@@ -90,27 +94,31 @@ def calibrate(net, dm) -> float:
     """Fit the temperature (returned) and the level (written into ``net.output_bias``,
     so the exported model carries it) as ``fit_temperature_and_level`` describes."""
     train, val = collect_cases(dm, "train"), collect_cases(dm, "val")
-    t, shift = fit_temperature_and_level(predict_logits(net, train).numpy(), train.label.numpy(),
-                                         predict_logits(net, val).numpy(), val.label.numpy())
+    t, shift = fit_temperature_and_level(
+        predict_logits(net, train).numpy(), train.label.numpy(), predict_logits(net, val).numpy(), val.label.numpy()
+    )
     net.output_bias += torch.as_tensor(shift, device=net.output_bias.device)
     return t
 
 
-def perfect_calibration_ece(probability: np.ndarray, n_bins: int = N_BINS, draws: int = FLOOR_DRAWS,
-                            seed: int = 0) -> dict:
+def perfect_calibration_ece(
+    probability: np.ndarray, n_bins: int = N_BINS, draws: int = FLOOR_DRAWS, seed: int = 0
+) -> dict:
     """The ECE a perfectly calibrated model with these probabilities would show on this
     many cases: labels drawn as Bernoulli(probability) ``draws`` times, the mean and
     95th percentile of their ECE. An observed ECE above the 95th percentile is
     miscalibration this sample can detect; one below it is indistinguishable from noise."""
     probability = np.asarray(probability, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    values = np.array([ece(probability, (rng.random(len(probability)) < probability).astype(int), n_bins)
-                       for _ in range(draws)])
+    values = np.array(
+        [ece(probability, (rng.random(len(probability)) < probability).astype(int), n_bins) for _ in range(draws)]
+    )
     return {"mean": float(values.mean()), "p95": float(np.quantile(values, 0.95))}
 
 
-def cross_fitted_probability(logits: np.ndarray, label: np.ndarray, folds: int = 5, seed: int = 0
-                             ) -> tuple[np.ndarray, list[float]]:
+def cross_fitted_probability(
+    logits: np.ndarray, label: np.ndarray, folds: int = 5, seed: int = 0
+) -> tuple[np.ndarray, list[float]]:
     """Positive-class probabilities, each scaled by a temperature fitted on the other
     folds (stratified), and the fold temperatures: an honest calibration estimate for
     "temperature scaling fitted on (folds-1)/folds of these cases", on all of them.
@@ -137,8 +145,13 @@ def _smaller_class(*labels: np.ndarray) -> int:
     return int(np.bincount(np.concatenate(labels).astype(int), minlength=2).min())
 
 
-def calibration_summary(test_logits: np.ndarray, test_label: np.ndarray, temperature: float,
-                        val_logits: np.ndarray | None = None, val_label: np.ndarray | None = None) -> dict:
+def calibration_summary(
+    test_logits: np.ndarray,
+    test_label: np.ndarray,
+    temperature: float,
+    val_logits: np.ndarray | None = None,
+    val_label: np.ndarray | None = None,
+) -> dict:
     """ECE and reliability before and after temperature scaling, on held-out cases, with
     the perfect-calibration floor at this many cases. Given the validation cases too,
     ``cross_fitted`` adds the ECE over validation + test with out-of-fold temperatures."""
@@ -147,7 +160,7 @@ def calibration_summary(test_logits: np.ndarray, test_label: np.ndarray, tempera
     floor = perfect_calibration_ece(after)
     summary = {
         "temperature": temperature,
-        "n": int(len(test_label)),
+        "n": len(test_label),
         "n_bins": N_BINS,
         "ece_before": ece(before, test_label),
         "ece_after": ece(after, test_label),
@@ -162,8 +175,11 @@ def calibration_summary(test_logits: np.ndarray, test_label: np.ndarray, tempera
         probability, temperatures = cross_fitted_probability(logits, label)
         pooled_floor = perfect_calibration_ece(probability)
         summary["cross_fitted"] = {
-            "n": int(len(label)), "folds": len(temperatures), "temperatures": temperatures,
+            "n": len(label),
+            "folds": len(temperatures),
+            "temperatures": temperatures,
             "ece": ece(probability, label),
-            "ece_perfect_mean": pooled_floor["mean"], "ece_perfect_p95": pooled_floor["p95"],
+            "ece_perfect_mean": pooled_floor["mean"],
+            "ece_perfect_p95": pooled_floor["p95"],
         }
     return summary

@@ -37,7 +37,11 @@ class Cases:
         pick = torch.as_tensor(index, dtype=torch.long)
         return Cases(
             [self.patient_ids[i] for i in index],
-            self.image[pick], self.genomics[pick], self.clinical[pick], self.presence[pick], self.label[pick],
+            self.image[pick],
+            self.genomics[pick],
+            self.clinical[pick],
+            self.presence[pick],
+            self.label[pick],
             [self.files[i] for i in index],
         )
 
@@ -68,7 +72,12 @@ def collect_cases(dm, part: str = "test") -> Cases:
         raise ValueError(f"the {part} split holds no cases")
     files = {r["patient_id"]: r["image"] for r in dm.records[part]}
     return Cases(
-        ids, torch.cat(images), torch.cat(genomics), torch.cat(clinical), torch.cat(presence), torch.cat(labels),
+        ids,
+        torch.cat(images),
+        torch.cat(genomics),
+        torch.cat(clinical),
+        torch.cat(presence),
+        torch.cat(labels),
         [files[i] for i in ids],
     )
 
@@ -94,8 +103,9 @@ def log_odds_torch(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(net, cases: Cases, presence: torch.Tensor | None = None, clinical: torch.Tensor | None = None,
-                   batch_size: int = 64) -> torch.Tensor:
+def predict_logits(
+    net, cases: Cases, presence: torch.Tensor | None = None, clinical: torch.Tensor | None = None, batch_size: int = 64
+) -> torch.Tensor:
     """Raw logits for every case, in batches; ``presence``/``clinical`` override the cases'."""
     net.eval()
     presence = used_presence(net, cases.presence if presence is None else presence)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radfusion.training.evidence import attribution, calibration, stratify, subgroups, treatment, truth
 from radfusion.explain import log_odds
+from radfusion.training.evidence import attribution, calibration, stratify, subgroups, treatment, truth
 from radfusion.training.evidence.cases import Cases, clinical_frame, collect_cases, predict_logits
 from radfusion.training.evidence.saliency import Saliency, cohort_saliency
 
@@ -54,11 +54,17 @@ class Evidence:
 
     def summary(self) -> dict:
         """JSON-ready figures (no per-patient identifiers)."""
+
         def top(table):
-            return None if table is None else [
-                {"feature": f, "importance": float(r.importance), "direction": float(r.direction)}
-                for f, r in table.head(20).iterrows()
-            ]
+            return (
+                None
+                if table is None
+                else [
+                    {"feature": f, "importance": float(r.importance), "direction": float(r.direction)}
+                    for f, r in table.head(20).iterrows()
+                ]
+            )
+
         return {
             "n_test": len(self.cases),
             "temperature": self.temperature,
@@ -69,10 +75,15 @@ class Evidence:
             "saliency_cases": len(self.saliencies),
             "risk": self.risk,
             "clusters": None if self.clusters is None else {k: v for k, v in self.clusters.items() if k != "clusters"},
-            "treatment": None if self.treatments is None else {
-                "reference": self.treatments.attrs["reference"], "margin": self.treatments.attrs["margin"],
+            "treatment": None
+            if self.treatments is None
+            else {
+                "reference": self.treatments.attrs["reference"],
+                "margin": self.treatments.attrs["margin"],
                 "recommended": self.treatments["recommended"].value_counts().to_dict(),
-                "interactions": None if self.treatment_effects is None else [
+                "interactions": None
+                if self.treatment_effects is None
+                else [
                     {"feature": f, **{t: float(w) for t, w in row.items()}}
                     for f, row in self.treatment_effects.head(10).iterrows()
                 ],
@@ -84,8 +95,15 @@ class Evidence:
         }
 
 
-def run_evidence(module, dm, temperature: float | None = None, saliency_cases: int | None = None,
-                 ablation_cases: int = 48, margin: float = treatment.DEFAULT_MARGIN, part: str = "test") -> Evidence:
+def run_evidence(
+    module,
+    dm,
+    temperature: float | None = None,
+    saliency_cases: int | None = None,
+    ablation_cases: int = 48,
+    margin: float = treatment.DEFAULT_MARGIN,
+    part: str = "test",
+) -> Evidence:
     """Every analysis the model supports, on the ``part`` split; truth checks if known.
     Without a ``temperature``, a classifier is calibrated first (in place) as export does."""
     net = module.net.eval()
@@ -111,12 +129,16 @@ def run_evidence(module, dm, temperature: float | None = None, saliency_cases: i
         ev.notes.append("The clinical table has no survival_months/event columns: no risk groups.")
     if dm.clinical is not None and dm.clinical.treatment:
         ev.treatments = treatment.rank_treatments(
-            treatment.predict_under_treatments(net, cases, dm.clinical), margin=margin, temperature=temperature)
+            treatment.predict_under_treatments(net, cases, dm.clinical), margin=margin, temperature=temperature
+        )
         if getattr(net, "treatment_effect", None) is not None:  # the predictive biomarkers it learned
             ev.treatment_effects = net.treatment_effect.effects(
-                dm.clinical.treatments[1:], attribution.omics_features(net, dm))
+                dm.clinical.treatments[1:], attribution.omics_features(net, dm)
+            )
     else:
-        ev.notes.append("The model has no treatment input (train with configs/experiment/treatment.yaml): no treatment ranking.")
+        ev.notes.append(
+            "The model has no treatment input (train with configs/experiment/treatment.yaml): no treatment ranking."
+        )
     # Validation and held-out cases pooled with out-of-fold temperatures: an ECE on more patients.
     pooled = (val_logits, val.label.numpy()) if part != "val" else (None, None)
     ev.calibration = calibration.calibration_summary(logits, ev.label, temperature, *pooled)
@@ -144,17 +166,24 @@ def _stratify(ev: Evidence, net, dm, clinical: pd.DataFrame) -> None:
     train = collect_cases(dm, "train")
     train_clinical = clinical_frame(dm, train.patient_ids)
     train_score = stratify.risk_scores(net, train)
-    risk_model = stratify.fit_risk_model(train_score, train_clinical["survival_months"].to_numpy(),
-                                         train_clinical["event"].to_numpy())
+    risk_model = stratify.fit_risk_model(
+        train_score, train_clinical["survival_months"].to_numpy(), train_clinical["event"].to_numpy()
+    )
     score = log_odds(ev.logits)
     groups = risk_model.groups(score)
     months, event = clinical["survival_months"].to_numpy(), clinical["event"].to_numpy()
     ev.risk_groups = groups
     ev.survival = pd.DataFrame({"months": months, "event": event, "group": groups})
-    ev.risk = {**stratify.logrank(groups, months, event), "direction": risk_model.direction,
-               "cuts": list(risk_model.cuts), "train_hazard_ratio_per_sd": risk_model.hazard_ratio_per_sd}
+    ev.risk = {
+        **stratify.logrank(groups, months, event),
+        "direction": risk_model.direction,
+        "cuts": list(risk_model.cuts),
+        "train_hazard_ratio_per_sd": risk_model.hazard_ratio_per_sd,
+    }
     if "subtype" in clinical:
-        ev.clusters = stratify.cluster_subtypes(stratify.fused_embeddings(net, ev.cases), clinical["subtype"].to_numpy())
+        ev.clusters = stratify.cluster_subtypes(
+            stratify.fused_embeddings(net, ev.cases), clinical["subtype"].to_numpy()
+        )
 
 
 def _truth_checks(ev: Evidence, known: dict) -> list[truth.Check]:

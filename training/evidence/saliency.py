@@ -35,7 +35,9 @@ def numpy_logits(net: torch.nn.Module) -> Callable[..., np.ndarray]:
 
     @torch.no_grad()
     def logits(image, genomics, clinical, presence) -> np.ndarray:
-        inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in (image, genomics, clinical, presence)]
+        inputs = [
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in (image, genomics, clinical, presence)
+        ]
         return net(*inputs).numpy()
 
     return logits
@@ -45,8 +47,15 @@ def occlusion_map(net, image: torch.Tensor, genomics, clinical, presence, batch:
     """The occlusion saliency of one case (tensors with a batch axis of 1), positive
     label: radfusion.explain.image_saliency through the torch network."""
     net.eval()
-    return image_saliency(numpy_logits(net), image[0].numpy(), genomics[0].numpy(), clinical[0].numpy(),
-                          presence[0].numpy(), max_windows=SALIENCY_WINDOWS, batch_size=batch)
+    return image_saliency(
+        numpy_logits(net),
+        image[0].numpy(),
+        genomics[0].numpy(),
+        clinical[0].numpy(),
+        presence[0].numpy(),
+        max_windows=SALIENCY_WINDOWS,
+        batch_size=batch,
+    )
 
 
 @dataclass
@@ -71,11 +80,14 @@ def saliency_for_case(net, cases: Cases, i: int, root: Path, geometry: ImageGeom
     mm = grid.model_to_patient(found.peak)
     voxel = np.linalg.solve(volume.affine, [*mm, 1.0])[:3]
     peak = np.clip(np.round(voxel), 0, np.asarray(volume.voxels.shape) - 1).astype(int)
-    return Saliency(cases.patient_ids[i], found.voxel_map, source, volume,
-                    tuple(int(v) for v in peak), tuple(float(v) for v in mm))
+    return Saliency(
+        cases.patient_ids[i], found.voxel_map, source, volume, tuple(int(v) for v in peak), tuple(float(v) for v in mm)
+    )
 
 
-def cohort_saliency(net, cases: Cases, root: Path, geometry: ImageGeometry, max_cases: int | None = None) -> list[Saliency]:
+def cohort_saliency(
+    net, cases: Cases, root: Path, geometry: ImageGeometry, max_cases: int | None = None
+) -> list[Saliency]:
     """Saliency for every case with an image (the first ``max_cases`` of them)."""
     if not net.uses("image"):
         raise ValueError("the model does not use the image: no saliency")

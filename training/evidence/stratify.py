@@ -60,9 +60,13 @@ def logrank(groups: np.ndarray, months: np.ndarray, event: np.ndarray) -> dict:
     frame = pd.DataFrame({"T": months, "E": event, "group": groups})
     pairwise = pairwise_logrank_test(frame["T"], frame["group"], frame["E"])
     pairs = {f"{a} vs {b}": float(p) for (a, b), p in pairwise.summary["p"].items()}
-    return {"p_value": float(overall.p_value), "statistic": float(overall.test_statistic),
-            "pairwise_p": pairs, "n": int(len(groups)),
-            "n_per_group": {g: int((groups == g).sum()) for g in GROUPS}}
+    return {
+        "p_value": float(overall.p_value),
+        "statistic": float(overall.test_statistic),
+        "pairwise_p": pairs,
+        "n": len(groups),
+        "n_per_group": {g: int((groups == g).sum()) for g in GROUPS},
+    }
 
 
 def km_curves(groups: np.ndarray, months: np.ndarray, event: np.ndarray) -> dict[str, KaplanMeierFitter]:
@@ -89,5 +93,4 @@ def cluster_subtypes(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) 
     k = len(np.unique(labels))
     x = StandardScaler().fit_transform(embeddings)
     clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
-    return {"ari": float(adjusted_rand_score(labels, clusters)), "k": int(k), "n": int(len(labels)),
-            "clusters": clusters}
+    return {"ari": float(adjusted_rand_score(labels, clusters)), "k": int(k), "n": len(labels), "clusters": clusters}

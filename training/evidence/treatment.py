@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from radfusion.treatment import DEFAULT_SWITCH_MARGIN, recommend
 from radfusion.training.evidence.cases import Cases, positive_log_odds, predict_logits
+from radfusion.treatment import DEFAULT_SWITCH_MARGIN, recommend
 
 DEFAULT_MARGIN = DEFAULT_SWITCH_MARGIN
 
@@ -39,8 +39,9 @@ def predict_under_treatments(net, cases: Cases, spec) -> pd.DataFrame:
     return pd.DataFrame(out, index=cases.patient_ids)
 
 
-def rank_treatments(log_odds_table: pd.DataFrame, reference: str | None = None,
-                    margin: float = DEFAULT_MARGIN, temperature: float = 1.0) -> pd.DataFrame:
+def rank_treatments(
+    log_odds_table: pd.DataFrame, reference: str | None = None, margin: float = DEFAULT_MARGIN, temperature: float = 1.0
+) -> pd.DataFrame:
     """Per patient: predicted response probability per treatment, the ranking, the gain
     over the reference and the recommendation under the margin rule."""
     reference = reference or log_odds_table.columns[0]

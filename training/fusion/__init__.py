@@ -7,4 +7,13 @@ from radfusion.training.fusion.encoders import IMAGE_ENCODERS, build_image_encod
 from radfusion.training.fusion.net import FusionNet, LogitModel, NetworkConfig
 from radfusion.training.fusion.strategies import FUSIONS, build_fusion
 
-__all__ = ["FUSIONS", "IMAGE_ENCODERS", "FusionNet", "LogitModel", "NetworkConfig", "build_fusion", "build_image_encoder", "omics_encoder"]
+__all__ = [
+    "FUSIONS",
+    "IMAGE_ENCODERS",
+    "FusionNet",
+    "LogitModel",
+    "NetworkConfig",
+    "build_fusion",
+    "build_image_encoder",
+    "omics_encoder",
+]

@@ -101,8 +101,14 @@ def _efficientnet(spatial_dims: int, widths: Sequence[int]) -> tuple[nn.Module, 
         depth_divisor=4,
     )
     features = nn.Sequential(
-        net._conv_stem_padding, net._conv_stem, net._bn0, net._swish, net._blocks,
-        net._conv_head_padding, net._conv_head, net._bn1,
+        net._conv_stem_padding,
+        net._conv_stem,
+        net._bn0,
+        net._swish,
+        net._blocks,
+        net._conv_head_padding,
+        net._conv_head,
+        net._bn1,
     )
     return features, net._conv_head.out_channels
 
@@ -133,8 +139,15 @@ def build_image_encoder(
         if any(s % p for s, p in zip(size, patch)):
             raise ValueError(f"vit patch {patch} must divide the image shape {size}")
         vit = nets.ViT(
-            in_channels=1, img_size=size, patch_size=patch, hidden_size=hidden, mlp_dim=2 * hidden,
-            num_layers=layers, num_heads=heads, spatial_dims=spatial_dims, classification=False,
+            in_channels=1,
+            img_size=size,
+            patch_size=patch,
+            hidden_size=hidden,
+            mlp_dim=2 * hidden,
+            num_layers=layers,
+            num_heads=heads,
+            spatial_dims=spatial_dims,
+            classification=False,
         )
         return VitEncoder(vit, hidden, out_features, slice_wise=spatial_dims == 2, with_tokens=with_tokens)
     if kind == "densenet":

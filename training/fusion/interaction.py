@@ -73,7 +73,9 @@ class TreatmentInteraction(nn.Module):
         self.n_outputs = n_outputs
         self.n_features = sum(omics_sizes.values())
         used = list(used_blocks) if used_blocks is not None else [True] * len(omics_sizes)
-        self.register_buffer("treatment_columns", torch.tensor(list(treatment_columns), dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "treatment_columns", torch.tensor(list(treatment_columns), dtype=torch.long), persistent=False
+        )
         # Presence-mask column of every omics feature, and whether its block is read.
         feature_block = [i for i, size in zip(omics_presence, omics_sizes.values()) for _ in range(size)]
         feature_used = [float(u) for u, size in zip(used, omics_sizes.values()) for _ in range(size)]

@@ -112,16 +112,26 @@ class FusionNet(nn.Module):
         self.embed_dim = embed_dim
         self.fusion_kind = fusion
         self.head = build_fusion(
-            fusion, self.modality_names, self.used_mask(), list(self.omics_sizes), embed_dim, n_classes, config.dropout,
+            fusion,
+            self.modality_names,
+            self.used_mask(),
+            list(self.omics_sizes),
+            embed_dim,
+            n_classes,
+            config.dropout,
             kronecker_rank=config.kronecker_rank,
         )
         # Only the encoders a model uses exist: a unimodal baseline is the same
         # architecture with the other branches removed, not branches fed zeros.
         self.image_encoder = (
             build_image_encoder(
-                config.image_encoder, config.spatial_dims, embed_dim, config.image_widths,
+                config.image_encoder,
+                config.spatial_dims,
+                embed_dim,
+                config.image_widths,
                 with_tokens=getattr(self.head, "queries", None) not in (None, []),
-                image_shape=config.image_shape, patch=config.image_patch,
+                image_shape=config.image_shape,
+                patch=config.image_patch,
             )
             if self.uses("image")
             else None
@@ -153,8 +163,12 @@ class FusionNet(nn.Module):
             raise ValueError(f"interaction blocks {sorted(unknown)} are not omics blocks of {list(self.omics_sizes)}")
         names = self.modality_names
         self.treatment_effect = TreatmentInteraction(
-            treatment_columns, self.omics_sizes, [names.index(b) for b in self.omics_sizes], names.index("clinical"),
-            self.n_outputs, used_blocks=[self.uses(b) and (blocks is None or b in blocks) for b in self.omics_sizes],
+            treatment_columns,
+            self.omics_sizes,
+            [names.index(b) for b in self.omics_sizes],
+            names.index("clinical"),
+            self.n_outputs,
+            used_blocks=[self.uses(b) and (blocks is None or b in blocks) for b in self.omics_sizes],
         )
         # The clinical encoder reads every column but the treatments (multiplied, not
         # indexed, so the exported graph keeps one static shape).

@@ -64,7 +64,10 @@ class GatedFusion(nn.Module):
     def gates(self, embeddings: list[torch.Tensor], presence: torch.Tensor) -> torch.Tensor:
         """(batch, modalities) weights: softmax over present modalities, 0 for absent ones."""
         scores = torch.cat(
-            [s(torch.tanh(v(e)) * torch.sigmoid(g(e))) for e, v, g, s in zip(embeddings, self.value, self.gate, self.score)],
+            [
+                s(torch.tanh(v(e)) * torch.sigmoid(g(e)))
+                for e, v, g, s in zip(embeddings, self.value, self.gate, self.score)
+            ],
             dim=1,
         )
         weights = torch.softmax(scores + (1 - presence) * _MASKED, dim=1)
@@ -90,7 +93,9 @@ class KroneckerFusion(nn.Module):
 
     needs_tokens = False
 
-    def __init__(self, n_modalities: int, embed_dim: int, n_outputs: int, dropout: float, rank: int = 8, used=None, **_):
+    def __init__(
+        self, n_modalities: int, embed_dim: int, n_outputs: int, dropout: float, rank: int = 8, used=None, **_
+    ):
         super().__init__()
         self.used = [i for i in range(n_modalities) if used is None or used[i]]
         self.reduce = nn.ModuleList(nn.Linear(embed_dim, rank) for _ in range(n_modalities))
@@ -142,7 +147,9 @@ class CrossAttentionFusion(nn.Module):
         scores = (q @ k.transpose(2, 3)).squeeze(2) / d**0.5  # (b, heads, n)
         return torch.softmax(scores + (1 - image_present)[:, None, None] * _MASKED, dim=-1)
 
-    def forward(self, embeddings: list[torch.Tensor], presence: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, embeddings: list[torch.Tensor], presence: torch.Tensor, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         attended = []
         if self.queries:
             image_present = presence[:, 0]

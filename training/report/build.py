@@ -35,8 +35,9 @@ def find_checkpoint(run_dir: Path) -> Path:
     raise FileNotFoundError(f"no checkpoint in the run folder (looked for {', '.join(CHECKPOINT_CANDIDATES)})")
 
 
-def build_report(run_dir: Path, out: Path | None = None, checkpoint: Path | None = None,
-                 saliency_cases: int | None = 40) -> Path:
+def build_report(
+    run_dir: Path, out: Path | None = None, checkpoint: Path | None = None, saliency_cases: int | None = 40
+) -> Path:
     """Run every analysis and write ``report.html`` (and ``evidence.json``) under ``out``
     (default ``<run>/report``). Returns the HTML path."""
     from radfusion.training.checkpoints import load_datamodule, load_module
@@ -65,9 +66,14 @@ def render_report(evidence: Evidence, module, dm, run_dir: Path, checkpoint: Pat
 def sections(ev: Evidence, module, dm, run_dir: Path, checkpoint: Path) -> list[tuple[str, str]]:
     out = [("Model and data", _overview(ev, module, dm, checkpoint))]
     if ev.checks:
-        out.append(("Checked against the truth", checks_table(ev.checks)
-                    + "<p class=note>The synthetic cohort's truth file knows the driver genes, each lesion, each "
-                      "patient's best treatment and the outcome model; each line is also a test.</p>"))
+        out.append(
+            (
+                "Checked against the truth",
+                checks_table(ev.checks)
+                + "<p class=note>The synthetic cohort's truth file knows the driver genes, each lesion, each "
+                "patient's best treatment and the outcome model; each line is also a test.</p>",
+            )
+        )
     out.append(("Discrimination", _discrimination(ev, run_dir)))
     out.append(("Calibration", _calibration(ev)))
     out.append(("Subgroups", _subgroups(ev)))
@@ -91,7 +97,7 @@ def _overview(ev: Evidence, module, dm, checkpoint: Path) -> str:
         "target": dm.hparams.target,
         "held-out patients (test split)": len(ev.cases),
         "temperature": f"{ev.temperature:.3f}",
-        "written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "written": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     return table(pd.DataFrame({"": list(rows), "value": [str(v) for v in rows.values()]}))
 
@@ -114,16 +120,23 @@ def _discrimination(ev: Evidence, run_dir: Path) -> str:
 
 def _calibration(ev: Evidence) -> str:
     c = ev.calibration
-    return (img(figures.reliability(c), "reliability diagram")
-            + f"<p>ECE ({c['n_bins']} bins, {c['n']} held-out patients): {fmt(c['ece_before'])} uncalibrated, "
-              f"{fmt(c['ece_after'])} after temperature scaling (T = {c['temperature']:.3f}, fitted on the "
-              "validation split and stored in the model contract at export).</p>")
+    return (
+        img(figures.reliability(c), "reliability diagram")
+        + f"<p>ECE ({c['n_bins']} bins, {c['n']} held-out patients): {fmt(c['ece_before'])} uncalibrated, "
+        f"{fmt(c['ece_after'])} after temperature scaling (T = {c['temperature']:.3f}, fitted on the "
+        "validation split and stored in the model contract at export).</p>"
+    )
 
 
 def _subgroups(ev: Evidence) -> str:
     frame = ev.subgroups.copy()
-    frame["AUROC (95% CI)"] = [f"{fmt(a)} ({fmt(lo)}–{fmt(hi)})" for a, lo, hi in frame[["auroc", "auroc_low", "auroc_high"]].itertuples(index=False)]
-    frame["ECE (95% CI)"] = [f"{fmt(a)} ({fmt(lo)}–{fmt(hi)})" for a, lo, hi in frame[["ece", "ece_low", "ece_high"]].itertuples(index=False)]
+    frame["AUROC (95% CI)"] = [
+        f"{fmt(a)} ({fmt(lo)}–{fmt(hi)})"
+        for a, lo, hi in frame[["auroc", "auroc_low", "auroc_high"]].itertuples(index=False)
+    ]
+    frame["ECE (95% CI)"] = [
+        f"{fmt(a)} ({fmt(lo)}–{fmt(hi)})" for a, lo, hi in frame[["ece", "ece_low", "ece_high"]].itertuples(index=False)
+    ]
     shown = frame[["variable", "group", "n", "prevalence", "AUROC (95% CI)", "ECE (95% CI)"]]
     return table(shown) + "<p class=note>Held-out patients; confidence intervals from 500 bootstrap resamples.</p>"
 
@@ -131,14 +144,21 @@ def _subgroups(ev: Evidence) -> str:
 def _genes(ev: Evidence) -> str:
     html = "<div class=figs>" + img(figures.top_genes(ev.gene_ranking), "top genes by Integrated Gradients")
     if ev.ablation_ranking is not None:
-        html += img(figures.top_genes(ev.ablation_ranking, title="Top genes (feature ablation)"), "top genes by feature ablation")
+        html += img(
+            figures.top_genes(ev.ablation_ranking, title="Top genes (feature ablation)"),
+            "top genes by feature ablation",
+        )
     html += "</div>"
     s, m = ev.gene_stability, ev.method_agreement
-    html += (f"<p>Stability across {s['n_rankings']} disjoint patient folds: top-{s['top_k']} Jaccard "
-             f"{fmt(s['jaccard_mean'])} (min {fmt(s['jaccard_min'])}), Spearman {fmt(s['spearman_mean'])}.</p>")
+    html += (
+        f"<p>Stability across {s['n_rankings']} disjoint patient folds: top-{s['top_k']} Jaccard "
+        f"{fmt(s['jaccard_mean'])} (min {fmt(s['jaccard_min'])}), Spearman {fmt(s['spearman_mean'])}.</p>"
+    )
     if m:
-        html += (f"<p>Integrated Gradients vs feature ablation: top-{m['top_k']} Jaccard {fmt(m['jaccard_mean'])}, "
-                 f"Spearman {fmt(m['spearman_mean'])}.</p>")
+        html += (
+            f"<p>Integrated Gradients vs feature ablation: top-{m['top_k']} Jaccard {fmt(m['jaccard_mean'])}, "
+            f"Spearman {fmt(m['spearman_mean'])}.</p>"
+        )
     return html + "<p class=note>Red: raises the predicted response; blue: lowers it.</p>"
 
 
@@ -149,28 +169,36 @@ def _saliency(ev: Evidence, dm) -> str:
     for n, s in enumerate(ev.saliencies[:OVERLAYS], start=1):
         lesion = known.get(s.patient_id, {}).get("lesion_centre_mm")
         pictures.append(img(overlay_png(s, dm.geometry.window, lesion), f"saliency overlay, held-out case {n}"))
-    return ("<div class=figs>" + "".join(pictures) + "</div>"
-            f"<p>Occlusion sensitivity on {len(ev.saliencies)} held-out studies, resampled onto each source "
-            "series; the slice through the peak is shown (+: peak, circle: planted lesion when known).</p>")
+    return (
+        "<div class=figs>" + "".join(pictures) + "</div>"
+        f"<p>Occlusion sensitivity on {len(ev.saliencies)} held-out studies, resampled onto each source "
+        "series; the slice through the peak is shown (+: peak, circle: planted lesion when known).</p>"
+    )
 
 
 def _stratification(ev: Evidence) -> str:
     r = ev.risk
     pairs = "; ".join(f"{k}: p = {v:.2g}" for k, v in r["pairwise_p"].items())
     html = img(figures.kaplan_meier(ev.survival, r["p_value"]), "Kaplan-Meier curves by risk group")
-    html += (f"<p>Risk score: the model's log-odds, oriented and cut into tertiles on the training split "
-             f"(hazard ratio per SD there: {r['train_hazard_ratio_per_sd']:.2f}). Held-out log-rank p = {r['p_value']:.2g} "
-             f"({r['n']} patients); pairwise: {esc(pairs)}.</p>")
+    html += (
+        f"<p>Risk score: the model's log-odds, oriented and cut into tertiles on the training split "
+        f"(hazard ratio per SD there: {r['train_hazard_ratio_per_sd']:.2f}). Held-out log-rank p = {r['p_value']:.2g} "
+        f"({r['n']} patients); pairwise: {esc(pairs)}.</p>"
+    )
     if ev.clusters:
-        html += (f"<p>KMeans ({ev.clusters['k']} clusters) on the fused embeddings vs the known subtypes: "
-                 f"adjusted Rand index {fmt(ev.clusters['ari'])} (0 = chance).</p>")
+        html += (
+            f"<p>KMeans ({ev.clusters['k']} clusters) on the fused embeddings vs the known subtypes: "
+            f"adjusted Rand index {fmt(ev.clusters['ari'])} (0 = chance).</p>"
+        )
     return html
 
 
 def _treatment(ev: Evidence) -> str:
     t = ev.treatments
     counts = t["recommended"].value_counts()
-    return (img(figures.treatment_gains(t), "predicted treatment gains")
-            + f"<p>Reference (standard of care): {esc(t.attrs['reference'])}. A patient is switched only when another "
-              f"treatment's predicted log-odds of response exceed the reference's by more than {t.attrs['margin']}. "
-              f"Recommended: {esc(', '.join(f'{k} {v}' for k, v in counts.items()))}.</p>")
+    return (
+        img(figures.treatment_gains(t), "predicted treatment gains")
+        + f"<p>Reference (standard of care): {esc(t.attrs['reference'])}. A patient is switched only when another "
+        f"treatment's predicted log-odds of response exceed the reference's by more than {t.attrs['margin']}. "
+        f"Recommended: {esc(', '.join(f'{k} {v}' for k, v in counts.items()))}.</p>"
+    )

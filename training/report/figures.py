@@ -7,12 +7,12 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import auc, precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
-from radfusion.training.evidence.stratify import GROUPS, km_curves  # noqa: E402
+from radfusion.training.evidence.stratify import GROUPS, km_curves
 
 
 def _png(fig) -> bytes:
@@ -45,8 +45,13 @@ def reliability(calibration: dict) -> bytes:
         points = calibration[key]
         ece = calibration["ece_before" if key.endswith("before") else "ece_after"]
         ax.plot(points["predicted"], points["observed"], "o-", label=f"{name} (ECE {ece:.3f})")
-    ax.set(xlabel="mean predicted probability", ylabel="observed frequency",
-           title=f"Reliability (T = {calibration['temperature']:.2f})", xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed frequency",
+        title=f"Reliability (T = {calibration['temperature']:.2f})",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(loc="upper left", fontsize=8)
     return _png(fig)
 
@@ -57,7 +62,9 @@ def kaplan_meier(survival: pd.DataFrame, p_value: float) -> bytes:
     for group in GROUPS:
         if group in curves:
             curves[group].plot_survival_function(ax=ax, ci_show=True)
-    ax.set(xlabel="months", ylabel="survival probability", title=f"Kaplan-Meier by risk group (log-rank p = {p_value:.2g})")
+    ax.set(
+        xlabel="months", ylabel="survival probability", title=f"Kaplan-Meier by risk group (log-rank p = {p_value:.2g})"
+    )
     return _png(fig)
 
 
@@ -77,7 +84,10 @@ def treatment_gains(treatments: pd.DataFrame) -> bytes:
     margin = treatments.attrs["margin"]
     ax.hist(gain, bins=30, color="tab:gray")
     ax.axvline(margin, color="tab:red", ls="--", label=f"margin {margin} log-odds")
-    ax.set(xlabel=f"predicted gain over {treatments.attrs['reference']} (log-odds)", ylabel="patients",
-           title="Treatment effect predicted per patient")
+    ax.set(
+        xlabel=f"predicted gain over {treatments.attrs['reference']} (log-odds)",
+        ylabel="patients",
+        title="Treatment effect predicted per patient",
+    )
     ax.legend()
     return _png(fig)

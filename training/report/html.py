@@ -38,7 +38,9 @@ def fmt(value) -> str:
 
 def table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False))
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False)
+    )
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
@@ -48,11 +50,15 @@ def checks_table(checks) -> str:
         f"<td class={'pass' if c.passed else 'fail'}>{'pass' if c.passed else 'FAIL'}</td><td>{esc(c.detail)}</td></tr>"
         for c in checks
     )
-    return ("<table><tr><th>check against the truth</th><th>measured</th><th>threshold</th><th>result</th>"
-            f"<th>detail</th></tr>{rows}</table>")
+    return (
+        "<table><tr><th>check against the truth</th><th>measured</th><th>threshold</th><th>result</th>"
+        f"<th>detail</th></tr>{rows}</table>"
+    )
 
 
 def page(title: str, sections: list[tuple[str, str]]) -> str:
     body = "".join(f"<h2>{esc(name)}</h2>{content}" for name, content in sections)
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>")
+    return (
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>"
+    )

@@ -20,6 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from radfusion.dicom import find_studies
+from radfusion.genomics import load_genomics_table, row_as_mapping
+from radfusion.predictor import Predictor
 from radfusion.serving.http.launch import (
     PROJECT_ROOT,
     free_port,
@@ -27,10 +31,6 @@ from radfusion.serving.http.launch import (
     serve_command,
     serve_env,
 )
-
-from radfusion.dicom import find_studies
-from radfusion.genomics import load_genomics_table, row_as_mapping
-from radfusion.predictor import Predictor
 from tests.support.study_zip import zip_study
 
 pytestmark = pytest.mark.slow
@@ -81,8 +81,6 @@ def slow_body(payload: bytes, pieces: int, pause: float) -> Iterator[bytes]:
         yield payload[i : i + size]
 
 
-
-
 def stow_body(paths: list[Path]) -> tuple[bytes, str]:
     """A STOW-RS request body as a PACS sends it: one application/dicom part per file."""
     boundary = uuid.uuid4().hex
@@ -115,18 +113,27 @@ def test_inference_routes_need_a_token(server, cohort) -> None:
         ]:
             response = client.request(method, path, **kwargs)
             assert response.status_code == 401, (path, response.text)
-            assert response.json() == {"error": "unauthorized", "detail": "missing API token (Authorization: Bearer <token> or X-API-Key)"}
+            assert response.json() == {
+                "error": "unauthorized",
+                "detail": "missing API token (Authorization: Bearer <token> or X-API-Key)",
+            }
             assert response.headers["www-authenticate"] == 'Bearer realm="radfusion"'
 
         wrong = client.post("/predict", json={"genomics": genes}, headers={"Authorization": "Bearer nope"})
         assert (wrong.status_code, wrong.json()["detail"]) == (401, "invalid API token")
-        assert client.post("/predict", json={"genomics": genes}, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+        assert (
+            client.post("/predict", json={"genomics": genes}, headers={"Authorization": f"Basic {TOKEN}"}).status_code
+            == 401
+        )
         # Refused before the body counts: an oversized upload without a token is 401, not 413.
         assert client.post("/predict", content=b"\0" * (2 * 1024 * 1024)).status_code == 401
 
         assert client.post("/predict", json={"genomics": genes}, headers=AUTH).status_code == 200
         assert client.post("/predict", json={"genomics": genes}, headers={"X-API-Key": TOKEN}).status_code == 200
-        assert client.post("/predict", json={"genomics": genes}, headers={"Authorization": "Bearer old-token"}).status_code == 200
+        assert (
+            client.post("/predict", json={"genomics": genes}, headers={"Authorization": "Bearer old-token"}).status_code
+            == 200
+        )
 
         for open_path in ("/readyz", "/livez", "/healthz", "/metrics"):
             assert client.get(open_path).status_code == 200, open_path
@@ -180,7 +187,9 @@ def test_concurrent_clients_see_no_5xx_but_503(server, cohort) -> None:
         genes = genes_of(table, study.patient_id)
         data = {"genomics": json.dumps(genes)} if genes else None
         expected = predictor.predict([predictor.prepare(paths, genes)])[0]
-        requests.append(("study", {"files": {"study": ("s.zip", zip_study(paths), "application/zip")}, "data": data}, 200, expected))
+        requests.append(
+            ("study", {"files": {"study": ("s.zip", zip_study(paths), "application/zip")}, "data": data}, 200, expected)
+        )
     requests.append(("corrupt", {"files": {"study": ("s.zip", b"PK\x03\x04broken", "application/zip")}}, 400, None))
     requests.append(("no-token", {"json": {"genomics": None}, "headers": {"Authorization": "Bearer x"}}, 401, None))
     work = [requests[i % len(requests)] for i in range(16 * 6)]
@@ -210,8 +219,10 @@ def test_stow_rs_input_scores_the_study_with_genomics_by_patient(server, cohort)
     with_genes = next(s for s in studies if s.patient_id in table.index)
     without = next(s for s in studies if s.patient_id not in table.index)
     with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
-        for study, genes, source in ((with_genes, genes_of(table, with_genes.patient_id), "genomics table"),
-                                     (without, None, "patient not in the genomics table")):
+        for study, genes, source in (
+            (with_genes, genes_of(table, with_genes.patient_id), "genomics table"),
+            (without, None, "patient not in the genomics table"),
+        ):
             paths = [h.path for h in study.instances]
             body, content_type = stow_body(paths)
             response = client.post("/dicom-web/studies", content=body, headers={"content-type": content_type})
@@ -229,7 +240,9 @@ def test_stow_rs_input_scores_the_study_with_genomics_by_patient(server, cohort)
         no_boundary = client.post("/dicom-web/studies", content=body, headers={"content-type": "multipart/related"})
         assert (no_boundary.status_code, no_boundary.json()["error"]) == (400, "bad_multipart")
         garbage = b"--b\r\nContent-Type: application/dicom\r\n\r\nnot dicom at all\r\n--b--\r\n"
-        corrupt = client.post("/dicom-web/studies", content=garbage, headers={"content-type": "multipart/related; boundary=b"})
+        corrupt = client.post(
+            "/dicom-web/studies", content=garbage, headers={"content-type": "multipart/related; boundary=b"}
+        )
         assert (corrupt.status_code, corrupt.json()["error"]) == (400, "corrupt_dicom")
 
 
@@ -257,18 +270,28 @@ def test_sigterm_drains_in_flight_requests(tiny_onnx_model: Path, bentoml_home: 
     expected = predictor.predict([predictor.prepare(paths, genes)])[0]
     boundary = uuid.uuid4().hex
     multipart = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="genomics"\r\n\r\n{json.dumps(genes)}\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="study"; filename="s.zip"\r\n'
-        "Content-Type: application/zip\r\n\r\n"
-    ).encode() + zip_study(paths) + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="genomics"\r\n\r\n{json.dumps(genes)}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="study"; filename="s.zip"\r\n'
+            "Content-Type: application/zip\r\n\r\n"
+        ).encode()
+        + zip_study(paths)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     headers = {**AUTH, "content-type": f"multipart/form-data; boundary={boundary}"}
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": TOKEN}
     log = open(tmp_path / "serve.log", "wb")
-    process = subprocess.Popen(serve_command("127.0.0.1", port), env=serve_env(tiny_onnx_model, env),
-                               cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        serve_command("127.0.0.1", port),
+        env=serve_env(tiny_onnx_model, env),
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -14,6 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from radfusion.dicom import find_studies
+from radfusion.genomics import load_genomics_table, row_as_mapping
+from radfusion.predictor import Predictor
 from radfusion.serving.http.launch import (
     PROJECT_ROOT,
     STARTUP_FAILED,
@@ -22,10 +26,6 @@ from radfusion.serving.http.launch import (
     serve_command,
     serve_env,
 )
-
-from radfusion.dicom import find_studies
-from radfusion.genomics import load_genomics_table, row_as_mapping
-from radfusion.predictor import Predictor
 from tests.support.study_zip import zip_study
 
 pytestmark = pytest.mark.slow
@@ -75,8 +75,6 @@ def paths_of(study) -> list[Path]:
     return [h.path for h in study.instances]
 
 
-
-
 def expected(predictor: Predictor, paths, genes) -> dict:
     return predictor.predict([predictor.prepare(paths, genes)])[0]
 
@@ -91,7 +89,9 @@ def scrape(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
     values: dict[tuple[str, frozenset], float] = defaultdict(float)
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
-            labels = {k: v for k, v in sample.labels.items() if k not in ("service_name", "runner_name", "worker_index")}
+            labels = {
+                k: v for k, v in sample.labels.items() if k not in ("service_name", "runner_name", "worker_index")
+            }
             values[(sample.name, frozenset(labels.items()))] += sample.value
     return values
 
@@ -142,8 +142,11 @@ def test_dicomweb_references_are_refused_specifically(server, pacs, cohort) -> N
     for ref, status, kind in cases:
         response = client.post("/predict", json={"dicomweb": ref})
         assert (response.status_code, response.json()["error"]) == (status, kind), response.text
-    both = client.post("/predict", files={"study": ("s.zip", zip_study(paths_of(with_genes[0])), "application/zip")},
-                       data={"dicomweb": json.dumps({"url": pacs.dicomweb, "study_uid": uid})})
+    both = client.post(
+        "/predict",
+        files={"study": ("s.zip", zip_study(paths_of(with_genes[0])), "application/zip")},
+        data={"dicomweb": json.dumps({"url": pacs.dicomweb, "study_uid": uid})},
+    )
     assert (both.status_code, both.json()["error"]) == (400, "conflicting_study_inputs")
 
 
@@ -152,10 +155,18 @@ def test_unreachable_allowed_server_is_502(tiny_onnx_model: Path, cohort, tmp_pa
     own BENTOML_HOME: a server starting clears the Prometheus folder of its home.)"""
     with_genes, _, _ = cohort
     down = f"http://127.0.0.1:{free_port()}/dicom-web"
-    env = {"BENTOML_HOME": str(tmp_path / "home"), "RADFUSION_API_TOKENS": TOKEN, "RADFUSION_DICOMWEB_ALLOWED_URLS": down}
+    env = {
+        "BENTOML_HOME": str(tmp_path / "home"),
+        "RADFUSION_API_TOKENS": TOKEN,
+        "RADFUSION_DICOMWEB_ALLOWED_URLS": down,
+    }
     with running_server(tiny_onnx_model, timeout=120, env=env) as url:
-        response = httpx.post(f"{url}/predict", json={"dicomweb": {"url": down, "study_uid": with_genes[0].study_uid}},
-                              headers=AUTH, timeout=60)
+        response = httpx.post(
+            f"{url}/predict",
+            json={"dicomweb": {"url": down, "study_uid": with_genes[0].study_uid}},
+            headers=AUTH,
+            timeout=60,
+        )
     assert (response.status_code, response.json()["error"]) == (502, "dicomweb_unavailable"), response.text
 
 
@@ -192,19 +203,38 @@ def test_json_batch_one_answer_per_case(server, pacs, cohort) -> None:
     assert (results[5]["error"], results[5]["status"]) == ("bad_case", 400)
 
     # The three good cases went to the model service in one call: one batch of 3 rows.
-    after = scrape_after(client, before, [("radfusion_errors_total", 3, {"route": "predict_batch"}),
-                                          ("bentoml_service_adaptive_batch_size_count", 1, {}),
-                                          ("radfusion_model_batch_rows_count", 1, {})])
-    assert metric(after, "radfusion_errors_total", kind="dicomweb_study_not_found", route="predict_batch") - metric(
-        before, "radfusion_errors_total", kind="dicomweb_study_not_found", route="predict_batch") == 1
-    assert metric(after, "radfusion_errors_total", kind="gene_panel_mismatch", route="predict_batch") - metric(
-        before, "radfusion_errors_total", kind="gene_panel_mismatch", route="predict_batch") == 1
-    assert metric(after, "radfusion_batch_request_cases_count") - metric(before, "radfusion_batch_request_cases_count") == 1
+    after = scrape_after(
+        client,
+        before,
+        [
+            ("radfusion_errors_total", 3, {"route": "predict_batch"}),
+            ("bentoml_service_adaptive_batch_size_count", 1, {}),
+            ("radfusion_model_batch_rows_count", 1, {}),
+        ],
+    )
+    assert (
+        metric(after, "radfusion_errors_total", kind="dicomweb_study_not_found", route="predict_batch")
+        - metric(before, "radfusion_errors_total", kind="dicomweb_study_not_found", route="predict_batch")
+        == 1
+    )
+    assert (
+        metric(after, "radfusion_errors_total", kind="gene_panel_mismatch", route="predict_batch")
+        - metric(before, "radfusion_errors_total", kind="gene_panel_mismatch", route="predict_batch")
+        == 1
+    )
+    assert (
+        metric(after, "radfusion_batch_request_cases_count") - metric(before, "radfusion_batch_request_cases_count")
+        == 1
+    )
     assert metric(after, "radfusion_batch_request_cases_sum") - metric(before, "radfusion_batch_request_cases_sum") == 6
     assert metric(after, "radfusion_model_batch_rows_sum") - metric(before, "radfusion_model_batch_rows_sum") == 3
     assert metric(after, "radfusion_model_batch_rows_count") - metric(before, "radfusion_model_batch_rows_count") == 1
     # BentoML's own batch size counts calls merged into a batch: this was one call.
-    assert metric(after, "bentoml_service_adaptive_batch_size_count") - metric(before, "bentoml_service_adaptive_batch_size_count") == 1
+    assert (
+        metric(after, "bentoml_service_adaptive_batch_size_count")
+        - metric(before, "bentoml_service_adaptive_batch_size_count")
+        == 1
+    )
 
 
 def test_multipart_batch_of_zips(server, cohort) -> None:
@@ -237,7 +267,12 @@ def test_batch_request_limits(server) -> None:
     assert (too_many.status_code, too_many.json()["error"]) == (413, "too_many_cases")
     empty = client.post("/predict/batch", json={"cases": []})
     assert (empty.status_code, empty.json()["error"]) == (422, "no_cases")
-    assert client.post("/predict/batch", json={"cases": [{"genomics": {}}]}, headers={"Authorization": "Bearer x"}).status_code == 401
+    assert (
+        client.post(
+            "/predict/batch", json={"cases": [{"genomics": {}}]}, headers={"Authorization": "Bearer x"}
+        ).status_code
+        == 401
+    )
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -252,13 +287,22 @@ def test_metrics_count_requests_patterns_and_errors(server, cohort) -> None:
     for _ in range(3):
         genes_only = client.post("/predict", json={"genomics": genes})
         assert genes_only.status_code == 200
-    with_study = client.post("/predict", files={"study": ("s.zip", zipped, "application/zip")},
-                             data={"genomics": json.dumps(genes)})
+    with_study = client.post(
+        "/predict", files={"study": ("s.zip", zipped, "application/zip")}, data={"genomics": json.dumps(genes)}
+    )
     assert with_study.status_code == 200
     assert client.post("/predict", json={"genomics": {"TP53": 1.0}}).status_code == 422
-    assert client.post("/predict", json={"genomics": genes}, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    after = scrape_after(client, before, [("bentoml_service_request_total", 5, {"endpoint": "/predict"}),
-                                          ("radfusion_model_call_seconds_count", 4, {"route": "predict"})])
+    assert (
+        client.post("/predict", json={"genomics": genes}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    )
+    after = scrape_after(
+        client,
+        before,
+        [
+            ("bentoml_service_request_total", 5, {"endpoint": "/predict"}),
+            ("radfusion_model_call_seconds_count", 4, {"route": "predict"}),
+        ],
+    )
 
     def delta(name: str, **labels) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)
@@ -289,8 +333,14 @@ def test_server_without_a_token_does_not_start(tiny_onnx_model: Path, tmp_path: 
         env.pop(name, None)
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(serve_command("127.0.0.1", port), env=env, cwd=PROJECT_ROOT,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            serve_command("127.0.0.1", port),
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 90
         while STARTUP_FAILED not in log_path.read_bytes() and process.poll() is None and time.monotonic() < deadline:

@@ -16,14 +16,16 @@ from tests.support.paths import PROJECT_ROOT as ROOT
 if str(ROOT) not in sys.path:  # bench/ is a folder of the checkout, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from bench.gpu_serving import gpu_names, provider_options  # noqa: E402
+from bench.gpu_serving import gpu_names, provider_options
 
 
 def fake_nvidia_smi(folder: Path, exit_code: int) -> Path:
     """An nvidia-smi that fails as it does where the driver is missing."""
     folder.mkdir(parents=True, exist_ok=True)
     tool = folder / "nvidia-smi"
-    tool.write_text(f"#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit {exit_code}\n")
+    tool.write_text(
+        f"#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit {exit_code}\n"
+    )
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
     return folder
 
@@ -35,8 +37,14 @@ def test_script_without_a_gpu_exits_cleanly(tmp_path: Path, driver: str) -> None
     # Only system tools plus the fake: no real nvidia-smi can be found.
     env = {**os.environ, "PATH": os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"]), "VENV": str(tmp_path / "venv")}
     out = tmp_path / "out"
-    run = subprocess.run(["bash", str(ROOT / "bench" / "gpu_serving.sh"), str(out)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_serving.sh"), str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     assert "no NVIDIA GPU here" in run.stdout
     assert not (tmp_path / "venv").exists()  # nothing installed
@@ -47,8 +55,14 @@ def test_python_entry_without_a_gpu(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(fake_nvidia_smi(tmp_path / "bin", 9)))
     assert gpu_names() == []
     out = tmp_path / "gpu.json"
-    run = subprocess.run([sys.executable, "-m", "bench.gpu_serving", "--out", str(out)], cwd=ROOT,
-                         env={**os.environ, "PATH": str(tmp_path / "bin")}, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_serving", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PATH": str(tmp_path / "bin")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "no NVIDIA GPU found" in run.stdout and not out.exists()
 

@@ -8,6 +8,11 @@ import anyio
 import httpx
 import pytest
 from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
 from radfusion.serving.dicomweb import (
     BadDicomwebRefError,
     DicomwebNotAllowedError,
@@ -28,10 +33,6 @@ from radfusion.serving.http.cases import (
 )
 from radfusion.serving.http.launch import check_auth_for_host, running_server
 from radfusion.serving.settings import ServiceSettings
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -73,9 +74,8 @@ def test_auth_off_is_for_loopback_hosts_only() -> None:
 def test_launcher_refuses_before_starting(tiny_onnx_model, monkeypatch) -> None:
     for name in ("RADFUSION_API_TOKENS", "RADFUSION_API_TOKENS_FILE", "RADFUSION_AUTH"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(AuthNotConfiguredError):
-        with running_server(tiny_onnx_model):
-            pass
+    with pytest.raises(AuthNotConfiguredError), running_server(tiny_onnx_model):
+        pass
 
 
 def _app(**auth) -> TokenAuth:
@@ -172,9 +172,14 @@ def test_study_uid_must_be_a_uid_and_dicomweb_off_without_allowed_urls() -> None
 
 
 def test_policy_from_settings() -> None:
-    settings = ServiceSettings.from_env({"RADFUSION_DICOMWEB_ALLOWED_URLS": " http://a.example/dw , http://b.example ",
-                                         "RADFUSION_DICOMWEB_TIMEOUT_S": "7", "RADFUSION_MAX_STUDY_BYTES": "10",
-                                         "RADFUSION_MAX_STUDY_FILES": "2"})
+    settings = ServiceSettings.from_env(
+        {
+            "RADFUSION_DICOMWEB_ALLOWED_URLS": " http://a.example/dw , http://b.example ",
+            "RADFUSION_DICOMWEB_TIMEOUT_S": "7",
+            "RADFUSION_MAX_STUDY_BYTES": "10",
+            "RADFUSION_MAX_STUDY_FILES": "2",
+        }
+    )
     policy = settings.dicomweb_policy()
     assert policy.allowed == ("http://a.example/dw", "http://b.example") and not policy.is_trusted
     assert (policy.timeout_s, policy.max_bytes, policy.max_instances) == (7.0, 10, 2)
@@ -183,7 +188,8 @@ def test_policy_from_settings() -> None:
 def test_trusted_policy_takes_any_http_server_but_still_checks_the_uid() -> None:
     trusted = DicomwebPolicy.trusted()
     assert trusted.check(DicomwebRef(url="http://archive.internal:8042/dicom-web/", study_uid=UID)) == (
-        "http://archive.internal:8042/dicom-web")
+        "http://archive.internal:8042/dicom-web"
+    )
     with pytest.raises(BadDicomwebRefError, match="UID"):
         trusted.check(DicomwebRef(url="http://archive.internal/dicom-web", study_uid="1.2/../x"))
     with pytest.raises(BadDicomwebRefError):
@@ -214,10 +220,16 @@ def test_batch_cases_and_upload_problems() -> None:
         batch_cases([], n_uploads=0, max_cases=8)
     with pytest.raises(TooManyCasesError, match="9 cases"):
         batch_cases([CaseRequest()] * 9, n_uploads=0, max_cases=8)
-    cases = [CaseRequest.model_validate(c) for c in (
-        {"study": {"upload": 0}}, {"study": {"upload": 1}}, {"study": {"upload": 1}}, {"study": {"upload": 5}},
-        {"genomics": {"TP53": 1.0}},
-    )]
+    cases = [
+        CaseRequest.model_validate(c)
+        for c in (
+            {"study": {"upload": 0}},
+            {"study": {"upload": 1}},
+            {"study": {"upload": 1}},
+            {"study": {"upload": 5}},
+            {"genomics": {"TP53": 1.0}},
+        )
+    ]
     problems = upload_problems(cases, n_uploads=2)
     assert sorted(problems) == [1, 2, 3]
     assert "named by 2 cases" in problems[1].message and "5 does not exist" in problems[3].message

@@ -17,11 +17,11 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from radfusion.serving.http.launch import running_server
 
 from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
+from radfusion.serving.http.launch import running_server
 from tests.support.study_zip import zip_study
 
 pytestmark = pytest.mark.slow
@@ -66,8 +66,6 @@ def predictor(tiny_onnx_model: Path) -> Predictor:
 
 def study_paths(study) -> list[Path]:
     return [h.path for h in study.instances]
-
-
 
 
 def post_study(client: httpx.Client, payload: bytes, genomics: dict | None = None) -> httpx.Response:
@@ -221,11 +219,13 @@ def test_burst_is_batched_and_never_fails(server, cohort, predictor) -> None:
         return values["_sum"], values["_count"]
 
     items_before, batches_before = metric_batches()
-    with httpx.Client(
-        base_url=str(client.base_url), timeout=60, headers=AUTH, limits=httpx.Limits(max_connections=32)
-    ) as burst:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
-            responses = list(pool.map(lambda _: burst.post("/predict", json={"genomics": genes}), range(150)))
+    with (
+        httpx.Client(
+            base_url=str(client.base_url), timeout=60, headers=AUTH, limits=httpx.Limits(max_connections=32)
+        ) as burst,
+        concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool,
+    ):
+        responses = list(pool.map(lambda _: burst.post("/predict", json={"genomics": genes}), range(150)))
     assert [r.status_code for r in responses] == [200] * 150
     for response in responses:
         assert_matches_predictor(response.json(), expected)
@@ -299,7 +299,9 @@ def test_truncated_pixel_data(server, cohort, tmp_path: Path, as_zip: bool) -> N
         else:
             files = [("study", (n, p.read_bytes(), "application/dicom")) for n, p in zip(names, paths)]
             response = client.post("/predict", files=files)
-        assert error_of(response, 400, "corrupt_dicom").startswith(("pixel data cannot be decoded", "instance has no pixel data"))
+        assert error_of(response, 400, "corrupt_dicom").startswith(
+            ("pixel data cannot be decoded", "instance has no pixel data")
+        )
 
 
 def test_text_in_the_file_field_is_never_fetched(server) -> None:

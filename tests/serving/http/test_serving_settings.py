@@ -27,10 +27,14 @@ def test_defaults_without_environment() -> None:
 
 
 def test_values_are_parsed() -> None:
-    settings = ServiceSettings.from_env({
-        "RADFUSION_MAX_UPLOAD_BYTES": " 2048 ", "RADFUSION_ORT_THREADS": "0",
-        "RADFUSION_GENOMICS_TABLE": "g.parquet", "RADFUSION_EXPLAIN_TOP_GENES": "3",
-    })
+    settings = ServiceSettings.from_env(
+        {
+            "RADFUSION_MAX_UPLOAD_BYTES": " 2048 ",
+            "RADFUSION_ORT_THREADS": "0",
+            "RADFUSION_GENOMICS_TABLE": "g.parquet",
+            "RADFUSION_EXPLAIN_TOP_GENES": "3",
+        }
+    )
     assert (settings.max_upload_bytes, settings.ort_threads, settings.genomics_table) == (2048, 0, "g.parquet")
     assert settings.explain.top_genes == 3
     assert not declared_from_env({"RADFUSION_BATCHING": "OFF"}).batching
@@ -39,12 +43,18 @@ def test_values_are_parsed() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("RADFUSION_MAX_UPLOAD_BYTES", "2G",
-         "RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes, got '2G'"),
+        (
+            "RADFUSION_MAX_UPLOAD_BYTES",
+            "2G",
+            "RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes, got '2G'",
+        ),
         ("RADFUSION_MAX_IN_FLIGHT", "0", "RADFUSION_MAX_IN_FLIGHT: expected a positive integer, got '0'"),
         ("RADFUSION_ORT_THREADS", "-1", "RADFUSION_ORT_THREADS: expected an integer >= 0"),
-        ("RADFUSION_DICOMWEB_TIMEOUT_S", "1.5",
-         "RADFUSION_DICOMWEB_TIMEOUT_S: expected a positive integer number of seconds"),
+        (
+            "RADFUSION_DICOMWEB_TIMEOUT_S",
+            "1.5",
+            "RADFUSION_DICOMWEB_TIMEOUT_S: expected a positive integer number of seconds",
+        ),
         ("RADFUSION_DICOMWEB_ALLOWED_URLS", "ftp://x", "RADFUSION_DICOMWEB_ALLOWED_URLS: expected comma-separated"),
     ],
 )
@@ -84,8 +94,9 @@ def test_importing_the_service_reads_no_service_setting() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADFUSION_")}
     env.update(dict.fromkeys(_env_names(ServiceSettings), "garbage"))
     env["PYTHONPATH"] = str(ROOT)
-    probe = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=120)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     read = set(json.loads(probe.stdout.strip().splitlines()[-1]))
     assert set(_env_names(DeclaredSettings)) <= read <= {*_env_names(DeclaredSettings), "RADFUSION_MODEL"}, read

@@ -17,6 +17,12 @@ import anyio
 import httpx
 import pytest
 import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from radfusion.dicom import find_studies
 from radfusion.serving.http.launch import ServerStartError, free_port, running_server
 from radfusion.serving.http.limits import BodySizeLimit
 from radfusion.serving.modelref import (
@@ -33,12 +39,6 @@ from radfusion.serving.study_files import (
     extract_zip,
     study_files,
 )
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
-from radfusion.dicom import find_studies
 from tests.support.paths import PROJECT_ROOT as ROOT
 
 
@@ -160,9 +160,8 @@ def test_model_references(tiny_onnx_model: Path, monkeypatch) -> None:
 
 
 def test_missing_model_fails_before_starting() -> None:
-    with pytest.raises(ModelNotFoundError):
-        with running_server("runs/no/such/model.onnx"):
-            pass
+    with pytest.raises(ModelNotFoundError), running_server("runs/no/such/model.onnx"):
+        pass
 
 
 @pytest.mark.slow
@@ -172,7 +171,9 @@ def test_broken_model_fails_fast_with_the_reason(tmp_path: Path, bentoml_home: P
     fake = tmp_path / "model.onnx"
     fake.write_text("not an ONNX file")
     with pytest.raises(ServerStartError, match="DecodeError|failed to start"):
-        with running_server(fake, timeout=60, env={"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": "test-token"}):
+        with running_server(
+            fake, timeout=60, env={"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": "test-token"}
+        ):
             pass
 
 
@@ -194,8 +195,12 @@ def test_bentoml_build_offline_then_the_bento_serves(tiny_onnx_model: Path, tmp_
     env = {k: v for k, v in os.environ.items() if k != "RADFUSION_MODEL"}
     env.update(BENTOML_DO_NOT_TRACK="True", BENTOML_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
     registered = subprocess.run(
-        [sys.executable, "-c", REGISTER, str(tiny_onnx_model)], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", REGISTER, str(tiny_onnx_model)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert registered.returncode == 0, registered.stderr[-2000:]
     info = json.loads(registered.stdout.strip().splitlines()[-1])
@@ -232,9 +237,14 @@ def test_bentoml_build_offline_then_the_bento_serves(tiny_onnx_model: Path, tmp_
     serve_env["RADFUSION_API_TOKENS"] = "bento-token"
     port = free_port()
     with open(tmp_path / "serve.log", "wb") as log:
-        server = subprocess.Popen([str(bentoml), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
-                                  cwd=tmp_path, env=serve_env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            [str(bentoml), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path,
+            env=serve_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

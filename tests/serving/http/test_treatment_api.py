@@ -176,6 +176,7 @@ def test_evidence_and_serving_recommend_alike() -> None:
     """The evidence check ranks from the model's log-odds with the same rule and margin
     that serving applies to the calibrated probabilities."""
     import pandas as pd
+
     from radfusion.training.evidence.treatment import DEFAULT_MARGIN
     from radfusion.training.evidence.treatment import (
         rank_treatments as evidence_ranking,
@@ -209,8 +210,6 @@ def test_cases_that_cannot_be_ranked_say_why(predictor: Predictor) -> None:
 
 
 # ------------------------------------------------------------------ HTTP API
-
-
 
 
 @pytest.fixture(scope="module")

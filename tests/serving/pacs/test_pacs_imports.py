@@ -23,7 +23,9 @@ print(json.dumps(roots))
 
 def test_pacs_listener_imports_no_training_stack(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
     assert {"pynetdicom", "highdicom", "pydicom"} <= loaded  # the probe really imported the listener

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from radfusion.serving.pacs.storage import study_key
 
 from radfusion.dicom import find_studies
+from radfusion.serving.pacs.storage import study_key
 
 pytestmark = [
     pytest.mark.slow,
@@ -41,14 +41,18 @@ def pacs_status(work: Path) -> dict:
 def uncompressed_study(tiny_cohort: Path):
     """A study stored uncompressed: storescu proposes only uncompressed transfer syntaxes."""
     for study in sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id):
-        syntaxes = {pydicom.dcmread(h.path, stop_before_pixels=True).file_meta.TransferSyntaxUID for h in study.instances}
+        syntaxes = {
+            pydicom.dcmread(h.path, stop_before_pixels=True).file_meta.TransferSyntaxUID for h in study.instances
+        }
         if syntaxes <= {pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian}:
             return study
     raise AssertionError("the tiny cohort has no uncompressed study")
 
 
 def test_echoscu_and_refused_ae_titles(start_listener, tiny_onnx_model: Path, tmp_path: Path) -> None:
-    listener = start_listener(["--model", str(tiny_onnx_model), "--work", str(tmp_path / "work"), "--allow-aet", ALLOWED])
+    listener = start_listener(
+        ["--model", str(tiny_onnx_model), "--work", str(tmp_path / "work"), "--allow-aet", ALLOWED]
+    )
     port = str(listener.port)
     ok = run(["echoscu", "-aet", ALLOWED, "-aec", "RADFUSION", "127.0.0.1", port])
     assert ok.returncode == 0, ok.stderr

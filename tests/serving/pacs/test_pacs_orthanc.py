@@ -45,7 +45,10 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, interval:
 def pacs_status(work: Path) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "radfusion.serving.pacs.cli", "pacs-status", "--work", str(work), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -105,17 +108,37 @@ def round_trip(orthanc, start_listener, tiny_cohort: Path, tiny_onnx_model: Path
         paths = [h.path for h in study.instances]
         genes = row_as_mapping(table, study.patient_id)
         prepared = predictor.prepare(paths, genes)
-        cases.append(Case(study.study_uid, paths, genes, predictor.predict([prepared])[0],
-                          prepared.study.series_uid, prepared.study.sop_uids))
+        cases.append(
+            Case(
+                study.study_uid,
+                paths,
+                genes,
+                predictor.predict([prepared])[0],
+                prepared.study.series_uid,
+                prepared.study.sop_uids,
+            )
+        )
         orthanc.upload(paths)
 
     work = tmp_path_factory.mktemp("listener_work")
-    listener = start_listener([
-        "--model", str(tiny_onnx_model), "--work", str(work),
-        "--allow-aet", orthanc.aet, "--genomics", str(tiny_cohort / "genomics.parquet"),
-        "--quiet-seconds", str(QUIET_SECONDS), "--poll-seconds", "0.2",
-        "--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
-    ])
+    listener = start_listener(
+        [
+            "--model",
+            str(tiny_onnx_model),
+            "--work",
+            str(work),
+            "--allow-aet",
+            orthanc.aet,
+            "--genomics",
+            str(tiny_cohort / "genomics.parquet"),
+            "--quiet-seconds",
+            str(QUIET_SECONDS),
+            "--poll-seconds",
+            "0.2",
+            "--send-to",
+            f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+        ]
+    )
     orthanc.add_modality("radfusion", "RADFUSION", listener.port)
     client = DICOMwebClient(orthanc.dicomweb)
 
@@ -176,12 +199,16 @@ def test_sr_holds_the_prediction_as_coded_content(round_trip: RoundTrip) -> None
         assert content["Predicted class"] == case.expected["predicted_label"]
         assert content["probabilities"] == pytest.approx(case.expected["probabilities"], abs=TOL)
         assert content["modalities"] == modalities
-    assert sr_content(round_trip.srs[without_genes.study_uid][0])["Genomics source"] == "patient not in the genomics table"
+    assert (
+        sr_content(round_trip.srs[without_genes.study_uid][0])["Genomics source"] == "patient not in the genomics table"
+    )
     assert sr_content(round_trip.srs[with_genes.study_uid][0])["Genomics source"] == "genomics table"
     for case in round_trip.cases:
         content = sr_content(round_trip.srs[case.study_uid][0])
         assert content["Image series selection"].startswith("CT series with 10 slices")
-        assert "Clinical source" not in content and "Geometry corrections" not in content  # no clinical block, no repair
+        assert (
+            "Clinical source" not in content and "Geometry corrections" not in content
+        )  # no clinical block, no repair
 
 
 def test_dsrdump_parses_the_sr(round_trip: RoundTrip, tmp_path: Path) -> None:

@@ -15,16 +15,16 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage
+
+from radfusion.dicom import find_studies
+from radfusion.predictor import Predictor
+from radfusion.runtime import OnnxModel
 from radfusion.serving.pacs.pipeline import Pipeline, RetryPolicy
 from radfusion.serving.pacs.predict import StudyPredictor
 from radfusion.serving.pacs.send import CStoreSender, DicomPeer
 from radfusion.serving.pacs.state import OnResend, Status, StudyState
 from radfusion.serving.pacs.storage import WorkDir
 from radfusion.serving.patients import PatientTables
-
-from radfusion.dicom import find_studies
-from radfusion.predictor import Predictor
-from radfusion.runtime import OnnxModel
 
 QUIET = 1.0
 TOL = 1e-5
@@ -91,15 +91,18 @@ def setup(tmp_path: Path, predictor: StudyPredictor):
         state.close()
 
 
-def deliver(state: StudyState, work: WorkDir, paths: list[Path], now: float, policy: OnResend = OnResend.IGNORE) -> None:
+def deliver(
+    state: StudyState, work: WorkDir, paths: list[Path], now: float, policy: OnResend = OnResend.IGNORE
+) -> None:
     """What the SCP does for each instance, without the network."""
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         target = work.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-        state.record_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID,
-                              str(target), policy, now=now)
+        state.record_instance(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, str(target), policy, now=now
+        )
 
 
 def test_scored_after_the_quiet_period_and_sent(setup, studies, tiny_onnx_model: Path) -> None:
@@ -193,7 +196,10 @@ def test_rescore_policy_sends_a_new_version(setup, studies) -> None:
     assert (first.InstanceNumber, second.InstanceNumber) == (1, 2)
     assert second.SOPInstanceUID != first.SOPInstanceUID
     (predecessor,) = second.PredecessorDocumentsSequence
-    assert predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert (
+        predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        == first.SOPInstanceUID
+    )
     assert state.get(study.study_uid).version == 2
 
 
@@ -205,7 +211,8 @@ def sr_texts(path: str) -> dict[str, str]:
     sr = pydicom.dcmread(path)
     texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"}
     texts["modalities"] = ",".join(
-        i.ConceptCodeSequence[0].CodeValue for i in sr.ContentSequence
+        i.ConceptCodeSequence[0].CodeValue
+        for i in sr.ContentSequence
         if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Input modality used"
     )
     return texts
@@ -229,14 +236,23 @@ def listener_pipeline(tmp_path: Path, model: Path, clinical: Path | None, genomi
 
     work = WorkDir(tmp_path / "work")
     state = StudyState(work.state_path)
-    config = ListenerConfig(model=model, work=work.root, genomics=genomics, clinical=clinical,
-                            quiet_seconds=QUIET, retry=RetryPolicy(3, 0.5, 10.0), device="cpu")
+    config = ListenerConfig(
+        model=model,
+        work=work.root,
+        genomics=genomics,
+        clinical=clinical,
+        quiet_seconds=QUIET,
+        retry=RetryPolicy(3, 0.5, 10.0),
+        device="cpu",
+    )
     pipeline = build_pipeline(config, state, work)
     pipeline.clock = clock = Clock()
     return pipeline, state, work, clock
 
 
-def test_listener_looks_up_clinical_covariates_by_patient(clinical_setup, studies, tiny_cohort: Path, tmp_path: Path) -> None:
+def test_listener_looks_up_clinical_covariates_by_patient(
+    clinical_setup, studies, tiny_cohort: Path, tmp_path: Path
+) -> None:
     from tests.support.clinical_models import read_clinical_csv
 
     lenient, _, table = clinical_setup
@@ -269,7 +285,9 @@ def test_listener_looks_up_clinical_covariates_by_patient(clinical_setup, studie
         state.close()
 
 
-def test_a_model_requiring_clinical_fails_the_patient_without_a_row_at_once(clinical_setup, studies, tmp_path: Path) -> None:
+def test_a_model_requiring_clinical_fails_the_patient_without_a_row_at_once(
+    clinical_setup, studies, tmp_path: Path
+) -> None:
     from radfusion.serving.patients import PatientTableError
 
     _, strict, table = clinical_setup
@@ -285,7 +303,9 @@ def test_a_model_requiring_clinical_fails_the_patient_without_a_row_at_once(clin
         assert (report.scored, report.failed, report.retried) == (1, 1, 0)
         failed = state.get(absent.study_uid)
         assert failed.status is Status.FAILED and failed.attempts == 1
-        assert failed.last_error == "patient_data_missing: the model requires clinical (patient not in the clinical table)"
+        assert (
+            failed.last_error == "patient_data_missing: the model requires clinical (patient not in the clinical table)"
+        )
         assert state.get(present.study_uid).result["clinical_source"] == "clinical table"
     finally:
         state.close()
@@ -323,9 +343,35 @@ def test_listen_command_refuses_a_clinical_table_without_the_model_covariates(cl
     lenient, strict, table = clinical_setup
     no_sex = tmp_path / "no_sex.csv"
     pd.read_parquet(table).drop(columns=["sex"]).to_csv(no_sex, index=False)
-    with pytest.raises(SystemExit, match=r"radfusion listen: clinical table no_sex\.csv lacks the model's column\(s\): sex"):
-        main(["listen", "--model", str(lenient), "--work", str(tmp_path / "work"), "--clinical", str(no_sex),
-              "--port", str(free_loopback_port()), "--device", "cpu"])
+    with pytest.raises(
+        SystemExit, match=r"radfusion listen: clinical table no_sex\.csv lacks the model's column\(s\): sex"
+    ):
+        main(
+            [
+                "listen",
+                "--model",
+                str(lenient),
+                "--work",
+                str(tmp_path / "work"),
+                "--clinical",
+                str(no_sex),
+                "--port",
+                str(free_loopback_port()),
+                "--device",
+                "cpu",
+            ]
+        )
     with pytest.raises(SystemExit, match="radfusion listen: the model requires clinical input: give a clinical table"):
-        main(["listen", "--model", str(strict), "--work", str(tmp_path / "work"), "--port", str(free_loopback_port()),
-              "--device", "cpu"])
+        main(
+            [
+                "listen",
+                "--model",
+                str(strict),
+                "--work",
+                str(tmp_path / "work"),
+                "--port",
+                str(free_loopback_port()),
+                "--device",
+                "cpu",
+            ]
+        )

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from radfusion.serving.pacs.sr import build_prediction_sr, new_uid, read_evidence
 
 from radfusion.dicom import find_studies
 from radfusion.prediction import Prediction
+from radfusion.serving.pacs.sr import build_prediction_sr, new_uid, read_evidence
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from radfusion.serving.pacs.state import (
     Arrival,
     OnResend,
@@ -26,9 +27,13 @@ def state(tmp_path: Path) -> StudyState:
     state.close()
 
 
-def receive(state: StudyState, sops: list[str], now: float, policy: OnResend = OnResend.IGNORE, study: str = STUDY) -> list[Arrival]:
-    return [state.record_instance(study, "1.2.3.4.5.1", sop, "1.2.840.10008.5.1.4.1.1.2", f"/x/{sop}", policy, now=now)
-            for sop in sops]
+def receive(
+    state: StudyState, sops: list[str], now: float, policy: OnResend = OnResend.IGNORE, study: str = STUDY
+) -> list[Arrival]:
+    return [
+        state.record_instance(study, "1.2.3.4.5.1", sop, "1.2.840.10008.5.1.4.1.1.2", f"/x/{sop}", policy, now=now)
+        for sop in sops
+    ]
 
 
 def score(state: StudyState, now: float, sr_sop: str = "9.9.1", study: str = STUDY) -> bool:

@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from radfusion.serving.scoring import inference, writer
-from radfusion.serving.scoring.rows import TIMING_COLUMNS
-from radfusion.serving.scoring.score import score_archive
 
 from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
+from radfusion.serving.scoring import inference, writer
+from radfusion.serving.scoring.rows import TIMING_COLUMNS
+from radfusion.serving.scoring.score import score_archive
 
 TOL = 1e-5
 BROKEN_PATIENT = "BROKEN0001"
@@ -70,8 +70,14 @@ def scored(archive, tiny_cohort: Path, tiny_onnx_model: Path, tmp_path_factory: 
     dicom_root, _ = archive
     out = tmp_path_factory.mktemp("scores") / "scores.parquet"
     summary = score_archive(
-        dicom_root, tiny_onnx_model, out, genomics=tiny_cohort / "genomics.parquet", batch_size=4, device="cpu",
-        workers=2, chunk_size=4,
+        dicom_root,
+        tiny_onnx_model,
+        out,
+        genomics=tiny_cohort / "genomics.parquet",
+        batch_size=4,
+        device="cpu",
+        workers=2,
+        chunk_size=4,
     )
     return summary, out
 
@@ -120,10 +126,24 @@ def test_schema_is_fixed(scored) -> None:
     _, out = scored
     schema = pq.read_schema(out)
     assert schema.names == [
-        "study_instance_uid", "patient_id", "series_instance_uid", "series_reason", "series_rejected",
-        "geometry_corrections", "predicted_label", "prob_non-responder", "prob_responder", "modalities_used",
-        "genomics_source", "clinical_source", "model_name", "model_version", "n_instances", "prepare_seconds",
-        "infer_seconds", "error",
+        "study_instance_uid",
+        "patient_id",
+        "series_instance_uid",
+        "series_reason",
+        "series_rejected",
+        "geometry_corrections",
+        "predicted_label",
+        "prob_non-responder",
+        "prob_responder",
+        "modalities_used",
+        "genomics_source",
+        "clinical_source",
+        "model_name",
+        "model_version",
+        "n_instances",
+        "prepare_seconds",
+        "infer_seconds",
+        "error",
     ]
     assert str(schema.field("prob_responder").type) == "double"
     assert str(schema.field("error").type) == "string"
@@ -137,8 +157,7 @@ def test_rows_equal_predictor(archive, scored, tiny_cohort: Path, tiny_onnx_mode
     table = load_genomics_table(tiny_cohort / "genomics.parquet")
     studies = {uid: s for uid, s in find_studies(dicom_root).studies.items() if uid != broken_uid}
     cases = [
-        predictor.prepare([h.path for h in s.instances], row_as_mapping(table, s.patient_id))
-        for s in studies.values()
+        predictor.prepare([h.path for h in s.instances], row_as_mapping(table, s.patient_id)) for s in studies.values()
     ]
     for uid, expected in zip(studies, predictor.predict(cases)):
         row = rows.loc[uid]
@@ -149,12 +168,22 @@ def test_rows_equal_predictor(archive, scored, tiny_cohort: Path, tiny_onnx_mode
             assert row[f"prob_{label}"] == pytest.approx(p, abs=TOL)
 
 
-def test_batch_size_and_workers_do_not_change_answers(archive, scored, tiny_onnx_model: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+def test_batch_size_and_workers_do_not_change_answers(
+    archive, scored, tiny_onnx_model: Path, tiny_cohort: Path, tmp_path: Path
+) -> None:
     dicom_root, _ = archive
     _, out = scored
     one_by_one = tmp_path / "one.parquet"
-    score_archive(dicom_root, tiny_onnx_model, one_by_one, genomics=tiny_cohort / "genomics.parquet",
-                  batch_size=1, device="cpu", progress=False, workers=0)
+    score_archive(
+        dicom_root,
+        tiny_onnx_model,
+        one_by_one,
+        genomics=tiny_cohort / "genomics.parquet",
+        batch_size=1,
+        device="cpu",
+        progress=False,
+        workers=0,
+    )
     pd.testing.assert_frame_equal(results(one_by_one), results(out), atol=TOL)
 
 
@@ -173,7 +202,9 @@ def test_failed_inference_costs_only_its_own_row(archive, tiny_onnx_model: Path,
     real_run = inference.run_inputs
     victim = sorted(uid for uid in find_studies(dicom_root).studies if uid != broken_uid)[2]
     predictor = Predictor.load(tiny_onnx_model, device="cpu")
-    victim_image = predictor.prepare([h.path for h in find_studies(dicom_root).studies[victim].instances], None).inputs.image
+    victim_image = predictor.prepare(
+        [h.path for h in find_studies(dicom_root).studies[victim].instances], None
+    ).inputs.image
 
     def flaky_run(model, inputs):
         if any(np.array_equal(i.image, victim_image) for i in inputs):
@@ -206,7 +237,9 @@ def test_output_is_replaced_atomically(archive, tiny_onnx_model: Path, tmp_path:
     with pytest.raises(OSError, match="disk full"):
         score_archive(dicom_root, tiny_onnx_model, out, device="cpu", progress=False, workers=0, fresh=True)
     assert out.read_bytes() == b"previous run"
-    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("scores.parquet", "run.json", "lock")]
+    leftovers = [
+        p.name for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("scores.parquet", "run.json", "lock")
+    ]
     assert leftovers == []  # no partial file, no half part
 
 
@@ -225,7 +258,22 @@ def test_cli_score(archive, scored, tiny_cohort: Path, tiny_onnx_model: Path, tm
     dicom_root, _ = archive
     _, reference = scored
     out = tmp_path / "cli.parquet"
-    main(["score", "--archive", str(dicom_root), "--genomics", str(tiny_cohort / "genomics.parquet"),
-          "--model", str(tiny_onnx_model), "--out", str(out), "--device", "cpu", "--workers", "1"])
+    main(
+        [
+            "score",
+            "--archive",
+            str(dicom_root),
+            "--genomics",
+            str(tiny_cohort / "genomics.parquet"),
+            "--model",
+            str(tiny_onnx_model),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+        ]
+    )
     assert '"failed": 1' in capsys.readouterr().out
     pd.testing.assert_frame_equal(results(out), results(reference), atol=TOL)

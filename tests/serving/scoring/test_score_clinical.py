@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from radfusion.serving.scoring.rows import TIMING_COLUMNS
-from radfusion.serving.scoring.score import PatientTableError, score_archive
 
 from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
+from radfusion.serving.scoring.rows import TIMING_COLUMNS
+from radfusion.serving.scoring.score import PatientTableError, score_archive
 from tests.support.clinical_models import clinical_models, read_clinical_csv
 
 TOL = 1e-5
@@ -53,13 +53,33 @@ def scored(tiny_cohort: Path, models, clinical_table: Path, tmp_path_factory: py
     from radfusion.cli import main
 
     out = tmp_path_factory.mktemp("scores") / "clinical.parquet"
-    main(["score", "--archive", str(tiny_cohort / "dicom"), "--model", str(models[0]), "--out", str(out),
-          "--genomics", str(tiny_cohort / "genomics.parquet"), "--clinical", str(clinical_table),
-          "--device", "cpu", "--workers", "1", "--batch-size", "4"])
+    main(
+        [
+            "score",
+            "--archive",
+            str(tiny_cohort / "dicom"),
+            "--model",
+            str(models[0]),
+            "--out",
+            str(out),
+            "--genomics",
+            str(tiny_cohort / "genomics.parquet"),
+            "--clinical",
+            str(clinical_table),
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--batch-size",
+            "4",
+        ]
+    )
     return pd.read_parquet(out).set_index("patient_id")
 
 
-def test_covariates_are_joined_by_patient_and_rows_equal_the_predictor(scored, models, patients, tiny_cohort: Path, clinical_table: Path) -> None:
+def test_covariates_are_joined_by_patient_and_rows_equal_the_predictor(
+    scored, models, patients, tiny_cohort: Path, clinical_table: Path
+) -> None:
     rows = scored
     assert len(rows) == 10
     no_age = rows.loc[patients["no_age"]]
@@ -86,7 +106,9 @@ def test_covariates_are_joined_by_patient_and_rows_equal_the_predictor(scored, m
     studies = {s.patient_id: s for s in find_studies(tiny_cohort / "dicom").studies.values()}
     for patient, row in ok.iterrows():
         covariates = table.loc[patient].to_dict() if row["clinical_source"] == "clinical table" else None
-        case = predictor.prepare([h.path for h in studies[patient].instances], row_as_mapping(genomics, patient), covariates)
+        case = predictor.prepare(
+            [h.path for h in studies[patient].instances], row_as_mapping(genomics, patient), covariates
+        )
         expected = predictor.predict([case])[0]
         assert row["modalities_used"].split(",") == expected["modalities_used"]
         for label, p in expected["probabilities"].items():
@@ -107,49 +129,69 @@ def test_the_covariates_change_the_answer(scored, models, patients, tiny_cohort:
 
 def test_without_a_clinical_table_no_study_uses_the_block(models, tiny_cohort: Path, tmp_path: Path) -> None:
     out = tmp_path / "no_clinical.parquet"
-    summary = score_archive(tiny_cohort / "dicom", models[0], out, genomics=tiny_cohort / "genomics.parquet",
-                            device="cpu", progress=False, workers=0)
+    summary = score_archive(
+        tiny_cohort / "dicom",
+        models[0],
+        out,
+        genomics=tiny_cohort / "genomics.parquet",
+        device="cpu",
+        progress=False,
+        workers=0,
+    )
     rows = pd.read_parquet(out)
     assert (summary["scored"], summary["failed"]) == (10, 0)
     assert summary["clinical_source"] == {"no clinical table given": 10}
     assert not rows["modalities_used"].str.contains("clinical").any()
 
 
-def test_a_model_that_requires_clinical_fails_only_the_patient_without_a_row(models, patients, tiny_cohort: Path, clinical_table: Path, tmp_path: Path) -> None:
+def test_a_model_that_requires_clinical_fails_only_the_patient_without_a_row(
+    models, patients, tiny_cohort: Path, clinical_table: Path, tmp_path: Path
+) -> None:
     strict = models[1]
     with pytest.raises(PatientTableError, match="the model requires clinical input: give a clinical table"):
         score_archive(tiny_cohort / "dicom", strict, tmp_path / "none.parquet", device="cpu", progress=False, workers=0)
     assert not (tmp_path / "none.parquet.parts").exists()  # refused before anything was written
 
     out = tmp_path / "strict.parquet"
-    summary = score_archive(tiny_cohort / "dicom", strict, out, clinical=clinical_table, device="cpu",
-                            progress=False, workers=0)
+    summary = score_archive(
+        tiny_cohort / "dicom", strict, out, clinical=clinical_table, device="cpu", progress=False, workers=0
+    )
     rows = pd.read_parquet(out).set_index("patient_id")
     assert summary["failed_by_reason"] == {"clinical_invalid": 1, "patient_data_missing": 2}
     assert rows.loc[patients["absent"], "error"] == (
-        "patient_data_missing: the model requires clinical (patient not in the clinical table)")
+        "patient_data_missing: the model requires clinical (patient not in the clinical table)"
+    )
     assert rows.loc[patients["empty"], "error"] == (
-        "patient_data_missing: the model requires clinical (no values in the clinical table)")
+        "patient_data_missing: the model requires clinical (no values in the clinical table)"
+    )
     # Refused before the study was read: no series, no time spent decoding.
     assert pd.isna(rows.loc[patients["absent"], "series_instance_uid"])
     assert rows["prob_responder"].notna().sum() == 7
 
 
-def test_tables_that_cannot_serve_the_model_are_refused(models, patients, tiny_cohort: Path, clinical_table: Path, tmp_path: Path) -> None:
+def test_tables_that_cannot_serve_the_model_are_refused(
+    models, patients, tiny_cohort: Path, clinical_table: Path, tmp_path: Path
+) -> None:
     table = pd.read_csv(clinical_table, dtype={"patient_id": str})
     no_age = tmp_path / "no_age.csv"
     table.drop(columns=["age"]).to_csv(no_age, index=False)
     with pytest.raises(PatientTableError, match=r"no_age\.csv lacks the model's column\(s\): age"):
-        score_archive(tiny_cohort / "dicom", models[0], tmp_path / "a.parquet", clinical=no_age, device="cpu", progress=False)
+        score_archive(
+            tiny_cohort / "dicom", models[0], tmp_path / "a.parquet", clinical=no_age, device="cpu", progress=False
+        )
 
     twice = tmp_path / "twice.parquet"
     pd.concat([table, table.iloc[:2]]).to_parquet(twice)
     with pytest.raises(PatientTableError, match=r"twice\.parquet lists 2 patient\(s\) more than once") as raised:
-        score_archive(tiny_cohort / "dicom", models[0], tmp_path / "b.parquet", clinical=twice, device="cpu", progress=False)
+        score_archive(
+            tiny_cohort / "dicom", models[0], tmp_path / "b.parquet", clinical=twice, device="cpu", progress=False
+        )
     assert table["patient_id"].iloc[0] not in str(raised.value)  # counts, never identifiers
 
 
-def test_a_changed_clinical_table_does_not_resume_silently(models, tiny_cohort: Path, clinical_table: Path, tmp_path: Path) -> None:
+def test_a_changed_clinical_table_does_not_resume_silently(
+    models, tiny_cohort: Path, clinical_table: Path, tmp_path: Path
+) -> None:
     from radfusion.serving.scoring.score import ResumeError
 
     out = tmp_path / "resume.parquet"
@@ -163,19 +205,39 @@ def test_a_changed_clinical_table_does_not_resume_silently(models, tiny_cohort: 
         score_archive(tiny_cohort / "dicom", models[0], out, clinical=changed, **args)
 
 
-def test_results_do_not_depend_on_workers_or_batch(scored, models, tiny_cohort: Path, clinical_table: Path, tmp_path: Path) -> None:
+def test_results_do_not_depend_on_workers_or_batch(
+    scored, models, tiny_cohort: Path, clinical_table: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "inline.parquet"
-    score_archive(tiny_cohort / "dicom", models[0], out, genomics=tiny_cohort / "genomics.parquet",
-                  clinical=clinical_table, device="cpu", progress=False, workers=0, batch_size=1)
+    score_archive(
+        tiny_cohort / "dicom",
+        models[0],
+        out,
+        genomics=tiny_cohort / "genomics.parquet",
+        clinical=clinical_table,
+        device="cpu",
+        progress=False,
+        workers=0,
+        batch_size=1,
+    )
     inline = pd.read_parquet(out).set_index("patient_id").drop(columns=list(TIMING_COLUMNS))
     pd.testing.assert_frame_equal(inline.sort_index(), scored.drop(columns=list(TIMING_COLUMNS)).sort_index(), atol=TOL)
 
 
-def test_a_model_without_a_clinical_block_ignores_the_table_and_says_so(tiny_onnx_model: Path, tiny_cohort: Path, clinical_table: Path, tmp_path: Path, caplog) -> None:
+def test_a_model_without_a_clinical_block_ignores_the_table_and_says_so(
+    tiny_onnx_model: Path, tiny_cohort: Path, clinical_table: Path, tmp_path: Path, caplog
+) -> None:
     out = tmp_path / "ignored.parquet"
     with caplog.at_level("WARNING", logger="radfusion.serving.patients"):
-        summary = score_archive(tiny_cohort / "dicom", tiny_onnx_model, out, clinical=clinical_table, device="cpu",
-                                progress=False, workers=0)
+        summary = score_archive(
+            tiny_cohort / "dicom",
+            tiny_onnx_model,
+            out,
+            clinical=clinical_table,
+            device="cpu",
+            progress=False,
+            workers=0,
+        )
     assert "the model takes no clinical input: the clinical table is not used" in caplog.text
     assert summary["clinical_source"] == {"not used by the model": 10}
     assert summary["genomics_source"] == {"no genomics table given": 10}

@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 
 import pandas as pd
+
+from radfusion.dicom import find_studies
+from radfusion.runtime import OnnxModel
 from radfusion.serving.patients import PatientTables
 from radfusion.serving.scoring import prepare
 from radfusion.serving.scoring.local_engine import LocalEngine
@@ -14,9 +17,6 @@ from radfusion.serving.scoring.progress import Progress
 from radfusion.serving.scoring.rows import TIMING_COLUMNS, output_schema
 from radfusion.serving.scoring.score import score_archive
 from radfusion.serving.scoring.writer import PartWriter
-
-from radfusion.dicom import find_studies
-from radfusion.runtime import OnnxModel
 
 CRASH_ENV = "RADFUSION_TEST_CRASH_STUDY"
 
@@ -28,10 +28,19 @@ def crashing_prepare(study, patient):
     return prepare.prepare_task(study, patient)
 
 
-def test_a_study_that_kills_its_worker_gets_an_error_row_and_costs_nothing_else(tiny_cohort: Path, tiny_onnx_model: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_study_that_kills_its_worker_gets_an_error_row_and_costs_nothing_else(
+    tiny_cohort: Path, tiny_onnx_model: Path, tmp_path: Path, monkeypatch
+) -> None:
     reference = tmp_path / "reference.parquet"
-    score_archive(tiny_cohort / "dicom", tiny_onnx_model, reference, genomics=tiny_cohort / "genomics.parquet",
-                  device="cpu", progress=False, workers=0)
+    score_archive(
+        tiny_cohort / "dicom",
+        tiny_onnx_model,
+        reference,
+        genomics=tiny_cohort / "genomics.parquet",
+        device="cpu",
+        progress=False,
+        workers=0,
+    )
     victim = sorted(find_studies(tiny_cohort / "dicom").studies)[3]
     monkeypatch.setenv(CRASH_ENV, victim)  # the workers are spawned after this: they inherit it
 

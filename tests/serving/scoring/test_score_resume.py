@@ -21,11 +21,11 @@ import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
+
+from radfusion.dicom import find_studies
 from radfusion.serving.scoring.rows import TIMING_COLUMNS
 from radfusion.serving.scoring.score import score_archive
 from radfusion.serving.scoring.writer import COMMIT_DELAY_ENV, parts_dir
-
-from radfusion.dicom import find_studies
 from tests.support.paths import PROJECT_ROOT as ROOT
 
 N_STUDIES = 36
@@ -46,15 +46,41 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(cohort: Path, tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     out = tmp_path_factory.mktemp("reference") / "scores.parquet"
-    score_archive(cohort / "dicom", tiny_onnx_model, out, genomics=cohort / "genomics.parquet",
-                  device="cpu", progress=False, workers=0)
+    score_archive(
+        cohort / "dicom",
+        tiny_onnx_model,
+        out,
+        genomics=cohort / "genomics.parquet",
+        device="cpu",
+        progress=False,
+        workers=0,
+    )
     return pd.read_parquet(out).drop(columns=list(TIMING_COLUMNS)).set_index("study_instance_uid")
 
 
 def score_command(cohort: Path, model: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "radfusion.cli", "score", "--archive", str(cohort / "dicom"),
-            "--genomics", str(cohort / "genomics.parquet"), "--model", str(model), "--out", str(out),
-            "--device", "cpu", "--workers", "2", "--batch-size", "2", "--chunk-size", "3"]
+    return [
+        sys.executable,
+        "-m",
+        "radfusion.cli",
+        "score",
+        "--archive",
+        str(cohort / "dicom"),
+        "--genomics",
+        str(cohort / "genomics.parquet"),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--batch-size",
+        "2",
+        "--chunk-size",
+        "3",
+    ]
 
 
 def committed_rows(out: Path) -> int:
@@ -81,7 +107,9 @@ def interrupt_mid_way(command: list[str], out: Path, sig: int, tmp_path: Path) -
     return code, log.read_text(), workers
 
 
-def test_interrupted_runs_resume_to_exactly_one_row_per_study(cohort: Path, tiny_onnx_model: Path, reference: pd.DataFrame, tmp_path: Path) -> None:
+def test_interrupted_runs_resume_to_exactly_one_row_per_study(
+    cohort: Path, tiny_onnx_model: Path, reference: pd.DataFrame, tmp_path: Path
+) -> None:
     out = tmp_path / "scores.parquet"
     command = score_command(cohort, tiny_onnx_model, out)
     assert len(reference) == N_STUDIES

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from pydicom.uid import generate_uid
-from radfusion.serving.scoring.score import score_archive
 
+from radfusion.serving.scoring.score import score_archive
 from tests.support.dicom_series import (
     GAP_NOTE,
     write_axial_series,
@@ -42,7 +42,8 @@ def test_rows_record_the_series_choice_and_the_repairs(archive, tiny_onnx_model:
     assert pd.isna(gap["error"]) and gap["modalities_used"] == "image"
     assert gap["series_reason"] == "CT series with 9 slices"
     assert gap["series_rejected"] == (
-        "series 1: localizer image type (localizer/scout/derived); series 3: only 3 slice(s), fewer than 4")
+        "series 1: localizer image type (localizer/scout/derived); series 3: only 3 slice(s), fewer than 4"
+    )
     assert gap["geometry_corrections"] == GAP_NOTE
 
     intact = rows.loc[uids["intact"]]

@@ -37,8 +37,15 @@ def results(path: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def folder_reference(tiny_cohort: Path, tiny_onnx_model: Path, tmp_path_factory) -> pd.DataFrame:
     out = tmp_path_factory.mktemp("folder_reference") / "scores.parquet"
-    score_archive(tiny_cohort / "dicom", tiny_onnx_model, out, genomics=tiny_cohort / "genomics.parquet",
-                  device="cpu", progress=False, workers=0)
+    score_archive(
+        tiny_cohort / "dicom",
+        tiny_onnx_model,
+        out,
+        genomics=tiny_cohort / "genomics.parquet",
+        device="cpu",
+        progress=False,
+        workers=0,
+    )
     return results(out)
 
 
@@ -50,11 +57,15 @@ def zip_folders(folders: list[Path], zip_path: Path, base: Path) -> None:
                     archive.write(path, path.relative_to(base))
 
 
-def test_zip_archives_score_like_the_folder(tiny_cohort: Path, tiny_onnx_model: Path, folder_reference, tmp_path: Path) -> None:
+def test_zip_archives_score_like_the_folder(
+    tiny_cohort: Path, tiny_onnx_model: Path, folder_reference, tmp_path: Path
+) -> None:
     """A folder holding plain studies, a zip of several studies and a broken zip; and a
     single zip file holding every study."""
     dicom = tiny_cohort / "dicom"
-    study_dirs = sorted({h.path.relative_to(dicom).parts[0] for s in find_studies(dicom).studies.values() for h in s.instances})
+    study_dirs = sorted(
+        {h.path.relative_to(dicom).parts[0] for s in find_studies(dicom).studies.values() for h in s.instances}
+    )
     assert len(study_dirs) == 10  # one top folder per study in the synthetic layout
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -75,7 +86,9 @@ def test_zip_archives_score_like_the_folder(tiny_cohort: Path, tiny_onnx_model: 
     pd.testing.assert_frame_equal(results(tmp_path / "single.parquet"), folder_reference, atol=TOL)
 
 
-def test_a_study_split_across_folders_is_rescored_whole(tiny_cohort: Path, tiny_onnx_model: Path, folder_reference, tmp_path: Path) -> None:
+def test_a_study_split_across_folders_is_rescored_whole(
+    tiny_cohort: Path, tiny_onnx_model: Path, folder_reference, tmp_path: Path
+) -> None:
     """Half the files of one study sit in a folder visited last: the study is released
     with the first half, released again with all its files, and keeps one row."""
     archive = tmp_path / "archive"
@@ -89,8 +102,17 @@ def test_a_study_split_across_folders_is_rescored_whole(tiny_cohort: Path, tiny_
         shutil.move(path, late / f"{i:03d}.dcm")
 
     out = tmp_path / "split.parquet"
-    summary = score_archive(archive, tiny_onnx_model, out, genomics=tiny_cohort / "genomics.parquet",
-                            device="cpu", progress=False, workers=2, batch_size=4, chunk_size=2)
+    summary = score_archive(
+        archive,
+        tiny_onnx_model,
+        out,
+        genomics=tiny_cohort / "genomics.parquet",
+        device="cpu",
+        progress=False,
+        workers=2,
+        batch_size=4,
+        chunk_size=2,
+    )
     assert summary["studies"] == 10 and summary["processed_this_run"] == 11  # the split study twice
     rows = results(out)
     assert rows.loc[split_uid, "n_instances"] == len(studies[split_uid].instances)
@@ -110,15 +132,22 @@ def free_port() -> int:
 def orthanc(tiny_cohort: Path, tmp_path_factory):
     """Orthanc with the DICOMweb plugin, loaded with the tiny cohort; yields its DICOMweb root."""
     if ORTHANC is None or not DICOMWEB_PLUGIN.exists():
-        pytest.skip("Orthanc with the DICOMweb plugin is not installed "
-                    "(apt-get install orthanc orthanc-dicomweb; .ci/run installs it)")
+        pytest.skip(
+            "Orthanc with the DICOMweb plugin is not installed "
+            "(apt-get install orthanc orthanc-dicomweb; .ci/run installs it)"
+        )
     work = tmp_path_factory.mktemp("orthanc")
     http_port = free_port()
     config = {
-        "Name": "radfusion-test", "HttpPort": http_port, "DicomPort": free_port(),
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "index"),
-        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "Name": "radfusion-test",
+        "HttpPort": http_port,
+        "DicomPort": free_port(),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "StorageDirectory": str(work / "storage"),
+        "IndexDirectory": str(work / "index"),
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     (work / "orthanc.json").write_text(json.dumps(config))
     log = open(work / "orthanc.log", "w")
@@ -131,7 +160,9 @@ def orthanc(tiny_cohort: Path, tmp_path_factory):
                 urllib.request.urlopen(f"{base}/system", timeout=1).read()
                 break
             except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, (work / "orthanc.log").read_text()[-2000:]
+                assert process.poll() is None and time.monotonic() < deadline, (work / "orthanc.log").read_text()[
+                    -2000:
+                ]
                 time.sleep(0.1)
         for path in sorted((tiny_cohort / "dicom").rglob("*.dcm")):
             if ".radfusion" not in path.parts:
@@ -144,10 +175,20 @@ def orthanc(tiny_cohort: Path, tmp_path_factory):
         log.close()
 
 
-def test_dicomweb_server_scores_like_the_folder(orthanc: str, tiny_cohort: Path, tiny_onnx_model: Path, folder_reference, tmp_path: Path) -> None:
+def test_dicomweb_server_scores_like_the_folder(
+    orthanc: str, tiny_cohort: Path, tiny_onnx_model: Path, folder_reference, tmp_path: Path
+) -> None:
     out = tmp_path / "dicomweb.parquet"
-    summary = score_archive(orthanc, tiny_onnx_model, out, genomics=tiny_cohort / "genomics.parquet",
-                            device="cpu", progress=False, workers=2, batch_size=4)
+    summary = score_archive(
+        orthanc,
+        tiny_onnx_model,
+        out,
+        genomics=tiny_cohort / "genomics.parquet",
+        device="cpu",
+        progress=False,
+        workers=2,
+        batch_size=4,
+    )
     assert (summary["studies"], summary["scored"]) == (10, 10)
     pd.testing.assert_frame_equal(results(out), folder_reference, atol=TOL)
 
@@ -190,11 +231,15 @@ def test_zip_members_are_streamed_under_the_study_budget(tiny_cohort: Path, tmp_
         assert len(paths) == len(study.files) and sum(p.stat().st_size for p in paths) == total
         folder = paths[0].parent
     assert not folder.exists()  # the private folder is removed afterwards
-    with pytest.raises(UploadTooLargeError, match="size limit"), local_study_files(
-            study, Budget.of(total - 1, len(study.files))):
+    with (
+        pytest.raises(UploadTooLargeError, match="size limit"),
+        local_study_files(study, Budget.of(total - 1, len(study.files))),
+    ):
         pass
-    with pytest.raises(UploadTooLargeError, match="files"), local_study_files(
-            study, Budget.of(total, len(study.files) - 1)):
+    with (
+        pytest.raises(UploadTooLargeError, match="files"),
+        local_study_files(study, Budget.of(total, len(study.files) - 1)),
+    ):
         pass
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+
+from radfusion.contract import ModelContract
 from radfusion.serving.scoring.rows import new_row, output_schema
 from radfusion.serving.scoring.score import score_archive
 from radfusion.serving.scoring.sources import StudyRef
 from radfusion.serving.scoring.writer import PartWriter, ResumeError, parts_dir
-
-from radfusion.contract import ModelContract
 
 IDENTITY = {"model": "tiny-fusion:0.0.1-test", "model_sha256": "ab" * 32}
 
@@ -46,8 +46,10 @@ def test_a_rerun_skips_done_studies_but_retries_transient_errors_and_grown_studi
     first.close()
 
     second = PartWriter(out, output_schema(tiny_contract), IDENTITY)
-    decisions = {uid: second.should_score(StudyRef(uid, "P", n)) for uid, n in
-                 [("1.1", 4), ("1.2", 4), ("1.3", 4), ("1.4", 4), ("1.1b", 4)]}
+    decisions = {
+        uid: second.should_score(StudyRef(uid, "P", n))
+        for uid, n in [("1.1", 4), ("1.2", 4), ("1.3", 4), ("1.4", 4), ("1.1b", 4)]
+    }
     assert decisions == {"1.1": False, "1.2": False, "1.3": True, "1.4": True, "1.1b": True}
     assert second.should_score(StudyRef("1.1", "P", 5))  # the study gained an instance
     second.close()
