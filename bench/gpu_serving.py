@@ -244,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     cases = load_cases(cohort, model, 8)
     inputs = args.work / "inputs.npz"
     names = ("image", "genomics", "clinical", "presence")
-    np.savez(inputs, **dict(zip(names, stack_inputs([cases[i % len(cases)]["inputs"] for i in range(max(BATCHES))]))))
+    np.savez(
+        inputs,
+        **dict(zip(names, stack_inputs([cases[i % len(cases)]["inputs"] for i in range(max(BATCHES))]), strict=True)),
+    )
 
     providers = providers_in_children(model, inputs, args.work, args.repeats)
     cpu = providers["CPUExecutionProvider"].get(f"batch{max(BATCHES)}_ms_per_case")

@@ -215,7 +215,8 @@ def compare(urls: dict[str, str], calls, cases, clients: int, per_client: int, r
     legs["on"].update(batch_rows(urls["on"]))
     legs["speedup"] = round(legs["on"]["requests_per_s"] / legs["off"]["requests_per_s"], 2)
     legs["speedup_per_round"] = [
-        round(a["requests_per_s"] / b["requests_per_s"], 2) for a, b in zip(rounds_by_leg["on"], rounds_by_leg["off"])
+        round(a["requests_per_s"] / b["requests_per_s"], 2)
+        for a, b in zip(rounds_by_leg["on"], rounds_by_leg["off"], strict=True)
     ]
     return legs
 
@@ -311,7 +312,8 @@ def notes(results: dict) -> list[str]:
     if results["batching_speedup"] < TARGETS["batching_speedup"]:
         lines.append(
             f"batching_speedup {results['batching_speedup']} is below the target {TARGETS['batching_speedup']} on this "
-            f"{results['setup']['cpus']}-core CPU and is reported as measured. The target is for a GPU, where a batch-1 "
+            f"{results['setup']['cpus']}-core CPU and is reported as measured. "
+            "The target is for a GPU, where a batch-1 "
             "run leaves the device mostly idle: bench/gpu_serving.sh measures it there."
         )
     if results["ort_vs_torch"] < TARGETS["ort_vs_torch"]:

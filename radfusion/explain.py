@@ -101,8 +101,8 @@ def occlusion_grid(shape: tuple[int, ...], max_windows: int) -> OcclusionGrid:
     best = None
     for steps in range(1, max(shape) + 1):
         stride = tuple(max(1, math.ceil(n / steps)) for n in shape)
-        window = tuple(min(n, 2 * s) for n, s in zip(shape, stride))
-        per_axis = [_axis_starts(n, w, s) for n, w, s in zip(shape, window, stride)]
+        window = tuple(min(n, 2 * s) for n, s in zip(shape, stride, strict=True))
+        per_axis = [_axis_starts(n, w, s) for n, w, s in zip(shape, window, stride, strict=True)]
         if math.prod(len(a) for a in per_axis) > max_windows:
             break
         best = OcclusionGrid(window, stride, list(itertools.product(*per_axis)))
@@ -163,15 +163,16 @@ class ImageOcclusion:
 
     def perturb(self, image: np.ndarray, window: int) -> None:
         """Enhance ``window`` of one (1, D, H, W) image row in place."""
-        region = tuple(slice(s, s + w) for s, w in zip(self.grid.starts[window], self.grid.window))
-        image[(0, *region)] = self.enhanced[(0, *region)]
+        region = tuple(slice(s, s + w) for s, w in zip(self.grid.starts[window], self.grid.window, strict=True))
+        index: tuple[int | slice, ...] = (0, *region)
+        image[index] = self.enhanced[index]
 
     def voxel_map(self, effects: np.ndarray) -> np.ndarray:
         """(D, H, W): the mean effect of the windows covering each voxel, for drawing."""
         total = np.zeros(self.enhanced.shape[1:])
         count = np.zeros_like(total)
-        for start, effect in zip(self.grid.starts, effects):
-            region = tuple(slice(s, s + w) for s, w in zip(start, self.grid.window))
+        for start, effect in zip(self.grid.starts, effects, strict=True):
+            region = tuple(slice(s, s + w) for s, w in zip(start, self.grid.window, strict=True))
             total[region] += effect
             count[region] += 1
         return (total / np.maximum(count, 1)).astype(np.float32)
@@ -243,7 +244,8 @@ class CaseExplainer:
         return "image" in self.inputs.modalities_used
 
     def _present_feature_indices(self) -> list[int]:
-        indices, offset = [], 0
+        indices: list[int] = []
+        offset = 0
         for block in self.contract.omics:
             if block.name in self.inputs.modalities_used:
                 indices += range(offset, offset + len(block.features))
@@ -338,7 +340,7 @@ class CaseExplainer:
             "windows": len(self.grid.starts),
             "window_voxels": list(self.grid.window),
             "stride_voxels": list(self.grid.stride),
-            "window_mm": [w * s for w, s in zip(self.grid.window, self.contract.image.target_spacing)],
+            "window_mm": [w * s for w, s in zip(self.grid.window, self.contract.image.target_spacing, strict=True)],
             "peak_voxel": [round(float(v), 2) for v in peak],
             "peak_effect": float(effects[int(np.argmax(_strength(effects)))]),
         }

@@ -33,8 +33,11 @@ def prepare_case(
     """Read and preprocess one case. Raises a RadfusionInputError subclass for bad input."""
     study = read_study_image(study_paths, contract.image) if study_paths is not None and contract.uses_image else None
     omics = preprocess_omics(genomics, contract.omics) if genomics is not None and contract.uses_genomics else None
+    spec = contract.clinical  # not None whenever contract.uses_clinical
     covariates = (
-        preprocess_clinical(clinical, contract.clinical) if clinical is not None and contract.uses_clinical else None
+        preprocess_clinical(clinical, spec)
+        if clinical is not None and spec is not None and contract.uses_clinical
+        else None
     )
     inputs = build_inputs(contract, study.image if study else None, omics, covariates)
     return PreparedCase(inputs=inputs, study=study)
@@ -73,7 +76,7 @@ def unpack_case(packed_row: np.ndarray, contract: ModelContract) -> ModelInputs:
     """One packed case back into ModelInputs; the modalities used are those whose
     presence bit is set (build_inputs sets exactly those)."""
     image, genomics, clinical, presence = (part[0] for part in unpack(np.atleast_2d(packed_row), contract))
-    used = [m for m, bit in zip(contract.modalities, presence) if bit > 0]
+    used = [m for m, bit in zip(contract.modalities, presence, strict=True) if bit > 0]
     return ModelInputs(image, genomics, clinical, presence, used)
 
 

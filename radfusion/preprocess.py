@@ -43,7 +43,7 @@ def preprocess_image(volume: Volume, geometry: ImageGeometry) -> np.ndarray:
 
 def _zoom_factors(vol: Volume, geometry: ImageGeometry) -> list[float]:
     """Resampling factors of a canonical volume to the contract spacing."""
-    factors = [s / t for s, t in zip(vol.spacing, geometry.target_spacing)]
+    factors = [s / t for s, t in zip(vol.spacing, geometry.target_spacing, strict=True)]
     if any(not np.isfinite(f) or f <= 0 for f in factors):
         raise GeometryError("invalid voxel spacing")
     if vol.voxels.shape[0] == 1:
@@ -60,8 +60,10 @@ def grid_to_patient(volume: Volume, geometry: ImageGeometry) -> np.ndarray:
     = (out + 0.5) * n_in / n_out - 0.5) and _crop_or_pad's centred offsets."""
     vol = volume.canonical()
     scale, shift = np.ones(3), np.zeros(3)
-    for axis, (n_in, factor, want) in enumerate(zip(vol.shape, _zoom_factors(vol, geometry), geometry.target_shape)):
-        n_out = int(round(n_in * factor))  # the output length scipy's zoom computes
+    for axis, (n_in, factor, want) in enumerate(
+        zip(vol.shape, _zoom_factors(vol, geometry), geometry.target_shape, strict=True)
+    ):
+        n_out = round(n_in * factor)  # the output length scipy's zoom computes
         ratio = n_in / n_out
         # Grid index g sits at resampled index g + offset (crop) or g - offset (pad).
         offset = (n_out - want) // 2 if n_out >= want else -((want - n_out) // 2)
@@ -76,7 +78,7 @@ def grid_to_patient(volume: Volume, geometry: ImageGeometry) -> np.ndarray:
 def _crop_or_pad(array: np.ndarray, shape: tuple[int, int, int], fill: float) -> np.ndarray:
     out = np.full(shape, fill, dtype=np.float32)
     src, dst = [], []
-    for have, want in zip(array.shape, shape):
+    for have, want in zip(array.shape, shape, strict=True):
         if have >= want:
             start = (have - want) // 2
             src.append(slice(start, start + want))
@@ -99,8 +101,8 @@ def preprocess_genomics(values: Mapping[str, float], panel: GenePanel, impute: b
     if missing and not impute:
         raise GenePanelError(f"{len(missing)} of {len(panel.features)} panel genes missing: {_names(missing)}")
     mean = np.asarray(panel.mean, dtype=np.float64)
-    raw = np.array([_as_float(values[g]) if g in values else m for g, m in zip(panel.features, mean)])
-    bad = [g for g, v in zip(panel.features, raw) if not np.isfinite(v)]
+    raw = np.array([_as_float(values[g]) if g in values else m for g, m in zip(panel.features, mean, strict=True)])
+    bad = [g for g, v in zip(panel.features, raw, strict=True) if not np.isfinite(v)]
     if bad:
         raise GenePanelError(f"{len(bad)} genes have non-finite values (NaN/inf): {_names(bad)}")
     std = np.asarray(panel.std, dtype=np.float64)
@@ -224,7 +226,7 @@ def build_inputs(
         if contract.trains(m) and m not in used and not contract.may_miss(m):
             raise NoModalityError(f"model requires {m}")
     image_shape = (1, *contract.image.target_shape)
-    image_in = image if "image" in used else np.zeros(image_shape, dtype=np.float32)
+    image_in = image if image is not None and "image" in used else np.zeros(image_shape, dtype=np.float32)
     if image_in.shape != image_shape:
         raise GeometryError(f"image tensor shape {image_in.shape} differs from contract {image_shape}")
     genomics_in = np.zeros(len(contract.genomics.features), dtype=np.float32)
@@ -235,7 +237,9 @@ def build_inputs(
             if block.name in used:
                 genomics_in[offset : offset + width] = omics.values[offset : offset + width]
             offset += width
-    clinical_in = clinical if CLINICAL in used else np.zeros(contract.clinical_width, dtype=np.float32)
+    clinical_in = (
+        clinical if clinical is not None and CLINICAL in used else np.zeros(contract.clinical_width, dtype=np.float32)
+    )
     presence = np.array([m in used for m in contract.modalities], dtype=np.float32)
     return ModelInputs(image_in.astype(np.float32), genomics_in, clinical_in.astype(np.float32), presence, used)
 
@@ -244,7 +248,7 @@ def _is_missing(value: object) -> bool:
     if value is None:
         return True
     try:
-        return bool(np.isnan(value))  # type: ignore[arg-type]
+        return bool(np.isnan(np.asarray(value)))  # TypeError: not a number (a string, a dict, ...)
     except TypeError:
         return False
 

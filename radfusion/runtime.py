@@ -40,7 +40,7 @@ def open_session(path: Path, device: str = "auto", threads: int | None = None):
             continue
         try:
             session = _session(path, [provider, "CPUExecutionProvider"], threads)
-        except Exception as exc:  # ORT raises plain RuntimeError/Fail when the driver is absent
+        except Exception as exc:  # noqa: BLE001 - ORT raises RuntimeError or its own Fail without a driver
             log.info("%s not usable: %s", provider, str(exc).splitlines()[0][:200])
             continue
         if session.get_providers()[0] == provider:

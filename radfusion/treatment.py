@@ -137,7 +137,7 @@ def given_treatment(contract: ModelContract, inputs: ModelInputs) -> str | None:
     spec = contract.clinical
     if spec is None or spec.treatment is None or CLINICAL not in inputs.modalities_used:
         return None
-    for level, column in zip(spec.treatments, spec.treatment_columns):
+    for level, column in zip(spec.treatments, spec.treatment_columns, strict=True):
         if inputs.clinical[column] == 1.0:
             return level
     return None

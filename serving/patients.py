@@ -152,7 +152,7 @@ def patient_id_of(paths: Sequence[Path]) -> str:
     for path in paths:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
-        except Exception:
-            continue  # an unreadable file is reported by the study reader
+        except Exception:  # noqa: BLE001 - bad input must not raise here (never a 500)
+            continue  # an unreadable file is reported by the study reader, with its error kind
         return str(ds.get("PatientID", "") or "").strip()
     return ""

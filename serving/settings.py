@@ -15,10 +15,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from radfusion.explain import ExplainSettings
 from radfusion.serving.dicomweb import ALLOWED_URLS_ENV, DEFAULT_TIMEOUT_S, DicomwebPolicy
 from radfusion.serving.study_files import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STUDY_BYTES
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+_T = TypeVar("_T")
+_S = TypeVar("_S", bound="DataclassInstance")
 
 
 class SettingsError(ValueError):
@@ -73,7 +81,7 @@ def url_list(name: str, raw: str) -> tuple[str, ...]:
     return urls
 
 
-def _setting(env: str, parse: Callable[[str, str], object], default: object) -> object:
+def _setting(env: str, parse: Callable[[str, str], _T], default: _T) -> _T:
     """A dataclass field read from ``env`` with ``parse`` (unset or blank: ``default``)."""
     return field(default=default, metadata={"env": env, "parse": parse})
 
@@ -135,9 +143,9 @@ def declared_from_env(environ: Mapping[str, str] | None = None) -> DeclaredSetti
     return _from_env(DeclaredSettings, environ)
 
 
-def _from_env(cls, environ: Mapping[str, str] | None):
+def _from_env(cls: type[_S], environ: Mapping[str, str] | None) -> _S:
     environ = os.environ if environ is None else environ
-    values = {}
+    values: dict[str, Any] = {}
     for f in fields(cls):
         raw = environ.get(f.metadata["env"], "").strip()
         if raw:

@@ -312,8 +312,8 @@ def split_patients(table: pd.DataFrame, fractions, seed: int, target: str) -> pd
     for _, group in table.groupby(target):
         ids = np.array(sorted(group.index))
         rng.shuffle(ids)
-        n_train = int(round(fractions[0] * len(ids)))
-        n_val = int(round(fractions[1] * len(ids)))
+        n_train = round(fractions[0] * len(ids))
+        n_val = round(fractions[1] * len(ids))
         assignment[ids[:n_train]] = "train"
         assignment[ids[n_train : n_train + n_val]] = "val"
         assignment[ids[n_train + n_val :]] = "test"

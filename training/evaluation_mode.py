@@ -59,7 +59,7 @@ def recompute_batchnorm_statistics(
             forward(batch)
             used += 1
     finally:
-        for m, (momentum, mean, var) in zip(layers, saved):
+        for m, (momentum, mean, var) in zip(layers, saved, strict=True):
             m.momentum = momentum
             if used == 0:
                 m.running_mean.copy_(mean)

@@ -63,7 +63,9 @@ def group_patterns(net) -> list[torch.Tensor]:
     patterns = []
     for bits in itertools.product((0, 1), repeat=len(groups)):
         if any(bits):
-            patterns.append(sum((g * b for g, b in zip(groups, bits)), torch.zeros(len(names))).clamp(max=1).float())
+            patterns.append(
+                sum((g * b for g, b in zip(groups, bits, strict=True)), torch.zeros(len(names))).clamp(max=1).float()
+            )
     return patterns
 
 

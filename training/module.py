@@ -259,7 +259,8 @@ class FusionModule(L.LightningModule):
         shape = self.network_config.image_shape
         if shape is not None and tuple(shape) != tuple(dm.geometry.target_shape):
             raise ValueError(
-                f"model.network.image_shape {list(shape)} differs from data.target_shape {list(dm.geometry.target_shape)}"
+                f"model.network.image_shape {list(shape)} differs from "
+                f"data.target_shape {list(dm.geometry.target_shape)}"
             )
         if isinstance(self.task, DiscreteHazardTask):
             train = dm.records["train"]

@@ -2,4 +2,4 @@
 
 from radfusion.cli import main
 
-raise SystemExit(main())
+main()

@@ -327,7 +327,8 @@ def print_summary(summary: dict, out: Path) -> None:
     print(
         f"service: {summary['service_requests_ok']}/{summary['service_requests_sent']} requests ok; "
         f"{summary['service_explained_ok']} explained; "
-        f"bad input -> HTTP {summary['service_bad_input_status']}; no token -> HTTP {summary['service_no_token_status']}"
+        f"bad input -> HTTP {summary['service_bad_input_status']}; "
+        f"no token -> HTTP {summary['service_no_token_status']}"
     )
     print(f"archive: {summary['studies_scored']} studies scored, {summary['studies_failed']} failed")
     print(f"evidence checks against the truth: {summary['evidence_checks']}")

@@ -78,7 +78,7 @@ def build_manifest(inputs: ManifestInputs) -> Manifest:
         raise ValueError(f"clinical columns clash with manifest columns: {sorted(clash)}")
     table = table.join(clinical, how="left")
 
-    omics_report = {b.name: block_report(block, b) for block, b in zip(blocks, mapped)}
+    omics_report = {b.name: block_report(block, b) for block, b in zip(blocks, mapped, strict=True)}
     report = validation_report(table, studies, omics_report, clinical_repeats, list(inputs.outcomes))
     report["inputs"] = _inputs_record(inputs)
     if contract is not None:

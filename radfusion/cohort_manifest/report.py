@@ -25,7 +25,7 @@ def validation_report(
     without_study = {
         name: sorted(
             s
-            for p, s in zip(table.index, table[f"{name}_sample"])
+            for p, s in zip(table.index, table[f"{name}_sample"], strict=True)
             if isinstance(s, str) and not table.at[p, "has_image"]
         )
         for name in blocks

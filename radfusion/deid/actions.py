@@ -189,9 +189,9 @@ def _shift_temporal(ds: Dataset, elems: list[DataElement], ctx: PatientContext) 
             continue
         shift = {"DA": ctx.shift.date, "TM": ctx.shift.time, "DT": ctx.shift.datetime}[elem.VR]
         values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
-        moved = [shift(str(v)) for v in values if v not in (None, "")]
-        if any(m is None for m in moved):
+        shifted = [shift(str(v)) for v in values if v not in (None, "")]
+        if any(m is None for m in shifted):
             ctx.counts["unparseable_temporal_emptied"] += 1
             elem.value = elem.empty_value
-        elif moved:
-            elem.value = moved if len(moved) > 1 else moved[0]
+        elif shifted:
+            elem.value = shifted if len(shifted) > 1 else shifted[0]

@@ -59,10 +59,12 @@ class DateShift:
         parts = match.groups()
         n_fields = sum(p is not None for p in parts[:6])
         fraction, zone = parts[6], parts[7]
-        fields = [int(p) if p else d for p, d in zip(parts[:6], (0, 1, 1, 0, 0, 0))]
+        year, month, day, hour, minute, second = (
+            int(p) if p else d for p, d in zip(parts[:6], (0, 1, 1, 0, 0, 0), strict=True)
+        )
         micro = int((fraction or ".0")[1:].ljust(6, "0"))
         try:
-            moved = datetime(*fields, micro) + self.offset
+            moved = datetime(year, month, day, hour, minute, second, micro) + self.offset
         except ValueError:
             return None
         text = moved.strftime("%Y%m%d%H%M%S")[: (2 + 2 * n_fields)]

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from importlib import resources
 
 from pydicom.tag import BaseTag
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     REMOVE = "X"
     EMPTY = "Z"
     DUMMY = "D"

@@ -136,7 +136,7 @@ def _uniform_along_normal(voxels, along, policy: GeometryPolicy, corrections: li
             f"non-uniform slice spacing ({steps.min():.2f}-{steps.max():.2f} mm): missing slices or gaps"
             f" wider than {policy.max_gap_factor:g} slices"
         )
-    n_out = int(round((along[-1] - along[0]) / typical)) + 1
+    n_out = round((along[-1] - along[0]) / typical) + 1
     grid = np.linspace(along[0], along[-1], n_out)
     below = np.clip(np.searchsorted(along, grid, side="right") - 1, 0, len(along) - 2)
     weight = ((grid - along[below]) / (along[below + 1] - along[below])).astype(np.float32)[:, None, None]

@@ -139,8 +139,8 @@ def select_series(
             raise WrongModalityError(
                 f"study has modality {sorted(wrong_modality)}, model accepts {list(rules.modalities)}"
             )
-        summary = "; ".join(sorted(set(rejected.values()))) or "no instances"
-        raise NoImageSeriesError(f"no usable image series ({summary})")
+        reasons = "; ".join(sorted(set(rejected.values()))) or "no instances"
+        raise NoImageSeriesError(f"no usable image series ({reasons})")
 
     candidates.sort(key=lambda s: _rank(s, rules.prefer))
     best = candidates[0]

@@ -2,10 +2,11 @@
 single-frame slices or one multi-frame Enhanced CT/MR image.
 
 Files are read and decoded on a small thread pool, so file reads and the compiled
-decoders' work overlap (the speed claim lives in bench/ingest.py). Slices are stacked by radfusion.dicom.geometry: ordered
-along the slice normal, duplicates, gantry tilt and gaps repaired within the policy's
-limits and recorded, anything else rejected with a specific error. Mixed
-orientations, sizes or pixel spacings are always rejected."""
+decoders' work overlap (the speed claim lives in bench/ingest.py). Slices are stacked
+by radfusion.dicom.geometry: ordered along the slice normal, duplicates, gantry tilt
+and gaps repaired within the policy's limits and recorded, anything else rejected
+with a specific error. Mixed orientations, sizes or pixel spacings are always
+rejected."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.voxels.shape)  # type: ignore[return-value]
+        return tuple(self.voxels.shape)
 
     def canonical(self) -> Volume:
         """Reorient to (z, y, x) patient axes with increasing coordinates, so axial,

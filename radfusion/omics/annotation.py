@@ -37,7 +37,8 @@ class GeneAnnotation:
         return self.table["gene"].tolist()
 
     def by_chrom(self) -> dict[str, pd.DataFrame]:
-        return {c: g for c, g in self.table.groupby("chrom", sort=False)}
+        # Not dict(groupby): a GroupBy has a .keys attribute, so dict() would take it for a mapping.
+        return {c: g for c, g in self.table.groupby("chrom", sort=False)}  # noqa: C416
 
     def genes_at(self, chrom: str, position: int) -> list[str]:
         """Genes whose interval holds the 0-based ``position`` (one chromosome's

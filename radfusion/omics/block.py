@@ -43,7 +43,7 @@ def nonfinite_cells(values: pd.DataFrame, id_name: str) -> list[dict]:
     nan, inf = np.isnan(matrix), np.isinf(matrix)
     out = []
     for i in np.flatnonzero((nan | inf).any(axis=1)):
-        entry = {id_name: str(values.index[i])}
+        entry: dict[str, str | list[str]] = {id_name: str(values.index[i])}
         if nan[i].any():
             entry["nan"] = [str(c) for c in values.columns[nan[i]]]
         if inf[i].any():

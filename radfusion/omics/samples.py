@@ -56,7 +56,7 @@ class PatientBlock:
 
 
 def map_to_patients(block: GeneBlock, sample_map: pd.DataFrame) -> PatientBlock:
-    patient_of = dict(zip(sample_map["sample_id"], sample_map["patient_id"]))
+    patient_of = dict(zip(sample_map["sample_id"], sample_map["patient_id"], strict=True))
     preference = {s: i for i, s in enumerate(sample_map["sample_id"])}
     samples = [str(s) for s in block.values.index]
     unmapped = sorted(s for s in samples if s not in patient_of)

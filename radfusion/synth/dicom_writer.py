@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from radfusion.synth.study_spec import LAYOUT_BUCKETS, LAYOUT_BY_SERIES, StudySpec
 
@@ -41,6 +41,7 @@ def main_slice_position(spec: StudySpec, k: int) -> tuple[float, float, float]:
 def stored_values(hu: np.ndarray, spec: StudySpec) -> np.ndarray:
     """HU to stored pixel values for the study's signedness, intercept and bit depth."""
     raw = hu.astype(np.int32) - int(spec.rescale_intercept)
+    dtype: type[np.integer]
     if spec.signed:
         low, high, dtype = -(2 ** (spec.bits_stored - 1)), 2 ** (spec.bits_stored - 1) - 1, np.int16
     else:
@@ -116,7 +117,7 @@ def _set_image(
 ) -> None:
     """Per-instance elements and pixel data (RLE-compressed when the study says so)."""
     ds.SOPInstanceUID = uid
-    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(uid)
     ds.InstanceNumber = number
     ds.ImagePositionPatient = list(geometry.position)
     ds.ImageOrientationPatient = list(geometry.orientation)

@@ -115,12 +115,13 @@ def _write_maf(cohort, released, samples, genes: pd.DataFrame, rng: np.random.Ge
                     sample,
                     passed,
                 ),
+                strict=True,
             )
         )
 
     rows = []
     filtered = rng.random(len(released)) < FILTERED_SHARE
-    for i, (patient, sample) in enumerate(zip(released, samples)):
+    for i, (patient, sample) in enumerate(zip(released, samples, strict=True)):
         for gene in MUTATION_GENES:
             if patient.mutations[gene]:
                 rows.append(call(gene, sample, NON_SILENT[int(rng.integers(len(NON_SILENT)))]))

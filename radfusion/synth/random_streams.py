@@ -32,5 +32,5 @@ def exact_share_mask(n: int, fraction: float, rng: np.random.Generator) -> np.nd
     without genomics" exact in small test cohorts too.
     """
     mask = np.zeros(n, dtype=bool)
-    mask[rng.choice(n, int(round(fraction * n)), replace=False)] = True
+    mask[rng.choice(n, round(fraction * n), replace=False)] = True
     return mask

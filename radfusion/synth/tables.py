@@ -34,7 +34,7 @@ def genomics_table(cohort: SimulatedCohort) -> pd.DataFrame:
     rows = [p.index for p in cohort.patients if p.has_genomics]
     frame = pd.DataFrame(cohort.expression[rows], columns=cohort.genes)
     frame.insert(0, "patient_id", [cohort.patients[i].patient_id for i in rows])
-    for gene, column in zip(MUTATION_GENES, MUTATION_COLUMNS):
+    for gene, column in zip(MUTATION_GENES, MUTATION_COLUMNS, strict=True):
         frame[column] = np.array([cohort.patients[i].mutations[gene] for i in rows], dtype=np.int64)
     return frame
 

@@ -118,5 +118,5 @@ def keep_sockets_until_workers_stop() -> None:
             return original_stop(self)
         return CircusArbiter.stop(self)  # the exit stack runs when start() returns
 
-    Arbiter.start, Arbiter.stop = start, stop
+    Arbiter.start, Arbiter.stop = start, stop  # type: ignore[method-assign]  # the patch itself
     Arbiter._radfusion_drain_patch = True

@@ -22,4 +22,4 @@ def forbid_url_fetch_for_file_fields() -> None:
     """Replace BentoML's multipart file resolver (process-wide, idempotent)."""
     from _bentoml_impl.serde import MultipartSerde
 
-    MultipartSerde.ensure_file = staticmethod(_value_as_file)  # type: ignore[method-assign]
+    MultipartSerde.ensure_file = staticmethod(_value_as_file)

@@ -145,7 +145,7 @@ def running_server(
     port = port or free_port(host)
     url = f"http://{host}:{port}"
     own_log = log_file is None
-    if own_log:
+    if log_file is None:
         fd, name = tempfile.mkstemp(prefix="radfusion-serve-", suffix=".log")
         os.close(fd)
         log_file = Path(name)

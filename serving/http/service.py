@@ -8,9 +8,10 @@ turns an uploaded study + genomics into model inputs with the one shared preproc
     RADFUSION_MODEL=model.onnx bentoml serve radfusion.serving.http.service:Radfusion
 
 Endpoints: POST /predict (one case: uploaded study or DICOMweb reference, genomics,
-clinical; options explain and rank_treatments add the evidence), POST /predict/batch (many cases in one call, one result or one error each,
-run through the model together), GET|POST /contract, POST /dicom-web/studies (STOW-RS
-input), plus BentoML's /readyz, /livez, /metrics (ours: radfusion.serving.http.metrics). Bad input is
+clinical; options explain and rank_treatments add the evidence), POST /predict/batch
+(many cases in one call, one result or one error each, run through the model
+together), GET|POST /contract, POST /dicom-web/studies (STOW-RS input), plus
+BentoML's /readyz, /livez, /metrics (ours: radfusion.serving.http.metrics). Bad input is
 answered 4xx with {"error": <kind>, "detail": <reason>}; never a 500. No patient names,
 IDs or UIDs are logged.
 
@@ -109,6 +110,7 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 _CONNECTION_DROPPED = _connection_errors()
+_RETRIED_MODEL_CALL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_CONNECTION_DROPPED)
 
 
 @functools.lru_cache(maxsize=1)
@@ -255,7 +257,7 @@ class Radfusion:
         result = await self._predict_case(case, started, "predict")
         if isinstance(result, dict) and (explain or rank_treatments):
             return await self._with_evidence(result, case, explain, rank_treatments)  # type: ignore[return-value]
-        return result
+        return result  # type: ignore[return-value]
 
     @bentoml.api(route="/predict/batch")
     async def predict_batch(
@@ -319,7 +321,7 @@ class Radfusion:
         if chunks:
             self.metrics.model_seconds.labels(route="predict_batch").observe(time.perf_counter() - began)
         probabilities: dict[int, np.ndarray | BaseException] = {}
-        for chunk, answer in zip(chunks, answers):
+        for chunk, answer in zip(chunks, answers, strict=True):
             if isinstance(answer, BaseException) and not isinstance(answer, ServiceUnavailable):
                 raise answer
             for row, index in enumerate(chunk):
@@ -467,6 +469,7 @@ class Radfusion:
         """One case's study (uploaded ``parts`` or fetched by ``dicomweb``) read and
         preprocessed with its genomics and clinical values."""
         workdir = Path(tempfile.mkdtemp(prefix="radfusion-upload-"))
+        files: list[Path] | None
         try:
             if dicomweb is not None:
                 files = fetch_study(dicomweb, self.dicomweb, workdir / "dicomweb")
@@ -505,7 +508,7 @@ class Radfusion:
                 return await asyncio.wait_for(
                     self.model_service.to_async.probabilities(packed), timeout=service_settings().model_call_timeout_s
                 )
-            except (TimeoutError, *_CONNECTION_DROPPED) as exc:
+            except _RETRIED_MODEL_CALL_ERRORS as exc:
                 if attempt == MODEL_CALL_ATTEMPTS:
                     raise
                 log.info("model service connection dropped (%s); retrying", type(exc).__name__)
@@ -532,7 +535,9 @@ keep_sockets_until_workers_stop()
 # Outermost first: a request without a token is refused before it counts as load or
 # its body is read. Each is built with the worker's app (after the service started),
 # so its settings come from the environment then, not at import.
-Radfusion.add_asgi_middleware(_token_auth)
-Radfusion.add_asgi_middleware(_in_flight_limit)
-Radfusion.add_asgi_middleware(_body_size_limit)
-Radfusion.mount_asgi_app(contract_app, path="/")
+# @bentoml.service made the class a bentoml.Service; mypy keeps the class type.
+_radfusion_service = t.cast("bentoml.Service[Radfusion]", Radfusion)
+_radfusion_service.add_asgi_middleware(_token_auth)
+_radfusion_service.add_asgi_middleware(_in_flight_limit)
+_radfusion_service.add_asgi_middleware(_body_size_limit)
+_radfusion_service.mount_asgi_app(contract_app, path="/")

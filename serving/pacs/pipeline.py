@@ -85,7 +85,7 @@ class Pipeline:
             report.failed += 1
             log.warning("study %s not scored: %s", key, exc.kind)
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one study's failure is retried; the listener goes on
             self._retry(record, Status.PENDING, f"scoring error ({type(exc).__name__})", report)
             return
 
@@ -111,7 +111,7 @@ class Pipeline:
             buffer = io.BytesIO()
             sr.save_as(buffer, enforce_file_format=True)
             write_durably(path, buffer.getvalue())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one study's failure is retried; the listener goes on
             self._retry(record, Status.PENDING, f"SR not written ({type(exc).__name__})", report)
             return
         if self.state.mark_scored(
@@ -140,7 +140,7 @@ class Pipeline:
         except SendError as exc:
             self._retry(record, Status.SCORED, str(exc), report)
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one study's failure is retried; the listener goes on
             self._retry(record, Status.SCORED, f"sending failed ({type(exc).__name__})", report)
             return
         if self.state.mark_sent(record.study_uid, record.sr_sop_uid, now=self.clock()):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import, via globals()
 from pynetdicom.transport import ThreadedAssociationServer
 
 from radfusion.serving.pacs.state import Arrival, OnResend, StudyState
@@ -36,12 +38,13 @@ class StoreHandler:
 
     def __call__(self, event: evt.Event) -> int:
         try:
-            sop_uid = str(event.request.AffectedSOPInstanceUID)
-            sop_class_uid = str(event.request.AffectedSOPClassUID)
+            request = cast(C_STORE, event.request)  # the handler of EVT_C_STORE only
+            sop_uid = str(request.AffectedSOPInstanceUID)
+            sop_class_uid = str(request.AffectedSOPClassUID)
             dataset = event.dataset
             study_uid = str(dataset.StudyInstanceUID)
             series_uid = str(dataset.SeriesInstanceUID)
-        except Exception as exc:  # a dataset pydicom cannot parse, or without UIDs
+        except Exception as exc:  # noqa: BLE001 - a dataset pydicom cannot parse, or without UIDs: refused
             log.warning("C-STORE refused: dataset cannot be read (%s)", type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
         path = self.work.instance_path(study_uid, sop_uid)
@@ -66,6 +69,7 @@ class StoreHandler:
 def build_ae(ae_title: str, allowed_calling: Sequence[str]) -> AE:
     ae = AE(ae_title=ae_title)
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None  # pynetdicom's storage contexts all name one
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     ae.require_called_aet = True  # a PACS configured for another AE title is told so
@@ -82,4 +86,6 @@ def start_scp(
 ) -> ThreadedAssociationServer:
     """Start listening in background threads; ``.shutdown()`` stops it."""
     ae = build_ae(ae_title, allowed_calling)
-    return ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
+    server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
+    assert server is not None  # non-blocking: start_server returns the running server
+    return server

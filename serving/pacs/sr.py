@@ -16,7 +16,8 @@ Content tree (codes from DCM where one fits, else the private scheme 99RADFUSION
         NUM        Probability (DCM 122157)        = P(alive at that time), unit "1"
       CODE       Input modality used (one per used modality)
       TEXT       Genomics source                   = "genomics table", "patient not in the genomics table", ...
-      TEXT       Clinical source                   = the same for the clinical covariates (a model with a clinical block)
+      TEXT       Clinical source                   = the same for the clinical covariates
+                                                     (a model with a clinical block)
       TEXT       Image series selection            = why the scored series was chosen
       TEXT       Geometry corrections              = what the reader repaired (only when it repaired anything)
       IMAGE      Source of Measurement (DCM 121112), one per instance of the scored series
@@ -100,7 +101,7 @@ def label_code(label: str) -> hd.sr.CodedConcept:
 def read_evidence(paths: Sequence[Path]) -> list[Dataset]:
     """Headers of the source instances (no pixel data), the first one completed with
     empty type 2 patient/study attributes it lacks."""
-    evidence = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    evidence: list[Dataset] = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     first = evidence[0]
     for keyword in _COPIED_EMPTY_IF_MISSING:
         if keyword not in first:

@@ -20,12 +20,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     RECEIVED = "received"  # instances arriving; not yet quiet long enough
     PENDING = "pending"  # complete, waiting to be scored (or to retry scoring)
     SCORED = "scored"  # SR written to disk, waiting to be sent (or to retry sending)
@@ -33,14 +33,14 @@ class Status(str, Enum):
     FAILED = "failed"  # bad input, or out of attempts
 
 
-class OnResend(str, Enum):
+class OnResend(StrEnum):
     """What a study that was already scored does when its instances arrive again."""
 
     IGNORE = "ignore"  # scored once; re-sent instances are stored but change nothing
     RESCORE = "rescore"  # scored again; the new SR is the next version of the old one
 
 
-class Arrival(str, Enum):
+class Arrival(StrEnum):
     NEW = "new"
     DUPLICATE = "duplicate"
     OWN_RESULT = "own_result"  # one of our SRs coming back from the PACS

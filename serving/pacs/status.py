@@ -50,6 +50,6 @@ def format_table(report: dict[str, Any]) -> str:
         columns.append("study_instance_uid")
     rows = [[("" if r[c] is None else str(r[c])) for c in columns] for r in report["studies"]]
     widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
-    lines = [counts, "  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    lines = [counts, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)

@@ -27,11 +27,11 @@ def infer_batch(model: OnnxModel, batch: Sequence[PreparedStudy]) -> None:
         return
     started = time.perf_counter()
     try:
-        outputs = run_inputs(model, [p.inputs for p in batch])
+        outputs = run_inputs(model, [_inputs_of(p) for p in batch])
     except Exception:  # noqa: BLE001 - isolate the case that breaks the runtime
         for item in batch:
             try:
-                _fill(item, model, run_inputs(model, [item.inputs])[0])
+                _fill(item, model, run_inputs(model, [_inputs_of(item)])[0])
             except Exception as exc:  # noqa: BLE001
                 item.row["error"] = f"{InferenceFailedError.kind}: {type(exc).__name__}"
     else:
@@ -50,4 +50,9 @@ def _fill(item: PreparedStudy, model: OnnxModel, outputs: np.ndarray) -> None:
     except RadfusionInputError as exc:
         item.row["error"] = f"{exc.kind}: {exc.message}"
         return
-    fill_prediction(item.row, prediction, item.inputs.modalities_used)
+    fill_prediction(item.row, prediction, _inputs_of(item).modalities_used)
+
+
+def _inputs_of(item: PreparedStudy) -> ModelInputs:
+    assert item.inputs is not None, "infer_batch takes studies that prepared cleanly"
+    return item.inputs

@@ -27,7 +27,7 @@ from radfusion.serving.scoring.inference import infer_batch
 from radfusion.serving.scoring.prepare import PreparedStudy
 from radfusion.serving.scoring.progress import Progress
 from radfusion.serving.scoring.rows import WorkerCrashedError, new_row
-from radfusion.serving.scoring.sources import ScanUnit, StudyAssembler, StudyRef, is_dicomweb, list_units
+from radfusion.serving.scoring.sources import ScanResult, ScanUnit, StudyAssembler, StudyRef, is_dicomweb, list_units
 from radfusion.serving.scoring.writer import PartWriter
 
 # Keep this many studies found but not yet handed out, per worker, before scanning more.
@@ -127,6 +127,7 @@ class LocalEngine:
             self._submit(self._ready.popleft())
 
     def _submit(self, task: Task) -> None:
+        future: Future[ScanResult | PreparedStudy]
         if isinstance(task, ScanUnit):
             future = self._pool.submit(prepare.scan_task, task)
         else:

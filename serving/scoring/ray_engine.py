@@ -75,7 +75,7 @@ class InferenceActor:
                     genomics[i],
                     clinical[i],
                     presence[i],
-                    [m for m, p in zip(contract.modalities, presence[i]) if p > 0],
+                    [m for m, p in zip(contract.modalities, presence[i], strict=True) if p > 0],
                 ),
             )
             for i, row in enumerate(rows)
@@ -136,7 +136,8 @@ class RayEngine:
         items = [{"task": pickle.dumps((s, patients.lookup(s.patient_id)))} for s in studies]
         dataset = (
             ray.data.from_items(items)
-            .map(prepare_row, fn_kwargs={"contract": self.contract})
+            # Ray types map()'s fn as taking the row alone, though fn_kwargs adds arguments.
+            .map(prepare_row, fn_kwargs={"contract": self.contract})  # type: ignore[arg-type]
             .map_batches(
                 InferenceActor,
                 fn_constructor_kwargs={"model_bytes": self._model, "device": self.device},

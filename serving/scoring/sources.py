@@ -22,6 +22,7 @@ and a study over it, or one that cannot be fetched, is that study's error row.""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -32,6 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 import pydicom
 
@@ -131,12 +133,16 @@ def scan_unit(unit: ScanUnit) -> ScanResult:
     else:
         for name in unit.names:
             path = Path(unit.path) / name
-            _add_instance(result, lambda: pydicom.dcmread(path, **_IDS_ONLY), FileRef(str(path)))
+            _add_instance(result, functools.partial(_read_ids, path), FileRef(str(path)))
     return result
 
 
 # Discovery needs only these: reading three tags costs half of a full header read.
-_IDS_ONLY = dict(stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "PatientID"])
+_ID_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "PatientID"]
+
+
+def _read_ids(fp: str | Path | IO[bytes]) -> pydicom.Dataset:
+    return pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(_ID_TAGS))
 
 
 def _add_instance(result: ScanResult, read, ref: FileRef) -> None:
@@ -156,7 +162,7 @@ def _scan_zip(path: Path, result: ScanResult) -> None:
 
                 def read(info=info):
                     with archive.open(info) as member:
-                        return pydicom.dcmread(member, **_IDS_ONLY)
+                        return _read_ids(member)
 
                 _add_instance(result, read, FileRef(str(path), info.filename))
     except BadArchiveError as exc:
@@ -237,6 +243,7 @@ def _files_under(home: str, uid: str) -> tuple[str, list[FileRef]]:
     for unit in list_units(home):
         for found_uid, found_patient, ref, _ in scan_unit(unit).found:
             if found_uid == uid:
+                assert ref is not None  # home is a local folder or zip: no DICOMweb listing entries
                 patient_id = found_patient
                 files.append(ref)
     return patient_id, files
@@ -282,6 +289,7 @@ def _extract_members(files: tuple[FileRef, ...], folder: Path, budget: Budget) -
 
 
 def _fetch_dicomweb(study: StudyRef, folder: Path, budget: Budget) -> list[Path]:
+    assert study.dicomweb_url is not None  # local_study_files calls this for DICOMweb studies only
     policy = DicomwebPolicy.trusted(max_bytes=budget.bytes_left, max_instances=budget.files_left)
     return fetch_study(DicomwebRef(url=study.dicomweb_url, study_uid=study.study_uid), policy, folder)
 

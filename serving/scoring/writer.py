@@ -137,7 +137,8 @@ class PartWriter:
             stored = json.loads(run_file.read_text())
             if stored != self.identity:
                 raise ResumeError(
-                    f"{self.parts} holds rows of model {stored.get('model')} (sha256 {(stored.get('model_sha256') or '')[:12]}) "
+                    f"{self.parts} holds rows of model {stored.get('model')} "
+                    f"(sha256 {(stored.get('model_sha256') or '')[:12]}) "
                     f"made with another {_differences(stored, self.identity)}; run with the same model and tables "
                     "to resume, or pass --fresh to start over"
                 )
@@ -165,7 +166,7 @@ class PartWriter:
         done: dict[str, tuple[int, str | None]] = {}
         for path in self._part_files():
             table = pq.read_table(path, columns=["study_instance_uid", "n_instances", "error"])
-            for uid, n, error in zip(*(table.column(i).to_pylist() for i in range(3))):
+            for uid, n, error in zip(*(table.column(i).to_pylist() for i in range(3)), strict=True):
                 done[uid] = (n, error_kind(error))
         return done
 

@@ -144,7 +144,7 @@ def test_writing_again_replaces_the_contract(tmp_path: Path) -> None:
 
 def test_onnx_without_contract_raises_value_error(tmp_path: Path) -> None:
     path = tiny_onnx(tmp_path / "plain.onnx", {"author": "lab"})
-    with pytest.raises(ValueError, match="^plain.onnx carries no radfusion model contract$"):
+    with pytest.raises(ValueError, match=r"^plain\.onnx carries no radfusion model contract$"):
         read_contract_from_onnx(path)
 
 

@@ -157,7 +157,7 @@ def assert_nothing_survives(out: Dataset, originals: dict[int, object], original
         assert TOKEN not in text and TOKEN.lower() not in text, elem
         assert UID_ROOT not in text, elem
         if elem.VR == "UI":
-            assert not (set(str(v) for v in (elem.value if elem.VM > 1 else [elem.value])) & original_uids), elem
+            assert not ({str(v) for v in (elem.value if elem.VM > 1 else [elem.value])} & original_uids), elem
         original = originals.get(int(elem.tag))
         if original is not None and not isinstance(original, Sequence) and elem.value not in ("", None):
             assert elem.value != original, elem
@@ -348,7 +348,7 @@ def runs(source_tree, tmp_path_factory):
     a1 = _run(source_tree, work / "a1", KEY_A)
     a2 = _run(source_tree, work / "a2", KEY_A)
     b = _run(source_tree, work / "b", KEY_B)
-    return {"a1": (work / "a1",) + a1, "a2": (work / "a2",) + a2, "b": (work / "b",) + b}
+    return {"a1": (work / "a1", *a1), "a2": (work / "a2", *a2), "b": (work / "b", *b)}
 
 
 def test_tree_counts_skips_and_failures(runs):

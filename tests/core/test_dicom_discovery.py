@@ -42,7 +42,7 @@ def _sr(study_uid: str) -> Dataset:
 def test_a_zipped_study_is_discovered_and_read_without_extracting(tmp_path: Path) -> None:
     study = generate_uid()
     G = ground_truth((9, 5, 4))
-    paths, series_uid = write_series(tmp_path / "files" / "CT", G, study_uid=study)
+    _, series_uid = write_series(tmp_path / "files" / "CT", G, study_uid=study)
     _sr(study).save_as(tmp_path / "files" / "report.dcm", enforce_file_format=True)
     archive = tmp_path / "in" / "study.zip"
     archive.parent.mkdir()

@@ -32,7 +32,7 @@ def _write(folder: Path, pixels, positions, **kwargs) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     common = dict(study_uid=generate_uid(), series_uid=generate_uid(), pixel_spacing=(2.0, 3.0))
     paths = []
-    for i, (p, q) in enumerate(zip(pixels, positions)):
+    for i, (p, q) in enumerate(zip(pixels, positions, strict=True)):
         path = folder / f"{i:03d}.dcm"
         ct_slice(p, q, number=i + 1, **common, **kwargs).save_as(path, enforce_file_format=True)
         paths.append(path)

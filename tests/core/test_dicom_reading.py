@@ -123,7 +123,8 @@ def test_duplicate_positions_with_different_images_are_rejected(tmp_path: Path) 
     pixels, positions, common = _axial_slices()
     positions[3] = positions[2]
     paths = _write(
-        tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))]
+        tmp_path,
+        [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions, strict=True))],
     )
     with pytest.raises(GeometryError, match="duplicate slice positions with different images"):
         load_volume(paths)
@@ -142,7 +143,8 @@ def test_gantry_tilt_shear_is_rejected_when_tilt_may_not_be_corrected(tmp_path: 
     pixels, positions, common = _axial_slices()
     positions[:, 1] += np.arange(len(positions)) * 1.5  # y drifts 1.5 mm per 5 mm slice
     paths = _write(
-        tmp_path, [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))]
+        tmp_path,
+        [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions, strict=True))],
     )
     with pytest.raises(GeometryError, match="sheared \\(gantry tilt 16\\.7 degrees\\)"):
         load_volume(paths, GeometryPolicy(max_tilt_degrees=0))
@@ -150,7 +152,7 @@ def test_gantry_tilt_shear_is_rejected_when_tilt_may_not_be_corrected(tmp_path: 
 
 def test_mixed_orientations_are_rejected(tmp_path: Path) -> None:
     pixels, positions, common = _axial_slices()
-    datasets = [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))]
+    datasets = [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions, strict=True))]
     datasets[2].ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.9962, -0.0872]  # tilted 5 degrees
     with pytest.raises(GeometryError, match="mixed slice orientations"):
         load_volume(_write(tmp_path, datasets))
@@ -158,12 +160,12 @@ def test_mixed_orientations_are_rejected(tmp_path: Path) -> None:
 
 def test_mixed_slice_sizes_and_spacings_are_rejected(tmp_path: Path) -> None:
     pixels, positions, common = _axial_slices()
-    sizes = [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))]
+    sizes = [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions, strict=True))]
     sizes[1] = ct_slice(pixels[1][:, :3], positions[1], number=2, **common)
     (tmp_path / "sizes").mkdir()
     with pytest.raises(GeometryError, match="slices of different sizes"):
         load_volume(_write(tmp_path / "sizes", sizes))
-    spacings = [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions))]
+    spacings = [ct_slice(p, q, number=i + 1, **common) for i, (p, q) in enumerate(zip(pixels, positions, strict=True))]
     spacings[4].PixelSpacing = [2.0, 3.5]
     (tmp_path / "spacings").mkdir()
     with pytest.raises(GeometryError, match="slices with different PixelSpacing"):

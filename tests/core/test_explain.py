@@ -65,9 +65,9 @@ def test_occlusion_grid_covers_the_grid_within_the_cap(shape, max_windows) -> No
     assert 1 <= len(grid.starts) <= max_windows
     covered = np.zeros(shape, dtype=int)
     for start in grid.starts:
-        covered[tuple(slice(s, s + w) for s, w in zip(start, grid.window))] += 1
+        covered[tuple(slice(s, s + w) for s, w in zip(start, grid.window, strict=True))] += 1
     assert covered.min() >= 1  # every voxel can be occluded
-    assert all(w <= n for w, n in zip(grid.window, shape))
+    assert all(w <= n for w, n in zip(grid.window, shape, strict=True))
     # Finest such grid: one more step per axis would exceed the cap (or the grid).
     if grid.stride != (1,) * 3:
         finer = occlusion_grid(shape, 10**9)
@@ -115,7 +115,7 @@ def test_gene_attributions_are_exact_for_a_linear_model(predictor: Predictor) ->
     case = prepare_case(predictor.contract, None, genes)
     result = predictor.explain(case, ExplainSettings(top_genes=5))
     panel = predictor.contract.genomics
-    z = {f: (genes[f] - m) / s for f, m, s in zip(panel.features, panel.mean, panel.std)}
+    z = {f: (genes[f] - m) / s for f, m, s in zip(panel.features, panel.mean, panel.std, strict=True)}
     expected = {f: w * z[f] / TEMPERATURE for f, w in GENE_WEIGHTS.items()}
     top = result["genes"]["top"]
     assert result["target_label"] == "responder"

@@ -89,7 +89,7 @@ def test_duplicate_ids_raise(tmp_path: Path, suffix: str) -> None:
     df = pd.DataFrame({"patient_id": ["007", "008", "007"], "TP53": [1.0, 2.0, 3.0]})
     path = tmp_path / f"g{suffix}"
     df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path, index=False)
-    with pytest.raises(ValueError, match="^genomics table has duplicate patient ids$"):
+    with pytest.raises(ValueError, match=r"^genomics table has duplicate patient ids$"):
         load_genomics_table(path)
 
 

@@ -102,7 +102,7 @@ def test_duplicate_genes_and_block_suffixes_refused(tmp_path: Path) -> None:
     with pytest.raises(OmicsFormatError, match="1 duplicated column label"):
         read_expression(dup, sample_ids=SAMPLES)
     dup_rows = write(pd.DataFrame(LOG.T, index=["TP53", "EGFR", "TP53", "MYC"], columns=SAMPLES), tmp_path / "dup.tsv")
-    with pytest.raises(OmicsFormatError, match="1 duplicated gene label.*TP53"):
+    with pytest.raises(OmicsFormatError, match=r"1 duplicated gene label.*TP53"):
         read_expression(dup_rows, sample_ids=SAMPLES)
     suffixed = write(pd.DataFrame(LOG, index=SAMPLES, columns=["TP53", "EGFR_mut", "KRAS", "MYC"]), tmp_path / "s.csv")
     with pytest.raises(OmicsFormatError, match="EGFR_mut"):

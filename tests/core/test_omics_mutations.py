@@ -120,7 +120,10 @@ def test_snpeff_ann_field_is_read_too(tmp_path: Path) -> None:
         HEADER
         + ann
         + COLUMNS.format(samples="T1\tT2")
-        + "chr7\t1\t.\tA\tT\t50\tPASS\tANN=T|missense_variant|MODERATE|EGFR|x,T|upstream_gene_variant|MODIFIER|LINC1|y\tGT\t0/1\t0/0\n"
+        + (
+            "chr7\t1\t.\tA\tT\t50\tPASS\t"
+            "ANN=T|missense_variant|MODERATE|EGFR|x,T|upstream_gene_variant|MODIFIER|LINC1|y\tGT\t0/1\t0/0\n"
+        )
     )
     block = read_vcf(path)
     assert block.values.to_dict("index") == {"T1": {"EGFR_mut": 1.0}, "T2": {"EGFR_mut": 0.0}}

@@ -13,7 +13,13 @@ import pytest
 from radfusion.errors import OmicsFormatError
 from radfusion.omics import read_gene_annotation, read_segments, segments_to_genes
 
-BED = "chr1\t1000\t2000\tGENEA\nchr1\t1200\t1300\tGENEB\nchr1\t1400\t1800\tGENEC\nchr2\t100\t200\tGENED\nchr1\t2900\t3100\tGENEE\n"
+BED = (
+    "chr1\t1000\t2000\tGENEA\n"
+    "chr1\t1200\t1300\tGENEB\n"
+    "chr1\t1400\t1800\tGENEC\n"
+    "chr2\t100\t200\tGENED\n"
+    "chr1\t2900\t3100\tGENEE\n"
+)
 GTF = "".join(
     f'{c}\ttest\tgene\t{int(s) + 1}\t{e}\t.\t+\t.\tgene_id "G{i}"; gene_name "{n}";\n'
     f'{c}\ttest\texon\t{int(s) + 1}\t{e}\t.\t+\t.\tgene_id "G{i}"; gene_name "{n}";\n'

@@ -234,7 +234,7 @@ def test_omics_blocks_are_concatenated_and_a_block_without_values_is_absent() ->
 
 
 def test_an_incomplete_block_names_the_block_and_genes_unless_it_imputes() -> None:
-    with pytest.raises(GenePanelError, match="^mutation block: 1 of 2 panel genes missing: EGFR_mut$"):
+    with pytest.raises(GenePanelError, match=r"^mutation block: 1 of 2 panel genes missing: EGFR_mut$"):
         preprocess_omics({"TP53_mut": 1.0}, [MUTATIONS])
     imputing = dataclasses.replace(MUTATIONS, impute_missing=True)
     assert preprocess_omics({"TP53_mut": 1.0}, [imputing]).values.tolist() == pytest.approx([1.0, 0.0])
@@ -358,7 +358,7 @@ def test_modality_the_model_was_not_trained_with_is_fed_as_absent() -> None:
 
 def test_required_modality_may_not_be_missing() -> None:
     needs_image = _contract(may_be_missing=["genomics"])
-    with pytest.raises(NoModalityError, match="^model requires image$"):
+    with pytest.raises(NoModalityError, match=r"^model requires image$"):
         build_inputs(needs_image, None, GENES)
     assert build_inputs(needs_image, IMAGE, None).modalities_used == ["image"]
 

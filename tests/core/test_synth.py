@@ -311,7 +311,7 @@ def test_lesion_at_truth_location_with_truth_contrast(by_series: dict, truth: di
         ps, dz = float(ds.PixelSpacing[0]), float(ds.SpacingBetweenSlices)
         # truth's millimetre centre is the DICOM position of the centre voxel
         ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-        assert np.allclose(patient["lesion_centre_mm"], ipp + [c * ps, r * ps, 0.0], atol=1e-3)
+        assert np.allclose(patient["lesion_centre_mm"], ipp + np.array([c * ps, r * ps, 0.0]), atol=1e-3)
         zz, yy, xx = np.meshgrid(
             np.arange(volume.shape[0]) * dz,
             np.arange(volume.shape[1]) * ps,

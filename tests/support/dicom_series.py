@@ -46,7 +46,9 @@ def cut_slices(G: np.ndarray, row_dir, col_dir) -> tuple[np.ndarray, np.ndarray,
     Returns pixels (slice, row, col), the ImagePositionPatient of each slice and
     PixelSpacing (between rows, between columns)."""
     normal = tuple(np.cross(row_dir, col_dir))
-    zyx_coords = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(G.shape, SPACING_ZYX)], indexing="ij"))
+    zyx_coords = np.stack(
+        np.meshgrid(*[np.arange(n) * s for n, s in zip(G.shape, SPACING_ZYX, strict=True)], indexing="ij")
+    )
     xyz = np.stack([zyx_coords[2], zyx_coords[1], zyx_coords[0]]) + np.reshape(ORIGIN_XYZ, (3, 1, 1, 1))
     # array axis of G for each patient axis x, y, z is 2, 1, 0
     order, flips = [], []
@@ -198,7 +200,7 @@ def enhanced_ct(
             shared.PixelValueTransformationSequence = Sequence([_rescale(-1024.0)])
         ds.SharedFunctionalGroupsSequence = Sequence([shared])
         frames = []
-        for position, intercept in zip(positions, intercepts):
+        for position, intercept in zip(positions, intercepts, strict=True):
             item, pos = Dataset(), Dataset()
             pos.ImagePositionPatient = [float(v) for v in position]
             item.PlanePositionSequence = Sequence([pos])

@@ -52,5 +52,5 @@ def train_evidence_model(root: Path) -> Path:
     cohort = generate_cohort(root / "cohort", **EVIDENCE_COHORT)
     configs = ["trainer/cpu.yaml", "data/synthetic.yaml", "model/fusion_cpu.yaml", "experiment/treatment.yaml"]
     args = ["fit", *[a for c in configs for a in ("--config", str(CONFIGS / c))]]
-    main(args + ["--data.cohort_dir", str(cohort), "--trainer.default_root_dir", str(root / "run"), *EVIDENCE_TRAINING])
+    main([*args, "--data.cohort_dir", str(cohort), "--trainer.default_root_dir", str(root / "run"), *EVIDENCE_TRAINING])
     return root / "run" / "checkpoints" / "best.ckpt"

@@ -104,6 +104,6 @@ def lesion_centre_mm() -> np.ndarray:
 
 def raw_genes(seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
-    values = {g: float(v) for g, v in zip(GENES, rng.normal(1.0, 3.0, len(GENES)))}
+    values = {g: float(v) for g, v in zip(GENES, rng.normal(1.0, 3.0, len(GENES)), strict=True)}
     values.update({"G0_mut": 0.0, "G1_mut": 1.0})
     return values

@@ -35,8 +35,8 @@ def train_tiny(cohort: Path, out: Path, *extra: str, batch_size: int = 4) -> Pat
     ]
     args = ["fit", *[a for c in configs for a in ("--config", str(c))], *extra]
     main(
-        args
-        + [
+        [
+            *args,
             "--data.cohort_dir",
             str(cohort),
             "--trainer.default_root_dir",

@@ -18,11 +18,10 @@ import torch
 
 from radfusion.contract import read_contract_from_onnx
 from radfusion.predictor import Predictor
+from tests.support.paths import PROJECT_ROOT as ROOT
 from tests.support.tiny_training import train_tiny
 
 pytestmark = pytest.mark.slow
-
-from tests.support.paths import PROJECT_ROOT as ROOT
 
 CONFIGS = ROOT / "configs"
 

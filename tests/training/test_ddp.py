@@ -34,9 +34,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
-
 from tests.support.paths import PROJECT_ROOT as ROOT
+
+pytestmark = pytest.mark.slow
 
 CONFIGS = ROOT / "configs"
 STEPS = 4

@@ -328,7 +328,7 @@ def test_the_treatment_enters_centred():
     patient whose treatment is unknown gets none: the term cannot stand in for a
     prognostic effect of the same genes."""
     net = interaction_net("late")
-    image, genomics, clinical = inputs()
+    _, genomics, clinical = inputs()
     every = torch.ones(3, 4)
     term = net.treatment_effect
     present = every

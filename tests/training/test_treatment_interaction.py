@@ -75,7 +75,7 @@ def test_export_keeps_parity_and_carries_the_switch_margin(checkpoint: Path, tmp
 
 
 def test_the_term_needs_a_treatment_covariate(tiny_cohort: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="data.treatment"):
+    with pytest.raises(ValueError, match=r"data\.treatment"):
         train_tiny(
             tiny_cohort,
             tmp_path,

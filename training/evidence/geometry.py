@@ -42,13 +42,13 @@ class ModelGrid:
     @classmethod
     def for_volume(cls, volume: Volume, geometry: ImageGeometry) -> ModelGrid:
         canonical = volume.canonical()
-        factors = [s / t for s, t in zip(canonical.spacing, geometry.target_spacing)]
+        factors = [s / t for s, t in zip(canonical.spacing, geometry.target_spacing, strict=True)]
         if canonical.shape[0] == 1:
             factors[0] = 1.0
         have = np.asarray(canonical.shape, dtype=float)
         # scipy.ndimage.zoom's output shape; with grid_mode the voxel edges align, so
         # the scale is the ratio of the shapes, not the requested factor.
-        resampled = np.array([round(n * f) for n, f in zip(canonical.shape, factors)], dtype=float)
+        resampled = np.array([round(n * f) for n, f in zip(canonical.shape, factors, strict=True)], dtype=float)
         want = np.asarray(geometry.target_shape, dtype=float)
         offset = np.where(resampled >= want, (resampled - want) // 2, -((want - resampled) // 2))
         return cls(canonical.affine, have / resampled, offset)

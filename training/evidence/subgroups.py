@@ -67,7 +67,7 @@ def subgroup_table(
                     "auroc_low": auc_ci[0],
                     "auroc_high": auc_ci[1],
                     "ece": ece(p, y),
-                    **dict(zip(("ece_low", "ece_high"), _bootstrap(ece, p, y, rng, n_boot))),
+                    **dict(zip(("ece_low", "ece_high"), _bootstrap(ece, p, y, rng, n_boot), strict=True)),
                 }
             )
     return pd.DataFrame(rows)

@@ -24,7 +24,7 @@ def treatment_columns(spec) -> dict[str, int]:
     """Treatment level -> its column in the encoded clinical input."""
     if spec is None or not spec.treatment:
         raise ValueError("the model has no treatment covariate: train with data.treatment set")
-    return dict(zip(spec.treatments, spec.treatment_columns))
+    return dict(zip(spec.treatments, spec.treatment_columns, strict=True))
 
 
 def predict_under_treatments(net, cases: Cases, spec) -> pd.DataFrame:

@@ -136,7 +136,7 @@ def build_image_encoder(
             raise ValueError("the vit image encoder needs image_shape (the data's target_shape)")
         hidden, layers, heads = widths
         size, patch = list(image_shape)[-spatial_dims:], list(patch)[-spatial_dims:]
-        if any(s % p for s, p in zip(size, patch)):
+        if any(s % p for s, p in zip(size, patch, strict=True)):
             raise ValueError(f"vit patch {patch} must divide the image shape {size}")
         vit = nets.ViT(
             in_channels=1,

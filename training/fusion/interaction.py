@@ -77,8 +77,8 @@ class TreatmentInteraction(nn.Module):
             "treatment_columns", torch.tensor(list(treatment_columns), dtype=torch.long), persistent=False
         )
         # Presence-mask column of every omics feature, and whether its block is read.
-        feature_block = [i for i, size in zip(omics_presence, omics_sizes.values()) for _ in range(size)]
-        feature_used = [float(u) for u, size in zip(used, omics_sizes.values()) for _ in range(size)]
+        feature_block = [i for i, size in zip(omics_presence, omics_sizes.values(), strict=True) for _ in range(size)]
+        feature_used = [float(u) for u, size in zip(used, omics_sizes.values(), strict=True) for _ in range(size)]
         self.register_buffer("feature_block", torch.tensor(feature_block, dtype=torch.long), persistent=False)
         self.register_buffer("feature_used", torch.tensor(feature_used), persistent=False)
         self.register_buffer("block_presence", torch.tensor(list(omics_presence), dtype=torch.long), persistent=False)

@@ -197,7 +197,7 @@ class FusionNet(nn.Module):
         """Per-modality embeddings (zero where absent or unused) and the image tokens
         (None unless the fusion strategy reads them)."""
         zeros = presence.new_zeros(presence.shape[0], self.embed_dim)
-        blocks = dict(zip(self.omics_sizes, torch.split(genomics, list(self.omics_sizes.values()), dim=1)))
+        blocks = dict(zip(self.omics_sizes, torch.split(genomics, list(self.omics_sizes.values()), dim=1), strict=True))
         out, tokens = [], None
         for i, name in enumerate(self.modality_names):
             mask = presence[:, i : i + 1]
@@ -211,7 +211,7 @@ class FusionNet(nn.Module):
             if name == "clinical":
                 encoder, x = self.clinical_encoder, self._clinical_input(clinical)
             else:
-                encoder, x = self.omics_encoders[name] if name in self.omics_encoders else None, blocks[name]
+                encoder, x = self.omics_encoders[name] if name in self.omics_encoders else None, blocks[name]  # noqa: SIM401 - nn.ModuleDict has no .get()
             out.append(encoder(x) * mask if encoder is not None else zeros)
         return out, tokens
 

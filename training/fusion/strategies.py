@@ -66,7 +66,7 @@ class GatedFusion(nn.Module):
         scores = torch.cat(
             [
                 s(torch.tanh(v(e)) * torch.sigmoid(g(e)))
-                for e, v, g, s in zip(embeddings, self.value, self.gate, self.score)
+                for e, v, g, s in zip(embeddings, self.value, self.gate, self.score, strict=True)
             ],
             dim=1,
         )
@@ -75,7 +75,7 @@ class GatedFusion(nn.Module):
 
     def forward(self, embeddings: list[torch.Tensor], presence: torch.Tensor, tokens=None) -> torch.Tensor:
         weights = self.gates(embeddings, presence)
-        fused = sum(w[:, None] * t(e) for w, t, e in zip(weights.unbind(1), self.transform, embeddings))
+        fused = sum(w[:, None] * t(e) for w, t, e in zip(weights.unbind(1), self.transform, embeddings, strict=True))
         return self.head(torch.cat([fused, presence], dim=1))
 
 

@@ -13,7 +13,8 @@ import pandas as pd
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222;line-height:1.4}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}\
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.pass{color:#176b2c;font-weight:600}
 .fail{color:#a11;font-weight:600}.figs{display:flex;flex-wrap:wrap;gap:.6em}.note{color:#555;font-size:.9em}
 """

@@ -283,48 +283,49 @@ def test_sigterm_drains_in_flight_requests(tiny_onnx_model: Path, bentoml_home: 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": TOKEN}
-    log = open(tmp_path / "serve.log", "wb")
-    process = subprocess.Popen(
-        serve_command("127.0.0.1", port),
-        env=serve_env(tiny_onnx_model, env),
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.25)
+    with open(tmp_path / "serve.log", "wb") as log:
+        process = subprocess.Popen(
+            serve_command("127.0.0.1", port),
+            env=serve_env(tiny_onnx_model, env),
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[
+                    -3000:
+                ]
+                time.sleep(0.25)
 
-        finished_at: list[float] = []
-        lock = threading.Lock()
+            finished_at: list[float] = []
+            lock = threading.Lock()
 
-        def upload() -> httpx.Response:
-            with httpx.Client(base_url=url, timeout=60) as client:
-                response = client.post("/predict", content=slow_body(multipart, 8, 0.3), headers=headers)
-            with lock:
-                finished_at.append(time.monotonic())
-            return response
+            def upload() -> httpx.Response:
+                with httpx.Client(base_url=url, timeout=60) as client:
+                    response = client.post("/predict", content=slow_body(multipart, 8, 0.3), headers=headers)
+                with lock:
+                    finished_at.append(time.monotonic())
+                return response
 
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(upload) for _ in range(3)]
-            time.sleep(0.6)
-            sigterm_at = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            responses = [f.result() for f in futures]
-        exit_code = process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
-        log.close()
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                futures = [pool.submit(upload) for _ in range(3)]
+                time.sleep(0.6)
+                sigterm_at = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                responses = [f.result() for f in futures]
+            exit_code = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
     assert min(finished_at) > sigterm_at + 1.0  # still uploading when the signal came
     for response in responses:
         assert response.status_code == 200, response.text

@@ -62,9 +62,11 @@ def server(tiny_onnx_model: Path, bentoml_home: Path, pacs, tmp_path_factory):
         "RADFUSION_MAX_BATCH_CASES": "8",
     }
     log_file = tmp_path_factory.mktemp("batch_server") / "serve.log"
-    with running_server(tiny_onnx_model, timeout=120, env=env, log_file=log_file) as url:
-        with httpx.Client(base_url=url, timeout=120, headers=AUTH) as client:
-            yield client, log_file
+    with (
+        running_server(tiny_onnx_model, timeout=120, env=env, log_file=log_file) as url,
+        httpx.Client(base_url=url, timeout=120, headers=AUTH) as client,
+    ):
+        yield client, log_file
 
 
 def genes_of(table, patient_id: str) -> dict[str, float]:

@@ -24,7 +24,9 @@ def fake_nvidia_smi(folder: Path, exit_code: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tool = folder / "nvidia-smi"
     tool.write_text(
-        f"#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit {exit_code}\n"
+        "#!/bin/sh\n"
+        "echo 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\n"
+        f"exit {exit_code}\n"
     )
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
     return folder

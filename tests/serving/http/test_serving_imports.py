@@ -15,7 +15,8 @@ FORBIDDEN = ("torch", "lightning", "pytorch_lightning", "monai")
 
 PROBE = """
 import json, sys
-import radfusion.serving.http.service, radfusion.serving.scoring.score, radfusion.serving.http.launch, radfusion.serving.modelref, radfusion.serving.study_files, radfusion.serving.http.hardening
+import radfusion.serving.http.service, radfusion.serving.scoring.score, radfusion.serving.http.launch, \
+radfusion.serving.modelref, radfusion.serving.study_files, radfusion.serving.http.hardening
 assert "Radfusion" in dir(radfusion.serving.http.service) and callable(radfusion.serving.scoring.score.score_archive)
 roots = sorted({name.split(".")[0] for name in sys.modules})
 print(json.dumps(roots))

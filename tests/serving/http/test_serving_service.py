@@ -43,9 +43,11 @@ def server(tiny_onnx_model: Path, bentoml_home: Path, tmp_path_factory: pytest.T
         "RADFUSION_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
         "RADFUSION_API_TOKENS": TOKEN,
     }
-    with running_server(tiny_onnx_model, timeout=120, env=env, log_file=log_file) as url:
-        with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
-            yield client, log_file
+    with (
+        running_server(tiny_onnx_model, timeout=120, env=env, log_file=log_file) as url,
+        httpx.Client(base_url=url, timeout=60, headers=AUTH) as client,
+    ):
+        yield client, log_file
 
 
 @pytest.fixture(scope="module")
@@ -194,9 +196,9 @@ def test_concurrent_requests_batch_and_agree(server, cohort, predictor) -> None:
         return response.json()
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(patients)) as pool:
-        answers = dict(zip(patients, pool.map(call, patients)))
+        answers = dict(zip(patients, pool.map(call, patients), strict=True))
     expected = predictor.predict([predictor.prepare(study_paths(studies[p]), genes[p]) for p in patients])
-    for patient, want in zip(patients, expected):
+    for patient, want in zip(patients, expected, strict=True):
         assert_matches_predictor(answers[patient], want)
     # Untrained but not constant: different patients get different numbers.
     assert len({round(a["probabilities"]["responder"], 6) for a in answers.values()}) > 1
@@ -215,7 +217,7 @@ def test_burst_is_batched_and_never_fails(server, cohort, predictor) -> None:
         values = {}
         for suffix in ("_sum", "_count"):
             prefix = f"bentoml_service_adaptive_batch_size{suffix}{{"
-            values[suffix] = sum(float(l.rsplit(" ", 1)[1]) for l in lines if l.startswith(prefix))
+            values[suffix] = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
         return values["_sum"], values["_count"]
 
     items_before, batches_before = metric_batches()
@@ -290,14 +292,14 @@ def test_truncated_pixel_data(server, cohort, tmp_path: Path, as_zip: bool) -> N
     studies, _, _ = cohort
     for study in studies.values():  # one RLE study (reader warnings) and one plain
         paths = rewritten(study_paths(study), tmp_path / study.patient_id)
-        axial = [p for p, h in zip(paths, study.instances) if "AXIAL" in h.image_type]
+        axial = [p for p, h in zip(paths, study.instances, strict=True) if "AXIAL" in h.image_type]
         data = axial[2].read_bytes()
         axial[2].write_bytes(data[: len(data) - 700])
         names = [f"{study.patient_id}_{i:03d}.dcm" for i in range(len(paths))]
         if as_zip:
             response = post_study(client, zip_study(paths, names))
         else:
-            files = [("study", (n, p.read_bytes(), "application/dicom")) for n, p in zip(names, paths)]
+            files = [("study", (n, p.read_bytes(), "application/dicom")) for n, p in zip(names, paths, strict=True)]
             response = client.post("/predict", files=files)
         assert error_of(response, 400, "corrupt_dicom").startswith(
             ("pixel data cannot be decoded", "instance has no pixel data")
@@ -407,7 +409,7 @@ def test_still_serving_after_bad_requests(server, cohort, predictor) -> None:
 def test_logs_hold_no_patient_identifiers(server, cohort) -> None:
     """Runs last: the log then holds every request of this module."""
     client, log_file = server
-    studies, table, with_genomics = cohort
+    studies, _, with_genomics = cohort
     patient = with_genomics[0]
     paths = study_paths(studies[patient])
     assert post_study(client, zip_study(paths, [f"{patient}_{i}.dcm" for i in range(len(paths))])).status_code == 200

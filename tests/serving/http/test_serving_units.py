@@ -170,11 +170,11 @@ def test_broken_model_fails_fast_with_the_reason(tmp_path: Path, bentoml_home: P
     launcher must notice and say why instead of waiting out its timeout."""
     fake = tmp_path / "model.onnx"
     fake.write_text("not an ONNX file")
-    with pytest.raises(ServerStartError, match="DecodeError|failed to start"):
-        with running_server(
-            fake, timeout=60, env={"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": "test-token"}
-        ):
-            pass
+    with (
+        pytest.raises(ServerStartError, match=r"DecodeError|failed to start"),
+        running_server(fake, timeout=60, env={"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": "test-token"}),
+    ):
+        pass
 
 
 # ------------------------------------------------------------------- bentoml build

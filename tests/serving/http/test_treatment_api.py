@@ -66,7 +66,7 @@ def genes_with_mutation(g1_mut: float) -> dict[str, float]:
 def expected_logit(contract: ModelContract, genes: dict[str, float], treatment: str) -> float:
     """Calibrated log-odds of response (the logit over the temperature)."""
     panel = contract.genomics
-    z = {f: (genes[f] - m) / s for f, m, s in zip(panel.features, panel.mean, panel.std)}
+    z = {f: (genes[f] - m) / s for f, m, s in zip(panel.features, panel.mean, panel.std, strict=True)}
     logit = sum(w * z[f] for f, w in GENE_WEIGHTS.items())  # no image in these cases
     if treatment == "targeted":
         logit += GAIN * z["G1_mut"] + SHIFT
@@ -134,7 +134,7 @@ def test_the_given_treatment_does_not_change_the_ranking(predictor: Predictor) -
     # Only the treatment's one-hot columns differ between candidates and the case.
     spec = predictor.contract.clinical
     columns = [spec.features.index(f"treatment={level}") for level in spec.treatments]
-    for level, candidate in zip(spec.treatments, candidate_inputs(predictor.contract, as_chemo.inputs)):
+    for level, candidate in zip(spec.treatments, candidate_inputs(predictor.contract, as_chemo.inputs), strict=True):
         changed = np.flatnonzero(candidate.clinical != as_chemo.inputs.clinical)
         assert set(changed) <= set(columns)
         assert candidate.clinical[columns].tolist() == [float(level == known) for known in spec.treatments]
@@ -224,9 +224,11 @@ def server(model_path: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPa
 
     log_file = tmp_path_factory.mktemp("treatment_server") / "serve.log"
     env = {"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": TOKEN}
-    with running_server(model_path, timeout=120, env=env, log_file=log_file) as url:
-        with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-            yield client
+    with (
+        running_server(model_path, timeout=120, env=env, log_file=log_file) as url,
+        httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}) as client,
+    ):
+        yield client
 
 
 def assert_close(got, want, tol: float) -> None:
@@ -237,7 +239,7 @@ def assert_close(got, want, tol: float) -> None:
             assert_close(got[key], want[key], tol)
     elif isinstance(want, (list, tuple)):
         assert isinstance(got, (list, tuple)) and len(got) == len(want), (got, want)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert_close(g, w, tol)
     elif isinstance(want, float):
         assert got == pytest.approx(want, abs=tol)

@@ -23,12 +23,12 @@ import pytest
 from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
+from tests.support.paths import PROJECT_ROOT as ROOT
 
 pytestmark = pytest.mark.slow
 
 QUIET_SECONDS = 1.0
 TOL = 1e-5
-from tests.support.paths import PROJECT_ROOT as ROOT
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:

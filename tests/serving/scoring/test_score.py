@@ -159,7 +159,7 @@ def test_rows_equal_predictor(archive, scored, tiny_cohort: Path, tiny_onnx_mode
     cases = [
         predictor.prepare([h.path for h in s.instances], row_as_mapping(table, s.patient_id)) for s in studies.values()
     ]
-    for uid, expected in zip(studies, predictor.predict(cases)):
+    for uid, expected in zip(studies, predictor.predict(cases), strict=True):
         row = rows.loc[uid]
         assert row["series_instance_uid"] == expected["series_instance_uid"]
         assert row["predicted_label"] == expected["predicted_label"]

@@ -150,29 +150,28 @@ def orthanc(tiny_cohort: Path, tmp_path_factory):
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     (work / "orthanc.json").write_text(json.dumps(config))
-    log = open(work / "orthanc.log", "w")
-    process = subprocess.Popen([ORTHANC, str(work / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/system", timeout=1).read()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, (work / "orthanc.log").read_text()[
-                    -2000:
-                ]
-                time.sleep(0.1)
-        for path in sorted((tiny_cohort / "dicom").rglob("*.dcm")):
-            if ".radfusion" not in path.parts:
-                request = urllib.request.Request(f"{base}/instances", data=path.read_bytes(), method="POST")
-                urllib.request.urlopen(request, timeout=10).read()
-        yield f"{base}/dicom-web"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+    with open(work / "orthanc.log", "w") as log:
+        process = subprocess.Popen([ORTHANC, str(work / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{http_port}"
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    urllib.request.urlopen(f"{base}/system", timeout=1).read()
+                    break
+                except OSError:
+                    assert process.poll() is None and time.monotonic() < deadline, (work / "orthanc.log").read_text()[
+                        -2000:
+                    ]
+                    time.sleep(0.1)
+            for path in sorted((tiny_cohort / "dicom").rglob("*.dcm")):
+                if ".radfusion" not in path.parts:
+                    request = urllib.request.Request(f"{base}/instances", data=path.read_bytes(), method="POST")
+                    urllib.request.urlopen(request, timeout=10).read()
+            yield f"{base}/dicom-web"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 def test_dicomweb_server_scores_like_the_folder(
