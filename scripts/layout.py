@@ -61,12 +61,30 @@ def package_folders(root: Path = ROOT) -> dict[str, str]:
     return {package: source_dir(package, package_dir) for package in packages}
 
 
+def unlisted_folders(root: Path, folders: dict[str, str]) -> list[str]:
+    """Sub-folders of listed packages that hold Python files but are not listed."""
+    listed = set(folders.values())
+    found = set()
+    for folder in listed:
+        for sub in (root / folder).iterdir():
+            relative = sub.relative_to(root).as_posix()
+            if sub.is_dir() and sub.name != "__pycache__" and relative not in listed and any(sub.rglob("*.py")):
+                found.add(relative + "/")
+    return sorted(found)
+
+
 def stage(root: Path = ROOT, dest: Path = STAGE) -> dict[str, str]:
     """Lay out the installed tree under `dest` (one symlink per source file) and return
     staged folder -> source folder, both relative to their roots, for mapping paths back."""
     if dest.exists():
         shutil.rmtree(dest)
     folders = package_folders(root)
+    unlisted = unlisted_folders(root, folders)
+    if unlisted:
+        raise SystemExit(
+            f"layout: {', '.join(unlisted)} hold Python files but are not in pyproject.toml's "
+            "[tool.setuptools] packages: the wheel would leave them out and no check would see them"
+        )
     for package, folder in folders.items():
         target = dest / package.replace(".", "/")
         target.mkdir(parents=True, exist_ok=True)

@@ -138,7 +138,7 @@ class DicomwebPolicy:
         max_bytes: int = DEFAULT_MAX_STUDY_BYTES,
         max_instances: int = DEFAULT_MAX_MEMBERS,
     ) -> DicomwebPolicy:
-        """The scorer's policy: the operator chose the server."""
+        """The scorer's and the listener's policy: the operator chose the server."""
         return cls((), timeout_s, max_bytes, max_instances, is_trusted=True)
 
     def check(self, ref: DicomwebRef) -> str:
@@ -216,12 +216,16 @@ def _session(policy: DicomwebPolicy, url: str):
     return session
 
 
-def _client(url: str, policy: DicomwebPolicy, session, budget: _Budget | None):
+def _client(url: str, policy: DicomwebPolicy, session, budget: _Budget | None, headers: dict | None = None):
     from dicomweb_client.api import DICOMwebClient
 
     read_timeout = max(1.0, min(policy.timeout_s, 30.0))
     client = DICOMwebClient(
-        url=url, session=session, callback=budget.hook if budget else None, timeout=(5.0, read_timeout)
+        url=url,
+        session=session,
+        callback=budget.hook if budget else None,
+        timeout=(5.0, read_timeout),
+        headers=headers,
     )
     if not policy.is_trusted:
         client.set_http_retry_params(retry=False)  # retries with backoff would outlive the deadline
@@ -289,3 +293,15 @@ def search_studies(url: str, policy: DicomwebPolicy, offset: int, limit: int, fi
     session = _session(policy, url)
     with _upstream_errors(policy, session):
         return _client(url, policy, session, None).search_for_studies(offset=offset, limit=limit, fields=fields)
+
+
+def store_instances(url: str, datasets: list, policy: DicomwebPolicy, token: str | None = None):
+    """STOW-RS ``datasets`` to the DICOMweb root ``url`` (the listener sending its SR back
+    to the PACS it was configured with: a trusted policy); a bearer ``token``, when
+    given, is sent as Authorization. Returns the Store Instances Response dataset (or
+    None when the server sent no body); raises this module's errors on failure."""
+    url = policy.check_url(url)
+    session = _session(policy, url)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    with _upstream_errors(policy, session):
+        return _client(url, policy, session, None, headers=headers).store_instances(datasets)

@@ -13,6 +13,7 @@ is declared, so ``declared_from_env()`` reads just these four, once, at that poi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,10 +35,10 @@ class SettingsError(ValueError):
 
 
 def _parse_int(name: str, raw: str, form: str, minimum: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected {form}, got {raw!r}") from None
+    # Plain ASCII digits only: int() would also take "1_000" and other scripts' digits.
+    if not re.fullmatch(r"[0-9]+", raw.strip()):
+        raise SettingsError(f"{name}: expected {form}, got {raw!r}")
+    value = int(raw)
     if value < minimum:
         raise SettingsError(f"{name}: expected {form}, got {raw!r}")
     return value
@@ -75,52 +76,119 @@ def url_list(name: str, raw: str) -> tuple[str, ...]:
     try:
         DicomwebPolicy(allowed=urls)
     except ValueError as exc:
+        # The value itself is not echoed: a URL with user:password@ would put the
+        # credentials in the start-up log.
         raise SettingsError(
-            f"{name}: expected comma-separated DICOMweb root URLs (http(s)://host[:port]/path), got {raw!r}: {exc}"
+            f"{name}: expected comma-separated DICOMweb root URLs (http(s)://host[:port]/path): {exc}"
         ) from None
     return urls
 
 
-def _setting(env: str, parse: Callable[[str, str], _T], default: _T) -> _T:
-    """A dataclass field read from ``env`` with ``parse`` (unset or blank: ``default``)."""
-    return field(default=default, metadata={"env": env, "parse": parse})
+def _setting(env: str, parse: Callable[[str, str], _T], default: _T, meaning: str) -> _T:
+    """A dataclass field read from ``env`` with ``parse`` (unset or blank: ``default``);
+    ``meaning`` is its line in docs/settings.md."""
+    return field(default=default, metadata={"env": env, "parse": parse, "meaning": meaning})
 
 
 @dataclass(frozen=True)
 class DeclaredSettings:
     """What BentoML needs when the service classes are declared."""
 
-    batching: bool = _setting("RADFUSION_BATCHING", on_off, True)  # off: each request alone (benchmark baseline)
-    max_batch_size: int = _setting("RADFUSION_MAX_BATCH_SIZE", positive_int, 32)
-    max_latency_ms: int = _setting("RADFUSION_MAX_LATENCY_MS", positive_int, 2000)
-    request_timeout_s: int = _setting("RADFUSION_REQUEST_TIMEOUT_S", seconds, 300)
+    batching: bool = _setting(
+        "RADFUSION_BATCHING",
+        on_off,
+        True,
+        "on: adaptive batching of model calls; off: each request alone (benchmark baseline)",
+    )
+    max_batch_size: int = _setting(
+        "RADFUSION_MAX_BATCH_SIZE", positive_int, 32, "most cases in one ONNX Runtime call of the model service"
+    )
+    max_latency_ms: int = _setting(
+        "RADFUSION_MAX_LATENCY_MS",
+        positive_int,
+        2000,
+        "longest a case waits for its batch before the model service sheds it (503)",
+    )
+    request_timeout_s: int = _setting(
+        "RADFUSION_REQUEST_TIMEOUT_S", seconds, 300, "BentoML's limit for one HTTP request"
+    )
 
 
 @dataclass(frozen=True)
 class ServiceSettings:
     """Everything else the service reads from the environment, read at start."""
 
-    max_upload_bytes: int = _setting("RADFUSION_MAX_UPLOAD_BYTES", byte_count, 1024**3)
-    max_study_bytes: int = _setting("RADFUSION_MAX_STUDY_BYTES", byte_count, DEFAULT_MAX_STUDY_BYTES)
-    max_study_files: int = _setting("RADFUSION_MAX_STUDY_FILES", positive_int, DEFAULT_MAX_MEMBERS)
-    max_in_flight: int = _setting("RADFUSION_MAX_IN_FLIGHT", positive_int, 64)
-    retry_after_s: int = _setting("RADFUSION_RETRY_AFTER_S", seconds, 2)
-    max_batch_cases: int = _setting("RADFUSION_MAX_BATCH_CASES", positive_int, 64)
-    ort_threads: int = _setting("RADFUSION_ORT_THREADS", count_or_zero, 0)  # ONNX Runtime intra-op threads
-    # Cases of one batch request read at once (threads; DICOMweb fetches wait on the network).
-    prepare_concurrency: int = _setting("RADFUSION_PREPARE_CONCURRENCY", positive_int, 4)
-    model_call_timeout_s: int = _setting("RADFUSION_MODEL_CALL_TIMEOUT_S", seconds, 60)
+    max_upload_bytes: int = _setting(
+        "RADFUSION_MAX_UPLOAD_BYTES", byte_count, 1024**3, "largest request body accepted (413 beyond it)"
+    )
+    max_study_bytes: int = _setting(
+        "RADFUSION_MAX_STUDY_BYTES",
+        byte_count,
+        DEFAULT_MAX_STUDY_BYTES,
+        "uncompressed bytes one study may unpack or fetch to (413 beyond it)",
+    )
+    max_study_files: int = _setting(
+        "RADFUSION_MAX_STUDY_FILES", positive_int, DEFAULT_MAX_MEMBERS, "files one study may hold"
+    )
+    max_in_flight: int = _setting(
+        "RADFUSION_MAX_IN_FLIGHT",
+        positive_int,
+        64,
+        "requests in progress per worker; beyond it 503 + Retry-After at once",
+    )
+    retry_after_s: int = _setting("RADFUSION_RETRY_AFTER_S", seconds, 2, "the Retry-After of a 503")
+    max_batch_cases: int = _setting(
+        "RADFUSION_MAX_BATCH_CASES", positive_int, 64, "cases in one /predict/batch request"
+    )
+    ort_threads: int = _setting(
+        "RADFUSION_ORT_THREADS", count_or_zero, 0, "ONNX Runtime intra-op threads (0: its default)"
+    )
+    prepare_concurrency: int = _setting(
+        "RADFUSION_PREPARE_CONCURRENCY",
+        positive_int,
+        4,
+        "cases of one batch request read at once (threads; DICOMweb fetches wait on the network)",
+    )
+    model_call_timeout_s: int = _setting(
+        "RADFUSION_MODEL_CALL_TIMEOUT_S", seconds, 60, "longest wait for the model service's answer"
+    )
     # /predict?explain: at most 1 + max_features + max_windows model rows per explanation.
-    explain_top_genes: int = _setting("RADFUSION_EXPLAIN_TOP_GENES", positive_int, ExplainSettings.top_genes)
-    explain_max_features: int = _setting("RADFUSION_EXPLAIN_MAX_FEATURES", positive_int, ExplainSettings.max_features)
-    explain_max_windows: int = _setting("RADFUSION_EXPLAIN_MAX_WINDOWS", positive_int, ExplainSettings.max_windows)
-    explain_batch: int = _setting("RADFUSION_EXPLAIN_BATCH", positive_int, ExplainSettings.batch_size)
-    explain_concurrency: int = _setting("RADFUSION_EXPLAIN_CONCURRENCY", positive_int, 1)
-    # Where STOW-RS studies get their genomics and clinical covariates (by PatientID).
-    genomics_table: str | None = _setting("RADFUSION_GENOMICS_TABLE", optional_path, None)
-    clinical_table: str | None = _setting("RADFUSION_CLINICAL_TABLE", optional_path, None)
-    dicomweb_allowed_urls: tuple[str, ...] = _setting(ALLOWED_URLS_ENV, url_list, ())
-    dicomweb_timeout_s: int = _setting("RADFUSION_DICOMWEB_TIMEOUT_S", seconds, DEFAULT_TIMEOUT_S)
+    explain_top_genes: int = _setting(
+        "RADFUSION_EXPLAIN_TOP_GENES", positive_int, ExplainSettings.top_genes, "genes listed in an explanation"
+    )
+    explain_max_features: int = _setting(
+        "RADFUSION_EXPLAIN_MAX_FEATURES",
+        positive_int,
+        ExplainSettings.max_features,
+        "genomic features occluded per explanation (model rows)",
+    )
+    explain_max_windows: int = _setting(
+        "RADFUSION_EXPLAIN_MAX_WINDOWS",
+        positive_int,
+        ExplainSettings.max_windows,
+        "image windows occluded per explanation (model rows)",
+    )
+    explain_batch: int = _setting(
+        "RADFUSION_EXPLAIN_BATCH",
+        positive_int,
+        ExplainSettings.batch_size,
+        "rows per ONNX Runtime call while explaining",
+    )
+    explain_concurrency: int = _setting(
+        "RADFUSION_EXPLAIN_CONCURRENCY", positive_int, 1, "explanations computed at once, beside the batcher"
+    )
+    genomics_table: str | None = _setting(
+        "RADFUSION_GENOMICS_TABLE", optional_path, None, "genomics table for STOW-RS studies, looked up by PatientID"
+    )
+    clinical_table: str | None = _setting(
+        "RADFUSION_CLINICAL_TABLE", optional_path, None, "clinical table for STOW-RS studies, looked up by PatientID"
+    )
+    dicomweb_allowed_urls: tuple[str, ...] = _setting(
+        ALLOWED_URLS_ENV, url_list, (), "DICOMweb roots that /predict may fetch referenced studies from (none: refused)"
+    )
+    dicomweb_timeout_s: int = _setting(
+        "RADFUSION_DICOMWEB_TIMEOUT_S", seconds, DEFAULT_TIMEOUT_S, "longest a DICOMweb fetch may take"
+    )
 
     @property
     def explain(self) -> ExplainSettings:
@@ -153,6 +221,21 @@ def _from_env(cls: type[_S], environ: Mapping[str, str] | None) -> _S:
     return cls(**values)
 
 
-def settings_table() -> list[tuple[str, str, object]]:
-    """(variable, field, default) of every setting, for the documentation."""
-    return [(f.metadata["env"], f.name, f.default) for cls in (DeclaredSettings, ServiceSettings) for f in fields(cls)]
+def settings_markdown() -> str:
+    """docs/settings.md: every setting of the HTTP service, from the dataclasses above."""
+    lines = [
+        "# HTTP service settings",
+        "",
+        "Generated from `radfusion.serving.settings` by `radfusion settings --markdown`; do not edit.",
+        "Read from the environment when the service starts (the first four when its classes are",
+        "declared); a value the service cannot use stops it with the variable's name.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for cls in (DeclaredSettings, ServiceSettings):
+        for f in fields(cls):
+            default = f.default
+            shown = "on" if default is True else "none" if default in (None, ()) else str(default)
+            lines.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['meaning']} |")
+    return "\n".join(lines) + "\n"

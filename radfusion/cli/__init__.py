@@ -245,12 +245,41 @@ def build_parser() -> argparse.ArgumentParser:
     from radfusion.cli.errors import add_errors_command
 
     add_errors_command(sub)
+
+    from radfusion.cli.settings import add_settings_command
+
+    add_settings_command(sub)
     return parser
+
+
+# A package only an extra installs -> that extra: a core-only install names what to add
+# instead of ending in a traceback.
+EXTRA_OF = {
+    **dict.fromkeys(("torch", "lightning", "monai", "jsonargparse", "torchmetrics", "captum", "lifelines"), "train"),
+    **dict.fromkeys(("sklearn", "matplotlib", "onnxscript", "einops"), "train"),
+    **dict.fromkeys(("bentoml", "pynetdicom", "highdicom"), "serve"),
+    "onnxruntime": "cpu",
+    "ray": "cluster",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        _dispatch(argv)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if top not in EXTRA_OF:
+            raise
+        command = argv[0] if argv else "radfusion"
+        sys.exit(
+            f"radfusion {command}: needs {top}, which this installation lacks; "
+            f"install the '{EXTRA_OF[top]}' extra: pip install 'radfusion[{EXTRA_OF[top]}]'"
+        )
+
+
+def _dispatch(argv: list[str]) -> None:
     if argv and argv[0] == "train":
         _train(argv[1:])
         return

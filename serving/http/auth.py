@@ -134,7 +134,7 @@ class TokenAuth:
             if is_loopback(str(client[0])):
                 await self.app(scope, receive, send)
                 return
-            self.on_refused("forbidden", scope["path"])
+            self.on_refused(ForbiddenError.kind, scope["path"])
             log.info("request refused: authentication is off and the client is not on loopback")
             for message in _json_403(f"authentication is off ({AUTH_ENV}=off): only loopback clients are served"):
                 await send(message)
@@ -148,6 +148,6 @@ class TokenAuth:
         else:
             detail = "invalid API token"
         log.info("request refused: %s", "no token" if presented is None else "invalid token")
-        self.on_refused("unauthorized", scope["path"])
+        self.on_refused(UnauthorizedError.kind, scope["path"])
         for message in _json_401(detail):
             await send(message)

@@ -71,7 +71,7 @@ class InFlightLimit:
             return
         if self.in_flight >= self.max_in_flight:
             self.shed += 1
-            self.on_refused("overloaded", scope["path"])
+            self.on_refused(OverloadedError.kind, scope["path"])
             if self.shed == 1 or self.shed % 100 == 0:
                 log.warning("overloaded: %d requests shed so far (limit %d in flight)", self.shed, self.max_in_flight)
             error = overloaded(f"{self.max_in_flight} requests already in progress", self.retry_after_s)

@@ -389,7 +389,7 @@ class Radfusion:
         try:
             probabilities = await self._infer(pack([case.inputs]))
         except ServiceUnavailable:
-            self.metrics.error("overloaded", route)
+            self.metrics.error(OverloadedError.kind, route)
             # The model service's batcher sheds load it cannot serve within
             # max_latency_ms: the caller gets the same 503 as from radfusion.serving.http.overload.
             log.info("%s shed by the model service (overloaded)", route)
@@ -440,7 +440,7 @@ class Radfusion:
                     1000 * (time.perf_counter() - began),
                 )
         except ServiceUnavailable:
-            self.metrics.error("overloaded", "predict")
+            self.metrics.error(OverloadedError.kind, "predict")
             return _error_response(self._model_overloaded())
         return result
 

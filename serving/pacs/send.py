@@ -13,6 +13,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from radfusion.errors import RadfusionInputError
+from radfusion.serving.dicomweb import DicomwebPolicy, store_instances
+
 # C-STORE statuses that mean the peer holds the instance (0xB0xx are warnings).
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 
@@ -71,29 +74,23 @@ class CStoreSender:
 
 
 class StowSender:
-    """STOW-RS to ``url`` (the DICOMweb root, e.g. http://pacs/dicom-web). A bearer
-    token, when given, is sent as Authorization."""
+    """STOW-RS to ``url`` (the DICOMweb root, e.g. http://pacs/dicom-web) through the one
+    DICOMweb client (radfusion.serving.dicomweb, trusted policy: the operator configured
+    this destination). A bearer token, when given, is sent as Authorization."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0):
         self.url = url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {token}"} if token else None
-        self.timeout = timeout
+        self.token = token
+        self.policy = DicomwebPolicy.trusted(timeout_s=timeout)
 
     def __str__(self) -> str:
         return f"STOW-RS {self.url}"
 
     def send(self, dataset: Dataset) -> None:
-        import requests
-        from dicomweb_client import DICOMwebClient
-
-        client = DICOMwebClient(self.url, headers=self.headers, timeout=self.timeout)
         try:
-            response = client.store_instances([dataset])
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else "?"
-            raise SendError(f"STOW-RS to {self.url} answered HTTP {status}") from exc
-        except requests.RequestException as exc:
-            raise SendError(f"STOW-RS to {self.url} failed ({type(exc).__name__})") from exc
+            response = store_instances(self.url, [dataset], self.policy, self.token)
+        except RadfusionInputError as exc:
+            raise SendError(f"STOW-RS to {self.url} failed: {exc}") from exc
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
             reason = failed[0].get("FailureReason", "?")

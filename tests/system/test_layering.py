@@ -79,3 +79,16 @@ def test_a_broken_contract_fails_the_check(broken_copy: Path, tmp_path: Path) ->
         "radfusion.serving.scoring -> radfusion.serving.http.service",
     ):
         assert expected in output, f"{expected!r} not reported:\n{output}"
+
+
+def test_a_package_missing_from_the_wheel_list_stops_the_check(tmp_path: Path) -> None:
+    # A new package that pyproject does not list would be neither installed nor checked.
+    copy = tmp_path / "project"
+    copy.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    for folder in ("radfusion", "training", "serving"):
+        shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "serving" / "newpart").mkdir()
+    (copy / "serving" / "newpart" / "__init__.py").write_text("import torch\n")
+    with pytest.raises(SystemExit, match=r"serving/newpart/ hold Python files but are not in pyproject"):
+        layout.check_imports(copy, tmp_path / "layout")

@@ -11,7 +11,13 @@ from dataclasses import fields
 
 import pytest
 
-from radfusion.serving.settings import DeclaredSettings, ServiceSettings, SettingsError, declared_from_env
+from radfusion.serving.settings import (
+    DeclaredSettings,
+    ServiceSettings,
+    SettingsError,
+    declared_from_env,
+    settings_markdown,
+)
 from tests.support.paths import PROJECT_ROOT as ROOT
 
 
@@ -56,12 +62,21 @@ def test_values_are_parsed() -> None:
             "RADFUSION_DICOMWEB_TIMEOUT_S: expected a positive integer number of seconds",
         ),
         ("RADFUSION_DICOMWEB_ALLOWED_URLS", "ftp://x", "RADFUSION_DICOMWEB_ALLOWED_URLS: expected comma-separated"),
+        ("RADFUSION_MAX_UPLOAD_BYTES", "1_000", "RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes"),
+        ("RADFUSION_MAX_IN_FLIGHT", "\u0661\u0660", "RADFUSION_MAX_IN_FLIGHT: expected a positive integer"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_form(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError) as raised:
         ServiceSettings.from_env({name: value})
     assert str(raised.value).startswith(message)
+
+
+def test_a_refused_url_setting_does_not_echo_its_credentials() -> None:
+    with pytest.raises(SettingsError) as raised:
+        ServiceSettings.from_env({"RADFUSION_DICOMWEB_ALLOWED_URLS": "http://user:secret@pacs.example/dicom-web"})
+    assert str(raised.value).startswith("RADFUSION_DICOMWEB_ALLOWED_URLS: expected comma-separated")
+    assert "secret" not in str(raised.value)
 
 
 def test_a_bad_declared_value_names_the_variable() -> None:
@@ -103,3 +118,17 @@ def test_importing_the_service_reads_no_service_setting() -> None:
     assert read.isdisjoint(_env_names(ServiceSettings))
     with pytest.raises(SettingsError, match="RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes"):
         ServiceSettings.from_env(env)
+
+
+def test_committed_settings_docs_equal_the_generated_table() -> None:
+    generated = subprocess.run(
+        [sys.executable, "-m", "radfusion.cli", "settings", "--markdown"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert generated == settings_markdown()
+    assert "`RADFUSION_MAX_UPLOAD_BYTES` | 1073741824 |" in generated
+    committed = (ROOT / "docs" / "settings.md").read_text()
+    assert committed == generated, "docs/settings.md is stale: radfusion settings --markdown > docs/settings.md"

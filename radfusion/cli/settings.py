@@ -1,0 +1,25 @@
+"""``radfusion settings``: the HTTP service's RADFUSION_* settings with their defaults,
+from the settings dataclasses: ``radfusion settings --markdown > docs/settings.md``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_settings_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("settings", help="the HTTP service's RADFUSION_* settings (default, meaning)")
+    p.add_argument("--markdown", action="store_true", help="print the table of docs/settings.md")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from radfusion.serving.settings import DeclaredSettings, ServiceSettings, settings_markdown
+
+    if args.markdown:
+        print(settings_markdown(), end="")
+        return
+    for cls in (DeclaredSettings, ServiceSettings):
+        for f in fields(cls):
+            print(f"{f.metadata['env']}\t{f.default}\t{f.metadata['meaning']}")
