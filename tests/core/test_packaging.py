@@ -5,7 +5,6 @@ failing where it is installed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,21 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.layout import layout
 from tests.support.paths import PROJECT_ROOT as ROOT
 
 # Top-level folder -> the package it installs as.
 ROOTS = {"radfusion": "radfusion", "training": "radfusion.training", "serving": "radfusion.serving"}
-
-
-def _layout_script():
-    spec = importlib.util.spec_from_file_location("radfusion_layout_script", ROOT / "scripts" / "layout.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-layout = _layout_script()
 
 
 def _folder_tree() -> dict[str, str]:

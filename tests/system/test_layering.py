@@ -7,25 +7,14 @@ reaches BentoML; serving's HTTP, scoring and PACS parts are independent."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.support.layout import layout
 from tests.support.paths import PROJECT_ROOT as ROOT
-
-
-def _layout_script():
-    spec = importlib.util.spec_from_file_location("radfusion_layout_script", ROOT / "scripts" / "layout.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-layout = _layout_script()
 
 
 def test_import_contracts_hold(tmp_path: Path) -> None:

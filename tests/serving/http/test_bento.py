@@ -5,21 +5,25 @@ JPEG-lossless CT with radfusion's reader to the same HU as the uncompressed file
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 import yaml
 
+from tests.support.layout import layout
 from tests.support.paths import PROJECT_ROOT as ROOT
+from tests.support.peers import free_loopback_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -50,14 +54,6 @@ print(json.dumps({
 """
 
 
-def _layout_script():
-    spec = importlib.util.spec_from_file_location("radfusion_layout_script", ROOT / "scripts" / "layout.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
     assert result.returncode == 0, f"{command}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -74,23 +70,31 @@ def test_bentofile_wheel_follows_the_project_version() -> None:
     assert python["lock_packages"] is False
 
 
-@pytest.fixture(scope="module")
-def bento(tmp_path_factory) -> Path:
-    """`bentoml build` in a build context holding bentofile.yaml, README, LICENSE and the
-    wheel built from the repository, with its own BENTOML_HOME. Returns the bento folder."""
-    tmp = tmp_path_factory.mktemp("bento")
-    context = tmp / "context"
-    context.mkdir()
+def build_bento(folder: Path, env: dict[str, str] | None = None) -> tuple[str, Path]:
+    """`bentoml build` as `make bento` runs it: a build context holding bentofile.yaml,
+    README, LICENSE and the wheel built from the repository, with BENTOML_HOME under
+    ``folder``. Returns the bento's tag and folder."""
+    context = folder / "context"
+    context.mkdir(parents=True)
     for name in ("bentofile.yaml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, context / name)
-    layout = _layout_script()
     layout.build_wheel(ROOT, context / "dist")
     (context / "dist" / "requirements-serve.txt").write_text(layout.serving_requirements(ROOT))
-    home = tmp / "bentoml-home"
-    env = dict(os.environ, BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="True", PATH=f"{BIN}:{os.environ['PATH']}")
-    _run([str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "."], cwd=context, env=env)
-    (bento_dir,) = [p for p in (home / "bentos" / "radfusion").iterdir() if p.is_dir() and p.name != "latest"]
-    return bento_dir
+    env = {
+        **(env or {k: v for k, v in os.environ.items() if k != "RADFUSION_MODEL"}),
+        "BENTOML_HOME": str(folder / "bentoml-home"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    built = _run([str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "--output", "tag", "."], cwd=context, env=env)
+    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = tag.split(":")
+    return tag, folder / "bentoml-home" / "bentos" / name / version
+
+
+@pytest.fixture(scope="module")
+def bento(tmp_path_factory) -> Path:
+    return build_bento(tmp_path_factory.mktemp("bento"))[1]
 
 
 def test_bento_carries_the_wheel_and_no_source_tree(bento: Path) -> None:
@@ -143,3 +147,74 @@ def test_bento_install_decodes_jpeg_lossless_ct(bento: Path, tmp_path: Path) -> 
         "onnxruntime": True,
         "bentoml": True,
     }
+
+
+REGISTER = """
+import json, shutil, sys
+from pathlib import Path
+import bentoml
+from radfusion.serving.modelref import resolve_model_path
+with bentoml.models.create("tiny-fusion:0.0.1-test") as model:
+    shutil.copyfile(sys.argv[1], Path(model.path) / "model.onnx")
+print(json.dumps({"tag": str(model.tag), "resolved": str(resolve_model_path("tiny-fusion:latest"))}))
+"""
+
+
+def test_a_bento_built_with_a_model_tag_records_the_model_and_serves_it(tiny_onnx_model: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RADFUSION_MODEL"}
+    env.update(BENTOML_DO_NOT_TRACK="True", BENTOML_HOME=str(tmp_path / "bentoml-home"))
+    registered = _run([sys.executable, "-c", REGISTER, str(tiny_onnx_model)], cwd=tmp_path, env=env, timeout=120)
+    info = json.loads(registered.stdout.strip().splitlines()[-1])
+    assert info["tag"] == "tiny-fusion:0.0.1-test"
+    resolved = Path(info["resolved"])
+    assert resolved.name == "model.onnx" and resolved.read_bytes() == tiny_onnx_model.read_bytes()
+
+    env["RADFUSION_MODEL"] = "tiny-fusion:0.0.1-test"  # a tag: the bento records the model
+    tag, bento = build_bento(tmp_path, env)
+    manifest = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert manifest["service"] == "radfusion.serving.http.service:Radfusion"
+    services = {s["name"]: s for s in manifest["services"]}
+    assert set(services) == {"radfusion", "radfusion_model"}
+    # BentoML 1.4 records the model against the service that declares it; push and
+    # containerize take it from the model store by that tag.
+    assert [m["tag"] for m in services["radfusion_model"]["models"]] == ["tiny-fusion:0.0.1-test"]
+    assert services["radfusion"]["dependencies"] == [{"service": "radfusion_model"}]
+
+    # The built bento serves the model from the store, with a token, from a folder
+    # outside this checkout.
+    serve_env = {**env, "RADFUSION_API_TOKENS": "bento-token"}
+    port = free_loopback_port()
+    with open(tmp_path / "serve.log", "wb") as log:
+        server = subprocess.Popen(
+            [str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path,
+            env=serve_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not _answers(f"{url}/readyz"):
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.25)
+        contract = httpx.get(f"{url}/contract", headers={"X-API-Key": "bento-token"}, timeout=30)
+        assert contract.status_code == 200 and contract.json()["name"] == "tiny-fusion"
+        assert httpx.get(f"{url}/contract", timeout=30).status_code == 401
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=15)
+    assert server.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -3,27 +3,21 @@ limit, model references, start-up failure reporting and `bentoml build`."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
-import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from radfusion.dicom import find_studies
-from radfusion.serving.http.launch import ServerStartError, free_port, running_server
+from radfusion.serving.http.launch import ServerStartError, running_server
 from radfusion.serving.http.limits import BodySizeLimit
 from radfusion.serving.modelref import (
     ModelNotFoundError,
@@ -39,7 +33,6 @@ from radfusion.serving.study_files import (
     extract_zip,
     study_files,
 )
-from tests.support.paths import PROJECT_ROOT as ROOT
 
 
 def make_zip(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> Path:
@@ -175,98 +168,3 @@ def test_broken_model_fails_fast_with_the_reason(tmp_path: Path, bentoml_home: P
         running_server(fake, timeout=60, env={"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": "test-token"}),
     ):
         pass
-
-
-# ------------------------------------------------------------------- bentoml build
-
-REGISTER = """
-import json, shutil, sys
-from pathlib import Path
-import bentoml
-from radfusion.serving.modelref import resolve_model_path
-with bentoml.models.create("tiny-fusion:0.0.1-test") as model:
-    shutil.copyfile(sys.argv[1], Path(model.path) / "model.onnx")
-print(json.dumps({"tag": str(model.tag), "resolved": str(resolve_model_path("tiny-fusion:latest"))}))
-"""
-
-
-@pytest.mark.slow
-def test_bentoml_build_offline_then_the_bento_serves(tiny_onnx_model: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "RADFUSION_MODEL"}
-    env.update(BENTOML_DO_NOT_TRACK="True", BENTOML_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
-    registered = subprocess.run(
-        [sys.executable, "-c", REGISTER, str(tiny_onnx_model)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert registered.returncode == 0, registered.stderr[-2000:]
-    info = json.loads(registered.stdout.strip().splitlines()[-1])
-    assert info["tag"] == "tiny-fusion:0.0.1-test"
-    resolved = Path(info["resolved"])
-    assert resolved.name == "model.onnx" and resolved.read_bytes() == tiny_onnx_model.read_bytes()
-
-    env["RADFUSION_MODEL"] = "tiny-fusion:0.0.1-test"  # a tag: the model goes into the bento
-    bentoml = Path(sys.executable).with_name("bentoml")
-    built = subprocess.run(
-        [str(bentoml), "build", "--output", "tag"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    name, version = tag.split(":")
-    bento = tmp_path / "home" / "bentos" / name / version
-    manifest = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert manifest["service"] == "radfusion.serving.http.service:Radfusion"
-    assert {s["name"] for s in manifest["services"]} == {"radfusion", "radfusion_model"}
-    services = {s["name"]: s for s in manifest["services"]}
-    # BentoML 1.4 records the model against the service that declares it; push and
-    # containerize take it from the model store by that tag.
-    assert [m["tag"] for m in services["radfusion_model"]["models"]] == ["tiny-fusion:0.0.1-test"]
-    assert services["radfusion"]["dependencies"] == [{"service": "radfusion_model"}]
-    assert (bento / "src" / "serving" / "service.py").is_file()
-    assert (bento / "src" / "radfusion" / "predictor.py").is_file()
-    assert not (bento / "src" / "training").exists() and not (bento / "src" / "tests").exists()
-    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
-    assert "onnxruntime" in requirements and "bentoml" in requirements and "torch" not in requirements
-
-    # The built bento serves: from its own copy of the code (not this checkout) and the
-    # model store, with a token, answering as the model does in-process.
-    serve_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-    serve_env["RADFUSION_API_TOKENS"] = "bento-token"
-    port = free_port()
-    with open(tmp_path / "serve.log", "wb") as log:
-        server = subprocess.Popen(
-            [str(bentoml), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=serve_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while not _answers(f"{url}/readyz"):
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.25)
-        contract = httpx.get(f"{url}/contract", headers={"X-API-Key": "bento-token"}, timeout=30)
-        assert contract.status_code == 200 and contract.json()["name"] == "tiny-fusion"
-        assert httpx.get(f"{url}/contract", timeout=30).status_code == 401
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=15)
-    assert server.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
