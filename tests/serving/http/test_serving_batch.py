@@ -6,6 +6,8 @@ the same files; metrics are checked by scraping the server before and after."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections import defaultdict
@@ -352,9 +354,31 @@ def test_server_without_a_token_does_not_start(tiny_onnx_model: Path, tmp_path: 
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).raise_for_status()
     finally:
+        # SIGTERM first: BentoML starts each worker in its own session, which a kill of the
+        # server's process group would not reach; the arbiter stops them on SIGTERM.
         if process.poll() is None:
-            import os
-            import signal
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
+    home = str(tmp_path / "home")
+    deadline = time.monotonic() + 15
+    while (left := _processes_with_home(home)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not left, f"{len(left)} BentoML process(es) outlived the server"
 
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
+
+def _processes_with_home(home: str) -> list[int]:
+    """PIDs of live processes started with BENTOML_HOME=home (the server and its workers)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("BENTOML_HOME") == home:
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
