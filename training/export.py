@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from radfusion.contract import ModelContract, write_contract_to_onnx
@@ -52,7 +53,22 @@ def export_onnx(net: torch.nn.Module, contract: ModelContract, path: Path) -> No
         external_data=False,
         verbose=False,
     )
+    _drop_stack_traces(path)
     write_contract_to_onnx(path, contract)
+
+
+# Node metadata the dynamo exporter adds: the Python stack of each traced operation, with
+# the exporting machine's file paths. A model file leaves the training site; they stay.
+_STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(path: Path) -> None:
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != _STACK_TRACE_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 def group_patterns(net) -> list[torch.Tensor]:
