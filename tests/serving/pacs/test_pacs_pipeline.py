@@ -6,7 +6,6 @@ covariates looked up by PatientID, and the geometry-correction note in the SR.""
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pandas as pd
@@ -25,15 +24,10 @@ from radfusion.serving.pacs.send import CStoreSender, DicomPeer
 from radfusion.serving.pacs.state import OnResend, Status, StudyState
 from radfusion.serving.pacs.storage import WorkDir
 from radfusion.serving.patients import PatientTables
+from tests.support.peers import free_loopback_port
 
 QUIET = 1.0
 TOL = 1e-5
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Clock:

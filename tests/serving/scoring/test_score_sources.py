@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -24,6 +23,7 @@ from radfusion.serving.scoring.rows import RETRY_ON_RESUME, TIMING_COLUMNS, erro
 from radfusion.serving.scoring.score import score_archive
 from radfusion.serving.scoring.sources import FileRef, ScanUnit, StudyRef, local_study_files, scan_unit
 from radfusion.serving.study_files import BadArchiveError, Budget, UploadTooLargeError
+from tests.support.peers import free_loopback_port
 
 TOL = 1e-6
 ORTHANC = shutil.which("Orthanc")
@@ -122,12 +122,6 @@ def test_a_study_split_across_folders_is_rescored_whole(
 # ---- DICOMweb: a real Orthanc on loopback --------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def orthanc(tiny_cohort: Path, tmp_path_factory):
     """Orthanc with the DICOMweb plugin, loaded with the tiny cohort; yields its DICOMweb root."""
@@ -137,11 +131,11 @@ def orthanc(tiny_cohort: Path, tmp_path_factory):
             "(apt-get install orthanc orthanc-dicomweb; .ci/run installs it)"
         )
     work = tmp_path_factory.mktemp("orthanc")
-    http_port = free_port()
+    http_port = free_loopback_port()
     config = {
         "Name": "radfusion-test",
         "HttpPort": http_port,
-        "DicomPort": free_port(),
+        "DicomPort": free_loopback_port(),
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "StorageDirectory": str(work / "storage"),
@@ -202,7 +196,9 @@ def test_a_study_the_server_does_not_have_is_an_error_row_of_the_shared_client(o
 
 
 def test_an_unreachable_server_is_a_retryable_error_row(tiny_contract) -> None:
-    gone = StudyRef("1.2.826.0.1.3680043.8.498.1", "P", 3, dicomweb_url=f"http://127.0.0.1:{free_port()}/dicom-web")
+    gone = StudyRef(
+        "1.2.826.0.1.3680043.8.498.1", "P", 3, dicomweb_url=f"http://127.0.0.1:{free_loopback_port()}/dicom-web"
+    )
     prepared = prepare_study(tiny_contract, gone, PatientData())
     assert prepared.inputs is None
     assert error_kind(prepared.row["error"]) == "dicomweb_unavailable" in RETRY_ON_RESUME
