@@ -12,6 +12,9 @@ docs/errors.md is that catalogue as a table:
 from __future__ import annotations
 
 import inspect
+import struct
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -94,6 +97,67 @@ class NoModalityError(RadfusionInputError):
 
     kind = "no_modality"
     http_status = 422
+
+
+class InvalidValueError(RadfusionInputError):
+    """A number the model would use is not finite, or not representable once converted
+    to the model's float32 (a genomic value of 1e39, a covariate of inf, a RescaleSlope
+    of 0): the message names the feature or header element."""
+
+    kind = "invalid_value"
+    http_status = 422
+
+
+class StudyOverBudgetError(RadfusionInputError):
+    """Reading the study would cost more than its budget (voxels after resampling,
+    decoded bytes, files or seconds); refused before the work is done."""
+
+    kind = "study_over_budget"
+    http_status = 413
+
+
+class UnprocessableStudyError(RadfusionInputError):
+    """The study's files broke the reader in a way it does not name (a malformed file
+    it did not anticipate); the message says which file. Still the input's fault as far
+    as the caller can act on it."""
+
+    kind = "unprocessable_study"
+    http_status = 422
+
+
+# Library exceptions a hostile or damaged file provokes while it is parsed or decoded,
+# with what each says about the file. Anything else is "unprocessable".
+_CORRUPTION = (
+    (RecursionError, "elements nested too deeply"),
+    (NotImplementedError, "an unknown value representation or encoding"),
+    (zlib.error, "deflated data that cannot be inflated"),
+    (struct.error, "a truncated or malformed element"),
+    (EOFError, "truncated"),
+    (UnicodeError, "text that cannot be decoded"),
+    (OverflowError, "a value out of range"),
+    (ZeroDivisionError, "a zero where a divisor is needed"),
+    (zipfile.BadZipFile, "a broken zip member"),
+    (OSError, "unreadable"),
+    (KeyError, "a required element missing"),
+    (IndexError, "an element with too few values"),
+    (AttributeError, "a required element missing or of the wrong type"),
+    (TypeError, "an element of the wrong type"),
+    (ValueError, "an invalid value"),
+)
+
+
+def input_error(exc: BaseException, where: str = "study") -> RadfusionInputError:
+    """The one mapping from an exception raised while reading ``where`` (e.g. "file 3
+    of 25") to a specific kind. The exception's message is never quoted: library
+    messages can carry header values (names, IDs) and paths."""
+    if isinstance(exc, RadfusionInputError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return StudyOverBudgetError(f"{where}: reading it ran out of memory")
+    for cls, meaning in _CORRUPTION:
+        if isinstance(exc, cls):
+            return CorruptDicomError(f"{where}: {meaning} ({type(exc).__name__})")
+    return UnprocessableStudyError(f"{where}: could not be read ({type(exc).__name__})")
 
 
 @dataclass(frozen=True)

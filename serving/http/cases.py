@@ -63,14 +63,6 @@ class ConflictingStudyError(RadfusionInputError):
     http_status = 400
 
 
-class UnprocessableStudyError(RadfusionInputError):
-    """The study's files broke the reader in a way it does not name (a malformed file
-    it did not anticipate). Still the input's fault as far as the caller can act on it."""
-
-    kind = "unprocessable_study"
-    http_status = 422
-
-
 def batch_cases(cases: Sequence[CaseRequest], n_uploads: int, max_cases: int) -> list[CaseRequest]:
     """The cases of a batch request. With no ``cases`` given, each uploaded file is one
     image-only case. Raises for the request as a whole (no case, too many)."""

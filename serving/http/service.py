@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from radfusion.contract import ModelContract, read_contract_from_onnx
-from radfusion.errors import RadfusionInputError
+from radfusion.errors import RadfusionInputError, UnprocessableStudyError
 from radfusion.explain import ExplainSettings, explain_case
 from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase, format_prediction, pack, prepare_case, unpack, unpack_case
@@ -58,7 +58,6 @@ from radfusion.serving.http.auth import TokenAuth, auth_off_from_env, check_auth
 from radfusion.serving.http.cases import (
     CaseRequest,
     ConflictingStudyError,
-    UnprocessableStudyError,
     batch_cases,
     error_entry,
     upload_problems,

@@ -1,0 +1,83 @@
+"""What one study may claim and what it may cost, declared in one place.
+
+``PhysicalBounds``: the header values a CT or MR series can physically hold. A value
+outside them is a damaged or hostile header (a PixelSpacing of 2000 mm asks the
+resampler for a 100-metre volume), refused with ``geometry_rejected`` or
+``corrupt_dicom`` before any pixel is decoded.
+
+``StudyBudget``: what reading one study may cost, checked *before* each piece of work
+from what the headers declare (files, stored and decoded bytes, voxels after
+resampling) and between pieces of work (seconds). A study over it fails alone with
+``study_over_budget`` (or ``upload_too_large`` for its stored bytes and files); the
+archive run and the server go on."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from radfusion.errors import StudyOverBudgetError
+
+
+@dataclass(frozen=True)
+class PhysicalBounds:
+    # In-plane pixel spacing, mm: micro-CT reaches 0.01, a 2 m field of view over
+    # 64 pixels about 30.
+    pixel_spacing_mm: tuple[float, float] = (0.005, 30.0)
+    # Distance between neighbouring slices, mm.
+    slice_spacing_mm: tuple[float, float] = (0.005, 100.0)
+    # Rows and Columns of one frame.
+    max_matrix: int = 4096
+    # Frames of one multi-frame instance.
+    max_frames: int = 10_000
+    # The modality LUT: a slope of 0 erases the image, a huge one is not a scanner's.
+    rescale_slope_abs: tuple[float, float] = (1e-6, 1e6)
+    rescale_intercept_abs_max: float = 1e7
+
+
+BOUNDS = PhysicalBounds()
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class StudyBudget:
+    """The cost one study may have. The defaults take a 1000-slice 512x512 CT with room
+    to spare; an operator lowers them for a small worker (``radfusion score
+    --study-*`` options, RADFUSION_STUDY_* settings of the service)."""
+
+    max_files: int = 20_000
+    max_bytes: int = 2 * GIB  # stored (uncompressed) bytes over all files
+    max_decoded_bytes: int = 2 * GIB  # float32 values of the chosen series
+    max_voxels: int = 256 * 1024**2  # the volume resampled to the model's spacing
+    max_seconds: float = 600.0  # reading and preprocessing, wall clock
+
+    def start(self) -> StudyClock:
+        return StudyClock(self)
+
+
+@dataclass
+class StudyClock:
+    """A budget being spent on one study: ``check_*`` raise StudyOverBudgetError."""
+
+    budget: StudyBudget
+    started: float = field(default_factory=time.monotonic)
+
+    def check_time(self, step: str) -> None:
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.budget.max_seconds:
+            raise StudyOverBudgetError(
+                f"study took more than {self.budget.max_seconds:g} s to read (stopped at {step})"
+            )
+
+    def check_decoded(self, n_bytes: int) -> None:
+        if n_bytes > self.budget.max_decoded_bytes:
+            raise StudyOverBudgetError(
+                f"series would decode to {n_bytes / GIB:.2f} GiB; at most {self.budget.max_decoded_bytes / GIB:.2f} GiB"
+            )
+
+    def check_voxels(self, n_voxels: int) -> None:
+        if n_voxels > self.budget.max_voxels:
+            raise StudyOverBudgetError(
+                f"resampling would produce {n_voxels:,} voxels; at most {self.budget.max_voxels:,}"
+            )
