@@ -18,6 +18,8 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pydicom.errors import InvalidDicomError
+
 
 class RadfusionInputError(ValueError):
     """Bad input: the caller can fix it. Never a crash of the batch or the server."""
@@ -128,6 +130,7 @@ class UnprocessableStudyError(RadfusionInputError):
 # Library exceptions a hostile or damaged file provokes while it is parsed or decoded,
 # with what each says about the file. Anything else is "unprocessable".
 _CORRUPTION = (
+    (InvalidDicomError, "not DICOM (no valid preamble or header)"),
     (RecursionError, "elements nested too deeply"),
     (NotImplementedError, "an unknown value representation or encoding"),
     (zlib.error, "deflated data that cannot be inflated"),

@@ -39,6 +39,14 @@ BOUNDS = PhysicalBounds()
 
 GIB = 1024**3
 
+# A zip member that inflates to more than this many times its compressed size is a zip
+# bomb, not a DICOM file: CT and MR pixels deflate 2-10 times, and even a slice of pure
+# air stays under ~1000 only because it is small.
+MAX_ZIP_RATIO = 200
+# Members declaring less than this are never bombs worth refusing (a blank 512 x 512
+# slice is 0.5 MiB and deflates ~1000 times): the ratio is checked above it only.
+ZIP_RATIO_MIN_BYTES = 1024**2
+
 
 @dataclass(frozen=True)
 class StudyBudget:
@@ -68,6 +76,16 @@ class StudyClock:
         if elapsed > self.budget.max_seconds:
             raise StudyOverBudgetError(
                 f"study took more than {self.budget.max_seconds:g} s to read (stopped at {step})"
+            )
+
+    def check_files(self, n_files: int) -> None:
+        if n_files > self.budget.max_files:
+            raise StudyOverBudgetError(f"study holds {n_files:,} files; at most {self.budget.max_files:,}")
+
+    def check_stored(self, n_bytes: int) -> None:
+        if n_bytes > self.budget.max_bytes:
+            raise StudyOverBudgetError(
+                f"study files hold {n_bytes / GIB:.2f} GiB; at most {self.budget.max_bytes / GIB:.2f} GiB"
             )
 
     def check_decoded(self, n_bytes: int) -> None:

@@ -3,14 +3,17 @@ scorer both go through here, so they answer identically."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from radfusion.contract import ModelContract
+from radfusion.errors import ClinicalInputError, GenePanelError, RadfusionInputError
 from radfusion.explain import ExplainSettings, explain_case
+from radfusion.limits import StudyBudget
 from radfusion.prediction import Prediction
 from radfusion.preprocess import ModelInputs, build_inputs, preprocess_clinical, preprocess_omics
 from radfusion.runtime import OnnxModel
@@ -29,18 +32,43 @@ def prepare_case(
     study_paths: Sequence[Path] | Path | None,
     genomics: Mapping[str, float] | None,
     clinical: Mapping[str, object] | None = None,
+    budget: StudyBudget | None = None,
 ) -> PreparedCase:
-    """Read and preprocess one case. Raises a RadfusionInputError subclass for bad input."""
-    study = read_study_image(study_paths, contract.image) if study_paths is not None and contract.uses_image else None
-    omics = preprocess_omics(genomics, contract.omics) if genomics is not None and contract.uses_genomics else None
+    """Read and preprocess one case under ``budget`` (a default StudyBudget when not
+    given). Raises only RadfusionInputError subclasses, whatever the input: the study's
+    through read_study_image's boundary, the tables' here."""
+    study = (
+        read_study_image(study_paths, contract.image, budget)
+        if study_paths is not None and contract.uses_image
+        else None
+    )
+    omics = (
+        _bounded(lambda: preprocess_omics(genomics, contract.omics), GenePanelError, "genomics")
+        if genomics is not None and contract.uses_genomics
+        else None
+    )
     spec = contract.clinical  # not None whenever contract.uses_clinical
     covariates = (
-        preprocess_clinical(clinical, spec)
+        _bounded(lambda: preprocess_clinical(clinical, spec), ClinicalInputError, "clinical covariates")
         if clinical is not None and spec is not None and contract.uses_clinical
         else None
     )
     inputs = build_inputs(contract, study.image if study else None, omics, covariates)
     return PreparedCase(inputs=inputs, study=study)
+
+
+_T = TypeVar("_T")
+
+
+def _bounded(work: Callable[[], _T], kind: type[RadfusionInputError], what: str) -> _T:
+    """``work()``; what its own checks did not anticipate becomes ``kind`` (the message
+    gives the exception's type, never its text, which can quote the values)."""
+    try:
+        return work()
+    except RadfusionInputError:
+        raise
+    except Exception as exc:  # the boundary: any table value gets a specific kind
+        raise kind(f"{what} could not be read ({type(exc).__name__})") from exc
 
 
 def _widths(contract: ModelContract) -> list[int]:
@@ -114,8 +142,8 @@ class Predictor:
     def load(cls, path: Path | str, device: str = "auto") -> Predictor:
         return cls(OnnxModel(path, device=device))
 
-    def prepare(self, study_paths, genomics, clinical=None) -> PreparedCase:
-        return prepare_case(self.contract, study_paths, genomics, clinical)
+    def prepare(self, study_paths, genomics, clinical=None, budget: StudyBudget | None = None) -> PreparedCase:
+        return prepare_case(self.contract, study_paths, genomics, clinical, budget)
 
     def predict(self, cases: Sequence[PreparedCase]) -> list[dict]:
         """HTTP-format answers; raises NonFiniteOutputError if any case's output is NaN/inf."""

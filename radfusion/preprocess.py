@@ -4,10 +4,17 @@ Image: canonical orientation -> resample to the contract spacing -> centre crop/
 to the contract shape -> HU window to [0, 1]. Omics: per block, align to the block's
 panel -> z-score with the training statistics. Clinical: numeric covariates z-scored,
 categorical ones one-hot. All return float32 arrays shaped as the ONNX inputs expect
-(without the batch axis)."""
+(without the batch axis).
+
+Numbers are checked where they become float32: a value finite in float64 can be inf
+once z-scored and cast (a genomic value of 1e39), so every cast is followed by a
+finiteness check that names the features (InvalidValueError), and build_inputs checks
+the model's inputs once more. Resampling is refused before it runs when the volume it
+would produce is over the study's budget."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,25 +27,37 @@ from radfusion.errors import (
     ClinicalInputError,
     GenePanelError,
     GeometryError,
+    InvalidValueError,
     NoModalityError,
     WrongModalityError,
 )
+from radfusion.limits import StudyBudget, StudyClock
 
 _MAX_NAMES_IN_ERROR = 20
 
 
-def preprocess_image(volume: Volume, geometry: ImageGeometry) -> np.ndarray:
-    """Volume -> (1, D, H, W) float32 in [0, 1] on the contract grid."""
+def preprocess_image(volume: Volume, geometry: ImageGeometry, clock: StudyClock | None = None) -> np.ndarray:
+    """Volume -> (1, D, H, W) float32 in [0, 1] on the contract grid. ``clock``: the
+    study's budget being spent (a fresh default StudyBudget when not given)."""
     if geometry.modalities and volume.modality and volume.modality not in geometry.modalities:
         raise WrongModalityError(f"modality {volume.modality} not accepted; model accepts {list(geometry.modalities)}")
+    clock = clock or StudyBudget().start()
     vol = volume.canonical()
     factors = _zoom_factors(vol, geometry)
+    clock.check_time("resampling")
+    clock.check_voxels(resampled_voxels(vol.shape, factors))
     voxels = vol.voxels.astype(np.float32, copy=False)
     resampled = ndimage.zoom(voxels, factors, order=1, mode="nearest", grid_mode=True)
     low, high = geometry.window
     fitted = _crop_or_pad(resampled, geometry.target_shape, fill=low)
-    windowed = (np.clip(fitted, low, high) - low) / (high - low)
-    return windowed[np.newaxis].astype(np.float32)
+    windowed = ((np.clip(fitted, low, high) - low) / (high - low))[np.newaxis].astype(np.float32)
+    _check_finite_image(windowed)
+    return windowed
+
+
+def resampled_voxels(shape: tuple[int, ...], factors: list[float]) -> int:
+    """Voxels ndimage.zoom produces for ``shape`` and ``factors`` (it rounds each axis)."""
+    return math.prod(max(1, round(n * f)) for n, f in zip(shape, factors, strict=True))
 
 
 def _zoom_factors(vol: Volume, geometry: ImageGeometry) -> list[float]:
@@ -106,7 +125,10 @@ def preprocess_genomics(values: Mapping[str, float], panel: GenePanel, impute: b
     if bad:
         raise GenePanelError(f"{len(bad)} genes have non-finite values (NaN/inf): {_names(bad)}")
     std = np.asarray(panel.std, dtype=np.float64)
-    return ((raw - mean) / std).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = ((raw - mean) / std).astype(np.float32)
+    _check_finite(z, panel.features, "genomic values")
+    return z
 
 
 @dataclass
@@ -122,7 +144,7 @@ def preprocess_omics(values: Mapping[str, float], blocks: list[OmicsBlock]) -> O
     """A block is present when any of its features is given with a value (a table row
     with only NaN for a block, as a join leaves it, means the block is absent); a
     present block must be complete unless it allows imputation."""
-    parts, present, problems = [], [], []
+    parts, present, problems, invalid = [], [], [], []
     for block in blocks:
         given = [f for f in block.features if f in values and not _is_missing(values[f])]
         if not given:
@@ -133,9 +155,13 @@ def preprocess_omics(values: Mapping[str, float], blocks: list[OmicsBlock]) -> O
             parts.append(preprocess_genomics(supplied, block, impute=block.impute_missing))
         except GenePanelError as exc:
             problems.append(f"{block.name} block: {exc}")  # every block's problem in one answer
+        except InvalidValueError as exc:
+            invalid.append(f"{block.name} block: {exc}")
         present.append(block.name)
     if problems:
         raise GenePanelError("; ".join(problems))
+    if invalid:
+        raise InvalidValueError("; ".join(invalid))
     if not present:
         wanted = [f for block in blocks for f in block.features]
         raise GenePanelError(f"none of the model's {len(wanted)} omics features given (e.g. {_names(wanted)})")
@@ -176,7 +202,10 @@ def preprocess_clinical(values: Mapping[str, object], spec: ClinicalSpec) -> np.
         if level not in levels:
             raise ClinicalInputError(f"clinical covariate {name}={level!r} is not one of {levels}")
         out += [float(level == known) for known in levels]
-    return np.asarray(out, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        covariates = np.asarray(out, dtype=np.float64).astype(np.float32)
+    _check_finite(covariates, spec.features, "clinical covariates")
+    return covariates
 
 
 def fit_clinical_spec(
@@ -241,7 +270,28 @@ def build_inputs(
         clinical if clinical is not None and CLINICAL in used else np.zeros(contract.clinical_width, dtype=np.float32)
     )
     presence = np.array([m in used for m in contract.modalities], dtype=np.float32)
-    return ModelInputs(image_in.astype(np.float32), genomics_in, clinical_in.astype(np.float32), presence, used)
+    inputs = ModelInputs(image_in.astype(np.float32), genomics_in, clinical_in.astype(np.float32), presence, used)
+    _check_finite_image(inputs.image)
+    _check_finite(inputs.genomics, contract.genomics.features, "genomic values")
+    clinical_names = contract.clinical.features if contract.clinical else ["(no clinical block)"]
+    _check_finite(inputs.clinical, clinical_names, "clinical covariates")
+    return inputs
+
+
+def _check_finite(values: np.ndarray, names: list[str], what: str) -> None:
+    """InvalidValueError naming the features whose float32 value is NaN or inf."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    bad = [name for name, ok in zip(names, finite, strict=True) if not ok]
+    raise InvalidValueError(
+        f"{len(bad)} of {len(names)} {what} are not finite in float32 (beyond ±3.4e38 once normalised): {_names(bad)}"
+    )
+
+
+def _check_finite_image(image: np.ndarray) -> None:
+    if not np.all(np.isfinite(image)):
+        raise InvalidValueError("image holds values that are not finite in float32")
 
 
 def _is_missing(value: object) -> bool:
@@ -256,6 +306,8 @@ def _is_missing(value: object) -> bool:
 def _as_float(value: object) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an integer beyond float64 (10**400): not a usable number
+        return float("inf")
     except (TypeError, ValueError):
         return float("nan")
 

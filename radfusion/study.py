@@ -2,7 +2,13 @@
 series by the contract's rules, build the volume (repairing geometry within the
 contract's limits), preprocess. Used by training, the HTTP service and the archive
 scorer alike, so all three see the same pixels. The result says which series was
-chosen and why (``selection``) and what geometry was repaired (``corrections``)."""
+chosen and why (``selection``) and what geometry was repaired (``corrections``).
+
+``read_study_image`` is the boundary of the reading path: whatever the bytes, it
+raises only RadfusionInputError subclasses (radfusion.errors.input_error maps what
+nothing below anticipated), and it spends the study's budget (radfusion.limits) before
+each piece of work: files and stored bytes before headers are read, decoded bytes
+before pixels are decoded, voxels before resampling, wall time between files."""
 
 from __future__ import annotations
 
@@ -14,12 +20,17 @@ import numpy as np
 
 from radfusion.contract import ImageGeometry
 from radfusion.dicom import load_volume, select_series
-from radfusion.dicom.discover import NOT_AN_IMAGE, InstanceHeader, read_headers
+from radfusion.dicom.checks import DECODED_VALUE_BYTES, check_counts
+from radfusion.dicom.discover import NOT_AN_IMAGE, UNREADABLE, InstanceHeader, read_headers
 from radfusion.dicom.geometry import GeometryPolicy
 from radfusion.dicom.series import SelectionRules
-from radfusion.dicom.sources import list_inputs
-from radfusion.errors import CorruptDicomError, NoImageSeriesError
+from radfusion.dicom.sources import list_inputs, stored_size
+from radfusion.errors import CorruptDicomError, NoImageSeriesError, RadfusionInputError, input_error
+from radfusion.limits import StudyBudget, StudyClock
 from radfusion.preprocess import grid_to_patient, preprocess_image
+
+# Unreadable files named in a "no usable series" message; the rest are counted.
+_MAX_FILES_NAMED = 10
 
 
 @dataclass
@@ -49,16 +60,20 @@ class StudyImage:
         )
 
 
-def study_image_from_headers(headers: list[InstanceHeader], geometry: ImageGeometry) -> StudyImage:
+def study_image_from_headers(
+    headers: list[InstanceHeader], geometry: ImageGeometry, clock: StudyClock | None = None
+) -> StudyImage:
+    clock = clock or StudyBudget().start()
     if not headers:
         raise CorruptDicomError("no readable DICOM instances")
     studies = {h.study_uid for h in headers}
     if len(studies) > 1:
         raise NoImageSeriesError(f"input holds {len(studies)} studies; send one study at a time")
     choice = select_series(headers, rules=SelectionRules.from_geometry(geometry))
-    volume = load_volume([h.path for h in choice.instances], GeometryPolicy.from_geometry(geometry))
+    _check_series_headers(choice.instances, clock)
+    volume = load_volume([h.path for h in choice.instances], GeometryPolicy.from_geometry(geometry), clock)
     canonical = volume.canonical()  # once: both below reuse it without another copy
-    image = preprocess_image(canonical, geometry)
+    image = preprocess_image(canonical, geometry, clock)
     first = choice.instances[0]
     return StudyImage(
         study_uid=first.study_uid,
@@ -73,16 +88,63 @@ def study_image_from_headers(headers: list[InstanceHeader], geometry: ImageGeome
     )
 
 
-def read_study_image(paths: Sequence[Path] | Path, geometry: ImageGeometry) -> StudyImage:
+def _check_series_headers(instances: list[InstanceHeader], clock: StudyClock) -> None:
+    """Sizes and frame counts within BOUNDS, and what decoding them all would hold
+    within the budget, from the headers alone: nothing is decoded yet."""
+    for i, h in enumerate(instances, start=1):
+        try:
+            check_counts(h.rows, h.cols, h.n_frames)
+        except CorruptDicomError as exc:
+            raise CorruptDicomError(f"file {i} of {len(instances)}: {exc.message}") from exc
+    clock.check_decoded(sum(h.rows * h.cols * h.n_frames * DECODED_VALUE_BYTES for h in instances))
+
+
+def read_study_image(
+    paths: Sequence[Path] | Path, geometry: ImageGeometry, budget: StudyBudget | None = None
+) -> StudyImage:
     """``paths``: the study's files, or a folder, zip archive or DICOMDIR holding
-    exactly one study."""
+    exactly one study. Raises only RadfusionInputError subclasses."""
+    try:
+        return _read_study_image(paths, geometry, (budget or StudyBudget()).start())
+    except RadfusionInputError:
+        raise
+    except Exception as exc:  # the boundary: any input gets a specific kind, never a crash
+        raise input_error(exc, "study") from exc
+
+
+def _read_study_image(paths: Sequence[Path] | Path, geometry: ImageGeometry, clock: StudyClock) -> StudyImage:
     if isinstance(paths, (str, Path)):
         files, skipped_inputs = list_inputs(Path(paths))
     else:
         files, skipped_inputs = [Path(p) for p in paths], []
-    headers, skipped = read_headers(files)
-    if not headers and any(why.startswith(NOT_AN_IMAGE) for _, why in skipped):
-        raise NoImageSeriesError(f"no image instances: {len(skipped)} file(s) skipped, e.g. {skipped[0][1]}")
-    study = study_image_from_headers(headers, geometry)
+    clock.check_files(len(files))
+    clock.check_stored(sum(stored_size(f) for f in files))
+    headers, skipped = read_headers(files, clock)
+    try:
+        if not headers and any(why.startswith(NOT_AN_IMAGE) for _, why in skipped):
+            raise NoImageSeriesError(f"no image instances: {len(skipped)} file(s) skipped, e.g. {skipped[0][1]}")
+        study = study_image_from_headers(headers, geometry, clock)
+    except (NoImageSeriesError, CorruptDicomError) as exc:
+        unreadable = _unreadable_files(files, skipped)
+        if not unreadable or (headers and not isinstance(exc, NoImageSeriesError)):
+            raise
+        raise type(exc)(f"{exc.message}; {unreadable}") from exc
     study.skipped = [f"{path.name}: {why}" for path, why in skipped_inputs + skipped]
     return study
+
+
+def _unreadable_files(files: list[Path], skipped: list[tuple[Path, str]]) -> str:
+    """'3 unreadable files: file 2 of 25: truncated (EOFError); ...': which of the study's
+    files could not be read and why, by position (never by name), '' when none."""
+    position = {path: i for i, path in enumerate(files, start=1)}
+    prefix = f"{UNREADABLE}: "
+    found = [
+        f"file {position[path]} of {len(files)}: {why.removeprefix(prefix)}"
+        for path, why in skipped
+        if why.startswith(prefix) and path in position
+    ]
+    if not found:
+        return ""
+    more = len(found) - _MAX_FILES_NAMED
+    named = "; ".join(found[:_MAX_FILES_NAMED]) + (f"; and {more} more" if more > 0 else "")
+    return f"{len(found)} unreadable file{'s' if len(found) > 1 else ''}: {named}"

@@ -1,11 +1,21 @@
 """Find DICOM studies in a folder tree, zip archives or DICOMDIR media whatever the
 file names: headers are read (without pixel data) and instances grouped by
 StudyInstanceUID. Files that are not DICOM and DICOM objects without an image (SR,
-presentation states, key object selections) are skipped with a recorded reason."""
+presentation states, key object selections) are skipped with a recorded reason.
+
+Discovery survives any byte sequence: whatever a file makes the parser raise (an
+unknown VR, sequences nested thousands deep, a deflated body that does not inflate, a
+truncated element), the file is skipped with a reason from radfusion.errors.input_error,
+never the library's message. Header values that do not parse are skipped too when the
+reader needs them (Rows, Columns, NumberOfFrames) and treated as absent when they only
+inform the choice of series (SeriesNumber, SliceThickness, ImageOrientationPatient)."""
 
 from __future__ import annotations
 
+import math
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +23,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from radfusion.dicom.sources import list_inputs, read_dataset
+from radfusion.errors import CorruptDicomError, RadfusionInputError, input_error
+from radfusion.limits import StudyClock
 
 # Tags needed to group and choose series; reading stops at pixel data anyway.
 _HEADER_TAGS = [
@@ -32,8 +44,32 @@ _HEADER_TAGS = [
     "ImageOrientationPatient",
 ]
 
-# What pydicom raises for a file that is not (readable) DICOM.
-UNREADABLE_DICOM_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile)
+# What reading a file that is not (readable) DICOM raises, hostile files included: the
+# exceptions radfusion.errors.input_error names (RecursionError for deep nesting,
+# NotImplementedError for an unknown VR, zlib.error for a deflated body that does not
+# inflate, ...), pydicom's own, and ours (a zip member over its byte bound).
+UNREADABLE_DICOM_ERRORS = (
+    InvalidDicomError,
+    RadfusionInputError,
+    RecursionError,
+    NotImplementedError,
+    zlib.error,
+    struct.error,
+    EOFError,
+    UnicodeError,
+    OverflowError,
+    ZeroDivisionError,
+    zipfile.BadZipFile,
+    OSError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    TypeError,
+    ValueError,
+)
+
+# Reason prefix recorded for files that cannot be read as DICOM.
+UNREADABLE = "not a readable DICOM file"
 
 # Reason recorded for DICOM objects that hold no image (SR, presentation states, ...).
 NOT_AN_IMAGE = "DICOM object without an image"
@@ -59,10 +95,17 @@ class InstanceHeader:
     n_frames: int
     slice_thickness: float | None
     orientation: tuple[float, ...] | None
+    # Elements present but malformed, read as absent (they only inform the choice).
+    malformed: tuple[str, ...] = ()
 
     @property
     def has_image(self) -> bool:
         return self.rows > 0 and self.cols > 0
+
+    @property
+    def is_image_class(self) -> bool:
+        """Its SOP class stores images (CT Image Storage, ...), whatever its header says."""
+        return bool(self.sop_class_uid) and "Image Storage" in UID(self.sop_class_uid).name
 
 
 @dataclass
@@ -79,13 +122,12 @@ class Discovery:
 
 
 def read_header(path: Path) -> InstanceHeader:
-    """Read the header of one file; raises InvalidDicomError for non-DICOM files."""
-    ds = read_dataset(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    """Read the header of one file; raises InvalidDicomError for non-DICOM files and
+    CorruptDicomError for a size or frame count that does not parse."""
+    ds = read_dataset(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS, defer_size=_DEFER_BYTES)
     if "StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
         raise InvalidDicomError("no StudyInstanceUID/SeriesInstanceUID")
-    thickness = ds.get("SliceThickness")
-    iop = ds.get("ImageOrientationPatient")
-    number = ds.get("SeriesNumber")
+    malformed: list[str] = []
     return InstanceHeader(
         path=Path(path),
         study_uid=str(ds.StudyInstanceUID),
@@ -95,32 +137,96 @@ def read_header(path: Path) -> InstanceHeader:
         patient_id=str(ds.get("PatientID", "")),
         modality=str(ds.get("Modality", "")),
         series_description=str(ds.get("SeriesDescription", "")),
-        series_number=int(number) if number not in (None, "") else None,
+        series_number=_optional(ds, "SeriesNumber", int, malformed),
         image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType", []))),
-        rows=int(ds.get("Rows", 0) or 0),
-        cols=int(ds.get("Columns", 0) or 0),
-        n_frames=int(ds.get("NumberOfFrames", 1) or 1),
-        slice_thickness=float(thickness) if thickness not in (None, "") else None,
-        orientation=tuple(float(v) for v in iop) if iop else None,
+        rows=_count(ds, "Rows", default=0, minimum=0),
+        cols=_count(ds, "Columns", default=0, minimum=0),
+        n_frames=_count(ds, "NumberOfFrames", default=1, minimum=1),
+        slice_thickness=_optional(ds, "SliceThickness", _positive, malformed),
+        orientation=_optional(ds, "ImageOrientationPatient", _orientation, malformed),
+        malformed=tuple(malformed),
     )
 
 
-def read_headers(paths: list[Path]) -> tuple[list[InstanceHeader], list[tuple[Path, str]]]:
+# Header reads never hold long values (a hostile private element of a gigabyte): pydicom
+# leaves values longer than this in the file.
+_DEFER_BYTES = 64 * 1024
+
+
+def _count(ds, keyword: str, default: int, minimum: int) -> int:
+    """A size or count the reader relies on; absent or empty gives ``default``."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return default
+        number = int(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CorruptDicomError(f"invalid {keyword}") from exc
+    if number < minimum:
+        raise CorruptDicomError(f"invalid {keyword}")
+    return number
+
+
+def _optional(ds, keyword: str, parse, malformed: list[str]):
+    """A value that only informs the choice of series: None when absent, and None
+    (its keyword noted in ``malformed``) when it does not parse."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        return parse(value)
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError, IndexError):
+        malformed.append(keyword)
+        return None
+
+
+def _positive(value) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("not a positive finite number")
+    return number
+
+
+def _orientation(values) -> tuple[float, ...]:
+    numbers = tuple(float(v) for v in _as_list(values))
+    if len(numbers) != 6 or not all(math.isfinite(v) for v in numbers):
+        raise ValueError("not six finite numbers")
+    return numbers
+
+
+def read_headers(
+    paths: list[Path], clock: StudyClock | None = None
+) -> tuple[list[InstanceHeader], list[tuple[Path, str]]]:
     """Headers of the readable DICOM image instances; the others skipped with a
-    reason, so one bad file never raises."""
+    reason, so one bad file never raises (the clock, when given, may: the study has
+    run out of time)."""
     headers: list[InstanceHeader] = []
     skipped: list[tuple[Path, str]] = []
-    for path in paths:
+    for i, path in enumerate(paths):
+        if clock is not None:
+            clock.check_time(f"header of file {i + 1} of {len(paths)}")
         try:
             header = read_header(path)
-        except UNREADABLE_DICOM_ERRORS as exc:
-            skipped.append((Path(path), f"not a readable DICOM file: {type(exc).__name__}"))
+        except Exception as exc:  # noqa: BLE001 - any byte sequence: the file is skipped, never the folder
+            skipped.append((Path(path), unreadable_reason(exc)))
             continue
         if header.has_image:
             headers.append(header)
+        elif header.is_image_class:  # an image header cut short (truncated) or damaged
+            skipped.append((Path(path), f"{UNREADABLE}: an image without Rows/Columns (truncated or damaged header)"))
         else:
             skipped.append((Path(path), f"{NOT_AN_IMAGE}: {_sop_class_name(header)}"))
     return headers, skipped
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    """Why a file was skipped, in the words of radfusion.errors.input_error (the type
+    of the library's exception, never its message: it can quote values and paths)."""
+    if isinstance(exc, InvalidDicomError):
+        return f"{UNREADABLE}: InvalidDicomError"  # not DICOM at all: nothing more to say
+    if isinstance(exc, RadfusionInputError):
+        return f"{UNREADABLE}: {exc.message}"
+    return input_error(exc, UNREADABLE).message
 
 
 def _sop_class_name(header: InstanceHeader) -> str:

@@ -14,7 +14,9 @@ InstanceNumber. What real series get wrong is then checked in this order:
    exceeds ``max_gap_factor`` typical steps; larger gaps are rejected, because
    interpolating across them would invent anatomy.
 
-Every repair is recorded in words (``Stack.corrections``) so the caller can report it."""
+Every repair is recorded in words (``Stack.corrections``) so the caller can report it.
+Before any of that, ``check_slice_spacing`` refuses a typical step outside
+radfusion.limits.BOUNDS from the headers' positions alone, before pixels are decoded."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from radfusion.errors import GeometryError
+from radfusion.limits import BOUNDS
 
 # Steps within 1% of the typical step count as uniform (IPP is written rounded).
 UNIFORM_TOLERANCE = 0.01
@@ -81,6 +84,20 @@ def stack_slices(
     voxels = _correct_tilt(voxels, positions, along, normal, row_dir, col_dir, pixel_spacing, policy, corrections)
     voxels, spacing = _uniform_along_normal(voxels, along, policy, corrections)
     return Stack(voxels, positions[0], spacing, order, corrections)
+
+
+def check_slice_spacing(positions: np.ndarray, row_dir: np.ndarray, col_dir: np.ndarray) -> None:
+    """The typical step between distinct slice positions along the normal lies within
+    BOUNDS.slice_spacing_mm (a series of one position has none to check)."""
+    along = np.sort(positions @ np.cross(row_dir, col_dir))
+    steps = np.diff(along)
+    steps = steps[~(steps < SAME_POSITION_MM)]  # NaN/inf steps stay, and fail below
+    if not steps.size:
+        return
+    typical = float(np.median(steps))
+    low, high = BOUNDS.slice_spacing_mm
+    if not (math.isfinite(typical) and low <= typical <= high):
+        raise GeometryError(f"slice spacing {typical:.4g} mm is outside {low:g}-{high:g} mm")
 
 
 def _drop_duplicates(order, along, slices, policy: GeometryPolicy, corrections: list[str]) -> list[int]:

@@ -4,7 +4,9 @@ pydicom decodes every transfer syntax an installed plugin handles (RLE natively;
 baseline/extended/lossless through pylibjpeg-libjpeg, JPEG-LS through pyjpegls,
 JPEG 2000 through pylibjpeg-openjpeg) and applies the signedness. On top of that:
 
-* the modality LUT (RescaleSlope/Intercept or a LUT sequence) gives HU for CT;
+* the modality LUT (RescaleSlope/Intercept or a LUT sequence) gives HU for CT; a
+  slope or intercept outside radfusion.limits.BOUNDS is refused (radfusion.dicom.checks),
+  never replaced;
 * pixel padding (PixelPaddingValue, optionally up to PixelPaddingRangeLimit) marks
   pixels outside the scanner's field of view; they become air for CT (-1024 HU) and 0
   elsewhere, so resampling does not smear an arbitrary -2000/-3024 into the patient;
@@ -18,7 +20,9 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut
+from pydicom.uid import UID_dictionary
 
+from radfusion.dicom.checks import rescale
 from radfusion.errors import CorruptDicomError, UnsupportedPixelDataError
 
 # What padded (outside the field of view) pixels become, by modality.
@@ -27,10 +31,11 @@ DEFAULT_PADDING_FILL = 0.0
 
 
 def physical_values(ds: pydicom.Dataset) -> np.ndarray:
-    """float32 (rows, cols), or (frames, rows, cols) for a multi-frame image."""
-    raw = _decode(ds)
+    """float32 (rows, cols), or (frames, rows, cols) for a multi-frame image. The header
+    is expected to have passed radfusion.dicom.checks.check_instance."""
     if ds.get("SamplesPerPixel", 1) != 1:
-        raise UnsupportedPixelDataError(f"{ds.get('PhotometricInterpretation')} colour images are not volumes")
+        raise UnsupportedPixelDataError("colour images are not volumes")
+    raw = _decode(ds)
     padding = padding_mask(ds, raw)
     values = _modality_lut(raw, ds)
     modality = str(ds.get("Modality", ""))
@@ -45,15 +50,39 @@ def physical_values(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _decode(ds: pydicom.Dataset) -> np.ndarray:
+    """The stored values. The decoders' messages are not passed on (they can quote the
+    file); what is wrong is said in our words."""
     try:
         return ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         # Raised by pydicom when no installed plugin can decode the transfer syntax.
         raise UnsupportedPixelDataError(
-            f"cannot decode transfer syntax {ds.file_meta.TransferSyntaxUID.name}: {str(exc).splitlines()[0][:160]}"
+            f"cannot decode transfer syntax {_syntax_name(ds)} ({type(exc).__name__})"
         ) from exc
     except (ValueError, EOFError, AttributeError, KeyError, IndexError, TypeError) as exc:
-        raise CorruptDicomError(f"pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:160]})") from exc
+        raise CorruptDicomError(f"pixel data cannot be decoded ({type(exc).__name__}){_length_note(ds)}") from exc
+
+
+def _syntax_name(ds: pydicom.Dataset) -> str:
+    """A transfer syntax pydicom knows by name; any other string is the file's, unsaid."""
+    meta = getattr(ds, "file_meta", None)
+    uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    return UID_dictionary[uid][0] if uid in UID_dictionary else "(unknown)"
+
+
+def _length_note(ds: pydicom.Dataset) -> str:
+    """': 8130 vs 8192 bytes' when native pixel data is shorter or longer than the
+    header says; '' when it cannot be told (encapsulated data)."""
+    try:
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            return ""
+        bits = int(ds.BitsAllocated)
+        values = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames") or 1) * int(ds.SamplesPerPixel or 1)
+        expected = (values * bits + 7) // 8
+        have = len(ds.PixelData)
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+        return ""
+    return f": {have} vs {expected} bytes" if have != expected else ""
 
 
 def _modality_lut(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
@@ -63,8 +92,7 @@ def _modality_lut(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
         # Enhanced CT/MR keep the modality LUT in the functional groups, which
         # apply_modality_lut does not look at.
         return _rescale_frames(raw.reshape(-1, *raw.shape[-2:]), ds).reshape(raw.shape)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope, intercept = rescale(ds)
     if slope == 1.0 and intercept.is_integer():
         # Exact in float32 (integers below 2**24): skips a float64 copy per slice.
         values = raw.astype(np.float32)
@@ -113,9 +141,9 @@ def _rescale_frames(frames: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
         group = item if "PixelValueTransformationSequence" in item else shared
         if "PixelValueTransformationSequence" not in group:
             return frames.astype(np.float32)
-        transform = group.PixelValueTransformationSequence[0]
-        slopes.append(float(transform.get("RescaleSlope", 1.0) or 1.0))
-        intercepts.append(float(transform.get("RescaleIntercept", 0.0) or 0.0))
-    slope = np.asarray(slopes, dtype=np.float32)[:, None, None]
-    intercept = np.asarray(intercepts, dtype=np.float32)[:, None, None]
-    return (frames * slope + intercept).astype(np.float32)
+        slope, intercept = rescale(group.PixelValueTransformationSequence[0])
+        slopes.append(slope)
+        intercepts.append(intercept)
+    slope_of = np.asarray(slopes, dtype=np.float32)[:, None, None]
+    intercept_of = np.asarray(intercepts, dtype=np.float32)[:, None, None]
+    return (frames * slope_of + intercept_of).astype(np.float32)

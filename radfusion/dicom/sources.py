@@ -3,7 +3,13 @@ and DICOMDIR media (a CD/USB export whose index lists the instances).
 
 A zip member is named by a *virtual path*, ``<archive>.zip/<member name>``, so that
 the rest of radfusion (headers, volumes, the cohort index, the training records) keeps
-handling plain ``Path`` objects and never extracts archives to disk."""
+handling plain ``Path`` objects and never extracts archives to disk.
+
+Whatever the bytes, listing never raises: an archive or index that cannot be read is
+skipped with a reason. Zip members are read under a byte bound: a member declaring
+more than it, or inflating more than MAX_ZIP_RATIO times its compressed size, is
+refused before it is inflated, and header reads stream the member instead of reading
+it whole."""
 
 from __future__ import annotations
 
@@ -13,14 +19,20 @@ import threading
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+
+from radfusion.errors import StudyOverBudgetError, input_error
+from radfusion.limits import GIB, MAX_ZIP_RATIO, ZIP_RATIO_MIN_BYTES, StudyBudget
 
 ZIP_SUFFIX = ".zip"
 DICOMDIR_NAME = "DICOMDIR"
 # Folder names archive tools add that never hold DICOM (macOS resource forks).
 _JUNK_DIRS = ("__MACOSX",)
+# One file (a zip member) may hold at most what a whole study may hold.
+MAX_FILE_BYTES = StudyBudget().max_bytes
+_CHUNK = 1024 * 1024
 
 Skipped = list[tuple[Path, str]]
 
@@ -55,33 +67,43 @@ def _add_file(path: Path, files: list[Path], skipped: Skipped) -> None:
 def _add_dicomdir(path: Path, files: list[Path], skipped: Skipped) -> None:
     """The index itself is not an image; the instances its records reference are read
     (when the walk reaches them they are not listed twice) and missing ones reported.
-    ReferencedFileID is a path relative to the DICOMDIR's folder (PS3.10 8.6)."""
+    ReferencedFileID is a path relative to the DICOMDIR's folder (PS3.10 8.6); one that
+    leads out of that folder is refused, so an index cannot make the reader open files
+    elsewhere on the machine."""
     try:
-        records = pydicom.dcmread(path).DirectoryRecordSequence
-    except (InvalidDicomError, ValueError, KeyError, AttributeError, OSError) as exc:
-        skipped.append((path, f"unreadable DICOMDIR: {type(exc).__name__}"))
+        referenced = _referenced_files(path)
+    except Exception as exc:  # noqa: BLE001 - any damage to the index skips it, never the walk
+        skipped.append((path, input_error(exc, "unreadable DICOMDIR").message))
         return
-    listed = 0
-    for record in records:
-        file_id = record.get("ReferencedFileID")
-        if not file_id:
-            continue  # patient/study/series records only structure the index
-        parts = [file_id] if isinstance(file_id, str) else list(file_id)
-        member = path.parent.joinpath(*parts)
-        listed += 1
-        if member.is_file():
+    media = Path(os.path.abspath(path.parent))
+    for member in referenced:
+        if not Path(os.path.abspath(member)).is_relative_to(media):
+            skipped.append((path, "DICOMDIR lists a file outside its media folder"))
+        elif member.is_file():
             files.append(member)
         else:
             skipped.append((member, "listed in DICOMDIR but missing on the media"))
-    skipped.append((path, f"DICOMDIR media index ({listed} instances listed)"))
+    skipped.append((path, f"DICOMDIR media index ({len(referenced)} instances listed)"))
+
+
+def _referenced_files(path: Path) -> list[Path]:
+    """The files the index's records reference; patient/study/series records without
+    a ReferencedFileID only structure the index."""
+    out = []
+    for record in pydicom.dcmread(path).DirectoryRecordSequence:
+        file_id = record.get("ReferencedFileID")
+        if file_id:
+            parts = [file_id] if isinstance(file_id, str) else list(file_id)
+            out.append(path.parent.joinpath(*(str(p) for p in parts)))
+    return out
 
 
 def _add_zip(path: Path, files: list[Path], skipped: Skipped) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = [info.filename for info in archive.infolist() if not info.is_dir()]
-    except (zipfile.BadZipFile, OSError) as exc:
-        skipped.append((path, f"unreadable zip archive: {type(exc).__name__}"))
+    except Exception as exc:  # noqa: BLE001 - a damaged archive is skipped, the walk goes on
+        skipped.append((path, input_error(exc, "unreadable zip archive").message))
         return
     for name in sorted(names):
         parts = name.split("/")
@@ -104,14 +126,32 @@ def _unique(paths: list[Path]) -> list[Path]:
     return out
 
 
-def read_dataset(path: Path | str, **kwargs) -> pydicom.Dataset:
-    """``pydicom.dcmread`` for a plain file or a zip member's virtual path."""
+def read_dataset(path: Path | str, max_bytes: int = MAX_FILE_BYTES, **kwargs) -> pydicom.Dataset:
+    """``pydicom.dcmread`` for a plain file or a zip member's virtual path. A member is
+    read under ``max_bytes`` (StudyOverBudgetError beyond it); with
+    ``stop_before_pixels`` it is streamed, so a header read inflates only the header."""
     path = Path(path)
     located = _zip_member(path)
     if located is None:
         return pydicom.dcmread(path, **kwargs)
     archive, member = located
-    return pydicom.dcmread(io.BytesIO(_read_member(archive, member)), **kwargs)
+    if kwargs.get("stop_before_pixels"):
+        with _open_member(archive, member, max_bytes) as stream:
+            return pydicom.dcmread(stream, **kwargs)
+    return pydicom.dcmread(io.BytesIO(_read_member(archive, member, max_bytes)), **kwargs)
+
+
+def stored_size(path: Path) -> int:
+    """Bytes ``path`` holds once uncompressed (a zip member: as its archive declares);
+    0 when it cannot be told, so the file fails later, when it is read."""
+    try:
+        located = _zip_member(path)
+        if located is None:
+            return path.stat().st_size
+        archive, member = located
+        return _archive(archive).getinfo(member).file_size
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return 0
 
 
 def _zip_member(path: Path) -> tuple[Path, str] | None:
@@ -127,14 +167,49 @@ def _zip_member(path: Path) -> tuple[Path, str] | None:
 _zip_lock = threading.Lock()
 
 
-def _read_member(archive: Path, member: str) -> bytes:
+def _archive(archive: Path) -> zipfile.ZipFile:
     stat = archive.stat()
-    with _zip_lock:  # one shared handle per archive: reads are serialised, parsing is not
-        handle = _open_zip(str(archive.resolve()), stat.st_mtime_ns, stat.st_size)
-        try:
-            return handle.read(member)
-        except KeyError as exc:
-            raise FileNotFoundError(f"no member {member!r} in zip archive") from exc
+    with _zip_lock:
+        return _open_zip(str(archive.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def _member_info(handle: zipfile.ZipFile, member: str, max_bytes: int) -> zipfile.ZipInfo:
+    """The member's entry, refused on what the archive declares, before inflating it."""
+    try:
+        info = handle.getinfo(member)
+    except KeyError as exc:
+        raise FileNotFoundError("no such member in the zip archive") from exc
+    if info.file_size > max_bytes:
+        raise StudyOverBudgetError(
+            f"zip member declares {info.file_size / GIB:.2f} GiB uncompressed; at most {max_bytes / GIB:.2f} GiB"
+        )
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > ZIP_RATIO_MIN_BYTES and ratio > MAX_ZIP_RATIO:
+        raise StudyOverBudgetError(
+            f"zip member inflates {ratio:.0f} times its compressed size (a zip bomb); at most {MAX_ZIP_RATIO}"
+        )
+    return info
+
+
+def _open_member(archive: Path, member: str, max_bytes: int) -> IO[bytes]:
+    """A seekable stream of the member. zipfile never yields more than the declared
+    size (and then fails the CRC), so the declared-size check bounds what is read."""
+    handle = _archive(archive)
+    info = _member_info(handle, member, max_bytes)
+    with _zip_lock:  # the shared handle's reads are locked by zipfile; opening is ours
+        return handle.open(info)
+
+
+def _read_member(archive: Path, member: str, max_bytes: int) -> bytes:
+    """The whole member, counted while it is inflated."""
+    chunks, total = [], 0
+    with _open_member(archive, member, max_bytes) as stream:
+        while chunk := stream.read(_CHUNK):
+            total += len(chunk)
+            if total > max_bytes:
+                raise StudyOverBudgetError(f"zip member inflates beyond {max_bytes / GIB:.2f} GiB")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @lru_cache(maxsize=8)

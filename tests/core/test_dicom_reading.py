@@ -283,9 +283,9 @@ def test_malformed_number_of_frames_is_a_corrupt_file_not_a_crash(tmp_path: Path
     with pytest.raises(RadfusionInputError) as info:
         load_volume([path])
     assert info.value.kind == "corrupt_dicom"
-    assert info.value.message == "invalid NumberOfFrames"
+    assert info.value.message == "file 1 of 1: invalid NumberOfFrames"
     # discovery skips such a file instead of failing the folder
-    assert find_studies(tmp_path).skipped == [(path, "not a readable DICOM file: ValueError")]
+    assert find_studies(tmp_path).skipped == [(path, "not a readable DICOM file: invalid NumberOfFrames")]
 
 
 # ------------------------------------------------------------------ discovery and selection
