@@ -4,24 +4,34 @@ uploads and for the archive scorer.
 A part is a zip archive (detected by content, not by name) or one DICOM file. Zip
 members are written under generated names inside a fresh folder, so no member name can
 reach outside it; members whose names try to (absolute paths, '..') reject the whole
-archive. Sizes are counted while decompressing, never trusted from the zip headers:
-a ``Budget`` of bytes and files is shared by every part of one study (one request, or
-one study of an archive), and a study over it is that study's UploadTooLargeError."""
+archive. A ``Budget`` of bytes and files is shared by every part of one study (one
+request, or one study of an archive), and a study over it is that study's
+UploadTooLargeError. The zip headers are checked before anything is decompressed (a
+member declaring more than the budget has left, members declaring more than it in all,
+or a member declaring more than ``MAX_RATIO`` times its compressed size: a zip bomb is
+refused before its first byte is written), and the bytes are counted again while they
+are decompressed, because headers can lie."""
 
 from __future__ import annotations
 
 import shutil
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from radfusion.errors import RadfusionInputError
+from radfusion.limits import MAX_ZIP_RATIO, ZIP_RATIO_MIN_BYTES
 
 DEFAULT_MAX_STUDY_BYTES = 2 * 1024**3  # uncompressed, over all parts of one study
 DEFAULT_MAX_MEMBERS = 20_000
 _CHUNK = 1024 * 1024
+# Declared size / compressed size of one member beyond which it is a zip bomb, checked
+# for members above _RATIO_FLOOR only (radfusion.limits says why).
+MAX_RATIO = MAX_ZIP_RATIO
+_RATIO_FLOOR = ZIP_RATIO_MIN_BYTES
 
 
 class BadArchiveError(RadfusionInputError):
@@ -46,6 +56,11 @@ class UploadTooLargeError(RadfusionInputError):
     http_status = 413
 
 
+class ZipBombError(UploadTooLargeError):
+    """A zip member that would expand far beyond its compressed size: refused from its
+    header, before anything is decompressed. The same kind as any study over its limit."""
+
+
 @dataclass
 class Budget:
     """Uncompressed bytes and files still allowed for one study, spent as they are written."""
@@ -67,6 +82,27 @@ class Budget:
         self.files_left -= n
         if self.files_left < 0:
             raise UploadTooLargeError(f"study holds more than {self.max_files} files")
+
+    def check_declared(self, members: Sequence[zipfile.ZipInfo]) -> None:
+        """Refuse ``members`` from what their headers declare, before any is decompressed."""
+        for member in members:
+            check_member(member, self)
+        declared = sum(m.file_size for m in members)
+        if declared > self.bytes_left:
+            raise UploadTooLargeError(
+                f"zip members declare {declared:,} bytes; the study may take {self.bytes_left:,} more"
+            )
+
+
+def check_member(member: zipfile.ZipInfo, budget: Budget) -> None:
+    """One member's header against what ``budget`` has left and against MAX_RATIO."""
+    if member.file_size > _RATIO_FLOOR and member.file_size > MAX_RATIO * max(member.compress_size, 1):
+        ratio = member.file_size / max(member.compress_size, 1)
+        raise ZipBombError(f"a zip member would expand {ratio:,.0f} times (at most {MAX_RATIO}): refused as a zip bomb")
+    if member.file_size > budget.bytes_left:
+        raise UploadTooLargeError(
+            f"a zip member declares {member.file_size:,} bytes; the study may take {budget.bytes_left:,} more"
+        )
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -115,16 +151,26 @@ def open_zip(path: Path | str) -> Iterator[zipfile.ZipFile]:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError) as exc:
         # RuntimeError: encrypted members; NotImplementedError: unsupported compression.
         raise BadArchiveError(f"not a readable zip archive ({type(exc).__name__})") from exc
+    except zlib.error as exc:  # a member's deflated data is corrupt (a bad CRC is BadZipFile)
+        raise BadArchiveError("a zip member cannot be inflated (zlib.error)") from exc
     except (OSError, KeyError) as exc:
         raise BadArchiveError(f"zip archive cannot be extracted ({type(exc).__name__})") from exc
 
 
-def _copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo | str, target: Path, budget: Budget) -> Path:
-    """One member streamed to ``target``, its bytes counted as they are decompressed."""
-    with archive.open(member) as src, open(target, "wb") as out:
-        while chunk := src.read(_CHUNK):
-            budget.spend_bytes(len(chunk))
-            out.write(chunk)
+def _copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, budget: Budget) -> Path:
+    """One member streamed to ``target``, refused from its header first, its bytes
+    counted as they are decompressed."""
+    check_member(member, budget)
+    try:
+        with archive.open(member) as src, open(target, "wb") as out:
+            while chunk := src.read(_CHUNK):
+                budget.spend_bytes(len(chunk))
+                out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        # A bad CRC, corrupt deflated data, a member cut short: the data is not what
+        # the header declares.
+        what = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+        raise BadArchiveError(f"a zip member is damaged ({what})") from exc
     return target
 
 
@@ -138,9 +184,11 @@ def extract_zip(archive: Path, dest: Path, budget: Budget) -> list[Path]:
             raise UploadTooLargeError(f"archive holds {len(members)} files; at most {budget.max_files} allowed")
         if any(_unsafe_name(m.filename) for m in members):
             raise UnsafeArchiveError("archive member names point outside the archive (absolute path or '..')")
+        wanted = zip_members(zf)
+        budget.check_declared(wanted)
         dest.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
-        for i, member in enumerate(zip_members(zf)):
+        for i, member in enumerate(wanted):
             budget.spend_files(1)
             written.append(_copy_member(zf, member, dest / f"{i:06d}.dcm", budget))
         return written
@@ -150,10 +198,12 @@ def extract_members(zip_path: Path | str, members: Iterable[tuple[int, str]], de
     """Named members of an archive's zip (the scorer's study files) written to
     ``dest`` as <index>.dcm, under the study's budget."""
     with open_zip(zip_path) as zf:
+        wanted = [(index, zf.getinfo(name)) for index, name in members]
+        budget.check_declared([info for _, info in wanted])
         written: list[Path] = []
-        for index, name in members:
+        for index, info in wanted:
             budget.spend_files(1)
-            written.append(_copy_member(zf, name, dest / f"{index:06d}.dcm", budget))
+            written.append(_copy_member(zf, info, dest / f"{index:06d}.dcm", budget))
         return written
 
 

@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from radfusion import log_privacy
+
 # What `radfusion export` registers in the BentoML model store (training/module.py's
 # default model_name); `name:latest` is the newest export.
 DEFAULT_MODEL_TAG = "radfusion-response:latest"
@@ -74,8 +76,15 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
+    from radfusion.limits import StudyBudget
     from radfusion.serving.scoring.score import PatientTableError, ResumeError, score_archive
 
+    budget = StudyBudget(
+        max_files=args.study_max_files,
+        max_bytes=args.study_max_bytes,
+        max_voxels=args.study_max_voxels,
+        max_seconds=args.study_max_seconds,
+    )
     try:
         summary = score_archive(
             archive=args.archive,
@@ -92,6 +101,7 @@ def _score(args: argparse.Namespace) -> None:
             threads=args.threads,
             ray_actors=args.actors,
             gpus_per_actor=args.gpus_per_actor,
+            study_budget=budget,
         )
     except (ResumeError, PatientTableError, FileNotFoundError) as exc:
         sys.exit(f"radfusion score: {exc}")
@@ -131,6 +141,33 @@ def _named(item: str) -> tuple[str, str]:
     if not sep:
         return Path(item).parent.parent.name, item
     return name, path
+
+
+def _add_study_budget(p: argparse.ArgumentParser) -> None:
+    """What one study may cost; a study over it is its own error row (study_over_budget
+    or upload_too_large), the run goes on."""
+    from radfusion.limits import StudyBudget
+
+    default = StudyBudget()
+    p.add_argument(
+        "--study-max-bytes",
+        type=int,
+        default=default.max_bytes,
+        help="stored (uncompressed) bytes of one study, zip members and DICOMweb instances included",
+    )
+    p.add_argument("--study-max-files", type=int, default=default.max_files, help="files (instances) of one study")
+    p.add_argument(
+        "--study-max-voxels",
+        type=int,
+        default=default.max_voxels,
+        help="voxels of one study's volume resampled to the model's spacing",
+    )
+    p.add_argument(
+        "--study-max-seconds",
+        type=float,
+        default=default.max_seconds,
+        help="wall time to read and preprocess one study",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpus-per-actor", type=float, default=0.0, help="ray engine: GPUs per inference actor (fractions allowed)"
     )
+    _add_study_budget(p)
     p.set_defaults(func=_score)
 
     p = sub.add_parser("serve", help="run the BentoML HTTP service")
@@ -265,6 +303,8 @@ EXTRA_OF = {
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before anything logs: library warnings quote UIDs, header values and file paths.
+    log_privacy.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         _dispatch(argv)

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from radfusion import log_privacy
 from radfusion.contract import ModelContract
+from radfusion.limits import StudyBudget
 from radfusion.predictor import pack, packed_width, unpack
 from radfusion.preprocess import ModelInputs
 from radfusion.serving.patients import PatientTables
@@ -41,10 +43,11 @@ from radfusion.serving.scoring.sources import StudyAssembler, StudyRef, is_dicom
 from radfusion.serving.scoring.writer import PartWriter
 
 
-def prepare_row(item: dict, contract: ModelContract) -> dict:
+def prepare_row(item: dict, contract: ModelContract, budget: StudyBudget | None = None) -> dict:
     """Ray task: one study -> its row (pickled) and its packed model inputs."""
+    log_privacy.install()  # Ray forwards the task's log lines and warnings to the driver
     study, patient = pickle.loads(item["task"])
-    prepared = prepare_study(contract, study, patient)
+    prepared = prepare_study(contract, study, patient, budget)
     packed = pack([prepared.inputs])[0] if prepared.inputs is not None else np.zeros(packed_width(contract), np.float32)
     return {"row": pickle.dumps(prepared.row), "ok": prepared.inputs is not None, "inputs": packed}
 
@@ -97,9 +100,11 @@ class RayEngine:
         actors: int = 1,
         gpus_per_actor: float = 0.0,
         device: str = "auto",
+        budget: StudyBudget | None = None,
     ):
         self.model_file, self.contract = Path(model_file), contract
         self.batch_size, self.actors, self.gpus_per_actor, self.device = batch_size, actors, gpus_per_actor, device
+        self.budget = budget or StudyBudget()
 
     def run(self, archive: str, patients: PatientTables, writer: PartWriter, progress: Progress) -> EngineStats:
         import ray
@@ -125,6 +130,8 @@ class RayEngine:
         progress.discovery_finished()
         self._score(chunk, patients, writer, progress)
         stats.skipped_files = assembler.skipped_files
+        stats.skipped_by_reason = dict(sorted(assembler.skipped_by_reason.items()))
+        stats.failed_units = dict(sorted(assembler.failed_units.items()))
         return stats
 
     def _score(self, studies: list[StudyRef], patients: PatientTables, writer: PartWriter, progress: Progress) -> None:
@@ -137,7 +144,7 @@ class RayEngine:
         dataset = (
             ray.data.from_items(items)
             # Ray types map()'s fn as taking the row alone, though fn_kwargs adds arguments.
-            .map(prepare_row, fn_kwargs={"contract": self.contract})  # type: ignore[arg-type]
+            .map(prepare_row, fn_kwargs={"contract": self.contract, "budget": self.budget})  # type: ignore[arg-type]
             .map_batches(
                 InferenceActor,
                 fn_constructor_kwargs={"model_bytes": self._model, "device": self.device},

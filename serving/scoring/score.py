@@ -10,10 +10,14 @@ repaired), prepared with the shared preprocessing in worker processes and run th
 ONNX Runtime in batches, all three stages overlapping (serving/scoring/local_engine.py),
 or on Ray Data with ``engine="ray"`` (serving/scoring/ray_engine.py).
 
-A study that cannot be read, fetched, or that is larger than the per-study budget of
-serving/study_files.py (bytes and files, counted as they stream in) gets a row with
-``error`` set ("<kind>: <reason>", kinds as in docs/errors.md) and never stops the run
-or costs the other studies of its batch. Rows are committed in part
+A study that cannot be read or fetched, or that would cost more than its budget
+(radfusion.limits.StudyBudget, set with ``study_budget``: stored bytes and files, counted
+as zip members and DICOMweb instances stream in, decoded bytes, voxels, seconds) gets a
+row with ``error`` set ("<kind>: <reason>", kinds as in docs/errors.md) and never stops
+the run or costs the other studies of its batch. A file whose identifiers cannot be read
+belongs to no study: it is skipped, and the summary counts it by reason
+(``skipped_by_reason``), as it counts folders and zips that could not be read at all
+(``failed_units``); neither names a file. Rows are committed in part
 files and compacted at the end (serving/scoring/writer.py): interrupt the run (Ctrl-C,
 kill -9) and run the same command again, and every study still ends with exactly one
 row. The output file is only ever replaced whole."""
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from radfusion.limits import StudyBudget
 from radfusion.runtime import OnnxModel
 from radfusion.serving.modelref import resolve_model_path
 from radfusion.serving.patients import PatientTableError, PatientTables
@@ -63,6 +68,7 @@ def score_archive(
     ray_actors: int = 1,
     gpus_per_actor: float = 0.0,
     clinical: Path | None = None,
+    study_budget: StudyBudget | None = None,
 ) -> dict:
     """Score every study of ``archive``; returns a summary of the run.
 
@@ -72,12 +78,14 @@ def score_archive(
     free, at least 1; ORT's choice with the Ray engine or ``workers=0``).
     ``ray_actors`` / ``gpus_per_actor``: the Ray engine's inference actor pool.
     ``genomics`` / ``clinical``: tables joined on PatientID; a table the model requires
-    but that is not given, or that lacks the model's columns, raises PatientTableError."""
+    but that is not given, or that lacks the model's columns, raises PatientTableError.
+    ``study_budget``: what one study may cost (default: StudyBudget's defaults)."""
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be at least 1")
     if engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {engine!r} (use 'local' or 'ray')")
     workers = default_workers() if workers is None else workers
+    study_budget = study_budget or StudyBudget()
     if threads is None and engine == "local" and workers > 0:
         # The workers keep their cores busy; more ORT threads than the cores they leave
         # free only fight them for CPU (and spin-wait between batches).
@@ -110,13 +118,13 @@ def score_archive(
         if engine == "ray":
             from radfusion.serving.scoring.ray_engine import RayEngine
 
-            stats = RayEngine(model_file, model.contract, batch_size, ray_actors, gpus_per_actor, device).run(
-                archive, patients, writer, meter
-            )
+            stats = RayEngine(
+                model_file, model.contract, batch_size, ray_actors, gpus_per_actor, device, budget=study_budget
+            ).run(archive, patients, writer, meter)
         else:
             from radfusion.serving.scoring.local_engine import LocalEngine
 
-            stats = LocalEngine(model, workers, batch_size).run(archive, patients, writer, meter)
+            stats = LocalEngine(model, workers, batch_size, budget=study_budget).run(archive, patients, writer, meter)
         meter.close()
         result = writer.finish()
     except KeyboardInterrupt:
@@ -147,6 +155,14 @@ def score_archive(
         summary["failed_by_reason"],
         summary["studies_per_second"],
     )
+    if summary["skipped_files"] or summary["failed_units"]:
+        log.warning(
+            "%d file(s) belong to no study %s; %d folder(s)/zip(s) could not be read %s",
+            summary["skipped_files"],
+            summary["skipped_by_reason"],
+            sum(summary["failed_units"].values()),
+            summary["failed_units"],
+        )
     return summary
 
 
@@ -165,6 +181,8 @@ def _summary(result: pa.Table, stats, processed: int, seconds: float) -> dict:
         "failed": failed,
         "failed_by_reason": dict(sorted(by_reason.items())),
         "skipped_files": stats.skipped_files,
+        "skipped_by_reason": stats.skipped_by_reason,  # files that belong to no study found
+        "failed_units": stats.failed_units,  # folders and zip files not readable at all
         "geometry_corrected": corrected,  # studies whose series the reader repaired
         **sources,
         "processed_this_run": processed,

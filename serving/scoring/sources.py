@@ -15,6 +15,15 @@ scattered across the tree), the study is released again at the end with all its 
 its row then carries a larger ``n_instances`` and replaces the earlier one (writer.py).
 DICOMweb studies are released as soon as their listing page arrives.
 
+Discovery survives any bytes: it reads only as far as the identifiers (PatientID,
+StudyInstanceUID, SeriesInstanceUID; at most HEADER_LIMIT bytes, inflating a Deflated
+file only that far), opens nothing that is not a regular file, and never opens a zip
+inside a zip. A file whose identifiers cannot be read belongs to no study: it is
+skipped with a reason (radfusion.errors.input_error's kind, never the library's text),
+counted by reason in the run's summary; a unit that cannot be read at all (a folder
+that cannot be listed, a zip that is no zip) is recorded as failed. What is wrong
+after the identifiers is the study's to report, as its error row.
+
 Zip archives are read by the one reader of serving/study_files.py and DICOMweb servers
 through the one client of serving/dicomweb.py (its trusted policy): a study's zip
 members and instances are streamed to disk under a per-study budget of bytes and files,
@@ -26,18 +35,25 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO, cast
 
-import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from radfusion.dicom.discover import UNREADABLE_DICOM_ERRORS
+from radfusion.errors import StudyOverBudgetError, input_error
 from radfusion.serving.dicomweb import DicomwebPolicy, DicomwebRef, fetch_study, search_studies
 from radfusion.serving.study_files import (
     BadArchiveError,
@@ -72,7 +88,9 @@ class StudyRef:
 
 @dataclass(frozen=True)
 class ScanUnit:
-    kind: str  # "dir" (files of one folder), "zip" (one zip file) or "qido" (one listing page)
+    # "dir" (files of one folder), "zip" (one zip file), "qido" (one listing page) or
+    # "unlisted" (a folder the walk could not list; names: the error's type).
+    kind: str
     path: str  # folder, zip file, or DICOMweb root URL
     names: tuple[str, ...] = ()
     entries: tuple[tuple[str, str, int], ...] = ()  # qido: (study uid, patient id, instances)
@@ -85,6 +103,7 @@ class ScanResult:
     position: str = ""  # the unit's folder or zip file: where the walk is
     found: list[tuple[str, str, FileRef | None, int]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # reasons only: names may identify patients
+    failed: str | None = None  # why the unit as a whole could not be read (reason only)
 
 
 def is_dicomweb(archive: str | Path) -> bool:
@@ -110,7 +129,11 @@ def _walk(archive: str | Path) -> Iterator[ScanUnit]:
         return
     if not root.is_dir():
         raise FileNotFoundError(f"archive {archive} is neither a folder, a zip file nor an http(s) URL")
-    for dirpath, dirnames, filenames in os.walk(root):
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append):
+        while unlisted:  # a folder os.walk could not list: recorded, never raised
+            error = unlisted.pop(0)
+            yield ScanUnit("unlisted", str(error.filename or dirpath), names=(type(error).__name__,))
         # Hidden folders hold caches (the cohort index in .radfusion/), not studies.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         names = sorted(n for n in filenames if not n.startswith("."))
@@ -120,53 +143,218 @@ def _walk(archive: str | Path) -> Iterator[ScanUnit]:
         for name in names:
             if name.lower().endswith(".zip"):
                 yield ScanUnit("zip", os.path.join(dirpath, name))
+    for error in unlisted:  # the last folders of the walk
+        yield ScanUnit("unlisted", str(error.filename or root), names=(type(error).__name__,))
 
 
 def scan_unit(unit: ScanUnit) -> ScanResult:
-    """Read the identifiers of every file of one unit. Unreadable files are counted,
-    never raised."""
+    """Read the identifiers of every file of one unit. Never raises, whatever the bytes:
+    a file that cannot be read is skipped with a reason, a unit that cannot be read at
+    all (a zip that is no zip, a folder that cannot be listed) is recorded as failed,
+    and the walk goes on."""
     result = ScanResult(index=unit.index, position=unit.path)
-    if unit.kind == "qido":
-        result.found = [(uid, pid, None, n) for uid, pid, n in unit.entries]
-    elif unit.kind == "zip":
-        _scan_zip(Path(unit.path), result)
-    else:
-        for name in unit.names:
-            path = Path(unit.path) / name
-            _add_instance(result, functools.partial(_read_ids, path), FileRef(str(path)))
+    try:
+        if unit.kind == "qido":
+            result.found = [(uid, pid, None, n) for uid, pid, n in unit.entries]
+        elif unit.kind == "zip":
+            _scan_zip(Path(unit.path), result)
+        elif unit.kind == "unlisted":
+            result.failed = f"a folder could not be listed ({unit.names[0] if unit.names else 'OSError'})"
+        else:
+            for name in unit.names:
+                path = Path(unit.path) / name
+                _add_instance(result, functools.partial(_read_file_ids, path), FileRef(str(path)))
+    except Exception as exc:  # noqa: BLE001 - one unit never stops the walk
+        error = input_error(underlying(exc), "the unit")
+        result.failed = f"{error.kind}: {error.message}"
     return result
 
 
-# Discovery needs only these: reading three tags costs half of a full header read.
-_ID_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "PatientID"]
+# Discovery needs only these; reading stops after the last of them (they come before
+# anything large in any real file), so it costs a few kilobytes per file.
+_ID_TAGS = [Tag("PatientID"), Tag("StudyInstanceUID"), Tag("SeriesInstanceUID")]
+_LAST_ID = max(_ID_TAGS)
+# What discovery reads of one file (or inflates of a deflated one) at most to find
+# them: a header that would need more is a hostile one.
+HEADER_LIMIT = 16 * 1024**2
 
 
-def _read_ids(fp: str | Path | IO[bytes]) -> pydicom.Dataset:
-    return pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(_ID_TAGS))
+def _past_ids(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag > _LAST_ID
+
+
+def _read_file_ids(path: Path) -> Dataset:
+    # O_NONBLOCK: a FIFO (or a device) planted in the archive would block open() forever.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise _NotAFile()
+        return _read_ids(handle)
+
+
+def _read_ids(source: IO[bytes]) -> Dataset:
+    """PatientID, StudyInstanceUID and SeriesInstanceUID of one file (or zip member),
+    reading no further than HEADER_LIMIT bytes of it."""
+    stream = _Bounded(source, HEADER_LIMIT)
+    read_preamble(cast(BinaryIO, stream), False)
+    meta = _read_file_meta_info(cast(BinaryIO, stream))
+    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        # pydicom would inflate the whole rest of the file into memory first.
+        body = _Inflated(stream, HEADER_LIMIT)
+        return read_dataset(cast(BinaryIO, body), False, True, stop_when=_past_ids, specific_tags=list(_ID_TAGS))
+    stream.seek(0)
+    return read_partial(cast(BinaryIO, stream), stop_when=_past_ids, specific_tags=list(_ID_TAGS))
+
+
+class _NotAFile(OSError):
+    """A FIFO, socket or device where a file was listed."""
+
+
+class _NestedZip(Exception):
+    """A zip member that is itself a zip: not opened (a zip-in-zip is a classic bomb
+    vector, and an archive's layout never needs one)."""
+
+
+class _HeaderTooLarge(StudyOverBudgetError):
+    def __init__(self) -> None:
+        super().__init__(f"its identifiers are not within the first {HEADER_LIMIT // 1024**2} MiB")
+
+
+class _Bounded:
+    """``source`` (a file or zip member, seekable), read no further than ``limit``:
+    a length that points beyond it is refused before it is read."""
+
+    def __init__(self, source: IO[bytes], limit: int):
+        self._source, self._limit = source, limit
+        self.name = None  # pydicom names the file in messages when it can: never here
+
+    def left(self) -> int:
+        return self._limit - self._source.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > self.left():
+            raise _HeaderTooLarge()
+        return self._source.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        # Checked before seeking: a zip member seeks forward by inflating.
+        if whence == os.SEEK_CUR:
+            offset, whence = self._source.tell() + offset, os.SEEK_SET
+        if whence != os.SEEK_SET:
+            raise OSError("discovery reads from the start of a file only")
+        if offset > self._limit:
+            raise _HeaderTooLarge()
+        return self._source.seek(offset)
+
+    def tell(self) -> int:
+        return self._source.tell()
+
+
+class _Inflated:
+    """The deflated rest of ``source``, inflated only as far as it is read (at most
+    ``limit`` bytes), seekable within what was inflated."""
+
+    _PULL = 64 * 1024
+
+    def __init__(self, source: _Bounded, limit: int):
+        self._source, self._limit = source, limit
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._data = bytearray()
+        self._position = 0
+        self.name = None
+
+    def _inflate_to(self, end: int) -> None:
+        if end > self._limit:
+            raise _HeaderTooLarge()
+        while len(self._data) < end and not self._inflater.eof:
+            compressed = self._inflater.unconsumed_tail or self._source.read(min(self._PULL, self._source.left()))
+            if not compressed:
+                return  # truncated: pydicom sees the end of the file
+            self._data += self._inflater.decompress(compressed, end - len(self._data))
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            raise _HeaderTooLarge()
+        self._inflate_to(self._position + size)
+        chunk = bytes(self._data[self._position : self._position + size])
+        self._position += len(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
+        if base is None:
+            raise OSError("seek from the end of a deflated stream")
+        self._inflate_to(base + offset)
+        self._position = min(base + offset, len(self._data))
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
 
 
 def _add_instance(result: ScanResult, read, ref: FileRef) -> None:
     try:
         ds = read()
-        study_uid, _series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
-    except (*UNREADABLE_DICOM_ERRORS, AttributeError, zipfile.BadZipFile) as exc:
-        result.skipped.append(f"not a readable DICOM file: {type(exc).__name__}")
+        study_uid, series_uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
+        patient_id = str(ds.get("PatientID", ""))
+    except Exception as exc:  # noqa: BLE001 - any bytes: the file is skipped, never the walk
+        result.skipped.append(_skip_reason(exc))
         return
-    result.found.append((study_uid, str(ds.get("PatientID", "")), ref, 1))
+    if not study_uid or not series_uid:
+        result.skipped.append("not an image instance: no StudyInstanceUID/SeriesInstanceUID")
+        return
+    result.found.append((study_uid, patient_id, ref, 1))
+
+
+def _read_member_ids(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Dataset:
+    try:
+        member = archive.open(info)
+    except (RuntimeError, NotImplementedError) as exc:  # what zipfile raises for these two
+        raise BadArchiveError(
+            f"a zip member is encrypted or uses an unsupported compression ({type(exc).__name__})"
+        ) from exc
+    with member:
+        if member.read(4) == b"PK\x03\x04":
+            raise _NestedZip()
+        member.seek(0)
+        return _read_ids(member)
+
+
+def _skip_reason(exc: Exception) -> str:
+    """Why a file was skipped: its kind and what was wrong, never the library's message
+    (it can quote header values and paths)."""
+    if isinstance(exc, InvalidDicomError):
+        return "not a DICOM file"
+    if isinstance(exc, _NotAFile):
+        return "not a regular file (a FIFO, socket or device)"
+    if isinstance(exc, _NestedZip):
+        return "a zip inside a zip archive: not read"
+    error = input_error(underlying(exc), "file")
+    return f"{error.kind}: {error.message}"
+
+
+def underlying(exc: BaseException) -> BaseException:
+    """The exception that says what was wrong: pydicom reports a RecursionError (a
+    sequence nested thousands deep) as the OSError it raised while handling it."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, (RecursionError, MemoryError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
 
 
 def _scan_zip(path: Path, result: ScanResult) -> None:
     try:
         with open_zip(path) as archive:
             for info in sorted(zip_members(archive), key=lambda i: i.filename):
-
-                def read(info=info):
-                    with archive.open(info) as member:
-                        return _read_ids(member)
-
+                read = functools.partial(_read_member_ids, archive, info)
                 _add_instance(result, read, FileRef(str(path), info.filename))
     except BadArchiveError as exc:
-        result.skipped.append(f"not a readable zip archive: {exc.message}")
+        result.failed = f"{exc.kind}: {exc.message}"
+        result.skipped.append(result.failed)  # the zip file itself is a skipped file
 
 
 @dataclass
@@ -188,6 +376,10 @@ class StudyAssembler:
     def __init__(self, dicomweb_url: str | None = None):
         self.dicomweb_url = dicomweb_url
         self.skipped_files = 0
+        # Files that belong to no study found (unreadable headers), and units that could
+        # not be read at all, by reason: reported in the run's summary, never lost.
+        self.skipped_by_reason: Counter[str] = Counter()
+        self.failed_units: Counter[str] = Counter()
         self._next = 0
         self._waiting: dict[int, ScanResult] = {}
         self._pending: dict[str, _Pending] = {}
@@ -216,6 +408,9 @@ class StudyAssembler:
 
     def _apply(self, result: ScanResult) -> list[StudyRef]:
         self.skipped_files += len(result.skipped)
+        self.skipped_by_reason.update(result.skipped)
+        if result.failed is not None:
+            self.failed_units[result.failed] += 1
         listed: list[StudyRef] = []
         for uid, patient_id, ref, count in result.found:
             if ref is None:  # a DICOMweb listing entry: the server holds the whole study

@@ -98,7 +98,7 @@ def test_one_row_per_study_and_the_broken_one_fails(archive, scored, tiny_cohort
 
     broken = rows.set_index("study_instance_uid").loc[broken_uid]
     assert broken["patient_id"] == BROKEN_PATIENT
-    assert broken["error"].startswith("corrupt_dicom: pixel data cannot be decoded")
+    assert broken["error"].startswith("corrupt_dicom: ") and "pixel data cannot be decoded" in broken["error"]
     assert pd.isna(broken["prob_responder"]) and pd.isna(broken["predicted_label"])
     assert pd.isna(broken["modalities_used"]) and pd.isna(broken["series_instance_uid"])
     assert broken["model_name"] == "tiny-fusion"

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from radfusion.dicom import find_studies
+from radfusion.limits import StudyBudget
 from radfusion.serving.patients import PatientData
-from radfusion.serving.scoring import sources
 from radfusion.serving.scoring.prepare import prepare_study
 from radfusion.serving.scoring.rows import RETRY_ON_RESUME, TIMING_COLUMNS, error_kind
 from radfusion.serving.scoring.score import score_archive
@@ -227,7 +227,8 @@ def test_zip_members_are_streamed_under_the_study_budget(tiny_cohort: Path, tmp_
         folder = paths[0].parent
     assert not folder.exists()  # the private folder is removed afterwards
     with (
-        pytest.raises(UploadTooLargeError, match="size limit"),
+        # Refused from the members' declared sizes, before any is written.
+        pytest.raises(UploadTooLargeError, match="zip members declare"),
         local_study_files(study, Budget.of(total - 1, len(study.files))),
     ):
         pass
@@ -238,10 +239,9 @@ def test_zip_members_are_streamed_under_the_study_budget(tiny_cohort: Path, tmp_
         pass
 
 
-def test_a_study_over_budget_is_its_own_error_row(tiny_cohort: Path, tiny_contract, tmp_path, monkeypatch) -> None:
+def test_a_study_over_budget_is_its_own_error_row(tiny_cohort: Path, tiny_contract, tmp_path) -> None:
     study = _zipped_study(tiny_cohort, tmp_path)
-    monkeypatch.setattr(sources, "Budget", lambda: Budget.of(1000, 10_000))
-    prepared = prepare_study(tiny_contract, study, PatientData())
+    prepared = prepare_study(tiny_contract, study, PatientData(), StudyBudget(max_bytes=1000))
     assert prepared.inputs is None and error_kind(prepared.row["error"]) == "upload_too_large"
 
 
@@ -249,7 +249,8 @@ def test_a_broken_zip_is_skipped_at_discovery_and_a_member_gone_later_is_bad_arc
     broken = tmp_path / "broken.zip"
     broken.write_bytes(b"PK\x03\x04 not really a zip")
     result = scan_unit(ScanUnit("zip", str(broken)))
-    assert result.found == [] and result.skipped[0].startswith("not a readable zip archive")
+    assert result.found == [] and result.skipped == [result.failed]
+    assert result.failed == "bad_archive: not a readable zip archive (BadZipFile)"
     study = StudyRef("1.2.3", "P", 1, files=(FileRef(str(broken), "a.dcm"),))
     with pytest.raises(BadArchiveError), local_study_files(study):
         pass
