@@ -118,6 +118,21 @@ class StudyOverBudgetError(RadfusionInputError):
     http_status = 413
 
 
+class UploadTooLargeError(RadfusionInputError):
+    """The study (request body, upload, archive study or DICOMweb retrieval) is larger
+    than the size or file-count limit."""
+
+    kind = "upload_too_large"
+    http_status = 413
+
+
+class ZipBombError(UploadTooLargeError):
+    """A zip member that declares far more bytes than it holds compressed (a zip bomb):
+    refused from its header, before anything is inflated."""
+
+    kind = "zip_bomb"
+
+
 class UnprocessableStudyError(RadfusionInputError):
     """The study's files broke the reader in a way it does not name (a malformed file
     it did not anticipate); the message says which file. Still the input's fault as far
@@ -153,14 +168,35 @@ def input_error(exc: BaseException, where: str = "study") -> RadfusionInputError
     """The one mapping from an exception raised while reading ``where`` (e.g. "file 3
     of 25") to a specific kind. The exception's message is never quoted: library
     messages can carry header values (names, IDs) and paths."""
+    exc = _underlying(exc)
     if isinstance(exc, RadfusionInputError):
         return exc
     if isinstance(exc, MemoryError):
         return StudyOverBudgetError(f"{where}: reading it ran out of memory")
     for cls, meaning in _CORRUPTION:
         if isinstance(exc, cls):
-            return CorruptDicomError(f"{where}: {meaning} ({type(exc).__name__})")
-    return UnprocessableStudyError(f"{where}: could not be read ({type(exc).__name__})")
+            return CorruptDicomError(f"{where}: {meaning} ({_name(exc)})")
+    return UnprocessableStudyError(f"{where}: could not be read ({_name(exc)})")
+
+
+def _underlying(exc: BaseException) -> BaseException:
+    """The exception that says what was wrong: pydicom reports a RecursionError (a
+    sequence nested thousands deep) as the OSError it raised while handling it, and
+    budget errors may surface wrapped by a library."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, (RecursionError, MemoryError, RadfusionInputError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+def _name(exc: BaseException) -> str:
+    """``zlib.error`` rather than zlib's bare ``error``."""
+    name = type(exc).__name__
+    return f"{type(exc).__module__}.{name}" if name == "error" else name
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from radfusion.errors import StudyOverBudgetError
+from radfusion.errors import StudyOverBudgetError, UploadTooLargeError, ZipBombError
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,17 @@ MAX_ZIP_RATIO = 200
 ZIP_RATIO_MIN_BYTES = 1024**2
 
 
+def check_zip_member(declared: int, compressed: int, bytes_left: int) -> None:
+    """One zip member's header (declared and compressed size) against the zip-bomb
+    ratio and what the study may still take: refused before it is inflated. The bytes
+    are counted again while inflating, because headers can lie."""
+    ratio = declared / max(compressed, 1)
+    if declared > ZIP_RATIO_MIN_BYTES and ratio > MAX_ZIP_RATIO:
+        raise ZipBombError(f"a zip member would expand {ratio:,.0f} times (at most {MAX_ZIP_RATIO}): refused")
+    if declared > bytes_left:
+        raise UploadTooLargeError(f"a zip member declares {declared:,} bytes; the study may take {bytes_left:,} more")
+
+
 @dataclass(frozen=True)
 class StudyBudget:
     """The cost one study may have. The defaults take a 1000-slice 512x512 CT with room
@@ -66,7 +77,8 @@ class StudyBudget:
 
 @dataclass
 class StudyClock:
-    """A budget being spent on one study: ``check_*`` raise StudyOverBudgetError."""
+    """A budget being spent on one study: ``check_*`` raise StudyOverBudgetError (the
+    cost of reading) or UploadTooLargeError (what the study holds)."""
 
     budget: StudyBudget
     started: float = field(default_factory=time.monotonic)
@@ -80,11 +92,11 @@ class StudyClock:
 
     def check_files(self, n_files: int) -> None:
         if n_files > self.budget.max_files:
-            raise StudyOverBudgetError(f"study holds {n_files:,} files; at most {self.budget.max_files:,}")
+            raise UploadTooLargeError(f"study holds {n_files:,} files; at most {self.budget.max_files:,}")
 
     def check_stored(self, n_bytes: int) -> None:
         if n_bytes > self.budget.max_bytes:
-            raise StudyOverBudgetError(
+            raise UploadTooLargeError(
                 f"study files hold {n_bytes / GIB:.2f} GiB; at most {self.budget.max_bytes / GIB:.2f} GiB"
             )
 

@@ -8,7 +8,7 @@ archive. A ``Budget`` of bytes and files is shared by every part of one study (o
 request, or one study of an archive), and a study over it is that study's
 UploadTooLargeError. The zip headers are checked before anything is decompressed (a
 member declaring more than the budget has left, members declaring more than it in all,
-or a member declaring more than ``MAX_RATIO`` times its compressed size: a zip bomb is
+or a member declaring more than ``radfusion.limits.MAX_ZIP_RATIO`` times its compressed size: a zip bomb is
 refused before its first byte is written), and the bytes are counted again while they
 are decompressed, because headers can lie."""
 
@@ -22,16 +22,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from radfusion.errors import RadfusionInputError
-from radfusion.limits import MAX_ZIP_RATIO, ZIP_RATIO_MIN_BYTES
+from radfusion.errors import RadfusionInputError, UploadTooLargeError
+from radfusion.limits import check_zip_member
 
 DEFAULT_MAX_STUDY_BYTES = 2 * 1024**3  # uncompressed, over all parts of one study
 DEFAULT_MAX_MEMBERS = 20_000
 _CHUNK = 1024 * 1024
-# Declared size / compressed size of one member beyond which it is a zip bomb, checked
-# for members above _RATIO_FLOOR only (radfusion.limits says why).
-MAX_RATIO = MAX_ZIP_RATIO
-_RATIO_FLOOR = ZIP_RATIO_MIN_BYTES
 
 
 class BadArchiveError(RadfusionInputError):
@@ -46,19 +42,6 @@ class UnsafeArchiveError(RadfusionInputError):
 
     kind = "unsafe_archive"
     http_status = 400
-
-
-class UploadTooLargeError(RadfusionInputError):
-    """The study (request body, upload, archive study or DICOMweb retrieval) is larger
-    than the size or file-count limit."""
-
-    kind = "upload_too_large"
-    http_status = 413
-
-
-class ZipBombError(UploadTooLargeError):
-    """A zip member that would expand far beyond its compressed size: refused from its
-    header, before anything is decompressed. The same kind as any study over its limit."""
 
 
 @dataclass
@@ -95,14 +78,8 @@ class Budget:
 
 
 def check_member(member: zipfile.ZipInfo, budget: Budget) -> None:
-    """One member's header against what ``budget`` has left and against MAX_RATIO."""
-    if member.file_size > _RATIO_FLOOR and member.file_size > MAX_RATIO * max(member.compress_size, 1):
-        ratio = member.file_size / max(member.compress_size, 1)
-        raise ZipBombError(f"a zip member would expand {ratio:,.0f} times (at most {MAX_RATIO}): refused as a zip bomb")
-    if member.file_size > budget.bytes_left:
-        raise UploadTooLargeError(
-            f"a zip member declares {member.file_size:,} bytes; the study may take {budget.bytes_left:,} more"
-        )
+    """One member's header against what ``budget`` has left and the zip-bomb ratio."""
+    check_zip_member(member.file_size, member.compress_size, budget.bytes_left)
 
 
 def is_dicom_file(path: Path) -> bool:

@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import IO
 
 import pydicom
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from radfusion.errors import StudyOverBudgetError, input_error
-from radfusion.limits import GIB, MAX_ZIP_RATIO, ZIP_RATIO_MIN_BYTES, StudyBudget
+from radfusion.dicom.bounded import read_bounded
+from radfusion.errors import UploadTooLargeError, input_error
+from radfusion.limits import GIB, StudyBudget, check_zip_member
 
 ZIP_SUFFIX = ".zip"
 DICOMDIR_NAME = "DICOMDIR"
@@ -127,18 +130,42 @@ def _unique(paths: list[Path]) -> list[Path]:
 
 
 def read_dataset(path: Path | str, max_bytes: int = MAX_FILE_BYTES, **kwargs) -> pydicom.Dataset:
-    """``pydicom.dcmread`` for a plain file or a zip member's virtual path. A member is
-    read under ``max_bytes`` (StudyOverBudgetError beyond it); with
-    ``stop_before_pixels`` it is streamed, so a header read inflates only the header."""
+    """``pydicom.dcmread`` for a plain file or a zip member's virtual path, under
+    ``max_bytes``: a zip member's inflated bytes and a Deflated file's inflated body are
+    counted (radfusion.dicom.bounded), beyond them the file is refused. With
+    ``stop_before_pixels`` a member is streamed, so a header read inflates only the header."""
     path = Path(path)
     located = _zip_member(path)
     if located is None:
-        return pydicom.dcmread(path, **kwargs)
+        if not _deflated(path):
+            return pydicom.dcmread(path, **kwargs)
+        with open(path, "rb") as handle:
+            return _read_bounded(handle, max_bytes, kwargs)
     archive, member = located
     if kwargs.get("stop_before_pixels"):
         with _open_member(archive, member, max_bytes) as stream:
-            return pydicom.dcmread(stream, **kwargs)
-    return pydicom.dcmread(io.BytesIO(_read_member(archive, member, max_bytes)), **kwargs)
+            return _read_bounded(stream, max_bytes, kwargs)
+    return _read_bounded(io.BytesIO(_read_member(archive, member, max_bytes)), max_bytes, kwargs)
+
+
+def _deflated(path: Path) -> bool:
+    """Whether the file's meta header declares a deflated body (pydicom would inflate
+    all of it at once). A file without a readable meta header is left to dcmread."""
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - dcmread reports what is wrong with the file
+        return False
+    return meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+
+
+def _read_bounded(stream: IO[bytes], max_bytes: int, kwargs: dict) -> pydicom.Dataset:
+    # Values are bounded by max_bytes here; deferring them would need a file to reopen.
+    return read_bounded(
+        stream,
+        max_bytes,
+        stop_before_pixels=bool(kwargs.get("stop_before_pixels")),
+        specific_tags=kwargs.get("specific_tags"),
+    )
 
 
 def stored_size(path: Path) -> int:
@@ -179,15 +206,7 @@ def _member_info(handle: zipfile.ZipFile, member: str, max_bytes: int) -> zipfil
         info = handle.getinfo(member)
     except KeyError as exc:
         raise FileNotFoundError("no such member in the zip archive") from exc
-    if info.file_size > max_bytes:
-        raise StudyOverBudgetError(
-            f"zip member declares {info.file_size / GIB:.2f} GiB uncompressed; at most {max_bytes / GIB:.2f} GiB"
-        )
-    ratio = info.file_size / max(info.compress_size, 1)
-    if info.file_size > ZIP_RATIO_MIN_BYTES and ratio > MAX_ZIP_RATIO:
-        raise StudyOverBudgetError(
-            f"zip member inflates {ratio:.0f} times its compressed size (a zip bomb); at most {MAX_ZIP_RATIO}"
-        )
+    check_zip_member(info.file_size, info.compress_size, max_bytes)
     return info
 
 
@@ -207,7 +226,7 @@ def _read_member(archive: Path, member: str, max_bytes: int) -> bytes:
         while chunk := stream.read(_CHUNK):
             total += len(chunk)
             if total > max_bytes:
-                raise StudyOverBudgetError(f"zip member inflates beyond {max_bytes / GIB:.2f} GiB")
+                raise UploadTooLargeError(f"zip member inflates beyond {max_bytes / GIB:.2f} GiB")
             chunks.append(chunk)
     return b"".join(chunks)
 

@@ -33,7 +33,6 @@ from radfusion.serving.scoring.sources import (
     StudyRef,
     local_study_files,
     scan_unit,
-    underlying,
 )
 from radfusion.serving.study_files import Budget
 
@@ -62,7 +61,7 @@ def prepare_study(
             fill_series(row, case.study)
     except Exception as exc:  # noqa: BLE001 - one study never stops the archive
         # input_error keeps the kind and never quotes the library's message (names, IDs, paths).
-        error = input_error(underlying(exc), "the study's files")
+        error = input_error(exc, "the study's files")
         row["error"] = f"{error.kind}: {error.message}"
         inputs = None
     row["prepare_seconds"] = time.perf_counter() - started

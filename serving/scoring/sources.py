@@ -39,21 +39,19 @@ import stat
 import sys
 import tempfile
 import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, BinaryIO, cast
+from typing import IO
 
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from radfusion.errors import StudyOverBudgetError, input_error
+from radfusion.dicom.bounded import read_bounded
+from radfusion.errors import input_error
 from radfusion.serving.dicomweb import DicomwebPolicy, DicomwebRef, fetch_study, search_studies
 from radfusion.serving.study_files import (
     BadArchiveError,
@@ -165,7 +163,7 @@ def scan_unit(unit: ScanUnit) -> ScanResult:
                 path = Path(unit.path) / name
                 _add_instance(result, functools.partial(_read_file_ids, path), FileRef(str(path)))
     except Exception as exc:  # noqa: BLE001 - one unit never stops the walk
-        error = input_error(underlying(exc), "the unit")
+        error = input_error(exc, "the unit")
         result.failed = f"{error.kind}: {error.message}"
     return result
 
@@ -194,16 +192,8 @@ def _read_file_ids(path: Path) -> Dataset:
 
 def _read_ids(source: IO[bytes]) -> Dataset:
     """PatientID, StudyInstanceUID and SeriesInstanceUID of one file (or zip member),
-    reading no further than HEADER_LIMIT bytes of it."""
-    stream = _Bounded(source, HEADER_LIMIT)
-    read_preamble(cast(BinaryIO, stream), False)
-    meta = _read_file_meta_info(cast(BinaryIO, stream))
-    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        # pydicom would inflate the whole rest of the file into memory first.
-        body = _Inflated(stream, HEADER_LIMIT)
-        return read_dataset(cast(BinaryIO, body), False, True, stop_when=_past_ids, specific_tags=list(_ID_TAGS))
-    stream.seek(0)
-    return read_partial(cast(BinaryIO, stream), stop_when=_past_ids, specific_tags=list(_ID_TAGS))
+    reading (or inflating) no further than HEADER_LIMIT bytes of it."""
+    return read_bounded(source, HEADER_LIMIT, stop_when=_past_ids, specific_tags=list(_ID_TAGS))
 
 
 class _NotAFile(OSError):
@@ -213,83 +203,6 @@ class _NotAFile(OSError):
 class _NestedZip(Exception):
     """A zip member that is itself a zip: not opened (a zip-in-zip is a classic bomb
     vector, and an archive's layout never needs one)."""
-
-
-class _HeaderTooLarge(StudyOverBudgetError):
-    def __init__(self) -> None:
-        super().__init__(f"its identifiers are not within the first {HEADER_LIMIT // 1024**2} MiB")
-
-
-class _Bounded:
-    """``source`` (a file or zip member, seekable), read no further than ``limit``:
-    a length that points beyond it is refused before it is read."""
-
-    def __init__(self, source: IO[bytes], limit: int):
-        self._source, self._limit = source, limit
-        self.name = None  # pydicom names the file in messages when it can: never here
-
-    def left(self) -> int:
-        return self._limit - self._source.tell()
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0 or size > self.left():
-            raise _HeaderTooLarge()
-        return self._source.read(size)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        # Checked before seeking: a zip member seeks forward by inflating.
-        if whence == os.SEEK_CUR:
-            offset, whence = self._source.tell() + offset, os.SEEK_SET
-        if whence != os.SEEK_SET:
-            raise OSError("discovery reads from the start of a file only")
-        if offset > self._limit:
-            raise _HeaderTooLarge()
-        return self._source.seek(offset)
-
-    def tell(self) -> int:
-        return self._source.tell()
-
-
-class _Inflated:
-    """The deflated rest of ``source``, inflated only as far as it is read (at most
-    ``limit`` bytes), seekable within what was inflated."""
-
-    _PULL = 64 * 1024
-
-    def __init__(self, source: _Bounded, limit: int):
-        self._source, self._limit = source, limit
-        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        self._data = bytearray()
-        self._position = 0
-        self.name = None
-
-    def _inflate_to(self, end: int) -> None:
-        if end > self._limit:
-            raise _HeaderTooLarge()
-        while len(self._data) < end and not self._inflater.eof:
-            compressed = self._inflater.unconsumed_tail or self._source.read(min(self._PULL, self._source.left()))
-            if not compressed:
-                return  # truncated: pydicom sees the end of the file
-            self._data += self._inflater.decompress(compressed, end - len(self._data))
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            raise _HeaderTooLarge()
-        self._inflate_to(self._position + size)
-        chunk = bytes(self._data[self._position : self._position + size])
-        self._position += len(chunk)
-        return chunk
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
-        if base is None:
-            raise OSError("seek from the end of a deflated stream")
-        self._inflate_to(base + offset)
-        self._position = min(base + offset, len(self._data))
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
 
 
 def _add_instance(result: ScanResult, read, ref: FileRef) -> None:
@@ -329,21 +242,8 @@ def _skip_reason(exc: Exception) -> str:
         return "not a regular file (a FIFO, socket or device)"
     if isinstance(exc, _NestedZip):
         return "a zip inside a zip archive: not read"
-    error = input_error(underlying(exc), "file")
+    error = input_error(exc, "file")
     return f"{error.kind}: {error.message}"
-
-
-def underlying(exc: BaseException) -> BaseException:
-    """The exception that says what was wrong: pydicom reports a RecursionError (a
-    sequence nested thousands deep) as the OSError it raised while handling it."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            break
-        if isinstance(seen, (RecursionError, MemoryError)):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return exc
 
 
 def _scan_zip(path: Path, result: ScanResult) -> None:

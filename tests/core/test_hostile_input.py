@@ -18,6 +18,7 @@ import time
 import tracemalloc
 import warnings
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def _pixel_offset(data: bytes) -> int:
             "an unknown value representation or encoding (NotImplementedError)",
         ),
         (lambda p: nested(p.read_bytes()), "elements nested too deeply (RecursionError)"),
-        (deflate_claim, "deflated data that cannot be inflated (error)"),
+        (deflate_claim, "deflated data that cannot be inflated (zlib.error)"),
         (lambda p: p.read_bytes()[:64], "InvalidDicomError"),  # inside the preamble
         (lambda p: p.read_bytes()[:200], "InvalidDicomError"),  # inside the meta header
         (lambda p: p.read_bytes()[: _element(p.read_bytes(), 0x0020, 0x000D)], "InvalidDicomError"),  # no study
@@ -179,8 +180,9 @@ def test_an_unreadable_main_series_is_named_when_no_usable_series_is_left(tmp_pa
     outcome = _outcome(lambda: read_study_image(tmp_path, GEOMETRY))
     assert outcome == (
         "no_image_series: no usable image series (localizer image type (localizer/scout/derived)); 9 unreadable"
-        " files: file 1 of 10: deflated data that cannot be inflated (error); file 2 of 10: deflated data that"
-        " cannot be inflated (error); file 3 of 10: deflated data that cannot be inflated (error); file 4 of 10:"
+        " files: file 1 of 10: deflated data that cannot be inflated (zlib.error); file 2 of 10: deflated data"
+        " that cannot be inflated (zlib.error); file 3 of 10: deflated data that cannot be inflated (zlib.error);"
+        " file 4 of 10:"
         " InvalidDicomError; file 5 of 10: InvalidDicomError; file 6 of 10: InvalidDicomError; file 7 of 10:"
         " InvalidDicomError; file 8 of 10: InvalidDicomError; file 9 of 10: InvalidDicomError"
     )
@@ -236,7 +238,7 @@ def test_a_corrupt_zip_member_is_skipped_and_a_broken_archive_too(tmp_path: Path
     archive.write_bytes(bytes(data))
     discovery = find_studies(tmp_path / "in")
     assert discovery.skipped == [
-        (archive / info.filename, UNREADABLE + "deflated data that cannot be inflated (error)")
+        (archive / info.filename, UNREADABLE + "deflated data that cannot be inflated (zlib.error)")
     ]
     assert sum(len(s.instances) for s in discovery.studies.values()) == 8
     assert read_study_image(archive, GEOMETRY).image.shape == (1, 9, 5, 4)
@@ -259,7 +261,7 @@ def test_a_zip_bomb_member_is_refused_before_it_is_inflated(tmp_path: Path) -> N
         tracemalloc.stop()
     [(path, reason)] = discovery.skipped
     assert path == archive / "study/huge.dcm"
-    assert reason == UNREADABLE + "zip member inflates 1029 times its compressed size (a zip bomb); at most 200"
+    assert reason == UNREADABLE + "a zip member would expand 1,029 times (at most 200): refused"
     assert peak < 2 * 1024**2  # nothing near the 64 MiB was inflated
 
 
@@ -272,12 +274,15 @@ def test_zip_members_are_read_under_a_byte_bound(tmp_path: Path) -> None:
     assert read_dataset(member, stop_before_pixels=True).Rows == 5
     with pytest.raises(RadfusionInputError) as refused:
         read_dataset(member, max_bytes=info.file_size - 1)
-    assert refused.value.kind == "study_over_budget"
-    assert refused.value.message == "zip member declares 0.00 GiB uncompressed; at most 0.00 GiB"
+    assert refused.value.kind == "upload_too_large"
+    assert (
+        refused.value.message
+        == f"a zip member declares {info.file_size:,} bytes; the study may take {info.file_size - 1:,} more"
+    )
     assert read_dataset(member, max_bytes=info.file_size).SOPInstanceUID == pydicom.dcmread(paths[0]).SOPInstanceUID
     # the budget of read_study_image takes the members' declared sizes, before any is read
     over = _outcome(lambda: read_study_image(archive, GEOMETRY, budget=_budget(max_bytes=info.file_size * 8)))
-    assert over.startswith("study_over_budget: study files hold")
+    assert over.startswith("upload_too_large: study files hold")
 
 
 def test_a_damaged_dicomdir_is_skipped_and_the_walk_goes_on(tmp_path: Path) -> None:
@@ -532,3 +537,31 @@ def test_seeded_mutations_of_a_real_study_read_or_fail_with_a_specific_kind(
     assert sum(outcomes.values()) == 50
     assert outcomes["unprocessable_study"] <= 0.01 * 50, outcomes
     assert outcomes["read"] > 0 and len(outcomes) > 1, outcomes  # the corpus really damages files
+
+
+def test_a_deflated_file_is_inflated_no_further_than_the_byte_bound(tmp_path: Path) -> None:
+    """pydicom inflates a Deflated body whole before parsing it: a few kilobytes of
+    zeros behind a deflated meta header become gigabytes. Read under a bound, the file
+    is refused once the bound is reached, and a header read inflates only the header."""
+    source = pydicom.dcmread(_series(tmp_path / "files")[0])
+    source.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    deflated = tmp_path / "deflated.dcm"
+    source.save_as(deflated, enforce_file_format=True)
+    assert read_dataset(deflated).Rows == 5  # a real deflated file reads as before
+    bomb = tmp_path / "bomb.dcm"
+    raw = deflated.read_bytes()
+    body = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    padding = b"\x09\x00\x10\x00UN\x00\x00" + struct.pack("<I", 512 * 1024**2)  # a 512 MiB private element
+    zeros = body.compress(padding) + b"".join(body.compress(bytes(1024**2)) for _ in range(512)) + body.flush()
+    meta_end = 132 + 12 + struct.unpack("<I", raw[140:144])[0]  # FileMetaInformationGroupLength
+    bomb.write_bytes(raw[:meta_end] + zeros)
+    assert bomb.stat().st_size < 1024**2
+    tracemalloc.start()
+    try:
+        with pytest.raises(RadfusionInputError) as refused:
+            read_dataset(bomb, max_bytes=64 * 1024**2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.kind == "upload_too_large"
+    assert peak < 100 * 1024**2  # not the 512 MiB pydicom would have inflated

@@ -55,9 +55,11 @@ def test_each_check_passes_at_its_limit_and_refuses_beyond_it() -> None:
     }
     messages = {}
     for name, check in refusals.items():
-        with pytest.raises(StudyOverBudgetError) as info:
+        with pytest.raises(RadfusionInputError) as info:
             check()
-        assert info.value.kind == "study_over_budget" and info.value.http_status == 413
+        # what the study holds is upload_too_large, what reading it costs study_over_budget
+        expected = "upload_too_large" if name in ("files", "stored") else "study_over_budget"
+        assert info.value.kind == expected and info.value.http_status == 413
         messages[name] = info.value.message
     assert messages == {
         "files": "study holds 11 files; at most 10",
@@ -100,8 +102,8 @@ def test_the_study_budget_is_spent_before_each_piece_of_work(series: Path) -> No
         name: _outcome(lambda b=budget: read_study_image(series, GEOMETRY, budget=b))
         for name, budget in refused.items()
     }
-    assert outcomes["files"] == "study_over_budget: study holds 9 files; at most 8"
-    assert outcomes["stored"].startswith("study_over_budget: study files hold 0.00 GiB")
+    assert outcomes["files"] == "upload_too_large: study holds 9 files; at most 8"
+    assert outcomes["stored"].startswith("upload_too_large: study files hold 0.00 GiB")
     assert outcomes["decoded"].startswith("study_over_budget: series would decode to")
     assert outcomes["voxels"] == "study_over_budget: resampling would produce 180 voxels; at most 179"
     assert outcomes["seconds"] == (
@@ -115,7 +117,7 @@ def test_prepare_case_takes_the_budget_too(series: Path) -> None:
     )
     assert prepare_case(contract, series, None).inputs.modalities_used == ["image"]
     assert _outcome(lambda: prepare_case(contract, series, None, budget=StudyBudget(max_files=3))) == (
-        "study_over_budget: study holds 9 files; at most 3"
+        "upload_too_large: study holds 9 files; at most 3"
     )
 
 
