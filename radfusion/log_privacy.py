@@ -11,7 +11,9 @@ logging:
 * DICOM UIDs (dotted numbers of five or more parts) become ``<uid>``;
 * file paths with two or more components become ``<path>``;
 * in records from other libraries, quoted values become ``<value>``;
-* exception tracebacks are formatted and rewritten the same way.
+* each message is one printable line (a peer's control characters cannot forge lines);
+* radfusion's tracebacks are formatted and rewritten the same way; another library's
+  are reduced to the exception's type.
 
 Call ``install()`` once at the start of every process that reads studies (the scorer
 and its workers, each service worker, the PACS listener)."""
@@ -47,21 +49,32 @@ def _own(name: str) -> bool:
 
 
 def redact_record(record: logging.LogRecord) -> logging.LogRecord:
-    """Rewrite ``record`` in place: its message (arguments merged in) and traceback."""
-    quoted = not _own(record.name)
+    """Rewrite ``record`` in place: its message (arguments merged in) on one printable
+    line, and its traceback (another library's becomes the exception's type only)."""
+    own = _own(record.name)
     try:
         message = record.getMessage()
     except Exception:  # noqa: BLE001 - a malformed record must still be logged, redacted
         message = f"{record.msg!s} {record.args!r}"
-    record.msg = redact(message, quoted=quoted)
-    record.args = None
     if record.exc_info and record.exc_info[0] is not None:
-        text = "".join(traceback.format_exception(*record.exc_info))
-        record.exc_text = redact(text.rstrip("\n"), quoted=True)
+        if own:
+            text = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_text = redact(text.rstrip("\n"), quoted=True)
+        else:
+            # A peer's bytes (an AE title of control characters, a PDU that cannot be
+            # decoded) end in library tracebacks that say nothing an operator can act on.
+            message = f"{message} ({record.exc_info[0].__name__})"
         record.exc_info = None
+    record.msg = _printable(redact(message, quoted=not own))
+    record.args = None
     if record.stack_info:
         record.stack_info = redact(record.stack_info, quoted=True)
     return record
+
+
+def _printable(text: str) -> str:
+    """One line, control characters shown as '?': a peer cannot forge log lines."""
+    return "".join(ch if ch.isprintable() else "?" for ch in " ".join(text.splitlines()))
 
 
 def install() -> None:

@@ -26,6 +26,7 @@ ERROR_MODULES = (
     "radfusion.serving.http.overload",
     "radfusion.serving.http.stow",
     "radfusion.serving.http.service",
+    "radfusion.serving.pacs.completeness",
 )
 
 

@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from radfusion import log_privacy
+
 STOW_TOKEN_ENV = "RADFUSION_STOW_TOKEN"
 
 
@@ -43,7 +45,28 @@ def _listen_parser(sub: argparse._SubParsersAction) -> None:
         "--quiet-seconds",
         type=float,
         default=30.0,
-        help="a study is complete after this long without a new instance (default 30)",
+        help="a study is complete after this long without a new instance, counted from the listener's"
+        " start for what arrived before it (default 30)",
+    )
+    p.add_argument(
+        "--max-wait-seconds",
+        type=float,
+        default=600.0,
+        help="a quiet study whose headers show missing instances waits this long for them, then is scored"
+        " with what arrived and the SR says so (default 600)",
+    )
+    p.add_argument(
+        "--report-failures",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send the PACS an SR saying why a study has no result (default: on)",
+    )
+    p.add_argument(
+        "--keep-hours",
+        type=float,
+        default=24.0,
+        help="delete a study's received instances and SR files this long after it was sent or failed;"
+        " negative: keep them (default 24)",
     )
     p.add_argument(
         "--send-to",
@@ -57,7 +80,8 @@ def _listen_parser(sub: argparse._SubParsersAction) -> None:
         "--on-resend",
         choices=["ignore", "rescore"],
         default="ignore",
-        help="a scored study received again: ignore it (default) or score it again as a new SR version",
+        help="instances of a scored study received again: ignore them (default) or score it again as a new"
+        " SR version (instances it did not have always re-score it)",
     )
     p.add_argument(
         "--max-attempts", type=int, default=5, help="attempts to score/send before a study fails (default 5)"
@@ -114,6 +138,9 @@ def _listen(args: argparse.Namespace) -> None:
         genomics=Path(args.genomics) if args.genomics else None,
         clinical=Path(args.clinical) if args.clinical else None,
         quiet_seconds=args.quiet_seconds,
+        max_wait_seconds=args.max_wait_seconds,
+        report_failures=args.report_failures,
+        keep_hours=None if args.keep_hours < 0 else args.keep_hours,
         send_to=peers,
         stow_url=args.stow_url,
         stow_token=os.environ.get(STOW_TOKEN_ENV) or None,
@@ -146,13 +173,20 @@ def _pacs_status(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2) if args.json else format_table(report))
 
 
-def main(argv: list[str]) -> None:
-    args = build_parser().parse_args(argv)
+def _configure_logging() -> None:
+    # Every record is rewritten before any handler sees it: no UID, path or quoted
+    # header value reaches the log, whoever logs it (pydicom warnings included).
+    log_privacy.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pynetdicom and highdicom log associations and copied attributes at INFO, with
-    # AE titles and UIDs: keep only their warnings.
+    # pynetdicom and highdicom log associations and copied attributes at INFO and
+    # DEBUG, with AE titles and UIDs: keep only their warnings.
     for noisy in ("pynetdicom", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    _configure_logging()
     {"listen": _listen, "pacs-status": _pacs_status}[args.command](args)
 
 

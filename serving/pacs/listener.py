@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radfusion.limits import StudyBudget
 from radfusion.runtime import OnnxModel
 from radfusion.serving.pacs.pipeline import Pipeline, RetryPolicy
 from radfusion.serving.pacs.predict import StudyPredictor
@@ -33,6 +34,10 @@ class ListenerConfig:
     genomics: Path | None = None
     clinical: Path | None = None
     quiet_seconds: float = 30.0
+    max_wait_seconds: float = 600.0  # a quiet study with instances missing waits this long for them
+    report_failures: bool = True  # a study that cannot be scored gets an SR saying why
+    keep_hours: float | None = 24.0  # received files kept after the final SR; None: for ever
+    budget: StudyBudget = field(default_factory=StudyBudget)
     send_to: list[DicomPeer] = field(default_factory=list)
     stow_url: str | None = None
     stow_token: str | None = None
@@ -46,7 +51,7 @@ class ListenerConfig:
 def build_pipeline(config: ListenerConfig, state: StudyState, work: WorkDir) -> Pipeline:
     model = OnnxModel(config.model, device=config.device)
     patients = PatientTables.from_paths(model.contract, config.genomics, config.clinical)
-    predictor = StudyPredictor(model, patients)
+    predictor = StudyPredictor(model, patients, config.budget)
     senders: list[CStoreSender | StowSender] = [CStoreSender(peer, config.ae_title) for peer in config.send_to]
     if config.stow_url:
         senders.append(StowSender(config.stow_url, config.stow_token))
@@ -59,7 +64,17 @@ def build_pipeline(config: ListenerConfig, state: StudyState, work: WorkDir) -> 
         _table_note(patients.clinical, model.contract.uses_clinical),
         ", ".join(map(str, senders)) or "none (SRs stay on disk)",
     )
-    return Pipeline(state, work, predictor, senders, config.quiet_seconds, config.retry)
+    return Pipeline(
+        state,
+        work,
+        predictor,
+        senders,
+        config.quiet_seconds,
+        config.retry,
+        max_wait_seconds=config.max_wait_seconds,
+        report_failures=config.report_failures,
+        keep_seconds=None if config.keep_hours is None else config.keep_hours * 3600.0,
+    )
 
 
 def _table_note(table, used: bool) -> str:
@@ -108,6 +123,14 @@ def run_listener(config: ListenerConfig, stop: threading.Event | None = None) ->
         config.port,
         ", ".join(config.allowed_calling) or "any",
         state.counts(),
+    )
+    log.info(
+        "a study is complete %g s after its last instance (up to %g s more while instances are missing);"
+        " failure reports: %s; received files kept %s after the final SR",
+        config.quiet_seconds,
+        config.max_wait_seconds,
+        "on" if config.report_failures else "off",
+        "for ever" if config.keep_hours is None else f"{config.keep_hours:g} h",
     )
     try:
         while not stop.is_set():

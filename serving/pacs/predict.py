@@ -2,7 +2,11 @@
 HTTP service (radfusion.predictor). Genomics and clinical covariates come from the
 configured tables, looked up by the study's PatientID with the scorer's lookup
 (serving/patients.py): a patient without a row is scored without that input
-when the model allows it, and the result says where each input came from."""
+when the model allows it, and the result says where each input came from.
+
+Reading the received files is the listener's one boundary for bytes from outside:
+whatever a file holds, it fails here with a specific input error kind
+(radfusion.errors.input_error), within the study's budget (radfusion.limits)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from radfusion.errors import input_error
+from radfusion.limits import StudyBudget
 from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase, format_prediction, prepare_case, stack_inputs
 from radfusion.runtime import OnnxModel
@@ -31,18 +37,23 @@ class StudyPrediction:
 
 
 class StudyPredictor:
-    def __init__(self, model: OnnxModel, patients: PatientTables):
+    def __init__(self, model: OnnxModel, patients: PatientTables, budget: StudyBudget | None = None):
         self.model = model
         self.contract = model.contract
         self.patients = patients
+        self.budget = budget or StudyBudget()
 
     def predict(self, paths: Sequence[Path]) -> StudyPrediction:
         """Raises a RadfusionInputError subclass for a study the model cannot take
         (PatientDataMissingError: the tables lack an input the model requires;
-        NonFiniteOutputError: the model's output for it is NaN/inf)."""
+        NonFiniteOutputError: the model's output for it is NaN/inf; any kind of
+        radfusion.errors for the files themselves)."""
         patient = self.patients.lookup(patient_id_of(paths))
         patient.check()
-        case = prepare_case(self.contract, list(paths), patient.genomics, patient.clinical)
+        try:
+            case = prepare_case(self.contract, list(paths), patient.genomics, patient.clinical, budget=self.budget)
+        except Exception as exc:  # the boundary: received bytes never escape as a library error
+            raise input_error(exc, where=f"study of {len(paths)} instances") from exc
         (outputs,) = self.model.run(*stack_inputs([case.inputs]))
         prediction = Prediction.from_outputs(self.contract, outputs)
         result = format_prediction(self.contract, case, prediction)

@@ -4,7 +4,12 @@ transfer syntax pydicom can hold, from the calling AE titles it is configured to
 Each instance is written to disk and recorded in the state before the C-STORE is
 answered with success: whatever the sender was told is stored, is. A failure to store
 is answered with a DICOM failure status (the sender keeps the instance and retries),
-never by dropping the association."""
+never by dropping the association. A dataset that cannot be decoded fails alone (status
+0xC000); the association and the listener go on.
+
+A refused association is logged with the AE titles it named, made printable (a calling
+AE title of control characters or spaces is what a port scanner or a broken peer sends),
+and nothing else about the peer."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import, via globals()
 from pynetdicom.transport import ThreadedAssociationServer
 
+from radfusion.serving.pacs.completeness import hints_of
 from radfusion.serving.pacs.state import Arrival, OnResend, StudyState
 from radfusion.serving.pacs.storage import WorkDir, study_key, write_durably
 
@@ -26,6 +32,8 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: out of resources (disk)
 STATUS_CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand (no study/series UID)
 STATUS_PROCESSING_FAILURE = 0x0110
+# UIDs are at most 64 characters; some archives hold longer ones, none a kilobyte.
+MAX_UID_LENGTH = 128
 
 
 class StoreHandler:
@@ -47,12 +55,23 @@ class StoreHandler:
         except Exception as exc:  # noqa: BLE001 - a dataset pydicom cannot parse, or without UIDs: refused
             log.warning("C-STORE refused: dataset cannot be read (%s)", type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
+        if not all(0 < len(uid) <= MAX_UID_LENGTH for uid in (sop_uid, study_uid, series_uid)):
+            log.warning("C-STORE refused: an empty or over-long study, series or instance UID")
+            return STATUS_CANNOT_UNDERSTAND
         path = self.work.instance_path(study_uid, sop_uid)
         try:
-            if not path.exists():  # a re-sent instance keeps its first copy
+            written = not path.exists()  # a re-sent instance keeps its first copy
+            if written:
                 write_durably(path, event.encoded_dataset(include_meta=True))
             arrival = self.state.record_instance(
-                study_uid, series_uid, sop_uid, sop_class_uid, str(path), self.on_resend
+                study_uid,
+                series_uid,
+                sop_uid,
+                sop_class_uid,
+                str(path),
+                self.on_resend,
+                hints=hints_of(dataset),
+                file_restored=written,
             )
         except OSError as exc:
             log.error("C-STORE refused: cannot store instance (%s)", type(exc).__name__)
@@ -60,10 +79,36 @@ class StoreHandler:
         except Exception as exc:
             log.exception("C-STORE failed (%s)", type(exc).__name__)
             return STATUS_PROCESSING_FAILURE
-        if arrival is Arrival.OWN_RESULT:
+        if arrival in (Arrival.OWN_RESULT, Arrival.DISCARDED):
             path.unlink(missing_ok=True)
+            self.work.remove_study_dir(study_uid)
         log.debug("C-STORE %s instance of study %s", arrival.value, study_key(study_uid))
         return STATUS_SUCCESS
+
+
+def printable_ae_title(value: object) -> str:
+    """An AE title fit for a log line: printable ASCII only, at most 16 characters."""
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text[:16]).strip()
+    return repr(cleaned) if cleaned else "(blank)"
+
+
+def log_rejected(event: evt.Event) -> None:
+    """EVT_REJECTED: which AE title was refused (no address, no other identifier)."""
+    try:
+        assoc = event.assoc
+        calling = assoc.requestor.ae_title
+        called = getattr(assoc.requestor.primitive, "called_ae_title", "")
+        allowed = [a.strip() for a in assoc.ae.require_calling_aet]
+        if allowed and calling not in allowed:
+            reason = f"calling AE title {printable_ae_title(calling)} is not allowed"
+        elif str(called).strip() != assoc.acceptor.ae_title.strip():
+            reason = f"called AE title {printable_ae_title(called)} is not this listener's"
+        else:
+            reason = "too many associations"
+        log.warning("association refused: %s", reason)
+    except Exception as exc:  # noqa: BLE001 - a log line must not break the refusal
+        log.warning("association refused (%s)", type(exc).__name__)
 
 
 def build_ae(ae_title: str, allowed_calling: Sequence[str]) -> AE:
@@ -86,6 +131,8 @@ def start_scp(
 ) -> ThreadedAssociationServer:
     """Start listening in background threads; ``.shutdown()`` stops it."""
     ae = build_ae(ae_title, allowed_calling)
-    server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
+    server = ae.start_server(
+        (host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler), (evt.EVT_REJECTED, log_rejected)]
+    )
     assert server is not None  # non-blocking: start_server returns the running server
     return server

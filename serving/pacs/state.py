@@ -1,15 +1,24 @@
 """Listener state in SQLite: every study and instance the listener has accepted, and
 where each study stands.
 
-    received --quiet period--> pending --scored--> scored --sent--> sent
-        ^                         |                   |
-        '-- more instances -------'    retry with backoff, then failed
+    received --quiet and complete--> pending --scored--> scored --sent--> sent
+        ^                               |                    |
+        '-- more instances -------------'    retry with backoff, then failed
 
 A study is committed here before its instances are acknowledged to the sender, so a
-restart finds every acknowledged study and resumes it from its status. Status changes
-made by the pipeline are conditional on the status it read: a study that received new
+restart finds every acknowledged study and resumes it from its status; each instance's
+arrival time and what its header says about its series (serving/pacs/completeness.py)
+are kept, so completeness is judged the same way after a restart. Status changes made
+by the pipeline are conditional on the status it read: a study that received new
 instances while it was being scored goes back to ``received`` and the stale result is
-dropped instead of sent."""
+dropped instead of sent.
+
+New instances reopen a study in any status, scored and sent included: the next SR
+supersedes the last one sent. Every SR document issued (prediction, or the failure
+report of a study that could not be scored) is a row of ``results``: its version, what
+it was based on, whether it was delivered. ``purged`` marks a study whose received
+files were deleted after the retention period; its rows stay, as the record of what
+was received."""
 
 from __future__ import annotations
 
@@ -26,17 +35,21 @@ from typing import Any
 
 
 class Status(StrEnum):
-    RECEIVED = "received"  # instances arriving; not yet quiet long enough
+    RECEIVED = "received"  # instances arriving; not yet quiet and complete
     PENDING = "pending"  # complete, waiting to be scored (or to retry scoring)
     SCORED = "scored"  # SR written to disk, waiting to be sent (or to retry sending)
     SENT = "sent"  # SR delivered to every destination
     FAILED = "failed"  # bad input, or out of attempts
 
 
-class OnResend(StrEnum):
-    """What a study that was already scored does when its instances arrive again."""
+FINAL = (Status.SENT, Status.FAILED)
 
-    IGNORE = "ignore"  # scored once; re-sent instances are stored but change nothing
+
+class OnResend(StrEnum):
+    """What a study that was already scored does when instances it already has arrive
+    again. (Instances it did not have always reopen it.)"""
+
+    IGNORE = "ignore"  # re-sent instances are stored but change nothing
     RESCORE = "rescore"  # scored again; the new SR is the next version of the old one
 
 
@@ -44,6 +57,7 @@ class Arrival(StrEnum):
     NEW = "new"
     DUPLICATE = "duplicate"
     OWN_RESULT = "own_result"  # one of our SRs coming back from the PACS
+    DISCARDED = "discarded"  # a re-sent instance of a study whose files were deleted, which it does not reopen
 
 
 @dataclass(frozen=True)
@@ -57,12 +71,13 @@ class StudyRecord:
     next_attempt: float
     last_error: str | None
     failed_at: str | None  # the status a failed study failed in (pending: scoring, scored: sending)
-    version: int
+    version: int  # SR documents issued so far (predictions and failure reports)
     sr_series_uid: str | None
-    sr_sop_uid: str | None
+    sr_sop_uid: str | None  # the latest prediction SR
     sr_path: str | None
     result: dict[str, Any] | None
     updated: float
+    purged: float | None = None  # when the received files were deleted
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,29 @@ class InstanceRecord:
     series_uid: str
     sop_class_uid: str
     path: str
+    received: float
+    hints: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SentReport:
+    """A prediction SR that was delivered."""
+
+    sop_uid: str
+    series_uid: str
+    version: int
+    n_instances: int | None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A failure report waiting to be delivered."""
+
+    study_uid: str
+    sop_uid: str
+    version: int
+    path: str
+    attempts: int
 
 
 _SCHEMA = """
@@ -108,6 +146,23 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 
+# Columns added since the first release: a state file written by an older listener
+# gets them when it is opened (and its delivered SRs are marked as such).
+_ADDED_COLUMNS = (
+    ("studies", "purged", "REAL"),
+    ("instances", "hints", "TEXT"),
+    ("results", "kind", "TEXT NOT NULL DEFAULT 'prediction'"),
+    ("results", "path", "TEXT"),
+    ("results", "n_instances", "INTEGER"),
+    ("results", "sent", "REAL"),
+    ("results", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("results", "next_attempt", "REAL NOT NULL DEFAULT 0"),
+)
+_BACKFILL_SENT = """
+UPDATE results SET sent = (SELECT s.updated FROM studies s WHERE s.study_uid = results.study_uid)
+WHERE sent IS NULL AND sop_uid IN (SELECT sr_sop_uid FROM studies WHERE status = 'sent')
+"""
+
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
     """Delay before attempt ``attempts + 1``: base, 2 base, 4 base, ... up to cap."""
@@ -128,6 +183,17 @@ class StudyState:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives power loss
             self._db.executescript(_SCHEMA)
+            self._add_columns()
+
+    def _add_columns(self) -> None:
+        with self._tx() as db:
+            added = False
+            for table, column, declaration in _ADDED_COLUMNS:
+                if column not in {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                    added = added or (table, column) == ("results", "sent")
+            if added:
+                db.execute(_BACKFILL_SENT)
 
     def close(self) -> None:
         with self._lock:
@@ -155,12 +221,16 @@ class StudyState:
         path: str,
         on_resend: OnResend,
         now: float | None = None,
+        hints: dict[str, Any] | None = None,
+        file_restored: bool = False,
     ) -> Arrival:
+        """``file_restored``: the instance was known but its file was gone (deleted after
+        the retention period) and has just been written again."""
         now = time.time() if now is None else now
         with self._tx() as db:
             if db.execute("SELECT 1 FROM results WHERE sop_uid = ?", (sop_uid,)).fetchone():
                 return Arrival.OWN_RESULT
-            row = db.execute("SELECT status FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+            row = db.execute("SELECT status, purged FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
             if row is None:
                 db.execute(
                     "INSERT INTO studies (study_uid, status, first_received, last_received, updated)"
@@ -168,18 +238,21 @@ class StudyState:
                     (study_uid, Status.RECEIVED.value, now, now, now),
                 )
             inserted = db.execute(
-                "INSERT OR IGNORE INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, received)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (sop_uid, study_uid, series_uid, sop_class_uid, path, now),
+                "INSERT OR IGNORE INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, received, hints)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sop_uid, study_uid, series_uid, sop_class_uid, path, now, json.dumps(hints or {})),
             ).rowcount
             arrival = Arrival.NEW if inserted else Arrival.DUPLICATE
             status = Status(row["status"]) if row else Status.RECEIVED
-            if self._reopens(status, arrival, on_resend):
+            purged = row is not None and row["purged"] is not None
+            if self._reopens(status, arrival, on_resend, file_restored):
                 db.execute(
                     "UPDATE studies SET status = ?, last_received = ?, attempts = 0, next_attempt = 0,"
-                    " last_error = NULL, updated = ? WHERE study_uid = ?",
+                    " last_error = NULL, purged = NULL, updated = ? WHERE study_uid = ?",
                     (Status.RECEIVED.value, now, now, study_uid),
                 )
+            elif purged:
+                return Arrival.DISCARDED
             db.execute(
                 "UPDATE studies SET n_instances = (SELECT COUNT(*) FROM instances WHERE study_uid = ?)"
                 " WHERE study_uid = ?",
@@ -188,26 +261,37 @@ class StudyState:
             return arrival
 
     @staticmethod
-    def _reopens(status: Status, arrival: Arrival, on_resend: OnResend) -> bool:
+    def _reopens(status: Status, arrival: Arrival, on_resend: OnResend, file_restored: bool) -> bool:
         """Whether an arriving instance sends the study back to ``received``."""
-        if status in (Status.RECEIVED, Status.PENDING):
-            return True  # still arriving: the quiet period starts again
-        if status is Status.FAILED:
-            # New instances may be what was missing; a plain re-send only under RESCORE.
-            return arrival is Arrival.NEW or on_resend is OnResend.RESCORE
-        return on_resend is OnResend.RESCORE  # scored or sent
+        if status in (Status.RECEIVED, Status.PENDING) or arrival is Arrival.NEW:
+            return True  # still arriving, or what the last result lacked: nothing received stays unscored
+        if on_resend is OnResend.RESCORE:
+            return True
+        # A failed study sent again after its files were deleted: what it lacked is back.
+        return status is Status.FAILED and file_restored
 
     # ------------------------------------------------------------- the pipeline side
 
-    def promote_quiet(self, quiet_seconds: float, now: float | None = None) -> int:
-        """received -> pending for studies with no instance for ``quiet_seconds``."""
+    def quiet(self, received_before: float) -> list[StudyRecord]:
+        """Studies still ``received`` whose last instance arrived before ``received_before``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM studies WHERE status = ? AND last_received <= ? ORDER BY last_received",
+                (Status.RECEIVED.value, received_before),
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def promote(self, study_uid: str, last_received: float, now: float | None = None) -> bool:
+        """received -> pending, unless an instance arrived since ``last_received`` was read."""
         now = time.time() if now is None else now
         with self._tx() as db:
-            return db.execute(
-                "UPDATE studies SET status = ?, attempts = 0, next_attempt = ?, updated = ?"
-                " WHERE status = ? AND last_received <= ?",
-                (Status.PENDING.value, now, now, Status.RECEIVED.value, now - quiet_seconds),
-            ).rowcount
+            return bool(
+                db.execute(
+                    "UPDATE studies SET status = ?, attempts = 0, next_attempt = ?, updated = ?"
+                    " WHERE study_uid = ? AND status = ? AND last_received = ?",
+                    (Status.PENDING.value, now, now, study_uid, Status.RECEIVED.value, last_received),
+                ).rowcount
+            )
 
     def due(self, status: Status, now: float | None = None, limit: int = 100) -> list[StudyRecord]:
         now = time.time() if now is None else now
@@ -227,10 +311,11 @@ class StudyState:
     def instances(self, study_uid: str) -> list[InstanceRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT sop_uid, series_uid, sop_class_uid, path FROM instances WHERE study_uid = ? ORDER BY received",
+                "SELECT sop_uid, series_uid, sop_class_uid, path, received, hints FROM instances"
+                " WHERE study_uid = ? ORDER BY received",
                 (study_uid,),
             ).fetchall()
-        return [InstanceRecord(**dict(r)) for r in rows]
+        return [InstanceRecord(**{**dict(r), "hints": json.loads(r["hints"] or "{}")}) for r in rows]
 
     def mark_scored(
         self,
@@ -241,6 +326,7 @@ class StudyState:
         sr_path: str,
         result: dict[str, Any],
         now: float | None = None,
+        n_instances: int | None = None,
     ) -> bool:
         """pending -> scored. False (nothing changed) when the study left ``pending``
         meanwhile (more instances arrived): that result is stale."""
@@ -265,21 +351,36 @@ class StudyState:
             ).rowcount
             if changed:
                 db.execute(
-                    "INSERT OR IGNORE INTO results (sop_uid, study_uid, version) VALUES (?, ?, ?)",
-                    (sr_sop_uid, study_uid, version),
+                    "INSERT OR IGNORE INTO results (sop_uid, study_uid, version, kind, path, n_instances)"
+                    " VALUES (?, ?, ?, 'prediction', ?, ?)",
+                    (sr_sop_uid, study_uid, version, sr_path, n_instances),
                 )
             return bool(changed)
 
     def mark_sent(self, study_uid: str, sr_sop_uid: str, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         with self._tx() as db:
-            return bool(
-                db.execute(
-                    "UPDATE studies SET status = ?, attempts = 0, last_error = NULL, updated = ?"
-                    " WHERE study_uid = ? AND status = ? AND sr_sop_uid = ?",
-                    (Status.SENT.value, now, study_uid, Status.SCORED.value, sr_sop_uid),
-                ).rowcount
-            )
+            changed = db.execute(
+                "UPDATE studies SET status = ?, attempts = 0, last_error = NULL, updated = ?"
+                " WHERE study_uid = ? AND status = ? AND sr_sop_uid = ?",
+                (Status.SENT.value, now, study_uid, Status.SCORED.value, sr_sop_uid),
+            ).rowcount
+            if changed:
+                db.execute("UPDATE results SET sent = ? WHERE sop_uid = ?", (now, sr_sop_uid))
+            return bool(changed)
+
+    def last_sent_prediction(self, study_uid: str) -> SentReport | None:
+        """The prediction SR the PACS holds for the study, newest first: what a new
+        version supersedes."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT r.sop_uid, s.sr_series_uid AS series_uid, r.version, r.n_instances FROM results r"
+                " JOIN studies s ON s.study_uid = r.study_uid"
+                " WHERE r.study_uid = ? AND r.kind = 'prediction' AND r.sent IS NOT NULL"
+                " ORDER BY r.version DESC LIMIT 1",
+                (study_uid,),
+            ).fetchone()
+        return SentReport(**dict(row)) if row else None
 
     def mark_retry(
         self,
@@ -331,14 +432,107 @@ class StudyState:
 
     def requeue_failed(self, now: float | None = None) -> int:
         """Failed studies get a fresh set of attempts at the step they failed in
-        (scoring, or sending the SR already written): after the cause was fixed."""
+        (scoring, or sending the SR already written): after the cause was fixed. A
+        study whose files were deleted must be sent again instead."""
         now = time.time() if now is None else now
         with self._tx() as db:
             return db.execute(
                 "UPDATE studies SET status = COALESCE(failed_at, ?), attempts = 0, next_attempt = 0, updated = ?"
-                " WHERE status = ?",
+                " WHERE status = ? AND purged IS NULL",
                 (Status.PENDING.value, now, Status.FAILED.value),
             ).rowcount
+
+    # ------------------------------------------------------------ failure reports
+
+    def add_notice(
+        self,
+        study_uid: str,
+        version: int,
+        sr_series_uid: str,
+        sop_uid: str,
+        path: str,
+        n_instances: int,
+        now: float | None = None,
+    ) -> bool:
+        """Record the failure report of a failed study as its SR version ``version``.
+        False when the study changed meanwhile (reopened): the report is stale."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE studies SET version = ?, sr_series_uid = COALESCE(sr_series_uid, ?), updated = ?"
+                " WHERE study_uid = ? AND status = ? AND version = ?",
+                (version, sr_series_uid, now, study_uid, Status.FAILED.value, version - 1),
+            ).rowcount
+            if changed:
+                db.execute(
+                    "INSERT INTO results (sop_uid, study_uid, version, kind, path, n_instances, next_attempt)"
+                    " VALUES (?, ?, ?, 'failure', ?, ?, ?)",
+                    (sop_uid, study_uid, version, path, n_instances, now),
+                )
+            return bool(changed)
+
+    def notices_due(self, max_attempts: int, now: float | None = None) -> list[Notice]:
+        """Undelivered failure reports that are still the study's latest document."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.study_uid, r.sop_uid, r.version, r.path, r.attempts FROM results r"
+                " JOIN studies s ON s.study_uid = r.study_uid"
+                " WHERE r.kind = 'failure' AND r.sent IS NULL AND r.attempts < ? AND r.next_attempt <= ?"
+                " AND s.status = ? AND s.version = r.version AND s.purged IS NULL ORDER BY r.next_attempt",
+                (max_attempts, now, Status.FAILED.value),
+            ).fetchall()
+        return [Notice(**dict(r)) for r in rows]
+
+    def mark_notice_sent(self, sop_uid: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute("UPDATE results SET sent = ? WHERE sop_uid = ?", (now, sop_uid))
+
+    def mark_notice_retry(self, sop_uid: str, backoff_base: float, backoff_cap: float, now: float | None = None) -> int:
+        """Count a failed delivery of a failure report; returns the attempts so far."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute("SELECT attempts FROM results WHERE sop_uid = ?", (sop_uid,)).fetchone()
+            attempts = (row["attempts"] if row else 0) + 1
+            db.execute(
+                "UPDATE results SET attempts = ?, next_attempt = ? WHERE sop_uid = ?",
+                (attempts, now + backoff_seconds(attempts, backoff_base, backoff_cap), sop_uid),
+            )
+            return attempts
+
+    # ------------------------------------------------------------------ retention
+
+    def expired(self, final_before: float) -> list[str]:
+        """Studies sent or failed before ``final_before`` whose files are still kept."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT study_uid FROM studies WHERE status IN (?, ?) AND updated <= ? AND purged IS NULL",
+                (Status.SENT.value, Status.FAILED.value, final_before),
+            ).fetchall()
+        return [r["study_uid"] for r in rows]
+
+    def claim_purge(self, study_uid: str, final_before: float, now: float | None = None) -> list[str] | None:
+        """Mark the study purged and return the files to delete (received instances and
+        SR documents), or None when it changed meanwhile. An instance that arrives after
+        this is not in the list, whatever the timing."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            claimed = db.execute(
+                "UPDATE studies SET purged = ? WHERE study_uid = ? AND status IN (?, ?) AND updated <= ?"
+                " AND purged IS NULL",
+                (now, study_uid, Status.SENT.value, Status.FAILED.value, final_before),
+            ).rowcount
+            if not claimed:
+                return None
+            instances = db.execute("SELECT path FROM instances WHERE study_uid = ?", (study_uid,)).fetchall()
+            results = db.execute(
+                "SELECT path FROM results WHERE study_uid = ? AND path IS NOT NULL", (study_uid,)
+            ).fetchall()
+            sr = db.execute("SELECT sr_path FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        paths = [r["path"] for r in instances] + [r["path"] for r in results]
+        paths += [sr["sr_path"]] if sr and sr["sr_path"] else []
+        return list(dict.fromkeys(paths))
 
     # ------------------------------------------------------------------------ status
 

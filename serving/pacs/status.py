@@ -27,6 +27,8 @@ def study_row(record: StudyRecord, now: float, show_uids: bool = False) -> dict[
         # Prediction.summary: the label(s), or "risk <score>" for a survival model.
         "prediction": (record.result or {}).get("summary", (record.result or {}).get("predicted_label")),
         "modalities_used": (record.result or {}).get("modalities_used"),
+        "completeness": (record.result or {}).get("completeness"),
+        "files": "deleted" if record.purged is not None else "kept",
         "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.updated)),
     }
     if show_uids:
@@ -45,7 +47,7 @@ def status_report(state: StudyState, show_uids: bool = False, now: float | None 
 
 def format_table(report: dict[str, Any]) -> str:
     counts = "  ".join(f"{k}={v}" for k, v in report["counts"].items())
-    columns = ["study", "status", "instances", "version", "attempts", "retry_in_s", "prediction", "last_error"]
+    columns = ["study", "status", "instances", "version", "attempts", "retry_in_s", "files", "prediction", "last_error"]
     if report["studies"] and "study_instance_uid" in report["studies"][0]:
         columns.append("study_instance_uid")
     rows = [[("" if r[c] is None else str(r[c])) for c in columns] for r in report["studies"]]

@@ -10,6 +10,7 @@ to disk and renamed, so a file under its final name is always complete."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -44,6 +45,12 @@ class WorkDir:
 
     def result_path(self, study_uid: str, version: int) -> Path:
         return self.results / f"{study_key(study_uid)}-v{version}.dcm"
+
+    def remove_study_dir(self, study_uid: str) -> None:
+        """Remove a study's folder of received instances once it is empty."""
+        # Not empty (an instance arrived meanwhile) or already gone: left as it is.
+        with contextlib.suppress(OSError):
+            (self.studies / study_key(study_uid)).rmdir()
 
 
 def write_durably(path: Path, data: bytes) -> None:

@@ -18,6 +18,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage
 from radfusion.dicom import find_studies
 from radfusion.predictor import Predictor
 from radfusion.runtime import OnnxModel
+from radfusion.serving.pacs.completeness import hints_of
 from radfusion.serving.pacs.pipeline import Pipeline, RetryPolicy
 from radfusion.serving.pacs.predict import StudyPredictor
 from radfusion.serving.pacs.send import CStoreSender, DicomPeer
@@ -95,7 +96,14 @@ def deliver(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
         state.record_instance(
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, str(target), policy, now=now
+            ds.StudyInstanceUID,
+            ds.SeriesInstanceUID,
+            ds.SOPInstanceUID,
+            ds.SOPClassUID,
+            str(target),
+            policy,
+            now=now,
+            hints=hints_of(ds),
         )
 
 
@@ -241,6 +249,7 @@ def listener_pipeline(tmp_path: Path, model: Path, clinical: Path | None, genomi
     )
     pipeline = build_pipeline(config, state, work)
     pipeline.clock = clock = Clock()
+    pipeline.started = clock.now  # the listener started at the test clock's origin
     return pipeline, state, work, clock
 
 
@@ -305,7 +314,10 @@ def test_a_model_requiring_clinical_fails_the_patient_without_a_row_at_once(
         state.close()
 
 
-def test_sr_notes_the_geometry_the_reader_repaired(predictor: StudyPredictor, tmp_path: Path) -> None:
+def test_gapped_series_waits_then_is_scored_with_the_gap_noted(predictor: StudyPredictor, tmp_path: Path) -> None:
+    """Slice 7 of 10 never arrives: instance numbers and positions show the hole, so the
+    quiet study waits for it; after the maximum wait it is scored from 9 slices (the
+    reader fills the gap) and the SR says both what was missing and what was repaired."""
     from tests.support.dicom_series import GAP_NOTE, write_axial_series
 
     study_uid = generate_uid()
@@ -314,14 +326,24 @@ def test_sr_notes_the_geometry_the_reader_repaired(predictor: StudyPredictor, tm
     state = StudyState(work.state_path)
     clock = Clock()
     try:
-        pipeline = Pipeline(state, work, predictor, [], QUIET, RetryPolicy(3, 0.5, 10.0), clock)
+        pipeline = Pipeline(state, work, predictor, [], QUIET, RetryPolicy(3, 0.5, 10.0), clock, max_wait_seconds=5.0)
         deliver(state, work, sorted((tmp_path / "in").iterdir()), now=clock.now)
         clock.now += QUIET
+        assert pipeline.tick().completed == 0 and state.get(study_uid).status is Status.RECEIVED
+        clock.now += 5.0 - QUIET - 0.1
+        assert pipeline.tick().completed == 0
+        clock.now += 0.1
         assert pipeline.tick().scored == 1
         record = state.get(study_uid)
         assert record.result["geometry_corrections"] == [GAP_NOTE]
         texts = sr_texts(record.sr_path)
         assert texts["Geometry corrections"] == GAP_NOTE
+        assert texts["Study completeness"] == (
+            "scored after waiting 5 s for missing instances: 1 instance(s) the headers declare never arrived"
+            " (series 2: 9 received, instance numbers 1-10 with 1 missing)"
+        )
+        assert record.result["completeness"] == texts["Study completeness"]
+        assert pydicom.dcmread(record.sr_path).CompletionFlag == "PARTIAL"
         assert texts["Image series selection"] == "CT series with 9 slices"
         assert texts["Genomics source"] == "patient not in the genomics table"
         assert "Clinical source" not in texts  # the model has no clinical block
