@@ -9,7 +9,8 @@ Ray or a user configure see only the rewritten text) and routes ``warnings`` thr
 logging:
 
 * DICOM UIDs (dotted numbers of five or more parts) become ``<uid>``;
-* file paths with two or more components become ``<path>``;
+* file paths with two or more components become ``<path>`` (not the routes of the
+  HTTP access log);
 * in records from other libraries, quoted values become ``<value>``;
 * each message is one printable line (a peer's control characters cannot forge lines);
 * radfusion's tracebacks are formatted and rewritten the same way; another library's
@@ -32,15 +33,19 @@ _PATH = re.compile(rf"(?:[A-Za-z]:)?(?:[\\/]?{_PART})?(?:[\\/]{_PART}){{2,}}[\\/
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 # Loggers whose messages radfusion writes itself (and keeps free of values).
 _OWN = ("radfusion", "bentoml.radfusion", "__main__")
+# The HTTP access log: its paths are the service's routes (a DICOMweb route's UIDs are
+# still replaced), its quotes the request line.
+_ACCESS = "bentoml.access"
 
 _installed = False
 
 
-def redact(text: str, *, quoted: bool = False) -> str:
-    """``text`` without UIDs and paths (and quoted values when ``quoted``)."""
+def redact(text: str, *, quoted: bool = False, paths: bool = True) -> str:
+    """``text`` without UIDs, paths (unless not ``paths``) and quoted values (when ``quoted``)."""
     if quoted:
         text = _QUOTED.sub("<value>", text)
-    text = _PATH.sub("<path>", text)
+    if paths:
+        text = _PATH.sub("<path>", text)
     return _UID.sub("<uid>", text)
 
 
@@ -65,7 +70,8 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
             # decoded) end in library tracebacks that say nothing an operator can act on.
             message = f"{message} ({record.exc_info[0].__name__})"
         record.exc_info = None
-    record.msg = _printable(redact(message, quoted=not own))
+    access = record.name == _ACCESS
+    record.msg = _printable(redact(message, quoted=not (own or access), paths=not access))
     record.args = None
     if record.stack_info:
         record.stack_info = redact(record.stack_info, quoted=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from radfusion.explain import ExplainSettings
+from radfusion.limits import StudyBudget
 from radfusion.serving.dicomweb import ALLOWED_URLS_ENV, DEFAULT_TIMEOUT_S, DicomwebPolicy
 from radfusion.serving.study_files import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STUDY_BYTES
 
@@ -128,7 +129,42 @@ class ServiceSettings:
         "uncompressed bytes one study may unpack or fetch to (413 beyond it)",
     )
     max_study_files: int = _setting(
-        "RADFUSION_MAX_STUDY_FILES", positive_int, DEFAULT_MAX_MEMBERS, "files one study may hold"
+        "RADFUSION_MAX_STUDY_FILES",
+        positive_int,
+        DEFAULT_MAX_MEMBERS,
+        "files one study may hold (and file fields one request may carry)",
+    )
+    study_max_voxels: int = _setting(
+        "RADFUSION_STUDY_MAX_VOXELS",
+        positive_int,
+        StudyBudget.max_voxels,
+        "voxels of one study's series resampled to the model's grid, refused from its headers (413 beyond it)",
+    )
+    study_max_decoded_bytes: int = _setting(
+        "RADFUSION_STUDY_MAX_DECODED_BYTES",
+        byte_count,
+        StudyBudget.max_decoded_bytes,
+        "bytes one study's chosen series decodes to, refused from its headers (413 beyond it)",
+    )
+    # Below the request timeout: the caller has its 504 by then, but the reading thread
+    # only stops at this budget.
+    study_max_seconds: int = _setting(
+        "RADFUSION_STUDY_MAX_SECONDS",
+        seconds,
+        240,
+        "longest one study may take to read and preprocess (413 beyond it)",
+    )
+    max_json_bytes: int = _setting(
+        "RADFUSION_MAX_JSON_BYTES",
+        byte_count,
+        16 * 1024**2,
+        "largest JSON request body or JSON form field (genomics, clinical, cases; 413 beyond it)",
+    )
+    header_timeout_s: int = _setting(
+        "RADFUSION_HEADER_TIMEOUT_S",
+        seconds,
+        20,
+        "longest a client may take to send a request's headers before its connection is closed (408)",
     )
     max_in_flight: int = _setting(
         "RADFUSION_MAX_IN_FLIGHT",
@@ -194,6 +230,16 @@ class ServiceSettings:
     def explain(self) -> ExplainSettings:
         return ExplainSettings(
             self.explain_top_genes, self.explain_max_features, self.explain_max_windows, self.explain_batch
+        )
+
+    def study_budget(self) -> StudyBudget:
+        """What reading one uploaded or fetched study may cost (radfusion.limits)."""
+        return StudyBudget(
+            max_files=self.max_study_files,
+            max_bytes=self.max_study_bytes,
+            max_decoded_bytes=self.study_max_decoded_bytes,
+            max_voxels=self.study_max_voxels,
+            max_seconds=float(self.study_max_seconds),
         )
 
     def dicomweb_policy(self) -> DicomwebPolicy:

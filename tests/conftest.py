@@ -5,13 +5,18 @@ Add generic fixtures here; keep test-specific ones in their test modules."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support.peers import (
@@ -29,6 +34,11 @@ from tests.support.tiny import (
 
 # BentoML phones home unless told not to; no test may reach the network.
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# Inherited by every process this session starts (servers, their workers, Orthanc):
+# how the end-of-session check tells this session's processes from another session's
+# running beside it on the same machine, even once they are orphans.
+SESSION_ENV = "RADFUSION_TEST_SESSION"
+os.environ[SESSION_ENV] = uuid.uuid4().hex
 
 
 @pytest.fixture(scope="session")
@@ -177,3 +187,107 @@ def start_listener(tmp_path_factory: pytest.TempPathFactory):
     yield start
     for listener in started:
         listener.stop()
+
+
+# ------------------------------------------------------------------ no process left behind
+
+# Processes of ours by name, wherever they were re-parented.
+_OURS = re.compile(r"radfusion|bentoml|orthanc|storescp", re.IGNORECASE)
+# The interpreter's own helpers, direct children that end with it: not left behind.
+_INTERPRETER_HELPERS = (
+    "multiprocessing.resource_tracker",
+    "multiprocessing.forkserver",
+    "joblib.externals.loky",
+    "torch._inductor.compile_worker",
+)
+# Servers stopped by the last teardown may still be exiting (the check's own test
+# shortens it for the sessions it runs).
+LEFTOVER_GRACE_S = float(os.environ.get("RADFUSION_TEST_LEFTOVER_GRACE_S", "15"))
+_before: set[tuple[int, float]] = set()
+
+
+def _identity(process: psutil.Process) -> tuple[int, float]:
+    return process.pid, process.create_time()
+
+
+def _running() -> set[tuple[int, float]]:
+    found = set()
+    for process in psutil.process_iter():
+        try:
+            found.add(_identity(process))
+        except psutil.Error:
+            continue
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _before.update(_running())
+
+
+def _is_interpreter_helper(process: psutil.Process, me: psutil.Process) -> bool:
+    return process.ppid() == me.pid and any(h in " ".join(process.cmdline()) for h in _INTERPRETER_HELPERS)
+
+
+def _ours_by_name(process: psutil.Process) -> bool:
+    """Started during this session, named like one of ours, and carrying this session's marker."""
+    if _identity(process) in _before or not _OURS.search(" ".join(process.cmdline())):
+        return False
+    try:
+        return process.environ().get(SESSION_ENV) == os.environ[SESSION_ENV]
+    except psutil.AccessDenied:
+        return False  # another user's process: not this session's
+
+
+def leftover_processes() -> list[psutil.Process]:
+    """Processes this session started that are still running: descendants of this
+    process, and processes of ours re-parented elsewhere (orphans)."""
+    me = psutil.Process()
+    exempt = {me.pid, *(p.pid for p in me.parents())}
+    descendants = {p.pid for p in me.children(recursive=True)}
+    left = []
+    for process in psutil.process_iter():
+        if process.pid in exempt:
+            continue
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE or _is_interpreter_helper(process, me):
+                continue
+            if process.pid in descendants or _ours_by_name(process):
+                left.append(process)
+        except psutil.Error:
+            continue  # exited while we looked
+    return left
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return f"pid {process.pid} (parent {process.ppid()}): {' '.join(process.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {process.pid}: exited"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when a process it started is still running once its last
+    teardown is done (after a grace period for servers still stopping), and stop them."""
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller checks, once, for all of them
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := leftover_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not left:
+        return
+    lines = [_describe(p) for p in left]
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signal.SIGKILL)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = f"{len(left)} processes started by this test session were left behind (now killed):"
+    if reporter is not None:
+        reporter.write_sep("=", "processes left behind", red=True)
+        reporter.write_line(message)
+        for line in lines:
+            reporter.write_line(f"  {line}")
+    else:
+        print(message, *lines, sep="\n  ")
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

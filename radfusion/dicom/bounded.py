@@ -129,9 +129,10 @@ def read_bounded(
     body: BoundedStream | InflatingStream = stream
     if syntax == DeflatedExplicitVRLittleEndian:
         body = InflatingStream(stream, limit)
+    tags: list[BaseTag | int] | None = None
     if specific_tags is not None:
         # As dcmread does: keywords become tags, and the character set is always read.
-        specific_tags = [Tag(t) for t in specific_tags] + [Tag("SpecificCharacterSet")]
+        tags = [*(Tag(t) for t in specific_tags), Tag("SpecificCharacterSet")]
     implicit = syntax is not None and syntax.is_implicit_VR
     little = syntax is None or syntax.is_little_endian
     dataset = read_dataset(
@@ -140,7 +141,7 @@ def read_bounded(
         little,
         stop_when=stop_when or (_at_pixel_data if stop_before_pixels else None),
         defer_size=defer_size,
-        specific_tags=specific_tags,
+        specific_tags=tags,
     )
     ds = FileDataset(None, dataset, preamble, meta, implicit, little)  # type: ignore[arg-type]
     ds.set_original_encoding(implicit, little, dataset._character_set)

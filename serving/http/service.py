@@ -18,8 +18,13 @@ IDs or UIDs are logged.
 Safety (ASGI middleware, outermost first): token auth (radfusion.serving.http.auth, 401; the service
 refuses to start without a token unless RADFUSION_AUTH=off, loopback only), load
 shedding (radfusion.serving.http.overload, 503 + Retry-After), body size limit (radfusion.serving.http.limits, 413);
-BentoML's traffic timeout answers 504. SIGTERM drains in-flight requests
-(radfusion.serving.http.drain). Tuning: RADFUSION_* environment variables, read and
+BentoML's traffic timeout answers 504. Requests are parsed with bounds, every
+malformed one a 4xx with its kind (radfusion.serving.http.parsing); a request whose
+headers are slower than RADFUSION_HEADER_TIMEOUT_S is cut off with 408
+(radfusion.serving.http.connections). Every study is read under the settings' budget
+(radfusion.limits.StudyBudget) through one boundary, ``_reading_study``. SIGTERM drains
+in-flight requests (radfusion.serving.http.drain); a worker whose server died exits
+(radfusion.serving.http.orphans). Tuning: RADFUSION_* environment variables, read and
 checked when the service starts (radfusion.serving.settings: limits, batching, timeouts,
 the genomics and clinical tables of STOW-RS studies, the DICOMweb allow-list); importing
 this module reads none of them except the four BentoML fixes at declaration
@@ -36,6 +41,7 @@ import tempfile
 import time
 import traceback
 import typing as t
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -47,13 +53,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from radfusion import log_privacy
 from radfusion.contract import ModelContract, read_contract_from_onnx
-from radfusion.errors import RadfusionInputError, UnprocessableStudyError
+from radfusion.errors import RadfusionInputError, UnprocessableStudyError, input_error
 from radfusion.explain import ExplainSettings, explain_case
 from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase, format_prediction, pack, prepare_case, unpack, unpack_case
 from radfusion.runtime import OnnxModel
 from radfusion.serving.dicomweb import DicomwebRef, fetch_study
+from radfusion.serving.http import connections
 from radfusion.serving.http.auth import TokenAuth, auth_off_from_env, check_auth_config, tokens_from_env
 from radfusion.serving.http.cases import (
     CaseRequest,
@@ -66,7 +74,9 @@ from radfusion.serving.http.drain import defer_shutdown_until_callers_exit, keep
 from radfusion.serving.http.hardening import forbid_url_fetch_for_file_fields
 from radfusion.serving.http.limits import BodySizeLimit
 from radfusion.serving.http.metrics import count_refusal, service_metrics
+from radfusion.serving.http.orphans import exit_with_parent, stop_with_launcher
 from radfusion.serving.http.overload import InFlightLimit, OverloadedError, overloaded
+from radfusion.serving.http.parsing import ParseLimits, answer_input_errors, strict_parsing
 from radfusion.serving.http.stow import boundary_of, split_parts
 from radfusion.serving.modelref import (
     MODEL_ENV,
@@ -92,6 +102,15 @@ log = logging.getLogger("bentoml.radfusion")
 # Batching and the request timeout are part of the BentoML declarations below.
 DECLARED = declared_from_env()
 MODEL_CALL_ATTEMPTS = 4
+
+
+def _start_worker() -> None:
+    """First thing in each worker (both services), before any request: library log
+    lines and warnings lose their UIDs and paths (radfusion.log_privacy; not at import,
+    so importing this module changes no importer's logging), and the worker exits
+    should the server that started it die (radfusion.serving.http.orphans)."""
+    log_privacy.install()
+    exit_with_parent()
 
 
 @functools.lru_cache(maxsize=1)
@@ -143,6 +162,7 @@ class RadfusionModel:
     bento_model = _bento_model_ref()
 
     def __init__(self) -> None:
+        _start_worker()
         self.settings = service_settings()
         path = resolve_model_path(model_ref_from_env())
         self.model = OnnxModel(path, device=device_from_env(), threads=self.settings.ort_threads or None)
@@ -218,8 +238,11 @@ class Radfusion:
     model_service = bentoml.depends(RadfusionModel)
 
     def __init__(self) -> None:
+        _start_worker()
         check_auth_config()  # no token and not an explicit development run: do not start
         self.settings = service_settings()  # a bad RADFUSION_* value stops the start here
+        self.study_budget = self.settings.study_budget()
+        connections.set_header_timeout(self.settings.header_timeout_s)
         self.model_contract = served_contract()
         self.patients, self.patients_error = stow_patient_tables(self.model_contract, self.settings)
         self.dicomweb = self.settings.dicomweb_policy()
@@ -357,10 +380,10 @@ class Radfusion:
                 async for chunk in request.stream():
                     out.write(chunk)
             parts = await anyio.to_thread.run_sync(
-                split_parts, body, boundary, workdir / "parts", self.settings.max_study_files
+                _reading_study, split_parts, body, boundary, workdir / "parts", self.settings.max_study_files
             )
             body.unlink()
-            patient = await anyio.to_thread.run_sync(self._patient_of, parts)
+            patient = await anyio.to_thread.run_sync(_reading_study, self._patient_of, parts)
             case = await anyio.to_thread.run_sync(
                 functools.partial(self._prepare, parts, patient.genomics, patient.clinical)
             )
@@ -468,29 +491,27 @@ class Radfusion:
         """One case's study (uploaded ``parts`` or fetched by ``dicomweb``) read and
         preprocessed with its genomics and clinical values."""
         workdir = Path(tempfile.mkdtemp(prefix="radfusion-upload-"))
-        files: list[Path] | None
         try:
-            if dicomweb is not None:
-                files = fetch_study(dicomweb, self.dicomweb, workdir / "dicomweb")
-            else:
-                files = (
-                    study_files(parts, workdir, self.settings.max_study_bytes, self.settings.max_study_files)
-                    if parts
-                    else None
-                )
-            return prepare_case(self.model_contract, files, genomics, clinical)
-        except RadfusionInputError:
-            raise
-        except Exception as exc:
-            # The message may quote header values (names, IDs): log only type and frames.
-            log.warning(
-                "unanticipated %s while reading a study:\n%s",
-                type(exc).__name__,
-                "".join(traceback.format_tb(exc.__traceback__)),
-            )
-            raise UnprocessableStudyError(f"study could not be read ({type(exc).__name__})") from exc
+            return _reading_study(self._read_case, workdir, parts, genomics, clinical, dicomweb)
         finally:
             remove_tree(workdir)
+
+    def _read_case(
+        self,
+        workdir: Path,
+        parts: list[Path] | None,
+        genomics: dict[str, t.Any] | None,
+        clinical: dict[str, t.Any] | None,
+        dicomweb: DicomwebRef | None,
+    ) -> PreparedCase:
+        files: list[Path] | None
+        if dicomweb is not None:
+            files = fetch_study(dicomweb, self.dicomweb, workdir / "dicomweb")
+        elif parts:
+            files = study_files(parts, workdir, self.settings.max_study_bytes, self.settings.max_study_files)
+        else:
+            files = None
+        return prepare_case(self.model_contract, files, genomics, clinical, budget=self.study_budget)
 
     async def _infer(self, packed: np.ndarray) -> np.ndarray:
         """Probabilities from the model service.
@@ -514,6 +535,36 @@ class Radfusion:
         raise AssertionError("unreachable")
 
 
+_T = t.TypeVar("_T")
+
+
+def _reading_study(read: Callable[..., _T], *args: t.Any) -> _T:
+    """THE boundary of every study read by this service (uploads, STOW-RS, DICOMweb):
+    whatever a library raises becomes a specific kind (radfusion.errors.input_error),
+    never a 500. Its message is not logged (it may quote header values); where it came
+    from is, and the whole traceback when the kind is "unprocessable"."""
+    try:
+        return read(*args)
+    except RadfusionInputError:
+        raise
+    except Exception as exc:
+        error = input_error(exc, "study")
+        frames = traceback.extract_tb(exc.__traceback__)
+        if isinstance(error, UnprocessableStudyError):
+            log.warning("unanticipated %s while reading a study:\n%s", type(exc).__name__, "".join(frames.format()))
+        elif frames:
+            origin = frames[-1]
+            log.info(
+                "study refused as %s: %s in %s:%d (%s)",
+                error.kind,
+                type(exc).__name__,
+                Path(origin.filename).name,
+                origin.lineno or 0,
+                origin.name,
+            )
+        raise error from exc
+
+
 def _token_auth(app):
     return TokenAuth(app, tokens=tokens_from_env(), auth_off=auth_off_from_env(), on_refused=count_refusal)
 
@@ -529,13 +580,27 @@ def _body_size_limit(app):
     return BodySizeLimit(app, max_bytes=service_settings().max_upload_bytes, on_refused=count_refusal)
 
 
+def _parse_limits() -> ParseLimits:
+    settings = service_settings()
+    return ParseLimits(settings.max_json_bytes, max(settings.max_study_files, settings.max_batch_cases))
+
+
+def _refused_while_parsing(exc: RadfusionInputError, api: str) -> None:
+    service_metrics().error(exc.kind, api)
+    log.info("%s rejected: %s (HTTP %d)", api, exc.kind, exc.http_status)
+
+
 forbid_url_fetch_for_file_fields()
 keep_sockets_until_workers_stop()
+stop_with_launcher()
+connections.install()
+answer_input_errors(_refused_while_parsing)
 # Outermost first: a request without a token is refused before it counts as load or
 # its body is read. Each is built with the worker's app (after the service started),
 # so its settings come from the environment then, not at import.
 # @bentoml.service made the class a bentoml.Service; mypy keeps the class type.
 _radfusion_service = t.cast("bentoml.Service[Radfusion]", Radfusion)
+strict_parsing(_radfusion_service, _parse_limits)
 _radfusion_service.add_asgi_middleware(_token_auth)
 _radfusion_service.add_asgi_middleware(_in_flight_limit)
 _radfusion_service.add_asgi_middleware(_body_size_limit)

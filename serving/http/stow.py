@@ -19,14 +19,17 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
 
 class BadMultipartError(RadfusionInputError):
-    """A STOW-RS body that is not a well-formed multipart/related message."""
+    """A multipart body (a STOW-RS multipart/related message or a form upload) that is
+    malformed: no boundary or another one, truncated, a part without a name, a text
+    field that is not UTF-8, too many parts."""
 
     kind = "bad_multipart"
     http_status = 400
 
 
 class UnsupportedMediaTypeError(RadfusionInputError):
-    """A STOW-RS request that is not multipart/related."""
+    """A request body of a media type the route does not take: STOW-RS takes
+    multipart/related of application/dicom; the APIs take JSON or a form."""
 
     kind = "unsupported_media_type"
     http_status = 415

@@ -457,8 +457,8 @@ BEYOND = (
         (-1e308, BEYOND),
         (3.0e38, BEYOND),  # representable, but z = (3e38 - 3) / 0.5 is not
         (1.0e38, "read"),
-        (float("inf"), "gene_panel_mismatch: expression block: 1 genes have non-finite values (NaN/inf): EGFR"),
-        (10**400, "gene_panel_mismatch: expression block: 1 genes have non-finite values (NaN/inf): EGFR"),
+        (float("inf"), "invalid_value: expression block: 1 genes have non-finite values (NaN/inf): EGFR"),
+        (10**400, "invalid_value: expression block: 1 genes have non-finite values (NaN/inf): EGFR"),
     ],
 )
 def test_genomic_values_beyond_float32_are_named(value, expected: str) -> None:

@@ -58,3 +58,11 @@ def test_install_covers_warnings_and_every_logger_of_the_process() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert "DOE" not in done.stderr and UID not in done.stderr
     assert "Invalid value <value> for <uid>" in done.stderr and "pydicom: file <path>" in done.stderr
+
+
+def test_the_access_log_keeps_its_routes_but_not_uids() -> None:
+    record = _record(
+        "bentoml.access", f"127.0.0.1:5000 (scheme=http,method=POST,path=/dicom-web/studies/{UID}) (status=200)"
+    )
+    redact_record(record)
+    assert record.getMessage() == "127.0.0.1:5000 (scheme=http,method=POST,path=/dicom-web/studies/<uid>) (status=200)"

@@ -21,6 +21,7 @@ from radfusion.errors import (
     ClinicalInputError,
     GenePanelError,
     GeometryError,
+    InvalidValueError,
     NoModalityError,
     WrongModalityError,
 )
@@ -196,7 +197,7 @@ def test_more_than_twenty_missing_genes_are_summarised() -> None:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -np.inf, None, "high", [1.0]])
 def test_non_finite_or_non_numeric_values_are_named(bad) -> None:
-    with pytest.raises(GenePanelError) as info:
+    with pytest.raises(InvalidValueError) as info:
         preprocess_genomics({"TP53": 1.0, "EGFR": bad, "KRAS": 2.0}, PANEL)
     assert info.value.message == "1 genes have non-finite values (NaN/inf): EGFR"
 

@@ -11,6 +11,8 @@ from dataclasses import fields
 
 import pytest
 
+from radfusion.limits import StudyBudget
+from radfusion.serving.http.orphans import LAUNCHER_PID_ENV
 from radfusion.serving.settings import (
     DeclaredSettings,
     ServiceSettings,
@@ -46,6 +48,28 @@ def test_values_are_parsed() -> None:
     assert not declared_from_env({"RADFUSION_BATCHING": "OFF"}).batching
 
 
+def test_the_study_budget_comes_from_the_settings() -> None:
+    """The budget each uploaded, STOW-RS or DICOMweb study is read under."""
+    assert ServiceSettings.from_env({}).study_budget() == StudyBudget(max_seconds=240.0)
+    budget = ServiceSettings.from_env(
+        {
+            "RADFUSION_STUDY_MAX_VOXELS": "1000",
+            "RADFUSION_STUDY_MAX_DECODED_BYTES": "4096",
+            "RADFUSION_STUDY_MAX_SECONDS": "7",
+            "RADFUSION_MAX_STUDY_FILES": "12",
+            "RADFUSION_MAX_STUDY_BYTES": "8192",
+        }
+    ).study_budget()
+    assert budget == StudyBudget(max_files=12, max_bytes=8192, max_decoded_bytes=4096, max_voxels=1000, max_seconds=7.0)
+
+
+def test_request_parsing_and_header_bounds_are_settings() -> None:
+    settings = ServiceSettings.from_env({"RADFUSION_MAX_JSON_BYTES": "1024", "RADFUSION_HEADER_TIMEOUT_S": "5"})
+    assert (settings.max_json_bytes, settings.header_timeout_s) == (1024, 5)
+    defaults = ServiceSettings.from_env({})
+    assert (defaults.max_json_bytes, defaults.header_timeout_s) == (16 * 1024**2, 20)
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
@@ -64,6 +88,23 @@ def test_values_are_parsed() -> None:
         ("RADFUSION_DICOMWEB_ALLOWED_URLS", "ftp://x", "RADFUSION_DICOMWEB_ALLOWED_URLS: expected comma-separated"),
         ("RADFUSION_MAX_UPLOAD_BYTES", "1_000", "RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes"),
         ("RADFUSION_MAX_IN_FLIGHT", "\u0661\u0660", "RADFUSION_MAX_IN_FLIGHT: expected a positive integer"),
+        ("RADFUSION_STUDY_MAX_VOXELS", "1e6", "RADFUSION_STUDY_MAX_VOXELS: expected a positive integer, got '1e6'"),
+        (
+            "RADFUSION_STUDY_MAX_DECODED_BYTES",
+            "2GiB",
+            "RADFUSION_STUDY_MAX_DECODED_BYTES: expected an integer number of bytes, got '2GiB'",
+        ),
+        (
+            "RADFUSION_STUDY_MAX_SECONDS",
+            "0",
+            "RADFUSION_STUDY_MAX_SECONDS: expected a positive integer number of seconds",
+        ),
+        ("RADFUSION_MAX_JSON_BYTES", "-1", "RADFUSION_MAX_JSON_BYTES: expected an integer number of bytes"),
+        (
+            "RADFUSION_HEADER_TIMEOUT_S",
+            "2.5",
+            "RADFUSION_HEADER_TIMEOUT_S: expected a positive integer number of seconds",
+        ),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_form(name: str, value: str, message: str) -> None:
@@ -114,7 +155,9 @@ def test_importing_the_service_reads_no_service_setting() -> None:
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
     read = set(json.loads(probe.stdout.strip().splitlines()[-1]))
-    assert set(_env_names(DeclaredSettings)) <= read <= {*_env_names(DeclaredSettings), "RADFUSION_MODEL"}, read
+    # RADFUSION_LAUNCHER_PID: whether this process is a server to stop with its launcher (orphans.py).
+    allowed = {*_env_names(DeclaredSettings), "RADFUSION_MODEL", LAUNCHER_PID_ENV}
+    assert set(_env_names(DeclaredSettings)) <= read <= allowed, read
     assert read.isdisjoint(_env_names(ServiceSettings))
     with pytest.raises(SettingsError, match="RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes"):
         ServiceSettings.from_env(env)
