@@ -6,7 +6,7 @@ export BENTOML_DO_NOT_TRACK := True
 export XDG_CACHE_HOME ?= $(CURDIR)/.cache
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 
-.PHONY: demo test test-fast lint bento venv bench clean
+.PHONY: demo test test-fast lint bento venv bench fuzz clean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -46,6 +46,13 @@ bench: venv
 	$(PY) -m bench.serving
 	$(PY) -m bench.training
 	$(PY) -m bench.ingest
+
+# The fuzz tests' seeded corpus of hostile and odd studies (tests/support/mutations.py),
+# its random mutations x8, through the scorer (and its resume), the HTTP service and the
+# listener -> bench/results/fuzz.json (counts per path, every broken promise, peak
+# memory, log leaks); exits 1 when a promise is broken.
+fuzz: venv
+	$(PY) -m bench.fuzz
 
 clean:
 	rm -rf runs .bentoml .cache .pytest_cache dist

@@ -51,6 +51,13 @@ class NoImageSeriesError(RadfusionInputError):
     http_status = 422
 
 
+class MultipleStudiesError(RadfusionInputError):
+    """The files sent as one study belong to several studies (StudyInstanceUID): send one study at a time."""
+
+    kind = "multiple_studies"
+    http_status = 422
+
+
 class WrongModalityError(RadfusionInputError):
     """The study's modality is not one the model accepts."""
 

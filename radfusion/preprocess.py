@@ -123,7 +123,7 @@ def preprocess_genomics(values: Mapping[str, float], panel: GenePanel, impute: b
     raw = np.array([_as_float(values[g]) if g in values else m for g, m in zip(panel.features, mean, strict=True)])
     bad = [g for g, v in zip(panel.features, raw, strict=True) if not np.isfinite(v)]
     if bad:
-        raise InvalidValueError(f"{len(bad)} genes have non-finite values (NaN/inf): {_names(bad)}")
+        raise InvalidValueError(f"{len(bad)} genes have values that are not finite numbers: {_names(bad)}")
     std = np.asarray(panel.std, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         z = ((raw - mean) / std).astype(np.float32)

@@ -25,7 +25,13 @@ from radfusion.dicom.discover import NOT_AN_IMAGE, UNREADABLE, InstanceHeader, r
 from radfusion.dicom.geometry import GeometryPolicy
 from radfusion.dicom.series import SelectionRules
 from radfusion.dicom.sources import list_inputs, stored_size
-from radfusion.errors import CorruptDicomError, NoImageSeriesError, RadfusionInputError, input_error
+from radfusion.errors import (
+    CorruptDicomError,
+    MultipleStudiesError,
+    NoImageSeriesError,
+    RadfusionInputError,
+    input_error,
+)
 from radfusion.limits import StudyBudget, StudyClock
 from radfusion.preprocess import grid_to_patient, preprocess_image
 
@@ -68,7 +74,7 @@ def study_image_from_headers(
         raise CorruptDicomError("no readable DICOM instances")
     studies = {h.study_uid for h in headers}
     if len(studies) > 1:
-        raise NoImageSeriesError(f"input holds {len(studies)} studies; send one study at a time")
+        raise MultipleStudiesError(f"input holds {len(studies)} studies; send one study at a time")
     choice = select_series(headers, rules=SelectionRules.from_geometry(geometry))
     _check_series_headers(choice.instances, clock)
     volume = load_volume([h.path for h in choice.instances], GeometryPolicy.from_geometry(geometry), clock)

@@ -82,6 +82,7 @@ def _score(args: argparse.Namespace) -> None:
     budget = StudyBudget(
         max_files=args.study_max_files,
         max_bytes=args.study_max_bytes,
+        max_decoded_bytes=args.study_max_decoded_bytes,
         max_voxels=args.study_max_voxels,
         max_seconds=args.study_max_seconds,
     )
@@ -156,6 +157,12 @@ def _add_study_budget(p: argparse.ArgumentParser) -> None:
         help="stored (uncompressed) bytes of one study, zip members and DICOMweb instances included",
     )
     p.add_argument("--study-max-files", type=int, default=default.max_files, help="files (instances) of one study")
+    p.add_argument(
+        "--study-max-decoded-bytes",
+        type=int,
+        default=default.max_decoded_bytes,
+        help="bytes of the chosen series' values once decoded (float32), checked before decoding",
+    )
     p.add_argument(
         "--study-max-voxels",
         type=int,

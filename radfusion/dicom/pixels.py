@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_modality_lut
-from pydicom.uid import UID_dictionary
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.uid import UID, UID_dictionary
 
 from radfusion.dicom.checks import rescale
 from radfusion.errors import CorruptDicomError, UnsupportedPixelDataError
@@ -55,12 +55,24 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
     try:
         return ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        # Raised by pydicom when no installed plugin can decode the transfer syntax.
-        raise UnsupportedPixelDataError(
-            f"cannot decode transfer syntax {_syntax_name(ds)} ({type(exc).__name__})"
-        ) from exc
+        if not _decoder_installed(ds):
+            raise UnsupportedPixelDataError(
+                f"cannot decode transfer syntax {_syntax_name(ds)} ({type(exc).__name__})"
+            ) from exc
+        # A decoder for the syntax is installed and failed: the codestream is damaged
+        # (or uses a variant that decoder lacks, which the file cannot tell apart).
+        raise CorruptDicomError(f"pixel data cannot be decoded as {_syntax_name(ds)} ({type(exc).__name__})") from exc
     except (ValueError, EOFError, AttributeError, KeyError, IndexError, TypeError) as exc:
         raise CorruptDicomError(f"pixel data cannot be decoded ({type(exc).__name__}){_length_note(ds)}") from exc
+
+
+def _decoder_installed(ds: pydicom.Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    try:
+        return bool(get_decoder(UID(uid)).is_available)
+    except NotImplementedError:  # no decoder is even defined for this syntax
+        return False
 
 
 def _syntax_name(ds: pydicom.Dataset) -> str:

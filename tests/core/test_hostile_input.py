@@ -457,8 +457,8 @@ BEYOND = (
         (-1e308, BEYOND),
         (3.0e38, BEYOND),  # representable, but z = (3e38 - 3) / 0.5 is not
         (1.0e38, "read"),
-        (float("inf"), "invalid_value: expression block: 1 genes have non-finite values (NaN/inf): EGFR"),
-        (10**400, "invalid_value: expression block: 1 genes have non-finite values (NaN/inf): EGFR"),
+        (float("inf"), "invalid_value: expression block: 1 genes have values that are not finite numbers: EGFR"),
+        (10**400, "invalid_value: expression block: 1 genes have values that are not finite numbers: EGFR"),
     ],
 )
 def test_genomic_values_beyond_float32_are_named(value, expected: str) -> None:

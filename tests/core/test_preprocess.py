@@ -199,7 +199,7 @@ def test_more_than_twenty_missing_genes_are_summarised() -> None:
 def test_non_finite_or_non_numeric_values_are_named(bad) -> None:
     with pytest.raises(InvalidValueError) as info:
         preprocess_genomics({"TP53": 1.0, "EGFR": bad, "KRAS": 2.0}, PANEL)
-    assert info.value.message == "1 genes have non-finite values (NaN/inf): EGFR"
+    assert info.value.message == "1 genes have values that are not finite numbers: EGFR"
 
 
 def test_fit_gene_panel_uses_training_statistics_and_guards_constant_genes() -> None:
