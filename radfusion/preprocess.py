@@ -68,6 +68,8 @@ def _zoom_factors(vol: Volume, geometry: ImageGeometry) -> list[float]:
     if vol.voxels.shape[0] == 1:
         # A lone slice has no extent along the slice axis to interpolate.
         factors[0] = 1.0
+    if any(round(n * f) < 1 for n, f in zip(vol.voxels.shape, factors, strict=True)):
+        raise GeometryError("the series spans less than one voxel of the model grid along an axis")
     return factors
 
 

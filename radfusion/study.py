@@ -27,6 +27,7 @@ from radfusion.dicom.series import SelectionRules
 from radfusion.dicom.sources import list_inputs, stored_size
 from radfusion.errors import (
     CorruptDicomError,
+    GeometryError,
     MultipleStudiesError,
     NoImageSeriesError,
     RadfusionInputError,
@@ -75,9 +76,16 @@ def study_image_from_headers(
     studies = {h.study_uid for h in headers}
     if len(studies) > 1:
         raise MultipleStudiesError(f"input holds {len(studies)} studies; send one study at a time")
-    choice = select_series(headers, rules=SelectionRules.from_geometry(geometry))
+    rules = SelectionRules.from_geometry(geometry)
+    choice = select_series(headers, rules=rules)
     _check_series_headers(choice.instances, clock)
     volume = load_volume([h.path for h in choice.instances], GeometryPolicy.from_geometry(geometry), clock)
+    if volume.shape[0] < rules.min_slices:
+        # Counted again once duplicates are dropped: copies of one slice are no volume.
+        raise GeometryError(
+            f"only {volume.shape[0]} distinct slice position(s) in the chosen series once duplicates are"
+            f" dropped; at least {rules.min_slices}"
+        )
     canonical = volume.canonical()  # once: both below reuse it without another copy
     image = preprocess_image(canonical, geometry, clock)
     first = choice.instances[0]

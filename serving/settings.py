@@ -164,7 +164,7 @@ class ServiceSettings:
         "RADFUSION_HEADER_TIMEOUT_S",
         seconds,
         20,
-        "longest a client may take to send a request's headers before its connection is closed (408)",
+        "longest a client may take to send a request's headers, or stay silent within its body (408)",
     )
     max_in_flight: int = _setting(
         "RADFUSION_MAX_IN_FLIGHT",

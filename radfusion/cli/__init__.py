@@ -308,10 +308,17 @@ EXTRA_OF = {
 }
 
 
+# Commands that read a hospital's studies: every log record of theirs is redacted.
+STUDY_READERS = ("score", "serve", "listen", "pacs-status", "deid")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Before anything logs: library warnings quote UIDs, header values and file paths.
-    log_privacy.install()
+    if argv and argv[0] in STUDY_READERS:
+        # Before anything logs: library warnings quote UIDs, header values and file
+        # paths of the archive. (Training and the other commands work on the operator's
+        # own files, whose paths their logs should name: where a checkpoint was restored.)
+        log_privacy.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         _dispatch(argv)

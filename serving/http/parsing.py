@@ -19,6 +19,7 @@ boundary, more files than Starlette's default, a JSON field nested 100,000 deep
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -33,7 +34,7 @@ import anyio
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from radfusion.errors import RadfusionInputError
@@ -80,6 +81,42 @@ class InvalidRequestError(RadfusionInputError):
 class ParseLimits:
     max_json_bytes: int
     max_files: int
+    # Longest silence while the body arrives: a client that sends headers and then
+    # stalls would otherwise hold an in-flight slot until the request timeout.
+    body_idle_s: float = 20.0
+
+
+class RequestBodyTimeoutError(RadfusionInputError):
+    """The request body stopped arriving: no byte for longer than the server waits."""
+
+    kind = "request_body_timeout"
+    http_status = 408
+
+
+class ClientDisconnectedError(RadfusionInputError):
+    """The client closed the connection before its request body was complete."""
+
+    kind = "client_disconnected"
+    http_status = 400
+
+
+async def _paced(request: Request, limits: ParseLimits) -> AsyncGenerator[bytes, None]:
+    """``request.stream()`` with a bound on each wait for the next chunk; a client that
+    goes away is its own error (Starlette's ClientDisconnect would be answered 500)."""
+    stream = request.stream()
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), limits.body_idle_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise RequestBodyTimeoutError(f"no byte of the request body for {limits.body_idle_s:g} s") from None
+            except ClientDisconnect:
+                raise ClientDisconnectedError("the client closed the connection during its request body") from None
+            yield chunk
+    finally:
+        await stream.aclose()
 
 
 def media_type(request: Request) -> str:
@@ -98,13 +135,14 @@ def check_media_type(request: Request) -> None:
 # ------------------------------------------------------------------------------ JSON
 
 
-async def _bounded_body(request: Request, max_bytes: int) -> bytes:
+async def _bounded_body(request: Request, limits: ParseLimits) -> bytes:
+    max_bytes = limits.max_json_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise JsonTooLargeError(f"JSON body of {int(declared):,} bytes; at most {max_bytes:,}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in _paced(request, limits):
         size += len(chunk)
         if size > max_bytes:
             raise JsonTooLargeError(f"JSON body larger than {max_bytes:,} bytes")
@@ -130,7 +168,7 @@ def _validation_error(exc: ValidationError) -> RadfusionInputError:
 
 
 async def _parse_json(request: Request, cls: type[t.Any], limits: ParseLimits) -> t.Any:
-    body = await _bounded_body(request, limits.max_json_bytes)
+    body = await _bounded_body(request, limits)
     try:
         return cls.model_validate_json(body or b"{}")
     except ValidationError as exc:
@@ -226,10 +264,12 @@ def _json_field(value: str | bytes) -> t.Any:
         raise BadJsonError("a JSON form field is not UTF-8 text") from None
     except RecursionError:
         raise BadJsonError("a JSON form field is nested too deeply") from None
+    except ValueError:  # Python's bound on integer digits (4300): no such number is a value
+        raise BadJsonError("a JSON form field holds an integer too long to read") from None
 
 
 async def _read_form(request: Request, limits: ParseLimits) -> FormData:
-    async with contextlib.aclosing(request.stream()) as stream:
+    async with contextlib.aclosing(_paced(request, limits)) as stream:
         parser: _BoundedFormParser | _StrictMultiPartParser
         if media_type(request) == URLENCODED:
             parser = _BoundedFormParser(request, stream, limits)

@@ -582,7 +582,9 @@ def _body_size_limit(app):
 
 def _parse_limits() -> ParseLimits:
     settings = service_settings()
-    return ParseLimits(settings.max_json_bytes, max(settings.max_study_files, settings.max_batch_cases))
+    return ParseLimits(
+        settings.max_json_bytes, max(settings.max_study_files, settings.max_batch_cases), settings.header_timeout_s
+    )
 
 
 def _refused_while_parsing(exc: RadfusionInputError, api: str) -> None:

@@ -565,3 +565,34 @@ def test_a_deflated_file_is_inflated_no_further_than_the_byte_bound(tmp_path: Pa
         tracemalloc.stop()
     assert refused.value.kind == "upload_too_large"
     assert peak < 100 * 1024**2  # not the 512 MiB pydicom would have inflated
+
+
+def test_copies_of_one_slice_are_no_volume(tmp_path: Path) -> None:
+    """Six files of the same slice (new SOP UIDs, same position) pass the series' slice
+    count, but once the duplicates are dropped one position is left: refused, not scored."""
+    source = _series(tmp_path / "files")[0]
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for i in range(6):
+        ds = pydicom.dcmread(source)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.InstanceNumber = i + 1
+        ds.save_as(copies / f"{i}.dcm")
+    assert _outcome(lambda: read_study_image(copies, GEOMETRY)) == (
+        "geometry_rejected: only 1 distinct slice position(s) in the chosen series once duplicates are dropped;"
+        " at least 4"
+    )
+
+
+def test_a_series_smaller_than_one_voxel_of_the_model_grid_is_geometry_rejected(tmp_path: Path) -> None:
+    """PixelSpacing 0.006 mm is within the physical bounds, but 4 columns of it are
+    0.024 mm, less than one 3 mm voxel: a geometry the model cannot see, said so."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for path in _series(tmp_path / "files"):
+        ds = pydicom.dcmread(path)
+        ds.PixelSpacing = [0.006, 0.006]
+        ds.save_as(folder / path.name)
+    assert _outcome(lambda: read_study_image(folder, GEOMETRY)) == (
+        "geometry_rejected: the series spans less than one voxel of the model grid along an axis"
+    )

@@ -509,6 +509,48 @@ def test_a_slow_body_is_not_a_slow_header(server, cohort) -> None:
     assert response.status_code == 200, response.text
 
 
+def test_a_stalled_body_is_cut_off(server) -> None:
+    """Complete headers, then silence: the in-flight slot is freed with a 408 once the
+    body has been silent for the timeout, not held until the request timeout."""
+    client, _, _, _ = server
+    host, port = client.base_url.host, client.base_url.port
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{"genomics":'
+    )
+    with socket.create_connection((host, port), timeout=30) as stalled:
+        started = time.monotonic()
+        stalled.sendall(head.encode())
+        answer = stalled.recv(65536)  # the answer's first bytes: when the slot was freed
+        elapsed = time.monotonic() - started
+        answer += read_answer(stalled)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "request_body_timeout"
+    assert HEADER_TIMEOUT_S - 0.5 < elapsed < HEADER_TIMEOUT_S + 5
+
+
+def test_a_client_that_leaves_mid_body_is_not_a_server_error(server) -> None:
+    """The multipart body ends with the connection: counted as the client's failure
+    (test_log_holds_no_planted_identifier then finds no status=500 in the log)."""
+    client, _, _, _ = server
+    host, port = client.base_url.host, client.base_url.port
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 1000\r\n\r\n--B\r\n"
+    )
+    with socket.create_connection((host, port), timeout=30) as leaving:
+        leaving.sendall(head.encode())
+        time.sleep(0.3)
+    assert client.get("/livez").status_code == 200
+
+
+def test_an_integer_too_long_to_read_is_bad_json(server) -> None:
+    """Python refuses to read integers of more than 4,300 digits: the field is bad JSON."""
+    client, _, _, _ = server
+    response = client.post("/predict", data={"genomics": '{"TP53": ' + "9" * 5000 + "}"})
+    assert "too long" in error_of(response, 400, "bad_json")
+
+
 def test_malformed_http_is_400_with_a_kind(server) -> None:
     client, _, _, _ = server
     with socket.create_connection((client.base_url.host, client.base_url.port), timeout=10) as sock:
