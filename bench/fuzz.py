@@ -50,32 +50,10 @@ def build_cohort(folder: Path, patients: int, seed: int) -> Path:
 def build_model(cohort: Path, folder: Path) -> Path:
     """The tiny fusion network with a clinical block (the fuzz tests' model), exported
     for this cohort's gene panel."""
-    from radfusion.contract import ImageGeometry, ModelContract
-    from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
-    from radfusion.preprocess import fit_omics_block
     from tests.support.clinical_models import clinical_models
-    from tests.support.tiny import TINY_TARGET_SHAPE, TINY_TARGET_SPACING
+    from tests.support.tiny import tiny_contract_of
 
-    table = load_genomics_table(cohort / "genomics.parquet")
-    contract = ModelContract(
-        name="tiny-fusion",
-        version="0.0.1-fuzz",
-        task="classification:response",
-        labels=["non-responder", "responder"],
-        positive_label="responder",
-        image=ImageGeometry(
-            spatial_dims=3,
-            target_shape=TINY_TARGET_SHAPE,
-            target_spacing=TINY_TARGET_SPACING,
-            window=(-150.0, 250.0),
-            modalities=("CT",),
-            min_slices=4,
-        ),
-        omics=[fit_omics_block(table, name, f) for name, f in split_blocks(feature_columns(table)).items()],
-        trained_modalities=["image", "genomics"],
-        may_be_missing=["image", "genomics"],
-        cohort_hash="fuzz",
-    )
+    contract = tiny_contract_of(cohort, version="0.0.1-fuzz", cohort_hash="fuzz")
     lenient, _ = clinical_models(cohort, contract, folder)
     return lenient
 

@@ -25,12 +25,7 @@ from tests.support.peers import (
     OrthancPeer,
     free_loopback_port,
 )
-from tests.support.tiny import (
-    TINY_COHORT,
-    TINY_TARGET_SHAPE,
-    TINY_TARGET_SPACING,
-    tiny_net,
-)
+from tests.support.tiny import TINY_COHORT, tiny_contract_of, tiny_net
 
 # BentoML phones home unless told not to; no test may reach the network.
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
@@ -54,34 +49,8 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_contract(tiny_cohort: Path):
-    """The model contract for the tiny cohort: its genomics columns as omics blocks
-    (expression, mutation; training-style mean/std), a small image grid, labels
-    non-responder/responder, no clinical block."""
-    from radfusion.contract import ImageGeometry, ModelContract
-    from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
-    from radfusion.preprocess import fit_omics_block
-
-    table = load_genomics_table(tiny_cohort / "genomics.parquet")
-    blocks = [fit_omics_block(table, name, f) for name, f in split_blocks(feature_columns(table)).items()]
-    return ModelContract(
-        name="tiny-fusion",
-        version="0.0.1-test",
-        task="classification:response",
-        labels=["non-responder", "responder"],
-        positive_label="responder",
-        image=ImageGeometry(
-            spatial_dims=3,
-            target_shape=TINY_TARGET_SHAPE,
-            target_spacing=TINY_TARGET_SPACING,
-            window=(-150.0, 250.0),
-            modalities=("CT",),
-            min_slices=4,
-        ),
-        omics=blocks,
-        trained_modalities=["image", "genomics"],
-        may_be_missing=["image", "genomics"],
-        cohort_hash="tiny",
-    )
+    """The model contract for the tiny cohort (tests.support.tiny.tiny_contract_of)."""
+    return tiny_contract_of(tiny_cohort)
 
 
 @pytest.fixture(scope="session")

@@ -29,3 +29,34 @@ def tiny_net(contract, seed: int = 0):
             genomics_hidden=32,
         ),
     ).eval()
+
+
+def tiny_contract_of(cohort, version: str = "0.0.1-test", cohort_hash: str = "tiny"):
+    """The model contract for a tiny cohort: its genomics columns as omics blocks
+    (expression, mutation; training-style mean/std), a small image grid, labels
+    non-responder/responder, no clinical block."""
+    from radfusion.contract import ImageGeometry, ModelContract
+    from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
+    from radfusion.preprocess import fit_omics_block
+
+    table = load_genomics_table(cohort / "genomics.parquet")
+    blocks = [fit_omics_block(table, name, f) for name, f in split_blocks(feature_columns(table)).items()]
+    return ModelContract(
+        name="tiny-fusion",
+        version=version,
+        task="classification:response",
+        labels=["non-responder", "responder"],
+        positive_label="responder",
+        image=ImageGeometry(
+            spatial_dims=3,
+            target_shape=TINY_TARGET_SHAPE,
+            target_spacing=TINY_TARGET_SPACING,
+            window=(-150.0, 250.0),
+            modalities=("CT",),
+            min_slices=4,
+        ),
+        omics=blocks,
+        trained_modalities=["image", "genomics"],
+        may_be_missing=["image", "genomics"],
+        cohort_hash=cohort_hash,
+    )
