@@ -31,8 +31,8 @@ from radfusion.serving.http.auth import (
     is_loopback,
     tokens_from_env,
 )
-from radfusion.serving.http.orphans import LAUNCHER_PID_ENV
 from radfusion.serving.modelref import MODEL_ENV, ModelNotFoundError, looks_like_tag
+from radfusion.serving.orphans import LAUNCHER_PID_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "radfusion.serving.http.service:Radfusion"
@@ -143,7 +143,7 @@ def running_server(
     serves the model service alone)."""
     check_model_ref(model)
     check_auth_for_host(serve_env(model, env), host)
-    # The server stops itself should this process die without stopping it (orphans.py).
+    # The server stops itself should this process die without stopping it (radfusion/serving/orphans.py).
     env = {**(env or {}), LAUNCHER_PID_ENV: str(os.getpid())}
     port = port or free_port(host)
     url = f"http://{host}:{port}"

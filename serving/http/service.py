@@ -24,7 +24,7 @@ headers are slower than RADFUSION_HEADER_TIMEOUT_S is cut off with 408
 (radfusion.serving.http.connections). Every study is read under the settings' budget
 (radfusion.limits.StudyBudget) through one boundary, ``_reading_study``. SIGTERM drains
 in-flight requests (radfusion.serving.http.drain); a worker whose server died exits
-(radfusion.serving.http.orphans). Tuning: RADFUSION_* environment variables, read and
+(radfusion.serving.orphans). Tuning: RADFUSION_* environment variables, read and
 checked when the service starts (radfusion.serving.settings: limits, batching, timeouts,
 the genomics and clinical tables of STOW-RS studies, the DICOMweb allow-list); importing
 this module reads none of them except the four BentoML fixes at declaration
@@ -74,7 +74,6 @@ from radfusion.serving.http.drain import defer_shutdown_until_callers_exit, keep
 from radfusion.serving.http.hardening import forbid_url_fetch_for_file_fields
 from radfusion.serving.http.limits import BodySizeLimit
 from radfusion.serving.http.metrics import count_refusal, service_metrics
-from radfusion.serving.http.orphans import exit_with_parent, stop_with_launcher
 from radfusion.serving.http.overload import InFlightLimit, OverloadedError, overloaded
 from radfusion.serving.http.parsing import ParseLimits, answer_input_errors, strict_parsing
 from radfusion.serving.http.stow import boundary_of, split_parts
@@ -85,6 +84,7 @@ from radfusion.serving.modelref import (
     model_ref_from_env,
     resolve_model_path,
 )
+from radfusion.serving.orphans import exit_with_parent, stop_with_launcher
 from radfusion.serving.patients import (
     PatientData,
     PatientDataMissingError,
@@ -108,7 +108,7 @@ def _start_worker() -> None:
     """First thing in each worker (both services), before any request: library log
     lines and warnings lose their UIDs and paths (radfusion.log_privacy; not at import,
     so importing this module changes no importer's logging), and the worker exits
-    should the server that started it die (radfusion.serving.http.orphans)."""
+    should the server that started it die (radfusion.serving.orphans)."""
     log_privacy.install()
     exit_with_parent()
 

@@ -17,7 +17,6 @@ the study's budget of seconds, plus a minute) has its workers killed, and its ro
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -231,7 +230,7 @@ class LocalEngine:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=prepare.init_worker,
-            initargs=(self.contract, os.getpid(), self.budget),
+            initargs=(self.contract, self.budget),
         )
 
     def _restart_pool(self) -> None:

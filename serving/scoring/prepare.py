@@ -13,9 +13,7 @@ row: an error is mapped to its kind at this one boundary (radfusion.errors.input
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -25,6 +23,7 @@ from radfusion.errors import input_error
 from radfusion.limits import StudyBudget, StudyClock
 from radfusion.predictor import PreparedCase, prepare_case
 from radfusion.preprocess import ModelInputs
+from radfusion.serving.orphans import exit_with_parent
 from radfusion.serving.patient_data import PatientData
 from radfusion.serving.scoring.rows import fill_series, new_row
 from radfusion.serving.scoring.sources import (
@@ -94,7 +93,7 @@ def set_contract(contract: ModelContract, budget: StudyBudget | None = None) -> 
     _contract, _budget = contract, budget
 
 
-def init_worker(contract: ModelContract, parent_pid: int, budget: StudyBudget | None = None) -> None:
+def init_worker(contract: ModelContract, budget: StudyBudget | None = None) -> None:
     # First: reader warnings quote UIDs and paths (folders named after patients). They
     # reach stderr as in the parent process, rewritten.
     log_privacy.install()
@@ -103,13 +102,7 @@ def init_worker(contract: ModelContract, parent_pid: int, budget: StudyBudget | 
     # Ctrl-C reaches the whole process group: the parent commits and stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker outlives a parent killed with SIGKILL (nothing tells it); leave then.
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(0)
+    exit_with_parent(grace_s=0.0)
 
 
 def prepare_task(study: StudyRef, patient: PatientData) -> PreparedStudy:

@@ -12,7 +12,7 @@ from dataclasses import fields
 import pytest
 
 from radfusion.limits import StudyBudget
-from radfusion.serving.http.orphans import LAUNCHER_PID_ENV
+from radfusion.serving.orphans import LAUNCHER_PID_ENV
 from radfusion.serving.settings import (
     DeclaredSettings,
     ServiceSettings,
@@ -155,7 +155,7 @@ def test_importing_the_service_reads_no_service_setting() -> None:
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
     read = set(json.loads(probe.stdout.strip().splitlines()[-1]))
-    # RADFUSION_LAUNCHER_PID: whether this process is a server to stop with its launcher (orphans.py).
+    # RADFUSION_LAUNCHER_PID: whether this process is a server to stop with its launcher (radfusion/serving/orphans.py).
     allowed = {*_env_names(DeclaredSettings), "RADFUSION_MODEL", LAUNCHER_PID_ENV}
     assert set(_env_names(DeclaredSettings)) <= read <= allowed, read
     assert read.isdisjoint(_env_names(ServiceSettings))

@@ -1,15 +1,15 @@
-"""Server processes exit when whoever started them is gone.
+"""Worker processes exit when whoever started them is gone.
 
-`bentoml serve` starts each worker in its own session, so a worker outlives a server
-killed with SIGKILL (nothing signals it): it is re-parented to init and keeps its model,
-its memory and its share of the listening socket. ``exit_with_parent`` watches for that
-in each worker; ``stop_with_launcher`` does the same for `bentoml serve` itself when it
-was started by ``radfusion.serving.http.launch.running_server`` (tests, the demo) and
-that process dies without stopping it.
+A worker outlives a parent killed with SIGKILL (nothing signals it): it is re-parented
+to init and keeps its model, its memory and, for `bentoml serve`'s workers (each in its
+own session), its share of the listening socket. ``exit_with_parent`` watches for that
+in each service worker and each scorer worker process; ``stop_with_launcher`` does the
+same for `bentoml serve` itself when it was started by
+``radfusion.serving.http.launch.running_server`` (tests, the demo) and that process
+dies without stopping it.
 
-Both poll ``os.getppid()``, as the scorer's workers do (radfusion.serving.scoring.prepare):
-PR_SET_PDEATHSIG would follow the parent *thread* that forked the process, not the
-parent process."""
+Both poll ``os.getppid()``: PR_SET_PDEATHSIG would follow the parent *thread* that
+forked the process, not the parent process."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 
-log = logging.getLogger("bentoml.radfusion")
+log = logging.getLogger("radfusion.serving")
 
 LAUNCHER_PID_ENV = "RADFUSION_LAUNCHER_PID"
 POLL_S = 0.5
@@ -47,8 +47,8 @@ def _watch(parent: int, what: str, grace_s: float) -> None:
 
 
 def exit_with_parent(grace_s: float = 5.0) -> None:
-    """Stop this worker (SIGTERM, then exit after ``grace_s``) once the server process
-    that started it is gone. Idempotent; call from the worker's service __init__."""
+    """Stop this worker (SIGTERM, then exit after ``grace_s``) once the process that
+    started it is gone. Idempotent; call first thing in the worker."""
     _watch(os.getppid(), "worker", grace_s)
 
 
