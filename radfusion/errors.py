@@ -171,6 +171,11 @@ _CORRUPTION = (
 )
 
 
+# What reading a damaged or hostile file raises: the library exceptions input_error
+# names, and ours (a file over its byte bound).
+READ_ERRORS: tuple[type[BaseException], ...] = (RadfusionInputError, *(cls for cls, _ in _CORRUPTION))
+
+
 def input_error(exc: BaseException, where: str = "study") -> RadfusionInputError:
     """The one mapping from an exception raised while reading ``where`` (e.g. "file 3
     of 25") to a specific kind. The exception's message is never quoted: library

@@ -29,8 +29,7 @@ from radfusion.deid.actions import PatientContext, deidentify_dataset
 from radfusion.deid.dates import DateShift
 from radfusion.deid.errors import DeidKeyError, DeidPathError
 from radfusion.deid.keys import DeidKey
-from radfusion.dicom.discover import UNREADABLE_DICOM_ERRORS
-from radfusion.errors import CorruptDicomError, RadfusionInputError
+from radfusion.errors import READ_ERRORS, CorruptDicomError, RadfusionInputError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ def _deidentify_files(
             except RadfusionInputError as exc:
                 row.update(status="failed", reason=exc.message)
                 summary.failed += 1
-            except (*UNREADABLE_DICOM_ERRORS, TypeError, AttributeError, OverflowError) as exc:
+            except READ_ERRORS as exc:
                 # The exception text may quote element values: keep only its type.
                 row.update(status="failed", reason=f"unreadable or corrupt DICOM ({type(exc).__name__})")
                 summary.failed += 1

@@ -13,9 +13,6 @@ inform the choice of series (SeriesNumber, SliceThickness, ImageOrientationPatie
 from __future__ import annotations
 
 import math
-import struct
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,30 +40,6 @@ _HEADER_TAGS = [
     "SliceThickness",
     "ImageOrientationPatient",
 ]
-
-# What reading a file that is not (readable) DICOM raises, hostile files included: the
-# exceptions radfusion.errors.input_error names (RecursionError for deep nesting,
-# NotImplementedError for an unknown VR, zlib.error for a deflated body that does not
-# inflate, ...), pydicom's own, and ours (a zip member over its byte bound).
-UNREADABLE_DICOM_ERRORS = (
-    InvalidDicomError,
-    RadfusionInputError,
-    RecursionError,
-    NotImplementedError,
-    zlib.error,
-    struct.error,
-    EOFError,
-    UnicodeError,
-    OverflowError,
-    ZeroDivisionError,
-    zipfile.BadZipFile,
-    OSError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    TypeError,
-    ValueError,
-)
 
 # Reason prefix recorded for files that cannot be read as DICOM.
 UNREADABLE = "not a readable DICOM file"

@@ -251,9 +251,21 @@ def _orientation(ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray]:
 def _stack_single_frames(
     datasets: list[pydicom.Dataset], values: list[np.ndarray], layout: _Layout, policy: GeometryPolicy
 ) -> Volume:
-    first = datasets[0]
+    sop_uids = [str(ds.get("SOPInstanceUID", "")) for ds in datasets]
+    return _stacked(values, layout, policy, datasets[0], lambda kept: [sop_uids[i] for i in kept])
+
+
+def _stacked(
+    slices: list[np.ndarray] | np.ndarray,
+    layout: _Layout,
+    policy: GeometryPolicy,
+    first: pydicom.Dataset,
+    sop_uids: Callable[[list[int]], list[str]],
+) -> Volume:
+    """The slices stacked along the normal (radfusion.dicom.geometry) as a Volume;
+    ``sop_uids`` gives the instances behind the slices kept."""
     stack = stack_slices(
-        values,
+        slices,
         layout.positions,
         layout.row_dir,
         layout.col_dir,
@@ -262,13 +274,13 @@ def _stack_single_frames(
         single_slice_spacing=layout.nominal_spacing,
     )
     return Volume(
-        voxels=stack.voxels,
+        voxels=np.ascontiguousarray(stack.voxels),
         spacing=(stack.slice_spacing, *layout.pixel_spacing),
         origin=tuple(float(v) for v in stack.origin),  # type: ignore[arg-type]
         # axes (slice, row, col)
         direction=np.stack([np.cross(layout.row_dir, layout.col_dir), layout.col_dir, layout.row_dir], axis=1),
         modality=str(first.get("Modality", "")),
-        sop_uids=[str(datasets[i].get("SOPInstanceUID", "")) for i in stack.kept],
+        sop_uids=sop_uids(stack.kept),
         corrections=stack.corrections,
     )
 
@@ -329,21 +341,4 @@ def _multiframe_volume(ds: pydicom.Dataset, frames: np.ndarray, layout: _Layout,
     frames = frames.reshape(-1, *frames.shape[-2:])  # a one-frame image decodes as 2-D
     if len(layout.positions) != len(frames):
         raise GeometryError(f"{len(frames)} frames but {len(layout.positions)} per-frame positions")
-    stack = stack_slices(
-        frames,
-        layout.positions,
-        layout.row_dir,
-        layout.col_dir,
-        layout.pixel_spacing,
-        policy,
-        single_slice_spacing=layout.nominal_spacing,
-    )
-    return Volume(
-        voxels=np.ascontiguousarray(stack.voxels),
-        spacing=(stack.slice_spacing, *layout.pixel_spacing),
-        origin=tuple(float(v) for v in stack.origin),  # type: ignore[arg-type]
-        direction=np.stack([np.cross(layout.row_dir, layout.col_dir), layout.col_dir, layout.row_dir], axis=1),
-        modality=str(ds.get("Modality", "")),
-        sop_uids=[str(ds.get("SOPInstanceUID", ""))],
-        corrections=stack.corrections,
-    )
+    return _stacked(frames, layout, policy, ds, lambda kept: [str(ds.get("SOPInstanceUID", ""))])
