@@ -163,7 +163,7 @@ def running_server(
                 start_new_session=True,  # its own process group, so a kill reaches the workers
             )
             try:
-                _wait_ready(process, url, timeout, log_file)
+                wait_ready(process, url, timeout, log_file)
                 yield url
             finally:
                 _stop(process, grace=15.0)
@@ -172,7 +172,9 @@ def running_server(
             log_file.unlink(missing_ok=True)
 
 
-def _wait_ready(process: subprocess.Popen, url: str, timeout: float, log_file: Path) -> None:
+def wait_ready(process: subprocess.Popen, url: str, timeout: float, log_file: Path) -> None:
+    """Until the `bentoml serve` ``process`` answers /readyz at ``url``; ServerStartError
+    with the end of its log if it exits, fails to start or takes longer than ``timeout``."""
     deadline = time.monotonic() + timeout
     while not _ready(url):
         log = log_file.read_bytes()

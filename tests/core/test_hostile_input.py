@@ -41,7 +41,7 @@ from radfusion.preprocess import (
     resampled_voxels,
 )
 from radfusion.study import read_study_image
-from tests.support.dicom_series import ground_truth, write_series
+from tests.support.dicom_series import ground_truth, input_outcome, write_series
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # pydicom warns about every damaged value it meets
 
@@ -54,14 +54,6 @@ def _series(folder: Path, n: int = 9) -> list[Path]:
     """A 9-slice axial CT series; its files in sorted order (the order read in)."""
     paths, _ = write_series(folder, ground_truth((n, 5, 4)))
     return sorted(paths)
-
-
-def _outcome(run) -> str:
-    try:
-        run()
-    except RadfusionInputError as exc:
-        return f"{exc.kind}: {exc.message}"
-    return "read"
 
 
 # ------------------------------------------------------------------ byte mutations
@@ -158,7 +150,7 @@ def test_a_file_the_parser_cannot_survive_is_skipped_and_the_study_still_read(tm
 def test_a_study_whose_only_file_breaks_the_parser_is_corrupt_and_says_why(tmp_path: Path) -> None:
     [path] = _series(tmp_path, n=1)
     path.write_bytes(nested(path.read_bytes()))
-    assert _outcome(lambda: read_study_image(tmp_path, GEOMETRY)) == (
+    assert input_outcome(lambda: read_study_image(tmp_path, GEOMETRY)) == (
         "corrupt_dicom: no readable DICOM instances; 1 unreadable file: file 1 of 1: elements nested too deeply"
         " (RecursionError)"
     )
@@ -177,7 +169,7 @@ def test_an_unreadable_main_series_is_named_when_no_usable_series_is_left(tmp_pa
         path.write_bytes(deflate_claim(path))
     for path in main[3:]:
         path.write_bytes(path.read_bytes()[:200])
-    outcome = _outcome(lambda: read_study_image(tmp_path, GEOMETRY))
+    outcome = input_outcome(lambda: read_study_image(tmp_path, GEOMETRY))
     assert outcome == (
         "no_image_series: no usable image series (localizer image type (localizer/scout/derived)); 9 unreadable"
         " files: file 1 of 10: deflated data that cannot be inflated (zlib.error); file 2 of 10: deflated data"
@@ -202,7 +194,7 @@ def test_header_values_that_do_not_parse_are_absent_or_refused(tmp_path: Path) -
     assert (header.series_number, header.slice_thickness, header.orientation) == (None, None, None)
     assert header.malformed == ("SeriesNumber", "SliceThickness", "ImageOrientationPatient")
     # harmless for the choice of series; the volume reader needs the orientation
-    assert _outcome(lambda: read_study_image(tmp_path / "s", GEOMETRY)) == (
+    assert input_outcome(lambda: read_study_image(tmp_path / "s", GEOMETRY)) == (
         "geometry_rejected: file 5 of 9: ImageOrientationPatient holds 2 values, not 6"
     )
 
@@ -281,7 +273,7 @@ def test_zip_members_are_read_under_a_byte_bound(tmp_path: Path) -> None:
     )
     assert read_dataset(member, max_bytes=info.file_size).SOPInstanceUID == pydicom.dcmread(paths[0]).SOPInstanceUID
     # the budget of read_study_image takes the members' declared sizes, before any is read
-    over = _outcome(lambda: read_study_image(archive, GEOMETRY, budget=_budget(max_bytes=info.file_size * 8)))
+    over = input_outcome(lambda: read_study_image(archive, GEOMETRY, budget=_budget(max_bytes=info.file_size * 8)))
     assert over.startswith("upload_too_large: study files hold")
 
 
@@ -361,17 +353,17 @@ def test_a_damaged_file_of_the_chosen_series_fails_the_study_with_its_kind_and_p
     paths = _series(tmp_path / "s")
     paths[VICTIM].write_bytes(mutate(paths[VICTIM]))
     assert find_studies(tmp_path).skipped == []  # the header discovery reads is intact
-    assert _outcome(lambda: read_study_image(tmp_path / "s", GEOMETRY)) == expected
+    assert input_outcome(lambda: read_study_image(tmp_path / "s", GEOMETRY)) == expected
     contract = ModelContract(
         name="t", version="1", task="classification:response", labels=["no", "yes"], image=GEOMETRY, omics=[]
     )
-    assert _outcome(lambda: prepare_case(contract, tmp_path / "s", None)) == expected
+    assert input_outcome(lambda: prepare_case(contract, tmp_path / "s", None)) == expected
 
 
 def test_a_frame_count_beyond_the_bounds_is_refused_from_the_header(tmp_path: Path) -> None:
     paths = _series(tmp_path / "s")
     paths[VICTIM].write_bytes(text_value(_with_frames(paths[VICTIM]), 0x0028, 0x0008, b"2147483647"))
-    assert _outcome(lambda: read_study_image(tmp_path / "s", GEOMETRY)) == (
+    assert input_outcome(lambda: read_study_image(tmp_path / "s", GEOMETRY)) == (
         "corrupt_dicom: file 5 of 9: NumberOfFrames 2147483647 is outside 1-10000"
     )
 
@@ -405,7 +397,7 @@ def _peak(run) -> tuple[str, int, float]:
     tracemalloc.start()
     started = time.perf_counter()
     try:
-        outcome = _outcome(run)
+        outcome = input_outcome(run)
         return outcome, tracemalloc.get_traced_memory()[1], time.perf_counter() - started
     finally:
         tracemalloc.stop()
@@ -433,7 +425,7 @@ def test_a_plausible_but_huge_resampling_is_refused_before_zoom_runs(tmp_path: P
     assert peak < 8 * 1024**2 and seconds < 10
     # a smaller budget refuses a study the default takes
     assert read_study_image(tmp_path / "s", GEOMETRY).image.shape == (1, 9, 5, 4)
-    assert _outcome(lambda: read_study_image(tmp_path / "s", GEOMETRY, budget=_budget(max_voxels=179))) == (
+    assert input_outcome(lambda: read_study_image(tmp_path / "s", GEOMETRY, budget=_budget(max_voxels=179))) == (
         "study_over_budget: resampling would produce 180 voxels; at most 179"
     )
 
@@ -465,7 +457,7 @@ def test_genomic_values_beyond_float32_are_named(value, expected: str) -> None:
     contract = ModelContract(
         name="t", version="1", task="classification:response", labels=["no", "yes"], image=GEOMETRY, omics=[PANEL]
     )
-    assert _outcome(lambda: prepare_case(contract, None, {"TP53": 1.0, "EGFR": value, "KRAS": 2.0})) == expected
+    assert input_outcome(lambda: prepare_case(contract, None, {"TP53": 1.0, "EGFR": value, "KRAS": 2.0})) == expected
 
 
 def test_a_clinical_covariate_beyond_float32_is_named() -> None:
@@ -578,7 +570,7 @@ def test_copies_of_one_slice_are_no_volume(tmp_path: Path) -> None:
         ds.SOPInstanceUID = pydicom.uid.generate_uid()
         ds.InstanceNumber = i + 1
         ds.save_as(copies / f"{i}.dcm")
-    assert _outcome(lambda: read_study_image(copies, GEOMETRY)) == (
+    assert input_outcome(lambda: read_study_image(copies, GEOMETRY)) == (
         "geometry_rejected: only 1 distinct slice position(s) in the chosen series once duplicates are dropped;"
         " at least 4"
     )
@@ -593,6 +585,6 @@ def test_a_series_smaller_than_one_voxel_of_the_model_grid_is_geometry_rejected(
         ds = pydicom.dcmread(path)
         ds.PixelSpacing = [0.006, 0.006]
         ds.save_as(folder / path.name)
-    assert _outcome(lambda: read_study_image(folder, GEOMETRY)) == (
+    assert input_outcome(lambda: read_study_image(folder, GEOMETRY)) == (
         "geometry_rejected: the series spans less than one voxel of the model grid along an axis"
     )

@@ -23,18 +23,10 @@ from radfusion.limits import BOUNDS, GIB, MAX_ZIP_RATIO, ZIP_RATIO_MIN_BYTES, St
 from radfusion.predictor import prepare_case
 from radfusion.preprocess import resampled_voxels
 from radfusion.study import read_study_image
-from tests.support.dicom_series import ct_slice, ground_truth, write_series
+from tests.support.dicom_series import ct_slice, ground_truth, input_outcome, write_series
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 GEOMETRY = ImageGeometry(target_shape=(9, 5, 4), target_spacing=(5.0, 2.0, 3.0), window=(-400.0, 0.0), min_slices=4)
-
-
-def _outcome(run) -> str:
-    try:
-        run()
-    except RadfusionInputError as exc:
-        return f"{exc.kind}: {exc.message}"
-    return "read"
 
 
 # ------------------------------------------------------------------ the clock
@@ -99,7 +91,7 @@ def test_the_study_budget_is_spent_before_each_piece_of_work(series: Path) -> No
         "seconds": StudyBudget(max_seconds=0.0),
     }
     outcomes = {
-        name: _outcome(lambda b=budget: read_study_image(series, GEOMETRY, budget=b))
+        name: input_outcome(lambda b=budget: read_study_image(series, GEOMETRY, budget=b))
         for name, budget in refused.items()
     }
     assert outcomes["files"] == "upload_too_large: study holds 9 files; at most 8"
@@ -116,7 +108,7 @@ def test_prepare_case_takes_the_budget_too(series: Path) -> None:
         name="t", version="1", task="classification:response", labels=["no", "yes"], image=GEOMETRY, omics=[]
     )
     assert prepare_case(contract, series, None).inputs.modalities_used == ["image"]
-    assert _outcome(lambda: prepare_case(contract, series, None, budget=StudyBudget(max_files=3))) == (
+    assert input_outcome(lambda: prepare_case(contract, series, None, budget=StudyBudget(max_files=3))) == (
         "upload_too_large: study holds 9 files; at most 3"
     )
 

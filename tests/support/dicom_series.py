@@ -236,3 +236,14 @@ def write_axial_series(
         )
         ds.SeriesNumber = number
         ds.save_as(folder / f"{number:02d}-{i:03d}.dcm", enforce_file_format=True)
+
+
+def input_outcome(run) -> str:
+    """``"<kind>: <message>"`` of the RadfusionInputError ``run()`` raises, or "read"."""
+    from radfusion.errors import RadfusionInputError
+
+    try:
+        run()
+    except RadfusionInputError as exc:
+        return f"{exc.kind}: {exc.message}"
+    return "read"

@@ -17,23 +17,11 @@ import httpx
 import psutil
 import pytest
 
-from radfusion.serving.http.launch import PROJECT_ROOT, free_port, serve_command, serve_env
+from radfusion.serving.http.launch import PROJECT_ROOT, free_port, serve_command, serve_env, wait_ready
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "orphan-test-token"
-
-
-def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-        time.sleep(0.25)
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
@@ -81,7 +69,7 @@ def test_workers_exit_when_the_server_is_killed(tiny_onnx_model: Path, bentoml_h
             start_new_session=True,
         )
     try:
-        wait_ready(url, process, log)
+        wait_ready(process, url, 120, log)
         workers = workers_of(psutil.Process(process.pid))
         assert all(w.ppid() == process.pid for w in workers)
         process.send_signal(signal.SIGKILL)
