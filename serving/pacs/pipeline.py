@@ -38,7 +38,9 @@ from radfusion.errors import RadfusionInputError
 from radfusion.serving.pacs.completeness import Completeness, IncompleteStudyError, ReceivedInstance, assess
 from radfusion.serving.pacs.predict import StudyPrediction, StudyPredictor
 from radfusion.serving.pacs.send import CStoreSender, SendError, StowSender
-from radfusion.serving.pacs.sr import (
+from radfusion.serving.pacs.state import InstanceRecord, Notice, Status, StudyRecord, StudyState
+from radfusion.serving.pacs.storage import WorkDir, study_key, write_durably
+from radfusion.serving.reports.sr import (
     EarlierReport,
     build_failure_sr,
     build_prediction_sr,
@@ -46,8 +48,6 @@ from radfusion.serving.pacs.sr import (
     read_evidence,
     reference_dataset,
 )
-from radfusion.serving.pacs.state import InstanceRecord, Notice, Status, StudyRecord, StudyState
-from radfusion.serving.pacs.storage import WorkDir, study_key, write_durably
 
 log = logging.getLogger("radfusion.pacs")
 

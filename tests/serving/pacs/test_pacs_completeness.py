@@ -1,6 +1,6 @@
 """What the listener reads from headers it cannot trust: the hints each instance gives
 about its series and the completeness judged from them (serving/pacs/completeness.py),
-and the patient/study attributes an SR may carry (serving/pacs/demographics.py)."""
+and the patient/study attributes an SR may carry (serving/reports/demographics.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
 from radfusion.serving.pacs.completeness import ReceivedInstance, assess, hints_of
-from radfusion.serving.pacs.demographics import patient_and_study
+from radfusion.serving.reports.demographics import patient_and_study
 
 
 def axial(k: int, **extra) -> dict:

@@ -48,6 +48,7 @@ from radfusion.serving.patients import PatientTables
 from tests.support.dicom_series import ct_slice
 from tests.support.paths import PROJECT_ROOT as ROOT
 from tests.support.peers import dicom_echo, free_loopback_port
+from tests.support.validators import assert_dciodvfy_valid
 
 QUIET = 1.0
 MAX_WAIT = 5.0
@@ -165,16 +166,6 @@ def predecessor_uid(ds: pydicom.Dataset) -> str:
     (series,) = study.ReferencedSeriesSequence
     (instance,) = series.ReferencedSOPSequence
     return instance.ReferencedSOPInstanceUID
-
-
-def assert_dciodvfy_valid(ds: pydicom.Dataset, tmp_path: Path) -> None:
-    if not shutil.which("dciodvfy"):
-        pytest.skip("dicom3tools (dciodvfy) is not installed")
-    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
-    assert not errors, "\n".join(errors)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from radfusion.serving.pacs.storage import WorkDir
 from tests.support.task_models import export_task_model
+from tests.support.validators import assert_dciodvfy_valid
 
 pytestmark = [
     pytest.mark.slow,
@@ -105,14 +106,6 @@ def assert_clean_log(log: str) -> None:
         line for line in log.splitlines() if re.search(r" (ERROR|WARNING|CRITICAL) |Traceback|tick failed", line)
     ]
     assert not problems, "\n".join(problems)
-
-
-def assert_dciodvfy_valid(path: Path) -> None:
-    if not shutil.which("dciodvfy"):
-        pytest.skip("dicom3tools (dciodvfy) is not installed")
-    checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
-    assert not errors, "\n".join(errors)
 
 
 def content(ds: pydicom.Dataset, meaning: str) -> list[pydicom.Dataset]:

@@ -12,7 +12,7 @@ import pytest
 
 from radfusion.dicom import find_studies
 from radfusion.prediction import Prediction
-from radfusion.serving.pacs.sr import build_prediction_sr, new_uid, read_evidence
+from radfusion.serving.reports.sr import build_prediction_sr, new_uid, read_evidence
 
 
 @pytest.fixture(scope="module")

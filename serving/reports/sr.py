@@ -42,7 +42,7 @@ gets a failure report instead (``build_failure_sr``), in the same SR series:
                                                      no longer reflects the study as received
 
 Patient and study attributes come from one source header through
-radfusion.serving.pacs.demographics (valid, normalised or left empty; identifiers
+radfusion.serving.reports.demographics (valid, normalised or left empty; identifiers
 verbatim), never copied raw."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from pydicom.uid import ComprehensiveSRStorage
 
 from radfusion.contract import ModelContract
 from radfusion.prediction import Prediction
-from radfusion.serving.pacs.demographics import patient_and_study
+from radfusion.serving.reports.demographics import patient_and_study
 
 SCHEME = "99RADFUSION"
 MANUFACTURER = "radfusion"
