@@ -1,28 +1,30 @@
-"""PS3.15 Table E.1-1 as data, and the one rule that turns a row into an action.
+"""PS3.15 Table E.1-1 (confidentiality_profile.csv, see table.py) and the rules that turn
+a row and the chosen options into one action.
 
-The table (basic_profile.csv, next to this file) is read once. Each row gives the Basic
-Profile code and, for dates and times, the code of the Retain Longitudinal Temporal
-Information with Modified Dates Option, which radfusion always applies (dates move by a
-per-patient offset so intervals survive; see dates.py).
+Options (PS3.15 E.3): each option column of the table gives the attribute's code when
+that option is applied. With several applied options, the Modified Dates Option's C on a
+date wins (a date kept unmoved would give away the offset of every other date), then any
+K (the option that retains it), then any C, then the Basic Profile code.
 
-Combined codes (Z/D, X/Z, X/D, X/Z/D, X/Z/U*) name the choices from strictest to the one
-that keeps a value. The standard picks by the attribute's Type in the IOD: Type 3 may be
-removed (X), Type 2 must stay but may be empty (Z), Type 1 needs a value (D, or U* for a
-sequence of references whose UIDs are remapped). Our rule: take the strictest choice that
-keeps the SOP Instance valid, using IOD_REQUIRED below for the SOP Classes where a
-combined-code attribute is Type 1 or 2; everywhere else (Type 3 or not in the IOD) the
-first choice. Z/D without IOD knowledge gives Z, which a Type 2 attribute accepts.
+Combined codes (Z/D, X/Z, X/D, X/Z/D, X/Z/U*) leave the choice to the attribute's Type
+in the IOD: Type 3 may be removed (X), Type 2 must stay but may be empty (Z), Type 1
+needs a value (D, or U* for references whose UIDs are remapped). The IOD type tables are
+not shipped here, so radfusion takes the choice every IOD accepts, which never carries
+more of the original than the others: X/Z -> Z (empty), X/D, Z/D, X/Z/D -> D (a dummy),
+X/Z/U* -> U (the references stay, their UIDs remapped). An attribute is never removed
+where some IOD needs it: what was there stays there, emptied, dummied or remapped.
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from importlib import resources
 
 from pydicom.tag import BaseTag
+
+from radfusion.deid.table import TABLE_FILE, data_lines, read_table, rows_digest
 
 
 class Action(StrEnum):
@@ -34,56 +36,66 @@ class Action(StrEnum):
     REMAP_UID = "U"
 
 
+class Option(StrEnum):
+    """The options of PS3.15 E.3, named as the table's columns."""
+
+    RETAIN_SAFE_PRIVATE = "retain_safe_private"
+    RETAIN_UIDS = "retain_uids"
+    RETAIN_DEVICE_IDENTITY = "retain_device_identity"
+    RETAIN_INSTITUTION_IDENTITY = "retain_institution_identity"
+    RETAIN_PATIENT_CHARACTERISTICS = "retain_patient_characteristics"
+    RETAIN_FULL_DATES = "retain_full_dates"
+    RETAIN_MODIFIED_DATES = "retain_modified_dates"
+    CLEAN_DESCRIPTORS = "clean_descriptors"
+    CLEAN_STRUCTURED_CONTENT = "clean_structured_content"
+    CLEAN_GRAPHICS = "clean_graphics"
+
+
 @dataclass(frozen=True)
 class ProfileRow:
     tag: str
-    basic: str
-    modified_dates: str
     name: str
+    in_std_comp_iod: str
+    basic: str
+    options: tuple[tuple[Option, str], ...]  # only the options that give a code
+
+    def code(self, applied: frozenset[Option]) -> str:
+        """The row's code under the applied options (module docstring: precedence)."""
+        codes = {option: code for option, code in self.options if option in applied}
+        if codes.get(Option.RETAIN_MODIFIED_DATES) == "C":
+            return "C"
+        for wanted in ("K", "C"):
+            if wanted in codes.values():
+                return wanted
+        return self.basic
 
 
-# SOP Classes whose IOD holds the Enhanced General Equipment Module (Mandatory), where
-# Device Serial Number is Type 1: enhanced and legacy-converted CT/MR/PET, XA/XRF,
-# segmentation.
-_ENHANCED_EQUIPMENT = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
-        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
-        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
-        "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color
-        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
-        "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA
-        "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF
-        "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET
-        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET
-        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
-    }
-)
+class TableIntegrityError(RuntimeError):
+    """The shipped table is not the one its header names (edited or truncated)."""
 
-# SR SOP Classes (SR Document General Module), where Referenced Performed Procedure Step
-# Sequence is Type 2: the prediction reports serving/ writes are Comprehensive SR.
-_STRUCTURED_REPORTS = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
-        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
-        "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
-        "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
-    }
-)
 
-# Combined-code attributes that are Type 1 or 2 in the IOD of a SOP Class.
-IOD_REQUIRED: dict[int, tuple[frozenset[str], str]] = {
-    0x00181000: (_ENHANCED_EQUIPMENT, "1"),  # Device Serial Number
-    0x00081111: (_STRUCTURED_REPORTS, "2"),  # Referenced Performed Procedure Step Sequence
-}
+def checked_rows(text: str) -> list[dict[str, str]]:
+    """The table's rows, once their count and digest match the header's."""
+    header, rows = read_table(text)
+    if len(rows) != int(header.get("rows", -1)) or rows_digest(data_lines(text)) != header.get("rows_sha256"):
+        raise TableIntegrityError(f"{TABLE_FILE} does not match its rows/rows_sha256 header")
+    return rows
 
 
 @lru_cache(maxsize=1)
 def profile_rows() -> tuple[ProfileRow, ...]:
-    """Every row of Table E.1-1, in the table's order."""
-    text = resources.files("radfusion.deid").joinpath("basic_profile.csv").read_text("utf-8")
-    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    return tuple(ProfileRow(**row) for row in csv.DictReader(lines))
+    """Every row of Table E.1-1, in the table's order; checked against the header."""
+    rows = checked_rows(resources.files("radfusion.deid").joinpath(TABLE_FILE).read_text("utf-8"))
+    return tuple(
+        ProfileRow(
+            tag=r["tag"],
+            name=r["name"],
+            in_std_comp_iod=r["in_std_comp_iod"],
+            basic=r["basic"],
+            options=tuple((o, r[o.value]) for o in Option if r[o.value]),
+        )
+        for r in rows
+    )
 
 
 @lru_cache(maxsize=1)
@@ -102,40 +114,44 @@ def _masked_rows() -> tuple[tuple[int, int, ProfileRow], ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=1)
+def _private_row() -> ProfileRow:
+    return next(r for r in profile_rows() if r.tag == "private")
+
+
+def row_for(tag: BaseTag) -> ProfileRow | None:
+    if tag.is_private:
+        return _private_row()
+    row = _exact_rows().get(int(tag))
+    if row is None:
+        row = next((r for mask, value, r in _masked_rows() if int(tag) & mask == value), None)
+    return row
+
+
 def _is_overlay_group(tag: BaseTag) -> bool:
     return 0x6000 <= tag.group <= 0x60FF and tag.group % 2 == 0
 
 
-def table_code(tag: BaseTag) -> str | None:
-    """The code for this tag under Basic Profile + Modified Dates Option; None if unlisted."""
-    if tag.is_private:
-        return Action.REMOVE.value
-    row = _exact_rows().get(int(tag))
-    if row is None:
-        row = next((r for mask, value, r in _masked_rows() if int(tag) & mask == value), None)
+def table_code(tag: BaseTag, applied: frozenset[Option] = frozenset()) -> str | None:
+    """The code for this tag under the applied options; None if the table does not list it."""
+    row = row_for(tag)
     if row is None and _is_overlay_group(tag):
         # The table removes Overlay Data and Overlay Comments; the rest of the Overlay
         # Plane Module (rows, columns, origin, type) would then describe data that is no
         # longer there, so the whole repeating group goes.
         return Action.REMOVE.value
-    if row is None:
-        return None
-    return row.modified_dates or row.basic
+    return None if row is None else row.code(applied)
 
 
-def resolve(code: str, tag: BaseTag, sop_class_uid: str) -> Action:
-    """One action for a (possibly combined) code; see the module docstring for the rule."""
-    choices = [c.rstrip("*") for c in code.split("/")]
-    if len(choices) == 1:
-        return Action(choices[0])
-    classes, iod_type = IOD_REQUIRED.get(int(tag), (frozenset(), ""))
-    if sop_class_uid not in classes:
-        return Action(choices[0])
-    if iod_type == "2" and "Z" in choices:
-        return Action.EMPTY
-    return Action(choices[-1])
+def resolve(code: str) -> Action:
+    """One action for a (possibly combined) code: see the module docstring for the rule."""
+    choices = {c.rstrip("*") for c in code.split("/")}
+    for preferred in ("U", "D", "Z"):
+        if len(choices) > 1 and preferred in choices:
+            return Action(preferred)
+    return Action(code)
 
 
-def action_for(tag: BaseTag, sop_class_uid: str) -> Action | None:
-    code = table_code(tag)
-    return None if code is None else resolve(code, tag, sop_class_uid)
+def action_for(tag: BaseTag, applied: frozenset[Option] = frozenset()) -> Action | None:
+    code = table_code(tag, applied)
+    return None if code is None else resolve(code)

@@ -4,9 +4,12 @@ Output mirrors the input tree's shape, but every folder name is a keyed pseudony
 every file is named by its new SOP Instance UID, so no name, ID or date in a path
 survives. Two CSV files are written beside --out (never inside it, unless asked): the
 patient map (original PatientID -> pseudonym, for joining genomics) and the per-file
-report (input path, status, reason). Both hold identifiers, so they stay with the
-hospital; logs carry counts only. A file that fails is reported and counted, nothing of
-it is written, and the run goes on.
+report (input path, keyed file reference, status, reason). Both hold identifiers, so
+they stay with the hospital. A file that is not written is never skipped silently: the
+report and the log give its reason (not DICOM, DICOM without the Part-10 preamble and
+file meta, a DICOMDIR, a duplicate SOP Instance UID, unreadable, refused), the log by
+the file's keyed reference (the report's "ref"), never by its path, and the summary
+counts files by reason. Nothing of such a file is written, and the run goes on.
 """
 
 from __future__ import annotations
@@ -23,18 +26,28 @@ from pathlib import Path
 
 import pydicom
 import pydicom.config
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from radfusion.deid.actions import PatientContext, deidentify_dataset
 from radfusion.deid.dates import DateShift
 from radfusion.deid.errors import DeidKeyError, DeidPathError
 from radfusion.deid.keys import DeidKey
+from radfusion.deid.options import DeidOptions
 from radfusion.errors import READ_ERRORS, CorruptDicomError, RadfusionInputError
 
 log = logging.getLogger(__name__)
 
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
 MAP_COLUMNS = ["patient_id", "pseudonym", "key_fingerprint"]
-REPORT_COLUMNS = ["input", "status", "reason", "output"]
+REPORT_COLUMNS = ["input", "ref", "status", "reason", "output"]
+MEDIA_DIRECTORY_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (DICOMDIR)
+REASON_NOT_DICOM = "not DICOM"
+REASON_NO_PREAMBLE = "DICOM without the Part-10 preamble and file meta: not written"
+REASON_DICOMDIR = "DICOMDIR (a media directory, not an instance): not written"
+REASON_TRUNCATED = "truncated file: a value is shorter than its declared length"
+REASON_DUPLICATE = "duplicate SOP Instance UID: an earlier file with it was written"
 
 
 @dataclass
@@ -47,6 +60,8 @@ class DeidSummary:
     studies: int = 0
     mapping: str = ""
     report: str = ""
+    options: list[str] = field(default_factory=list)  # the applied options' CID 7050 codes
+    reasons: dict[str, int] = field(default_factory=dict)  # files not written, by reason
     actions: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -59,8 +74,15 @@ def default_side_files(out: Path) -> tuple[Path, Path]:
 
 
 def deidentify_tree(
-    src: Path, out: Path, key: DeidKey, *, mapping: Path | None = None, report: Path | None = None
+    src: Path,
+    out: Path,
+    key: DeidKey,
+    *,
+    mapping: Path | None = None,
+    report: Path | None = None,
+    options: DeidOptions | None = None,
 ) -> DeidSummary:
+    options = options or DeidOptions()
     src, out = src.resolve(), out.resolve()
     _check_paths(src, out)
     default_map, default_report = default_side_files(out)
@@ -71,9 +93,9 @@ def deidentify_tree(
             log.warning("a side file (mapping or report) is inside the output folder: it holds original identifiers")
     patients = _load_mapping(mapping, key)
 
-    summary = DeidSummary(mapping=str(mapping), report=str(report))
+    summary = DeidSummary(mapping=str(mapping), report=str(report), options=[c.value for c in options.method_codes])
     with _values_not_quoted_in_logs():
-        rows, studies, counts = _deidentify_files(src, out, key, patients, summary)
+        rows, studies, counts = _deidentify_files(src, out, key, options, patients, summary)
     _write_csv(
         mapping,
         MAP_COLUMNS,
@@ -85,6 +107,7 @@ def deidentify_tree(
     _write_csv(report, REPORT_COLUMNS, rows)
     summary.patients, summary.studies = len(patients), len(studies)
     summary.actions = dict(sorted(counts.items()))
+    summary.reasons = dict(sorted(Counter(r["reason"] for r in rows if r["status"] != "written").items()))
     log.info(
         "deid: %d files seen, %d written, %d skipped, %d failed, %d patients, %d studies",
         summary.files_seen,
@@ -94,6 +117,8 @@ def deidentify_tree(
         summary.patients,
         summary.studies,
     )
+    for reason, n in summary.reasons.items():
+        log.info("deid: %d files not written: %s", n, reason)
     return summary
 
 
@@ -110,22 +135,25 @@ def _values_not_quoted_in_logs():
 
 
 def _deidentify_files(
-    src: Path, out: Path, key: DeidKey, patients: dict[str, str], summary: DeidSummary
+    src: Path, out: Path, key: DeidKey, options: DeidOptions, patients: dict[str, str], summary: DeidSummary
 ) -> tuple[list[dict[str, str]], set[str], Counter]:
     rows: list[dict[str, str]] = []
     studies: set[str] = set()
     counts: Counter = Counter()
-    targets: set[Path] = set()
+    written_uids: set[str] = set()
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         summary.files_seen += 1
         rel = path.relative_to(src)
-        row = {"input": rel.as_posix(), "status": "", "reason": "", "output": ""}
+        row = {"input": rel.as_posix(), "ref": key.path_name(rel.as_posix()), "status": "", "reason": "", "output": ""}
         if not _has_dicom_preamble(path):
-            row.update(status="skipped", reason="not DICOM: no DICM preamble")
+            row.update(status="skipped", reason=REASON_NO_PREAMBLE if _is_raw_dicom(path) else REASON_NOT_DICOM)
             summary.skipped += 1
         else:
             try:
-                written, study_uid = _deidentify_file(path, rel, out, key, patients, counts, targets)
+                written, study_uid = _deidentify_file(path, rel, out, key, options, patients, counts, written_uids)
+            except _NotAnInstance as exc:
+                row.update(status="skipped", reason=str(exc))
+                summary.skipped += 1
             except RadfusionInputError as exc:
                 row.update(status="failed", reason=exc.message)
                 summary.failed += 1
@@ -137,8 +165,14 @@ def _deidentify_files(
                 row.update(status="written", output=written.relative_to(out).as_posix())
                 summary.written += 1
                 studies.add(study_uid)
+        if row["status"] != "written":
+            log.info("deid: file %s %s: %s", row["ref"], row["status"], row["reason"])
         rows.append(row)
     return rows, studies, counts
+
+
+class _NotAnInstance(Exception):
+    """A DICOM file that is not a composite instance (a DICOMDIR): skipped by reason."""
 
 
 def _check_paths(src: Path, out: Path) -> None:
@@ -154,6 +188,28 @@ def _has_dicom_preamble(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _is_raw_dicom(path: Path) -> bool:
+    """A dataset written without preamble and file meta (pre-Part-10 or a raw dump)?"""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(path.read_bytes()), force=True, specific_tags=["SOPClassUID"])
+    except Exception:  # noqa: BLE001 - anything unparseable is simply "not DICOM"
+        return False
+    return bool(ds.get("SOPClassUID"))
+
+
+def _truncated(ds: Dataset) -> bool:
+    """pydicom reads a file cut short without complaint, the last value short: written out,
+    that value (Pixel Data, a sequence) would be corrupt in a well-formed file. Checked on
+    the raw elements, before anything is decoded."""
+    return any(
+        isinstance(raw, RawDataElement)
+        and raw.value is not None
+        and raw.length != UNDEFINED_LENGTH
+        and len(raw.value) < raw.length
+        for raw in ds._dict.values()
+    )
+
+
 def _patient_key(ds: Dataset) -> str:
     """The identity a pseudonym stands for: PatientID, else the study (one patient per study)."""
     pid = str(ds.get("PatientID", "") or "").strip()
@@ -161,10 +217,22 @@ def _patient_key(ds: Dataset) -> str:
 
 
 def _deidentify_file(
-    path: Path, rel: Path, out: Path, key: DeidKey, patients: dict[str, str], counts: Counter, targets: set[Path]
+    path: Path,
+    rel: Path,
+    out: Path,
+    key: DeidKey,
+    options: DeidOptions,
+    patients: dict[str, str],
+    counts: Counter,
+    written_uids: set[str],
 ) -> tuple[Path, str]:
     # From bytes, so that pydicom's own warnings cannot quote the (possibly identifying) path.
     ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+    if _truncated(ds):
+        raise CorruptDicomError(REASON_TRUNCATED)
+    media_class = str(getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID", ""))
+    if media_class == MEDIA_DIRECTORY_CLASS or "DirectoryRecordSequence" in ds:
+        raise _NotAnInstance(REASON_DICOMDIR)
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
         raise CorruptDicomError("not a DICOM instance: no SOP Class UID or SOP Instance UID")
     ds.decode()  # fail here, not half-way through writing, on a broken character set
@@ -174,16 +242,16 @@ def _deidentify_file(
         key=key,
         pseudonym=pseudonym,
         shift=DateShift.for_patient(key, patient_key),
-        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        options=options,
     )
     deidentify_dataset(ds, ctx)
+    if str(ds.SOPInstanceUID) in written_uids:
+        raise CorruptDicomError(REASON_DUPLICATE)
     parts = rel.parent.parts
     folder = out.joinpath(*[key.path_name("/".join(parts[: i + 1])) for i in range(len(parts))])
     target = folder / f"{ds.SOPInstanceUID}.dcm"
-    if target in targets:
-        raise CorruptDicomError("duplicate SOP Instance UID in the same folder: the first file was kept")
     _save_atomically(ds, target)
-    targets.add(target)
+    written_uids.add(str(ds.SOPInstanceUID))
     patients[patient_key] = pseudonym
     counts.update(ctx.counts)
     return target, str(ds.get("StudyInstanceUID", ""))

@@ -24,12 +24,13 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
 from radfusion.cli import main as cli_main
-from radfusion.deid.actions import DUMMY_TEXT, PatientContext, deidentify_dataset
+from radfusion.deid.actions import DUMMY_TEXT, PatientContext, deidentify_dataset, dummy_value
 from radfusion.deid.dates import DateShift
 from radfusion.deid.errors import DeidKeyError, DeidPathError
 from radfusion.deid.keys import DeidKey
-from radfusion.deid.profile import Action, action_for, profile_rows, resolve
-from radfusion.deid.run import deidentify_tree
+from radfusion.deid.options import DeidOptions
+from radfusion.deid.profile import Action, Option, action_for, profile_rows, resolve
+from radfusion.deid.run import REASON_TRUNCATED, deidentify_tree
 from radfusion.deid.uids import remap_uid
 from tests.support.paths import PROJECT_ROOT
 
@@ -39,8 +40,6 @@ KEY_B = DeidKey.from_text("radfusion-test-key-B-9876543210")
 TOKEN = "SECRET"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.77."  # our test values, recognisable in any output
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 # ---------------------------------------------------------------- identifying values
@@ -109,7 +108,9 @@ def fill_every_attribute(ds: Dataset, *, with_command_group: bool) -> dict[int, 
         if tag is None or (tag >> 16 == 0 and not with_command_group):
             continue
         vr = _vr(tag)
-        value = Sequence([_identifying_item(n)]) if vr == "SQ" else _value(vr, n)
+        # Codes inside a kept, dummied or cleaned item are structure and stay (actions.py):
+        # the items hold the table's attributes only.
+        value = Sequence([_identifying_item(n, listed_only=True)]) if vr == "SQ" else _value(vr, n)
         target = ds.file_meta if tag >> 16 == 2 else ds
         target.add_new(tag, vr, value)
         originals[tag] = value
@@ -127,11 +128,8 @@ def fill_every_attribute(ds: Dataset, *, with_command_group: bool) -> dict[int, 
 
 def remapped_uids(ds: Dataset) -> set[str]:
     """The instance UIDs (table action U) of a dataset; class and implementation UIDs stay."""
-    sop_class = str(ds.get("SOPClassUID", ""))
     return {
-        str(e.value)
-        for e in all_elements(ds)
-        if e.VR == "UI" and action_for(e.tag, sop_class) is Action.REMAP_UID and e.value
+        str(e.value) for e in all_elements(ds) if e.VR == "UI" and action_for(e.tag) is Action.REMAP_UID and e.value
     }
 
 
@@ -169,10 +167,11 @@ def assert_nothing_survives(out: Dataset, originals: dict[int, object], original
 
 def test_table_is_complete_data_with_valid_codes():
     rows = profile_rows()
-    assert len(rows) == 460 and len({r.tag for r in rows}) == 460
+    assert len(rows) == 621 and len({r.tag for r in rows}) == 621
     combined = {"Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"}
     assert all(r.basic in set("XZDKCU") | combined for r in rows)
-    codes = {r.name: (r.basic, r.modified_dates) for r in rows}
+    assert all(code in ("K", "C") for r in rows for _, code in r.options)
+    codes = {r.name: (r.basic, dict(r.options).get(Option.RETAIN_MODIFIED_DATES, "")) for r in rows}
     assert codes["Patient's Age"] == ("X", "") and codes["Patient's Birth Date"] == ("Z", "")
     assert codes["Study Instance UID"] == ("U", "") and codes["Study Date"] == ("Z", "C")
     assert codes["Referenced Image Sequence"] == ("X/Z/U*", "")
@@ -198,18 +197,24 @@ def _known(tag: int) -> bool:
     return True
 
 
-def test_combined_codes_take_the_strictest_choice_that_keeps_the_iod_valid():
-    serial, pps, ref_images = Tag(0x00181000), Tag(0x00081111), Tag(0x00081140)
-    assert resolve("X/Z/D", serial, CT_IMAGE) is Action.REMOVE  # Type 3 in CT Image
-    assert resolve("X/Z/D", serial, ENHANCED_CT) is Action.DUMMY  # Type 1 in Enhanced General Equipment
-    assert resolve("X/Z/D", pps, COMPREHENSIVE_SR) is Action.EMPTY  # Type 2 in SR Document General
-    assert resolve("X/Z/U*", ref_images, CT_IMAGE) is Action.REMOVE
-    assert resolve("Z/D", Tag(0x00700084), CT_IMAGE) is Action.EMPTY
-    assert action_for(Tag(0x00080020), CT_IMAGE) is Action.CLEAN  # dates move (option 113107)
-    assert action_for(Tag(0x50020010), CT_IMAGE) is Action.REMOVE  # curve group 50xx
-    assert action_for(Tag(0x60020040), CT_IMAGE) is Action.REMOVE  # the rest of an overlay group
-    assert action_for(Tag(0x00091010), CT_IMAGE) is Action.REMOVE  # private
-    assert action_for(Tag(0x00080070), CT_IMAGE) is None  # Manufacturer: not listed, kept
+def test_combined_codes_take_the_choice_every_iod_accepts():
+    """X/Z -> Z, X/D Z/D X/Z/D -> D, X/Z/U* -> U: what was there stays, emptied, dummied or
+    remapped (profile.py), so no Type 1 or 2 attribute is removed."""
+    assert resolve("X/Z") is Action.EMPTY  # Acquisition Context Sequence: Type 2 in Enhanced CT
+    assert resolve("X/Z/D") is Action.DUMMY  # Operators' Name: Type 2 in RT Plan
+    assert resolve("X/D") is Action.DUMMY and resolve("Z/D") is Action.DUMMY
+    assert resolve("X/Z/U*") is Action.REMAP_UID  # Source Image Sequence: Type 1 in SEG
+    assert resolve("X") is Action.REMOVE and resolve("U") is Action.REMAP_UID
+    assert action_for(Tag(0x00082112)) is Action.REMAP_UID
+    assert action_for(Tag(0x00081070)) is Action.DUMMY
+    assert action_for(Tag(0x00400555)) is Action.EMPTY
+    modified = DeidOptions().applied
+    assert action_for(Tag(0x00080020), modified) is Action.CLEAN  # dates move (option 113107)
+    assert action_for(Tag(0x00080020)) is Action.EMPTY  # Study Date without a dates option: Z
+    assert action_for(Tag(0x50020010)) is Action.REMOVE  # curve group 50xx
+    assert action_for(Tag(0x60020040)) is Action.REMOVE  # the rest of an overlay group
+    assert action_for(Tag(0x00091010)) is Action.REMOVE  # private
+    assert action_for(Tag(0x00080070)) is None  # Manufacturer: not listed, kept
 
 
 # ---------------------------------------------------------------- one dataset, every attribute
@@ -220,7 +225,6 @@ def _ctx(ds: Dataset, key: DeidKey = KEY_A) -> PatientContext:
         key=key,
         pseudonym=key.patient_pseudonym(str(ds.PatientID)),
         shift=DateShift.for_patient(key, str(ds.PatientID)),
-        sop_class_uid=str(ds.SOPClassUID),
     )
 
 
@@ -238,16 +242,20 @@ def test_every_table_attribute_gets_its_action_and_no_value_survives():
     assert out.PixelData == pixels
     for row in profile_rows():
         tag = _concrete_tag(row.tag)
-        if tag is None or tag in (0x00020003,):
+        if tag is None or tag in (0x00020003, 0x00100010, 0x00100020):  # meta UID, name and ID: pseudonym
             continue
-        action = action_for(Tag(tag), CT_IMAGE)
+        action = action_for(Tag(tag), DeidOptions().applied)
         holder = out.file_meta if tag >> 16 == 2 else out
         if action is Action.REMOVE:
             assert tag not in holder, row.name
         elif action is Action.EMPTY:
             assert (tag in holder and holder[tag].is_empty) or tag in (0x00100010, 0x00100020), row.name
+        elif action is Action.DUMMY and holder[tag].VR == "UI":
+            assert str(holder[tag].value).startswith("2.25."), row.name  # a dummy UID: remapped
         elif action is Action.DUMMY and holder[tag].VR not in ("SQ", "OB"):
-            assert holder[tag].value in (DUMMY_TEXT, "0", 0), row.name
+            assert holder[tag].value == dummy_value(holder[tag]) and holder[tag].value != originals[tag], row.name
+        elif action is Action.REMAP_UID and holder[tag].VR == "SQ":
+            assert holder[tag].value[0].ReferencedSOPInstanceUID.startswith("2.25."), row.name
         elif action is Action.REMAP_UID:
             assert all(
                 str(v).startswith("2.25.") for v in (holder[tag].value if holder[tag].VM > 1 else [holder[tag].value])
@@ -258,9 +266,10 @@ def test_every_table_attribute_gets_its_action_and_no_value_survives():
     assert out.PatientIdentityRemoved == "YES"
     assert [i.CodeValue for i in out.DeidentificationMethodCodeSequence] == ["113100", "113107"]
     assert out.LongitudinalTemporalInformationModified == "MODIFIED"
-    # D sequences keep their structure with dummies; the unlisted sequence keeps its item.
+    # D sequences keep their structure (codes stay codes), their text and names dummied;
+    # the unlisted sequence keeps its item.
     content = out.ContentSequence[0]
-    assert content.CodeValue == DUMMY_TEXT and content.ReferencedSOPInstanceUID.startswith("2.25.")
+    assert content.PersonName == DUMMY_TEXT and content.ReferencedSOPInstanceUID.startswith("2.25.")
     nested = out.ReferencedInstanceSequence[0]
     assert nested.PatientName == "" and nested.ReferencedSOPInstanceUID.startswith("2.25.")
     assert 0x00091010 not in nested and not any(0x5000 <= e.tag.group <= 0x60FF for e in out)
@@ -356,8 +365,13 @@ def test_tree_counts_skips_and_failures(runs):
     status = {r["input"]: (r["status"], r["reason"]) for r in report}
     assert summary.files_seen == len(report) == 4 + 1 + 18 + 3  # synth: 2 x (8 slices + localizer)
     assert summary.written == 23 and summary.skipped == 1 and summary.failed == 2
-    assert status["notes.txt"] == ("skipped", "not DICOM: no DICM preamble")
-    assert status["broken/truncated.dcm"][0] == "failed" and "corrupt" in status["broken/truncated.dcm"][1]
+    assert status["notes.txt"] == ("skipped", "not DICOM")
+    assert summary.reasons == {
+        "not DICOM": 1,
+        REASON_TRUNCATED: 1,
+        "not a DICOM instance: no SOP Class UID or SOP Instance UID": 1,
+    }
+    assert status["broken/truncated.dcm"][0] == "failed" and "truncated" in status["broken/truncated.dcm"][1]
     assert status["broken/garbage.dcm"][0] == "failed"
     assert summary.patients == 4 and summary.studies == 5
     assert len(list(out.rglob("*.dcm"))) == 23 and not list(out.rglob("*.partial"))
