@@ -48,6 +48,7 @@ from radfusion.serving.patients import PatientTables
 from tests.support.dicom_series import ct_slice
 from tests.support.paths import PROJECT_ROOT as ROOT
 from tests.support.peers import dicom_echo, free_loopback_port
+from tests.support.prediction_sr import read_report
 from tests.support.validators import assert_dciodvfy_valid
 
 QUIET = 1.0
@@ -139,17 +140,11 @@ def probabilities(predictor: Predictor, paths: list[Path]) -> dict[str, float]:
 
 
 def sr_texts(ds: pydicom.Dataset) -> dict[str, str]:
-    return {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in ds.ContentSequence if i.ValueType == "TEXT"}
+    return read_report(ds).texts
 
 
 def sr_probabilities(ds: pydicom.Dataset) -> dict[str, float]:
-    found = {}
-    for item in ds.ContentSequence:
-        if item.ValueType == "CONTAINER":
-            parts = {c.ConceptNameCodeSequence[0].CodeMeaning: c for c in item.ContentSequence}
-            label = parts["Class"].ConceptCodeSequence[0].CodeMeaning
-            found[label] = float(parts["Probability"].MeasuredValueSequence[0].NumericValue)
-    return found
+    return read_report(ds).probabilities
 
 
 def evidence_uids(ds: pydicom.Dataset) -> list[str]:

@@ -20,6 +20,7 @@ from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from radfusion.serving.pacs.storage import WorkDir
+from tests.support.prediction_sr import read_report
 from tests.support.task_models import export_task_model
 from tests.support.validators import assert_dciodvfy_valid
 
@@ -108,14 +109,6 @@ def assert_clean_log(log: str) -> None:
     assert not problems, "\n".join(problems)
 
 
-def content(ds: pydicom.Dataset, meaning: str) -> list[pydicom.Dataset]:
-    return [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
-
-
-def number(item: pydicom.Dataset) -> float:
-    return float(item.MeasuredValueSequence[0].NumericValue)
-
-
 @pytest.mark.parametrize("task", ["survival:cox", "survival:discrete"])
 def test_survival_model_through_the_listener(
     task: str, start_listener, tiny_contract, study, tiny_cohort: Path, tmp_path: Path
@@ -126,18 +119,16 @@ def test_survival_model_through_the_listener(
     assert re.search(r" scored v1: risk -?\d", log)
     assert_dciodvfy_valid(path)
     expected = expected_answer(model, study, tiny_cohort)
-    (risk,) = content(sr, "Risk score")
-    assert number(risk) == pytest.approx(expected["risk_score"], abs=TOL)
-    assert not content(sr, "Predicted class") and not content(sr, "Class probability")
-    curve = content(sr, "Survival probability")
+    report = read_report(sr)
+    assert report.risk_score == pytest.approx(expected["risk_score"], abs=TOL)
+    assert not report.predicted and not report.probabilities
     if task == "survival:discrete":
-        points = [{i.ConceptNameCodeSequence[0].CodeMeaning: number(i) for i in g.ContentSequence} for g in curve]
-        assert [p["Time point"] for p in points] == [12.0, 24.0, 36.0]
-        assert [p["Probability"] for p in points] == pytest.approx(
+        assert [months for months, _ in report.survival] == [12.0, 24.0, 36.0]
+        assert [p for _, p in report.survival] == pytest.approx(
             list(expected["survival_probabilities"].values()), abs=TOL
         )
     else:
-        assert not curve
+        assert not report.survival
 
 
 def test_multilabel_model_through_the_listener(
@@ -148,13 +139,9 @@ def test_multilabel_model_through_the_listener(
     assert_clean_log(log)
     assert_dciodvfy_valid(path)
     expected = expected_answer(model, study, tiny_cohort)
-    predicted = [i.ConceptCodeSequence[0].CodeMeaning for i in content(sr, "Predicted class")]
-    assert predicted == expected["predicted_labels"]
-    groups = {}
-    for group in content(sr, "Class probability"):
-        items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in group.ContentSequence}
-        groups[items["Class"].ConceptCodeSequence[0].CodeMeaning] = number(items["Probability"])
-    assert groups == pytest.approx(expected["probabilities"], abs=TOL)
+    report = read_report(sr)
+    assert report.predicted == expected["predicted_labels"]
+    assert report.probabilities == pytest.approx(expected["probabilities"], abs=TOL)
     status = subprocess.run(
         [sys.executable, "-m", "radfusion.serving.pacs.cli", "pacs-status", "--work", str(tmp_path / "work")],
         capture_output=True,

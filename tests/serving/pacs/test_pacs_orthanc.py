@@ -24,6 +24,7 @@ from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from tests.support.paths import PROJECT_ROOT as ROOT
+from tests.support.prediction_sr import read_report
 
 pytestmark = pytest.mark.slow
 
@@ -55,23 +56,18 @@ def pacs_status(work: Path) -> dict:
 
 
 def sr_content(ds: pydicom.Dataset) -> dict:
-    """The SR's content tree as plain values, keyed by concept meaning."""
-    found: dict = {"probabilities": {}, "modalities": [], "images": []}
-    for item in ds.ContentSequence:
-        name = item.ConceptNameCodeSequence[0].CodeMeaning
-        if item.ValueType == "TEXT":
-            found[name] = item.TextValue
-        elif item.ValueType == "CODE" and name == "Input modality used":
-            found["modalities"].append(item.ConceptCodeSequence[0].CodeValue)
-        elif item.ValueType == "CODE":
-            found[name] = item.ConceptCodeSequence[0].CodeMeaning
-        elif item.ValueType == "CONTAINER":
-            parts = {c.ConceptNameCodeSequence[0].CodeMeaning: c for c in item.ContentSequence}
-            label = parts["Class"].ConceptCodeSequence[0].CodeMeaning
-            found["probabilities"][label] = float(parts["Probability"].MeasuredValueSequence[0].NumericValue)
-        elif item.ValueType == "IMAGE":
-            found["images"].append(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-    return found
+    """The SR's values, found by code (tests.support.prediction_sr), as plain values."""
+    report = read_report(ds)
+    ((name, version),) = set(report.algorithms)
+    return {
+        **report.texts,
+        "Algorithm Name": name,
+        "Algorithm Version": version,
+        "Predicted class": ",".join(report.predicted),
+        "probabilities": report.probabilities,
+        "modalities": report.modalities,
+        "images": report.images,
+    }
 
 
 @dataclass
@@ -221,7 +217,7 @@ def test_dsrdump_parses_the_sr(round_trip: RoundTrip, tmp_path: Path) -> None:
         assert result.returncode == 0 and not result.stderr.strip(), result.stderr
         assert "Comprehensive SR Document" in result.stdout
         assert '(,,"Algorithm Name")="tiny-fusion"' in result.stdout
-        assert result.stdout.count('IMAGE:(,,"Source of Measurement")') == len(case.sop_uids)
+        assert result.stdout.count('IMAGE:(,,"Source (attribute)")') == len(case.sop_uids)  # the Image Library
 
 
 def test_status_and_resend_scored_once(round_trip: RoundTrip) -> None:

@@ -26,6 +26,7 @@ from radfusion.serving.pacs.state import OnResend, Status, StudyState
 from radfusion.serving.pacs.storage import WorkDir
 from radfusion.serving.patients import PatientTables
 from tests.support.peers import free_loopback_port
+from tests.support.prediction_sr import read_report
 
 QUIET = 1.0
 TOL = 1e-5
@@ -209,15 +210,10 @@ def test_rescore_policy_sends_a_new_version(setup, studies) -> None:
 
 
 def sr_texts(path: str) -> dict[str, str]:
-    """The SR's TEXT items by concept meaning, and its modality codes under "modalities"."""
-    sr = pydicom.dcmread(path)
-    texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"}
-    texts["modalities"] = ",".join(
-        i.ConceptCodeSequence[0].CodeValue
-        for i in sr.ContentSequence
-        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Input modality used"
-    )
-    return texts
+    """The SR's texts (found by code, tests.support.prediction_sr), and its modality codes
+    under "modalities"."""
+    report = read_report(path)
+    return {**report.texts, "modalities": ",".join(report.modalities)}
 
 
 @pytest.fixture(scope="module")
