@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from radfusion.explain import ExplainSettings
@@ -83,6 +85,19 @@ def url_list(name: str, raw: str) -> tuple[str, ...]:
             f"{name}: expected comma-separated DICOMweb root URLs (http(s)://host[:port]/path): {exc}"
         ) from None
     return urls
+
+
+def dicomweb_root(name: str, raw: str) -> str:
+    """One DICOMweb root URL, checked as the trusted client will use it."""
+    try:
+        return DicomwebPolicy.trusted().check_url(raw)
+    except ValueError as exc:
+        # Not echoed: a URL with user:password@ would put the credentials in the start-up log.
+        raise SettingsError(f"{name}: expected a DICOMweb root URL (http(s)://host[:port]/path): {exc}") from None
+
+
+def secret(name: str, raw: str) -> str | None:
+    return raw or None
 
 
 def _setting(env: str, parse: Callable[[str, str], _T], default: _T, meaning: str) -> _T:
@@ -223,7 +238,36 @@ class ServiceSettings:
         ALLOWED_URLS_ENV, url_list, (), "DICOMweb roots that /predict may fetch referenced studies from (none: refused)"
     )
     dicomweb_timeout_s: int = _setting(
-        "RADFUSION_DICOMWEB_TIMEOUT_S", seconds, DEFAULT_TIMEOUT_S, "longest a DICOMweb fetch may take"
+        "RADFUSION_DICOMWEB_TIMEOUT_S", seconds, DEFAULT_TIMEOUT_S, "longest a DICOMweb fetch or store may take"
+    )
+    public_url: str | None = _setting(
+        "RADFUSION_PUBLIC_URL",
+        dicomweb_root,
+        None,
+        "the service's root URL as clients reach it, for the RetrieveURL of STOW-RS answers (none: from the "
+        "request's Host header, with the listening port when that header names none)",
+    )
+    result_dir: str | None = _setting(
+        "RADFUSION_RESULT_DIR",
+        optional_path,
+        None,
+        "folder of the STOW-RS results (prediction SRs) that WADO-RS retrieves, kept across restarts "
+        "(none: radfusion-results in the system's temporary folder)",
+    )
+    result_keep_hours: int = _setting(
+        "RADFUSION_RESULT_KEEP_HOURS", positive_int, 168, "hours a STOW-RS result is kept for WADO-RS"
+    )
+    result_max_bytes: int = _setting(
+        "RADFUSION_RESULT_MAX_BYTES", byte_count, 1024**3, "size of the kept STOW-RS results; beyond it the oldest go"
+    )
+    result_stow_url: str | None = _setting(
+        "RADFUSION_RESULT_STOW_URL",
+        dicomweb_root,
+        None,
+        "DICOMweb root (a PACS) that each STOW-RS study's SR is stored back to (none: kept here only)",
+    )
+    result_stow_token: str | None = _setting(
+        "RADFUSION_RESULT_STOW_TOKEN", secret, None, "bearer token sent with the SR to RADFUSION_RESULT_STOW_URL"
     )
 
     @property
@@ -247,6 +291,9 @@ class ServiceSettings:
         return DicomwebPolicy(
             self.dicomweb_allowed_urls, float(self.dicomweb_timeout_s), self.max_study_bytes, self.max_study_files
         )
+
+    def result_folder(self) -> Path:
+        return Path(self.result_dir) if self.result_dir else Path(tempfile.gettempdir()) / "radfusion-results"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:

@@ -10,7 +10,9 @@ turns an uploaded study + genomics into model inputs with the one shared preproc
 Endpoints: POST /predict (one case: uploaded study or DICOMweb reference, genomics,
 clinical; options explain and rank_treatments add the evidence), POST /predict/batch
 (many cases in one call, one result or one error each, run through the model
-together), GET|POST /contract, POST /dicom-web/studies (STOW-RS input), plus
+together), GET|POST /contract, POST /dicom-web/studies (STOW-RS: a Store Instances
+Response, the prediction SR kept and sent to the PACS) and GET /dicom-web/studies/...
+(WADO-RS of those SRs), plus
 BentoML's /readyz, /livez, /metrics (ours: radfusion.serving.http.metrics). Bad input is
 answered 4xx with {"error": <kind>, "detail": <reason>}; never a 500. No patient names,
 IDs or UIDs are logged.
@@ -50,7 +52,7 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from radfusion import log_privacy
@@ -76,7 +78,24 @@ from radfusion.serving.http.limits import BodySizeLimit
 from radfusion.serving.http.metrics import count_refusal, service_metrics
 from radfusion.serving.http.overload import InFlightLimit, OverloadedError, overloaded
 from radfusion.serving.http.parsing import ParseLimits, answer_input_errors, strict_parsing
-from radfusion.serving.http.stow import boundary_of, split_parts
+from radfusion.serving.http.results import ResultStore
+from radfusion.serving.http.store_response import (
+    CANNOT_UNDERSTAND,
+    PROCESSING_FAILURE,
+    STUDY_MISMATCH,
+    StoreOutcome,
+    failure_reason,
+)
+from radfusion.serving.http.stow import (
+    DICOM_JSON,
+    Instance,
+    boundary_of,
+    check_accepts_json,
+    group_by_study,
+    split_parts,
+)
+from radfusion.serving.http.stow_results import Headers, ResultDestination, ResultWriter, read_headers
+from radfusion.serving.http.wado import check_accepts_dicom, multipart_dicom
 from radfusion.serving.modelref import (
     MODEL_ENV,
     device_from_env,
@@ -92,6 +111,7 @@ from radfusion.serving.patients import (
     PatientTables,
     patient_id_of,
 )
+from radfusion.serving.reports.facts import prediction_facts
 from radfusion.serving.settings import ServiceSettings, declared_from_env
 from radfusion.serving.study_files import remove_tree, study_files
 from radfusion.treatment import TreatmentRanking
@@ -216,17 +236,27 @@ async def _get_contract(_: Request) -> JSONResponse:
     return JSONResponse(served_contract().to_dict())
 
 
-async def _stow(request: Request) -> JSONResponse:
+async def _stow(request: Request) -> Response:
     service = t.cast("Radfusion", bentoml.get_current_service())
     return await service.predict_stow(request)
 
 
-# GET /contract (BentoML APIs are POST-only) and STOW-RS (a multipart/related body
-# BentoML's typed APIs cannot take) are routes of a small mounted app.
+async def _wado(request: Request) -> Response:
+    service = t.cast("Radfusion", bentoml.get_current_service())
+    return await service.retrieve_results(request)
+
+
+# GET /contract (BentoML APIs are POST-only), STOW-RS (a multipart/related body
+# BentoML's typed APIs cannot take) and WADO-RS of its results are routes of a small
+# mounted app.
 contract_app = Starlette(
     routes=[
         Route("/contract", _get_contract, methods=["GET"]),
         Route("/dicom-web/studies", _stow, methods=["POST"]),
+        Route("/dicom-web/studies/{study}", _stow, methods=["POST"]),
+        Route("/dicom-web/studies/{study}", _wado, methods=["GET"]),
+        Route("/dicom-web/studies/{study}/series/{series}", _wado, methods=["GET"]),
+        Route("/dicom-web/studies/{study}/series/{series}/instances/{sop}", _wado, methods=["GET"]),
     ]
 )
 
@@ -246,6 +276,7 @@ class Radfusion:
         self.model_contract = served_contract()
         self.patients, self.patients_error = stow_patient_tables(self.model_contract, self.settings)
         self.dicomweb = self.settings.dicomweb_policy()
+        self.results = self._result_writer()
         self.metrics = service_metrics()
         log.info("serving contract of %s %s", self.model_contract.name, self.model_contract.version)
 
@@ -366,14 +397,21 @@ class Radfusion:
             results.append({"case": index, **format_prediction(self.model_contract, outcome, prediction)})
         return results
 
-    async def predict_stow(self, request: Request) -> JSONResponse:
-        """POST /dicom-web/studies: the instances of one study as STOW-RS parts, scored
-        with the genomics and clinical covariates found for its PatientID in the
-        configured tables (radfusion.serving.patients, as the scorer and listener do);
-        ``genomics_source`` and ``clinical_source`` in the answer say where each came from."""
+    async def predict_stow(self, request: Request) -> Response:
+        """STOW-RS (PS3.18 10.5): ``POST /dicom-web/studies[/{study}]``, the instances of
+        one or more studies as multipart/related parts. Each study is scored with the
+        genomics and clinical covariates found for its PatientID in the configured
+        tables (radfusion.serving.patients, as the scorer and listener do); its
+        prediction SR (or, for a study that cannot be scored, the report why) is kept
+        for WADO-RS and stored to RADFUSION_RESULT_STOW_URL (radfusion.serving.http.stow_results).
+        The answer is a Store Instances Response (radfusion.serving.http.store_response):
+        a study that fails fails its own instances only. A malformed request keeps its
+        own 4xx kind; JSON predictions stay on /predict."""
         started = time.perf_counter()
+        target = request.path_params.get("study")
         workdir = Path(tempfile.mkdtemp(prefix="radfusion-stow-"))
         try:
+            check_accepts_json(request.headers.get("accept"))
             boundary = boundary_of(request.headers.get("content-type", ""))
             body = workdir / "body"
             with open(body, "wb") as out:
@@ -383,19 +421,123 @@ class Radfusion:
                 _reading_study, split_parts, body, boundary, workdir / "parts", self.settings.max_study_files
             )
             body.unlink()
-            patient = await anyio.to_thread.run_sync(_reading_study, self._patient_of, parts)
-            case = await anyio.to_thread.run_sync(
-                functools.partial(self._prepare, parts, patient.genomics, patient.clinical)
-            )
+            studies, unreadable = await anyio.to_thread.run_sync(group_by_study, parts)
+            outcome = StoreOutcome()
+            for part in unreadable:
+                self.metrics.error(part.error.kind, "stow")
+                outcome.other_failures.append(CANNOT_UNDERSTAND)
+                outcome.warnings.append(f"{part.error.kind}: {part.error.message}")
+            root = f"{self._public_root(request)}/dicom-web/studies"
+            for number, (study_uid, instances) in enumerate(studies.items(), 1):
+                label = f"study {number} of {len(studies)}"
+                if target is not None and study_uid != target:
+                    outcome.fail(instances, STUDY_MISMATCH, f"{label}: not the study of the request URL")
+                elif await self._stow_study(study_uid, instances, label, outcome):
+                    outcome.store(instances, f"{root}/{study_uid}")
         except RadfusionInputError as exc:
             return self._rejected(exc, "stow")
         finally:
             remove_tree(workdir)
-        result = await self._predict_case(case, started, "stow")
-        if isinstance(result, JSONResponse):
-            return result
-        result.update(patient.sources())
-        return JSONResponse(result)
+        log.info(
+            "stow: %d studies, %d instances taken, %d failed, HTTP %d in %.0f ms",
+            len(studies),
+            len(outcome.stored),
+            len(outcome.failed) + len(outcome.other_failures),
+            outcome.status,
+            1000 * (time.perf_counter() - started),
+        )
+        warning = outcome.warning_header()
+        return JSONResponse(
+            outcome.dataset().to_json_dict(),
+            status_code=outcome.status,
+            media_type=DICOM_JSON,
+            headers={"Warning": warning} if warning else None,
+        )
+
+    def _public_root(self, request: Request) -> str:
+        """The service's URL for the client: RADFUSION_PUBLIC_URL, else the request's
+        Host. dicomweb-client sends a Host without the port, so a Host that names none
+        gets the port the request came in on."""
+        if self.settings.public_url:
+            return self.settings.public_url
+        url = request.base_url
+        server = request.scope.get("server")
+        if url.port is None and server and server[1] not in (80, 443):
+            url = url.replace(port=server[1])
+        return str(url).rstrip("/")
+
+    async def _stow_study(self, study_uid: str, instances: list[Instance], label: str, outcome: StoreOutcome) -> bool:
+        """Score one study of a STOW-RS request and write its result; False (its
+        instances failed, with the reason in ``outcome``) when it cannot be scored."""
+        paths = [i.path for i in instances]
+        headers = await anyio.to_thread.run_sync(read_headers, instances)  # scoring moves the files
+        try:
+            patient = await anyio.to_thread.run_sync(_reading_study, self._patient_of, paths)
+            prepare = functools.partial(self._prepare, paths, patient.genomics, patient.clinical)
+            case = await anyio.to_thread.run_sync(prepare)
+            prediction = await self._stow_prediction(case)
+            facts = prediction_facts(self.model_contract, case, prediction, patient.sources())
+            facts["instances_received"] = len(instances)
+            write = functools.partial(self.results.prediction, study_uid, prediction, facts, case, headers)
+            warning = await anyio.to_thread.run_sync(write)
+        except RadfusionInputError as exc:
+            self.metrics.error(exc.kind, "stow")
+            log.info("stow: %s not scored: %s (HTTP %d)", label, exc.kind, exc.http_status)
+            outcome.fail(instances, failure_reason(exc), f"{label} not scored: {exc.kind}: {exc.message}")
+            warning = await self._stow_failure_report(study_uid, exc, instances, headers)
+            if warning:
+                outcome.warnings.append(f"{label}: {warning}")
+            return False
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be written fails its study, never a 500
+            log.error("stow: %s: result not written (%s)", label, type(exc).__name__)
+            outcome.fail(instances, PROCESSING_FAILURE, f"{label}: the result could not be written")
+            return False
+        self.metrics.prediction(case.inputs.modalities_used)
+        if warning:
+            outcome.warnings.append(f"{label}: {warning}")
+        return True
+
+    async def _stow_prediction(self, case: PreparedCase) -> Prediction:
+        """The model's prediction for one STOW-RS study; an overloaded model service or a
+        NaN/inf output is the study's error."""
+        began = time.perf_counter()
+        try:
+            probabilities = await self._infer(pack([case.inputs]))
+        except ServiceUnavailable:
+            raise self._model_overloaded() from None
+        self.metrics.model_seconds.labels(route="stow").observe(time.perf_counter() - began)
+        return Prediction.from_outputs(self.model_contract, np.asarray(probabilities)[0])
+
+    async def _stow_failure_report(
+        self, study_uid: str, error: RadfusionInputError, instances: list[Instance], headers: Headers
+    ) -> str | None:
+        try:
+            return await anyio.to_thread.run_sync(self.results.failure, study_uid, error, instances, headers)
+        except Exception as exc:  # noqa: BLE001 - the answer already says why the study failed
+            log.error("stow: failure report not written (%s)", type(exc).__name__)
+            return "the report of the failure could not be written"
+
+    async def retrieve_results(self, request: Request) -> Response:
+        """WADO-RS (PS3.18 10.4) of the results kept for STOW-RS studies
+        (radfusion.serving.http.wado): the study's, a series' or one instance's SRs."""
+        params = request.path_params
+        try:
+            find = functools.partial(self.results.store.find, params["study"], params.get("series"), params.get("sop"))
+            paths = await anyio.to_thread.run_sync(find)
+            body, content_type, syntax = await anyio.to_thread.run_sync(multipart_dicom, paths)
+            check_accepts_dicom(request.headers.get("accept"), syntax)
+        except RadfusionInputError as exc:
+            return self._rejected(exc, "wado")
+        return Response(body, media_type=content_type)
+
+    def _result_writer(self) -> ResultWriter:
+        """Where STOW-RS results are kept (and sent), from the settings."""
+        settings = self.settings
+        store = ResultStore(settings.result_folder(), settings.result_keep_hours * 3600.0, settings.result_max_bytes)
+        destination = ResultDestination(
+            settings.result_stow_url, settings.result_stow_token, float(settings.dicomweb_timeout_s)
+        )
+        return ResultWriter(self.model_contract, store, destination)
 
     def _patient_of(self, parts: list[Path]) -> PatientData:
         """The tables' data for the uploaded study's patient; a model input the tables

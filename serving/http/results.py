@@ -1,0 +1,117 @@
+"""The results of STOW-RS studies (prediction and failure SRs), kept on disk so that a
+client retrieves them with WADO-RS, also after the service restarted.
+
+Layout: ``<root>/<study UID>/<series UID>/<SOP instance UID>.dcm`` (``.failure.dcm``
+for a report that the study could not be scored); the UIDs are checked to be UIDs
+before they name a path. A file is written under a temporary name
+and renamed into place, so a crash leaves no half-written result. Bounded twice: a
+result older than the retention period is deleted, and beyond the size cap the oldest
+go first. Both are enforced on every write and when the service starts."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from radfusion.serving.http.stow import ResultNotFoundError
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_FAILURE = ".failure.dcm"
+
+
+@dataclass(frozen=True)
+class EarlierResult:
+    """The last result kept for a study: its SR series, instance, version and kind."""
+
+    series_uid: str
+    sop_uid: str
+    version: int
+    is_prediction: bool
+
+
+def _checked(uid: str) -> str:
+    if len(uid) > 64 or not _UID.fullmatch(uid):
+        raise ResultNotFoundError("not a DICOM UID")
+    return uid
+
+
+class ResultStore:
+    def __init__(self, root: Path, keep_seconds: float, max_bytes: int):
+        self.root = root
+        self.keep_seconds = keep_seconds
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        root.mkdir(parents=True, exist_ok=True)
+        self.purge()
+
+    def put(self, sr: Dataset, is_prediction: bool) -> Path:
+        """Keep ``sr`` (durably, under its UIDs), then apply the bounds."""
+        buffer = io.BytesIO()
+        sr.save_as(buffer, enforce_file_format=True)
+        folder = self.root / _checked(sr.StudyInstanceUID) / _checked(sr.SeriesInstanceUID)
+        target = folder / (_checked(sr.SOPInstanceUID) + (".dcm" if is_prediction else _FAILURE))
+        with self._lock:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".writing-", delete=False) as out:
+                out.write(buffer.getvalue())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(out.name, target)
+        self.purge()
+        return target
+
+    def find(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Path]:
+        """The kept results of a study (or one series, or one instance), oldest first;
+        ResultNotFoundError when there is none."""
+        folder = self.root / _checked(study_uid)
+        if series_uid is not None:
+            folder = folder / _checked(series_uid)
+        if sop_uid is not None:
+            candidates = [folder / f"{_checked(sop_uid)}.dcm", folder / f"{sop_uid}{_FAILURE}"]
+            found = [path for path in candidates if path.is_file()]
+        else:
+            found = sorted(folder.glob("**/*.dcm"), key=_mtime) if folder.is_dir() else []
+        if not found:
+            raise ResultNotFoundError("this service holds no result for it")
+        return found
+
+    def latest(self, study_uid: str) -> EarlierResult | None:
+        """The newest result of the study, read from its header (survives a restart)."""
+        try:
+            newest = self.find(study_uid)[-1]
+            ds = pydicom.dcmread(newest, stop_before_pixels=True)
+        except (ResultNotFoundError, OSError):
+            return None
+        version = int(ds.get("InstanceNumber") or 1)
+        return EarlierResult(ds.SeriesInstanceUID, ds.SOPInstanceUID, version, not newest.name.endswith(_FAILURE))
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete results past the retention period, then the oldest beyond the size cap."""
+        now = time.time() if now is None else now
+        with self._lock:
+            files = sorted(((p, p.stat()) for p in self.root.glob("*/*/*.dcm")), key=lambda f: f[1].st_mtime)
+            deleted = 0
+            total = sum(stat.st_size for _, stat in files)
+            for path, stat in files:
+                if now - stat.st_mtime <= self.keep_seconds and total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= stat.st_size
+                deleted += 1
+            for folder in sorted(self.root.glob("*/*"), reverse=True) + sorted(self.root.glob("*")):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+        return deleted
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime

@@ -1,0 +1,94 @@
+"""The STOW-RS result store (bounded, restart-safe), the Store Instances Response's
+semantics, and a PACS that cannot take the SR: in-process, with real SRs written by
+radfusion.serving.reports.sr from real synthetic instances."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from radfusion.dicom import find_studies
+from radfusion.errors import CorruptDicomError, GeometryError, StudyOverBudgetError
+from radfusion.serving.http.results import ResultStore
+from radfusion.serving.http.store_response import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    StoreOutcome,
+    failure_reason,
+)
+from radfusion.serving.http.stow import Instance, ResultNotFoundError, group_by_study
+from radfusion.serving.http.stow_results import ResultDestination, ResultWriter, read_headers
+from tests.support.peers import free_loopback_port
+
+
+@pytest.fixture(scope="module")
+def study(tiny_cohort: Path) -> list[Instance]:
+    first = sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id)[0]
+    studies, unreadable = group_by_study([h.path for h in first.instances])
+    assert not unreadable and list(studies) == [first.study_uid]
+    return studies[first.study_uid]
+
+
+def failure_sr(writer: ResultWriter, instances: list[Instance]) -> str | None:
+    return writer.failure(instances[0].study_uid, GeometryError("x"), instances, read_headers(instances))
+
+
+def test_results_survive_a_restart_and_are_bounded(tmp_path: Path, tiny_contract, study) -> None:
+    store = ResultStore(tmp_path, keep_seconds=3600, max_bytes=10**9)
+    writer = ResultWriter(tiny_contract, store, ResultDestination())
+    assert failure_sr(writer, study) is None
+    assert failure_sr(writer, study) is None
+    first, second = store.find(study[0].study_uid)
+    ds = pydicom.dcmread(second)
+    assert (ds.InstanceNumber, ds.SeriesInstanceUID) == (2, pydicom.dcmread(first).SeriesInstanceUID)
+
+    again = ResultStore(tmp_path, keep_seconds=3600, max_bytes=10**9)  # a restarted service
+    assert again.find(study[0].study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID) == [second]
+    latest = again.latest(study[0].study_uid)
+    assert latest is not None and (latest.version, latest.is_prediction) == (2, False)
+
+    os.utime(first, (time.time() - 7200, time.time() - 7200))
+    assert again.purge() == 1 and again.find(study[0].study_uid) == [second]
+    small = ResultStore(tmp_path, keep_seconds=3600, max_bytes=second.stat().st_size - 1)  # start applies the cap
+    with pytest.raises(ResultNotFoundError):
+        small.find(study[0].study_uid)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ResultNotFoundError):
+        small.find("../../etc")
+
+
+def test_a_pacs_that_cannot_be_reached_is_a_warning(tmp_path: Path, tiny_contract, study) -> None:
+    closed = f"http://127.0.0.1:{free_loopback_port()}/dicom-web"
+    writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination(closed, None, 5.0))
+    warning = failure_sr(writer, study)
+    assert warning is not None
+    assert warning.startswith("the result could not be stored to the PACS (dicomweb_unavailable")
+    assert len(writer.store.find(study[0].study_uid)) == 1  # kept here all the same
+
+
+def test_store_instances_response_semantics(study) -> None:
+    one, two = study[:1], study[1:3]
+    assert failure_reason(StudyOverBudgetError("x")) == OUT_OF_RESOURCES
+    assert failure_reason(CorruptDicomError("x")) == CANNOT_UNDERSTAND
+    assert failure_reason(GeometryError("x")) == PROCESSING_FAILURE
+
+    outcome = StoreOutcome()
+    outcome.store(one, "http://svc/dicom-web/studies/1")
+    assert (outcome.status, outcome.warning_header()) == (200, None)
+    response = outcome.dataset()
+    assert response.RetrieveURL == "http://svc/dicom-web/studies/1"
+    assert "FailedSOPSequence" not in response.to_json_dict()  # never an empty sequence (Orthanc refuses it)
+
+    outcome.fail(two, PROCESSING_FAILURE, 'study 2: "bad" 1.2.840.113619.2.1.1.1 in /data/p/x.dcm')
+    assert outcome.status == 202
+    assert [i.FailureReason for i in outcome.dataset().FailedSOPSequence] == [PROCESSING_FAILURE] * 2
+    assert outcome.warning_header() == "299 radfusion \"study 2: 'bad' <uid> in <path>\""
+
+    nothing = StoreOutcome()
+    nothing.other_failures.append(CANNOT_UNDERSTAND)
+    assert nothing.status == 409 and "ReferencedSOPSequence" not in nothing.dataset()
