@@ -218,6 +218,24 @@ def image_saliency(
     return ImageSaliency(plan.grid, effects, peak_voxel(plan.grid, effects), plan.voxel_map(effects))
 
 
+def case_image_saliency(
+    logits_fn: LogitsFn, contract: ModelContract, inputs: ModelInputs, settings: ExplainSettings | None = None
+) -> ImageSaliency | None:
+    """``image_saliency`` of one prepared case with explain_case's score (the contract's
+    target label and temperature), full voxel map included; None when the case was
+    scored without an image. A contract without a positive label costs one more row:
+    the target is the label the unperturbed case predicts."""
+    if "image" not in inputs.modalities_used:
+        return None
+    settings = settings or ExplainSettings()
+    case = (inputs.image, inputs.genomics, inputs.clinical, inputs.presence)
+    if contract.positive_label in contract.labels:
+        target = contract.labels.index(contract.positive_label)
+    else:
+        target = target_label(contract, np.asarray(logits_fn(*(x[np.newaxis] for x in case)))[0])
+    return image_saliency(logits_fn, *case, target, contract.temperature, settings.max_windows, settings.batch_size)
+
+
 class CaseExplainer:
     """The perturbation plan for one case, kept apart from running the model, so the
     rows can go through any model call (a local OnnxModel, a model service)."""

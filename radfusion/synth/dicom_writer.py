@@ -1,6 +1,6 @@
 """Write one study (main axial series + one-slice localizer) as DICOM files.
 
-The files are valid CT Image Storage instances, written in shuffled order under
+The files are valid CT Image Storage instances (0 dciodvfy errors), written in shuffled order under
 meaningless hex names, so a reader must sort slices by geometry and pick the
 series by content, never by file name, order or folder.
 
@@ -100,6 +100,8 @@ def _series_dataset(spec: StudySpec, *, localizer: bool) -> Dataset:
         ds.SeriesDescription = spec.localizer_description
         ds.SeriesInstanceUID = spec.localizer_series_uid
         ds.SeriesNumber = LOCALIZER_SERIES_NUMBER
+        # Type 2 in the Image Plane module: present, and empty for a projection scout.
+        ds.SliceThickness = None
         ds.WindowCenter, ds.WindowWidth = -500, 1500
     else:
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -122,7 +124,7 @@ def _set_image(
     ds.ImagePositionPatient = list(geometry.position)
     ds.ImageOrientationPatient = list(geometry.orientation)
     ds.PixelSpacing = list(geometry.pixel_spacing)
-    if "SliceThickness" in ds:  # axial slices only
+    if ds.SliceThickness:  # axial slices only (the localizer's is empty)
         ds.SliceLocation = geometry.position[2]
     ds.Rows, ds.Columns = pixels.shape
     if spec.rle:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from radfusion import log_privacy
+from radfusion.explain import ExplainSettings
 
 STOW_TOKEN_ENV = "RADFUSION_STOW_TOKEN"
 
@@ -65,8 +66,9 @@ def _listen_parser(sub: argparse._SubParsersAction) -> None:
         "--keep-hours",
         type=float,
         default=24.0,
-        help="delete a study's received instances and SR files this long after it was sent or failed;"
-        " negative: keep them (default 24)",
+        help="retention of received instances (and SR files): deleted this many hours after the study's result"
+        " (prediction SR or failure report) was sent or ran out of attempts; 0: as soon as it is sent;"
+        " negative: kept for ever. A restarted listener applies it to what earlier runs kept (default 24)",
     )
     p.add_argument(
         "--send-to",
@@ -74,6 +76,18 @@ def _listen_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="AET@HOST:PORT",
         help="C-STORE the SR to this DICOM peer (repeatable)",
+    )
+    p.add_argument(
+        "--send-saliency",
+        action="store_true",
+        help="send a saliency map (DICOM Parametric Map of where the model looked, on the scored series)"
+        " with each SR; costs up to 1 + --saliency-windows model rows per study (default: off)",
+    )
+    p.add_argument(
+        "--saliency-windows",
+        type=int,
+        default=ExplainSettings.max_windows,
+        help=f"occlusion windows of the saliency map (default {ExplainSettings.max_windows})",
     )
     p.add_argument("--stow-url", help=f"STOW-RS the SR to this DICOMweb root (bearer token from ${STOW_TOKEN_ENV})")
     p.add_argument(
@@ -148,6 +162,7 @@ def _listen(args: argparse.Namespace) -> None:
         retry=RetryPolicy(args.max_attempts, args.retry_seconds, args.retry_cap_seconds),
         poll_seconds=args.poll_seconds,
         device=args.device,
+        saliency_windows=args.saliency_windows if args.send_saliency else None,
     )
     try:
         run_listener(config)

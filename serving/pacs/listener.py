@@ -4,12 +4,14 @@ in the foreground until SIGTERM/SIGINT (``radfusion listen``)."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radfusion.explain import ExplainSettings
 from radfusion.limits import StudyBudget
 from radfusion.runtime import OnnxModel
 from radfusion.serving.pacs.pipeline import Pipeline, RetryPolicy
@@ -36,7 +38,9 @@ class ListenerConfig:
     quiet_seconds: float = 30.0
     max_wait_seconds: float = 600.0  # a quiet study with instances missing waits this long for them
     report_failures: bool = True  # a study that cannot be scored gets an SR saying why
-    keep_hours: float | None = 24.0  # received files kept after the final SR; None: for ever
+    # Received files kept this long once nothing is left to deliver (0: deleted as soon as
+    # the result is sent); None: for ever.
+    keep_hours: float | None = 24.0
     budget: StudyBudget = field(default_factory=StudyBudget)
     send_to: list[DicomPeer] = field(default_factory=list)
     stow_url: str | None = None
@@ -46,6 +50,9 @@ class ListenerConfig:
     poll_seconds: float = 1.0
     device: str = "auto"
     shutdown_grace_seconds: float = 10.0
+    # Send a saliency map (where the model looked) with each SR: None for none, else
+    # its occlusion windows (1 + windows model rows per study).
+    saliency_windows: int | None = None
 
 
 def build_pipeline(config: ListenerConfig, state: StudyState, work: WorkDir) -> Pipeline:
@@ -74,11 +81,30 @@ def build_pipeline(config: ListenerConfig, state: StudyState, work: WorkDir) -> 
         max_wait_seconds=config.max_wait_seconds,
         report_failures=config.report_failures,
         keep_seconds=None if config.keep_hours is None else config.keep_hours * 3600.0,
+        saliency=None if config.saliency_windows is None else ExplainSettings(max_windows=config.saliency_windows),
     )
 
 
 def _table_note(table, used: bool) -> str:
     return "not used by the model" if not used else ("yes" if table is not None else "none")
+
+
+def _retention_note(keep_hours: float | None) -> str:
+    if keep_hours is None:
+        return "kept for ever"
+    if keep_hours == 0:
+        return "deleted as soon as the result is sent"
+    return f"deleted {keep_hours:g} h after the result is sent"
+
+
+def _delete_leftovers(state: StudyState, work: WorkDir) -> None:
+    """Delete what remains of purged studies: files a stopped process had claimed for
+    deletion but not yet deleted."""
+    left = {study: paths for study, paths in state.purged_files().items() if any(map(os.path.exists, paths))}
+    for study_uid, paths in left.items():
+        work.delete_files(study_uid, paths)
+    if left:
+        log.info("deleted the files of %d studies left by an earlier process past their retention", len(left))
 
 
 def _finish_associations(server, grace: float) -> None:
@@ -95,7 +121,9 @@ def run_listener(config: ListenerConfig, stop: threading.Event | None = None) ->
     """Serve until ``stop`` is set (by SIGTERM/SIGINT when run from the main thread).
 
     Studies left pending by an earlier process are picked up by the first tick: their
-    state is in SQLite, their instances on disk."""
+    state is in SQLite, their instances on disk. So is the retention policy, which the
+    first tick applies to what earlier processes kept; files an earlier process was
+    deleting when it stopped are deleted before the SCP starts."""
     work = WorkDir(config.work)
     state = StudyState(work.state_path)
     try:
@@ -109,6 +137,7 @@ def run_listener(config: ListenerConfig, stop: threading.Event | None = None) ->
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    _delete_leftovers(state, work)
     server = start_scp(
         config.host,
         config.port,
@@ -126,11 +155,11 @@ def run_listener(config: ListenerConfig, stop: threading.Event | None = None) ->
     )
     log.info(
         "a study is complete %g s after its last instance (up to %g s more while instances are missing);"
-        " failure reports: %s; received files kept %s after the final SR",
+        " failure reports: %s; received files %s",
         config.quiet_seconds,
         config.max_wait_seconds,
         "on" if config.report_failures else "off",
-        "for ever" if config.keep_hours is None else f"{config.keep_hours:g} h",
+        _retention_note(config.keep_hours),
     )
     try:
         while not stop.is_set():

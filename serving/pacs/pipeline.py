@@ -17,8 +17,15 @@ backoff and fails after ``RetryPolicy.max_attempts``. A study that fails to scor
 reported to the PACS too (``report_failures``): an SR in the study saying why no
 result was produced; ``radfusion pacs-status`` shows both.
 
+Saliency (``saliency`` settings given, ``radfusion listen --send-saliency``): a scored
+study also gets a Parametric Map of where the model looked
+(radfusion.serving.reports.saliency_map), written beside its SR and sent after it to the
+same destinations. It is an extra: a map that cannot be built or sent is logged and
+never holds back or retries the SR.
+
 Retention. Received instances and SR files are deleted ``keep_seconds`` after the study
-reached its final state (sent or failed); the state keeps the record. A study reopened
+had nothing left to deliver (its SR sent; or failed, its failure report sent or out of
+attempts), 0 meaning at once; the state keeps the record. A study reopened
 later (late instances) waits for the deleted ones to be sent again, then fails as
 ``study_incomplete`` rather than be scored from a part of it."""
 
@@ -33,13 +40,16 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from radfusion.errors import RadfusionInputError
+from radfusion.explain import ExplainSettings
 from radfusion.serving.pacs.completeness import Completeness, IncompleteStudyError, ReceivedInstance, assess
 from radfusion.serving.pacs.predict import StudyPrediction, StudyPredictor
 from radfusion.serving.pacs.send import CStoreSender, SendError, StowSender
 from radfusion.serving.pacs.state import InstanceRecord, Notice, Status, StudyRecord, StudyState
-from radfusion.serving.pacs.storage import WorkDir, study_key, write_durably
+from radfusion.serving.pacs.storage import WorkDir, saliency_path, study_key, write_durably
+from radfusion.serving.reports.saliency_map import build_saliency_map
 from radfusion.serving.reports.sr import (
     EarlierReport,
     build_failure_sr,
@@ -88,6 +98,7 @@ class Pipeline:
         max_wait_seconds: float = 600.0,
         report_failures: bool = True,
         keep_seconds: float | None = 24 * 3600.0,
+        saliency: ExplainSettings | None = None,
     ):
         self.state = state
         self.work = work
@@ -99,6 +110,7 @@ class Pipeline:
         self.clock = clock
         self.report_failures = report_failures
         self.keep_seconds = keep_seconds  # None: keep received files for ever
+        self.saliency = saliency  # None: no saliency map
         self.started = clock()  # nothing could be sent to this process before
         self._waiting: dict[str, float] = {}  # study -> last_received already logged as waiting
 
@@ -201,6 +213,7 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - one study's failure is retried; the listener goes on
             self._retry(record, Status.PENDING, f"SR not written ({type(exc).__name__})", report)
             return
+        self._write_saliency(key, prediction, sources, path, sr_series_uid, version)
         if self.state.mark_scored(
             record.study_uid,
             version,
@@ -224,7 +237,58 @@ class Pipeline:
                 log.warning("study %s scored with instances missing: %s", key, result["completeness"])
         else:  # more instances arrived while scoring: scored again after the quiet period
             path.unlink(missing_ok=True)
+            saliency_path(path).unlink(missing_ok=True)
             log.info("study %s changed while scoring; result dropped", key)
+
+    def _write_saliency(
+        self,
+        key: str,
+        prediction: StudyPrediction,
+        sources: list[Path],
+        sr_path: Path,
+        sr_series_uid: str,
+        version: int,
+    ) -> None:
+        """The saliency map beside the SR at ``sr_path``, when configured; a failure is
+        logged (no identifiers) and the SR goes on without it."""
+        if self.saliency is None:
+            return
+        study = prediction.case.study
+        try:
+            saliency_path(sr_path).unlink(missing_ok=True)  # never send a map of an earlier scoring
+            found = self.predictor.saliency(prediction.case, self.saliency)
+            if found is None or study is None or study.grid_affine is None:
+                log.info("study %s: no saliency map (scored without an image)", key)
+                return
+            pm = build_saliency_map(
+                found.voxel_map,
+                study.grid_affine,
+                [pydicom.dcmread(p, stop_before_pixels=True) for p in sources],
+                _map_series_uid(sr_series_uid),
+                new_uid(),
+                self.predictor.contract,
+                instance_number=version,
+            )
+            _write(saliency_path(sr_path), pm)
+        except Exception as exc:  # noqa: BLE001 - the map is an extra; the SR is sent without it
+            log.warning("study %s: saliency map not written (%s)", key, type(exc).__name__)
+
+    def _send_saliency(self, record: StudyRecord) -> None:
+        """Send the study's saliency map, if one was written, after its SR."""
+        path = saliency_path(Path(record.sr_path or ""))
+        if not record.sr_path or not path.is_file():
+            return
+        key = study_key(record.study_uid)
+        try:
+            dataset = pydicom.dcmread(path)
+            for sender in self.senders:
+                sender.send(dataset)
+        except Exception as exc:  # noqa: BLE001 - the SR is delivered; the map is not retried
+            log.warning(
+                "study %s: saliency map not sent (%s)", key, exc if isinstance(exc, SendError) else type(exc).__name__
+            )
+            return
+        log.info("study %s: saliency map v%d sent", key, record.version)
 
     def _earlier(self, study_uid: str) -> EarlierReport | None:
         sent = self.state.last_sent_prediction(study_uid)
@@ -308,6 +372,7 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - one study's failure is retried; the listener goes on
             self._retry(record, Status.SCORED, f"sending failed ({type(exc).__name__})", report)
             return
+        self._send_saliency(record)
         if self.state.mark_sent(record.study_uid, record.sr_sop_uid, now=self.clock()):
             report.sent += 1
             log.info(
@@ -346,20 +411,23 @@ class Pipeline:
         if self.keep_seconds is None:
             return 0
         cutoff = now - self.keep_seconds
+        # A failure report still being delivered keeps its study (without a destination none is).
+        notice_attempts = self.retry.max_attempts if self.senders else 0
         purged = 0
-        for study_uid in self.state.expired(cutoff):
-            paths = self.state.claim_purge(study_uid, cutoff, now=now)
+        for study_uid in self.state.expired(cutoff, notice_attempts):
+            paths = self.state.claim_purge(study_uid, cutoff, now=now, notice_attempts=notice_attempts)
             if paths is None:
                 continue
-            for path in paths:
-                try:
-                    Path(path).unlink(missing_ok=True)
-                except OSError as exc:
-                    log.warning("study %s: a file could not be deleted (%s)", study_key(study_uid), type(exc).__name__)
-            self.work.remove_study_dir(study_uid)
+            self.work.delete_files(study_uid, paths)
             purged += 1
             log.info("study %s: received files deleted after the retention period", study_key(study_uid))
         return purged
+
+
+def _map_series_uid(sr_series_uid: str) -> str:
+    """The saliency maps' series of a study: one per SR series, stable across versions
+    like the SR's, derived from it so that the state needs no second UID."""
+    return generate_uid(entropy_srcs=["radfusion saliency map", sr_series_uid])
 
 
 def _write(path: Path, sr: Dataset) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from radfusion.errors import input_error
+from radfusion.explain import ExplainSettings, ImageSaliency, case_image_saliency
 from radfusion.limits import StudyBudget
 from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase, format_prediction, prepare_case, stack_inputs
@@ -64,3 +65,8 @@ class StudyPredictor:
             result["series_rejected"] = case.study.rejected_summary
             result["geometry_corrections"] = list(case.study.corrections)
         return StudyPrediction(prediction=prediction, result=result, case=case)
+
+    def saliency(self, case: PreparedCase, settings: ExplainSettings) -> ImageSaliency | None:
+        """Where in the image the score comes from (radfusion.explain), at most
+        1 + settings.max_windows model rows; None when the case has no image."""
+        return case_image_saliency(self.model.logits, self.contract, case.inputs, settings)

@@ -7,9 +7,13 @@ is answered with a DICOM failure status (the sender keeps the instance and retri
 never by dropping the association. A dataset that cannot be decoded fails alone (status
 0xC000); the association and the listener go on.
 
-A refused association is logged with the AE titles it named, made printable (a calling
-AE title of control characters or spaces is what a port scanner or a broken peer sends),
-and nothing else about the peer."""
+A refused association is logged with why it was refused, the AE titles it named, made
+printable (a calling AE title of control characters or spaces is what a port scanner or
+a broken peer sends), and the peer's address: what an operator needs to find the
+misconfigured device. Nothing the peer sent beyond the association request is read, so
+no patient data can reach that line. An association accepted with none of its
+presentation contexts supported (a peer asking for a service this SCP does not offer)
+is a refusal too, logged with the SOP classes it proposed."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from typing import cast
 
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import, via globals()
@@ -93,22 +98,74 @@ def printable_ae_title(value: object) -> str:
     return repr(cleaned) if cleaned else "(blank)"
 
 
+def peer_address(assoc) -> str:
+    """``host:port`` of the peer (pynetdicom knows it from the accepted socket)."""
+    try:
+        return f"{assoc.requestor.address}:{assoc.requestor.port}"
+    except (AttributeError, ValueError):
+        return "(unknown address)"
+
+
+def _refusal_reason(assoc) -> str:
+    """Why pynetdicom refused the association, judged as its ACSE does."""
+    calling = assoc.requestor.ae_title
+    called = getattr(assoc.requestor.primitive, "called_ae_title", "")
+    allowed = [a.strip() for a in assoc.ae.require_calling_aet]
+    if allowed and calling not in allowed:
+        return f"calling AE title {printable_ae_title(calling)} is not allowed"
+    if str(called).strip() != assoc.acceptor.ae_title.strip():
+        return f"called AE title {printable_ae_title(called)} is not this listener's"
+    return "too many associations"
+
+
 def log_rejected(event: evt.Event) -> None:
-    """EVT_REJECTED: which AE title was refused (no address, no other identifier)."""
+    """EVT_REJECTED: why, which AE titles, from which address."""
     try:
         assoc = event.assoc
-        calling = assoc.requestor.ae_title
-        called = getattr(assoc.requestor.primitive, "called_ae_title", "")
-        allowed = [a.strip() for a in assoc.ae.require_calling_aet]
-        if allowed and calling not in allowed:
-            reason = f"calling AE title {printable_ae_title(calling)} is not allowed"
-        elif str(called).strip() != assoc.acceptor.ae_title.strip():
-            reason = f"called AE title {printable_ae_title(called)} is not this listener's"
-        else:
-            reason = "too many associations"
-        log.warning("association refused: %s", reason)
+        log.warning(
+            "association refused: %s (calling AE title %s, called AE title %s, from %s)",
+            _refusal_reason(assoc),
+            printable_ae_title(assoc.requestor.ae_title),
+            printable_ae_title(getattr(assoc.requestor.primitive, "called_ae_title", "")),
+            peer_address(assoc),
+        )
     except Exception as exc:  # noqa: BLE001 - a log line must not break the refusal
         log.warning("association refused (%s)", type(exc).__name__)
+
+
+def _sop_class_name(uid: object) -> str:
+    name = UID(str(uid)).name
+    return name if name != str(uid) else "a SOP class this listener does not know"
+
+
+def log_refused_contexts(event: evt.Event) -> None:
+    """EVT_ACCEPTED: presentation contexts this SCP does not support. None supported
+    means the peer gets nothing from the association (it aborts it): a refusal."""
+    try:
+        assoc = event.assoc
+        refused = assoc.rejected_contexts
+        if not refused:
+            return
+        proposed = sorted({_sop_class_name(cx.abstract_syntax) for cx in refused})
+        reasons = sorted({cx.status for cx in refused})
+        who = f"calling AE title {printable_ae_title(assoc.requestor.ae_title)}, from {peer_address(assoc)}"
+        if not assoc.accepted_contexts:
+            log.warning(
+                "association refused: none of its presentation contexts is supported (%s: %s; %s)",
+                "; ".join(reasons),
+                ", ".join(proposed),
+                who,
+            )
+        else:
+            log.info(
+                "association accepted without %d of its presentation contexts (%s: %s; %s)",
+                len(refused),
+                "; ".join(reasons),
+                ", ".join(proposed),
+                who,
+            )
+    except Exception as exc:  # noqa: BLE001 - a log line must not break the association
+        log.warning("presentation contexts refused (%s)", type(exc).__name__)
 
 
 def build_ae(ae_title: str, allowed_calling: Sequence[str]) -> AE:
@@ -132,7 +189,13 @@ def start_scp(
     """Start listening in background threads; ``.shutdown()`` stops it."""
     ae = build_ae(ae_title, allowed_calling)
     server = ae.start_server(
-        (host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler), (evt.EVT_REJECTED, log_rejected)]
+        (host, port),
+        block=False,
+        evt_handlers=[
+            (evt.EVT_C_STORE, handler),
+            (evt.EVT_REJECTED, log_rejected),
+            (evt.EVT_ACCEPTED, log_refused_contexts),
+        ],
     )
     assert server is not None  # non-blocking: start_server returns the running server
     return server

@@ -18,7 +18,12 @@ supersedes the last one sent. Every SR document issued (prediction, or the failu
 report of a study that could not be scored) is a row of ``results``: its version, what
 it was based on, whether it was delivered. ``purged`` marks a study whose received
 files were deleted after the retention period; its rows stay, as the record of what
-was received."""
+was received.
+
+Retention counts from the moment nothing is left to deliver: the prediction SR was
+sent, or the study failed and its failure report was sent (or ran out of attempts, or
+there is none). A failure report still being retried keeps its study's files: it is
+one of them, and the PACS has not been told yet."""
 
 from __future__ import annotations
 
@@ -485,9 +490,15 @@ class StudyState:
         return [Notice(**dict(r)) for r in rows]
 
     def mark_notice_sent(self, sop_uid: str, now: float | None = None) -> None:
+        """The failure report was delivered: the study's retention period starts now."""
         now = time.time() if now is None else now
         with self._tx() as db:
             db.execute("UPDATE results SET sent = ? WHERE sop_uid = ?", (now, sop_uid))
+            db.execute(
+                "UPDATE studies SET updated = ? WHERE status = ? AND (study_uid, version) IN"
+                " (SELECT study_uid, version FROM results WHERE sop_uid = ?)",
+                (now, Status.FAILED.value, sop_uid),
+            )
 
     def mark_notice_retry(self, sop_uid: str, backoff_base: float, backoff_cap: float, now: float | None = None) -> int:
         """Count a failed delivery of a failure report; returns the attempts so far."""
@@ -503,36 +514,43 @@ class StudyState:
 
     # ------------------------------------------------------------------ retention
 
-    def expired(self, final_before: float) -> list[str]:
-        """Studies sent or failed before ``final_before`` whose files are still kept."""
+    def expired(self, final_before: float, notice_attempts: int = 0) -> list[str]:
+        """Studies whose files are still kept and that had nothing left to deliver
+        before ``final_before``. ``notice_attempts``: the delivery attempts a failure
+        report gets (0: failure reports are not delivered, they keep nothing)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT study_uid FROM studies WHERE status IN (?, ?) AND updated <= ? AND purged IS NULL",
-                (Status.SENT.value, Status.FAILED.value, final_before),
+                f"SELECT study_uid FROM studies WHERE {_FINAL}", self._final_args(final_before, notice_attempts)
             ).fetchall()
         return [r["study_uid"] for r in rows]
 
-    def claim_purge(self, study_uid: str, final_before: float, now: float | None = None) -> list[str] | None:
+    def claim_purge(
+        self, study_uid: str, final_before: float, now: float | None = None, notice_attempts: int = 0
+    ) -> list[str] | None:
         """Mark the study purged and return the files to delete (received instances and
         SR documents), or None when it changed meanwhile. An instance that arrives after
         this is not in the list, whatever the timing."""
         now = time.time() if now is None else now
         with self._tx() as db:
             claimed = db.execute(
-                "UPDATE studies SET purged = ? WHERE study_uid = ? AND status IN (?, ?) AND updated <= ?"
-                " AND purged IS NULL",
-                (now, study_uid, Status.SENT.value, Status.FAILED.value, final_before),
+                f"UPDATE studies SET purged = ? WHERE study_uid = ? AND {_FINAL}",
+                (now, study_uid, *self._final_args(final_before, notice_attempts)),
             ).rowcount
             if not claimed:
                 return None
-            instances = db.execute("SELECT path FROM instances WHERE study_uid = ?", (study_uid,)).fetchall()
-            results = db.execute(
-                "SELECT path FROM results WHERE study_uid = ? AND path IS NOT NULL", (study_uid,)
-            ).fetchall()
-            sr = db.execute("SELECT sr_path FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
-        paths = [r["path"] for r in instances] + [r["path"] for r in results]
-        paths += [sr["sr_path"]] if sr and sr["sr_path"] else []
-        return list(dict.fromkeys(paths))
+            return _study_files(db, study_uid)
+
+    def purged_files(self) -> dict[str, list[str]]:
+        """Files of purged studies, by study: all deleted, unless a process stopped
+        between claiming a purge and deleting (or between writing a discarded instance
+        and deleting it). A restarted listener deletes what is left."""
+        with self._lock:
+            studies = self._db.execute("SELECT study_uid FROM studies WHERE purged IS NOT NULL").fetchall()
+            return {r["study_uid"]: _study_files(self._db, r["study_uid"]) for r in studies}
+
+    @staticmethod
+    def _final_args(final_before: float, notice_attempts: int) -> tuple:
+        return (Status.SENT.value, Status.FAILED.value, final_before, notice_attempts)
 
     # ------------------------------------------------------------------------ status
 
@@ -546,6 +564,24 @@ class StudyState:
             rows = self._db.execute("SELECT status, COUNT(*) AS n FROM studies GROUP BY status").fetchall()
         found = {r["status"]: r["n"] for r in rows}
         return {s.value: found.get(s.value, 0) for s in Status}
+
+
+# A study with nothing left to deliver, final before a time, its files not yet deleted:
+# sent, or failed with no failure report still to deliver (its latest, unsent, with
+# attempts left). Parameters: sent, failed, final_before, notice_attempts.
+_FINAL = """status IN (?, ?) AND updated <= ? AND purged IS NULL AND NOT EXISTS (
+    SELECT 1 FROM results r WHERE r.study_uid = studies.study_uid AND r.kind = 'failure'
+    AND r.version = studies.version AND r.sent IS NULL AND r.attempts < ?)"""
+
+
+def _study_files(db: sqlite3.Connection, study_uid: str) -> list[str]:
+    """Every file the listener holds for a study: received instances and SR documents."""
+    instances = db.execute("SELECT path FROM instances WHERE study_uid = ?", (study_uid,)).fetchall()
+    results = db.execute("SELECT path FROM results WHERE study_uid = ? AND path IS NOT NULL", (study_uid,)).fetchall()
+    sr = db.execute("SELECT sr_path FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+    paths = [r["path"] for r in instances] + [r["path"] for r in results]
+    paths += [sr["sr_path"]] if sr and sr["sr_path"] else []
+    return list(dict.fromkeys(paths))
 
 
 def _record(row: sqlite3.Row) -> StudyRecord:

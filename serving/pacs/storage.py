@@ -3,6 +3,7 @@
     <work>/state.sqlite
     <work>/studies/<study key>/<instance key>.dcm   received instances
     <work>/results/<study key>-v<version>.dcm      SR documents
+    <work>/results/<study key>-v<version>-saliency.dcm   saliency maps (--send-saliency)
 
 Keys are hashes of the UIDs: paths and log lines then carry no DICOM identifier, and a
 study's key is stable across restarts. Files are written to a temporary name, flushed
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 from pathlib import Path
 
 STATE_FILE = "state.sqlite"
+
+log = logging.getLogger("radfusion.pacs")
 
 
 def study_key(study_uid: str) -> str:
@@ -46,11 +50,32 @@ class WorkDir:
     def result_path(self, study_uid: str, version: int) -> Path:
         return self.results / f"{study_key(study_uid)}-v{version}.dcm"
 
+    def delete_files(self, study_uid: str, paths: list[str]) -> int:
+        """Delete a study's files (already gone: fine), the saliency map beside each of its
+        SR documents, and its emptied folder; returns how many could not be deleted (each
+        logged, by the reason only)."""
+        files = [Path(p) for p in paths]
+        files += [saliency_path(f) for f in files if f.parent == self.results]
+        failed = 0
+        for path in files:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                failed += 1
+                log.warning("study %s: a file could not be deleted (%s)", study_key(study_uid), type(exc).__name__)
+        self.remove_study_dir(study_uid)
+        return failed
+
     def remove_study_dir(self, study_uid: str) -> None:
         """Remove a study's folder of received instances once it is empty."""
         # Not empty (an instance arrived meanwhile) or already gone: left as it is.
         with contextlib.suppress(OSError):
             (self.studies / study_key(study_uid)).rmdir()
+
+
+def saliency_path(sr_path: Path) -> Path:
+    """Where the saliency map of the SR at ``sr_path`` is kept (beside it)."""
+    return sr_path.with_name(f"{sr_path.stem}-saliency.dcm")
 
 
 def write_durably(path: Path, data: bytes) -> None:

@@ -12,6 +12,7 @@ TASKS: dict[str, tuple[list[str], list[float]]] = {
     "survival:cox": (["risk"], []),
     "survival:discrete": (["t12", "t24", "t36"], [12.0, 24.0, 36.0]),
     "multilabel:drugs": (["drug_a", "drug_b", "drug_c"], []),
+    "classification:subtype": (["S1", "S2", "S3"], []),
 }
 
 
