@@ -305,3 +305,18 @@ def store_instances(url: str, datasets: list, policy: DicomwebPolicy, token: str
     headers = {"Authorization": f"Bearer {token}"} if token else None
     with _upstream_errors(policy, session):
         return _client(url, policy, session, None, headers=headers).store_instances(datasets)
+
+
+def store_refusal(url: str, datasets: list, policy: DicomwebPolicy, token: str | None = None) -> str | None:
+    """STOW-RS ``datasets`` (store_instances) and say why they were not stored: None when
+    the PACS took them, else the reason (unreachable, or the Failure Reason it
+    answered), free of identifiers. The listener's and the service's one way to hand a
+    result to a PACS."""
+    try:
+        response = store_instances(url, datasets, policy, token)
+    except RadfusionInputError as exc:
+        return f"the PACS could not be reached ({exc.kind}: {exc.message})"
+    failed = response.get("FailedSOPSequence") if response is not None else None
+    if failed:
+        return f"the PACS refused the result (failure reason 0x{int(failed[0].get('FailureReason', 0)):04X})"
+    return None

@@ -2,7 +2,8 @@
 client retrieves them with WADO-RS, also after the service restarted.
 
 Layout: ``<root>/<study UID>/<series UID>/<SOP instance UID>.dcm`` (``.failure.dcm``
-for a report that the study could not be scored); the UIDs are checked to be UIDs
+for a report that the study could not be scored, ``.map.dcm`` for a saliency map: only
+reports count as a study's versions); the UIDs are checked to be UIDs
 before they name a path. A file is written under a temporary name
 and renamed into place, so a crash leaves no half-written result. Bounded twice: a
 result older than the retention period is deleted, and beyond the size cap the oldest
@@ -26,6 +27,8 @@ from radfusion.serving.http.stow import ResultNotFoundError
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _FAILURE = ".failure.dcm"
+_MAP = ".map.dcm"
+_SUFFIX = {"prediction": ".dcm", "failure": _FAILURE, "map": _MAP}
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,13 @@ class ResultStore:
         root.mkdir(parents=True, exist_ok=True)
         self.purge()
 
-    def put(self, sr: Dataset, is_prediction: bool) -> Path:
-        """Keep ``sr`` (durably, under its UIDs), then apply the bounds."""
+    def put(self, result: Dataset, kind: str = "prediction") -> Path:
+        """Keep ``result`` (durably, under its UIDs), then apply the bounds. ``kind``:
+        "prediction" or "failure" (an SR, a version of the study's result) or "map"."""
         buffer = io.BytesIO()
-        sr.save_as(buffer, enforce_file_format=True)
-        folder = self.root / _checked(sr.StudyInstanceUID) / _checked(sr.SeriesInstanceUID)
-        target = folder / (_checked(sr.SOPInstanceUID) + (".dcm" if is_prediction else _FAILURE))
+        result.save_as(buffer, enforce_file_format=True)
+        folder = self.root / _checked(result.StudyInstanceUID) / _checked(result.SeriesInstanceUID)
+        target = folder / (_checked(result.SOPInstanceUID) + _SUFFIX[kind])
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".writing-", delete=False) as out:
@@ -76,7 +80,7 @@ class ResultStore:
         if series_uid is not None:
             folder = folder / _checked(series_uid)
         if sop_uid is not None:
-            candidates = [folder / f"{_checked(sop_uid)}.dcm", folder / f"{sop_uid}{_FAILURE}"]
+            candidates = [folder / f"{_checked(sop_uid)}{suffix}" for suffix in _SUFFIX.values()]
             found = [path for path in candidates if path.is_file()]
         else:
             found = sorted(folder.glob("**/*.dcm"), key=_mtime) if folder.is_dir() else []
@@ -85,11 +89,11 @@ class ResultStore:
         return found
 
     def latest(self, study_uid: str) -> EarlierResult | None:
-        """The newest result of the study, read from its header (survives a restart)."""
+        """The newest report of the study, read from its header (survives a restart)."""
         try:
-            newest = self.find(study_uid)[-1]
+            newest = [path for path in self.find(study_uid) if not path.name.endswith(_MAP)][-1]
             ds = pydicom.dcmread(newest, stop_before_pixels=True)
-        except (ResultNotFoundError, OSError):
+        except (ResultNotFoundError, IndexError, OSError):
             return None
         version = int(ds.get("InstanceNumber") or 1)
         return EarlierResult(ds.SeriesInstanceUID, ds.SOPInstanceUID, version, not newest.name.endswith(_FAILURE))

@@ -58,7 +58,7 @@ from starlette.routing import Route
 from radfusion import log_privacy
 from radfusion.contract import ModelContract, read_contract_from_onnx
 from radfusion.errors import RadfusionInputError, UnprocessableStudyError, input_error
-from radfusion.explain import ExplainSettings, explain_case
+from radfusion.explain import ExplainSettings, case_image_saliency, explain_case
 from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase, format_prediction, pack, prepare_case, unpack, unpack_case
 from radfusion.runtime import OnnxModel
@@ -219,6 +219,18 @@ class RadfusionModel:
         )
         limiter = _explain_limiter(self.settings.explain_concurrency)
         return await anyio.to_thread.run_sync(run, limiter=limiter)
+
+    @bentoml.api
+    async def saliency(self, packed: np.ndarray, settings: dict[str, int]) -> np.ndarray:
+        """The image saliency of one packed case on the model grid (radfusion.explain),
+        for the Parametric Map of a STOW-RS result; empty when the case has no image.
+        On the explanations' limiter, like ``explain``."""
+        inputs = unpack_case(np.asarray(packed, dtype=np.float32), self.model_contract)
+        run = functools.partial(
+            case_image_saliency, self.model.logits, self.model_contract, inputs, ExplainSettings(**settings)
+        )
+        found = await anyio.to_thread.run_sync(run, limiter=_explain_limiter(self.settings.explain_concurrency))
+        return np.zeros(0, np.float32) if found is None else np.asarray(found.voxel_map, np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -478,7 +490,8 @@ class Radfusion:
             prediction = await self._stow_prediction(case)
             facts = prediction_facts(self.model_contract, case, prediction, patient.sources())
             facts["instances_received"] = len(instances)
-            write = functools.partial(self.results.prediction, study_uid, prediction, facts, case, headers)
+            saliency = await self._stow_saliency(case, label) if self.settings.result_saliency else None
+            write = functools.partial(self.results.prediction, study_uid, prediction, facts, case, headers, saliency)
             warning = await anyio.to_thread.run_sync(write)
         except RadfusionInputError as exc:
             self.metrics.error(exc.kind, "stow")
@@ -507,6 +520,23 @@ class Radfusion:
             raise self._model_overloaded() from None
         self.metrics.model_seconds.labels(route="stow").observe(time.perf_counter() - began)
         return Prediction.from_outputs(self.model_contract, np.asarray(probabilities)[0])
+
+    async def _stow_saliency(self, case: PreparedCase, label: str) -> np.ndarray | None:
+        """Where the model looked in the study's image (None: no image, or not computed;
+        the prediction goes on without it)."""
+        if case.study is None or "image" not in case.inputs.modalities_used:
+            return None
+        began = time.perf_counter()
+        try:
+            found = await self.model_service.to_async.saliency(
+                packed=pack([case.inputs]), settings=dataclasses.asdict(self.settings.explain)
+            )
+        except Exception as exc:  # noqa: BLE001 - a missing map never costs the prediction
+            log.warning("stow: %s: saliency not computed (%s)", label, type(exc).__name__)
+            return None
+        self.metrics.model_seconds.labels(route="saliency").observe(time.perf_counter() - began)
+        found = np.asarray(found, dtype=np.float32)
+        return found if found.size else None
 
     async def _stow_failure_report(
         self, study_uid: str, error: RadfusionInputError, instances: list[Instance], headers: Headers

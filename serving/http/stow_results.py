@@ -1,4 +1,5 @@
-"""The result of a STOW-RS study as DICOM: the prediction SR of a scored study, or the
+"""The result of a STOW-RS study as DICOM: the prediction SR of a scored study (with, when
+RADFUSION_RESULT_SALIENCY is on, a Parametric Map of where the model looked), or the
 failure report of one that could not be scored (radfusion.serving.reports.sr, the
 listener's documents), kept in the result store for WADO-RS and, when
 RADFUSION_RESULT_STOW_URL is set, stored back to that PACS with STOW-RS.
@@ -15,15 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from radfusion.contract import ModelContract
 from radfusion.errors import RadfusionInputError
 from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase
-from radfusion.serving.dicomweb import DicomwebPolicy, store_instances
+from radfusion.serving.dicomweb import DicomwebPolicy, store_refusal
 from radfusion.serving.http.results import EarlierResult, ResultStore
 from radfusion.serving.http.stow import Instance
+from radfusion.serving.reports.saliency_map import build_saliency_map
 from radfusion.serving.reports.sr import (
     EarlierReport,
     build_failure_sr,
@@ -61,10 +64,12 @@ class ResultWriter:
         facts: dict[str, Any],
         case: PreparedCase,
         headers: Headers,
+        saliency: np.ndarray | None = None,
     ) -> str | None:
-        """Write, keep and send the prediction SR; the send warning, if any. ``facts``:
-        what build_prediction_sr takes as ``result``; ``headers``: read_headers of the
-        study's instances (before scoring moved their files)."""
+        """Write, keep and send the prediction SR (and the Parametric Map of ``saliency``,
+        the model-grid map of radfusion.explain, when given); the warning, if any.
+        ``facts``: what build_prediction_sr takes as ``result``; ``headers``:
+        read_headers of the study's instances (before scoring moved their files)."""
         scored = set(case.study.sop_uids) if case.study is not None else set(headers)
         evidence = [header for sop_uid, header in headers.items() if sop_uid in scored and header is not None]
         earlier = self.store.latest(study_uid)
@@ -79,8 +84,11 @@ class ResultWriter:
             earlier.version + 1 if earlier is not None else 1,
             predecessor,
         )
-        self.store.put(sr, is_prediction=True)
-        return self._send(sr)
+        self.store.put(sr, "prediction")
+        warning = self._send(sr)
+        if saliency is not None and case.study is not None:
+            warning = self._saliency_map(saliency, case, evidence, sr) or warning
+        return warning
 
     def failure(
         self, study_uid: str, error: RadfusionInputError, instances: Sequence[Instance], headers: Headers
@@ -99,23 +107,40 @@ class ResultWriter:
             outdated,
             header=next((header for header in headers.values() if header is not None), None),
         )
-        self.store.put(sr, is_prediction=False)
+        self.store.put(sr, "failure")
         return self._send(sr)
+
+    def _saliency_map(
+        self, saliency: np.ndarray, case: PreparedCase, evidence: list[Dataset], sr: Dataset
+    ) -> str | None:
+        """The map goes after its SR and never costs it: a map that cannot be built or
+        sent is a warning."""
+        affine = case.study.grid_affine if case.study is not None else None
+        if affine is None:
+            return None
+        try:
+            pm = build_saliency_map(
+                saliency,
+                affine,
+                evidence,
+                new_uid(),
+                new_uid(),
+                self.contract,
+                instance_number=int(sr.InstanceNumber),
+            )
+        except Exception as exc:  # noqa: BLE001 - the SR is already kept and sent
+            log.warning("stow: saliency map not written (%s)", type(exc).__name__)
+            return "the saliency map could not be written"
+        self.store.put(pm, "map")
+        return self._send(pm)
 
     def _send(self, sr: Dataset) -> str | None:
         if self.destination.url is None:
             return None
-        try:
-            response = store_instances(self.destination.url, [sr], self.policy, self.destination.token)
-        except RadfusionInputError as exc:
-            log.warning("stow: result not sent to the PACS: %s", exc.kind)
-            return f"the result could not be stored to the PACS ({exc.kind}: {exc.message})"
-        failed = response.get("FailedSOPSequence") if response is not None else None
-        if failed:
-            reason = failed[0].get("FailureReason", 0)
-            log.warning("stow: the PACS refused the result (failure reason 0x%04X)", reason)
-            return f"the PACS refused the result (failure reason 0x{reason:04X})"
-        return None
+        refusal = store_refusal(self.destination.url, [sr], self.policy, self.destination.token)
+        if refusal is not None:
+            log.warning("stow: result not stored to the PACS: %s", refusal)
+        return refusal
 
 
 def _as_report(study_uid: str, earlier: EarlierResult) -> EarlierReport:

@@ -19,9 +19,10 @@ from radfusion.errors import input_error
 from radfusion.explain import ExplainSettings, ImageSaliency, case_image_saliency
 from radfusion.limits import StudyBudget
 from radfusion.prediction import Prediction
-from radfusion.predictor import PreparedCase, format_prediction, prepare_case, stack_inputs
+from radfusion.predictor import PreparedCase, prepare_case, stack_inputs
 from radfusion.runtime import OnnxModel
 from radfusion.serving.patients import PatientTables, patient_id_of
+from radfusion.serving.reports.facts import prediction_facts
 
 
 @dataclass
@@ -57,13 +58,8 @@ class StudyPredictor:
             raise input_error(exc, where=f"study of {len(paths)} instances") from exc
         (outputs,) = self.model.run(*stack_inputs([case.inputs]))
         prediction = Prediction.from_outputs(self.contract, outputs)
-        result = format_prediction(self.contract, case, prediction)
-        result.update(patient.sources())
+        result = prediction_facts(self.contract, case, prediction, patient.sources())
         result["summary"] = prediction.summary()
-        if case.study is not None:
-            result["series_reason"] = case.study.series_reason
-            result["series_rejected"] = case.study.rejected_summary
-            result["geometry_corrections"] = list(case.study.corrections)
         return StudyPrediction(prediction=prediction, result=result, case=case)
 
     def saliency(self, case: PreparedCase, settings: ExplainSettings) -> ImageSaliency | None:

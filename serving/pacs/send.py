@@ -13,8 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from radfusion.errors import RadfusionInputError
-from radfusion.serving.dicomweb import DicomwebPolicy, store_instances
+from radfusion.serving.dicomweb import DicomwebPolicy, store_refusal
 
 # C-STORE statuses that mean the peer holds the instance (0xB0xx are warnings).
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -87,11 +86,6 @@ class StowSender:
         return f"STOW-RS {self.url}"
 
     def send(self, dataset: Dataset) -> None:
-        try:
-            response = store_instances(self.url, [dataset], self.policy, self.token)
-        except RadfusionInputError as exc:
-            raise SendError(f"STOW-RS to {self.url} failed: {exc}") from exc
-        failed = response.get("FailedSOPSequence") if response is not None else None
-        if failed:
-            reason = failed[0].get("FailureReason", "?")
-            raise SendError(f"STOW-RS to {self.url} refused the instance (failure reason {reason})")
+        refusal = store_refusal(self.url, [dataset], self.policy, self.token)
+        if refusal is not None:
+            raise SendError(f"STOW-RS to {self.url}: {refusal}")

@@ -1,8 +1,8 @@
 """STOW-RS as PS3.18 says, against a real `radfusion serve` on loopback (started once for
 the module), with the standard's own clients: dicomweb-client stores and retrieves,
 Orthanc's DICOMweb plugin forwards a study to radfusion, and the prediction SR reaches
-Orthanc (RADFUSION_RESULT_STOW_URL points at it). Every SR retrieved is checked by
-dciodvfy."""
+Orthanc (RADFUSION_RESULT_STOW_URL points at it), with the saliency Parametric Map
+beside it (RADFUSION_RESULT_SALIENCY). Every SR and map retrieved is checked by dciodvfy."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "stow-conformance-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.34"}
 TOL = 1e-4
 
@@ -48,6 +49,8 @@ def server(tiny_onnx_model: Path, tiny_cohort: Path, bentoml_home: Path, orthanc
         "RADFUSION_GENOMICS_TABLE": str(tiny_cohort / "genomics.parquet"),
         "RADFUSION_RESULT_DIR": str(folder / "results"),
         "RADFUSION_RESULT_STOW_URL": orthanc.dicomweb,
+        "RADFUSION_RESULT_SALIENCY": "on",
+        "RADFUSION_EXPLAIN_MAX_WINDOWS": "64",
     }
     with running_server(tiny_onnx_model, timeout=120, env=env, log_file=folder / "serve.log") as url:
         yield url, folder / "serve.log"
@@ -137,7 +140,8 @@ def test_dicomweb_client_stores_a_study_and_retrieves_its_prediction_sr(server, 
     assert "FailedSOPSequence" not in response and "OtherFailuresSequence" not in response
     assert response.RetrieveURL == f"{url}/dicom-web/studies/{study_uid}"
 
-    (sr,) = client.retrieve_study(study_uid)
+    results = client.retrieve_study(study_uid)
+    (sr,) = [ds for ds in results if ds.Modality == "SR"]
     assert sr.SOPClassUID in SR_CLASSES and sr.StudyInstanceUID == study_uid
     assert sr.PatientID == study.patient_id
     evidence = {
@@ -155,9 +159,23 @@ def test_dicomweb_client_stores_a_study_and_retrieves_its_prediction_sr(server, 
     assert same.SOPInstanceUID == sr.SOPInstanceUID
     assert_dciodvfy_valid(sr, tmp_path)
 
-    # RADFUSION_RESULT_STOW_URL: the SR was stored to Orthanc too.
-    found = orthanc.http.post("/tools/lookup", content=sr.SOPInstanceUID).json()
-    assert [item["Type"] for item in found] == ["Instance"]
+    # Where the model looked: a Parametric Map on the scored series' slices.
+    (pm,) = [ds for ds in results if ds.Modality != "SR"]
+    assert pm.SOPClassUID == PARAMETRIC_MAP and pm.StudyInstanceUID == study_uid
+    sources = {
+        source.ReferencedSOPInstanceUID
+        for frame in pm.PerFrameFunctionalGroupsSequence
+        for derivation in frame.DerivationImageSequence
+        for source in derivation.SourceImageSequence
+    }
+    assert sources == evidence and pm.NumberOfFrames == len(evidence)
+    assert pm.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
+    assert_dciodvfy_valid(pm, tmp_path)
+
+    # RADFUSION_RESULT_STOW_URL: the SR and the map were stored to Orthanc too.
+    for result in (sr, pm):
+        found = orthanc.http.post("/tools/lookup", content=result.SOPInstanceUID).json()
+        assert [item["Type"] for item in found] == ["Instance"]
 
 
 def test_a_study_that_cannot_be_scored_fails_its_own_instances_only(server, cohort, tmp_path) -> None:
@@ -185,7 +203,7 @@ def test_a_study_that_cannot_be_scored_fails_its_own_instances_only(server, coho
     assert numbers_in(report) == []
     assert "geometry_rejected" in texts_in(report)
     assert_dciodvfy_valid(report, tmp_path)
-    (prediction,) = client_of(url).retrieve_study(good[0].StudyInstanceUID)
+    (prediction,) = [ds for ds in client_of(url).retrieve_study(good[0].StudyInstanceUID) if ds.Modality == "SR"]
     assert numbers_in(prediction)
 
     text = log_file.read_text(errors="replace")
@@ -270,7 +288,7 @@ def test_orthanc_forwards_a_study_to_radfusion_and_gets_the_sr_back(server, coho
     # The SR is in the study on Orthanc, beside the instances Orthanc sent.
     instances = orthanc.http.get(f"/studies/{study_id}/instances").json()
     modality = {i["ID"]: orthanc.http.get(f"/instances/{i['ID']}/tags?simplify").json()["Modality"] for i in instances}
-    assert len(instances) == len(datasets) + 1
+    assert len(instances) == len(datasets) + 2  # the SR and the saliency map
     (sr_id,) = [instance for instance, value in modality.items() if value == "SR"]
     sr = pydicom.dcmread(io.BytesIO(orthanc.http.get(f"/instances/{sr_id}/file").content))
     assert sr.StudyInstanceUID == study_uid and numbers_in(sr)

@@ -67,7 +67,7 @@ def test_a_pacs_that_cannot_be_reached_is_a_warning(tmp_path: Path, tiny_contrac
     writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination(closed, None, 5.0))
     warning = failure_sr(writer, study)
     assert warning is not None
-    assert warning.startswith("the result could not be stored to the PACS (dicomweb_unavailable")
+    assert warning.startswith("the PACS could not be reached (dicomweb_unavailable")
     assert len(writer.store.find(study[0].study_uid)) == 1  # kept here all the same
 
 
