@@ -3,12 +3,14 @@ and the listener as its own process. Loopback only; every wait is bounded."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.paths import PROJECT_ROOT
@@ -113,3 +115,26 @@ class ListenerProcess:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def pacs_status(work: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "radfusion.serving.pacs.cli", "pacs-status", "--work", str(work), "--json"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

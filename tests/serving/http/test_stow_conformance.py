@@ -293,3 +293,24 @@ def test_orthanc_forwards_a_study_to_radfusion_and_gets_the_sr_back(server, coho
     sr = pydicom.dcmread(io.BytesIO(orthanc.http.get(f"/instances/{sr_id}/file").content))
     assert sr.StudyInstanceUID == study_uid and numbers_in(sr)
     assert_dciodvfy_valid(sr, tmp_path)
+
+
+def test_studies_fetched_by_dicomweb_are_written_valid_and_unchanged(cohort, orthanc, tmp_path) -> None:
+    """The copies fetch_study writes (what /predict's DICOMweb references and the scorer
+    read) pass dciodvfy and hold the datasets the PACS holds."""
+    from radfusion.serving.dicomweb import DicomwebPolicy, DicomwebRef, fetch_study
+
+    studies, _, _ = cohort
+    datasets = renamed(datasets_of(studies[5]))
+    for ds in datasets:
+        orthanc.http.post("/instances", content=encoded(ds)).raise_for_status()
+    ref = DicomwebRef(url=orthanc.dicomweb, study_uid=datasets[0].StudyInstanceUID)
+
+    written = fetch_study(ref, DicomwebPolicy.trusted(timeout_s=60), tmp_path / "fetched")
+
+    originals = {ds.SOPInstanceUID: ds for ds in datasets}
+    assert len(written) == len(datasets)
+    for path in written:
+        copy = pydicom.dcmread(path)
+        assert copy == originals[copy.SOPInstanceUID]
+        assert_dciodvfy_valid(path)

@@ -8,12 +8,9 @@ The scenario runs once for the module (``round_trip``); the tests check what it 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,36 +20,13 @@ import pytest
 from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
-from tests.support.paths import PROJECT_ROOT as ROOT
+from tests.support.peers import pacs_status, wait_until
 from tests.support.prediction_sr import read_report
 
 pytestmark = pytest.mark.slow
 
 QUIET_SECONDS = 1.0
 TOL = 1e-5
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def pacs_status(work: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "radfusion.serving.pacs.cli", "pacs-status", "--work", str(work), "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def sr_content(ds: pydicom.Dataset) -> dict:

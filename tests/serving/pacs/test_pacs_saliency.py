@@ -14,12 +14,14 @@ import pytest
 
 from radfusion.dicom import find_studies
 from radfusion.predictor import Predictor
-from tests.serving.pacs.test_pacs_orthanc import QUIET_SECONDS, pacs_status, wait_until
+from tests.support.peers import pacs_status, wait_until
 from tests.support.validators import assert_dciodvfy_valid
 
 pytestmark = pytest.mark.slow
 
 PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
+
+QUIET_SECONDS = 1.0
 
 
 def test_listener_sends_sr_and_saliency_map(
