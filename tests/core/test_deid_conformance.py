@@ -24,9 +24,12 @@ from radfusion.deid.run import deidentify_tree
 from tests.support.validators import assert_dciodvfy_valid, dciodvfy_errors, dsrdump
 
 KEY = DeidKey.from_text("radfusion-test-key-conformance-01")
-# pydicom's shipped files, listed from the folder: get_testdata_files("*") also asks the
-# network for the downloadable ones (and waits for it to time out here).
-SHIPPED = Path(pydicom.__file__).parent / "data" / "test_files"
+# pydicom's shipped files (test files, character set and palette files), listed from the
+# folder: get_testdata_files("*") also asks the network for the downloadable ones (and
+# waits for it to time out here). The enhanced multi-frame objects pydicom ships no file
+# for are built by highdicom below (Segmentation, Parametric Map) and by the tests' own
+# Enhanced CT builder.
+SHIPPED = Path(pydicom.__file__).parent / "data"
 OPTION_SETS = {
     "modified dates": DeidOptions(),
     "no dates option": DeidOptions(dates=Dates.REMOVED),
@@ -64,7 +67,7 @@ def _deidentify_each(files: list[Path], work: Path, options: DeidOptions) -> lis
 
 @pytest.fixture(scope="module")
 def shipped_files() -> list[Path]:
-    return sorted(p for p in SHIPPED.rglob("*") if p.is_file())
+    return sorted(p for p in SHIPPED.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc", ".json"))
 
 
 @pytest.mark.parametrize("option_set", list(OPTION_SETS))
@@ -177,3 +180,78 @@ def test_deidentified_prediction_sr_is_valid_and_readable(prediction_sr, tmp_pat
 def _content_shape(ds: pydicom.Dataset) -> list[tuple[str, str]]:
     wanted = ("ValueType", "RelationshipType", "CodeValue", "CodingSchemeDesignator", "NumericValue")
     return [(e.keyword, str(e.value)) for item in ds.ContentSequence for e in item.iterall() if e.keyword in wanted]
+
+
+@pytest.fixture(scope="module")
+def enhanced_objects(tiny_cohort, tiny_contract, tmp_path_factory) -> list[Path]:
+    """Enhanced multi-frame objects pydicom ships no file for: a highdicom Segmentation and
+    radfusion's saliency Parametric Map of a synthetic CT series, and an Enhanced CT."""
+    import highdicom as hd
+    import numpy as np
+
+    from radfusion.dicom import find_studies
+    from radfusion.serving.reports.saliency_map import build_saliency_map
+    from radfusion.serving.reports.sr import new_uid
+    from tests.support.dicom_series import enhanced_ct
+
+    folder = tmp_path_factory.mktemp("enhanced")
+    study = sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id)[0]
+    by_series: dict[str, list] = {}
+    for header in study.instances:
+        by_series.setdefault(header.series_uid, []).append(header)
+    series = max(by_series.values(), key=len)  # the axial series, not the localizer
+    images = sorted((pydicom.dcmread(h.path) for h in series), key=lambda d: float(d.ImagePositionPatient[2]))
+    mask = np.zeros((len(images), images[0].Rows, images[0].Columns), dtype=bool)
+    mask[:, 4:10, 4:10] = True
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="lesion",
+        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+        segmented_property_type=hd.sr.CodedConcept("4147007", "SCT", "Mass"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=images,
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=new_uid(),
+        series_number=99,
+        sop_instance_uid=new_uid(),
+        instance_number=1,
+        manufacturer="radfusion tests",
+        manufacturer_model_name="deid conformance",
+        software_versions="1",
+        device_serial_number="SN-0001",
+    )
+    # The map of a blob at the series' centre, on a grid that is the series itself.
+    first, last = (np.array(d.ImagePositionPatient, float) for d in (images[0], images[-1]))
+    rows, cols = float(images[0].PixelSpacing[0]), float(images[0].PixelSpacing[1])
+    affine = np.eye(4)
+    affine[:3, 0] = (last - first) / max(len(images) - 1, 1)
+    affine[:3, 1], affine[:3, 2], affine[:3, 3] = (0, rows, 0), (cols, 0, 0), first
+    grid = np.indices(mask.shape).astype(float)
+    centre = [(n - 1) / 2 for n in mask.shape]
+    saliency = np.exp(-sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) / 8.0).astype(np.float32)
+    pm = build_saliency_map(saliency, affine, images, new_uid(), new_uid(), tiny_contract)
+    ct = enhanced_ct(np.zeros((4, 8, 8), dtype=np.float32), np.array([[0.0, 0.0, 5.0 * k] for k in range(4)]))
+    paths = []
+    for name, ds in (("seg.dcm", seg), ("pm.dcm", pm), ("enhanced_ct.dcm", ct)):
+        ds.PatientName, ds.PatientID = "Marker^Enhanced", "ENH-MARKER-0001"
+        ds.save_as(folder / name, enforce_file_format=True)
+        paths.append(folder / name)
+    return paths
+
+
+@pytest.mark.parametrize("option_set", list(OPTION_SETS))
+def test_deid_adds_no_dciodvfy_error_to_enhanced_objects(enhanced_objects, tmp_path, option_set):
+    pairs = _deidentify_each(enhanced_objects, tmp_path, OPTION_SETS[option_set])
+    assert len(pairs) == len(enhanced_objects)
+    for original, out in pairs:
+        new = _normalised(dciodvfy_errors(out)) - _normalised(dciodvfy_errors(original))
+        assert not new, (original.name, sorted(new))
+        ds = pydicom.dcmread(out)
+        assert "Marker" not in str(ds.PatientName) and ds.PatientID != "ENH-MARKER-0001"
+    # The two objects radfusion's tools build are valid to begin with: every error would be deid's.
+    for original, out in pairs[:2]:
+        assert dciodvfy_errors(original) == [] and dciodvfy_errors(out) == [], original.name

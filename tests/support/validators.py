@@ -21,7 +21,9 @@ def _tool(name: str, package: str) -> str:
 
 def dciodvfy_errors(path: Path) -> list[str]:
     """dciodvfy's "Error" lines for one file (warnings are not errors)."""
-    checked = subprocess.run([_tool("dciodvfy", "dicom3tools"), str(path)], capture_output=True, text=True, timeout=120)
+    checked = subprocess.run(
+        [_tool("dciodvfy", "dicom3tools"), str(path)], capture_output=True, text=True, errors="replace", timeout=120
+    )
     return [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
 
 
@@ -39,6 +41,8 @@ def assert_dciodvfy_valid(obj: Path | pydicom.Dataset, tmp_path: Path | None = N
 
 def dsrdump(path: Path) -> str:
     """dsrdump's rendering of an SR; fails the test when dsrdump cannot read it."""
-    done = subprocess.run([_tool("dsrdump", "dcmtk"), str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [_tool("dsrdump", "dcmtk"), str(path)], capture_output=True, text=True, errors="replace", timeout=60
+    )
     assert done.returncode == 0, done.stderr or done.stdout
     return done.stdout
