@@ -5,7 +5,7 @@ but what identifies goes: the parts of every person name in the dataset (patient
 physicians, operators, observers), the patient's IDs, the accession and study numbers,
 every date the dataset holds (written as DICOM, ISO or day/month forms), e-mail
 addresses, and every run of digits long enough to be an identifier or a phone number.
-Each removal leaves REMOVED_MARK; the result is cut to the VR's length limit.
+Each removal leaves REMOVED_MARK (XXX in a Code String); the result is cut to the VR's length limit.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 REMOVED_MARK = "***"
+# A Code String allows only capitals, digits, space and underscore: its mark must too.
+_MARK_BY_VR = {"CS": "XXX"}
 _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "UC": 1 << 16}
 # Attributes whose values identify the patient or the study, wherever they occur.
 _ID_KEYWORDS = (
@@ -67,10 +69,11 @@ class DescriptorCleaner:
         return cls(re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE))
 
     def clean(self, text: str, vr: str) -> str:
+        mark = _MARK_BY_VR.get(vr, REMOVED_MARK)
         if self.pattern is not None:
-            text = self.pattern.sub(REMOVED_MARK, text)
-        text = _EMAIL.sub(REMOVED_MARK, text)
-        text = _DIGIT_RUN.sub(lambda m: REMOVED_MARK if _digits(m.group()) >= _MIN_DIGITS else m.group(), text)
+            text = self.pattern.sub(mark, text)
+        text = _EMAIL.sub(mark, text)
+        text = _DIGIT_RUN.sub(lambda m: mark if _digits(m.group()) >= _MIN_DIGITS else m.group(), text)
         limit = _MAX_LENGTH.get(vr)
         return text[:limit] if limit else text
 
