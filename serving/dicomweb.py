@@ -126,6 +126,7 @@ class DicomwebPolicy:
     max_bytes: int = DEFAULT_MAX_STUDY_BYTES
     max_instances: int = DEFAULT_MAX_MEMBERS
     is_trusted: bool = False
+    retries: bool = True  # trusted only: transient failures retried with backoff
     _bases: tuple[_Base, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -137,9 +138,11 @@ class DicomwebPolicy:
         timeout_s: float = TRUSTED_TIMEOUT_S,
         max_bytes: int = DEFAULT_MAX_STUDY_BYTES,
         max_instances: int = DEFAULT_MAX_MEMBERS,
+        retries: bool = True,
     ) -> DicomwebPolicy:
-        """The scorer's and the listener's policy: the operator chose the server."""
-        return cls((), timeout_s, max_bytes, max_instances, is_trusted=True)
+        """The scorer's and the listener's policy: the operator chose the server.
+        ``retries`` off: one attempt (a caller that answers someone while it waits)."""
+        return cls((), timeout_s, max_bytes, max_instances, is_trusted=True, retries=retries)
 
     def check(self, ref: DicomwebRef) -> str:
         """The URL to fetch from (normalised), or DicomwebNotAllowedError."""
@@ -227,7 +230,7 @@ def _client(url: str, policy: DicomwebPolicy, session, budget: _Budget | None, h
         timeout=(5.0, read_timeout),
         headers=headers,
     )
-    if not policy.is_trusted:
+    if not (policy.is_trusted and policy.retries):
         client.set_http_retry_params(retry=False)  # retries with backoff would outlive the deadline
     return client
 

@@ -132,9 +132,21 @@ def _is_overlay_group(tag: BaseTag) -> bool:
     return 0x6000 <= tag.group <= 0x60FF and tag.group % 2 == 0
 
 
+# Attributes the table's edition does not list that hold the patient's birth or death
+# date as free text (an LO, so the date shifting of unlisted DA/DT/TM misses them): removed
+# whatever the options, as the table removes Patient's Birth Date's other forms.
+BEYOND_TABLE = {
+    0x00100033: Action.REMOVE.value,  # Patient's Birth Date in Alternative Calendar
+    0x00100034: Action.REMOVE.value,  # Patient's Death Date in Alternative Calendar
+}
+
+
 def table_code(tag: BaseTag, applied: frozenset[Option] = frozenset()) -> str | None:
-    """The code for this tag under the applied options; None if the table does not list it."""
+    """The code for this tag under the applied options (BEYOND_TABLE included); None if
+    neither lists it."""
     row = row_for(tag)
+    if row is None and int(tag) in BEYOND_TABLE:
+        return BEYOND_TABLE[int(tag)]
     if row is None and _is_overlay_group(tag):
         # The table removes Overlay Data and Overlay Comments; the rest of the Overlay
         # Plane Module (rows, columns, origin, type) would then describe data that is no

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pydicom
 import pydicom.config
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from radfusion.deid.actions import PatientContext, deidentify_dataset
@@ -34,11 +33,11 @@ from radfusion.deid.dates import DateShift
 from radfusion.deid.errors import DeidKeyError, DeidPathError
 from radfusion.deid.keys import DeidKey
 from radfusion.deid.options import DeidOptions
+from radfusion.dicom.checks import cut_short
 from radfusion.errors import READ_ERRORS, CorruptDicomError, RadfusionInputError
 
 log = logging.getLogger(__name__)
 
-UNDEFINED_LENGTH = 0xFFFFFFFF
 
 MAP_COLUMNS = ["patient_id", "pseudonym", "key_fingerprint"]
 REPORT_COLUMNS = ["input", "ref", "status", "reason", "output"]
@@ -197,19 +196,6 @@ def _is_raw_dicom(path: Path) -> bool:
     return bool(ds.get("SOPClassUID"))
 
 
-def _truncated(ds: Dataset) -> bool:
-    """pydicom reads a file cut short without complaint, the last value short: written out,
-    that value (Pixel Data, a sequence) would be corrupt in a well-formed file. Checked on
-    the raw elements, before anything is decoded."""
-    return any(
-        isinstance(raw, RawDataElement)
-        and raw.value is not None
-        and raw.length != UNDEFINED_LENGTH
-        and len(raw.value) < raw.length
-        for raw in ds._dict.values()
-    )
-
-
 def _patient_key(ds: Dataset) -> str:
     """The identity a pseudonym stands for: PatientID, else the study (one patient per study)."""
     pid = str(ds.get("PatientID", "") or "").strip()
@@ -228,7 +214,7 @@ def _deidentify_file(
 ) -> tuple[Path, str]:
     # From bytes, so that pydicom's own warnings cannot quote the (possibly identifying) path.
     ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
-    if _truncated(ds):
+    if cut_short(ds):
         raise CorruptDicomError(REASON_TRUNCATED)
     media_class = str(getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID", ""))
     if media_class == MEDIA_DIRECTORY_CLASS or "DirectoryRecordSequence" in ds:

@@ -133,3 +133,21 @@ def _number(item: pydicom.Dataset, keyword: str, default: float) -> float:
     if not math.isfinite(number):
         raise InvalidValueError(f"{keyword} is not a finite number")
     return number
+
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def cut_short(ds: pydicom.Dataset, file_size: int | None = None) -> bool:
+    """Whether the file ``ds`` was read from was cut short. pydicom reads such a file
+    without complaint, its last value short (or, read with ``defer_size``, a deferred value
+    that would end beyond ``file_size``); written out or decoded later, that value would be
+    corrupt. Looks at the raw top-level elements only: nothing is decoded."""
+    for raw in ds._dict.values():
+        if not isinstance(raw, pydicom.dataelem.RawDataElement) or raw.length == _UNDEFINED_LENGTH:
+            continue
+        if raw.value is not None and len(raw.value) < raw.length:
+            return True
+        if raw.value is None and file_size is not None and raw.value_tell + raw.length > file_size:
+            return True
+    return False

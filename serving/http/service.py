@@ -445,7 +445,7 @@ class Radfusion:
                 if target is not None and study_uid != target:
                     outcome.fail(instances, STUDY_MISMATCH, f"{label}: not the study of the request URL")
                 elif await self._stow_study(study_uid, instances, label, outcome):
-                    outcome.store(instances, f"{root}/{study_uid}")
+                    outcome.store([i for i in instances if not i.damaged], f"{root}/{study_uid}")
         except RadfusionInputError as exc:
             return self._rejected(exc, "stow")
         finally:
@@ -483,6 +483,12 @@ class Radfusion:
         instances failed, with the reason in ``outcome``) when it cannot be scored."""
         paths = [i.path for i in instances]
         headers = await anyio.to_thread.run_sync(read_headers, instances)  # scoring moves the files
+        # A damaged instance is never stored; it stays in the study's input so that the
+        # reader refuses the study when the scored series is the one it belongs to.
+        damaged = [i for i in instances if i.damaged]
+        intact = [i for i in instances if not i.damaged]
+        if damaged:
+            outcome.fail(damaged, CANNOT_UNDERSTAND, f"{label}: {len(damaged)} instance(s) cut short, not stored")
         try:
             patient = await anyio.to_thread.run_sync(_reading_study, self._patient_of, paths)
             prepare = functools.partial(self._prepare, paths, patient.genomics, patient.clinical)
@@ -496,14 +502,14 @@ class Radfusion:
         except RadfusionInputError as exc:
             self.metrics.error(exc.kind, "stow")
             log.info("stow: %s not scored: %s (HTTP %d)", label, exc.kind, exc.http_status)
-            outcome.fail(instances, failure_reason(exc), f"{label} not scored: {exc.kind}: {exc.message}")
+            outcome.fail(intact, failure_reason(exc), f"{label} not scored: {exc.kind}: {exc.message}")
             warning = await self._stow_failure_report(study_uid, exc, instances, headers)
             if warning:
                 outcome.warnings.append(f"{label}: {warning}")
             return False
         except Exception as exc:  # noqa: BLE001 - a result that cannot be written fails its study, never a 500
             log.error("stow: %s: result not written (%s)", label, type(exc).__name__)
-            outcome.fail(instances, PROCESSING_FAILURE, f"{label}: the result could not be written")
+            outcome.fail(intact, PROCESSING_FAILURE, f"{label}: the result could not be written")
             return False
         self.metrics.prediction(case.inputs.modalities_used)
         if warning:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pydicom
 
+from radfusion.dicom.checks import cut_short
 from radfusion.errors import CorruptDicomError, RadfusionInputError, input_error
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
@@ -154,6 +155,7 @@ class Instance:
     sop_uid: str
     sop_class_uid: str
     path: Path
+    damaged: bool = False  # cut short: its identifiers are readable, its data are not whole
 
 
 @dataclass(frozen=True)
@@ -165,15 +167,18 @@ class UnreadablePart:
 
 def _identify(path: Path, index: int) -> Instance | UnreadablePart:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_IDENTIFYING)
+        # Values over 1 KiB (pixel data) are not read, only their lengths: enough to tell a
+        # part that was cut short.
+        ds = pydicom.dcmread(path, defer_size=1024)
         uids = [str(ds.get(keyword, "") or "").strip() for keyword in _IDENTIFYING]
+        damaged = cut_short(ds, path.stat().st_size)
     except Exception as exc:  # noqa: BLE001 - received bytes: any failure is this part's error
         return UnreadablePart(input_error(exc, f"part {index + 1}"))
     missing = [k for k, uid in zip(_IDENTIFYING, uids, strict=True) if not _UID.fullmatch(uid) or len(uid) > 64]
     if missing:
         return UnreadablePart(CorruptDicomError(f"part {index + 1}: no valid {', '.join(missing)}"))
     study_uid, series_uid, sop_uid, sop_class_uid = uids
-    return Instance(study_uid, series_uid, sop_uid, sop_class_uid, path)
+    return Instance(study_uid, series_uid, sop_uid, sop_class_uid, path, damaged)
 
 
 def group_by_study(parts: Sequence[Path]) -> tuple[dict[str, list[Instance]], list[UnreadablePart]]:

@@ -6,8 +6,10 @@ RADFUSION_RESULT_STOW_URL is set, stored back to that PACS with STOW-RS.
 
 A re-sent study gets the next version in the same SR series; a new prediction names
 the last one as its predecessor, and a failure report says that an earlier prediction
-no longer reflects the study. A PACS that does not take the SR is a warning of the
-answer (and a log line without identifiers), never a failure of the request."""
+no longer reflects the study. A PACS that does not take the SR at the first
+attempt (refused, unreachable, or silent for SEND_TIMEOUT_S) is a warning of the answer
+(and a log line without identifiers), never a failure of the request: the result stays
+retrievable here by WADO-RS."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from radfusion.serving.reports.sr import (
 log = logging.getLogger("bentoml.radfusion")
 
 Headers = dict[str, Dataset | None]
+SEND_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,9 @@ class ResultWriter:
         self.contract = contract
         self.store = store
         self.destination = destination
-        self.policy = DicomwebPolicy.trusted(timeout_s=destination.timeout_s)
+        # One attempt, bounded: the STOW-RS client waits for this answer, and a client
+        # that times out sends the study again. An SR not delivered stays here for WADO-RS.
+        self.policy = DicomwebPolicy.trusted(timeout_s=min(destination.timeout_s, SEND_TIMEOUT_S), retries=False)
 
     def prediction(
         self,

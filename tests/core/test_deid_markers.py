@@ -1,6 +1,7 @@
 """No attribute of Table E.1-1 keeps its original value unless its code is K, or C under
 an applied cleaning option: a distinctive marker of the element's VR is planted in every
-attribute of the table (repeating groups and private tags instantiated), at the top level
+attribute of the table (repeating groups and private tags instantiated; and the birth and death dates
+as free text the profile removes beyond the table), at the top level
 and in copies nested inside a dummied sequence (Content Sequence), a removed one (Request
 Attributes Sequence) and one the table does not list (Referenced Instance Sequence), and
 the de-identified dataset is searched element by element."""
@@ -20,7 +21,7 @@ from radfusion.deid.actions import PatientContext, deidentify_dataset
 from radfusion.deid.dates import DateShift
 from radfusion.deid.keys import DeidKey
 from radfusion.deid.options import Dates, DeidOptions
-from radfusion.deid.profile import profile_rows, table_code
+from radfusion.deid.profile import BEYOND_TABLE, profile_rows, table_code
 
 KEY = DeidKey.from_text("radfusion-test-key-markers-0123")
 MARK = "MRK"
@@ -43,6 +44,8 @@ def _tags() -> list[tuple[int, str]]:
         for tag in PATTERN_TAGS[row.tag] if row.tag in PATTERN_TAGS else [int(row.tag, 16)]:
             vr = dictionary_VR(tag).split(" or ")[0]
             out.append((tag, vr))
+    # What the profile removes beyond the table (birth and death dates as free text).
+    out += [(tag, dictionary_VR(tag)) for tag in BEYOND_TABLE]
     return out
 
 

@@ -314,3 +314,47 @@ def test_studies_fetched_by_dicomweb_are_written_valid_and_unchanged(cohort, ort
         copy = pydicom.dcmread(path)
         assert copy == originals[copy.SOPInstanceUID]
         assert_dciodvfy_valid(path)
+
+
+def cut(ds: pydicom.Dataset) -> bytes:
+    """The instance as sent, cut in the middle of its pixel data."""
+    data = encoded(ds)
+    return data[: len(data) - len(ds.PixelData) // 2]
+
+
+def test_an_instance_cut_short_fails_alone_and_never_feeds_a_score(server, cohort) -> None:
+    """The damaged instance gets its own Failure Reason (0xC000). In a series the model does
+    not read (the localizer) the study is scored without it (202); in the scored series the
+    study is refused, never scored from the slices that remain (409)."""
+    url, _ = server
+    studies, _, _ = cohort
+    for study, in_scored_series in ((studies[6], False), (studies[7], True)):
+        datasets = renamed(datasets_of(study))
+        by_series: dict[str, list[pydicom.Dataset]] = {}
+        for ds in datasets:
+            by_series.setdefault(ds.SeriesInstanceUID, []).append(ds)
+        scored = max(by_series.values(), key=len)
+        localizer = min(by_series.values(), key=len)
+        assert len(localizer) < len(scored)
+        victim = (scored if in_scored_series else localizer)[0]
+        parts = [cut(ds) if ds is victim else encoded(ds) for ds in datasets]
+        body, content_type = stow_body(parts)
+
+        answer = httpx.post(f"{url}/dicom-web/studies", content=body, headers={**AUTH, "content-type": content_type})
+
+        response = pydicom.Dataset.from_json(answer.json())
+        failed = referenced(response, "FailedSOPSequence")
+        assert failed[victim.SOPInstanceUID] == CANNOT_UNDERSTAND
+        assert victim.SOPInstanceUID not in referenced(response, "ReferencedSOPSequence")
+        assert "cut short" in answer.headers["warning"]
+        if in_scored_series:
+            assert answer.status_code == 409, answer.text
+            assert len(failed) == len(datasets) and "corrupt_dicom" in answer.headers["warning"]
+        else:
+            assert answer.status_code == 202, answer.text
+            assert set(referenced(response, "ReferencedSOPSequence")) == {
+                ds.SOPInstanceUID for ds in datasets if ds is not victim
+            }
+            assert numbers_in(
+                next(r for r in client_of(url).retrieve_study(datasets[0].StudyInstanceUID) if r.Modality == "SR")
+            )

@@ -71,6 +71,42 @@ def test_a_pacs_that_cannot_be_reached_is_a_warning(tmp_path: Path, tiny_contrac
     assert len(writer.store.find(study[0].study_uid)) == 1  # kept here all the same
 
 
+def test_a_failing_pacs_gets_one_attempt_while_the_client_waits(tmp_path: Path, tiny_contract, study) -> None:
+    """A PACS that drops every connection is tried once, not retried with backoff while the
+    STOW-RS client waits (a client that times out would send the study again)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    accepted: list[int] = []
+    stop = threading.Event()
+
+    def drop_connections() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            accepted.append(1)
+            connection.close()
+
+    thread = threading.Thread(target=drop_connections, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/dicom-web"
+        writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination(url, None, 60.0))
+        warning = failure_sr(writer, study)
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert warning is not None and warning.startswith("the PACS could not be reached")
+    assert len(accepted) == 1
+
+
 def test_store_instances_response_semantics(study) -> None:
     one, two = study[:1], study[1:3]
     assert failure_reason(StudyOverBudgetError("x")) == OUT_OF_RESOURCES
