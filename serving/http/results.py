@@ -11,12 +11,15 @@ go first. Both are enforced on every write and when the service starts."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +56,21 @@ class ResultStore:
         self.keep_seconds = keep_seconds
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._version_lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
         self.purge()
+
+    @contextmanager
+    def versioning(self) -> Iterator[None]:
+        """Held while a study's latest version is read and the next one kept, so that two
+        requests for one study (threads of a worker, or the service's worker processes)
+        never issue the same version."""
+        with self._version_lock, open(self.root / ".versions.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def put(self, result: Dataset, kind: str = "prediction") -> Path:
         """Keep ``result`` (durably, under its UIDs), then apply the bounds. ``kind``:

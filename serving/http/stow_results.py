@@ -77,19 +77,20 @@ class ResultWriter:
         read_headers of the study's instances (before scoring moved their files)."""
         scored = set(case.study.sop_uids) if case.study is not None else set(headers)
         evidence = [header for sop_uid, header in headers.items() if sop_uid in scored and header is not None]
-        earlier = self.store.latest(study_uid)
-        predecessor = _as_report(study_uid, earlier) if earlier is not None else None
-        sr = build_prediction_sr(
-            self.contract,
-            prediction,
-            facts,
-            evidence,
-            earlier.series_uid if earlier is not None else new_uid(),
-            new_uid(),
-            earlier.version + 1 if earlier is not None else 1,
-            predecessor,
-        )
-        self.store.put(sr, "prediction")
+        with self.store.versioning():
+            earlier = self.store.latest(study_uid)
+            predecessor = _as_report(study_uid, earlier) if earlier is not None else None
+            sr = build_prediction_sr(
+                self.contract,
+                prediction,
+                facts,
+                evidence,
+                earlier.series_uid if earlier is not None else new_uid(),
+                new_uid(),
+                earlier.version + 1 if earlier is not None else 1,
+                predecessor,
+            )
+            self.store.put(sr, "prediction")
         warning = self._send(sr)
         if saliency is not None and case.study is not None:
             warning = self._saliency_map(saliency, case, evidence, sr) or warning
@@ -99,20 +100,21 @@ class ResultWriter:
         self, study_uid: str, error: RadfusionInputError, instances: Sequence[Instance], headers: Headers
     ) -> str | None:
         """Write, keep and send the report that the study has no result; the send warning."""
-        earlier = self.store.latest(study_uid)
-        outdated = _as_report(study_uid, earlier) if earlier is not None and earlier.is_prediction else None
-        sr = build_failure_sr(
-            self.contract,
-            error.kind,
-            error.message,
-            [reference_dataset(i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid) for i in instances],
-            earlier.series_uid if earlier is not None else new_uid(),
-            new_uid(),
-            earlier.version + 1 if earlier is not None else 1,
-            outdated,
-            header=next((header for header in headers.values() if header is not None), None),
-        )
-        self.store.put(sr, "failure")
+        with self.store.versioning():
+            earlier = self.store.latest(study_uid)
+            outdated = _as_report(study_uid, earlier) if earlier is not None and earlier.is_prediction else None
+            sr = build_failure_sr(
+                self.contract,
+                error.kind,
+                error.message,
+                [reference_dataset(i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid) for i in instances],
+                earlier.series_uid if earlier is not None else new_uid(),
+                new_uid(),
+                earlier.version + 1 if earlier is not None else 1,
+                outdated,
+                header=next((header for header in headers.values() if header is not None), None),
+            )
+            self.store.put(sr, "failure")
         return self._send(sr)
 
     def _saliency_map(

@@ -57,7 +57,7 @@ def test_results_survive_a_restart_and_are_bounded(tmp_path: Path, tiny_contract
     small = ResultStore(tmp_path, keep_seconds=3600, max_bytes=second.stat().st_size - 1)  # start applies the cap
     with pytest.raises(ResultNotFoundError):
         small.find(study[0].study_uid)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".versions.lock"]  # no result left
     with pytest.raises(ResultNotFoundError):
         small.find("../../etc")
 
@@ -128,3 +128,19 @@ def test_store_instances_response_semantics(study) -> None:
     nothing = StoreOutcome()
     nothing.other_failures.append(CANNOT_UNDERSTAND)
     assert nothing.status == 409 and "ReferencedSOPSequence" not in nothing.dataset()
+
+
+def test_concurrent_results_of_one_study_get_distinct_versions(tmp_path: Path, tiny_contract, study) -> None:
+    """Two stores on one folder (as two worker processes have) and eight threads writing
+    results of one study at once: versions 1..8, each once, all in one SR series."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pydicom
+
+    writers = [ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination()) for _ in range(2)]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda i: failure_sr(writers[i % 2], study), range(8))) == [None] * 8
+
+    reports = [pydicom.dcmread(path) for path in writers[0].store.find(study[0].study_uid)]
+    assert sorted(int(ds.InstanceNumber) for ds in reports) == list(range(1, 9))
+    assert len({ds.SeriesInstanceUID for ds in reports}) == 1
