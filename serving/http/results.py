@@ -18,7 +18,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
+from radfusion.serving.http.delivery import CLAIMED, MARKER
 from radfusion.serving.http.stow import ResultNotFoundError
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -99,7 +100,7 @@ class ResultStore:
             candidates = [folder / f"{_checked(sop_uid)}{suffix}" for suffix in _SUFFIX.values()]
             found = [path for path in candidates if path.is_file()]
         else:
-            found = sorted(folder.glob("**/*.dcm"), key=_mtime) if folder.is_dir() else []
+            found = [p for p, _ in sorted(_stats(folder.glob("**/*.dcm")), key=lambda f: f[1].st_mtime)]
         if not found:
             raise ResultNotFoundError("this service holds no result for it")
         return found
@@ -118,13 +119,14 @@ class ResultStore:
         """Delete results past the retention period, then the oldest beyond the size cap."""
         now = time.time() if now is None else now
         with self._lock:
-            files = sorted(((p, p.stat()) for p in self.root.glob("*/*/*.dcm")), key=lambda f: f[1].st_mtime)
+            files = sorted(_stats(self.root.glob("*/*/*.dcm")), key=lambda f: f[1].st_mtime)
             deleted = 0
             total = sum(stat.st_size for _, stat in files)
             for path, stat in files:
                 if now - stat.st_mtime <= self.keep_seconds and total <= self.max_bytes:
                     break
-                path.unlink(missing_ok=True)
+                for gone in (path, *(path.with_name(path.name + s) for s in (MARKER, CLAIMED))):
+                    gone.unlink(missing_ok=True)  # an undelivered result's marker goes with it
                 total -= stat.st_size
                 deleted += 1
             for folder in sorted(self.root.glob("*/*"), reverse=True) + sorted(self.root.glob("*")):
@@ -133,5 +135,10 @@ class ResultStore:
         return deleted
 
 
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime
+def _stats(paths: Iterable[Path]) -> Iterator[tuple[Path, os.stat_result]]:
+    """Each path that still exists, with its stat (another worker may purge at once)."""
+    for path in paths:
+        try:
+            yield path, path.stat()
+        except FileNotFoundError:
+            continue

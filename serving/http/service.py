@@ -40,6 +40,7 @@ import functools
 import logging
 import os
 import tempfile
+import threading
 import time
 import traceback
 import typing as t
@@ -573,7 +574,13 @@ class Radfusion:
         destination = ResultDestination(
             settings.result_stow_url, settings.result_stow_token, float(settings.dicomweb_timeout_s)
         )
-        return ResultWriter(self.model_contract, store, destination)
+        writer = ResultWriter(self.model_contract, store, destination)
+        if destination.url is not None:  # results the PACS did not take yet (also from before a restart)
+            delivery = threading.Thread(
+                target=writer.outbox.run, args=(threading.Event(),), name="result-delivery", daemon=True
+            )
+            delivery.start()
+        return writer
 
     def _patient_of(self, parts: list[Path]) -> PatientData:
         """The tables' data for the uploaded study's patient; a model input the tables

@@ -9,13 +9,15 @@ the last one as its predecessor, and a failure report says that an earlier predi
 no longer reflects the study. A PACS that does not take the SR at the first
 attempt (refused, unreachable, or silent for SEND_TIMEOUT_S) is a warning of the answer
 (and a log line without identifiers), never a failure of the request: the result stays
-retrievable here by WADO-RS."""
+retrievable here by WADO-RS and waits in the outbox (radfusion.serving.http.delivery),
+sent again in the background until the PACS takes it."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from radfusion.errors import RadfusionInputError
 from radfusion.prediction import Prediction
 from radfusion.predictor import PreparedCase
 from radfusion.serving.dicomweb import DicomwebPolicy, store_refusal
+from radfusion.serving.http.delivery import Outbox
 from radfusion.serving.http.results import EarlierResult, ResultStore
 from radfusion.serving.http.stow import Instance
 from radfusion.serving.reports.saliency_map import build_saliency_map
@@ -61,6 +64,7 @@ class ResultWriter:
         # One attempt, bounded: the STOW-RS client waits for this answer, and a client
         # that times out sends the study again. An SR not delivered stays here for WADO-RS.
         self.policy = DicomwebPolicy.trusted(timeout_s=min(destination.timeout_s, SEND_TIMEOUT_S), retries=False)
+        self.outbox = Outbox(store.root, self.send_once)
 
     def prediction(
         self,
@@ -90,8 +94,8 @@ class ResultWriter:
                 earlier.version + 1 if earlier is not None else 1,
                 predecessor,
             )
-            self.store.put(sr, "prediction")
-        warning = self._send(sr)
+            path = self.store.put(sr, "prediction")
+        warning = self._send(sr, path)
         if saliency is not None and case.study is not None:
             warning = self._saliency_map(saliency, case, evidence, sr) or warning
         return warning
@@ -114,8 +118,8 @@ class ResultWriter:
                 outdated,
                 header=next((header for header in headers.values() if header is not None), None),
             )
-            self.store.put(sr, "failure")
-        return self._send(sr)
+            path = self.store.put(sr, "failure")
+        return self._send(sr, path)
 
     def _saliency_map(
         self, saliency: np.ndarray, case: PreparedCase, evidence: list[Dataset], sr: Dataset
@@ -138,16 +142,22 @@ class ResultWriter:
         except Exception as exc:  # noqa: BLE001 - the SR is already kept and sent
             log.warning("stow: saliency map not written (%s)", type(exc).__name__)
             return "the saliency map could not be written"
-        self.store.put(pm, "map")
-        return self._send(pm)
+        return self._send(pm, self.store.put(pm, "map"))
 
-    def _send(self, sr: Dataset) -> str | None:
+    def _send(self, result: Dataset, path: Path) -> str | None:
+        """One attempt now; a result the PACS did not take waits in the outbox."""
         if self.destination.url is None:
             return None
-        refusal = store_refusal(self.destination.url, [sr], self.policy, self.destination.token)
-        if refusal is not None:
-            log.warning("stow: result not stored to the PACS: %s", refusal)
-        return refusal
+        refusal = self.send_once(result)
+        if refusal is None:
+            return None
+        log.warning("stow: result not stored to the PACS yet: %s", refusal)
+        self.outbox.hold(path)
+        return f"{refusal}; kept here and sent again later"
+
+    def send_once(self, result: Dataset) -> str | None:
+        assert self.destination.url is not None
+        return store_refusal(self.destination.url, [result], self.policy, self.destination.token)
 
 
 def _as_report(study_uid: str, earlier: EarlierResult) -> EarlierReport:

@@ -4,6 +4,7 @@ radfusion.serving.reports.sr from real synthetic instances."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -144,3 +145,71 @@ def test_concurrent_results_of_one_study_get_distinct_versions(tmp_path: Path, t
     reports = [pydicom.dcmread(path) for path in writers[0].store.find(study[0].study_uid)]
     assert sorted(int(ds.InstanceNumber) for ds in reports) == list(range(1, 9))
     assert len({ds.SeriesInstanceUID for ds in reports}) == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_undelivered_result_is_sent_again_until_the_pacs_takes_it(
+    tmp_path: Path, tiny_contract, study, orthanc
+) -> None:
+    """The PACS is down while the client waits: the result waits in the outbox, on disk.
+    Each due attempt that fails waits longer for the next; a restarted service (a new
+    writer on the same folder) delivers it once the PACS is back (the real Orthanc), and
+    two workers delivering at once send it once."""
+    from radfusion.serving.dicomweb import DicomwebPolicy, store_refusal
+    from radfusion.serving.http.delivery import BACKOFF_S, MARKER, Outbox
+
+    down = f"http://127.0.0.1:{free_loopback_port()}/dicom-web"
+    writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination(down, None, 5.0))
+    clock = Clock()
+    writer.outbox.clock = clock
+    warning = failure_sr(writer, study)
+    assert warning is not None and warning.endswith("kept here and sent again later")
+    (marker,) = tmp_path.glob(f"*/*/*{MARKER}")
+    (result,) = writer.store.find(study[0].study_uid)
+    assert marker.name == result.name + MARKER
+
+    assert writer.outbox.deliver_due() == (0, 1)  # not due yet
+    clock.now += BACKOFF_S[0] + 1
+    assert writer.outbox.deliver_due() == (0, 1)  # due, the PACS still down: attempt 2 failed
+    assert json.loads(marker.read_text())["attempts"] == 2
+    assert writer.outbox.deliver_due() == (0, 1)  # and attempt 3 waits longer
+    clock.now += BACKOFF_S[0] + 1
+    assert writer.outbox.deliver_due() == (0, 1)
+    clock.now += BACKOFF_S[1] + 1
+
+    # The service restarts (two workers) and the PACS is back.
+    sends = []
+
+    def to_orthanc(ds: pydicom.Dataset) -> str | None:
+        sends.append(ds.SOPInstanceUID)
+        return store_refusal(orthanc.dicomweb, [ds], DicomwebPolicy.trusted(timeout_s=30))
+
+    workers = [Outbox(tmp_path, to_orthanc, clock) for _ in range(2)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda outbox: outbox.deliver_due(), workers))
+    assert sorted(outcomes) == [(0, 0), (1, 0)]
+    sr = pydicom.dcmread(result)
+    assert sends == [sr.SOPInstanceUID]
+    found = orthanc.http.post("/tools/lookup", content=sr.SOPInstanceUID).json()
+    assert [item["Type"] for item in found] == ["Instance"]
+    assert list(tmp_path.glob(f"*/*/*{MARKER}*")) == [] and list(tmp_path.glob("*/*/*.sending")) == []
+
+
+def test_a_result_that_leaves_the_store_leaves_the_outbox(tmp_path: Path, tiny_contract, study) -> None:
+    from radfusion.serving.http.delivery import MARKER
+
+    down = f"http://127.0.0.1:{free_loopback_port()}/dicom-web"
+    writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination(down, None, 5.0))
+    failure_sr(writer, study)
+    assert len(list(tmp_path.glob(f"*/*/*{MARKER}"))) == 1
+    assert writer.store.purge(now=time.time() + 7200) == 1
+    assert list(tmp_path.glob("*/*/*")) == [] and writer.outbox.pending() == 0
