@@ -131,9 +131,9 @@ def fuzz_service(corpus: Corpus, model: Path, work: Path) -> tuple[dict[str, Any
 
 
 def fuzz_listener(corpus: Corpus, model: Path, work: Path) -> tuple[dict[str, Any], list[harness.Outcome]]:
-    from tests.support.peers import ListenerProcess, dicom_echo, free_loopback_port
+    from tests.support.peers import CapturingPacs, ListenerProcess, dicom_echo, free_loopback_port
 
-    pacs = harness.CapturingPacs(free_loopback_port())
+    pacs = CapturingPacs(free_loopback_port())
     log_file = work / "listener.log"
     args = harness.listener_args(model, work / "state", corpus, pacs.port)
     listener = ListenerProcess(args, free_loopback_port(), log_file)

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 import psutil
 import pydicom
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
 from radfusion.limits import StudyBudget
@@ -544,26 +544,6 @@ def listener_args(model: Path, work: Path, corpus: Corpus, pacs_port: int) -> li
         "--send-to", f"PACS@127.0.0.1:{pacs_port}",
         "--device", "cpu",
     ]  # fmt: skip
-
-
-class CapturingPacs:
-    """A pynetdicom Storage SCP standing in for the PACS: keeps the Study Instance UID
-    of every object it is sent (the listener sends only its result documents)."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.sr_studies: set[str] = set()
-        ae = AE(ae_title="PACS")
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
-
-    def _store(self, event: evt.Event) -> int:
-        self.sr_studies.add(str(event.dataset.StudyInstanceUID))
-        return 0x0000
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 @contextmanager

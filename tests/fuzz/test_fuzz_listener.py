@@ -20,7 +20,6 @@ import pytest
 
 from tests.fuzz.harness import (
     CALLING,
-    CapturingPacs,
     Outcome,
     assert_kept,
     leaks,
@@ -30,7 +29,7 @@ from tests.fuzz.harness import (
     wait_settled,
 )
 from tests.support.mutations import LISTENER, Corpus, Item
-from tests.support.peers import dicom_echo, free_loopback_port
+from tests.support.peers import CapturingPacs, dicom_echo, free_loopback_port
 
 pytestmark = pytest.mark.slow
 

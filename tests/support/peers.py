@@ -138,3 +138,29 @@ def pacs_status(work: Path) -> dict:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+class CapturingPacs:
+    """A pynetdicom Storage SCP standing in for the PACS (any storage SOP class): keeps
+    every dataset it is sent (the listener sends only its result documents)."""
+
+    def __init__(self, port: int):
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+        self.port = port
+        self.received: list = []
+        ae = AE(ae_title="PACS")
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event) -> int:
+        self.received.append(event.dataset)
+        return 0x0000
+
+    @property
+    def sr_studies(self) -> set[str]:
+        return {str(ds.StudyInstanceUID) for ds in self.received}
+
+    def stop(self) -> None:
+        self.server.shutdown()

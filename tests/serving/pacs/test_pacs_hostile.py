@@ -33,8 +33,8 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import ComprehensiveSRStorage, Verification
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from radfusion.predictor import Predictor
 from radfusion.runtime import OnnxModel
@@ -47,7 +47,7 @@ from radfusion.serving.pacs.storage import WorkDir, study_key
 from radfusion.serving.patients import PatientTables
 from tests.support.dicom_series import ct_slice
 from tests.support.paths import PROJECT_ROOT as ROOT
-from tests.support.peers import dicom_echo, free_loopback_port
+from tests.support.peers import CapturingPacs, dicom_echo, free_loopback_port
 from tests.support.prediction_sr import read_report
 from tests.support.validators import assert_dciodvfy_valid
 
@@ -177,23 +177,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class CapturingPacs:
-    """A Storage SCP that keeps the SRs it is sent (the PACS)."""
-
-    def __init__(self, port: int):
-        self.received: list[pydicom.Dataset] = []
-        ae = AE(ae_title="PACS")
-        ae.add_supported_context(ComprehensiveSRStorage, ALL_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
-
-    def _store(self, event: evt.Event) -> int:
-        self.received.append(event.dataset)
-        return 0x0000
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 @dataclass

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    ComprehensiveSRStorage,
     ModalityWorklistInformationFind,
     Verification,
 )
@@ -34,7 +33,7 @@ from radfusion.serving.pacs.send import CStoreSender, DicomPeer
 from radfusion.serving.pacs.state import OnResend, Status, StudyRecord, StudyState
 from radfusion.serving.pacs.storage import WorkDir, study_key
 from radfusion.serving.patients import PatientTables
-from tests.support.peers import free_loopback_port
+from tests.support.peers import CapturingPacs, free_loopback_port
 from tests.support.task_models import export_task_model
 from tests.support.validators import dciodvfy_errors
 
@@ -381,7 +380,7 @@ def test_in_sent_mode_a_failure_report_keeps_its_study_until_delivered_or_out_of
         fail(delivered, "delivered")
         assert len(kept_files(work.root, delivered.study_uid)) == len(delivered.instances) + 1
         clock.now += 10.0
-        pacs = StoringPacs(port)
+        pacs = CapturingPacs(port)
         try:
             report = pipeline.tick()
         finally:
@@ -400,26 +399,6 @@ def test_in_sent_mode_a_failure_report_keeps_its_study_until_delivered_or_out_of
         assert kept_files(work.root, abandoned.study_uid) == []
     finally:
         state.close()
-
-
-class StoringPacs:
-    """A Storage SCP that keeps the SRs it is sent."""
-
-    def __init__(self, port: int):
-        self.received: list[pydicom.Dataset] = []
-        ae = AE(ae_title="PACS")
-        ae.add_supported_context(ComprehensiveSRStorage, ALL_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
-
-    def _store(self, event: evt.Event) -> int:
-        self.received.append(event.dataset)
-        return 0x0000
-
-    def stop(self) -> None:
-        self.server.shutdown()
-
-
-# ------------------------------------------------------------ a subtype model
 
 
 def test_subtype_model_through_the_listener(

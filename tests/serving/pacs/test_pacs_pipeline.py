@@ -12,8 +12,6 @@ import pandas as pd
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import ComprehensiveSRStorage
 
 from radfusion.dicom import find_studies
 from radfusion.predictor import Predictor
@@ -25,7 +23,7 @@ from radfusion.serving.pacs.send import CStoreSender, DicomPeer
 from radfusion.serving.pacs.state import OnResend, Status, StudyState
 from radfusion.serving.pacs.storage import WorkDir
 from radfusion.serving.patients import PatientTables
-from tests.support.peers import free_loopback_port
+from tests.support.peers import CapturingPacs, free_loopback_port
 from tests.support.prediction_sr import read_report
 
 QUIET = 1.0
@@ -38,23 +36,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class CapturingPacs:
-    """A Storage SCP that keeps what it is sent (stands in for the PACS)."""
-
-    def __init__(self, port: int):
-        self.received: list[pydicom.Dataset] = []
-        ae = AE(ae_title="PACS")
-        ae.add_supported_context(ComprehensiveSRStorage, ALL_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
-
-    def _store(self, event: evt.Event) -> int:
-        self.received.append(event.dataset)
-        return 0x0000
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture(scope="module")
