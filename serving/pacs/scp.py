@@ -18,6 +18,7 @@ is a refusal too, logged with the SOP classes it proposed."""
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import cast
 
@@ -133,6 +134,28 @@ def log_rejected(event: evt.Event) -> None:
         log.warning("association refused (%s)", type(exc).__name__)
 
 
+# Associations whose peer sent something: a connection that closes unestablished after
+# sending bytes had a request pynetdicom could not read (an AE title with a control
+# character, a damaged PDU); one that sent nothing is a port probe, not worth a line.
+_SPOKE: weakref.WeakSet = weakref.WeakSet()
+
+
+def note_data(event: evt.Event) -> None:
+    """EVT_DATA_RECV: the peer sent a PDU."""
+    _SPOKE.add(event.assoc)
+
+
+def log_unread_request(event: evt.Event) -> None:
+    """EVT_CONN_CLOSE: a peer whose association request could not be read is refused by
+    pynetdicom before EVT_REJECTED; say so, with its address (its AE titles are unread)."""
+    try:
+        assoc = event.assoc
+        if assoc in _SPOKE and not (assoc.is_established or assoc.is_rejected or assoc.is_released or assoc.is_aborted):
+            log.warning("association refused: its request could not be read (from %s)", peer_address(assoc))
+    except Exception as exc:  # noqa: BLE001 - a log line must not break the server
+        log.warning("connection closed (%s)", type(exc).__name__)
+
+
 def _sop_class_name(uid: object) -> str:
     name = UID(str(uid)).name
     return name if name != str(uid) else "a SOP class this listener does not know"
@@ -195,6 +218,8 @@ def start_scp(
             (evt.EVT_C_STORE, handler),
             (evt.EVT_REJECTED, log_rejected),
             (evt.EVT_ACCEPTED, log_refused_contexts),
+            (evt.EVT_DATA_RECV, note_data),
+            (evt.EVT_CONN_CLOSE, log_unread_request),
         ],
     )
     assert server is not None  # non-blocking: start_server returns the running server

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -172,12 +174,20 @@ def test_refused_associations_are_logged_with_reason_ae_title_and_address(
     asker.acse_timeout = asker.network_timeout = 10
     assoc = asker.associate("127.0.0.1", listener.port, ae_title="RADFUSION")
     assert not assoc.is_established
+    # A request pynetdicom cannot read (a newline and an escape in the calling AE title),
+    # from a known local port; and a port probe that sends nothing (not worth a line).
+    garbled_port = free_loopback_port()
+    with socket.create_connection(("127.0.0.1", listener.port), source_address=("127.0.0.1", garbled_port)) as raw:
+        raw.sendall(association_request(b"EVIL\n\x1b[31m"))
+        raw.settimeout(10)
+        assert raw.recv(1)[:1] == b"\x07"  # A-ABORT
+    socket.create_connection(("127.0.0.1", listener.port)).close()
 
     def refusals() -> list[str]:
         lines = [line for line in listener.log().splitlines() if "association refused" in line]
-        return lines if len(lines) >= 4 else []
+        return lines if len(lines) >= 5 else []
 
-    lines = wait_until(refusals, listener, "4 refusals in the log", timeout=30)
+    lines = wait_until(refusals, listener, "5 refusals in the log", timeout=30)
     assert listener.stop() == 0
     log = listener.log()
     address = r"from 127\.0\.0\.1:\d+\)"
@@ -203,10 +213,28 @@ def test_refused_associations_are_logged_with_reason_ae_title_and_address(
         and re.search(r"from 127\.0\.0\.1:\d+\)$", line)
         for line in lines
     ), lines
+    assert [line for line in lines if "could not be read" in line] == [
+        next(line for line in lines if line.endswith(f"its request could not be read (from 127.0.0.1:{garbled_port})"))
+    ]
+    assert "\x1b" not in log and "EVIL\n" not in log
     # Nothing was stored, and nothing about the patient reached the log.
     assert list((work / "studies").iterdir()) == []
     leaked = {value for value in identifiers(study) if value in log}
     assert leaked == set()
+
+
+def association_request(calling: bytes) -> bytes:
+    """An A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) for Verification, called AE title RADFUSION,
+    with ``calling`` as the calling AE title bytes, whatever they hold."""
+    called, calling = b"RADFUSION".ljust(16), calling.ljust(16)[:16]
+
+    def item(kind: int, value: bytes) -> bytes:
+        return bytes([kind, 0]) + struct.pack(">H", len(value)) + value
+
+    context = item(0x20, b"\x01\x00\xff\x00" + item(0x30, b"1.2.840.10008.1.1") + item(0x40, b"1.2.840.10008.1.2"))
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
+    body = b"\x00\x01\x00\x00" + called + calling + bytes(32) + item(0x10, b"1.2.840.10008.3.1.1.1") + context + user
+    return b"\x01\x00" + struct.pack(">I", len(body)) + body
 
 
 # ---------------------------------------------------------------------- retention
