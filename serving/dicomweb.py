@@ -312,14 +312,44 @@ def store_instances(url: str, datasets: list, policy: DicomwebPolicy, token: str
 
 def store_refusal(url: str, datasets: list, policy: DicomwebPolicy, token: str | None = None) -> str | None:
     """STOW-RS ``datasets`` (store_instances) and say why they were not stored: None when
-    the PACS took them, else the reason (unreachable, or the Failure Reason it
-    answered), free of identifiers. The listener's and the service's one way to hand a
+    the PACS's Store Instances Response names every one as stored, else the reason (the
+    Failure Reason it answered, an answer that confirms nothing, or why it could not be
+    reached), free of identifiers. The listener's and the service's one way to hand a
     result to a PACS."""
     try:
         response = store_instances(url, datasets, policy, token)
     except RadfusionInputError as exc:
+        refused = _failure_reason(_store_response(exc.__cause__))
+        if refused is not None:
+            return f"the PACS refused the result (failure reason 0x{refused:04X})"
         return f"the PACS could not be reached ({exc.kind}: {exc.message})"
-    failed = response.get("FailedSOPSequence") if response is not None else None
-    if failed:
-        return f"the PACS refused the result (failure reason 0x{int(failed[0].get('FailureReason', 0)):04X})"
+    refused = _failure_reason(response)
+    if refused is not None:
+        return f"the PACS refused the result (failure reason 0x{refused:04X})"
+    stored = {str(item.get("ReferencedSOPInstanceUID", "")) for item in _items(response, "ReferencedSOPSequence")}
+    if not {str(ds.SOPInstanceUID) for ds in datasets} <= stored:
+        return "the PACS's answer does not name the result as stored (no Store Instances Response)"
     return None
+
+
+def _items(response, keyword: str) -> list:
+    return list(response.get(keyword, None) or []) if response is not None else []
+
+
+def _failure_reason(response) -> int | None:
+    failed = _items(response, "FailedSOPSequence")
+    return int(failed[0].get("FailureReason", 0) or 0) if failed else None
+
+
+def _store_response(error: BaseException | None):
+    """The Store Instances Response in the body of an HTTP error (a 409 that says why),
+    or None."""
+    import requests
+    from pydicom import Dataset
+
+    if not isinstance(error, requests.HTTPError) or error.response is None:
+        return None
+    try:
+        return Dataset.from_json(error.response.json())
+    except Exception:  # noqa: BLE001 - a body that is not DICOM JSON says nothing
+        return None

@@ -1,13 +1,13 @@
-"""Results the PACS did not take while the STOW-RS client waited, delivered later.
+"""STOW-RS results on their way to the PACS, delivered in the background.
 
-The request makes one bounded attempt (radfusion.serving.http.stow_results); a result it
-could not deliver gets a marker beside it in the result store (``<result>.send``: the
-attempts so far and when the next is due), and a background thread of each API worker
-sends what is due, with a growing wait between attempts, until the PACS takes it or the
-result leaves the store (retention or size cap). Markers live on disk, so a restarted
-service goes on where it stopped. Several workers share one store: a worker claims a
-marker by renaming it (one rename wins), and a claim left by a worker that died is
-taken back after STALE_CLAIM_S."""
+Each kept result that has a PACS to go to gets a marker beside it in the result store
+(``<result>.send``: the attempts so far and when the next is due); a background thread
+of each API worker sends what is due (at once for a new result), with a growing wait
+after each failure, until the PACS takes it or the result leaves the store (retention
+or size cap). The STOW-RS request that produced the result never waits for the PACS.
+Markers live on disk, so a restarted service goes on where it stopped. Several workers
+share one store: a worker claims a marker by renaming it (one rename wins), and a claim
+left by a worker that died is taken back after STALE_CLAIM_S."""
 
 from __future__ import annotations
 
@@ -42,11 +42,17 @@ class Outbox:
         self.root = root
         self.send = send
         self.clock = clock
+        self._wake = threading.Event()
 
-    def hold(self, result: Path, attempts: int = 1) -> None:
-        """``result`` was not delivered after ``attempts``: try again later."""
+    def wake(self) -> None:
+        """Deliver now (a result was just kept), not at the next poll."""
+        self._wake.set()
+
+    def hold(self, result: Path, attempts: int = 0) -> None:
+        """``result`` is to be delivered: at once when never tried (``attempts`` 0), else
+        after the wait that ``attempts`` failures earn."""
         marker = result.with_name(result.name + MARKER)
-        state = {"attempts": attempts, "next_at": self.clock() + _backoff(attempts)}
+        state = {"attempts": attempts, "next_at": self.clock() + (_backoff(attempts) if attempts else 0.0)}
         temporary = result.with_name(f".{result.name}{MARKER}.{os.getpid()}.{threading.get_ident()}")
         temporary.write_text(json.dumps(state))
         os.replace(temporary, marker)
@@ -72,7 +78,7 @@ class Outbox:
                 os.utime(claimed)  # the claim's age, for _take_back_stale_claims
             except OSError:
                 continue  # another worker took it
-            outcome = self._attempt(claimed, int(state.get("attempts", 1)))
+            outcome = self._attempt(claimed, int(state.get("attempts", 0)))
             delivered += outcome is True
             failed += outcome is False
         if delivered or failed:
@@ -90,7 +96,9 @@ class Outbox:
         if refusal is None:
             claimed.unlink(missing_ok=True)
             return True
-        log.warning("result delivery: attempt %d failed: %s", attempts + 1, refusal)
+        log.warning(
+            "result delivery: attempt %d failed (next in %.0f s): %s", attempts + 1, _backoff(attempts + 1), refusal
+        )
         self.hold(result, attempts + 1)
         claimed.unlink(missing_ok=True)
         return False
@@ -104,8 +112,11 @@ class Outbox:
                 continue
 
     def run(self, stop: threading.Event, poll_s: float = 15.0) -> None:
-        """The background loop of an API worker (a daemon thread)."""
-        while not stop.wait(poll_s):
+        """The background loop of an API worker (a daemon thread): a round when woken,
+        and every ``poll_s`` for retries that came due (and other workers' leftovers)."""
+        while not stop.is_set():
+            self._wake.wait(poll_s)
+            self._wake.clear()
             try:
                 self.deliver_due()
             except Exception as exc:  # noqa: BLE001 - the loop outlives any one bad round

@@ -87,7 +87,7 @@ class ResultStore:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(out.name, target)
-        self.purge()
+        self.purge(keep=target)
         return target
 
     def find(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Path]:
@@ -115,8 +115,9 @@ class ResultStore:
         version = int(ds.get("InstanceNumber") or 1)
         return EarlierResult(ds.SeriesInstanceUID, ds.SOPInstanceUID, version, not newest.name.endswith(_FAILURE))
 
-    def purge(self, now: float | None = None) -> int:
-        """Delete results past the retention period, then the oldest beyond the size cap."""
+    def purge(self, now: float | None = None, keep: Path | None = None) -> int:
+        """Delete results past the retention period, then the oldest beyond the size cap;
+        never ``keep`` (the result just written, even when it alone exceeds the cap)."""
         now = time.time() if now is None else now
         with self._lock:
             files = sorted(_stats(self.root.glob("*/*/*.dcm")), key=lambda f: f[1].st_mtime)
@@ -125,6 +126,8 @@ class ResultStore:
             for path, stat in files:
                 if now - stat.st_mtime <= self.keep_seconds and total <= self.max_bytes:
                     break
+                if path == keep:
+                    continue
                 for gone in (path, *(path.with_name(path.name + s) for s in (MARKER, CLAIMED))):
                     gone.unlink(missing_ok=True)  # an undelivered result's marker goes with it
                 total -= stat.st_size

@@ -549,7 +549,8 @@ class Radfusion:
         self, study_uid: str, error: RadfusionInputError, instances: list[Instance], headers: Headers
     ) -> str | None:
         try:
-            return await anyio.to_thread.run_sync(self.results.failure, study_uid, error, instances, headers)
+            await anyio.to_thread.run_sync(self.results.failure, study_uid, error, instances, headers)
+            return None
         except Exception as exc:  # noqa: BLE001 - the answer already says why the study failed
             log.error("stow: failure report not written (%s)", type(exc).__name__)
             return "the report of the failure could not be written"

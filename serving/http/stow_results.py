@@ -6,11 +6,10 @@ RADFUSION_RESULT_STOW_URL is set, stored back to that PACS with STOW-RS.
 
 A re-sent study gets the next version in the same SR series; a new prediction names
 the last one as its predecessor, and a failure report says that an earlier prediction
-no longer reflects the study. A PACS that does not take the SR at the first
-attempt (refused, unreachable, or silent for SEND_TIMEOUT_S) is a warning of the answer
-(and a log line without identifiers), never a failure of the request: the result stays
-retrievable here by WADO-RS and waits in the outbox (radfusion.serving.http.delivery),
-sent again in the background until the PACS takes it."""
+no longer reflects the study. The PACS gets each result from the
+outbox (radfusion.serving.http.delivery) in the background, again until it takes it:
+the STOW-RS client never waits for the PACS (a client that times out would send the
+study again), and a PACS that is down is never a failure of the request."""
 
 from __future__ import annotations
 
@@ -61,8 +60,7 @@ class ResultWriter:
         self.contract = contract
         self.store = store
         self.destination = destination
-        # One attempt, bounded: the STOW-RS client waits for this answer, and a client
-        # that times out sends the study again. An SR not delivered stays here for WADO-RS.
+        # One attempt per delivery round, each read bounded: the outbox decides when to retry.
         self.policy = DicomwebPolicy.trusted(timeout_s=min(destination.timeout_s, SEND_TIMEOUT_S), retries=False)
         self.outbox = Outbox(store.root, self.send_once)
 
@@ -76,7 +74,8 @@ class ResultWriter:
         saliency: np.ndarray | None = None,
     ) -> str | None:
         """Write, keep and send the prediction SR (and the Parametric Map of ``saliency``,
-        the model-grid map of radfusion.explain, when given); the warning, if any.
+        the model-grid map of radfusion.explain, when given); a warning when the map
+        could not be written.
         ``facts``: what build_prediction_sr takes as ``result``; ``headers``:
         read_headers of the study's instances (before scoring moved their files)."""
         scored = set(case.study.sop_uids) if case.study is not None else set(headers)
@@ -95,15 +94,15 @@ class ResultWriter:
                 predecessor,
             )
             path = self.store.put(sr, "prediction")
-        warning = self._send(sr, path)
+        self._send(sr, path)
         if saliency is not None and case.study is not None:
-            warning = self._saliency_map(saliency, case, evidence, sr) or warning
-        return warning
+            return self._saliency_map(saliency, case, evidence, sr)
+        return None
 
     def failure(
         self, study_uid: str, error: RadfusionInputError, instances: Sequence[Instance], headers: Headers
-    ) -> str | None:
-        """Write, keep and send the report that the study has no result; the send warning."""
+    ) -> None:
+        """Write, keep and send the report that the study has no result."""
         with self.store.versioning():
             earlier = self.store.latest(study_uid)
             outdated = _as_report(study_uid, earlier) if earlier is not None and earlier.is_prediction else None
@@ -119,13 +118,13 @@ class ResultWriter:
                 header=next((header for header in headers.values() if header is not None), None),
             )
             path = self.store.put(sr, "failure")
-        return self._send(sr, path)
+        self._send(sr, path)
 
     def _saliency_map(
         self, saliency: np.ndarray, case: PreparedCase, evidence: list[Dataset], sr: Dataset
     ) -> str | None:
-        """The map goes after its SR and never costs it: a map that cannot be built or
-        sent is a warning."""
+        """The map goes after its SR and never costs it: a map that cannot be built is a
+        warning."""
         affine = case.study.grid_affine if case.study is not None else None
         if affine is None:
             return None
@@ -142,18 +141,15 @@ class ResultWriter:
         except Exception as exc:  # noqa: BLE001 - the SR is already kept and sent
             log.warning("stow: saliency map not written (%s)", type(exc).__name__)
             return "the saliency map could not be written"
-        return self._send(pm, self.store.put(pm, "map"))
+        self._send(pm, self.store.put(pm, "map"))
+        return None
 
-    def _send(self, result: Dataset, path: Path) -> str | None:
-        """One attempt now; a result the PACS did not take waits in the outbox."""
-        if self.destination.url is None:
-            return None
-        refusal = self.send_once(result)
-        if refusal is None:
-            return None
-        log.warning("stow: result not stored to the PACS yet: %s", refusal)
-        self.outbox.hold(path)
-        return f"{refusal}; kept here and sent again later"
+    def _send(self, result: Dataset, path: Path) -> None:
+        """Hand the kept result to the outbox: the background delivery sends it at once
+        and again until the PACS takes it; the STOW-RS client never waits for the PACS."""
+        if self.destination.url is not None:
+            self.outbox.hold(path, attempts=0)
+            self.outbox.wake()
 
     def send_once(self, result: Dataset) -> str | None:
         assert self.destination.url is not None

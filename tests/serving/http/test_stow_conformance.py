@@ -22,6 +22,7 @@ from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from radfusion.serving.http.launch import running_server
 from radfusion.serving.http.store_response import CANNOT_UNDERSTAND, PROCESSING_FAILURE, STUDY_MISMATCH
+from tests.support.peers import wait_until
 from tests.support.validators import assert_dciodvfy_valid
 
 pytestmark = pytest.mark.slow
@@ -172,9 +173,12 @@ def test_dicomweb_client_stores_a_study_and_retrieves_its_prediction_sr(server, 
     assert pm.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
     assert_dciodvfy_valid(pm, tmp_path)
 
-    # RADFUSION_RESULT_STOW_URL: the SR and the map were stored to Orthanc too.
+    # RADFUSION_RESULT_STOW_URL: the SR and the map reach Orthanc too (delivered in the
+    # background, after the answer).
     for result in (sr, pm):
-        found = orthanc.http.post("/tools/lookup", content=result.SOPInstanceUID).json()
+        found = wait_until(
+            lambda uid=result.SOPInstanceUID: orthanc.http.post("/tools/lookup", content=uid).json(), 60, "the result"
+        )
         assert [item["Type"] for item in found] == ["Instance"]
 
 
@@ -286,7 +290,11 @@ def test_orthanc_forwards_a_study_to_radfusion_and_gets_the_sr_back(server, coho
     assert "Unable to parse STOW-RS" not in orthanc.log_file.read_text(errors="replace")
 
     # The SR is in the study on Orthanc, beside the instances Orthanc sent.
-    instances = orthanc.http.get(f"/studies/{study_id}/instances").json()
+    def results_arrived() -> list:
+        found = orthanc.http.get(f"/studies/{study_id}/instances").json()
+        return found if len(found) >= len(datasets) + 2 else []
+
+    instances = wait_until(results_arrived, 60, "the SR and the map in Orthanc")
     modality = {i["ID"]: orthanc.http.get(f"/instances/{i['ID']}/tags?simplify").json()["Modality"] for i in instances}
     assert len(instances) == len(datasets) + 2  # the SR and the saliency map
     (sr_id,) = [instance for instance, value in modality.items() if value == "SR"]

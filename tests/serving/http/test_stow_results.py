@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -63,21 +67,9 @@ def test_results_survive_a_restart_and_are_bounded(tmp_path: Path, tiny_contract
         small.find("../../etc")
 
 
-def test_a_pacs_that_cannot_be_reached_is_a_warning(tmp_path: Path, tiny_contract, study) -> None:
-    closed = f"http://127.0.0.1:{free_loopback_port()}/dicom-web"
-    writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination(closed, None, 5.0))
-    warning = failure_sr(writer, study)
-    assert warning is not None
-    assert warning.startswith("the PACS could not be reached (dicomweb_unavailable")
-    assert len(writer.store.find(study[0].study_uid)) == 1  # kept here all the same
-
-
-def test_a_failing_pacs_gets_one_attempt_while_the_client_waits(tmp_path: Path, tiny_contract, study) -> None:
-    """A PACS that drops every connection is tried once, not retried with backoff while the
-    STOW-RS client waits (a client that times out would send the study again)."""
-    import socket
-    import threading
-
+@contextmanager
+def dropping_pacs() -> Iterator[tuple[str, list[int]]]:
+    """A PACS address that accepts each connection and drops it; the connections counted."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -97,15 +89,29 @@ def test_a_failing_pacs_gets_one_attempt_while_the_client_waits(tmp_path: Path, 
     thread = threading.Thread(target=drop_connections, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.getsockname()[1]}/dicom-web"
-        writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination(url, None, 60.0))
-        warning = failure_sr(writer, study)
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/dicom-web", accepted
     finally:
         stop.set()
         thread.join(5)
         server.close()
-    assert warning is not None and warning.startswith("the PACS could not be reached")
-    assert len(accepted) == 1
+
+
+def test_the_client_never_waits_for_the_pacs(tmp_path: Path, tiny_contract, study) -> None:
+    """Writing a result hands it to the outbox without a word to the PACS (a STOW-RS client
+    that times out would send the study again); a delivery round then makes one attempt,
+    not retries with backoff, and the result waits for the next round."""
+    from radfusion.serving.http.delivery import MARKER
+
+    with dropping_pacs() as (url, accepted):
+        writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination(url, None, 60.0))
+        assert failure_sr(writer, study) is None
+        assert accepted == []
+        (marker,) = tmp_path.glob(f"*/*/*{MARKER}")
+        assert json.loads(marker.read_text())["attempts"] == 0
+        assert writer.outbox.deliver_due() == (0, 1)
+        assert len(accepted) == 1
+    assert json.loads(marker.read_text())["attempts"] == 1
+    assert len(writer.store.find(study[0].study_uid)) == 1  # kept here all the same
 
 
 def test_store_instances_response_semantics(study) -> None:
@@ -169,20 +175,21 @@ def test_an_undelivered_result_is_sent_again_until_the_pacs_takes_it(
     writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, 10**9), ResultDestination(down, None, 5.0))
     clock = Clock()
     writer.outbox.clock = clock
-    warning = failure_sr(writer, study)
-    assert warning is not None and warning.endswith("kept here and sent again later")
+    assert failure_sr(writer, study) is None
     (marker,) = tmp_path.glob(f"*/*/*{MARKER}")
     (result,) = writer.store.find(study[0].study_uid)
     assert marker.name == result.name + MARKER
 
-    assert writer.outbox.deliver_due() == (0, 1)  # not due yet
+    assert writer.outbox.deliver_due() == (0, 1)  # due at once; the PACS is down: attempt 1 failed
+    assert writer.outbox.deliver_due() == (0, 1)  # attempt 2 waits BACKOFF_S[0]
+    assert json.loads(marker.read_text())["attempts"] == 1
     clock.now += BACKOFF_S[0] + 1
-    assert writer.outbox.deliver_due() == (0, 1)  # due, the PACS still down: attempt 2 failed
+    assert writer.outbox.deliver_due() == (0, 1)  # attempt 2 failed
     assert json.loads(marker.read_text())["attempts"] == 2
-    assert writer.outbox.deliver_due() == (0, 1)  # and attempt 3 waits longer
     clock.now += BACKOFF_S[0] + 1
-    assert writer.outbox.deliver_due() == (0, 1)
-    clock.now += BACKOFF_S[1] + 1
+    assert writer.outbox.deliver_due() == (0, 1)  # attempt 3 waits longer
+    assert json.loads(marker.read_text())["attempts"] == 2
+    clock.now += BACKOFF_S[1]
 
     # The service restarts (two workers) and the PACS is back.
     sends = []
@@ -213,3 +220,92 @@ def test_a_result_that_leaves_the_store_leaves_the_outbox(tmp_path: Path, tiny_c
     assert len(list(tmp_path.glob(f"*/*/*{MARKER}"))) == 1
     assert writer.store.purge(now=time.time() + 7200) == 1
     assert list(tmp_path.glob("*/*/*")) == [] and writer.outbox.pending() == 0
+
+
+def test_a_result_larger_than_the_cap_survives_its_own_write(tmp_path: Path, tiny_contract, study) -> None:
+    """The cap lets older results go, never the one just written (it is the answer's
+    RetrieveURL); a WADO-RS read that lists a file the cap deletes meanwhile leaves it
+    out, and one whose files are all gone is result_not_found, never a 500."""
+    from radfusion.serving.http.wado import multipart_dicom
+
+    writer = ResultWriter(tiny_contract, ResultStore(tmp_path, 3600, max_bytes=1), ResultDestination())
+    failure_sr(writer, study)
+    (first,) = writer.store.find(study[0].study_uid)
+    failure_sr(writer, study)
+    (second,) = writer.store.find(study[0].study_uid)  # the first went to make room
+    assert second != first and not first.exists()
+
+    body, _, _ = multipart_dicom([first, second])
+    assert body.count(b"Content-Type: application/dicom") == 1
+    second.unlink()
+    with pytest.raises(ResultNotFoundError):
+        multipart_dicom([first, second])
+
+
+@contextmanager
+def pacs_answering(status: int, body: bytes, content_type: str) -> Iterator[str]:
+    """A DICOMweb root whose STOW-RS answers are given: what a real PACS answers when it
+    refuses, half-understands or is misconfigured."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_only_a_response_that_names_the_result_as_stored_delivers_it(study) -> None:
+    from radfusion.serving.dicomweb import DicomwebPolicy, store_refusal
+
+    result = read_headers(study[:1])[study[0].sop_uid]
+    assert result is not None
+    policy = DicomwebPolicy.trusted(timeout_s=10, retries=False)
+
+    def response(**sequences: list[pydicom.Dataset]) -> bytes:
+        ds = pydicom.Dataset()
+        for keyword, items in sequences.items():
+            setattr(ds, keyword, items)
+        return json.dumps(ds.to_json_dict()).encode()
+
+    def item(**values) -> pydicom.Dataset:
+        ds = pydicom.Dataset()
+        ds.ReferencedSOPClassUID = result.SOPClassUID
+        ds.ReferencedSOPInstanceUID = result.SOPInstanceUID
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    json_type = "application/dicom+json"
+    answers = {
+        "refused with 409": (409, response(FailedSOPSequence=[item(FailureReason=0xA700)]), json_type),
+        "refused with 200": (200, response(FailedSOPSequence=[item(FailureReason=0xC000)]), json_type),
+        "an HTML page": (200, b"<html>ok</html>", "text/html"),
+        "another instance": (200, response(ReferencedSOPSequence=[item(ReferencedSOPInstanceUID="1.2.3")]), json_type),
+        "stored": (200, response(ReferencedSOPSequence=[item()]), json_type),
+        "stored with a warning": (202, response(ReferencedSOPSequence=[item(WarningReason=0xB000)]), json_type),
+    }
+    said = {}
+    for case, answer in answers.items():
+        with pacs_answering(*answer) as url:
+            said[case] = store_refusal(url, [result], policy)
+    assert said["refused with 409"] == "the PACS refused the result (failure reason 0xA700)"
+    assert said["refused with 200"] == "the PACS refused the result (failure reason 0xC000)"
+    for case in ("an HTML page", "another instance"):
+        assert said[case] is not None and "does not name the result as stored" in said[case], case
+    assert said["stored"] is None and said["stored with a warning"] is None
