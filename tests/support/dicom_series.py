@@ -247,3 +247,24 @@ def input_outcome(run) -> str:
     except RadfusionInputError as exc:
         return f"{exc.kind}: {exc.message}"
     return "read"
+
+
+def fresh_copy(study, folder: Path):
+    """A copy of a discovered study (radfusion.dicom.StudyFiles) under new Study, Series
+    and SOP Instance UIDs, written to ``folder``, discovered again: a test that sends it to
+    the session's shared PACS finds there only what it sent itself."""
+    import pydicom
+
+    from radfusion.dicom import find_studies
+
+    study_uid = generate_uid()
+    series_uids: dict[str, str] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, header in enumerate(study.instances):
+        ds = pydicom.dcmread(header.path)
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uids.setdefault(str(ds.SeriesInstanceUID), generate_uid())
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
+    (copy,) = find_studies(folder).studies.values()
+    return copy

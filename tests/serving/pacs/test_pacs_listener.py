@@ -18,6 +18,7 @@ import pytest
 
 from radfusion.dicom import find_studies
 from radfusion.serving.pacs.storage import study_key
+from tests.support.dicom_series import fresh_copy
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,14 +39,16 @@ def pacs_status(work: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uncompressed_study(tiny_cohort: Path):
-    """A study stored uncompressed: storescu proposes only uncompressed transfer syntaxes."""
+def uncompressed_study(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A study stored uncompressed (storescu proposes only uncompressed transfer syntaxes),
+    copied under new UIDs: other tests send results of the cohort's studies to the same
+    Orthanc."""
     for study in sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id):
         syntaxes = {
             pydicom.dcmread(h.path, stop_before_pixels=True).file_meta.TransferSyntaxUID for h in study.instances
         }
         if syntaxes <= {pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian}:
-            return study
+            return fresh_copy(study, tmp_path_factory.mktemp("uncompressed_study"))
     raise AssertionError("the tiny cohort has no uncompressed study")
 
 

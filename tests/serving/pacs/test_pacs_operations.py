@@ -35,6 +35,7 @@ from radfusion.serving.pacs.send import CStoreSender, DicomPeer
 from radfusion.serving.pacs.state import OnResend, Status, StudyRecord, StudyState
 from radfusion.serving.pacs.storage import WorkDir, study_key
 from radfusion.serving.patients import PatientTables
+from tests.support.dicom_series import fresh_copy
 from tests.support.peers import CapturingPacs, free_loopback_port
 from tests.support.task_models import export_task_model
 from tests.support.validators import dciodvfy_errors
@@ -52,9 +53,10 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def studies(tiny_cohort: Path) -> list:
+def studies(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> list:
     """Studies stored uncompressed (storescu proposes only uncompressed syntaxes), of
-    patients in the genomics table."""
+    patients in the genomics table; copies under new UIDs, as the results these tests send
+    to the session's Orthanc must not be found by other tests."""
     table = load_genomics_table(tiny_cohort / "genomics.parquet")
     plain = {pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian}
     found = []
@@ -63,7 +65,7 @@ def studies(tiny_cohort: Path) -> list:
             pydicom.dcmread(h.path, stop_before_pixels=True).file_meta.TransferSyntaxUID for h in study.instances
         }
         if syntaxes <= plain and row_as_mapping(table, study.patient_id) is not None:
-            found.append(study)
+            found.append(fresh_copy(study, tmp_path_factory.mktemp("operations_study")))
     assert len(found) >= 2, "the tiny cohort has fewer than 2 uncompressed studies with genomics"
     return found
 

@@ -20,6 +20,7 @@ import pytest
 from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
+from tests.support.dicom_series import fresh_copy
 from tests.support.peers import pacs_status, wait_until
 from tests.support.prediction_sr import read_report
 
@@ -71,8 +72,10 @@ def round_trip(orthanc, start_listener, tiny_cohort: Path, tiny_onnx_model: Path
     predictor = Predictor.load(tiny_onnx_model, device="cpu")
     table = load_genomics_table(tiny_cohort / "genomics.parquet")
     studies = sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id)
-    with_genes = next(s for s in studies if s.patient_id in table.index)
-    without_genes = next(s for s in studies if s.patient_id not in table.index)
+    # Copies under new UIDs: other tests send results of the cohort's studies to the same Orthanc.
+    copies = tmp_path_factory.mktemp("round_trip_studies")
+    with_genes = fresh_copy(next(s for s in studies if s.patient_id in table.index), copies / "with")
+    without_genes = fresh_copy(next(s for s in studies if s.patient_id not in table.index), copies / "without")
     cases = []
     for study in (with_genes, without_genes):
         paths = [h.path for h in study.instances]

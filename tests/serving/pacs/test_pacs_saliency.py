@@ -14,6 +14,7 @@ import pytest
 
 from radfusion.dicom import find_studies
 from radfusion.predictor import Predictor
+from tests.support.dicom_series import fresh_copy
 from tests.support.peers import pacs_status, wait_until
 from tests.support.validators import assert_dciodvfy_valid
 
@@ -29,7 +30,11 @@ def test_listener_sends_sr_and_saliency_map(
 ) -> None:
     from dicomweb_client import DICOMwebClient
 
-    study = sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id)[-1]
+    # A copy under new UIDs: other tests send results of the cohort's studies to the same Orthanc.
+    study = fresh_copy(
+        sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id)[-1],
+        tmp_path / "study",
+    )
     paths = [h.path for h in study.instances]
     scored = Predictor.load(tiny_onnx_model, device="cpu").prepare(paths, None).study
     orthanc.upload(paths)
@@ -90,7 +95,11 @@ def test_a_map_that_cannot_be_written_costs_the_sr_nothing(
 
     from radfusion.serving.pacs.storage import WorkDir, saliency_path
 
-    study = sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id)[-2]
+    # A copy under new UIDs: other tests send results of the cohort's studies to the same Orthanc.
+    study = fresh_copy(
+        sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id)[-2],
+        tmp_path / "study",
+    )
     orthanc.upload([h.path for h in study.instances])
     work = WorkDir(tmp_path / "work")
     saliency_path(work.result_path(study.study_uid, 1)).mkdir()
