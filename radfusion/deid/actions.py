@@ -38,7 +38,7 @@ from radfusion.deid.dates import DateShift
 from radfusion.deid.errors import DeidRefusedError
 from radfusion.deid.keys import DeidKey
 from radfusion.deid.options import Dates, DeidOptions
-from radfusion.deid.profile import Action, Option, action_for, resolve, row_for
+from radfusion.deid.profile import Action, Option, action_for, resolve, row_for, table_code
 from radfusion.deid.uids import remap_uid
 
 DUMMY_TEXT = "DEIDENTIFIED"
@@ -204,6 +204,12 @@ def _unlisted_action(elem: DataElement, mode: Mode, options: DeidOptions) -> Act
 def _apply(ds: Dataset, elem: DataElement, action: Action, ctx: PatientContext, mode: Mode) -> None:
     if action is Action.REMOVE:
         del ds[elem.tag]
+    elif action is Action.EMPTY and elem.VR == "SQ" and elem.value and "/" in (table_code(elem.tag) or ""):
+        # X/Z, Z/D, X/Z/D on a sequence with items: emptied, a Type 3 sequence that must
+        # hold 1-n items when present (Referenced Study Sequence) would break the IOD, and
+        # removed, a Type 2 one (Acquisition Context Sequence in Enhanced CT) would. Its
+        # items are kept, de-identified as a dummied sequence's are.
+        _apply_to_sequence(elem, Action.DUMMY, ctx, mode)
     elif action is Action.EMPTY:
         elem.value = Sequence() if elem.VR == "SQ" else elem.empty_value
     elif elem.VR == "SQ":

@@ -12,7 +12,10 @@ needs a value (D, or U* for references whose UIDs are remapped). The IOD type ta
 not shipped here, so radfusion takes the choice every IOD accepts, which never carries
 more of the original than the others: X/Z -> Z (empty), X/D, Z/D, X/Z/D -> D (a dummy),
 X/Z/U* -> U (the references stay, their UIDs remapped). An attribute is never removed
-where some IOD needs it: what was there stays there, emptied, dummied or remapped.
+where some IOD needs it: what was there stays there, emptied, dummied or remapped. A
+sequence that holds items is the exception to "empty": a Type 3 sequence must hold 1-n
+items when present, so its items stay, de-identified as a dummied sequence's
+(radfusion.deid.actions).
 """
 
 from __future__ import annotations

@@ -255,3 +255,24 @@ def test_deid_adds_no_dciodvfy_error_to_enhanced_objects(enhanced_objects, tmp_p
     # The two objects radfusion's tools build are valid to begin with: every error would be deid's.
     for original, out in pairs[:2]:
         assert dciodvfy_errors(original) == [] and dciodvfy_errors(out) == [], original.name
+
+
+def test_an_optional_sequence_with_items_keeps_them(tiny_cohort, tmp_path):
+    """Referenced Study Sequence (X/Z, Type 3, 1-n items when present) is neither emptied
+    nor left identifying: its item stays, its UID remapped (pydicom-data's
+    JPGLosslessP14SV1_1s_1f_8b.dcm gained two dciodvfy errors when it was emptied)."""
+    from radfusion.dicom import find_studies
+
+    study = sorted(find_studies(tiny_cohort / "dicom").studies.values(), key=lambda s: s.patient_id)[0]
+    ds = pydicom.dcmread(study.instances[0].path)
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.4242"
+    ds.ReferencedStudySequence = [item]
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "ct.dcm", enforce_file_format=True)
+    assert_dciodvfy_valid(tmp_path / "in" / "ct.dcm")
+    ((_, out),) = _deidentify_each([tmp_path / "in" / "ct.dcm"], tmp_path / "work", OPTION_SETS["modified dates"])
+    assert_dciodvfy_valid(out)
+    (kept,) = pydicom.dcmread(out).ReferencedStudySequence
+    assert kept.ReferencedSOPInstanceUID.startswith("2.25.") and "4242" not in kept.ReferencedSOPInstanceUID

@@ -130,7 +130,10 @@ def test_clean_descriptors_keeps_the_text_without_what_identifies():
 
 def test_structured_content_dummied_by_default_and_cleaned_with_the_option():
     base, cleaned = _deid(BASE), _deid(DeidOptions(clean_structured_content=True))
-    assert base.AcquisitionContextSequence == Sequence()  # X/Z: emptied
+    # X/Z on a sequence with items: kept (a Type 3 sequence holds 1-n), its text dummied.
+    (dummied,) = base.AcquisitionContextSequence
+    assert (dummied.ValueType, dummied.RelationshipType, dummied.TextValue) == ("TEXT", "CONTAINS", "DEIDENTIFIED")
+    assert dummied.ConceptNameCodeSequence[0].CodeValue == "121071"
     item = cleaned.AcquisitionContextSequence[0]
     assert (item.ValueType, item.RelationshipType) == ("TEXT", "CONTAINS")
     assert item.ConceptNameCodeSequence[0].CodeValue == "121071"
