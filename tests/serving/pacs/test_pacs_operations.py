@@ -28,15 +28,15 @@ from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from radfusion.runtime import OnnxModel
-from radfusion.serving.pacs.completeness import hints_of
 from radfusion.serving.pacs.pipeline import Pipeline, RetryPolicy
 from radfusion.serving.pacs.predict import StudyPredictor
 from radfusion.serving.pacs.send import CStoreSender, DicomPeer
-from radfusion.serving.pacs.state import OnResend, Status, StudyRecord, StudyState
+from radfusion.serving.pacs.state import Status, StudyRecord, StudyState
 from radfusion.serving.pacs.storage import WorkDir, study_key
 from radfusion.serving.patients import PatientTables
 from tests.support.dicom_series import fresh_copy
 from tests.support.peers import CapturingPacs, free_loopback_port
+from tests.support.received import deliver
 from tests.support.task_models import export_task_model
 from tests.support.validators import dciodvfy_errors
 
@@ -385,21 +385,7 @@ def test_in_sent_mode_a_failure_report_keeps_its_study_until_delivered_or_out_of
     delivered, abandoned = studies[0], studies[1]
 
     def fail(study, tag: str) -> None:
-        for path in truncated_copy(study, tmp_path / tag):
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            target = work.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            state.record_instance(
-                ds.StudyInstanceUID,
-                ds.SeriesInstanceUID,
-                ds.SOPInstanceUID,
-                ds.SOPClassUID,
-                str(target),
-                OnResend.IGNORE,
-                now=clock.now,
-                hints=hints_of(ds),
-            )
+        deliver(state, work, truncated_copy(study, tmp_path / tag), now=clock.now)
         clock.now += 1.0
         report = pipeline.tick()  # fails as bad input; the report cannot be delivered: the PACS is down
         assert (report.failed, report.notices, report.sent, report.purged) == (1, 1, 0, 0)

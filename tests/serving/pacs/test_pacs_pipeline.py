@@ -5,7 +5,6 @@ covariates looked up by PatientID, and the geometry-correction note in the SR.""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +15,6 @@ from pydicom.uid import generate_uid
 from radfusion.dicom import find_studies
 from radfusion.predictor import Predictor
 from radfusion.runtime import OnnxModel
-from radfusion.serving.pacs.completeness import hints_of
 from radfusion.serving.pacs.pipeline import Pipeline, RetryPolicy
 from radfusion.serving.pacs.predict import StudyPredictor
 from radfusion.serving.pacs.send import CStoreSender, DicomPeer
@@ -25,6 +23,7 @@ from radfusion.serving.pacs.storage import WorkDir
 from radfusion.serving.patients import PatientTables
 from tests.support.peers import CapturingPacs, free_loopback_port
 from tests.support.prediction_sr import read_report
+from tests.support.received import deliver
 
 QUIET = 1.0
 TOL = 1e-5
@@ -66,27 +65,6 @@ def setup(tmp_path: Path, predictor: StudyPredictor):
     yield make
     for state in opened:
         state.close()
-
-
-def deliver(
-    state: StudyState, work: WorkDir, paths: list[Path], now: float, policy: OnResend = OnResend.IGNORE
-) -> None:
-    """What the SCP does for each instance, without the network."""
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        target = work.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        state.record_instance(
-            ds.StudyInstanceUID,
-            ds.SeriesInstanceUID,
-            ds.SOPInstanceUID,
-            ds.SOPClassUID,
-            str(target),
-            policy,
-            now=now,
-            hints=hints_of(ds),
-        )
 
 
 def test_scored_after_the_quiet_period_and_sent(setup, studies, tiny_onnx_model: Path) -> None:
