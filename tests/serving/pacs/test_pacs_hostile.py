@@ -15,13 +15,10 @@ names, every UID and every path below the listeners' storage roots."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,8 +43,7 @@ from radfusion.serving.pacs.state import Arrival, OnResend, Status, StudyState
 from radfusion.serving.pacs.storage import WorkDir, study_key
 from radfusion.serving.patients import PatientTables
 from tests.support.dicom_series import ct_slice
-from tests.support.paths import PROJECT_ROOT as ROOT
-from tests.support.peers import CapturingPacs, dicom_echo, free_loopback_port
+from tests.support.peers import CapturingPacs, dicom_echo, free_loopback_port, pacs_status
 from tests.support.prediction_sr import read_report
 from tests.support.validators import assert_dciodvfy_valid
 
@@ -474,18 +470,6 @@ def associate_raw(port: int, calling: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(pdu)
         return s.recv(64)
-
-
-def pacs_status(work: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "radfusion.serving.pacs.cli", "pacs-status", "--work", str(work), "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str, log: Callable[[], str]) -> object:

@@ -5,11 +5,9 @@ storing its SR in Orthanc by STOW-RS."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 from radfusion.dicom import find_studies
 from radfusion.serving.pacs.storage import study_key
 from tests.support.dicom_series import fresh_copy
+from tests.support.peers import pacs_status
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,12 +29,6 @@ ALLOWED = "STORESCU"
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
-
-
-def pacs_status(work: Path) -> dict:
-    result = run([sys.executable, "-m", "radfusion.serving.pacs.cli", "pacs-status", "--work", str(work), "--json"])
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
