@@ -23,6 +23,7 @@ from radfusion.predictor import Predictor
 from radfusion.serving.http.launch import running_server
 from radfusion.serving.http.store_response import CANNOT_UNDERSTAND, PROCESSING_FAILURE, STUDY_MISMATCH
 from tests.support.peers import wait_until
+from tests.support.prediction_sr import read_report
 from tests.support.validators import assert_dciodvfy_valid
 
 pytestmark = pytest.mark.slow
@@ -94,25 +95,6 @@ def referenced(response: pydicom.Dataset, keyword: str) -> dict[str, int | None]
     return {item.ReferencedSOPInstanceUID: item.get("FailureReason") for item in response.get(keyword, [])}
 
 
-def numbers_in(ds: pydicom.Dataset) -> list[float]:
-    """Every numeric value of an SR content tree."""
-    found = []
-    for item in ds.get("ContentSequence", []):
-        for measured in item.get("MeasuredValueSequence", []):
-            found.append(float(measured.NumericValue))
-        found += numbers_in(item)
-    return found
-
-
-def texts_in(ds: pydicom.Dataset) -> list[str]:
-    found = []
-    for item in ds.get("ContentSequence", []):
-        if "TextValue" in item:
-            found.append(str(item.TextValue))
-        found += texts_in(item)
-    return found
-
-
 def expected_probabilities(cohort, datasets: list[pydicom.Dataset], tmp_path: Path) -> dict[str, float]:
     _, table, predictor = cohort
     paths = []
@@ -153,9 +135,11 @@ def test_dicomweb_client_stores_a_study_and_retrieves_its_prediction_sr(server, 
     }
     assert evidence and evidence <= {ds.SOPInstanceUID for ds in datasets}
     # The study's prediction: the probabilities the same model gives the same study.
-    numbers = numbers_in(sr)
-    for label, p in expected_probabilities(cohort, datasets, tmp_path).items():
-        assert any(abs(n - p) < TOL for n in numbers), (label, p, numbers)
+    found = read_report(sr).probabilities
+    expected = expected_probabilities(cohort, datasets, tmp_path)
+    assert found.keys() == expected.keys()
+    for label, p in expected.items():
+        assert abs(found[label] - p) < TOL, (label, p, found)
     same = client.retrieve_instance(study_uid, sr.SeriesInstanceUID, sr.SOPInstanceUID)
     assert same.SOPInstanceUID == sr.SOPInstanceUID
     assert_dciodvfy_valid(sr, tmp_path)
@@ -204,11 +188,12 @@ def test_a_study_that_cannot_be_scored_fails_its_own_instances_only(server, coho
 
     # The failed study's result is the report why, and nothing else: no prediction in it.
     (report,) = client_of(url).retrieve_study(bad[0].StudyInstanceUID)
-    assert numbers_in(report) == []
-    assert "geometry_rejected" in texts_in(report)
+    failure = read_report(report)
+    assert failure.no_result and failure.probabilities == {} and failure.risk_score is None
+    assert failure.texts["Error kind"] == "geometry_rejected"
     assert_dciodvfy_valid(report, tmp_path)
     (prediction,) = [ds for ds in client_of(url).retrieve_study(good[0].StudyInstanceUID) if ds.Modality == "SR"]
-    assert numbers_in(prediction)
+    assert read_report(prediction).probabilities
 
     text = log_file.read_text(errors="replace")
     assert "stow: study 2 of 2 not scored: geometry_rejected" in text
@@ -299,7 +284,7 @@ def test_orthanc_forwards_a_study_to_radfusion_and_gets_the_sr_back(server, coho
     assert len(instances) == len(datasets) + 2  # the SR and the saliency map
     (sr_id,) = [instance for instance, value in modality.items() if value == "SR"]
     sr = pydicom.dcmread(io.BytesIO(orthanc.http.get(f"/instances/{sr_id}/file").content))
-    assert sr.StudyInstanceUID == study_uid and numbers_in(sr)
+    assert sr.StudyInstanceUID == study_uid and read_report(sr).probabilities
     assert_dciodvfy_valid(sr, tmp_path)
 
 
@@ -363,6 +348,5 @@ def test_an_instance_cut_short_fails_alone_and_never_feeds_a_score(server, cohor
             assert set(referenced(response, "ReferencedSOPSequence")) == {
                 ds.SOPInstanceUID for ds in datasets if ds is not victim
             }
-            assert numbers_in(
-                next(r for r in client_of(url).retrieve_study(datasets[0].StudyInstanceUID) if r.Modality == "SR")
-            )
+            results = client_of(url).retrieve_study(datasets[0].StudyInstanceUID)
+            assert read_report(next(r for r in results if r.Modality == "SR")).probabilities
