@@ -58,5 +58,10 @@ def cohort_hash(*paths: Path) -> str:
     digest = hashlib.sha256()
     for path in paths:
         path = Path(path)
-        digest.update(tree_fingerprint(path).encode() if path.is_dir() else path.read_bytes())
+        if path.is_dir():
+            digest.update(tree_fingerprint(path).encode())
+        elif path.exists():
+            digest.update(path.read_bytes())
+        else:  # a part the cohort does not have (no dicom/ folder, no genomics table)
+            digest.update(f"absent:{path.name}".encode())
     return digest.hexdigest()[:16]

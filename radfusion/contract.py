@@ -24,6 +24,10 @@ OUTPUT_NAMES: tuple[str, ...] = ("logits",)
 # an image-only baseline vs a genomics-only one).
 GENOMICS = "genomics"
 CLINICAL = "clinical"
+# The level unseen, missing and too-rare categorical values are mapped to.
+OTHER_LEVEL = "other"
+# Share of a block's features that may be imputed before the block counts as absent.
+DEFAULT_MAX_IMPUTED = 0.5
 
 
 @dataclass
@@ -74,9 +78,33 @@ class OmicsBlock(GenePanel):
     tables name them: ``EGFR`` (expression), ``EGFR_mut``, ``EGFR_cn``."""
 
     name: str = "expression"
-    # Panel features a request lacks take the training mean (z = 0) instead of being
-    # an error; the block must still be present (at least one of its features given).
-    impute_missing: bool = False
+    # The missing-data policy (radfusion.preprocess): a feature a row or request lacks
+    # takes its training median (``fill``, raw scale; empty: the training mean), as long
+    # as at most ``max_imputed`` of the block's features are missing; beyond that the
+    # block counts as absent (its presence bit is 0) rather than invented.
+    fill: list[float] = field(default_factory=list)
+    max_imputed: float = DEFAULT_MAX_IMPUTED
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fill and len(self.fill) != len(self.features):
+            raise ValueError(f"omics block {self.name}: fill and features differ in length")
+        if not 0.0 <= self.max_imputed <= 1.0:
+            raise ValueError(f"omics block {self.name}: max_imputed must lie in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, block: dict) -> OmicsBlock:
+        """A block as a contract or checkpoint stores it; earlier versions said
+        ``impute_missing`` (true: any share of the block may be imputed; false: none)."""
+        block = dict(block)
+        if "impute_missing" in block:
+            block.setdefault("max_imputed", 1.0 if block.pop("impute_missing") else 0.0)
+        return cls(**block)
+
+    @property
+    def fill_values(self) -> list[float]:
+        """The value each missing feature takes (raw scale)."""
+        return list(self.fill) if self.fill else list(self.mean)
 
 
 @dataclass
@@ -88,6 +116,18 @@ class ClinicalSpec:
     numeric: dict[str, list[float]] = field(default_factory=dict)  # name -> [mean, std]
     categorical: dict[str, list[str]] = field(default_factory=dict)  # name -> levels
     treatment: str | None = None  # which categorical covariate is the treatment
+    # The missing-data policy (radfusion.preprocess), fitted on the training split:
+    # a missing numeric covariate takes its training median (``fill``; a covariate
+    # without one is required), and those in ``indicators`` (missing in training, so
+    # the pattern may carry signal) get a 0/1 "<name>=missing" column. A categorical
+    # value that is missing, unseen or merged (``merged``: levels seen fewer times than
+    # the data module's min_level_count) becomes OTHER_LEVEL where the levels hold it.
+    # The treatment is never imputed. Beyond ``max_imputed`` of the covariates missing,
+    # the clinical block counts as absent.
+    fill: dict[str, float] = field(default_factory=dict)
+    indicators: list[str] = field(default_factory=list)
+    merged: dict[str, list[str]] = field(default_factory=dict)
+    max_imputed: float = DEFAULT_MAX_IMPUTED
     # Treatment ranking recommends leaving the reference (first level, standard of
     # care) only when another raises the log-odds of response by more than this
     # (export writes radfusion.treatment.DEFAULT_SWITCH_MARGIN, the margin the
@@ -99,13 +139,16 @@ class ClinicalSpec:
         # order, which the contract's JSON (sort_keys) does not keep.
         self.numeric = dict(sorted(self.numeric.items()))
         self.categorical = dict(sorted(self.categorical.items()))
+        self.indicators = sorted(self.indicators)
+        if set(self.fill) - set(self.numeric) or set(self.indicators) - set(self.numeric):
+            raise ValueError("clinical fill values and missingness indicators must name numeric covariates")
         if self.treatment is not None and self.treatment not in self.categorical:
             raise ValueError(f"treatment covariate {self.treatment!r} is not a categorical covariate")
 
     @property
     def features(self) -> list[str]:
         """Encoded column names, in input order."""
-        names = list(self.numeric)
+        names = [*self.numeric, *(f"{name}=missing" for name in self.indicators)]
         for name, levels in self.categorical.items():
             names += [f"{name}={level}" for level in levels]
         return names
@@ -147,6 +190,10 @@ class ModelContract:
     # for other tasks.
     time_bins: list[float] = field(default_factory=list)
     cohort_hash: str = ""
+    # The input features that move the model's output most (attributions on the
+    # validation split, written at export), most important first: each {"feature",
+    # "block", "importance"}; a lab checks its panel covers them (GET /contract).
+    feature_importance: list[dict] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     input_names: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
@@ -165,7 +212,7 @@ class ModelContract:
         if data.get("schema_version") != CONTRACT_SCHEMA_VERSION:
             raise ValueError(f"unsupported contract schema {data.get('schema_version')!r}")
         clinical = data.pop("clinical", None)
-        omics = [OmicsBlock(**block) for block in data.pop("omics")]
+        omics = [OmicsBlock.from_dict(block) for block in data.pop("omics")]
         image = data.pop("image")
         image = ImageGeometry(
             **{

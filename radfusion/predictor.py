@@ -120,11 +120,12 @@ def task_outputs(contract: ModelContract, outputs: np.ndarray) -> dict:
 
 
 def format_prediction(contract: ModelContract, case: PreparedCase, prediction: Prediction) -> dict:
-    """The HTTP JSON answer: the task fields, the modalities used, the model, and the
-    scored study/series when there was an image."""
+    """The HTTP JSON answer: the task fields, the modalities used, what the missing-data
+    policy imputed, the model, and the scored study/series when there was an image."""
     result = {
         **prediction.answer(),
         "modalities_used": case.inputs.modalities_used,
+        "imputation": case.inputs.imputation(),
         "model": {"name": contract.name, "version": contract.version},
     }
     if case.study is not None:

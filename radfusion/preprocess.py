@@ -6,6 +6,14 @@ panel -> z-score with the training statistics. Clinical: numeric covariates z-sc
 categorical ones one-hot. All return float32 arrays shaped as the ONNX inputs expect
 (without the batch axis).
 
+The missing-data policy is here too, fitted on the training split and kept in the
+contract, so training, export, the service, the scorer and the listener apply it alike:
+a missing value takes its training median (numeric covariates missing in training
+also get an indicator column), a categorical value missing, unseen or too rare to learn
+becomes "other", and a block with more missing than its cap counts as absent (its
+presence bit is 0) instead of being invented. What was imputed is reported per case
+(ModelInputs.imputation).
+
 Numbers are checked where they become float32: a value finite in float64 can be inf
 once z-scored and cast (a genomic value of 1e39), so every cast is followed by a
 finiteness check that names the features (InvalidValueError), and build_inputs checks
@@ -15,13 +23,23 @@ would produce is over the study's budget."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from radfusion.contract import CLINICAL, ClinicalSpec, GenePanel, ImageGeometry, ModelContract, OmicsBlock
+from radfusion.contract import (
+    CLINICAL,
+    DEFAULT_MAX_IMPUTED,
+    OTHER_LEVEL,
+    ClinicalSpec,
+    GenePanel,
+    ImageGeometry,
+    ModelContract,
+    OmicsBlock,
+)
 from radfusion.dicom.volume import Volume
 from radfusion.errors import (
     ClinicalInputError,
@@ -34,6 +52,9 @@ from radfusion.errors import (
 from radfusion.limits import StudyBudget, StudyClock
 
 _MAX_NAMES_IN_ERROR = 20
+# Categorical levels seen fewer times than this in training are merged into "other":
+# a handful of cases cannot teach a level its own weight.
+DEFAULT_MIN_LEVEL_COUNT = 5
 
 
 def preprocess_image(volume: Volume, geometry: ImageGeometry, clock: StudyClock | None = None) -> np.ndarray:
@@ -112,20 +133,23 @@ def _crop_or_pad(array: np.ndarray, shape: tuple[int, int, int], fill: float) ->
     return out
 
 
-def preprocess_genomics(values: Mapping[str, float], panel: GenePanel, impute: bool = False) -> np.ndarray:
-    """Align feature -> value to the panel and z-score with the training statistics.
-
-    Features the panel needs but the input lacks, and non-finite values, are errors that
-    name the features (unless ``impute``: absent ones then take the training mean);
-    extra features are ignored."""
+def preprocess_genomics(values: Mapping[str, float], panel: GenePanel) -> np.ndarray:
+    """Align feature -> value to a complete panel and z-score with the training
+    statistics. Features the panel needs but the input lacks, and values that are not
+    finite numbers, are errors that name the features; extra features are ignored.
+    (Blocks with a missing-data policy go through preprocess_omics.)"""
     missing = [g for g in panel.features if g not in values]
-    if missing and not impute:
+    if missing:
         raise GenePanelError(f"{len(missing)} of {len(panel.features)} panel genes missing: {_names(missing)}")
-    mean = np.asarray(panel.mean, dtype=np.float64)
-    raw = np.array([_as_float(values[g]) if g in values else m for g, m in zip(panel.features, mean, strict=True)])
+    return _zscore({g: values[g] for g in panel.features}, panel)
+
+
+def _zscore(values: Mapping[str, object], panel: GenePanel) -> np.ndarray:
+    raw = np.array([_as_float(values[g]) for g in panel.features])
     bad = [g for g, v in zip(panel.features, raw, strict=True) if not np.isfinite(v)]
     if bad:
         raise InvalidValueError(f"{len(bad)} genes have values that are not finite numbers: {_names(bad)}")
+    mean = np.asarray(panel.mean, dtype=np.float64)
     std = np.asarray(panel.std, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         z = ((raw - mean) / std).astype(np.float32)
@@ -133,94 +157,222 @@ def preprocess_genomics(values: Mapping[str, float], panel: GenePanel, impute: b
     return z
 
 
+@dataclass(frozen=True)
+class BlockFill:
+    """What one given input block lacked: ``imputed`` of its ``of`` features (or
+    covariates) took training values; ``absent``: more were missing than the block's
+    cap allows, so it was fed as absent; ``unseen_levels``: categorical covariates
+    whose value the model never learned (fed as the "other" level)."""
+
+    imputed: int
+    of: int
+    absent: bool = False
+    unseen_levels: tuple[str, ...] = ()
+
+    def answer(self) -> dict:
+        out: dict = {"imputed": self.imputed, "of": self.of, "treated_as_absent": self.absent}
+        if self.unseen_levels:
+            out["unseen_levels"] = list(self.unseen_levels)
+        return out
+
+
+def _over_cap(n_missing: int, n_total: int, cap: float) -> bool:
+    return n_missing / n_total > cap + 1e-12
+
+
 @dataclass
 class OmicsInput:
-    """All omics blocks concatenated in contract order (absent blocks are zeros) and
-    the names of the blocks that were present."""
+    """All omics blocks concatenated in contract order (absent blocks are zeros), the
+    names of the blocks that were present, and what each given block lacked."""
 
     values: np.ndarray
     present: list[str]
+    filled: dict[str, BlockFill] = field(default_factory=dict)
 
 
 def preprocess_omics(values: Mapping[str, float], blocks: list[OmicsBlock]) -> OmicsInput:
-    """A block is present when any of its features is given with a value (a table row
-    with only NaN for a block, as a join leaves it, means the block is absent); a
-    present block must be complete unless it allows imputation."""
-    parts, present, problems, invalid = [], [], [], []
+    """The missing-data policy for omics. A block is given when any of its features
+    has a value (a table row with only NaN for a block, as a join leaves it, means the
+    block is absent). In a given block, missing features (absent or NaN) take the
+    training median, up to the block's ``max_imputed`` share; beyond it the block
+    counts as absent. Values that are there must be finite numbers."""
+    parts, present, filled, invalid = [], [], {}, []
     for block in blocks:
         given = [f for f in block.features if f in values and not _is_missing(values[f])]
         if not given:
             parts.append(np.zeros(len(block.features), dtype=np.float32))
             continue
-        supplied = {f: values[f] for f in given}
+        n_missing = len(block.features) - len(given)
+        if _over_cap(n_missing, len(block.features), block.max_imputed):
+            filled[block.name] = BlockFill(n_missing, len(block.features), absent=True)
+            parts.append(np.zeros(len(block.features), dtype=np.float32))
+            continue
+        supplied = dict(zip(block.features, block.fill_values, strict=True))
+        supplied.update({f: values[f] for f in given})
         try:
-            parts.append(preprocess_genomics(supplied, block, impute=block.impute_missing))
-        except GenePanelError as exc:
-            problems.append(f"{block.name} block: {exc}")  # every block's problem in one answer
+            parts.append(_zscore(supplied, block))
         except InvalidValueError as exc:
-            invalid.append(f"{block.name} block: {exc}")
+            invalid.append(f"{block.name} block: {exc}")  # every block's problem in one answer
+            continue
+        filled[block.name] = BlockFill(n_missing, len(block.features))
         present.append(block.name)
-    if problems:
-        raise GenePanelError("; ".join(problems))
     if invalid:
         raise InvalidValueError("; ".join(invalid))
-    if not present:
+    if not present and not filled:
         wanted = [f for block in blocks for f in block.features]
         raise GenePanelError(f"none of the model's {len(wanted)} omics features given (e.g. {_names(wanted)})")
-    return OmicsInput(np.concatenate(parts).astype(np.float32), present)
+    return OmicsInput(np.concatenate(parts).astype(np.float32), present, filled)
 
 
 def fit_gene_panel(rows: Mapping[str, np.ndarray] | object, features: list[str]) -> GenePanel:
     """Normalisation statistics from training rows (a DataFrame with ``features`` columns).
     Constant features get std 1 so they pass through centred instead of exploding."""
     matrix = np.asarray(rows[features], dtype=np.float64)  # type: ignore[index]
-    mean = np.nanmean(matrix, axis=0)
-    std = np.nanstd(matrix, axis=0)
-    std = np.where(std > 1e-8, std, 1.0)
+    mean, std = _nan_statistics(matrix)
     return GenePanel(features=list(features), mean=mean.tolist(), std=std.tolist())
 
 
-def fit_omics_block(rows: object, name: str, features: list[str], impute_missing: bool = False) -> OmicsBlock:
-    """A block's panel from the training rows that have the block (not all NaN)."""
+def _nan_statistics(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std over the finite values (0 and 1 for a column with none:
+    it is then always imputed, at z = 0); constant columns get std 1."""
+    finite = np.where(np.isfinite(matrix), matrix, np.nan)
+    observed = ~np.isnan(finite).all(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled below
+        mean, std = np.nanmean(finite, axis=0), np.nanstd(finite, axis=0)
+    return np.where(observed, mean, 0.0), np.where(observed & (std > 1e-8), std, 1.0)
+
+
+def fit_omics_block(
+    rows: object, name: str, features: list[str], max_imputed: float = DEFAULT_MAX_IMPUTED
+) -> OmicsBlock:
+    """A block's panel and fill values (training medians) from the training rows that
+    have the block (not all NaN)."""
     present = rows[features].notna().any(axis=1)  # type: ignore[index]
-    panel = fit_gene_panel(rows[present], features)  # type: ignore[index]
-    return OmicsBlock(features=panel.features, mean=panel.mean, std=panel.std, name=name, impute_missing=impute_missing)
+    matrix = np.asarray(rows[present][features], dtype=np.float64)  # type: ignore[index]
+    mean, std = _nan_statistics(matrix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column with no value: its mean
+        median = np.nanmedian(np.where(np.isfinite(matrix), matrix, np.nan), axis=0)
+    fill = np.where(np.isfinite(median), median, mean)
+    return OmicsBlock(
+        features=list(features),
+        mean=mean.tolist(),
+        std=std.tolist(),
+        name=name,
+        fill=fill.tolist(),
+        max_imputed=max_imputed,
+    )
 
 
-def preprocess_clinical(values: Mapping[str, object], spec: ClinicalSpec) -> np.ndarray:
-    """Numeric covariates z-scored, categorical ones one-hot over the training levels.
-    Every covariate is required; an unknown level is an error naming the known ones."""
+@dataclass
+class ClinicalInput:
+    """The encoded covariates (None: the clinical block counts as absent) and what the
+    case lacked."""
+
+    values: np.ndarray | None
+    filled: BlockFill
+
+
+def preprocess_clinical(values: Mapping[str, object], spec: ClinicalSpec) -> ClinicalInput:
+    """The missing-data policy for clinical covariates (ClinicalSpec documents it):
+    numeric ones z-scored (a missing one takes its training median, with its indicator
+    column set where the spec has one), categorical ones one-hot over the training
+    levels (missing, unseen and merged values as OTHER_LEVEL where the levels hold it).
+    A covariate the spec cannot impute (the treatment, or any of an older model) is an
+    error naming it."""
     missing = [c for c in spec.covariates if c not in values or _is_missing(values[c])]
-    if missing:
-        raise ClinicalInputError(f"clinical covariates missing: {', '.join(missing)}")
+    required = [c for c in missing if not _imputable(c, spec)]
+    if required:
+        raise ClinicalInputError(f"clinical covariates missing: {', '.join(required)}")
+    if spec.covariates and _over_cap(len(missing), len(spec.covariates), spec.max_imputed):
+        return ClinicalInput(None, BlockFill(len(missing), len(spec.covariates), absent=True))
     out = []
     for name, (mean, std) in spec.numeric.items():
-        value = _as_float(values[name])
+        value = spec.fill[name] if name in missing else _as_float(values[name])
         if not np.isfinite(value):
             raise ClinicalInputError(f"clinical covariate {name} is not a number")
         out.append((value - mean) / std)
+    out += [float(name in missing) for name in spec.indicators]
+    unseen = []
     for name, levels in spec.categorical.items():
-        level = str(values[name])
+        level = OTHER_LEVEL if name in missing else _level(values[name], name, spec)
         if level not in levels:
-            raise ClinicalInputError(f"clinical covariate {name}={level!r} is not one of {levels}")
+            if OTHER_LEVEL not in levels:
+                raise ClinicalInputError(f"clinical covariate {name}={level!r} is not one of {levels}")
+            unseen.append(name)
+            level = OTHER_LEVEL
         out += [float(level == known) for known in levels]
     with np.errstate(over="ignore", invalid="ignore"):
         covariates = np.asarray(out, dtype=np.float64).astype(np.float32)
     _check_finite(covariates, spec.features, "clinical covariates")
-    return covariates
+    return ClinicalInput(covariates, BlockFill(len(missing), len(spec.covariates), unseen_levels=tuple(unseen)))
+
+
+def _imputable(name: str, spec: ClinicalSpec) -> bool:
+    if name == spec.treatment:
+        return False
+    if name in spec.numeric:
+        return name in spec.fill
+    return OTHER_LEVEL in spec.categorical[name]
+
+
+def _level(value: object, name: str, spec: ClinicalSpec) -> str:
+    level = _level_text(value)
+    return OTHER_LEVEL if level in spec.merged.get(name, ()) else level
+
+
+def _level_text(value: object) -> str:
+    """A categorical value as text: 2 and 2.0 (a column with a gap is read as float)
+    are one level, "2"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def fit_clinical_spec(
-    rows: object, numeric: list[str], categorical: list[str], treatment: str | None = None
+    rows: object,
+    numeric: list[str],
+    categorical: list[str],
+    treatment: str | None = None,
+    min_level_count: int = DEFAULT_MIN_LEVEL_COUNT,
+    max_imputed: float = DEFAULT_MAX_IMPUTED,
 ) -> ClinicalSpec:
-    """Statistics and levels from the training rows (a DataFrame)."""
-    stats = {}
+    """Statistics, fill values, indicators and levels from the training rows (a
+    DataFrame). Levels seen fewer than ``min_level_count`` times are merged into
+    OTHER_LEVEL, which every covariate but the treatment has (for unseen and missing
+    values). A covariate with no value at all in the training rows is an error."""
+    stats, fill, indicators = {}, {}, []
+    for name in [*numeric, *categorical]:
+        if rows[name].notna().sum() == 0:  # type: ignore[index]
+            raise ClinicalInputError(f"clinical covariate {name} has no value in the training rows")
     for name in numeric:
         column = np.asarray(rows[name], dtype=np.float64)  # type: ignore[index]
-        std = float(np.nanstd(column))
-        stats[name] = [float(np.nanmean(column)), std if std > 1e-8 else 1.0]
-    levels = {name: sorted(str(v) for v in rows[name].dropna().unique()) for name in categorical}  # type: ignore[index]
-    return ClinicalSpec(numeric=stats, categorical=levels, treatment=treatment)
+        observed = column[np.isfinite(column)]
+        std = float(np.std(observed))
+        stats[name] = [float(np.mean(observed)), std if std > 1e-8 else 1.0]
+        fill[name] = float(np.median(observed))
+        if len(observed) < len(column):
+            indicators.append(name)
+    levels, merged = {}, {}
+    for name in categorical:
+        counts = rows[name].dropna().map(_level_text).value_counts()  # type: ignore[index]
+        if name == treatment:
+            levels[name] = sorted(counts.index)
+            continue
+        rare = sorted(level for level, n in counts.items() if n < min_level_count and level != OTHER_LEVEL)
+        if rare:
+            merged[name] = rare
+        levels[name] = sorted({*(level for level in counts.index if level not in rare), OTHER_LEVEL})
+    return ClinicalSpec(
+        numeric=stats,
+        categorical=levels,
+        treatment=treatment,
+        fill=fill,
+        indicators=indicators,
+        merged=merged,
+        max_imputed=max_imputed,
+    )
 
 
 @dataclass
@@ -232,6 +384,17 @@ class ModelInputs:
     clinical: np.ndarray
     presence: np.ndarray
     modalities_used: list[str]
+    # What each given table block lacked (radfusion.preprocess.BlockFill), by block.
+    filled: dict[str, BlockFill] = field(default_factory=dict)
+
+    def imputation(self) -> dict:
+        """The answer's account of the missing-data policy: per given block, features
+        imputed of its total and whether it fell back to absent; and the total."""
+        return {
+            "blocks": {name: fill.answer() for name, fill in self.filled.items()},
+            "imputed_features": sum(fill.imputed for fill in self.filled.values() if not fill.absent),
+            "absent_blocks": [name for name, fill in self.filled.items() if fill.absent],
+        }
 
     def as_feed(self) -> dict[str, np.ndarray]:
         return {"image": self.image, "genomics": self.genomics, "clinical": self.clinical, "presence": self.presence}
@@ -241,21 +404,30 @@ def build_inputs(
     contract: ModelContract,
     image: np.ndarray | None,
     omics: OmicsInput | None,
-    clinical: np.ndarray | None = None,
+    clinical: ClinicalInput | None = None,
 ) -> ModelInputs:
     """Fill absent modalities with zeros and set the presence mask. A modality the model
     was not trained with is fed as absent even when given."""
     given = set(omics.present if omics is not None else [])
     if image is not None:
         given.add("image")
-    if clinical is not None:
+    if clinical is not None and clinical.values is not None:
         given.add(CLINICAL)
     used = [m for m in contract.modalities if m in given and contract.trains(m)]
+    over_cap = {
+        **(omics.filled if omics is not None else {}),
+        **({CLINICAL: clinical.filled} if clinical is not None else {}),
+    }
+    why = "".join(
+        f"; {name} was given with {fill.imputed} of {fill.of} missing, more than the model imputes"
+        for name, fill in over_cap.items()
+        if fill.absent and contract.trains(name)
+    )
     if not used:
-        raise NoModalityError(f"none of the model's modalities {contract.trained_modalities} was provided")
+        raise NoModalityError(f"none of the model's modalities {contract.trained_modalities} was provided{why}")
     for m in contract.modalities:
         if contract.trains(m) and m not in used and not contract.may_miss(m):
-            raise NoModalityError(f"model requires {m}")
+            raise NoModalityError(f"model requires {m}{why}")
     image_shape = (1, *contract.image.target_shape)
     image_in = image if image is not None and "image" in used else np.zeros(image_shape, dtype=np.float32)
     if image_in.shape != image_shape:
@@ -269,10 +441,17 @@ def build_inputs(
                 genomics_in[offset : offset + width] = omics.values[offset : offset + width]
             offset += width
     clinical_in = (
-        clinical if clinical is not None and CLINICAL in used else np.zeros(contract.clinical_width, dtype=np.float32)
+        clinical.values
+        if clinical is not None and clinical.values is not None and CLINICAL in used
+        else np.zeros(contract.clinical_width, dtype=np.float32)
     )
     presence = np.array([m in used for m in contract.modalities], dtype=np.float32)
-    inputs = ModelInputs(image_in.astype(np.float32), genomics_in, clinical_in.astype(np.float32), presence, used)
+    filled = {name: fill for name, fill in (omics.filled if omics is not None else {}).items() if contract.trains(name)}
+    if clinical is not None and contract.trains(CLINICAL):
+        filled[CLINICAL] = clinical.filled
+    inputs = ModelInputs(
+        image_in.astype(np.float32), genomics_in, clinical_in.astype(np.float32), presence, used, filled
+    )
     _check_finite_image(inputs.image)
     _check_finite(inputs.genomics, contract.genomics.features, "genomic values")
     clinical_names = contract.clinical.features if contract.clinical else ["(no clinical block)"]

@@ -86,7 +86,7 @@ def build_contract(module: FusionModule, checkpoint: Path | str) -> ModelContrac
             modalities=tuple(parts["geometry"]["modalities"]),
             min_slices=parts["geometry"]["min_slices"],
         ),
-        omics=[OmicsBlock(**block) for block in parts["omics"]],
+        omics=[OmicsBlock.from_dict(block) for block in parts["omics"]],
         clinical=ClinicalSpec(**parts["clinical"]) if parts.get("clinical") else None,
         trained_modalities=modalities,
         # A model that uses more than one modality group was trained with modality

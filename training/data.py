@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -23,12 +24,27 @@ from monai.transforms import Compose, MapTransform, RandFlipd, RandScaleIntensit
 
 from radfusion.cohort import cohort_hash, index_studies
 from radfusion.cohort_manifest import load_manifest
-from radfusion.contract import CLINICAL, ClinicalSpec, ImageGeometry, OmicsBlock
+from radfusion.contract import CLINICAL, DEFAULT_MAX_IMPUTED, ClinicalSpec, ImageGeometry, OmicsBlock
 from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
-from radfusion.preprocess import fit_clinical_spec, fit_omics_block, preprocess_clinical, preprocess_omics
+from radfusion.preprocess import (
+    DEFAULT_MIN_LEVEL_COUNT,
+    fit_clinical_spec,
+    fit_omics_block,
+    preprocess_clinical,
+    preprocess_omics,
+)
 from radfusion.study import read_study_image
+from radfusion.training.folds import cv_patients, fold_seed, split_patients
 
 CACHE_CHOICES = ("persistent", "memory", "none")
+
+
+@dataclass
+class _Fitted:
+    table: pd.DataFrame
+    assignment: pd.Series  # patient id -> "train" | "val" | "test"
+    omics: list[OmicsBlock]
+    clinical: ClinicalSpec | None
 
 
 class LoadStudyd(MapTransform):
@@ -75,6 +91,18 @@ class RadfusionDataModule(L.LightningDataModule):
         event_column: str = "event",
         split: tuple[float, float, float] = (0.6, 0.2, 0.2),
         split_seed: int = 0,
+        # Cross-validation (radfusion.training.folds): with folds >= 2 the test part is
+        # fold `fold` of a stratified K-fold split (shuffled per `repeat`), and the
+        # checkpoint is chosen on an inner validation part of the rest (split[1] of it,
+        # relative to split[0] + split[1]). 0: the fixed `split` above.
+        folds: int = 0,
+        fold: int = 0,
+        repeat: int = 0,
+        # The missing-data policy (radfusion.preprocess), fitted on the training part:
+        # the largest share of a block that may be imputed before the block counts as
+        # absent, and how often a categorical level must occur not to be merged into "other".
+        max_imputed_fraction: float = DEFAULT_MAX_IMPUTED,
+        min_level_count: int = DEFAULT_MIN_LEVEL_COUNT,
         batch_size: int = 16,
         num_workers: int = 0,
         augment: bool = True,
@@ -99,9 +127,7 @@ class RadfusionDataModule(L.LightningDataModule):
         )
         self.labels = list(targets) if targets else list(labels)
         self.manifest = load_manifest(manifest) if manifest else None
-        self.genomics = (
-            self.manifest.genomics if self.manifest else load_genomics_table(self.cohort_dir / genomics_file)
-        )
+        self.genomics = self.manifest.genomics if self.manifest else self._genomics_table(genomics_file)
         self.block_features = split_blocks(feature_columns(self.genomics))
         self.datasets: dict[str, Dataset] = {}
         self._statistics_dataset: Dataset | None = None
@@ -124,14 +150,12 @@ class RadfusionDataModule(L.LightningDataModule):
     def omics_sizes(self) -> dict[str, int]:
         return {name: len(features) for name, features in self.block_features.items()}
 
-    @cached_property
+    @property
     def n_clinical(self) -> int:
-        """Width of the encoded clinical block (0: no clinical input)."""
-        h = self.hparams
-        if not (h.clinical_numeric or h.clinical_categorical):
-            return 0
-        table = self._clinical_table()
-        return len(h.clinical_numeric) + sum(table[c].dropna().nunique() for c in h.clinical_categorical)
+        """Width of the encoded clinical block (0: no clinical input): it depends on the
+        policy fitted on the training part (indicator columns, merged levels)."""
+        clinical = self._fitted.clinical
+        return len(clinical.features) if clinical else 0
 
     @property
     def modalities(self) -> list[str]:
@@ -158,24 +182,44 @@ class RadfusionDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if not self.manifest:
-            index_studies(self.cohort_dir / "dicom")
+            self._studies()
+
+    @cached_property
+    def _fitted(self) -> _Fitted:
+        """The joined table, who trains/validates/tests, and the preprocessing fitted on
+        the training part (fitted once: the model's input widths depend on it)."""
+        h = self.hparams
+        table = self._joined_table()
+        if h.folds:
+            val_share = h.split[1] / (h.split[0] + h.split[1])
+            assignment = cv_patients(table, h.folds, h.fold, fold_seed(h.split_seed, h.repeat), h.target, val_share)
+        else:
+            assignment = split_patients(table, h.split, h.split_seed, h.target)
+        train_ids = assignment.index[assignment == "train"]
+        train_genomics = self.genomics.loc[self.genomics.index.intersection(train_ids)]
+        omics = [
+            fit_omics_block(train_genomics, name, f, h.max_imputed_fraction) for name, f in self.block_features.items()
+        ]
+        clinical = None
+        if h.clinical_numeric or h.clinical_categorical:
+            clinical = fit_clinical_spec(
+                table.loc[train_ids],
+                list(h.clinical_numeric),
+                list(h.clinical_categorical),
+                h.treatment,
+                min_level_count=h.min_level_count,
+                max_imputed=h.max_imputed_fraction,
+            )
+        return _Fitted(table, assignment, omics, clinical)
 
     def setup(self, stage: str | None = None) -> None:
         if self.records:
             return
-        table = self._joined_table()
-        assignment = split_patients(table, self.hparams.split, self.hparams.split_seed, self.hparams.target)
-        train_ids = assignment.index[assignment == "train"]
-        train_genomics = self.genomics.loc[self.genomics.index.intersection(train_ids)]
-        self.omics = [fit_omics_block(train_genomics, name, f) for name, f in self.block_features.items()]
-        if self.n_clinical:
-            h = self.hparams
-            self.clinical = fit_clinical_spec(
-                table.loc[train_ids], list(h.clinical_numeric), list(h.clinical_categorical), h.treatment
-            )
+        fitted = self._fitted
+        self.omics, self.clinical = fitted.omics, fitted.clinical
         for part in ("train", "val", "test"):
-            ids = assignment.index[assignment == part]
-            self.records[part] = [self._record(table.loc[pid]) for pid in ids]
+            ids = fitted.assignment.index[fitted.assignment == part]
+            self.records[part] = [self._record(fitted.table.loc[pid]) for pid in ids]
             self.datasets[part] = self._dataset(
                 self.records[part], self._transforms(train=part == "train" and self.hparams.augment)
             )
@@ -193,28 +237,47 @@ class RadfusionDataModule(L.LightningDataModule):
         if self.manifest:
             return self.manifest.table
         path = self.cohort_dir / self.hparams.clinical_file
+        if not path.exists():
+            raise FileNotFoundError(f"the cohort has no clinical table {path.name} (it holds the outcomes)")
         clinical = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"patient_id": str})
         return clinical.set_index("patient_id")
 
     def _joined_table(self) -> pd.DataFrame:
         if self.manifest:
             return self.manifest.table[self.manifest.table[self.hparams.target].notna()]
-        studies = index_studies(self.cohort_dir / "dicom").drop_duplicates("patient_id").set_index("patient_id")
+        studies = self._studies().drop_duplicates("patient_id").set_index("patient_id")
         table = self._clinical_table().join(studies, how="left")
         return table[table[self.hparams.target].notna()]
+
+    def _studies(self) -> pd.DataFrame:
+        """The cohort's studies; none when it has no dicom/ folder (a model without the
+        image modality needs none)."""
+        root = self.cohort_dir / "dicom"
+        if not root.is_dir():
+            return pd.DataFrame(columns=["patient_id", "study_uid", "files"])
+        return index_studies(root)
+
+    def _genomics_table(self, name: str) -> pd.DataFrame:
+        """The genomics table; an empty one (no omics blocks) when the cohort has none."""
+        path = self.cohort_dir / name
+        if not path.exists():
+            return pd.DataFrame(index=pd.Index([], name="patient_id", dtype=str))
+        return load_genomics_table(path)
 
     def _record(self, row: pd.Series) -> dict:
         pid = row.name
         has_image = isinstance(row.get("files"), (list, np.ndarray)) and len(row["files"]) > 0
         present = {"image"} if has_image else set()
         genomics = np.zeros(sum(self.omics_sizes.values()), dtype=np.float32)
-        if pid in self.genomics.index:
+        if self.omics and pid in self.genomics.index and self.genomics.loc[pid].notna().any():
             omics = preprocess_omics(self.genomics.loc[pid].to_dict(), self.omics)
             genomics, present = omics.values, present | set(omics.present)
         clinical = np.zeros(max(1, self.n_clinical), dtype=np.float32)
         if self.clinical is not None:
-            clinical = preprocess_clinical(row.to_dict(), self.clinical)
-            present.add(CLINICAL)
+            covariates = preprocess_clinical(row.to_dict(), self.clinical)
+            if covariates.values is not None:
+                clinical = covariates.values
+                present.add(CLINICAL)
         return {
             "patient_id": pid,
             "image": [str(f) for f in row["files"]] if has_image else [],
@@ -303,18 +366,3 @@ def collate(items: list[dict]) -> dict:
         "time": torch.tensor([i["time"] for i in items], dtype=torch.float32),
         "event": torch.tensor([i["event"] for i in items]),
     }
-
-
-def split_patients(table: pd.DataFrame, fractions, seed: int, target: str) -> pd.Series:
-    """Deterministic split stratified by the target, independent of row order."""
-    rng = np.random.default_rng(seed)
-    assignment = pd.Series(index=table.index, dtype=object)
-    for _, group in table.groupby(target):
-        ids = np.array(sorted(group.index))
-        rng.shuffle(ids)
-        n_train = round(fractions[0] * len(ids))
-        n_val = round(fractions[1] * len(ids))
-        assignment[ids[:n_train]] = "train"
-        assignment[ids[n_train : n_train + n_val]] = "val"
-        assignment[ids[n_train + n_val :]] = "test"
-    return assignment

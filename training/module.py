@@ -34,6 +34,11 @@ class OptimiserConfig:
     # effect of several log-odds is out of reach at lr in a few hundred steps.
     interaction_l1: float = 0.005
     interaction_lr: float = 0.03
+    # The linear path's weights (model.network.linear_path): an elastic-net penalty per
+    # unit of the mean training loss instead of weight decay, and their own learning rate.
+    linear_l2: float = 0.1
+    linear_l1: float = 0.0
+    linear_lr: float = 0.01
 
     @classmethod
     def coerce(cls, value: OptimiserConfig | Mapping[str, Any] | None) -> OptimiserConfig:
@@ -162,6 +167,9 @@ class FusionModule(L.LightningModule):
         loss = self.task.loss(logits, batch)
         if self.net.treatment_effect is not None:
             loss = loss + self.optimiser_config.interaction_l1 * self.net.treatment_effect.penalty()
+        if self.net.linear_path is not None:
+            optimiser = self.optimiser_config
+            loss = loss + self.net.linear_path.penalty(optimiser.linear_l2, optimiser.linear_l1)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
@@ -230,12 +238,16 @@ class FusionModule(L.LightningModule):
             self.refit_output_shift()
 
     def configure_optimizers(self):
-        interaction = list(self.net.treatment_effect.parameters()) if self.net.treatment_effect is not None else []
-        others = [p for p in self.parameters() if all(p is not q for q in interaction)]
-        groups = [{"params": others}]
-        if interaction:  # the L1 penalty is its regulariser, not weight decay
-            groups.append({"params": interaction, "lr": self.optimiser_config.interaction_lr, "weight_decay": 0.0})
         optimiser = self.optimiser_config
+        interaction = list(self.net.treatment_effect.parameters()) if self.net.treatment_effect is not None else []
+        linear = list(self.net.linear_path.parameters()) if self.net.linear_path is not None else []
+        others = [p for p in self.parameters() if all(p is not q for q in [*interaction, *linear])]
+        groups = [{"params": others}]
+        # Their penalties (L1, elastic net) are their regularisers, not weight decay.
+        if interaction:
+            groups.append({"params": interaction, "lr": optimiser.interaction_lr, "weight_decay": 0.0})
+        if linear:
+            groups.append({"params": linear, "lr": optimiser.linear_lr, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=optimiser.lr, weight_decay=optimiser.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs or 1))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

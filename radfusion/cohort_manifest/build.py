@@ -108,7 +108,7 @@ def panel_check(contract: ModelContract, genomics: pd.DataFrame) -> dict:
         out[block.name] = {
             "panel": len(block.features),
             "missing": missing,
-            "mismatch": bool(missing) and not block.impute_missing,
+            "mismatch": len(missing) > block.max_imputed * len(block.features),
         }
     return out
 

@@ -43,7 +43,7 @@ def full_contract() -> ModelContract:
         ),
         omics=[
             OmicsBlock(name="expression", features=["TP53", "EGFR"], mean=[5.5, 3.25], std=[1.5, 0.75]),
-            OmicsBlock(name="mutation", features=["KRAS_mut"], mean=[0.2], std=[0.4], impute_missing=True),
+            OmicsBlock(name="mutation", features=["KRAS_mut"], mean=[0.2], std=[0.4], fill=[0.0], max_imputed=1.0),
         ],
         clinical=ClinicalSpec(
             numeric={"age": [61.0, 9.5]}, categorical={"treatment": ["chemo", "targeted"]}, treatment="treatment"

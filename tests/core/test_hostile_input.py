@@ -468,7 +468,7 @@ def test_a_clinical_covariate_beyond_float32_is_named() -> None:
     assert info.value.message == (
         "1 of 3 clinical covariates are not finite in float32 (beyond ±3.4e38 once normalised): age"
     )
-    assert preprocess_clinical({"age": 61.0, "sex": "M"}, spec).tolist() == [2.0, 0.0, 1.0]
+    assert preprocess_clinical({"age": 61.0, "sex": "M"}, spec).values.tolist() == [2.0, 0.0, 1.0]
 
 
 def test_the_model_inputs_are_checked_once_more_where_they_are_built() -> None:

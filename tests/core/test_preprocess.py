@@ -27,6 +27,8 @@ from radfusion.errors import (
 )
 from radfusion.preprocess import (
     OmicsInput,
+    BlockFill,
+    ClinicalInput,
     build_inputs,
     fit_clinical_spec,
     fit_gene_panel,
@@ -234,11 +236,13 @@ def test_omics_blocks_are_concatenated_and_a_block_without_values_is_absent() ->
     assert both.values[3:].tolist() == pytest.approx([1.0, -0.5])
 
 
-def test_an_incomplete_block_names_the_block_and_genes_unless_it_imputes() -> None:
-    with pytest.raises(GenePanelError, match=r"^mutation block: 1 of 2 panel genes missing: EGFR_mut$"):
-        preprocess_omics({"TP53_mut": 1.0}, [MUTATIONS])
-    imputing = dataclasses.replace(MUTATIONS, impute_missing=True)
-    assert preprocess_omics({"TP53_mut": 1.0}, [imputing]).values.tolist() == pytest.approx([1.0, 0.0])
+def test_an_incomplete_block_is_imputed_up_to_its_cap_then_absent() -> None:
+    half = preprocess_omics({"TP53_mut": 1.0}, [MUTATIONS])  # 1 of 2 missing: the default cap
+    assert half.present == ["mutation"] and half.values.tolist() == pytest.approx([1.0, 0.0])
+    assert half.filled["mutation"].answer() == {"imputed": 1, "of": 2, "treated_as_absent": False}
+    strict = preprocess_omics({"TP53_mut": 1.0}, [dataclasses.replace(MUTATIONS, max_imputed=0.0)])
+    assert strict.present == [] and strict.values.tolist() == [0.0, 0.0]
+    assert strict.filled["mutation"].answer() == {"imputed": 1, "of": 2, "treated_as_absent": True}
 
 
 def test_no_omics_feature_at_all_is_a_panel_error() -> None:
@@ -247,7 +251,8 @@ def test_no_omics_feature_at_all_is_a_panel_error() -> None:
 
 
 def test_clinical_covariates_are_scaled_and_one_hot() -> None:
-    out = preprocess_clinical({"age": 70, "treatment": "targeted", "sex": "F", "site": "x"}, CLINICAL_SPEC)
+    out = preprocess_clinical({"age": 70, "treatment": "targeted", "sex": "F", "site": "x"}, CLINICAL_SPEC).values
+    assert out is not None
     # Covariates in name order (ClinicalSpec sorts them, so the contract's JSON keeps it).
     assert CLINICAL_SPEC.features == ["age", "sex=F", "sex=M", "treatment=chemo", "treatment=targeted"]
     assert out.tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
@@ -273,9 +278,10 @@ def test_bad_clinical_input_is_named(values, message) -> None:
 
 def test_fit_clinical_spec_takes_training_levels_and_statistics() -> None:
     rows = pd.DataFrame({"age": [50, 70], "treatment": ["targeted", "chemo"], "sex": ["M", None]})
-    spec = fit_clinical_spec(rows, ["age"], ["treatment", "sex"], treatment="treatment")
+    spec = fit_clinical_spec(rows, ["age"], ["treatment", "sex"], treatment="treatment", min_level_count=1)
     assert spec.numeric == {"age": [60.0, 10.0]}
-    assert spec.categorical == {"treatment": ["chemo", "targeted"], "sex": ["M"]}
+    # The treatment keeps exactly its levels; other covariates gain "other" (unseen, missing).
+    assert spec.categorical == {"treatment": ["chemo", "targeted"], "sex": ["M", "other"]}
 
 
 # ------------------------------------------------------------------ presence mask
@@ -331,7 +337,7 @@ def test_blocks_and_clinical_each_have_a_presence_bit() -> None:
     )
     assert contract.modalities == ["image", "expression", "mutation", "clinical"]
     clinical = np.arange(5, dtype=np.float32)
-    inputs = build_inputs(contract, None, GENES_AND_ZERO_MUTATIONS, clinical)
+    inputs = build_inputs(contract, None, GENES_AND_ZERO_MUTATIONS, ClinicalInput(clinical, BlockFill(0, 3)))
     assert inputs.modalities_used == ["expression", "clinical"]
     assert inputs.presence.tolist() == [0.0, 1.0, 0.0, 1.0]
     assert inputs.genomics.tolist() == [0.5, -1.0, 2.0, 0.0, 0.0]

@@ -125,7 +125,7 @@ def test_evaluate_reports_each_model_and_presence_pattern(trained, cohort, tmp_p
 
 
 def _n_test(cohort: Path) -> int:
-    from radfusion.training.data import split_patients
+    from radfusion.training.folds import split_patients
 
     clinical = pd.read_csv(cohort / "clinical.csv").set_index("patient_id")
     split = split_patients(clinical, (0.6, 0.2, 0.2), 0, "response")

@@ -6,6 +6,7 @@ omics block (each) -> MLP -> embedding ---------x presence[block] ----+--> fusio
 clinical -> MLP ---------> embedding -----------x presence[clinical] -+   (late | gated |
 presence mask --------------------------------------------------------+  kronecker | cross_attention)
                                                               + treatment interaction (optional)
+omics + clinical inputs -> linear path (optional, linear.py) -----------> added to the outputs
 
 Masking the embeddings (not the inputs) keeps batch-norm statistics clean while a
 missing modality contributes exactly nothing, so one model serves any subset.
@@ -26,6 +27,7 @@ from torch import nn
 
 from radfusion.training.fusion.encoders import build_image_encoder, clinical_encoder, omics_encoder
 from radfusion.training.fusion.interaction import TreatmentInteraction
+from radfusion.training.fusion.linear import LinearPath
 from radfusion.training.fusion.strategies import build_fusion
 
 
@@ -58,6 +60,9 @@ class NetworkConfig:
     treatment_interaction: bool = False
     # Omics blocks whose features are candidate biomarkers (None: all the model uses).
     interaction_blocks: tuple[str, ...] | None = None
+    # A penalised linear term over the omics and clinical inputs the model reads, added
+    # to the outputs (training/fusion/linear.py; its penalty: OptimiserConfig linear_*).
+    linear_path: bool = False
 
     def __post_init__(self) -> None:
         # YAML and old checkpoints give lists: keep the config hashable and comparable.
@@ -147,6 +152,19 @@ class FusionNet(nn.Module):
         # Added to the outputs: refitted in evaluation mode for each new best checkpoint
         # (training/evaluation_mode.py) and by calibration (training/evidence/calibration.py).
         self.register_buffer("output_bias", torch.zeros(n_classes))
+        names = self.modality_names
+        self.linear_path = (
+            LinearPath(
+                self.omics_sizes,
+                [names.index(b) for b in self.omics_sizes],
+                [self.uses(b) for b in self.omics_sizes],
+                n_clinical,
+                names.index("clinical") if self.uses("clinical") else None,
+                n_classes,
+            )
+            if config.linear_path
+            else None
+        )
         self.treatment_effect: TreatmentInteraction | None = None
         if treatment_columns:
             self.add_treatment_interaction(treatment_columns, config.interaction_blocks)
@@ -222,6 +240,8 @@ class FusionNet(nn.Module):
     def forward(self, image, genomics, clinical, presence) -> torch.Tensor:
         embeddings, tokens = self.encode(image, genomics, clinical, presence)
         out = self.head(embeddings, presence, tokens) + self.output_bias
+        if self.linear_path is not None:
+            out = out + self.linear_path(genomics, self._clinical_input(clinical), presence)
         if self.treatment_effect is not None:
             out = out + self.treatment_effect(genomics, clinical, presence)
         return out
