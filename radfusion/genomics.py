@@ -16,6 +16,8 @@ def load_genomics_table(path: Path | str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         table = pd.read_parquet(path)
+        if table.index.name == ID_COLUMN:  # written with the ids as its index
+            table = table.reset_index()
     elif suffix in (".csv", ".tsv", ".txt"):
         sep = "\t" if suffix != ".csv" else ","
         # The id column is read as text whatever its name, so "007" keeps its zeros.
