@@ -8,13 +8,17 @@ Each study is read under its own budget (radfusion.limits.StudyBudget: stored by
 files, decoded bytes, voxels after resampling, seconds): the same byte and file limits
 bound the zip members and DICOMweb instances brought to disk, and the rest is checked
 by the core before each piece of work. Whatever the files hold, the study ends as its
-row: an error is mapped to its kind at this one boundary (radfusion.errors.input_error)."""
+row: an error is mapped to its kind at this one boundary (radfusion.errors.input_error).
+
+``prepare_patient`` is the same for a table-only run (no study: the patient's
+genomics and clinical covariates alone), with the same row and the same boundary."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from radfusion import log_privacy
@@ -25,7 +29,7 @@ from radfusion.predictor import PreparedCase, prepare_case
 from radfusion.preprocess import ModelInputs
 from radfusion.serving.orphans import exit_with_parent
 from radfusion.serving.patient_data import PatientData
-from radfusion.serving.scoring.rows import fill_series, new_row
+from radfusion.serving.scoring.rows import fill_imputation, fill_series, new_row
 from radfusion.serving.scoring.sources import (
     ScanResult,
     ScanUnit,
@@ -48,19 +52,33 @@ def prepare_study(
     contract: ModelContract, study: StudyRef, patient: PatientData, budget: StudyBudget | None = None
 ) -> PreparedStudy:
     budget = budget or StudyBudget()
-    started = time.perf_counter()
     row = new_row(contract, study.study_uid, study.patient_id, study.n_instances)
+    return _prepare(row, patient, lambda: _read_case(contract, study, patient, budget), "the study's files")
+
+
+def prepare_patient(contract: ModelContract, patient_id: str, patient: PatientData) -> PreparedStudy:
+    """A table-only run's case: the patient's table values alone (no study), under the
+    same boundary as a study's. The row's study columns stay empty."""
+    row = new_row(contract, None, patient_id, 0)
+    return _prepare(
+        row, patient, lambda: prepare_case(contract, None, patient.genomics, patient.clinical), "the patient's tables"
+    )
+
+
+def _prepare(row: dict, patient: PatientData, read: Callable[[], PreparedCase], where: str) -> PreparedStudy:
+    started = time.perf_counter()
     row.update(patient.sources())
     inputs = None
     try:
         patient.check()  # before any fetch: a study the model cannot take costs nothing
-        case = _read_case(contract, study, patient, budget)
+        case = read()
         inputs = case.inputs  # finite as float32: the core checks (invalid_value)
+        fill_imputation(row, inputs)
         if case.study is not None:
             fill_series(row, case.study)
-    except Exception as exc:  # noqa: BLE001 - one study never stops the archive
+    except Exception as exc:  # noqa: BLE001 - one case never stops the run
         # input_error keeps the kind and never quotes the library's message (names, IDs, paths).
-        error = input_error(exc, "the study's files")
+        error = input_error(exc, where)
         row["error"] = f"{error.kind}: {error.message}"
         inputs = None
     row["prepare_seconds"] = time.perf_counter() - started

@@ -14,18 +14,20 @@ log = logging.getLogger("radfusion.serving.scoring.score")
 
 
 class Progress:
-    def __init__(self, enabled: bool = True, interval_s: float = 5.0, stream=None):
+    def __init__(self, enabled: bool = True, interval_s: float = 5.0, stream=None, unit: str = "study"):
         stream = stream or sys.stderr
         self.enabled = enabled
+        # What a row is: a study (archive runs) or a patient (table-only runs).
+        self.unit, self.units = unit, "studies" if unit == "study" else f"{unit}s"
         self.interval_s = interval_s
-        self.total = 0  # studies found that need scoring (grows during discovery)
+        self.total = 0  # rows found that need scoring (grows during discovery)
         self.discovering = True
         self.done = 0
         self.failed = 0
         self._started = time.monotonic()
         self._last_line = self._started
         tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-        self._bar = tqdm(total=0, desc="scoring", unit="study", file=stream, dynamic_ncols=True) if tty else None
+        self._bar = tqdm(total=0, desc="scoring", unit=unit, file=stream, dynamic_ncols=True) if tty else None
 
     def found(self, n: int) -> None:
         self.total += n
@@ -54,7 +56,7 @@ class Progress:
         rate = self.rate()
         total = f"{self.total}{'+' if self.discovering else ''}"
         eta = f"{(self.total - self.done) / rate:.0f} s" if rate > 0 and not self.discovering else "?"
-        return f"scored {self.done}/{total} studies ({self.failed} failed), {rate:.1f} studies/s, ETA {eta}"
+        return f"scored {self.done}/{total} {self.units} ({self.failed} failed), {rate:.1f} {self.units}/s, ETA {eta}"
 
     def close(self) -> None:
         if self._bar is not None:

@@ -10,15 +10,30 @@ Provenance columns: ``series_reason`` says why the scored series was chosen,
 image type ...; series 4: ..."), ``geometry_corrections`` what the reader repaired
 (missing slices, uneven spacing, tilt, duplicates; "" when nothing). A study whose
 selection failed has the reasons in ``error`` instead. ``genomics_source`` /
-``clinical_source`` say where each came from (serving/patients.py)."""
+``clinical_source`` say where each came from (serving/patients.py).
+
+Missing-data columns (radfusion.preprocess.ModelInputs.imputation, as the HTTP answer
+gives it): ``imputed_features`` counts the features and covariates that took their
+training value in the blocks fed to the model, ``absent_blocks`` names the blocks given
+with more missing than their cap allows (fed as absent), and ``imputation`` holds the
+per-block detail as JSON text ({block: {imputed, of, treated_as_absent,
+unseen_levels}}). On a row whose case could not be prepared (its ``error`` says why)
+``imputed_features`` is 0 and the other two are empty: the column stays an integer
+column whatever rows a file holds.
+
+A table-only run (serving/scoring/table.py) writes the same schema, one row per
+patient: its study and series columns are empty and ``n_instances`` is 0."""
 
 from __future__ import annotations
+
+import json
 
 import pyarrow as pa
 
 from radfusion.contract import ModelContract
 from radfusion.errors import RadfusionInputError
 from radfusion.prediction import Prediction, output_columns, prob_column
+from radfusion.preprocess import ModelInputs
 from radfusion.study import StudyImage
 
 
@@ -61,6 +76,7 @@ __all__ = [
     "InferenceFailedError",
     "WorkerCrashedError",
     "error_kind",
+    "fill_imputation",
     "fill_prediction",
     "fill_series",
     "new_row",
@@ -84,6 +100,9 @@ def output_schema(contract: ModelContract) -> pa.Schema:
             # The task's columns: prob_<label> + predicted_label(s), or risk_score (+ survival_<months>).
             *[(name, _ARROW_TYPES[kind]) for name, kind in output_columns(contract)],
             ("modalities_used", pa.string()),
+            ("imputed_features", pa.int32()),
+            ("absent_blocks", pa.string()),
+            ("imputation", pa.string()),
             ("genomics_source", pa.string()),
             ("clinical_source", pa.string()),
             ("model_name", pa.string()),
@@ -99,7 +118,7 @@ def output_schema(contract: ModelContract) -> pa.Schema:
 TIMING_COLUMNS = ("prepare_seconds", "infer_seconds")
 
 
-def new_row(contract: ModelContract, study_uid: str, patient_id: str, n_instances: int) -> dict:
+def new_row(contract: ModelContract, study_uid: str | None, patient_id: str, n_instances: int) -> dict:
     row = dict.fromkeys(output_schema(contract).names)
     row.update(
         study_instance_uid=study_uid,
@@ -107,6 +126,7 @@ def new_row(contract: ModelContract, study_uid: str, patient_id: str, n_instance
         model_name=contract.name,
         model_version=contract.version,
         n_instances=n_instances,
+        imputed_features=0,
     )
     return row
 
@@ -117,6 +137,14 @@ def fill_series(row: dict, study: StudyImage) -> None:
     row["series_reason"] = study.series_reason
     row["series_rejected"] = study.rejected_summary
     row["geometry_corrections"] = "; ".join(study.corrections)
+
+
+def fill_imputation(row: dict, inputs: ModelInputs) -> None:
+    """What the missing-data policy did for this case (the answer's ``imputation``)."""
+    imputation = inputs.imputation()
+    row["imputed_features"] = imputation["imputed_features"]
+    row["absent_blocks"] = ",".join(imputation["absent_blocks"])
+    row["imputation"] = json.dumps(imputation["blocks"], sort_keys=True)
 
 
 def fill_prediction(row: dict, prediction: Prediction, modalities_used: list[str]) -> None:

@@ -36,7 +36,7 @@ import pyarrow as pa
 from radfusion.limits import StudyBudget
 from radfusion.runtime import OnnxModel
 from radfusion.serving.modelref import resolve_model_path
-from radfusion.serving.patients import PatientTableError, PatientTables
+from radfusion.serving.patients import PatientTable, PatientTableError, PatientTables
 from radfusion.serving.scoring.progress import Progress
 from radfusion.serving.scoring.rows import error_kind, output_schema, prob_column
 from radfusion.serving.scoring.sources import is_dicomweb
@@ -96,14 +96,7 @@ def score_archive(
     model_file = resolve_model_path(model_path)
     model = OnnxModel(model_file, device=device, threads=threads)
     patients = PatientTables.from_paths(model.contract, genomics, clinical)
-    identity = {
-        "model": f"{model.contract.name}:{model.contract.version}",
-        "model_sha256": _sha256(model_file),
-        # Tables the model does not use change no row: they do not stop a resume.
-        "genomics_sha256": _sha256(patients.genomics.path) if patients.genomics and patients.genomics.path else None,
-        "clinical_sha256": _sha256(patients.clinical.path) if patients.clinical and patients.clinical.path else None,
-        "archive": archive,
-    }
+    identity = run_identity(model, model_file, patients, archive)
     writer = PartWriter(out, output_schema(model.contract), identity, chunk_size=chunk_size, fresh=fresh)
     log.info(
         "scoring with %s on %s, engine %s, %d workers, batch %d",
@@ -192,7 +185,24 @@ def _summary(result: pa.Table, stats, processed: int, seconds: float) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
+def run_identity(model: OnnxModel, model_file: Path, patients: PatientTables, archive: str | None) -> dict:
+    """What a run's rows depend on; a resume must match it (serving/scoring/writer.py).
+    ``archive`` None: a table-only run (serving/scoring/table.py)."""
+    return {
+        "model": f"{model.contract.name}:{model.contract.version}",
+        "model_sha256": file_sha256(model_file),
+        # Tables the model does not use change no row: they do not stop a resume.
+        "genomics_sha256": _table_sha256(patients.genomics),
+        "clinical_sha256": _table_sha256(patients.clinical),
+        "archive": archive,
+    }
+
+
+def _table_sha256(table: PatientTable | None) -> str | None:
+    return file_sha256(table.path) if table is not None and table.path is not None else None
+
+
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -12,7 +12,11 @@ a retry, see rows.RETRY_ON_RESUME); compaction keeps only the latest committed r
 each study, sorts by study UID and writes ``<out>`` atomically (temporary file, flush,
 rename), then removes the parts. A completed output is itself resumable: run the same
 command again and it is taken over as committed rows. A run refuses to resume from
-rows made by another model, and a lock file stops two runs writing the same output."""
+rows made by another model, and a lock file stops two runs writing the same output.
+
+A row is one study (key ``study_instance_uid``) in an archive run, one patient (key
+``patient_id``) in a table-only run: ``key`` names the column, and everything above
+holds for either."""
 
 from __future__ import annotations
 
@@ -54,8 +58,9 @@ class PartWriter:
         chunk_size: int = 256,
         commit_seconds: float = 30.0,
         fresh: bool = False,
+        key: str = "study_instance_uid",
     ):
-        self.out, self.schema, self.identity = Path(out), schema, identity
+        self.out, self.schema, self.identity, self.key = Path(out), schema, identity, key
         self.chunk_size, self.commit_seconds = chunk_size, commit_seconds
         self.parts = parts_dir(self.out)
         created = not self.parts.exists()
@@ -86,11 +91,16 @@ class PartWriter:
             self._take_over_output()
 
     def should_score(self, study: StudyRef) -> bool:
-        previous = self.previous.get(study.study_uid)
+        return self.needs(study.study_uid, study.n_instances)
+
+    def needs(self, key: str, n_instances: int = 0) -> bool:
+        """Whether the row of ``key`` (a study UID, or a patient id in a table run) is
+        still to be made: none committed, the study grew, or its error is worth a retry."""
+        previous = self.previous.get(key)
         if previous is None:
             return True
-        n_instances, kind = previous
-        return n_instances != study.n_instances or kind in RETRY_ON_RESUME
+        committed_instances, kind = previous
+        return committed_instances != n_instances or kind in RETRY_ON_RESUME
 
     def add(self, row: dict) -> None:
         self._buffer.append(row)
@@ -162,10 +172,10 @@ class PartWriter:
         return sorted(self.parts.glob("part-*.parquet"))
 
     def _committed(self) -> dict[str, tuple[int, str | None]]:
-        """The latest committed (n_instances, error kind) of every study."""
+        """The latest committed (n_instances, error kind) of every row's key."""
         done: dict[str, tuple[int, str | None]] = {}
         for path in self._part_files():
-            table = pq.read_table(path, columns=["study_instance_uid", "n_instances", "error"])
+            table = pq.read_table(path, columns=[self.key, "n_instances", "error"])
             for uid, n, error in zip(*(table.column(i).to_pylist() for i in range(3)), strict=True):
                 done[uid] = (n, error_kind(error))
         return done
@@ -175,10 +185,10 @@ class PartWriter:
         if not tables:
             return self.schema.empty_table()
         table = pa.concat_tables(tables)
-        uids = np.asarray(table.column("study_instance_uid").to_pylist(), dtype=object)
-        # np.unique on the reversed column finds each UID's last row, in UID order.
-        _, first_in_reversed = np.unique(uids[::-1], return_index=True)
-        return table.take(len(uids) - 1 - first_in_reversed)
+        keys = np.asarray(table.column(self.key).to_pylist(), dtype=object)
+        # np.unique on the reversed column finds each key's last row, in key order.
+        _, first_in_reversed = np.unique(keys[::-1], return_index=True)
+        return table.take(len(keys) - 1 - first_in_reversed)
 
 
 def _differences(stored: dict, identity: dict) -> str:

@@ -6,6 +6,7 @@ use ``workers=0`` (all in this process) where the pool is not the point."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -136,6 +137,9 @@ def test_schema_is_fixed(scored) -> None:
         "prob_non-responder",
         "prob_responder",
         "modalities_used",
+        "imputed_features",
+        "absent_blocks",
+        "imputation",
         "genomics_source",
         "clinical_source",
         "model_name",
@@ -164,6 +168,10 @@ def test_rows_equal_predictor(archive, scored, tiny_cohort: Path, tiny_onnx_mode
         assert row["series_instance_uid"] == expected["series_instance_uid"]
         assert row["predicted_label"] == expected["predicted_label"]
         assert row["modalities_used"].split(",") == expected["modalities_used"]
+        # The missing-data policy's account, as the HTTP answer gives it.
+        assert row["imputed_features"] == expected["imputation"]["imputed_features"]
+        assert row["absent_blocks"] == ",".join(expected["imputation"]["absent_blocks"])
+        assert json.loads(row["imputation"]) == expected["imputation"]["blocks"]
         for label, p in expected["probabilities"].items():
             assert row[f"prob_{label}"] == pytest.approx(p, abs=TOL)
 

@@ -1,11 +1,13 @@
 """The archive scorer with a model that takes clinical covariates: covariates joined by
 PatientID from a clinical table, rows equal to radfusion.predictor.Predictor fed the
-same values, a patient without a row (or with an empty one) scored without the block
-where the contract allows it and an error row where it does not, and tables that
-cannot serve the model refused before any study is read."""
+same values, a missing covariate imputed and counted in the row, a patient without a
+row (or with an empty one) scored without the block where the contract allows it and
+an error row where it does not, and tables that cannot serve the model refused before
+any study is read."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +84,20 @@ def test_covariates_are_joined_by_patient_and_rows_equal_the_predictor(
 ) -> None:
     rows = scored
     assert len(rows) == 10
+    # The missing age takes its training median (the contract's missing-data policy),
+    # and the row says so: 1 of the 3 covariates imputed, the block still fed.
     no_age = rows.loc[patients["no_age"]]
-    assert no_age["error"] == "clinical_invalid: clinical covariates missing: age"
-    assert no_age["clinical_source"] == "clinical table" and pd.isna(no_age["prob_responder"])
+    assert pd.isna(no_age["error"]) and no_age["clinical_source"] == "clinical table"
+    assert no_age["imputed_features"] == 1 and no_age["absent_blocks"] == ""
+    assert json.loads(no_age["imputation"])["clinical"] == {"imputed": 1, "of": 3, "treated_as_absent": False}
 
-    ok = rows.drop(index=patients["no_age"])
+    ok = rows
     assert ok["error"].isna().all()
     assert ok.loc[patients["absent"], "clinical_source"] == "patient not in the clinical table"
     assert ok.loc[patients["empty"], "clinical_source"] == "no values in the clinical table"
     with_clinical = ok.drop(index=[patients["absent"], patients["empty"]])
-    assert (with_clinical["clinical_source"] == "clinical table").all() and len(with_clinical) == 7
+    assert (with_clinical["clinical_source"] == "clinical table").all() and len(with_clinical) == 8
+    assert (with_clinical.drop(index=patients["no_age"])["imputed_features"] == 0).all()
     assert all(m.endswith(",clinical") for m in with_clinical["modalities_used"])
     assert not any("clinical" in ok.loc[patients[p], "modalities_used"] for p in ("absent", "empty"))
 
@@ -157,7 +163,7 @@ def test_a_model_that_requires_clinical_fails_only_the_patient_without_a_row(
         tiny_cohort / "dicom", strict, out, clinical=clinical_table, device="cpu", progress=False, workers=0
     )
     rows = pd.read_parquet(out).set_index("patient_id")
-    assert summary["failed_by_reason"] == {"clinical_invalid": 1, "patient_data_missing": 2}
+    assert summary["failed_by_reason"] == {"patient_data_missing": 2}
     assert rows.loc[patients["absent"], "error"] == (
         "patient_data_missing: the model requires clinical (patient not in the clinical table)"
     )
@@ -166,7 +172,7 @@ def test_a_model_that_requires_clinical_fails_only_the_patient_without_a_row(
     )
     # Refused before the study was read: no series, no time spent decoding.
     assert pd.isna(rows.loc[patients["absent"], "series_instance_uid"])
-    assert rows["prob_responder"].notna().sum() == 7
+    assert rows["prob_responder"].notna().sum() == 8  # the patient without an age: imputed
 
 
 def test_tables_that_cannot_serve_the_model_are_refused(
