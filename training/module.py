@@ -154,7 +154,10 @@ class FusionModule(L.LightningModule):
             return presence
         present = (presence @ groups.T) > 0  # (batch, groups)
         last_primary = primary & ((present & primary).sum(dim=1, keepdim=True) == 1)
-        droppable = present & ~last_primary
+        # Nor the only group a case has (covariates alone, its image and omics missing):
+        # hiding it would train on an empty case.
+        only = present & (present.sum(dim=1, keepdim=True) == 1)
+        droppable = present & ~last_primary & ~only
         drop = droppable.any(dim=1) & (torch.rand(len(presence), device=presence.device) < p)
         # Pick one droppable group per case, uniformly.
         which = torch.multinomial(droppable.float() + 1e-9, 1).squeeze(1)
@@ -274,6 +277,7 @@ class FusionModule(L.LightningModule):
                 f"model.network.image_shape {list(shape)} differs from "
                 f"data.target_shape {list(dm.geometry.target_shape)}"
             )
+        self._check_modalities_have_cases(dm)
         if isinstance(self.task, DiscreteHazardTask):
             train = dm.records["train"]
             self.task.fit_edges(np.array([r["time"] for r in train]), np.array([r["event"] for r in train]))
@@ -294,6 +298,18 @@ class FusionModule(L.LightningModule):
             "time_bins": self.task.edges.tolist() if isinstance(self.task, DiscreteHazardTask) else [],
             "cohort_hash": dm.cohort_hash,
         }
+
+    def _check_modalities_have_cases(self, dm) -> None:
+        """A modality the network uses but no training patient has would be exported
+        as trained (an untrained encoder answering at serving time): refused."""
+        seen = np.stack([r["presence"] for r in dm.records["train"]]).any(axis=0)
+        never = [m for m, s in zip(self.net.modality_names, seen, strict=True) if self.net.uses(m) and not s]
+        if never:
+            hint = " (the cohort has no dicom/ folder)" if "image" in never and not dm.dicom_root.is_dir() else ""
+            raise ValueError(
+                f"model.network.modalities uses {never}, which no training patient has{hint}: leave it out "
+                "(configs/experiment/genomics_only.yaml, clinical_only.yaml, omics_clinical.yaml)"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         parts = dict(self.contract_parts)
