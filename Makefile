@@ -41,7 +41,11 @@ bento: venv
 # Training: tuned data path vs decoding DICOM every step, and the time the model waits
 # for data -> bench/results/training.json (train_speedup, data_wait_fraction).
 # On a GPU machine: bash bench/gpu_train.sh (fp32 vs bf16-mixed, GPU utilisation).
+# Real bundled cohorts (scikit-survival, lifelines): radfusion's configuration and each
+# classical baseline on the same 5 folds -> bench/results/realdata.json
+# (deep_vs_best_classical, cv_seconds_ratio).
 bench: venv
+	$(PY) -m bench.realdata
 	$(PY) -m bench.scoring
 	$(PY) -m bench.serving
 	$(PY) -m bench.training

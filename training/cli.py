@@ -53,11 +53,14 @@ class RadfusionCLI(LightningCLI):
             Tuner(self.trainer).scale_batch_size(self.model, datamodule=self.datamodule, mode="power")
 
 
-def main(args: list[str] | None = None) -> RadfusionCLI:
+def main(args: list[str] | None = None, run: bool = True) -> RadfusionCLI:
+    """``run=False``: build the trainer, model and data module without running a
+    subcommand (cross-validation fits each fold itself)."""
     return RadfusionCLI(
         FusionModule,
         RadfusionDataModule,
         args=args,
+        run=run,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
     )

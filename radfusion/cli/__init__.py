@@ -51,6 +51,12 @@ def _train(rest: list[str]) -> None:
     main(["fit", *rest])
 
 
+def _cv(rest: list[str]) -> None:
+    from radfusion.training.cv.command import main
+
+    main(rest)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from radfusion.training.evaluate import evaluate, markdown_table
 
@@ -79,6 +85,9 @@ def _score(args: argparse.Namespace) -> None:
     from radfusion.limits import StudyBudget
     from radfusion.serving.scoring.score import PatientTableError, ResumeError, score_archive
 
+    if not args.archive:
+        _score_table(args)
+        return
     budget = StudyBudget(
         max_files=args.study_max_files,
         max_bytes=args.study_max_bytes,
@@ -103,6 +112,34 @@ def _score(args: argparse.Namespace) -> None:
             ray_actors=args.actors,
             gpus_per_actor=args.gpus_per_actor,
             study_budget=budget,
+        )
+    except (ResumeError, PatientTableError, FileNotFoundError) as exc:
+        sys.exit(f"radfusion score: {exc}")
+    except KeyboardInterrupt:
+        print("interrupted: committed rows are kept; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps(summary, indent=2))
+
+
+def _score_table(args: argparse.Namespace) -> None:
+    """No archive: one row per patient of the genomics/clinical tables (a model that
+    needs no image), same schema, same resume."""
+    from radfusion.serving.scoring.score import PatientTableError, ResumeError
+    from radfusion.serving.scoring.table import score_table
+
+    if args.engine != "local":
+        sys.exit("radfusion score: --engine ray scores an archive; a table run (no --archive) runs in this process")
+    try:
+        summary = score_table(
+            model_path=args.model,
+            out=Path(args.out),
+            genomics=Path(args.genomics) if args.genomics else None,
+            clinical=Path(args.clinical) if args.clinical else None,
+            batch_size=args.batch_size,
+            device=args.device,
+            chunk_size=args.chunk_size,
+            fresh=args.fresh,
+            threads=args.threads,
         )
     except (ResumeError, PatientTableError, FileNotFoundError) as exc:
         sys.exit(f"radfusion score: {exc}")
@@ -197,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, text in PACS_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
+    sub.add_parser(
+        "cv",
+        help="K-fold cross-validation of a training config beside classical baselines "
+        "(radfusion cv --config A.yaml ... --folds 5; see radfusion cv --help)",
+        add_help=False,
+    )
 
     p = sub.add_parser("evaluate", help="held-out metrics for checkpoints (NAME=PATH ...)")
     p.add_argument("--checkpoint", action="append", required=True)
@@ -214,9 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("score", help="score every study of an archive into Parquet (resumable)")
+    p = sub.add_parser(
+        "score", help="score every study of an archive (or every patient of the tables) into Parquet (resumable)"
+    )
     p.add_argument(
-        "--archive", required=True, help="folder tree (zip files inside are read too), a .zip, or a DICOMweb root URL"
+        "--archive",
+        help="folder tree (zip files inside are read too), a .zip, or a DICOMweb root URL; without it, "
+        "every patient of --genomics/--clinical is scored from the tables alone (a model that needs no image)",
     )
     p.add_argument(
         "--model",
@@ -301,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 # instead of ending in a traceback.
 EXTRA_OF = {
     **dict.fromkeys(("torch", "lightning", "monai", "jsonargparse", "torchmetrics", "captum", "lifelines"), "train"),
-    **dict.fromkeys(("sklearn", "matplotlib", "onnxscript", "einops"), "train"),
+    **dict.fromkeys(("sklearn", "sksurv", "matplotlib", "onnxscript", "einops"), "train"),
     **dict.fromkeys(("bentoml", "pynetdicom", "highdicom"), "serve"),
     "onnxruntime": "cpu",
     "ray": "cluster",
@@ -320,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
         # own files, whose paths their logs should name: where a checkpoint was restored.)
         log_privacy.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # pandas imports numexpr when it is installed (scikit-survival brings it), which
+    # announces its thread count at INFO on every command.
+    logging.getLogger("numexpr").setLevel(logging.WARNING)
     try:
         _dispatch(argv)
     except ModuleNotFoundError as exc:
@@ -336,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
 def _dispatch(argv: list[str]) -> None:
     if argv and argv[0] == "train":
         _train(argv[1:])
+        return
+    if argv and argv[0] == "cv":
+        _cv(argv[1:])
         return
     if argv and argv[0] in PACS_COMMANDS:
         from radfusion.serving.pacs.cli import main as pacs_main
