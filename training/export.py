@@ -20,6 +20,7 @@ import torch
 from radfusion.contract import ModelContract, write_contract_to_onnx
 from radfusion.runtime import OnnxModel
 from radfusion.training.checkpoints import build_contract, load_datamodule, load_module
+from radfusion.training.importance import DEFAULT_CASES, export_importance
 from radfusion.training.model import LogitModel
 from radfusion.treatment import DEFAULT_SWITCH_MARGIN
 
@@ -115,10 +116,13 @@ def export(
     tolerance: float = PARITY_TOLERANCE,
     calibrate: bool = True,
     cohort_dir: Path | None = None,
+    importance_cases: int = DEFAULT_CASES,
 ) -> dict:
     """Export ``checkpoint`` to ``out`` (plus ``out``.export.json, the report returned).
     ``cohort_dir``: where the training cohort lies now, if it moved since training
-    (calibration and the parity check read it)."""
+    (calibration, the feature importance and the parity check read it);
+    ``importance_cases``: validation cases the contract's feature importance is
+    computed on (radfusion.training.importance; 0: none)."""
     module = load_module(checkpoint)
     contract = build_contract(module, checkpoint)
     dm = load_datamodule(checkpoint, cohort_dir)
@@ -131,6 +135,8 @@ def export(
         from radfusion.training.evidence.calibration import calibrate
 
         contract.temperature = calibrate(module.net, dm)
+    importance = export_importance(module.net, module.task.kind, dm, importance_cases)
+    contract.feature_importance = importance.features
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     export_onnx(module.net, contract, tmp)
@@ -146,6 +152,7 @@ def export(
         "onnx_max_abs_diff": diff,
         "parity_tolerance": tolerance,
         "temperature": contract.temperature,
+        "feature_importance": importance.report(),
     }
     write_export_report(out, report)
     return report

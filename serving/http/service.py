@@ -10,7 +10,8 @@ turns an uploaded study + genomics into model inputs with the one shared preproc
 Endpoints: POST /predict (one case: uploaded study or DICOMweb reference, genomics,
 clinical; options explain and rank_treatments add the evidence), POST /predict/batch
 (many cases in one call, one result or one error each, run through the model
-together), GET|POST /contract, POST /dicom-web/studies (STOW-RS: a Store Instances
+together), GET|POST /contract (the contract: inputs, the missing-data policy, the
+features that matter most), POST /dicom-web/studies (STOW-RS: a Store Instances
 Response, the prediction SR kept and sent to the PACS) and GET /dicom-web/studies/...
 (WADO-RS of those SRs), plus
 BentoML's /readyz, /livez, /metrics (ours: radfusion.serving.http.metrics). Bad input is
@@ -309,7 +310,10 @@ class Radfusion:
         (repeat the multipart field); or instead ``dicomweb``: {"url", "study_uid"} of
         a study on an allowed DICOMweb server. ``genomics``: JSON object feature ->
         value. ``clinical``: JSON object covariate -> value. Any may be omitted when the
-        model allows that modality to be missing. ``explain``: add the top genes and
+        model allows that modality to be missing, and a table may be partial: the
+        contract's missing-data policy imputes what it lacks up to each block's cap
+        (beyond it the block counts as absent), and the answer's ``imputation`` says
+        what was imputed. ``explain``: add the top genes and
         the image saliency peak; ``rank_treatments``: add the predicted response under
         each treatment (see _with_evidence)."""
         started = time.perf_counter()

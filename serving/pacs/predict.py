@@ -29,7 +29,8 @@ from radfusion.serving.reports.facts import prediction_facts
 class StudyPrediction:
     """The typed prediction (what the SR reports), the case it was made from, and
     ``result``: the JSON-ready record kept in the listener's state — the HTTP answer
-    (radfusion.predictor.format_prediction) plus "genomics_source", "clinical_source",
+    (radfusion.predictor.format_prediction, with its "imputation": what the
+    missing-data policy filled in or treated as absent) plus "genomics_source", "clinical_source",
     "series_reason", "series_rejected", "geometry_corrections" (a list) and "summary"
     (Prediction.summary, for logs and ``radfusion pacs-status``)."""
 

@@ -23,6 +23,11 @@ as the report's qualitative evaluations. Codes: radfusion.serving.reports.sr_cod
             NUM   Probability (DCM 122157)  = P(alive then), unit "1"
       CONTAINER  Qualitative Evaluations (UMLS C0034375)
         CODE  Input modality used = the modality (one per used modality)
+        TEXT  Imputed input features, one per given table block: "<block>: <n> of <m> features
+              imputed" (radfusion.preprocess: training values), or, for a block with more
+              missing than the model imputes, "... missing ...; treated as absent"
+        CODE  Input treated as absent = the block's modality (one per such block)
+        TEXT  Unseen categorical levels: "<block>: <covariates>" fed as the "other" level
         TEXT  Genomics source, Clinical source (a model with a clinical block), Image series
               selection, Geometry corrections (when the reader repaired anything), Study
               completeness (scored with instances missing), Replaces earlier report
@@ -128,6 +133,7 @@ def _facts(contract: ModelContract, result: dict[str, Any], replaces: str | None
         hd.sr.CodeContentItem(rc.MODALITY_USED, rc.modality_code(m), relationship_type=_CONTAINS)
         for m in result["modalities_used"]
     ]
+    items += _imputation(result.get("imputation"))
     items.append(_text(rc.GENOMICS_SOURCE, result["genomics_source"]))
     if contract.clinical is not None:
         items.append(_text(rc.CLINICAL_SOURCE, result["clinical_source"]))
@@ -140,6 +146,27 @@ def _facts(contract: ModelContract, result: dict[str, Any], replaces: str | None
         items.append(_text(rc.COMPLETENESS, result["completeness"]))
     if replaces is not None:
         items.append(_text(rc.REPLACES, replaces))
+    return items
+
+
+def _imputation(imputation: dict[str, Any] | None) -> list[hd.sr.ContentItem]:
+    """What the missing-data policy did to each given block (``imputation``: the
+    answer's, radfusion.preprocess.ModelInputs.imputation; None: a result from before
+    the policy, which says nothing)."""
+    items: list[hd.sr.ContentItem] = []
+    for block, fill in (imputation or {}).get("blocks", {}).items():
+        counted = f"{block}: {fill['imputed']} of {fill['of']} features"
+        if fill["treated_as_absent"]:
+            items.append(
+                _text(rc.IMPUTED_FEATURES, f"{counted} missing, more than the model imputes; treated as absent")
+            )
+            items.append(
+                hd.sr.CodeContentItem(rc.TREATED_AS_ABSENT, rc.modality_code(block), relationship_type=_CONTAINS)
+            )
+        else:
+            items.append(_text(rc.IMPUTED_FEATURES, f"{counted} imputed"))
+        if fill.get("unseen_levels"):
+            items.append(_text(rc.UNSEEN_LEVELS, f"{block}: {', '.join(fill['unseen_levels'])}"))
     return items
 
 

@@ -58,6 +58,13 @@ ERROR_KIND = _private("RF0014", "Error kind")
 COMPLETENESS = _private("RF0015", "Study completeness")
 REPLACES = _private("RF0016", "Replaces earlier report")
 EARLIER_REPORT = _private("RF0017", "Earlier report")
+# The missing-data policy's account of the case (radfusion.preprocess.ModelInputs.imputation):
+# per given input block, how many of its features took training values; a block with
+# more missing than the model imputes, fed as absent; categorical values the model
+# never learned, fed as "other". No DCM or SCT concept says this of a model's input.
+IMPUTED_FEATURES = _private("RF0020", "Imputed input features")
+TREATED_AS_ABSENT = _private("RF0021", "Input treated as absent")
+UNSEEN_LEVELS = _private("RF0022", "Unseen categorical levels")
 # How the risk score was computed (Measurement Method of the risk score).
 RISK_METHODS = {
     "survival:cox": _private("RF0018", "Log relative hazard (Cox model)"),

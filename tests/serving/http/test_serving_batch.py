@@ -85,6 +85,7 @@ def expected(predictor: Predictor, paths, genes) -> dict:
 
 def assert_same(body: dict, want: dict) -> None:
     assert body["modalities_used"] == want["modalities_used"]
+    assert body["imputation"] == want["imputation"]
     assert body.get("study_instance_uid") == want.get("study_instance_uid")
     assert body["probabilities"] == pytest.approx(want["probabilities"], abs=TOL)
 
@@ -182,13 +183,13 @@ def test_json_batch_one_answer_per_case(server, pacs, cohort) -> None:
     with_genes, table, predictor = cohort
     a, b = with_genes[0], with_genes[1]
     genes_a, genes_b = genes_of(table, a.patient_id), genes_of(table, b.patient_id)
-    partial = dict(genes_b)
-    del partial["EGFR"]
+    # Genes short of the panel are imputed (test_partial_panel.py); none of it is an error.
+    no_panel_gene = {"NOT_A_GENE": 1.0}
     cases = [
         {"study": {"dicomweb": {"url": pacs.dicomweb, "study_uid": a.study_uid}}, "genomics": genes_a},
         {"genomics": genes_b},
         {"study": {"dicomweb": {"url": pacs.dicomweb, "study_uid": MISSING_UID}}, "genomics": genes_a},
-        {"genomics": partial},
+        {"genomics": no_panel_gene},
         {"study": {"dicomweb": {"url": pacs.dicomweb, "study_uid": b.study_uid}}, "genomics": genes_b},
         {"study": {"upload": 0}},  # no file uploaded in a JSON request
     ]
@@ -203,7 +204,7 @@ def test_json_batch_one_answer_per_case(server, pacs, cohort) -> None:
     assert_same(results[1], expected(predictor, None, genes_b))
     assert_same(results[4], expected(predictor, paths_of(b), genes_b))
     assert (results[2]["error"], results[2]["status"]) == ("dicomweb_study_not_found", 404)
-    assert results[3]["error"] == "gene_panel_mismatch" and "EGFR" in results[3]["detail"]
+    assert results[3]["error"] == "gene_panel_mismatch" and "TP53" in results[3]["detail"]
     assert (results[5]["error"], results[5]["status"]) == ("bad_case", 400)
 
     # The three good cases went to the model service in one call: one batch of 3 rows.
@@ -315,7 +316,8 @@ def test_metrics_count_requests_patterns_and_errors(server, cohort) -> None:
     assert delta("radfusion_predictions_total", modalities="+".join(genes_only.json()["modalities_used"])) == 3
     assert delta("radfusion_predictions_total", modalities="+".join(with_study.json()["modalities_used"])) == 1
     assert "image" in with_study.json()["modalities_used"] and "image" not in genes_only.json()["modalities_used"]
-    assert delta("radfusion_errors_total", kind="gene_panel_mismatch", route="predict") == 1
+    # One gene of the panel: the omics blocks are past their cap, absent, and nothing is left.
+    assert delta("radfusion_errors_total", kind="no_modality", route="predict") == 1
     assert delta("radfusion_errors_total", kind="unauthorized", route="/predict") == 1
     # BentoML's own: requests by endpoint and status, and their latency.
     assert delta("bentoml_service_request_total", endpoint="/predict", http_response_code="200") == 4

@@ -82,6 +82,7 @@ def genes_of(table, patient_id: str) -> dict[str, float]:
 
 def assert_matches_predictor(body: dict, expected: dict) -> None:
     assert body["modalities_used"] == expected["modalities_used"]
+    assert body["imputation"] == expected["imputation"]
     assert body["predicted_label"] == expected["predicted_label"]
     assert body.get("study_instance_uid") == expected.get("study_instance_uid")
     assert body.get("series_instance_uid") == expected.get("series_instance_uid")
@@ -241,18 +242,25 @@ def test_burst_is_batched_and_never_fails(server, cohort, predictor) -> None:
 # -------------------------------------------------------------------------- bad input
 
 
-def test_missing_genes_are_named(server, cohort) -> None:
+def test_missing_genes_are_imputed_and_counted(server, cohort, predictor) -> None:
+    """Genes short of the panel take their training values and the answer counts them
+    (tests/serving/http/test_partial_panel.py: the cap beyond which a block is absent);
+    a profile with none of the panel's genes is refused, naming some."""
     client, _ = server
     studies, table, with_genomics = cohort
     patient = with_genomics[0]
     genes = genes_of(table, patient)
     del genes["EGFR"], genes["KRAS_mut"]
-    detail = error_of(post_study(client, zip_study(study_paths(studies[patient])), genes), 422, "gene_panel_mismatch")
-    assert "expression block: 1 of 100 panel genes missing: EGFR" in detail
-    assert "mutation block: 1 of 5 panel genes missing: KRAS_mut" in detail
-    # The same without a study.
-    detail = error_of(client.post("/predict", json={"genomics": genes}), 422, "gene_panel_mismatch")
-    assert "EGFR" in detail and "KRAS_mut" in detail
+    paths = study_paths(studies[patient])
+    response = post_study(client, zip_study(paths), genes)
+    assert response.status_code == 200, response.text
+    assert response.json()["imputation"]["blocks"] == {
+        "expression": {"imputed": 1, "of": 100, "treated_as_absent": False},
+        "mutation": {"imputed": 1, "of": 5, "treated_as_absent": False},
+    }
+    assert_matches_predictor(response.json(), predictor.predict([predictor.prepare(paths, genes)])[0])
+    detail = error_of(client.post("/predict", json={"genomics": {"NOT_A_GENE": 1.0}}), 422, "gene_panel_mismatch")
+    assert "none of the model's 105 omics features given" in detail and "TP53" in detail
 
 
 def test_non_numeric_gene_value_is_named(server, cohort) -> None:
@@ -419,7 +427,7 @@ def test_logs_hold_no_patient_identifiers(server, cohort) -> None:
     assert client.post("/predict", json={"genomics": {"TP53": 1.0}}).status_code == 422
     time.sleep(0.5)  # let the server flush its log lines
     text = log_file.read_text(errors="replace")
-    assert "predict ok" in text and "predict rejected: gene_panel_mismatch" in text  # our lines are there
+    assert "predict ok" in text and "predict rejected: no_modality" in text  # our lines are there
     assert "status=500" not in text
     for patient_id, study in studies.items():
         assert patient_id not in text
