@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ID_COLUMN = "patient_id"
+_log = logging.getLogger(__name__)
 
 
 def load_genomics_table(path: Path | str) -> pd.DataFrame:
@@ -28,6 +31,10 @@ def load_genomics_table(path: Path | str) -> pd.DataFrame:
         raise ValueError(f"unsupported genomics file type {suffix!r} (use .parquet, .csv or .tsv)")
     id_column = ID_COLUMN if ID_COLUMN in table.columns else table.columns[0]
     table[id_column] = table[id_column].astype(str)
+    # Mutation flags written as True/False are features like 1/0 (other True/False
+    # columns are not features: feature_columns leaves them out).
+    flags = [c for c in table.columns if str(c).endswith("_mut") and pd.api.types.is_bool_dtype(table[c].dtype)]
+    table[flags] = table[flags].astype(np.float64)
     if table[id_column].duplicated().any():
         raise ValueError("genomics table has duplicate patient ids")
     table = table.set_index(id_column)
@@ -58,13 +65,32 @@ def split_blocks(features: list[str]) -> dict[str, list[str]]:
 
 
 def feature_columns(table: pd.DataFrame) -> list[str]:
-    """Numeric feature columns in table order."""
+    """Numeric feature columns in table order. A text column that is mostly numbers is a
+    feature with mistyped cells ("<5", "n.d."): an error, not a feature silently lost;
+    other text columns (sample names, batches) are left out, with a warning naming them."""
     # pandas' own test: numpy's issubdtype raises on pandas string/nullable dtypes.
-    return [
+    numeric = [
         c
         for c in table.columns
         if pd.api.types.is_numeric_dtype(table[c].dtype) and not pd.api.types.is_bool_dtype(table[c].dtype)
     ]
+    text = [c for c in table.columns if c not in numeric]
+    mistyped = []
+    for column in text:
+        if pd.api.types.is_bool_dtype(table[column].dtype):
+            continue
+        given = table[column].dropna()
+        parsed = pd.to_numeric(given, errors="coerce")
+        if len(given) and parsed.notna().mean() >= 0.5:
+            mistyped.append(f"{column} ({int(parsed.isna().sum())} not numbers)")
+    if mistyped:
+        raise ValueError(
+            f"genomics column(s) with values that are not numbers: {', '.join(mistyped[:10])}; "
+            "leave a cell empty when the value is unknown"
+        )
+    if text:
+        _log.warning("genomics columns that are not numbers are not features: %s", ", ".join(map(str, text[:10])))
+    return numeric
 
 
 def row_as_mapping(table: pd.DataFrame, patient_id: str) -> dict[str, float] | None:

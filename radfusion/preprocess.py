@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
 from radfusion.contract import (
@@ -218,7 +219,9 @@ def preprocess_omics(values: Mapping[str, float], blocks: list[OmicsBlock]) -> O
         present.append(block.name)
     if invalid:
         raise InvalidValueError("; ".join(invalid))
-    if not present and not filled:
+    if not present and not filled and any(not _is_missing(v) for v in values.values()):
+        # Values, none of them the model's: a naming mismatch (Ensembl ids for symbols),
+        # not a profile the policy should fill in.
         wanted = [f for block in blocks for f in block.features]
         raise GenePanelError(f"none of the model's {len(wanted)} omics features given (e.g. {_names(wanted)})")
     return OmicsInput(np.concatenate(parts).astype(np.float32), present, filled)
@@ -309,6 +312,21 @@ def preprocess_clinical(values: Mapping[str, object], spec: ClinicalSpec) -> Cli
     return ClinicalInput(covariates, BlockFill(len(missing), len(spec.covariates), unseen_levels=tuple(unseen)))
 
 
+def _numeric_column(column: pd.Series, name: str) -> np.ndarray:
+    """A numeric covariate's training values. An empty cell is missing; a cell that is
+    not a finite number ("<5", "inf") is an error (the policy imputes what is missing,
+    not what was mistyped), counted, never quoted: a value in the wrong column can
+    identify a patient."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    wrong = int((column.notna().to_numpy() & ~np.isfinite(values)).sum())
+    if wrong:
+        raise ClinicalInputError(
+            f"clinical covariate {name}: {wrong} training value(s) are not finite numbers; "
+            "leave a cell empty when the value is unknown"
+        )
+    return values
+
+
 def _imputable(name: str, spec: ClinicalSpec) -> bool:
     if name == spec.treatment:
         return False
@@ -347,7 +365,7 @@ def fit_clinical_spec(
         if rows[name].notna().sum() == 0:  # type: ignore[index]
             raise ClinicalInputError(f"clinical covariate {name} has no value in the training rows")
     for name in numeric:
-        column = np.asarray(rows[name], dtype=np.float64)  # type: ignore[index]
+        column = _numeric_column(rows[name], name)  # type: ignore[index]
         observed = column[np.isfinite(column)]
         std = float(np.std(observed))
         stats[name] = [float(np.mean(observed)), std if std > 1e-8 else 1.0]

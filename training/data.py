@@ -24,7 +24,9 @@ from monai.transforms import Compose, MapTransform, RandFlipd, RandScaleIntensit
 
 from radfusion.cohort import cohort_hash, index_studies
 from radfusion.cohort_manifest import load_manifest
+from radfusion.cohort_manifest.outcomes import read_clinical
 from radfusion.contract import CLINICAL, DEFAULT_MAX_IMPUTED, ClinicalSpec, ImageGeometry, OmicsBlock
+from radfusion.errors import ClinicalInputError
 from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
 from radfusion.preprocess import (
     DEFAULT_MIN_LEVEL_COUNT,
@@ -239,8 +241,11 @@ class RadfusionDataModule(L.LightningDataModule):
         path = self.cohort_dir / self.hparams.clinical_file
         if not path.exists():
             raise FileNotFoundError(f"the cohort has no clinical table {path.name} (it holds the outcomes)")
-        clinical = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"patient_id": str})
-        return clinical.set_index("patient_id")
+        clinical, repeated = read_clinical(path, [])
+        if repeated:
+            # Which row is right cannot be known; the count only (the ids identify patients).
+            raise ClinicalInputError(f"clinical table {path.name} lists {len(repeated)} patient(s) more than once")
+        return clinical
 
     def _joined_table(self) -> pd.DataFrame:
         if self.manifest:

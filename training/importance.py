@@ -6,9 +6,10 @@ the training median.
 Integrated Gradients (captum, as training.evidence.attribution uses it) on a bounded
 subset of the validation split, over the omics and the clinical inputs together. The
 path starts at the training mean (z = 0) for genes and numeric covariates, at "not
-missing" for missingness indicators and, for a categorical covariate, at every level
-equally likely (1/L on each one-hot column: an all-zero row would be "no level at
-all", which the model never saw, and would credit every covariate with that jump).
+missing" for missingness indicators and, for a categorical covariate, at its levels
+frequencies among the attributed cases (an all-zero row would be "no level at all",
+which the model never saw, and would credit every covariate with that jump; equal
+weights would credit a covariate every case shares).
 What is attributed is the task's score: the positive-class log-odds (two classes),
 each class's log-odds (more), each label's logit (multi-label), the risk (survival). A
 clinical covariate's encoded columns are summed per case and score (a lab supplies a
@@ -219,11 +220,12 @@ def _covariate_groups(spec: ClinicalSpec) -> torch.Tensor:
 
 def _clinical_baseline(spec: ClinicalSpec, like: torch.Tensor) -> torch.Tensor:
     """Where the clinical path starts: z = 0 (the training mean), indicators 0, and
-    each categorical covariate's levels at 1/L."""
-    row = [0.0] * (len(spec.numeric) + len(spec.indicators))
-    for levels in spec.categorical.values():
-        row += [1.0 / len(levels)] * len(levels)
-    return torch.tensor(row, dtype=like.dtype).expand_as(like).contiguous()
+    each categorical covariate's levels at their frequencies in the attributed cases
+    (a covariate every case shares then moves nothing and ranks last)."""
+    start = len(spec.numeric) + len(spec.indicators)
+    row = torch.zeros(like.shape[-1], dtype=like.dtype)
+    row[start:] = like[:, start:].mean(dim=0) if len(like) else 0.0
+    return row.expand_as(like).contiguous()
 
 
 def _row(feature: str, block: str, importance: float) -> dict:

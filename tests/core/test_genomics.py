@@ -120,15 +120,26 @@ def test_feature_columns_are_the_numeric_ones_in_order(tmp_path: Path) -> None:
     path = tmp_path / "g.csv"
     df = table()
     df.insert(2, "site", ["a", "b", "c", "d"])  # text: a pandas string column
-    df["flag"] = [True, False, True, True]  # booleans are not features
+    df["flag"] = [True, False, True, True]  # booleans are not features ...
+    df["KRAS_mut"] = [True, False, False, True]  # ... unless they are mutation flags: 1/0
     df.to_csv(path, index=False)
     loaded = load_genomics_table(path)
-    assert feature_columns(loaded) == ["TP53", "EGFR", "EGFR_mut"]
+    assert feature_columns(loaded) == ["TP53", "EGFR", "EGFR_mut", "KRAS_mut"]
+    assert loaded["KRAS_mut"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    loaded = loaded.drop(columns="KRAS_mut")
     assert np.issubdtype(loaded["EGFR_mut"].dtype, np.integer)
     # nullable pandas dtypes count as numeric
     loaded["EGFR"] = loaded["EGFR"].astype("Float64")
     loaded["EGFR_mut"] = loaded["EGFR_mut"].astype("Int64")
     assert feature_columns(loaded) == ["TP53", "EGFR", "EGFR_mut"]
+
+
+def test_a_feature_with_mistyped_cells_is_an_error_not_lost() -> None:
+    df = table().set_index("patient_id")
+    df["EGFR"] = df["EGFR"].astype(object)
+    df.iloc[1, df.columns.get_loc("EGFR")] = "<5"
+    with pytest.raises(ValueError, match=r"genomics column\(s\) with values that are not numbers: EGFR \(1 not numbers\)"):
+        feature_columns(df)
 
 
 def test_synthetic_cohort_genomics_load_as_written(tiny_cohort: Path) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radfusion.contract import ClinicalSpec, ImageGeometry, ModelContract, OmicsBlock
-from radfusion.errors import ClinicalInputError, InvalidValueError, NoModalityError
+from radfusion.contract import ClinicalSpec, ImageGeometry, ModelContract
+from radfusion.errors import ClinicalInputError, GenePanelError, InvalidValueError, NoModalityError
 from radfusion.preprocess import (
     build_inputs,
     fit_clinical_spec,
@@ -193,3 +193,23 @@ def test_the_policy_travels_in_the_contract_and_older_blocks_still_read() -> Non
         del block["fill"], block["max_imputed"]
         block["impute_missing"] = False
     assert ModelContract.from_dict(old).omics[0].max_imputed == 0.0  # "none may be imputed"
+
+
+def test_an_empty_profile_means_no_omics_and_a_foreign_one_is_a_naming_error() -> None:
+    block = fit_omics_block(_training_genomics(), "expression", GENES)
+    empty = preprocess_omics({"A": None, "Z": float("nan")}, [block])
+    assert empty.present == [] and empty.filled == {}
+    with pytest.raises(GenePanelError, match="none of the model's 4 omics features given"):
+        preprocess_omics({"ENSG00000141510": 1.0}, [block])
+
+
+def test_a_mistyped_training_value_is_an_error_that_quotes_nothing() -> None:
+    rows = _training_clinical().astype({"age": object})
+    rows.loc[1, "age"] = "<5"
+    rows.loc[2, "age"] = "inf"
+    with pytest.raises(ClinicalInputError) as info:
+        fit_clinical_spec(rows, ["age"], [])
+    assert info.value.message == (
+        "clinical covariate age: 2 training value(s) are not finite numbers; "
+        "leave a cell empty when the value is unknown"
+    )

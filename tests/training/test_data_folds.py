@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from radfusion.errors import ClinicalInputError
 from radfusion.training.data import RadfusionDataModule
 from radfusion.training.folds import assign_folds
 
@@ -90,3 +91,11 @@ def test_a_cohort_without_dicom_or_genomics_sets_up(tmp_path) -> None:
     assert dm.omics_sizes == {} and dm.modalities == ["image", "clinical"]
     assert all(r["presence"].tolist() == [0.0, 1.0] for r in dm.records["train"])
     assert dm.cohort_hash  # a cohort without some parts still has an identity
+
+
+def test_a_patient_listed_twice_is_refused_by_count(tmp_path) -> None:
+    cohort = _cohort(tmp_path)
+    table = pd.read_csv(cohort / "clinical.csv", dtype={"patient_id": str})
+    pd.concat([table, table.iloc[[4]]]).to_csv(cohort / "clinical.csv", index=False)
+    with pytest.raises(ClinicalInputError, match=r"^clinical table clinical.csv lists 1 patient\(s\) more than once$"):
+        _module(cohort)

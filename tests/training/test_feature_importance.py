@@ -109,7 +109,8 @@ def test_a_nonlinear_score_shares_each_case_change_in_proportion() -> None:
     net = LinearNet("survival_discrete")
     ranking = feature_importance(net, "survival_discrete", cases, [block], spec, top=10)
     found = {row["feature"]: row["importance"] for row in ranking}
-    baseline = torch.tensor([0.0, 0.0, 1 / 3, 1 / 3, 1 / 3])
+    # The path starts at z = 0 and at the levels' frequencies among the cases.
+    baseline = torch.cat([torch.zeros(2), cases.clinical[:, 2:].mean(dim=0)])
     with torch.no_grad():
         score = cases.genomics @ W + cases.clinical @ V
         start = torch.zeros(1, len(GENES)) @ W + baseline @ V
@@ -152,3 +153,15 @@ def test_export_writes_a_ranking_led_by_the_planted_drivers(evidence_run, tmp_pa
     genes = [row["feature"] for row in ranking if row["block"] != "clinical"]
     found = len(set(genes[:20]) & drivers)
     assert found >= DRIVERS_IN_TOP_20, f"{found} of {len(drivers)} drivers in the top 20 genes: {genes[:20]}"
+
+
+def test_a_covariate_every_case_shares_moves_nothing() -> None:
+    cases = _cases(np.random.default_rng(3))
+    block, spec = _spec()
+    cases.clinical[:, 2:] = torch.tensor([0.0, 1.0, 0.0])  # every case has the same sex level
+    found = {
+        row["feature"]: row["importance"]
+        for row in feature_importance(LinearNet("classification"), "classification", cases, [block], spec, top=10)
+    }
+    assert found.get("sex", 0.0) == pytest.approx(0.0, abs=1e-6)
+    assert found["age"] > 1e-3 and sum(found[g] > 1e-3 for g in GENES) >= 3
