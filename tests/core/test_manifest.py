@@ -217,9 +217,7 @@ def test_panel_check_names_the_genes_a_model_needs_and_the_cohort_lacks(cohort: 
     genomics = load_manifest(tmp_path / "m").genomics
     blocks = [
         OmicsBlock(features=["TP53", "NOTAGENE1", "NOTAGENE2"], mean=[0.0] * 3, std=[1.0] * 3, name="expression"),
-        OmicsBlock(
-            features=["TP53_cn", "ZZZ_cn"], mean=[0.0] * 2, std=[1.0] * 2, name="copy_number", max_imputed=1.0
-        ),
+        OmicsBlock(features=["TP53_cn", "ZZZ_cn"], mean=[0.0] * 2, std=[1.0] * 2, name="copy_number", max_imputed=1.0),
     ]
     contract = ModelContract(
         name="m",

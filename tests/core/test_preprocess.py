@@ -26,9 +26,9 @@ from radfusion.errors import (
     WrongModalityError,
 )
 from radfusion.preprocess import (
-    OmicsInput,
     BlockFill,
     ClinicalInput,
+    OmicsInput,
     build_inputs,
     fit_clinical_spec,
     fit_gene_panel,

@@ -240,10 +240,8 @@ def test_the_command_scores_tables_without_an_archive(scored, model: Path, table
 
     genomics, clinical = tables
     out = tmp_path / "cli.parquet"
-    main(
-        ["score", "--model", str(model), "--genomics", str(genomics), "--clinical", str(clinical)]
-        + ["--out", str(out), "--device", "cpu"]
-    )
+    tables_args = ["--genomics", str(genomics), "--clinical", str(clinical)]
+    main(["score", "--model", str(model), *tables_args, "--out", str(out), "--device", "cpu"])
     rows = pd.read_parquet(out).set_index("patient_id").sort_index()
     expected = scored[1].sort_index()
     assert rows.index.tolist() == expected.index.tolist()
