@@ -3,7 +3,13 @@ same split, overall and per modality-presence pattern, as JSON and a Markdown ta
 one row per model (a fusion strategy or a unimodal baseline), columns pattern x
 metric. Classification and multi-label models get AUROC (torchmetrics); survival
 models the concordance index (lifelines) and the time-dependent AUC at the model's
-horizons (cumulative/dynamic, scikit-learn), whose mean is the table's td-AUC."""
+horizons (cumulative/dynamic, scikit-learn), whose mean is the table's td-AUC.
+
+By default the classical baselines (penalised Cox / logistic, a forest or gradient
+boosting: training/cv/baselines.py) are fitted on each model's own split and table
+features and scored on the same test patients (training/cv/holdout.py): their rows sit
+beside the deep models', and each deep model gets its paired difference from each
+baseline with a bootstrap interval, and a sentence where it loses."""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import torch
 from torchmetrics.functional.classification import binary_auroc, multiclass_auroc, multilabel_auroc
 
 from radfusion.training.checkpoints import load_datamodule, load_module
+from radfusion.training.cv.holdout import check_names, compare_with_baselines, held_out
+from radfusion.training.cv.verdict import model_summary
 from radfusion.training.tasks import SurvivalTask, concordance, time_dependent_auc
 
 # Presence patterns forced at evaluation time: what a model gives when a hospital
@@ -79,20 +87,29 @@ def evaluate_checkpoint(checkpoint: Path, cohort_dir: Path | None = None) -> dic
     modality pattern. ``cohort_dir``: where the training cohort lies now, if it moved."""
     module = load_module(checkpoint)
     dm = load_datamodule(checkpoint, cohort_dir)
+    return checkpoint_metrics(module, dm, checkpoint)[0]
+
+
+def checkpoint_metrics(module, dm, checkpoint: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """evaluate_checkpoint's result for a loaded module and data module, and the
+    observed-pattern test predictions (for the baselines' paired comparison)."""
     horizons = tuple(module.task_config.horizons)
     result: dict = {
+        "kind": "deep",
         "checkpoint": str(checkpoint),
         "modalities": list(module.network_config.modalities),
         "task": module.task.kind,
         "fusion": module.net.fusion_kind,
     }
     covariates_only = pattern_mask(module.net, ()).bool()
+    observed: dict[str, torch.Tensor] = {}
     for name, pattern in PATTERNS.items():
         predicted = predict_split(module, dm, "test", pattern)
         # Cases with nothing the model can use (beyond covariates) are excluded from that pattern.
         usable = predicted["presence"][:, ~covariates_only].sum(dim=1) > 0
         if name == "observed":
             usable = torch.ones_like(usable)
+            observed = predicted
         kept = {k: v[usable] for k, v in predicted.items()}
         metrics = pattern_metrics(module, kept, horizons)
         if not metrics:  # e.g. an image-only model under "genomics only": no usable case
@@ -102,19 +119,38 @@ def evaluate_checkpoint(checkpoint: Path, cohort_dir: Path | None = None) -> dic
     # The headline metric; NaN when undefined on this test split (tiny cohorts), not 0.5.
     headline = "cindex" if isinstance(module.task, SurvivalTask) else "auroc"
     result[headline] = result.get(f"{headline}_observed", float("nan"))
-    return result
+    return result, observed
 
 
-def evaluate(checkpoints: dict[str, Path], out_dir: Path) -> dict:
+def evaluate(checkpoints: dict[str, Path], out_dir: Path, baselines: tuple[str, ...] | None = None) -> dict:
+    """metrics.json and metrics.md for ``checkpoints`` (name -> path). ``baselines``:
+    None: each task's default classical baselines (within evaluation's time limits);
+    (): none; or the names to fit (training/cv/baselines.py)."""
+    check_names(baselines)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = {name: evaluate_checkpoint(Path(path)) for name, path in checkpoints.items()}
+    results: dict[str, dict] = {}
+    held = []
+    for name, path in checkpoints.items():
+        module, dm = load_module(Path(path)), load_datamodule(Path(path))
+        results[name], observed = checkpoint_metrics(module, dm, Path(path))
+        if baselines != ():
+            model = held_out(name, module, dm, observed)
+            if model is not None:
+                held.append(model)
+    if held:
+        rows, comparisons = compare_with_baselines(held, baselines, taken=set(results))
+        for name, compared in comparisons.items():
+            results[name]["vs_baselines"] = compared
+        results.update(rows)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     (out_dir / "metrics.md").write_text(markdown_table(results))
     return results
 
 
 def markdown_table(results: dict) -> str:
-    """Rows: models; columns: metric x presence pattern, for the metrics any model has."""
+    """Rows: models, the deep ones first, then the classical baselines; columns: metric
+    x presence pattern, for the metrics any model has (a baseline has only "all": it
+    has no image to lose). Then each deep model against each baseline."""
     metrics = [m for m in METRIC_TITLES if any(f"{m}_observed" in r for r in results.values())]
     columns = [(m, p) for m in metrics for p in PATTERNS]
     header = [
@@ -127,14 +163,60 @@ def markdown_table(results: dict) -> str:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
-        # A unimodal model's fusion strategy is moot: nothing to fuse.
-        fusion = r.get("fusion", "late") if len(r["modalities"]) > 1 else "–"
+        if r.get("kind") == "baseline" and not any(f"{m}_observed" in r for m in metrics):
+            continue  # skipped or failed: said below the comparison table
+        # A unimodal model's fusion strategy is moot: nothing to fuse; a baseline has none.
+        fusion = r.get("fusion", "late") if len(r["modalities"]) > 1 and r.get("kind") != "baseline" else "–"
         cells = [name, r.get("task", "classification"), fusion, "+".join(r["modalities"])]
         cells += [_fmt(r.get(f"{m}_{p}")) for m, p in columns]
         cells.append(str(r.get("n_observed", "")))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" + baseline_comparison(results)
+
+
+def baseline_comparison(results: dict) -> str:
+    """Markdown: per deep model and baseline (fitted on the model's split and table
+    features) the test metric of each, the paired difference with its bootstrap
+    interval; then a sentence for each deep model that loses to a baseline, and a
+    line for each baseline skipped or failed."""
+    compared = {name: r["vs_baselines"] for name, r in results.items() if r.get("vs_baselines")}
+    absent = {n: r for n, r in results.items() if r.get("kind") == "baseline" and ("skipped" in r or "failed" in r)}
+    if not compared and not absent:
+        return ""
+    lines = [""]
+    if compared:
+        resamples = next(iter(next(iter(compared.values())).values()))["resamples"]
+        lines += [
+            f"Deep model − classical baseline on the same test patients (95% CI: {resamples} bootstrap resamples "
+            "of the patients; positive: the deep model did better):",
+            "",
+            "| model | baseline | metric | model value | baseline value | model − baseline | 95% CI | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, by_baseline in compared.items():
+            for row, c in by_baseline.items():
+                low, high = c["ci95"]
+                cells = [name, row, METRIC_TITLES[c["metric"]], _fmt(c["model"]), _fmt(c["baseline_value"])]
+                cells += [_signed(c["difference"]), f"{_signed(low)} to {_signed(high)}", c["verdict"]]
+                lines.append("| " + " | ".join(cells) + " |")
+        said = [
+            "- " + text
+            for name, by_baseline in compared.items()
+            if (text := model_summary(name, by_baseline, _title(by_baseline), "this test split"))
+        ]
+        lines += ["", *said] if said else ["", "No deep model did worse than a classical baseline on this test split."]
+    for name, r in absent.items():
+        lines.append(f"- {name}: {'skipped' if 'skipped' in r else 'failed'}: {r.get('skipped') or r.get('failed')}")
     return "\n".join(lines) + "\n"
+
+
+def _title(comparisons: dict) -> str:
+    return METRIC_TITLES[next(iter(comparisons.values()))["metric"]]
 
 
 def _fmt(value) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def _signed(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:+.3f}"

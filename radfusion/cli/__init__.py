@@ -58,10 +58,11 @@ def _cv(rest: list[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from radfusion.training.cv.command import parse_baselines
     from radfusion.training.evaluate import evaluate, markdown_table
 
     checkpoints = dict(_named(item) for item in args.checkpoint)
-    results = evaluate(checkpoints, Path(args.out))
+    results = evaluate(checkpoints, Path(args.out), baselines=parse_baselines(args.baselines))
     print(markdown_table(results))
 
 
@@ -164,6 +165,7 @@ def _report(args: argparse.Namespace) -> None:
         out=Path(args.out) if args.out else None,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         saliency_cases=cases,
+        cv=Path(args.cv) if args.cv else None,
     )
     print(f"report: {path}")
 
@@ -244,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="held-out metrics for checkpoints (NAME=PATH ...)")
     p.add_argument("--checkpoint", action="append", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--baselines",
+        default="default",
+        help="classical baselines fitted on each model's split and table features and scored on the same "
+        "test patients: default (survival: coxnet, cox_ridge, rsf; classification: logistic, "
+        "gradient_boosting; the slow ones skipped on wide tables), none, or a comma-separated list",
+    )
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="checkpoint -> ONNX with contract, parity check, BentoML store")
@@ -317,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", help="checkpoint to explain (default: the run folder's)")
     p.add_argument("--out", help="output folder (default: <run>/report)")
+    p.add_argument(
+        "--cv",
+        help="a radfusion cv output folder or its cv.json, shown beside the evaluation "
+        "(default: <run>/cv.json or <run>/cv/cv.json when present)",
+    )
     p.add_argument("--saliency-cases", type=int, default=40, help="held-out studies to explain by occlusion (0: all)")
     p.set_defaults(func=_report)
 

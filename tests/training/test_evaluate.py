@@ -60,6 +60,50 @@ def test_markdown_table_has_a_column_per_metric_and_pattern():
     assert rows["cox"][4] == "–" and rows["cox"][7] == "0.700" and rows["cox"][10] == "0.750"
 
 
+def test_markdown_table_puts_the_baselines_beside_the_deep_models_and_says_where_one_wins():
+    comparison = {
+        "metric": "cindex",
+        "model": 0.64,
+        "baseline_value": 0.7,
+        "difference": -0.06,
+        "ci95": [-0.11, -0.01],
+        "verdict": "worse",
+        "n_test": 160,
+        "resamples": 1000,
+    }
+    results = {
+        "cox": {
+            "modalities": ["image", "genomics"],
+            "task": "survival_cox",
+            "fusion": "gated",
+            "cindex_observed": 0.64,
+            "cindex_image_only": 0.6,
+            "n_observed": 160,
+            "vs_baselines": {"coxnet (genomics)": comparison},
+        },
+        "coxnet (genomics)": {
+            "kind": "baseline",
+            "task": "survival",
+            "modalities": ["genomics"],
+            "cindex_observed": 0.7,
+            "td_auc_observed": 0.72,
+            "n_observed": 160,
+        },
+        "cox_ridge (genomics)": {"kind": "baseline", "task": "survival", "modalities": ["genomics"], "skipped": "slow"},
+    }
+    lines = markdown_table(results).splitlines()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines[2:4]}
+    assert list(rows) == ["cox", "coxnet (genomics)"] and lines[4] == ""  # the skipped one: a note below
+    # A baseline has no fusion and only the "all" pattern: it has no image to lose.
+    assert rows["coxnet (genomics)"][1:8] == ["survival", "–", "genomics", "0.700", "–", "–", "0.720"]
+    assert "| cox | coxnet (genomics) | C-index | 0.640 | 0.700 | -0.060 | -0.110 to -0.010 | worse |" in lines
+    assert (
+        "- coxnet (genomics) is better than cox on this test split by 0.060 C-index (95% CI 0.010 to 0.110): "
+        "use coxnet (genomics) for this cohort instead of cox."
+    ) in lines
+    assert "- cox_ridge (genomics): skipped: slow" in lines
+
+
 def _train(cohort: Path, out: Path, *extra: str) -> Path:
     return train_tiny(cohort, out, *extra, batch_size=8)
 
@@ -90,7 +134,21 @@ def test_evaluate_compares_strategies_baselines_and_survival_on_one_split(cohort
         ["evaluate", *[a for n, p in checkpoints.items() for a in ("--checkpoint", f"{n}={p}")], "--out", str(out)]
     )
     saved = json.loads((out / "metrics.json").read_text())
-    assert list(saved) == ["gated", "image_only", "cox"]
+    # The classical baselines follow the deep models, fitted on each one's split and
+    # table features: the genomics of "gated" and "cox"; "image_only" has none to fit on.
+    assert list(saved) == [
+        "gated",
+        "image_only",
+        "cox",
+        "logistic (genomics)",
+        "gradient_boosting (genomics)",
+        "coxnet (genomics)",
+        "cox_ridge (genomics)",
+        "rsf (genomics)",
+    ]
+    assert list(saved["cox"]["vs_baselines"]) == ["coxnet (genomics)", "cox_ridge (genomics)", "rsf (genomics)"]
+    assert "vs_baselines" not in saved["image_only"]
+    assert saved["coxnet (genomics)"]["n_observed"] == saved["cox"]["n_observed"]
     assert saved["gated"]["fusion"] == "gated" and saved["cox"]["task"] == "survival_cox"
     assert "auroc_genomics_only" not in saved["image_only"]  # it cannot use genomics
     assert "auroc" not in saved["cox"] or math.isnan(saved["cox"]["auroc"])

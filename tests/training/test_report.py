@@ -91,6 +91,8 @@ def test_report_renders_every_figure_and_check(evidence_run, tmp_path):
     for check in ev.checks:
         assert check.name in html
     assert "Fusion strategies and baselines" in html and "auroc_image_only" in html
+    # evaluate fitted the classical baselines on the model's split and genomics: shown beside it.
+    assert "Classical baselines" in page.headings and "logistic (genomics" in html
     assert not any(pid in html for pid in ev.cases.patient_ids)  # the page can leave the hospital
     summary = json.loads((path.parent / "evidence.json").read_text())
     assert len(summary["checks"]) == 5 and summary["n_test"] == len(ev.cases)

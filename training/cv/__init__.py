@@ -10,4 +10,7 @@ like.
 - ``metrics``: per-fold, pooled and paired metrics with confidence intervals;
 - ``table``: cv.json and cv.md from the folds' results;
 - ``run``: the folds across processes and the files they leave;
-- ``command``: the ``radfusion cv`` arguments."""
+- ``command``: the ``radfusion cv`` arguments;
+- ``holdout``: the same baselines on one train/test split, beside the deep models of
+  ``radfusion evaluate``, with paired bootstrap differences;
+- ``verdict``: what a paired difference says, in words (where the network loses)."""

@@ -47,3 +47,32 @@ def features_of(records: Sequence[dict], genomics: bool, clinical: bool, presenc
     if not parts:
         raise ValueError("baselines need genomics or clinical features; the model uses neither")
     return np.hstack(parts).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class TableInputs:
+    """Which non-image inputs a network uses, as ``features_of`` takes them: its omics
+    blocks (with their presence bits, at their positions in the data module's presence
+    order) and its clinical block."""
+
+    genomics: bool
+    clinical: bool
+    presence: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """How a table names these features, as a model's modalities are named."""
+        return "+".join([*(["genomics"] if self.genomics else []), *(["clinical"] if self.clinical else [])])
+
+    def of(self, records: Sequence[dict]) -> np.ndarray:
+        return features_of(records, self.genomics, self.clinical, self.presence)
+
+
+def table_inputs(net, modalities: Sequence[str]) -> TableInputs | None:
+    """The table inputs of ``net`` (a FusionNet) given the data module's ``modalities``;
+    None when it uses neither omics nor clinical covariates (an image-only network:
+    nothing for a classical model to be fitted on)."""
+    omics = [m for m in net.modality_names if m in net.omics_sizes and net.uses(m)]
+    if not omics and not net.uses("clinical"):
+        return None
+    return TableInputs(bool(omics), bool(net.uses("clinical")), tuple(list(modalities).index(m) for m in omics))

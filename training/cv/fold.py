@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from radfusion.training.cv.arrays import features_of, outcome_of
+from radfusion.training.cv.arrays import outcome_of, table_inputs
 from radfusion.training.cv.baselines import default_baselines, make_baseline
 from radfusion.training.cv.metrics import fold_metric
 
@@ -129,11 +129,11 @@ def _run_fold(job: FoldJob) -> dict:
         }
     }
     names = default_baselines(survival) if job.baselines is None else job.baselines
-    features = _baseline_features(module.net, dm, train_records, test_records)
-    if features is None:  # an image-only network: no table features to fit baselines on
+    inputs = table_inputs(module.net, dm.modalities)
+    if inputs is None:  # an image-only network: no table features to fit baselines on
         names = ()
-    if names and features is not None:
-        x_train, x_test = features
+    if names and inputs is not None:
+        x_train, x_test = inputs.of(train_records), inputs.of(test_records)
         train = outcome_of(train_records)
         for name in names:
             began = time.perf_counter()
@@ -158,19 +158,6 @@ def _run_fold(job: FoldJob) -> dict:
         "models": models,
         "predictions": _predictions(job, test_records, scores, survival, list(dm.labels)),
     }
-
-
-def _baseline_features(
-    net, dm, train_records: list[dict], test_records: list[dict]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The non-image inputs the network uses: its omics blocks (with their presence
-    bits) and its clinical block; None when it uses neither."""
-    omics = [m for m in net.modality_names if m in net.omics_sizes and net.uses(m)]
-    if not omics and not net.uses("clinical"):
-        return None
-    presence = [dm.modalities.index(m) for m in omics]
-    kwargs = {"genomics": bool(omics), "clinical": net.uses("clinical"), "presence": presence}
-    return features_of(train_records, **kwargs), features_of(test_records, **kwargs)
 
 
 def _predictions(job: FoldJob, records: list[dict], scores: dict, survival: bool, labels: list[str]) -> list[dict]:

@@ -125,3 +125,62 @@ def pooled_metric(
     draws = draws[np.isfinite(draws)]
     low, high = np.percentile(draws, [2.5, 97.5]) if len(draws) else (np.nan, np.nan)
     return {"value": point, "low": float(low), "high": float(high)}
+
+
+def bootstrap_counts(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> np.ndarray:
+    """Bootstrap resamples of ``n`` patients as counts (samples x n: how often each
+    patient is drawn), so several models can be scored on the same draws."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, (samples, n))
+    counts = np.zeros((samples, n))
+    np.add.at(counts, (np.arange(samples)[:, None], draws), 1.0)
+    return counts
+
+
+def resampled_metric(survival: bool, scores: np.ndarray, outcome: Outcome, counts: np.ndarray) -> np.ndarray:
+    """``fold_metric`` on each resample of ``counts`` (bootstrap_counts), NaN where it
+    is undefined. Harrell's C and binary AUROC are pair statistics, so a resample's
+    value is a ratio of count-weighted pair sums: one matrix product for all resamples
+    instead of a library call each (1000 calls of scikit-learn's AUROC took 3 s on 160
+    patients). Pairs are counted as lifelines and scikit-learn count them: an event
+    before a later time, or before a censoring at the same time; tied scores count half."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if survival:
+        risk, time, event = scores.reshape(len(scores)), outcome.time, outcome.event.astype(bool)
+        later = (time[:, None] < time[None, :]) | ((time[:, None] == time[None, :]) & ~event[None, :])
+        comparable = (event[:, None] & later).astype(np.float64)
+        return _pair_ratio(counts, comparable, _ordered(risk, risk), counts)
+    labels = outcome.label.astype(int)
+    if scores.shape[1] != 2:  # multi-class one-vs-rest macro AUROC: no pair form, one call each
+        return np.array([_resampled(fold_metric, survival, scores, outcome, row) for row in counts])
+    positive, negative = labels == 1, labels == 0
+    pairs = np.ones((positive.sum(), negative.sum()))
+    order = _ordered(scores[positive, 1], scores[negative, 1])
+    return _pair_ratio(counts[:, positive], pairs, order, counts[:, negative])
+
+
+def _ordered(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 where a_i ranks above b_j, 0.5 on a tie."""
+    return (a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])
+
+
+def _pair_ratio(left: np.ndarray, pairs: np.ndarray, right_order: np.ndarray, right: np.ndarray) -> np.ndarray:
+    total = np.einsum("bi,ij,bj->b", left, pairs, right)
+    ordered = np.einsum("bi,ij,bj->b", left, pairs * right_order, right)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, ordered / np.where(total > 0, total, 1.0), np.nan)
+
+
+def _resampled(metric, survival: bool, scores: np.ndarray, outcome: Outcome, counts: np.ndarray) -> float:
+    rows = np.repeat(np.arange(len(counts)), counts.astype(int))
+    return metric(survival, scores[rows], outcome.take(rows))
+
+
+def percentile_interval(draws: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of the defined draws (NaN, NaN when none is)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return float("nan"), float("nan")
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)

@@ -2,7 +2,9 @@
 
 A run folder is what `radfusion demo` (or a user) leaves: a checkpoint at
 ``fusion/checkpoints/best.ckpt`` or ``checkpoints/best.ckpt``, optionally the
-evaluation's ``metrics.json`` (the fusion-strategy table). The model is calibrated
+evaluation's ``metrics.json`` (the fusion-strategy table, with the classical
+baselines beside the deep models) and a cross-validation's ``cv.json`` (``cv.json``
+or ``cv/cv.json`` in the run folder, or passed as ``cv``). The model is calibrated
 as `radfusion export` calibrates it (the same fit on the same splits, so the same
 temperature as an exported model's contract). The cohort, and its truth file if it
 is synthetic, come from the checkpoint's own data module."""
@@ -20,6 +22,7 @@ from radfusion.training.evidence.run import Evidence, run_evidence, write_summar
 from radfusion.training.evidence.saliency import overlay_png
 from radfusion.training.evidence.truth import load_truth, patients_by_id
 from radfusion.training.report import figures
+from radfusion.training.report.baselines import baselines_section, find_cv, load_json
 from radfusion.training.report.html import checks_table, esc, fmt, img, page, table
 
 log = logging.getLogger(__name__)
@@ -36,34 +39,44 @@ def find_checkpoint(run_dir: Path) -> Path:
 
 
 def build_report(
-    run_dir: Path, out: Path | None = None, checkpoint: Path | None = None, saliency_cases: int | None = 40
+    run_dir: Path,
+    out: Path | None = None,
+    checkpoint: Path | None = None,
+    saliency_cases: int | None = 40,
+    cv: Path | None = None,
 ) -> Path:
     """Run every analysis and write ``report.html`` (and ``evidence.json``) under ``out``
-    (default ``<run>/report``). Returns the HTML path."""
+    (default ``<run>/report``). ``cv``: a `radfusion cv` cv.json (or its folder) whose
+    table the report shows. Returns the HTML path."""
     from radfusion.training.checkpoints import load_datamodule, load_module
 
     run_dir = Path(run_dir)
     checkpoint = Path(checkpoint) if checkpoint else find_checkpoint(run_dir)
     out = Path(out) if out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
+    cv = find_cv(run_dir, cv)  # a wrong --cv path fails before minutes of analyses
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
     evidence = run_evidence(module, dm, saliency_cases=saliency_cases)
-    return render_report(evidence, module, dm, run_dir, checkpoint, out)
+    return render_report(evidence, module, dm, run_dir, checkpoint, out, cv)
 
 
-def render_report(evidence: Evidence, module, dm, run_dir: Path, checkpoint: Path, out: Path) -> Path:
+def render_report(
+    evidence: Evidence, module, dm, run_dir: Path, checkpoint: Path, out: Path, cv: Path | None = None
+) -> Path:
     """Write ``report.html`` and ``evidence.json`` for analyses already run."""
     out.mkdir(parents=True, exist_ok=True)
     write_summary(evidence, out / "evidence.json")
     title = f"radfusion evidence report: {module.model_name}"
-    html = page(title, sections(evidence, module, dm, run_dir, checkpoint))
+    html = page(title, sections(evidence, module, dm, run_dir, checkpoint, find_cv(run_dir, cv)))
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")
     log.info("report written with %d checks", len(evidence.checks))
     return path
 
 
-def sections(ev: Evidence, module, dm, run_dir: Path, checkpoint: Path) -> list[tuple[str, str]]:
+def sections(
+    ev: Evidence, module, dm, run_dir: Path, checkpoint: Path, cv: Path | None = None
+) -> list[tuple[str, str]]:
     out = [("Model and data", _overview(ev, module, dm, checkpoint))]
     if ev.checks:
         out.append(
@@ -75,6 +88,9 @@ def sections(ev: Evidence, module, dm, run_dir: Path, checkpoint: Path) -> list[
             )
         )
     out.append(("Discrimination", _discrimination(ev, run_dir)))
+    baselines = baselines_section(load_json(run_dir / "metrics.json"), load_json(cv))
+    if baselines:
+        out.append(("Classical baselines", baselines))
     out.append(("Calibration", _calibration(ev)))
     out.append(("Subgroups", _subgroups(ev)))
     if ev.gene_ranking is not None:
@@ -109,10 +125,11 @@ def _discrimination(ev: Evidence, run_dir: Path) -> str:
         results = json.loads(metrics.read_text())
         rows = []
         for name, r in results.items():
-            row = {"model": name, "modalities": "+".join(r.get("modalities", []))}
+            row = {"model": name, "kind": r.get("kind", "deep"), "modalities": "+".join(r.get("modalities", []))}
             row.update({k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
             rows.append(row)
         html += "<h3>Fusion strategies and baselines (test split, radfusion evaluate)</h3>" + table(pd.DataFrame(rows))
+        html += "<p class=note>Deep models against the classical baselines: see Classical baselines.</p>"
     else:
         html += "<p class=note>No metrics.json in the run folder: run radfusion evaluate for the strategy table.</p>"
     return html
