@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from radfusion.contract import ClinicalSpec, ImageGeometry, ModelContract, OmicsBlock
 from radfusion.training.data import RadfusionDataModule
-from radfusion.training.module import FusionModule, migrate_hparams
+from radfusion.training.module import CONTRACT_KEY, FusionModule, migrate_hparams
 
 
 def load_module(checkpoint: Path | str) -> FusionModule:
@@ -45,6 +45,12 @@ def load_datamodule(checkpoint: Path | str, cohort_dir: Path | str | None = None
     if cohort_dir is not None:
         hparams["cohort_dir"] = str(cohort_dir)
     dm = RadfusionDataModule(**hparams)
+    parts = state.get(CONTRACT_KEY) or {}
+    if "omics" in parts:
+        clinical = parts.get("clinical")
+        dm.adopt_policy(
+            [OmicsBlock.from_dict(block) for block in parts["omics"]], ClinicalSpec(**clinical) if clinical else None
+        )
     dm.setup("test")
     return dm
 

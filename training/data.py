@@ -214,6 +214,12 @@ class RadfusionDataModule(L.LightningDataModule):
             )
         return _Fitted(table, assignment, omics, clinical)
 
+    def adopt_policy(self, omics: list[OmicsBlock], clinical: ClinicalSpec | None) -> None:
+        """Preprocess with the panels and missing-data policy a checkpoint was trained
+        with instead of refitting them (a model's input widths are its own policy's,
+        e.g. one trained before a policy change). Before setup."""
+        self.__dict__["_fitted"] = dataclasses.replace(self._fitted, omics=omics, clinical=clinical)
+
     def setup(self, stage: str | None = None) -> None:
         if self.records:
             return

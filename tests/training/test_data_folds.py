@@ -99,3 +99,20 @@ def test_a_patient_listed_twice_is_refused_by_count(tmp_path) -> None:
     pd.concat([table, table.iloc[[4]]]).to_csv(cohort / "clinical.csv", index=False)
     with pytest.raises(ClinicalInputError, match=r"^clinical table clinical.csv lists 1 patient\(s\) more than once$"):
         _module(cohort)
+
+
+def test_a_checkpoint_policy_is_adopted_not_refitted(tmp_path) -> None:
+    """A model trained before a policy change keeps its own input widths: evaluation
+    preprocesses with the spec the checkpoint carries."""
+    from radfusion.contract import ClinicalSpec
+
+    cohort = _cohort(tmp_path)
+    table = pd.read_csv(cohort / "clinical.csv", dtype={"patient_id": str})
+    table.loc[3, "grade"] = "low"  # a level that older spec knows
+    table.to_csv(cohort / "clinical.csv", index=False)
+    dm = RadfusionDataModule(str(cohort), clinical_numeric=("age",), clinical_categorical=("grade",), cache="none")
+    older = ClinicalSpec(numeric={"age": [60.0, 10.0]}, categorical={"grade": ["high", "low"]}, fill={"age": 60.0})
+    dm.adopt_policy(dm._fitted.omics, older)
+    dm.setup()
+    assert dm.n_clinical == 3 and dm.clinical is older  # no indicator, no "other": that spec's width
+    assert all(len(r["clinical"]) == 3 for part in ("train", "val", "test") for r in dm.records[part])
