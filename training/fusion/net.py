@@ -63,6 +63,8 @@ class NetworkConfig:
     # A penalised linear term over the omics and clinical inputs the model reads, added
     # to the outputs (training/fusion/linear.py; its penalty: OptimiserConfig linear_*).
     linear_path: bool = False
+    # The linear path also reads each omics feature's square: U-shaped effects (linear.py).
+    linear_squares: bool = False
 
     def __post_init__(self) -> None:
         # YAML and old checkpoints give lists: keep the config hashable and comparable.
@@ -161,6 +163,7 @@ class FusionNet(nn.Module):
                 n_clinical,
                 names.index("clinical") if self.uses("clinical") else None,
                 n_classes,
+                squares=config.linear_squares,
             )
             if config.linear_path
             else None
