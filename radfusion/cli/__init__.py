@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from radfusion import log_privacy
 
@@ -117,9 +118,13 @@ def _score(args: argparse.Namespace) -> None:
     except (ResumeError, PatientTableError, FileNotFoundError) as exc:
         sys.exit(f"radfusion score: {exc}")
     except KeyboardInterrupt:
-        print("interrupted: committed rows are kept; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     print(json.dumps(summary, indent=2))
+
+
+def _interrupted() -> NoReturn:
+    print("interrupted: committed rows are kept; run the same command again to resume", file=sys.stderr)
+    sys.exit(130)
 
 
 def _score_table(args: argparse.Namespace) -> None:
@@ -145,8 +150,7 @@ def _score_table(args: argparse.Namespace) -> None:
     except (ResumeError, PatientTableError, FileNotFoundError) as exc:
         sys.exit(f"radfusion score: {exc}")
     except KeyboardInterrupt:
-        print("interrupted: committed rows are kept; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     print(json.dumps(summary, indent=2))
 
 
