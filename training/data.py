@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
-from monai.transforms import Compose, MapTransform, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    RandFlipd,
+    Randomizable,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
 
 from radfusion.cohort import cohort_hash, index_studies
 from radfusion.cohort_manifest import load_manifest
@@ -39,6 +46,8 @@ from radfusion.study import read_study_image
 from radfusion.training.folds import cv_patients, fold_seed, split_patients
 
 CACHE_CHOICES = ("persistent", "memory", "none")
+# The image's presence bit: "image" is always the first of a data module's modalities.
+IMAGE_BIT = 0
 
 
 @dataclass
@@ -56,15 +65,38 @@ class LoadStudyd(MapTransform):
         super().__init__(keys=["image"])
         self.geometry = geometry
         self.root = Path(root)
+        # One tensor for every patient without a study (collate copies it into the batch).
+        self.absent = torch.zeros((1, *geometry.target_shape))
 
     def __call__(self, data: dict) -> dict:
         out = dict(data)
         if not data["image"]:  # patient without a study: image-absent, presence says so
-            out["image"] = torch.zeros((1, *self.geometry.target_shape))
+            out["image"] = self.absent
             return out
         files = [self.root / f for f in data["image"]]
         out["image"] = torch.from_numpy(read_study_image(files, self.geometry).image)
         return out
+
+
+class AugmentStudyd(Randomizable, MapTransform):
+    """The random image transforms, for patients with a study only: an absent image is
+    zeros the network never sees (its presence bit is 0), and augmenting it cost most of
+    an epoch on image-less cohorts."""
+
+    def __init__(self, transforms: list):
+        super().__init__(keys=["image"])
+        self.transforms = Compose(transforms)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        self.transforms.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data) -> None:  # each wrapped transform draws its own
+        pass
+
+    def __call__(self, data: dict) -> dict:
+        return self.transforms(data) if data["presence"][IMAGE_BIT] else data
+
 
 
 class RadfusionDataModule(L.LightningDataModule):
@@ -161,7 +193,7 @@ class RadfusionDataModule(L.LightningDataModule):
 
     @property
     def modalities(self) -> list[str]:
-        """Presence-mask order, as the contract's `modalities`."""
+        """Presence-mask order, as the contract's `modalities` (the image first: IMAGE_BIT)."""
         return ["image", *self.block_features, *([CLINICAL] if self.n_clinical else [])]
 
     @property
@@ -234,6 +266,8 @@ class RadfusionDataModule(L.LightningDataModule):
 
     def _dataset(self, records: list[dict], transform: Compose) -> Dataset:
         """Deterministic transforms (the study loading) are cached; random ones run per epoch."""
+        if not any(r["image"] for r in records):  # no study to read: nothing to cache
+            return Dataset(records, transform=transform)
         if self.hparams.cache == "persistent":
             cache_dir = self.cohort_dir / ".radfusion" / f"images-{self._geometry_key()}"
             return PersistentDataset(records, transform=transform, cache_dir=cache_dir, hash_transform=None)
@@ -315,12 +349,16 @@ class RadfusionDataModule(L.LightningDataModule):
         return Compose(
             [
                 load,
-                # The phenotype (lesion size, contrast, texture) ignores orientation.
-                RandFlipd(keys="image", prob=0.5, spatial_axis=0),
-                RandFlipd(keys="image", prob=0.5, spatial_axis=1),
-                RandFlipd(keys="image", prob=0.5, spatial_axis=2),
-                RandScaleIntensityd(keys="image", factors=0.05, prob=0.5),
-                RandShiftIntensityd(keys="image", offsets=0.02, prob=0.5),
+                AugmentStudyd(
+                    [
+                        # The phenotype (lesion size, contrast, texture) ignores orientation.
+                        RandFlipd(keys="image", prob=0.5, spatial_axis=0),
+                        RandFlipd(keys="image", prob=0.5, spatial_axis=1),
+                        RandFlipd(keys="image", prob=0.5, spatial_axis=2),
+                        RandScaleIntensityd(keys="image", factors=0.05, prob=0.5),
+                        RandShiftIntensityd(keys="image", offsets=0.02, prob=0.5),
+                    ]
+                ),
             ]
         )
 

@@ -27,6 +27,8 @@ from radfusion.treatment import DEFAULT_SWITCH_MARGIN
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
+# export(model=...): the checkpoint's own network.
+NETWORK = "network"
 
 
 class ParityError(RuntimeError):
@@ -117,30 +119,45 @@ def export(
     calibrate: bool = True,
     cohort_dir: Path | None = None,
     importance_cases: int = DEFAULT_CASES,
+    model: str = NETWORK,
 ) -> dict:
     """Export ``checkpoint`` to ``out`` (plus ``out``.export.json, the report returned).
     ``cohort_dir``: where the training cohort lies now, if it moved since training
     (calibration, the feature importance and the parity check read it);
     ``importance_cases``: validation cases the contract's feature importance is
-    computed on (radfusion.training.importance; 0: none)."""
+    computed on (radfusion.training.importance; 0: none); ``model``: the checkpoint's
+    network, or a linear classical baseline (training.cv.affine.AFFINE_BASELINES)
+    fitted on its training patients, under the same contract."""
     module = load_module(checkpoint)
     contract = build_contract(module, checkpoint)
     dm = load_datamodule(checkpoint, cohort_dir)
+    net, baseline = module.net, None
+    if model != NETWORK:
+        from radfusion.training.cv.affine import fit_affine_baseline, missing_in_training
+
+        dm.setup()
+        net, baseline = fit_affine_baseline(model, module.net, module.task.kind, dm)
+        contract.name = f"{contract.name}-{model}"
+        # The network's validation metrics are not this model's; `radfusion cv` measures it.
+        contract.metrics = {}
+        contract.may_be_missing = missing_in_training(net, dm)
     if contract.clinical is not None and contract.clinical.treatment:
         # Serving recommends with the very margin the evidence report measured.
         contract.clinical.switch_margin = DEFAULT_SWITCH_MARGIN
-    if calibrate and module.task.kind == "classification":
+    # A logistic baseline is fitted on the validation patients too, by likelihood: its
+    # probabilities are its own, not recalibrated on patients it has seen.
+    if calibrate and module.task.kind == "classification" and baseline is None:
         # Temperature from the validation split, level from the training split (the
         # level goes into the exported graph); serving divides the logits by the temperature.
         from radfusion.training.evidence.calibration import calibrate
 
-        contract.temperature = calibrate(module.net, dm)
-    importance = export_importance(module.net, module.task.kind, dm, importance_cases)
+        contract.temperature = calibrate(net, dm)
+    importance = export_importance(net, module.task.kind, dm, importance_cases)
     contract.feature_importance = importance.features
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    export_onnx(module.net, contract, tmp)
-    diff = parity_check(module.net, tmp, dm)
+    export_onnx(net, contract, tmp)
+    diff = parity_check(net, tmp, dm)
     if not diff <= tolerance:
         tmp.unlink(missing_ok=True)
         raise ParityError(f"ONNX and PyTorch disagree: max |diff| {diff:.3g} > {tolerance:g}")
@@ -149,6 +166,7 @@ def export(
         "onnx": str(out),
         "model": contract.name,
         "version": contract.version,
+        "baseline": baseline,
         "onnx_max_abs_diff": diff,
         "parity_tolerance": tolerance,
         "temperature": contract.temperature,

@@ -70,10 +70,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     """Training exports and checks the model; serving registers it (the CLI is the one
     layer that may join them)."""
+    from radfusion.training.cv.affine import BaselineExportError
     from radfusion.training.export import export, write_export_report
 
     out = Path(args.out)
-    report = export(Path(args.checkpoint), out, calibrate=not args.no_calibrate)
+    try:
+        report = export(Path(args.checkpoint), out, calibrate=not args.no_calibrate, model=args.model)
+    except BaselineExportError as exc:
+        sys.exit(f"radfusion export: {exc}")
     report["bento_tag"] = None
     if not args.no_register:
         from radfusion.serving.modelref import register_model
@@ -267,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-calibrate",
         action="store_true",
         help="keep temperature 1 instead of fitting temperature scaling on the validation split",
+    )
+    p.add_argument(
+        "--model",
+        default="network",
+        help="what is exported: the checkpoint's network (default), or a linear classical baseline (coxnet, "
+        "cox_ridge, logistic) fitted on its training patients with the same inputs and contract, for a cohort "
+        "where `radfusion cv` found it better",
     )
     p.set_defaults(func=_export)
 

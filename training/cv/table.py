@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from radfusion.training.cv.affine import AFFINE_BASELINES
 from radfusion.training.cv.arrays import Outcome
 from radfusion.training.cv.fold import DEEP
 from radfusion.training.cv.metrics import metric_name, paired_differences, pooled_metric, summarise
@@ -148,4 +149,13 @@ def markdown(summary: dict) -> str:
     ]
     if best and difference is not None and difference < 0:
         lines += ["", f"On these folds {best} did better than radfusion on average: consider it for this cohort."]
+        models = summary["models"]
+        # The best of the linear baselines that beat the network on these folds.
+        better = [n for n in AFFINE_BASELINES if n in models and _finite(models[n]["paired_difference"]["mean"]) < 0]
+        linear = max(better, key=lambda n: _finite(models[n]["mean"]), default=None)
+        if linear:
+            lines += [
+                f"A linear baseline ({linear}) can be exported in the network's place, under the same contract: "
+                f"`radfusion export --checkpoint CHECKPOINT --out MODEL.onnx --model {linear}`."
+            ]
     return "\n".join(lines) + "\n"
