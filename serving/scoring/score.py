@@ -107,7 +107,7 @@ def score_archive(
         batch_size,
     )
     meter = Progress(enabled=progress)
-    try:
+    with writer.guarded():
         if engine == "ray":
             from radfusion.serving.scoring.ray_engine import RayEngine
 
@@ -120,16 +120,6 @@ def score_archive(
             stats = LocalEngine(model, workers, batch_size, budget=study_budget).run(archive, patients, writer, meter)
         meter.close()
         result = writer.finish()
-    except KeyboardInterrupt:
-        writer.commit()  # what is finished stays finished
-        writer.close()
-        log.warning(
-            "interrupted: %d rows committed this run; run the same command again to resume", writer.committed_this_run
-        )
-        raise
-    except BaseException:
-        writer.close()
-        raise
     seconds = time.perf_counter() - started
     summary = _summary(result, stats, writer.committed_this_run, seconds)
     summary.update(

@@ -87,7 +87,7 @@ def score_table(
     meter.found(len(todo))
     meter.discovery_finished()
     log.info("scoring %d patients (%d from earlier runs) with %s", len(todo), len(ids) - len(todo), contract.name)
-    try:
+    with writer.guarded():
         for start in range(0, len(todo), batch_size):
             prepared = [
                 prepare_patient(contract, pid, patients.lookup(pid)) for pid in todo[start : start + batch_size]
@@ -99,16 +99,6 @@ def score_table(
             meter.advance(rows)
         meter.close()
         result = writer.finish()
-    except KeyboardInterrupt:
-        writer.commit()  # what is finished stays finished
-        writer.close()
-        log.warning(
-            "interrupted: %d rows committed this run; run the same command again to resume", writer.committed_this_run
-        )
-        raise
-    except BaseException:
-        writer.close()
-        raise
     seconds = time.perf_counter() - started
     summary = _summary(result, writer.committed_this_run, len(ids) - len(todo), seconds)
     summary.update(

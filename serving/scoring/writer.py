@@ -20,11 +20,14 @@ holds for either."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,8 @@ import pyarrow.parquet as pq
 
 from radfusion.serving.scoring.rows import RETRY_ON_RESUME, error_kind
 from radfusion.serving.scoring.sources import StudyRef
+
+log = logging.getLogger(__name__)
 
 METADATA_KEY = b"radfusion.scorer"
 RUN_FILE = "run.json"
@@ -138,6 +143,23 @@ class PartWriter:
     def close(self) -> None:
         if not self._lock.closed:
             self._lock.close()
+
+    @contextlib.contextmanager
+    def guarded(self) -> Iterator[PartWriter]:
+        """A scoring run's body: on Ctrl-C the rows finished so far are committed (the
+        same command resumes after them); on any failure the output lock is released."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.commit()  # what is finished stays finished
+            self.close()
+            log.warning(
+                "interrupted: %d rows committed this run; run the same command again to resume", self.committed_this_run
+            )
+            raise
+        except BaseException:
+            self.close()
+            raise
 
     # ---- internals -------------------------------------------------------------------
 
