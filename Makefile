@@ -42,7 +42,7 @@ bento: venv
 # for data -> bench/results/training.json (train_speedup, data_wait_fraction).
 # On a GPU machine: bash bench/gpu_train.sh (fp32 vs bf16-mixed, GPU utilisation).
 # Real bundled cohorts (scikit-survival, lifelines): radfusion's configuration and each
-# classical baseline on the same 5 folds -> bench/results/realdata.json
+# classical baseline on the same 5 folds, repeated 5 times -> bench/results/realdata.json
 # (deep_vs_best_classical, cv_seconds_ratio).
 bench: venv
 	$(PY) -m bench.realdata
