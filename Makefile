@@ -6,10 +6,14 @@ export BENTOML_DO_NOT_TRACK := True
 export XDG_CACHE_HOME ?= $(CURDIR)/.cache
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 
-.PHONY: demo test test-fast lint bento venv bench fuzz clean
+.PHONY: demo test test-fast lint bento venv lock bench fuzz clean
 
 venv:
 	@bash scripts/bootstrap.sh
+
+# requirements/lock.txt from the current environment (after a deliberate upgrade).
+lock: venv
+	bash scripts/lock.sh
 
 demo: venv
 	$(PY) -m radfusion.cli demo --out runs/demo

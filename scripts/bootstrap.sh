@@ -2,17 +2,22 @@
 # Create .venv (if missing) and install radfusion with everything the demo and the
 # tests need. Torch first and pinned: a bare `torch` pulls a multi-GB CUDA build.
 # On a machine with a working NVIDIA GPU take the CUDA build of torch and
-# onnxruntime-gpu instead of the CPU ones.
+# onnxruntime-gpu instead of the CPU ones. Every other package is installed at the
+# version in requirements/lock.txt (scripts/lock.sh): what the README's figures were
+# measured with; RADFUSION_UNLOCKED=1 resolves today's versions instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 STAMP="$VENV/.radfusion-installed"
+LOCK=requirements/lock.txt
 
-if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml ]]; then
+if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml && "$STAMP" -nt "$LOCK" ]]; then
     exit 0
 fi
+CONSTRAINTS=(-c "$LOCK")
+[[ "${RADFUSION_UNLOCKED:-0}" == 1 ]] && CONSTRAINTS=()
 
 [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
@@ -29,6 +34,6 @@ else
     ORT_EXTRA=cpu
 fi
 
-$PIP install --quiet -e ".[${ORT_EXTRA},train,serve,dev,cluster,tracking]"
+$PIP install --quiet "${CONSTRAINTS[@]}" -e ".[${ORT_EXTRA},train,serve,dev,cluster,tracking]"
 touch "$STAMP"
 echo "bootstrap: $VENV ready"
