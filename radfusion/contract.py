@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radfusion.conformal import ConformalSpec
+
 CONTRACT_METADATA_KEY = "radfusion.contract"
 CONTRACT_SCHEMA_VERSION = 2
 
@@ -185,6 +187,9 @@ class ModelContract:
     positive_label: str | None = None
     # Temperature the logits are divided by (fitted on validation; 1 = uncalibrated).
     temperature: float = 1.0
+    # Classification: the prediction sets' thresholds (radfusion.conformal), fitted at
+    # export on the validation split; None: the model answers without sets.
+    conformal: ConformalSpec | None = None
     # Discrete-time survival ("survival:discrete"): each output is the hazard logit
     # of the interval ending at this many months (upper edges, increasing). Empty
     # for other tasks.
@@ -212,6 +217,7 @@ class ModelContract:
         if data.get("schema_version") != CONTRACT_SCHEMA_VERSION:
             raise ValueError(f"unsupported contract schema {data.get('schema_version')!r}")
         clinical = data.pop("clinical", None)
+        conformal = data.pop("conformal", None)
         omics = [OmicsBlock.from_dict(block) for block in data.pop("omics")]
         image = data.pop("image")
         image = ImageGeometry(
@@ -223,7 +229,13 @@ class ModelContract:
                 "modalities": tuple(image["modalities"]),
             }
         )
-        return cls(image=image, omics=omics, clinical=ClinicalSpec(**clinical) if clinical else None, **data)
+        return cls(
+            image=image,
+            omics=omics,
+            clinical=ClinicalSpec(**clinical) if clinical else None,
+            conformal=ConformalSpec(**conformal) if conformal else None,
+            **data,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ModelContract:
@@ -240,6 +252,8 @@ class ModelContract:
             raise ValueError(
                 f"discrete-time survival needs one time bin per output: {len(self.time_bins)} vs {len(self.labels)}"
             )
+        if self.conformal is not None and len(self.conformal.thresholds) != len(self.labels):
+            raise ValueError(f"{len(self.conformal.thresholds)} conformal thresholds for {len(self.labels)} labels")
         unknown = set(self.trained_modalities) | set(self.may_be_missing)
         unknown -= {*self.modalities, GENOMICS}
         if unknown:

@@ -5,7 +5,8 @@ listener's DICOM SR (which reads the typed fields).
 
 Tasks (``ModelContract.task``, the part before ":"):
 
-- classification: softmax probabilities and the arg-max label;
+- classification: softmax probabilities and the arg-max label, and where the contract
+  has conformal thresholds, the prediction set at their coverage (radfusion.conformal);
 - multilabel: a sigmoid probability per label and every label at p >= 0.5;
 - survival:cox: a risk score (log relative hazard; higher = worse);
 - survival:discrete: interval hazard logits, turned into the survival probability at
@@ -49,14 +50,17 @@ def task_kind(contract: ModelContract) -> str:
 class Prediction:
     """The task's answer for one case. Fields a task does not have stay empty/None:
     classification and multilabel fill ``probabilities`` (label, p) in contract order
-    and ``predicted`` (one label, or every label at p >= 0.5); survival fills
-    ``risk_score`` and, for discrete time, ``survival`` (months, P(alive then))."""
+    and ``predicted`` (one label, or every label at p >= 0.5), classification with a
+    conformal contract ``prediction_set`` (the labels not ruled out at ``set_coverage``);
+    survival fills ``risk_score`` and, for discrete time, ``survival`` (months, P(alive then))."""
 
     kind: str
     probabilities: tuple[tuple[str, float], ...] = ()
     predicted: tuple[str, ...] = ()
     risk_score: float | None = None
     survival: tuple[tuple[float, float], ...] = ()
+    prediction_set: tuple[str, ...] | None = None
+    set_coverage: float | None = None
 
     @classmethod
     def from_outputs(cls, contract: ModelContract, outputs: np.ndarray) -> Prediction:
@@ -74,9 +78,18 @@ class Prediction:
         probabilities = tuple((label, float(p)) for label, p in zip(contract.labels, values, strict=True))
         if kind == "multilabel":
             predicted = tuple(label for label, p in probabilities if p >= MULTILABEL_THRESHOLD)
-        else:
-            predicted = (contract.labels[int(np.argmax(values))],)
-        return cls(kind, probabilities=probabilities, predicted=predicted)
+            return cls(kind, probabilities=probabilities, predicted=predicted)
+        predicted = (contract.labels[int(np.argmax(values))],)
+        if contract.conformal is None:
+            return cls(kind, probabilities=probabilities, predicted=predicted)
+        members = contract.conformal.prediction_set(values)[0]
+        return cls(
+            kind,
+            probabilities=probabilities,
+            predicted=predicted,
+            prediction_set=tuple(label for label, member in zip(contract.labels, members, strict=True) if member),
+            set_coverage=contract.conformal.coverage,
+        )
 
     @property
     def is_survival(self) -> bool:
@@ -94,6 +107,8 @@ class Prediction:
             answer["predicted_labels"] = list(self.predicted)
         else:
             answer["predicted_label"] = self.predicted[0]
+        if self.prediction_set is not None:
+            answer["prediction_set"] = {"labels": list(self.prediction_set), "coverage": self.set_coverage}
         return answer
 
     def columns(self) -> dict[str, object]:
@@ -108,6 +123,8 @@ class Prediction:
         else:
             values["predicted_label"] = self.predicted[0]
         values.update({prob_column(label): p for label, p in self.probabilities})
+        if self.prediction_set is not None:
+            values[SET_COLUMN] = list(self.prediction_set)
         return values
 
     def summary(self) -> str:
@@ -118,6 +135,7 @@ class Prediction:
 
 
 RISK_COLUMN = "risk_score"
+SET_COLUMN = "prediction_set"
 
 
 def prob_column(label: str) -> str:
@@ -142,7 +160,10 @@ def output_columns(contract: ModelContract) -> list[tuple[str, str]]:
     if kind == "survival:discrete":
         return [(RISK_COLUMN, "float64"), *[(survival_column(t), "float64") for t in contract.time_bins]]
     predicted = ("predicted_labels", "list<string>") if kind == "multilabel" else ("predicted_label", "string")
-    return [predicted, *[(prob_column(label), "float64") for label in contract.labels]]
+    columns = [predicted, *[(prob_column(label), "float64") for label in contract.labels]]
+    if kind == "classification" and contract.conformal is not None:
+        columns.append((SET_COLUMN, "list<string>"))
+    return columns
 
 
 def _discrete_survival(contract: ModelContract, hazard_logits: np.ndarray) -> Prediction:

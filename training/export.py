@@ -8,6 +8,7 @@ parity check passes, so a failed export never leaves a model that serving would 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -17,6 +18,7 @@ import numpy as np
 import onnx
 import torch
 
+from radfusion.conformal import DEFAULT_COVERAGE
 from radfusion.contract import ModelContract, write_contract_to_onnx
 from radfusion.runtime import OnnxModel
 from radfusion.training.checkpoints import build_contract, load_datamodule, load_module
@@ -120,6 +122,7 @@ def export(
     cohort_dir: Path | None = None,
     importance_cases: int = DEFAULT_CASES,
     model: str = NETWORK,
+    conformal_coverage: float | None = DEFAULT_COVERAGE,
 ) -> dict:
     """Export ``checkpoint`` to ``out`` (plus ``out``.export.json, the report returned).
     ``cohort_dir``: where the training cohort lies now, if it moved since training
@@ -127,7 +130,8 @@ def export(
     ``importance_cases``: validation cases the contract's feature importance is
     computed on (radfusion.training.importance; 0: none); ``model``: the checkpoint's
     network, or a linear classical baseline (training.cv.affine.AFFINE_BASELINES)
-    fitted on its training patients, under the same contract."""
+    fitted on its training patients, under the same contract; ``conformal_coverage``:
+    a classification network's prediction sets (radfusion.conformal; None: none)."""
     module = load_module(checkpoint)
     contract = build_contract(module, checkpoint)
     dm = load_datamodule(checkpoint, cohort_dir)
@@ -152,6 +156,11 @@ def export(
         from radfusion.training.evidence.calibration import calibrate
 
         contract.temperature = calibrate(net, dm)
+    if conformal_coverage and module.task.kind == "classification" and baseline is None:
+        # Not for a baseline: it was fitted on the validation patients the sets are calibrated on.
+        from radfusion.training.evidence.conformal import fit_conformal
+
+        contract.conformal = fit_conformal(net, dm, contract.temperature, conformal_coverage)
     importance = export_importance(net, module.task.kind, dm, importance_cases)
     contract.feature_importance = importance.features
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +179,7 @@ def export(
         "onnx_max_abs_diff": diff,
         "parity_tolerance": tolerance,
         "temperature": contract.temperature,
+        "conformal": dataclasses.asdict(contract.conformal) if contract.conformal else None,
         "feature_importance": importance.report(),
     }
     write_export_report(out, report)

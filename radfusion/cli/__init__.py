@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from radfusion import log_privacy
+from radfusion.conformal import DEFAULT_COVERAGE
 
 # What `radfusion export` registers in the BentoML model store (training/module.py's
 # default model_name); `name:latest` is the newest export.
@@ -75,7 +76,13 @@ def _export(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     try:
-        report = export(Path(args.checkpoint), out, calibrate=not args.no_calibrate, model=args.model)
+        report = export(
+            Path(args.checkpoint),
+            out,
+            calibrate=not args.no_calibrate,
+            model=args.model,
+            conformal_coverage=args.coverage or None,
+        )
     except BaselineExportError as exc:
         sys.exit(f"radfusion export: {exc}")
     report["bento_tag"] = None
@@ -271,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-calibrate",
         action="store_true",
         help="keep temperature 1 instead of fitting temperature scaling on the validation split",
+    )
+    p.add_argument(
+        "--coverage",
+        type=float,
+        default=DEFAULT_COVERAGE,
+        help="a classification network's conformal prediction sets hold the true label with this probability "
+        "per label, calibrated on the validation split (0: no sets)",
     )
     p.add_argument(
         "--model",

@@ -66,7 +66,8 @@ def prediction_report(
     """``result``: the case's facts (see build_prediction_sr); ``sources``: the scored
     series' instances; ``replaces``: why this report supersedes an earlier one."""
     groups = _survival_groups(contract, prediction) if prediction.is_survival else _label_groups(contract, prediction)
-    return _report(contract, groups, _facts(contract, result, replaces), sources)
+    texts = _facts(contract, result, replaces) + _prediction_set(contract, prediction)
+    return _report(contract, groups, texts, sources)
 
 
 def failure_report(contract: ModelContract, kind: str, reason: str, earlier: str | None) -> hd.sr.MeasurementReport:
@@ -83,16 +84,29 @@ def _label_groups(contract: ModelContract, prediction: Prediction) -> list[hd.sr
     groups = []
     for label, probability in prediction.probabilities:
         predicted = rc.YES if label in prediction.predicted else rc.NO
+        evaluations = [hd.sr.QualitativeEvaluation(rc.PREDICTED_CLASS, predicted)]
+        if prediction.prediction_set is not None:
+            member = rc.YES if label in prediction.prediction_set else rc.NO
+            evaluations.append(hd.sr.QualitativeEvaluation(rc.IN_PREDICTION_SET, member))
         groups.append(
             _group(
                 contract,
                 f"class {label}",
                 finding=rc.label_code(label),
                 measurements=[hd.sr.Measurement(rc.PROBABILITY, probability, rc.NO_UNITS)],
-                evaluations=[hd.sr.QualitativeEvaluation(rc.PREDICTED_CLASS, predicted)],
+                evaluations=evaluations,
             )
         )
     return groups
+
+
+def _prediction_set(contract: ModelContract, prediction: Prediction) -> list[hd.sr.ContentItem]:
+    """The conformal set as a reader says it: its labels (or that none fits) and the coverage."""
+    if prediction.prediction_set is None or contract.conformal is None:
+        return []
+    labels = " or ".join(prediction.prediction_set) if prediction.prediction_set else "no label fits this case"
+    statement = f"{labels} (coverage {prediction.set_coverage:.0%}, {contract.conformal.method})"
+    return [_text(rc.PREDICTION_SET, statement)]
 
 
 def _survival_groups(

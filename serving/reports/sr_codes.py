@@ -65,6 +65,10 @@ EARLIER_REPORT = _private("RF0017", "Earlier report")
 IMPUTED_FEATURES = _private("RF0020", "Imputed input features")
 TREATED_AS_ABSENT = _private("RF0021", "Input treated as absent")
 UNSEEN_LEVELS = _private("RF0022", "Unseen categorical levels")
+# Conformal prediction sets (radfusion.conformal): per label whether the set holds it
+# (SCT Yes/No in the label's group), and the set with its coverage as text.
+IN_PREDICTION_SET = _private("RF0023", "In conformal prediction set")
+PREDICTION_SET = _private("RF0024", "Conformal prediction set")
 # How the risk score was computed (Measurement Method of the risk score).
 RISK_METHODS = {
     "survival:cox": _private("RF0018", "Log relative hazard (Cox model)"),

@@ -27,6 +27,7 @@ TEXT_CONCEPTS = (
     rc.NO_RESULT,
     rc.ERROR_KIND,
     rc.EARLIER_REPORT,
+    rc.PREDICTION_SET,
 )
 
 
@@ -35,6 +36,8 @@ class PredictionReport:
     algorithms: list[tuple[str, str]] = field(default_factory=list)  # (name, version) of each group
     probabilities: dict[str, float] = field(default_factory=dict)  # label -> p
     predicted: list[str] = field(default_factory=list)  # labels whose Predicted class is Yes
+    # labels whose "In conformal prediction set" is Yes; None: the groups say nothing of sets
+    prediction_set: list[str] | None = None
     risk_score: float | None = None
     risk_method: hd.sr.CodedConcept | None = None
     survival: list[tuple[float, float]] = field(default_factory=list)  # (months, P(alive))
@@ -90,6 +93,9 @@ def _read_group(group: hd.sr.MeasurementsAndQualitativeEvaluations, found: Predi
         assert predicted.value in (rc.YES, rc.NO)
         if predicted.value == rc.YES:
             found.predicted.append(label)
+        for member in group.get_qualitative_evaluations(name=rc.IN_PREDICTION_SET):
+            assert member.value in (rc.YES, rc.NO)
+            found.prediction_set = (found.prediction_set or []) + ([label] if member.value == rc.YES else [])
     for risk in group.get_measurements(name=rc.RISK_SCORE):
         assert found.risk_score is None, "two risk scores"
         found.risk_score, found.risk_method = float(risk.value), risk.method
