@@ -279,6 +279,9 @@ class FusionModule(L.LightningModule):
                 monitor=self.task.monitor,
                 mode="max",
                 save_last=False,
+                # A rerun into the same folder replaces best.ckpt (what evaluate and
+                # export read), never writes best-v1.ckpt beside a stale one.
+                enable_version_counter=False,
             )
         ]
 
