@@ -204,6 +204,8 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0) ->
         "n_test": metrics["fusion"]["n_observed"],
         **survival_summary(metrics),
         "onnx_max_abs_diff": export_report["onnx_max_abs_diff"],
+        # The prediction sets' coverage on the test split (calibrated on the validation split).
+        "conformal_test": (export_report.get("conformal") or {}).get("test"),
         "model_version": export_report["version"],
         "bento_model": export_report["bento_tag"],
         **service,
