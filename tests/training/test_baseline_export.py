@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -108,19 +109,12 @@ def test_logistic_baseline_logits_are_scikit_learns_probabilities() -> None:
     records = [record(i) for i in range(n)]
     parts = {"train": records[:120], "val": [], "test": records[120:]}
 
-    class Net:  # what fit_affine_baseline reads from a network
-        modality_names = ["image", "expression", "clinical"]
-        omics_sizes = {"expression": genes}
+    names = ["image", "expression", "clinical"]
+    # What fit_affine_baseline reads from a network and a data module.
+    net = SimpleNamespace(modality_names=names, omics_sizes={"expression": genes}, uses=lambda m: m != "image")
+    data = SimpleNamespace(modalities=names, n_classes=2, records=parts)
 
-        def uses(self, m: str) -> bool:
-            return m != "image"
-
-    class Data:
-        modalities = Net.modality_names
-        n_classes = 2
-        records = parts
-
-    module, chosen = fit_affine_baseline("logistic", Net(), "classification", Data())
+    module, chosen = fit_affine_baseline("logistic", net, "classification", data)
     test = records[120:]
     batch = {k: torch.as_tensor(np.stack([r[k] for r in test])) for k in ("genomics", "clinical", "presence")}
     logits = module(torch.zeros(len(test), 1), batch["genomics"], batch["clinical"], batch["presence"])

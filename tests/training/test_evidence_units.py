@@ -15,6 +15,7 @@ import torch
 from radfusion.preprocess import preprocess_image
 from radfusion.training.evidence.attribution import rank_features, top_k_agreement
 from radfusion.training.evidence.calibration import (
+    TEMPERATURE_BOUNDS,
     ece,
     fit_temperature,
     positive_probability,
@@ -164,6 +165,23 @@ def test_temperature_scaling_recovers_a_known_temperature():
     assert ece(positive_probability(logits, t), label) < ece(positive_probability(logits), label)
     with pytest.raises(ValueError):
         fit_temperature(logits[:5], np.ones(5, dtype=int))
+
+
+def test_a_temperature_on_its_search_bound_is_announced(caplog):
+    """Separable validation cases drive the NLL's minimum to T -> 0: the fitted value is
+    the bound, not a fit, and the log says so; a fitted one says nothing."""
+    z = np.linspace(-3, 3, 40)
+    separable = np.stack([np.zeros_like(z), z], axis=1)
+    with caplog.at_level("WARNING", logger="radfusion.training.evidence.calibration"):
+        t = fit_temperature(separable, (z > 0).astype(int))
+    assert t == pytest.approx(TEMPERATURE_BOUNDS[0], rel=0.02)
+    assert "at the search bound" in caplog.text
+    caplog.clear()
+    rng = np.random.default_rng(0)
+    noisy = (rng.random(40) < 1 / (1 + np.exp(-z))).astype(int)
+    with caplog.at_level("WARNING", logger="radfusion.training.evidence.calibration"):
+        fit_temperature(separable, noisy)
+    assert "search bound" not in caplog.text
 
 
 def test_ece_by_hand():

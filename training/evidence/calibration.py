@@ -25,6 +25,8 @@ probabilities over all held-out cases, for an ECE on more patients than one spli
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
@@ -35,8 +37,12 @@ from torchmetrics.functional.classification import binary_calibration_error
 from radfusion.training.evaluation_mode import fit_output_shift
 from radfusion.training.evidence.cases import collect_cases, predict_logits
 
+log = logging.getLogger(__name__)
+
 N_BINS = 10
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+# |log T - log bound| below which a fitted temperature counts as on the bound.
+BOUND_TOLERANCE = 0.01
 # Label draws for the perfect-calibration floor: at 1000 its 95th percentile varies by
 # about 0.0015 (standard deviation over seeds) on ~200 cases.
 FLOOR_DRAWS = 1000
@@ -60,8 +66,22 @@ def fit_temperature(logits: np.ndarray, label: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         return float(torch.nn.functional.cross_entropy(logits_t / np.exp(log_t), label_t))
 
+    return _search_temperature(nll)
+
+
+def _search_temperature(nll) -> float:
+    """The temperature minimising ``nll`` (a function of log T) within TEMPERATURE_BOUNDS;
+    a warning when it lands on a bound, where the minimum may lie beyond it."""
     low, high = np.log(TEMPERATURE_BOUNDS)
-    return float(np.exp(minimize_scalar(nll, bounds=(low, high), method="bounded").x))
+    t = float(np.exp(minimize_scalar(nll, bounds=(low, high), method="bounded").x))
+    if min(abs(np.log(t) - low), abs(np.log(t) - high)) < BOUND_TOLERANCE:
+        log.warning(
+            "temperature %.3g is at the search bound %s: the validation split is separable or too small "
+            "for temperature scaling, and the probabilities' confidence is not fitted",
+            t,
+            TEMPERATURE_BOUNDS,
+        )
+    return t
 
 
 def fit_temperature_and_level(
@@ -85,8 +105,7 @@ def fit_temperature_and_level(
         t = np.exp(log_t)
         return float(ce(val_t / t + level(t), val_y))
 
-    low, high = np.log(TEMPERATURE_BOUNDS)
-    t = float(np.exp(minimize_scalar(nll, bounds=(low, high), method="bounded").x))
+    t = _search_temperature(nll)
     return t, (level(t) * t).float().numpy()
 
 
