@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.epochs:
             cli_args += ["--trainer.max_epochs", str(args.epochs)]
         began = time.perf_counter()
-        summary = run_cv(cli_args, CVOptions(folds=args.folds, repeats=args.repeats, workers=args.workers, out=str(work / name / "cv")))
+        summary = run_cv(
+            cli_args,
+            CVOptions(folds=args.folds, repeats=args.repeats, workers=args.workers, out=str(work / name / "cv")),
+        )
         datasets[name] = _dataset_result(cohort, summary) | {"wall_seconds": time.perf_counter() - began}
         print(
             f"{name}: "
