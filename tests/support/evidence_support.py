@@ -44,13 +44,16 @@ EVIDENCE_TRAINING = [
 EVIDENCE_SALIENCY_CASES = 200
 
 
-def train_evidence_model(root: Path) -> Path:
-    """Generate the cohort under root/cohort and train; returns the best checkpoint."""
+def train_evidence_model(root: Path, cohort: dict | None = None, training: list[str] | None = None) -> Path:
+    """Generate the cohort under root/cohort and train; returns the best checkpoint.
+    ``cohort``/``training``: instead of EVIDENCE_COHORT/EVIDENCE_TRAINING (bench/evidence.py
+    draws other seeds)."""
     from radfusion.synth import generate_cohort
     from radfusion.training.cli import main
 
-    cohort = generate_cohort(root / "cohort", **EVIDENCE_COHORT)
+    path = generate_cohort(root / "cohort", **(cohort or EVIDENCE_COHORT))
     configs = ["trainer/cpu.yaml", "data/synthetic.yaml", "model/fusion_cpu.yaml", "experiment/treatment.yaml"]
     args = ["fit", *[a for c in configs for a in ("--config", str(CONFIGS / c))]]
-    main([*args, "--data.cohort_dir", str(cohort), "--trainer.default_root_dir", str(root / "run"), *EVIDENCE_TRAINING])
+    extra = EVIDENCE_TRAINING if training is None else training
+    main([*args, "--data.cohort_dir", str(path), "--trainer.default_root_dir", str(root / "run"), *extra])
     return root / "run" / "checkpoints" / "best.ckpt"
