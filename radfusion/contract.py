@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from radfusion.conformal import ConformalSpec
+
+log = logging.getLogger(__name__)
 
 CONTRACT_METADATA_KEY = "radfusion.contract"
 CONTRACT_SCHEMA_VERSION = 2
@@ -206,7 +209,10 @@ class ModelContract:
     schema_version: int = CONTRACT_SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["conformal"] is None:  # a contract without sets stays readable by earlier versions
+            del data["conformal"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -216,6 +222,11 @@ class ModelContract:
         data = dict(data)
         if data.get("schema_version") != CONTRACT_SCHEMA_VERSION:
             raise ValueError(f"unsupported contract schema {data.get('schema_version')!r}")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            # A later radfusion's additions: what this version does not know, it cannot apply.
+            log.warning("contract fields this radfusion version ignores: %s", ", ".join(sorted(unknown)))
+            data = {k: v for k, v in data.items() if k not in unknown}
         clinical = data.pop("clinical", None)
         conformal = data.pop("conformal", None)
         omics = [OmicsBlock.from_dict(block) for block in data.pop("omics")]

@@ -34,6 +34,7 @@ else
     ORT_EXTRA=cpu
 fi
 
-$PIP install --quiet "${CONSTRAINTS[@]}" -e ".[${ORT_EXTRA},train,serve,dev,cluster,tracking]"
+# ${a[@]+...}: an empty array under set -u on bash < 4.4 (macOS).
+$PIP install --quiet ${CONSTRAINTS[@]+"${CONSTRAINTS[@]}"} -e ".[${ORT_EXTRA},train,serve,dev,cluster,tracking]"
 touch "$STAMP"
 echo "bootstrap: $VENV ready"

@@ -98,7 +98,6 @@ class AugmentStudyd(Randomizable, MapTransform):
         return self.transforms(data) if data["presence"][IMAGE_BIT] else data
 
 
-
 class RadfusionDataModule(L.LightningDataModule):
     def __init__(
         self,

@@ -137,13 +137,13 @@ def export(
     dm = load_datamodule(checkpoint, cohort_dir)
     net, baseline = module.net, None
     if model != NETWORK:
-        from radfusion.training.cv.affine import fit_affine_baseline, missing_in_training
+        from radfusion.training.cv.affine import fit_affine_baseline, missing_in_training, trained_groups
 
-        dm.setup()
         net, baseline = fit_affine_baseline(model, module.net, module.task.kind, dm)
         contract.name = f"{contract.name}-{model}"
         # The network's validation metrics are not this model's; `radfusion cv` measures it.
         contract.metrics = {}
+        contract.trained_modalities = trained_groups(net)
         contract.may_be_missing = missing_in_training(net, dm)
     if contract.clinical is not None and contract.clinical.treatment:
         # Serving recommends with the very margin the evidence report measured.

@@ -68,6 +68,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(markdown_table(results))
 
 
+def _coverage(text: str) -> float:
+    """A conformal coverage: strictly between 0 and 1, or 0 for no sets."""
+    value = float(text)
+    if value != 0.0 and not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"coverage must be between 0 and 1 (e.g. 0.9), or 0 for no sets, not {text}")
+    return value
+
+
 def _export(args: argparse.Namespace) -> None:
     """Training exports and checks the model; serving registers it (the CLI is the one
     layer that may join them)."""
@@ -281,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--coverage",
-        type=float,
+        type=_coverage,
         default=DEFAULT_COVERAGE,
         help="a classification network's conformal prediction sets hold the true label with this probability "
         "per label, calibrated on the validation split (0: no sets)",

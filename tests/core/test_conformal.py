@@ -86,3 +86,13 @@ def test_the_contract_carries_the_sets_and_every_answer_renders_them(tiny_contra
 def test_thresholds_must_match_the_labels(tiny_contract: ModelContract) -> None:
     with pytest.raises(ValueError, match="conformal thresholds"):
         _contract(tiny_contract, ConformalSpec(coverage=0.9, thresholds=[0.5], calibration_counts=[10]))
+
+
+def test_a_contract_without_sets_is_written_as_before_and_later_fields_are_ignored(tiny_contract, caplog) -> None:
+    """No "conformal" key where there are no sets (earlier versions read such contracts);
+    a field a later version adds is ignored with a warning, not a crash."""
+    data = tiny_contract.to_dict()
+    assert "conformal" not in data
+    with caplog.at_level("WARNING", logger="radfusion.contract"):
+        read = ModelContract.from_dict({**data, "added_later": {"x": 1}})
+    assert read == tiny_contract and "added_later" in caplog.text

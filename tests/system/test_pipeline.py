@@ -179,3 +179,20 @@ def test_discrete_survival_model_exports_and_serves_survival_probabilities(cohor
     assert list(served["survival_probabilities"].values()) == pytest.approx(
         survival_curve(logits.numpy())[0].tolist(), abs=1e-4
     )
+
+
+def test_a_baseline_exported_from_an_image_network_needs_no_image(trained, cohort, tmp_path):
+    """`radfusion export --model logistic` on the image + genomics network: the contract
+    says the model is trained on genomics only, so a case without a study is scored
+    (the network's contract would refuse it)."""
+    from radfusion.cli import main as radfusion
+
+    out = tmp_path / "logistic.onnx"
+    radfusion(["export", "--checkpoint", str(trained), "--out", str(out), "--no-register", "--model", "logistic"])
+    predictor = Predictor.load(out, device="cpu")
+    assert predictor.contract.trained_modalities == ["genomics"] and predictor.contract.conformal is None
+    genes = pd.read_parquet(cohort / "genomics.parquet").set_index("patient_id")
+    case = predictor.prepare(None, genes.iloc[0].to_dict())
+    (answer,) = predictor.predict([case])
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert answer["modalities_used"] == [b.name for b in predictor.contract.omics]

@@ -125,3 +125,13 @@ def test_logistic_baseline_logits_are_scikit_learns_probabilities() -> None:
     expected = reference.predict(features_of(test, True, True, [1]))
     np.testing.assert_allclose(probability, expected, atol=1e-5)
     assert chosen["features"] == genes + 1 + covariates and chosen["patients"] == 120
+
+
+def test_a_treatment_ranking_network_keeps_its_own_model() -> None:
+    """A linear baseline has one treatment effect for every patient: exporting it for a
+    model that ranks treatments by patient is refused, by name."""
+    from radfusion.training.cv.affine import BaselineExportError, fit_affine_baseline
+
+    net = SimpleNamespace(treatment_effect=object(), modality_names=["image", "clinical"], omics_sizes={})
+    with pytest.raises(BaselineExportError, match="same treatment effect"):
+        fit_affine_baseline("logistic", net, "classification", SimpleNamespace(modalities=["image", "clinical"]))

@@ -6,6 +6,7 @@ subgroup table."""
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pandas as pd
@@ -237,3 +238,14 @@ def test_subgroup_table_counts_and_intervals():
     assert (table.groupby("variable")["n"].sum() == n).all()
     ok = table.dropna()
     assert ((ok["auroc_low"] <= ok["auroc"]) & (ok["auroc"] <= ok["auroc_high"])).all()
+
+
+def test_no_validation_patients_no_conformal_sets(caplog) -> None:
+    from radfusion.training.evidence.conformal import fit_conformal
+
+    with caplog.at_level("WARNING"):
+        assert (
+            fit_conformal(None, types.SimpleNamespace(records={"train": [{}], "val": [], "test": [{}]}), 1.0, 0.9)
+            is None
+        )
+    assert "without conformal prediction sets" in caplog.text

@@ -170,3 +170,36 @@ def test_the_cv_summary_is_found_in_the_run_folder_or_where_it_is_given(cv_summa
     assert find_cv(run, run / "cv") == run / "cv" / "cv.json" and load_json(find_cv(run)) == cv_summary
     with pytest.raises(FileNotFoundError, match=r"radfusion cv writes cv\.json"):
         find_cv(run, tmp_path / "elsewhere")
+
+
+def _with_task(folds: list[dict], task: str) -> list[dict]:
+    return [{**f, "task": task} for f in folds]
+
+
+@pytest.mark.parametrize(
+    ("task", "coxnet", "suggested"),
+    [
+        # coxnet ahead of the network on average: its export is offered.
+        ("survival_cox", (0.75, 0.70, 0.72), "coxnet"),
+        # coxnet behind, rsf (not linear) ahead: nothing to export in the network's place.
+        ("survival_cox", (0.60, 0.60, 0.60), None),
+        # discrete-time survival: a Cox baseline cannot be exported for it.
+        ("survival_discrete", (0.75, 0.70, 0.72), None),
+        # undefined differences never count as the baseline winning.
+        ("survival_cox", (float("nan"),) * 3, None),
+    ],
+)
+def test_cv_md_offers_a_linear_baseline_export_only_where_one_won(task, coxnet, suggested) -> None:
+    from radfusion.training.cv.table import markdown
+
+    folds = [
+        _fold(k, {"radfusion": deep, "coxnet": c, "rsf": 0.8})
+        for k, (deep, c) in enumerate(zip((0.70, 0.64, 0.66), coxnet, strict=True))
+    ]
+    text = markdown(build_results(_with_task(folds, task), folds=3, repeats=1, cli_args=[]))
+    assert "did better than radfusion" in text  # rsf in every case
+    offer = [line for line in text.splitlines() if "can be exported in the network's place" in line]
+    if suggested is None:
+        assert not offer
+    else:
+        assert len(offer) == 1 and f"--model {suggested}`" in offer[0]

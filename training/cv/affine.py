@@ -105,6 +105,11 @@ def fit_affine_baseline(name: str, net, task_kind: str, dm, seed: int = 0) -> tu
         raise BaselineExportError(f"a baseline is exported for Cox or classification models, not {task_kind}")
     if survival != (name != "logistic"):
         raise BaselineExportError(f"{name} does not fit a {task_kind} task")
+    if getattr(net, "treatment_effect", None) is not None:
+        raise BaselineExportError(
+            "the network ranks treatments by its treatment term; a linear baseline would give every patient "
+            "the same treatment effect"
+        )
     inputs = table_inputs(net, dm.modalities)
     if inputs is None:
         raise BaselineExportError("the network uses no omics or clinical input for a classical model to be fitted on")
@@ -123,6 +128,12 @@ def fit_affine_baseline(name: str, net, task_kind: str, dm, seed: int = 0) -> tu
     module = AffineBaseline(net, inputs, weight, bias, binary_logits=binary).eval()
     chosen = {"baseline": name, "chosen": getattr(model, "chosen", {}), "features": x.shape[1], "patients": len(x)}
     return module, chosen
+
+
+def trained_groups(net: AffineBaseline) -> list[str]:
+    """The contract's ``trained_modalities`` of the baseline: never the image, which it
+    does not read, whatever the network it replaces did."""
+    return [*(["genomics"] if net.inputs.genomics else []), *(["clinical"] if net.inputs.clinical else [])]
 
 
 def missing_in_training(net: AffineBaseline, dm) -> list[str]:

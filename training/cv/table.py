@@ -90,8 +90,8 @@ def build_results(results: Sequence[dict], folds: int, repeats: int, cli_args: S
     }
 
 
-def _finite(value: float) -> float:
-    return value if value is not None and math.isfinite(value) else float("-inf")
+def _finite(value: float | None, undefined: float = float("-inf")) -> float:
+    return value if value is not None and math.isfinite(value) else undefined
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -151,7 +151,12 @@ def markdown(summary: dict) -> str:
         lines += ["", f"On these folds {best} did better than radfusion on average: consider it for this cohort."]
         models = summary["models"]
         # The best of the linear baselines that beat the network on these folds.
-        better = [n for n in AFFINE_BASELINES if n in models and _finite(models[n]["paired_difference"]["mean"]) < 0]
+        exportable = summary["task"] in ("survival_cox", "classification")
+        better = [
+            n
+            for n in AFFINE_BASELINES
+            if exportable and n in models and _finite(models[n]["paired_difference"]["mean"], 0.0) < 0
+        ]
         linear = max(better, key=lambda n: _finite(models[n]["mean"]), default=None)
         if linear:
             lines += [
