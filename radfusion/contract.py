@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radfusion.benefit import BenefitDraws
 from radfusion.conformal import ConformalSpec
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,9 @@ class ModelContract:
     # Classification: the prediction sets' thresholds (radfusion.conformal), fitted at
     # export on the validation split; None: the model answers without sets.
     conformal: ConformalSpec | None = None
+    # A model with a treatment term: draws of each treatment's benefit (radfusion.benefit),
+    # fitted at export; None: the ranking has no intervals.
+    treatment_benefit: BenefitDraws | None = None
     # Discrete-time survival ("survival:discrete"): each output is the hazard logit
     # of the interval ending at this many months (upper edges, increasing). Empty
     # for other tasks.
@@ -210,8 +214,11 @@ class ModelContract:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        if data["conformal"] is None:  # a contract without sets stays readable by earlier versions
-            del data["conformal"]
+        if self.treatment_benefit is not None:
+            data["treatment_benefit"] = self.treatment_benefit.to_dict()
+        for optional in ("conformal", "treatment_benefit"):
+            if data[optional] is None:  # a contract without it stays readable by earlier versions
+                del data[optional]
         return data
 
     def to_json(self) -> str:
@@ -229,6 +236,7 @@ class ModelContract:
             data = {k: v for k, v in data.items() if k not in unknown}
         clinical = data.pop("clinical", None)
         conformal = data.pop("conformal", None)
+        benefit = data.pop("treatment_benefit", None)
         omics = [OmicsBlock.from_dict(block) for block in data.pop("omics")]
         image = data.pop("image")
         image = ImageGeometry(
@@ -245,6 +253,7 @@ class ModelContract:
             omics=omics,
             clinical=ClinicalSpec(**clinical) if clinical else None,
             conformal=ConformalSpec(**conformal) if conformal else None,
+            treatment_benefit=BenefitDraws(**benefit) if benefit else None,
             **data,
         )
 

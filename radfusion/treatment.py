@@ -71,16 +71,20 @@ def response_log_odds(probabilities: np.ndarray, label: int) -> np.ndarray:
     return log_odds(np.log(p), label)
 
 
-def recommend(log_odds_by_treatment: np.ndarray, margin: float) -> np.ndarray:
+def recommend(log_odds_by_treatment: np.ndarray, margin: float, lower: np.ndarray | None = None) -> np.ndarray:
     """Index of the recommended treatment per row of (patients, treatments) log-odds,
     column 0 the reference: the best other treatment when its gain over the reference
-    exceeds ``margin``, else the reference. The one switch rule, for serving and the
-    evidence alike."""
+    exceeds ``margin`` — with ``lower`` (patients, treatments - 1), the lower ends of
+    the gains' intervals, when that lower end does — else the reference. The one
+    switch rule, for serving and the evidence alike."""
     scores = np.atleast_2d(np.asarray(log_odds_by_treatment, dtype=np.float64))
     if scores.shape[1] < 2:
         return np.zeros(len(scores), dtype=int)
+    rows = np.arange(len(scores))
     best_other = 1 + np.argmax(scores[:, 1:], axis=1)
-    gain = scores[np.arange(len(scores)), best_other] - scores[:, 0]
+    gain = scores[rows, best_other] - scores[:, 0]
+    if lower is not None:
+        gain = np.atleast_2d(np.asarray(lower, dtype=np.float64))[rows, best_other - 1]
     return np.where(gain > margin, best_other, 0)
 
 
@@ -99,9 +103,12 @@ def candidate_inputs(contract: ModelContract, inputs: ModelInputs) -> list[Model
     return candidates
 
 
-def ranking_from_probabilities(contract: ModelContract, probabilities: np.ndarray, given: str | None = None) -> dict:
+def ranking_from_probabilities(
+    contract: ModelContract, probabilities: np.ndarray, given: str | None = None, intervals: np.ndarray | None = None
+) -> dict:
     """The answer from the candidates' probabilities (rows in treatment order).
-    ``given``: the treatment the request named, reported for comparison."""
+    ``given``: the treatment the request named, reported for comparison; ``intervals``:
+    (treatments - 1, 2) each other treatment's benefit interval (BenefitDraws.interval)."""
     spec = contract.clinical
     assert spec is not None
     label = response_label(contract)
@@ -112,7 +119,15 @@ def ranking_from_probabilities(contract: ModelContract, probabilities: np.ndarra
     margin = switch_margin(contract)
     scores = response_log_odds(probabilities, label)
     order = np.argsort(-response, kind="stable")
-    recommended = treatments[int(recommend(scores[None, :], margin)[0])]
+    lower = None if intervals is None else intervals[None, :, 0]
+    choice = int(recommend(scores[None, :], margin, lower)[0])
+    recommended = treatments[choice]
+
+    def interval(i: int) -> dict:
+        if intervals is None or i == 0:
+            return {}
+        return {"benefit_interval": [float(intervals[i - 1, 0]), float(intervals[i - 1, 1])]}
+
     return {
         "available": True,
         "covariate": spec.treatment,
@@ -123,14 +138,34 @@ def ranking_from_probabilities(contract: ModelContract, probabilities: np.ndarra
                 "response_probability": float(response[i]),
                 "gain_vs_reference": float(response[i] - response[0]),
                 "log_odds_gain_vs_reference": float(scores[i] - scores[0]),
+                **interval(i),
             }
             for i in order
         ],
         "reference": reference,
         "switch_margin": margin,
         "recommended": recommended,
+        "reason": _reason(treatments, scores - scores[0], margin, choice, intervals, contract),
         "given": given,
     }
+
+
+def _reason(treatments, gains, margin: float, choice: int, intervals, contract: ModelContract) -> str:
+    """Why the patient is switched or kept on the reference, in words."""
+    best = 1 + int(np.argmax(gains[1:]))
+    level = f"{contract.treatment_benefit.level:.0%} " if contract.treatment_benefit is not None else ""
+    stated = f"{treatments[best]}'s benefit {gains[best]:+.2f} log-odds"
+    if intervals is not None:
+        stated += f" ({level}interval {intervals[best - 1, 0]:+.2f} to {intervals[best - 1, 1]:+.2f})"
+    if choice:
+        bound = "its lower bound clears" if intervals is not None else "clears"
+        return f"switch to {treatments[choice]}: {stated}; {bound} the margin {margin:g}"
+    if intervals is not None and gains[best] > margin:
+        return (
+            f"no confident benefit: {stated}; the lower bound does not clear the margin {margin:g}; "
+            f"stay on {treatments[0]}"
+        )
+    return f"no benefit beyond the margin: {stated} does not clear {margin:g}; stay on {treatments[0]}"
 
 
 def given_treatment(contract: ModelContract, inputs: ModelInputs) -> str | None:
@@ -159,7 +194,12 @@ class TreatmentRanking:
 
     def result(self, probabilities: np.ndarray) -> dict:
         """From the calibrated probabilities of ``candidates``, in order."""
-        return ranking_from_probabilities(self.contract, probabilities, given_treatment(self.contract, self.inputs))
+        benefit = self.contract.treatment_benefit
+        intervals = None
+        if benefit is not None:
+            intervals = benefit.interval(self.inputs.genomics, self.inputs.presence, self.contract.temperature)[0]
+        given = given_treatment(self.contract, self.inputs)
+        return ranking_from_probabilities(self.contract, probabilities, given, intervals)
 
 
 def rank_treatments(probabilities_fn: ProbabilitiesFn, contract: ModelContract, inputs: ModelInputs) -> dict:

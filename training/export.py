@@ -161,6 +161,16 @@ def export(
         from radfusion.training.evidence.conformal import fit_conformal
 
         contract.conformal = fit_conformal(net, dm, contract.temperature, conformal_coverage)
+    if (
+        getattr(net, "treatment_effect", None) is not None
+        and module.task.kind == "classification"
+        and net.n_outputs == 2
+    ):
+        # The benefit intervals the treatment ranking's switch rule reads.
+        from radfusion.training.evidence.benefit import benefit_draws
+        from radfusion.training.evidence.cases import collect_cases
+
+        contract.treatment_benefit = benefit_draws(net, collect_cases(dm, "train"))
     importance = export_importance(net, module.task.kind, dm, importance_cases)
     contract.feature_importance = importance.features
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,13 @@ def test_export_keeps_parity_and_carries_the_switch_margin(checkpoint: Path, tmp
                 logits.append(model.logits(*(a.numpy() for a in args)))
         gains.append((logits[1][:, 1] - logits[1][:, 0]) - (logits[0][:, 1] - logits[0][:, 0]))
     assert np.max(np.abs(gains[0] - gains[1])) < 1e-4
+    # The benefit's bootstrap draws (training/evidence/benefit.py) are centred on that gain.
+    benefit = contract.treatment_benefit
+    assert benefit is not None and benefit.draws.shape == (200, 1, benefit.n_parameters)
+    point = benefit.design(cases.genomics.numpy(), cases.presence.numpy()) @ benefit.draws.mean(axis=0)[0]
+    assert np.max(np.abs(point - gains[1])) < 1e-3
+    low, high = benefit.interval(cases.genomics.numpy(), cases.presence.numpy())[:, 0].T
+    assert np.all(low < high)
 
 
 def test_the_term_needs_a_treatment_covariate(tiny_cohort: Path, tmp_path: Path) -> None:

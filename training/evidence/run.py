@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from radfusion.benefit import BenefitDraws
 from radfusion.explain import log_odds
-from radfusion.training.evidence import attribution, calibration, stratify, subgroups, treatment, truth
+from radfusion.training.evidence import attribution, benefit, calibration, stratify, subgroups, treatment, truth
 from radfusion.training.evidence.cases import Cases, clinical_frame, collect_cases, predict_logits
 from radfusion.training.evidence.saliency import Saliency, cohort_saliency
 
@@ -39,6 +40,8 @@ class Evidence:
     treatments: pd.DataFrame | None = None
     # (omics feature x treatment) log-odds weights of the explicit treatment term, if any.
     treatment_effects: pd.DataFrame | None = None
+    # Its bootstrap draws (training/evidence/benefit.py), behind the ranking's intervals.
+    benefit: BenefitDraws | None = None
     calibration: dict | None = None
     subgroups: pd.DataFrame | None = None
     checks: list[truth.Check] = field(default_factory=list)
@@ -128,8 +131,16 @@ def run_evidence(
     else:
         ev.notes.append("The clinical table has no survival_months/event columns: no risk groups.")
     if dm.clinical is not None and dm.clinical.treatment:
+        intervals = None
+        if getattr(net, "treatment_effect", None) is not None and net.n_outputs == 2:
+            # The draws export puts in the contract, from the training patients.
+            ev.benefit = benefit.benefit_draws(net, collect_cases(dm, "train"))
+            intervals = ev.benefit.interval(cases.genomics.numpy(), cases.presence.numpy(), temperature)
         ev.treatments = treatment.rank_treatments(
-            treatment.predict_under_treatments(net, cases, dm.clinical), margin=margin, temperature=temperature
+            treatment.predict_under_treatments(net, cases, dm.clinical),
+            margin=margin,
+            temperature=temperature,
+            intervals=intervals,
         )
         if getattr(net, "treatment_effect", None) is not None:  # the predictive biomarkers it learned
             ev.treatment_effects = net.treatment_effect.effects(

@@ -40,13 +40,21 @@ def predict_under_treatments(net, cases: Cases, spec) -> pd.DataFrame:
 
 
 def rank_treatments(
-    log_odds_table: pd.DataFrame, reference: str | None = None, margin: float = DEFAULT_MARGIN, temperature: float = 1.0
+    log_odds_table: pd.DataFrame,
+    reference: str | None = None,
+    margin: float = DEFAULT_MARGIN,
+    temperature: float = 1.0,
+    intervals: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per patient: predicted response probability per treatment, the ranking, the gain
-    over the reference and the recommendation under the margin rule."""
+    over the reference and the recommendation under the margin rule; with ``intervals``
+    (patients, treatments - 1, 2: radfusion.benefit.BenefitDraws.interval, the first
+    column the reference) the rule reads the gain's lower bound, as serving does."""
     reference = reference or log_odds_table.columns[0]
     if reference not in log_odds_table.columns:
         raise ValueError(f"reference treatment {reference!r} is not one of {list(log_odds_table.columns)}")
+    if intervals is not None and reference != log_odds_table.columns[0]:
+        raise ValueError("benefit intervals are over the first treatment, the model's reference")
     scaled = log_odds_table / temperature
     # Reference first: the column order radfusion.treatment.recommend expects.
     scaled = scaled[[reference, *(c for c in scaled.columns if c != reference)]]
@@ -56,6 +64,10 @@ def rank_treatments(
     result = probability.add_prefix("p_")
     result["ranking"] = [" > ".join(row.sort_values(ascending=False).index) for _, row in scaled.iterrows()]
     result["gain_log_odds"] = best_gain
-    result["recommended"] = scaled.columns.to_numpy()[recommend(scaled.to_numpy(), margin)]
+    lower = None if intervals is None else intervals[:, :, 0]
+    result["recommended"] = scaled.columns.to_numpy()[recommend(scaled.to_numpy(), margin, lower)]
+    if intervals is not None:
+        for k, level in enumerate(scaled.columns[1:]):
+            result[f"benefit_low_{level}"], result[f"benefit_high_{level}"] = intervals[:, k, 0], intervals[:, k, 1]
     result.attrs.update(reference=reference, margin=margin)
     return result

@@ -124,6 +124,44 @@ def test_ranking_follows_the_known_treatment_effect(predictor: Predictor, g1_mut
     assert (recommended == "targeted") == (want_gain > SWITCH_MARGIN)
 
 
+@pytest.mark.parametrize("spread, recommended", [(0.05, "targeted"), (3.0, "chemo")], ids=["sure", "unsure"])
+def test_a_switch_needs_the_benefits_lower_bound_to_clear_the_margin(
+    tmp_path: Path, spread: float, recommended: str
+) -> None:
+    """The contract's benefit draws (radfusion.benefit) around the model's own effect,
+    SHIFT + GAIN z(G1_mut) under targeted: narrow, a mutated patient is switched as
+    before; wide, the same point gain is "no confident benefit" and the patient stays."""
+    from radfusion.benefit import BenefitDraws
+
+    contract = clinical_contract()
+    mutation = contract.genomics.features.index("G1_mut")
+    block = contract.modalities.index("mutation")
+    rng = np.random.default_rng(0)
+    draws = np.stack([rng.normal(SHIFT, spread, 400), np.zeros(400), rng.normal(GAIN, spread, 400)], axis=1)
+    benefit = BenefitDraws(
+        draws=(draws - draws.mean(axis=0) + [SHIFT, 0.0, GAIN])[:, None, :],
+        block_presence=[block],
+        feature_columns=[mutation],
+        feature_blocks=[block],
+        reference=[0.0],
+        clinical_presence=contract.modalities.index("clinical"),
+        treatment_columns=[contract.clinical.features.index(f"treatment={t}") for t in ("chemo", "targeted")],
+    )
+    contract = dataclasses.replace(contract, treatment_benefit=benefit)
+    effect = {"column": benefit.treatment_columns[1], "gain": GAIN, "interaction": mutation, "shift": SHIFT}
+    model = export_known_signal(tmp_path / "model.onnx", contract, GENE_WEIGHTS, effect)
+    predictor = Predictor.load(model, device="cpu")
+    genes = genes_with_mutation(1.0)
+    answer = predictor.rank_treatments(predictor.prepare(None, genes, clinical_values("chemo")))
+    targeted = next(e for e in answer["ranking"] if e["treatment"] == "targeted")
+    low, high = targeted["benefit_interval"]
+    gain = targeted["log_odds_gain_vs_reference"]
+    assert low < gain < high and gain > SWITCH_MARGIN  # the point gain alone would switch
+    assert answer["recommended"] == recommended
+    assert (low > SWITCH_MARGIN) == (recommended == "targeted")
+    assert answer["reason"].startswith("switch to targeted" if recommended == "targeted" else "no confident benefit")
+
+
 def test_the_given_treatment_does_not_change_the_ranking(predictor: Predictor) -> None:
     genes = genes_with_mutation(1.0)
     as_chemo = predictor.prepare(None, genes, clinical_values("chemo"))
