@@ -31,6 +31,12 @@ from radfusion.preprocess import ModelInputs
 # 2.7): a clinically meaningful effect, beyond the odds ratios of 1.5-2 that a few
 # hundred training patients leave uncertain. Export writes it into the contract.
 DEFAULT_SWITCH_MARGIN = 1.0
+# With the benefit's interval (radfusion.benefit), the uncertainty the 1.0 margin stood in
+# for is measured: a switch needs the interval's lower bound above this, i.e. a benefit
+# the training patients establish at 97.5% one-sided. Over five evidence cohorts this
+# rule never switched the wild-type majority on a chance imbalance, which the 1.0 point
+# margin did (bench/results/evidence.json).
+DEFAULT_INTERVAL_MARGIN = 0.0
 # Probabilities are clipped this far from 0 and 1 before taking log-odds (float32
 # softmax saturates there); both candidates saturated means no gain to act on.
 _PROBABILITY_EPS = 1e-7
@@ -58,9 +64,13 @@ def response_label(contract: ModelContract) -> int | None:
     return None
 
 
+def default_margin(with_intervals: bool) -> float:
+    return DEFAULT_INTERVAL_MARGIN if with_intervals else DEFAULT_SWITCH_MARGIN
+
+
 def switch_margin(contract: ModelContract) -> float:
     margin = contract.clinical.switch_margin if contract.clinical else None
-    return DEFAULT_SWITCH_MARGIN if margin is None else float(margin)
+    return default_margin(contract.treatment_benefit is not None) if margin is None else float(margin)
 
 
 def response_log_odds(probabilities: np.ndarray, label: int) -> np.ndarray:

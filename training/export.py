@@ -24,7 +24,7 @@ from radfusion.runtime import OnnxModel
 from radfusion.training.checkpoints import build_contract, load_datamodule, load_module
 from radfusion.training.importance import DEFAULT_CASES, export_importance
 from radfusion.training.model import LogitModel
-from radfusion.treatment import DEFAULT_SWITCH_MARGIN
+from radfusion.treatment import default_margin
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,6 @@ def export(
         contract.metrics = {}
         contract.trained_modalities = trained_groups(net)
         contract.may_be_missing = missing_in_training(net, dm)
-    if contract.clinical is not None and contract.clinical.treatment:
-        # Serving recommends with the very margin the evidence report measured.
-        contract.clinical.switch_margin = DEFAULT_SWITCH_MARGIN
     # A logistic baseline is fitted on the validation patients too, by likelihood: its
     # probabilities are its own, not recalibrated on patients it has seen.
     if calibrate and module.task.kind == "classification" and baseline is None:
@@ -171,6 +168,9 @@ def export(
         from radfusion.training.evidence.cases import collect_cases
 
         contract.treatment_benefit = benefit_draws(net, collect_cases(dm, "train"))
+    if contract.clinical is not None and contract.clinical.treatment:
+        # Serving recommends with the very rule and margin the evidence report measured.
+        contract.clinical.switch_margin = default_margin(contract.treatment_benefit is not None)
     importance = export_importance(net, module.task.kind, dm, importance_cases)
     contract.feature_importance = importance.features
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from radfusion.contract import read_contract_from_onnx
 from radfusion.runtime import OnnxModel
 from radfusion.training.checkpoints import load_datamodule, load_module
 from radfusion.training.evidence.cases import collect_cases
-from radfusion.treatment import DEFAULT_SWITCH_MARGIN
+from radfusion.treatment import DEFAULT_INTERVAL_MARGIN
 from tests.support.tiny_training import CONFIGS, train_tiny
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def test_export_keeps_parity_and_carries_the_switch_margin(checkpoint: Path, tmp
     report = export(checkpoint, out)
     assert report["onnx_max_abs_diff"] <= 1e-4
     contract = read_contract_from_onnx(out)
-    assert contract.clinical.switch_margin == DEFAULT_SWITCH_MARGIN
+    assert contract.clinical.switch_margin == DEFAULT_INTERVAL_MARGIN  # the model has benefit draws
     # The treatment gain the ONNX model predicts is the PyTorch model's.
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
     cases = collect_cases(dm, "train")

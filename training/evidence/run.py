@@ -17,6 +17,7 @@ from radfusion.explain import log_odds
 from radfusion.training.evidence import attribution, benefit, calibration, stratify, subgroups, treatment, truth
 from radfusion.training.evidence.cases import Cases, clinical_frame, collect_cases, predict_logits
 from radfusion.training.evidence.saliency import Saliency, cohort_saliency
+from radfusion.treatment import default_margin
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,13 @@ def run_evidence(
     temperature: float | None = None,
     saliency_cases: int | None = None,
     ablation_cases: int = 48,
-    margin: float = treatment.DEFAULT_MARGIN,
+    margin: float | None = None,
     part: str = "test",
 ) -> Evidence:
     """Every analysis the model supports, on the ``part`` split; truth checks if known.
-    Without a ``temperature``, a classifier is calibrated first (in place) as export does."""
+    Without a ``temperature``, a classifier is calibrated first (in place) as export does;
+    without a ``margin``, the treatment ranking uses serving's default for the model
+    (radfusion.treatment.default_margin)."""
     net = module.net.eval()
     if temperature is None:
         temperature = calibration.calibrate(net, dm) if module.task.kind == "classification" else 1.0
@@ -138,7 +141,7 @@ def run_evidence(
             intervals = ev.benefit.interval(cases.genomics.numpy(), cases.presence.numpy(), temperature)
         ev.treatments = treatment.rank_treatments(
             treatment.predict_under_treatments(net, cases, dm.clinical),
-            margin=margin,
+            margin=default_margin(intervals is not None) if margin is None else margin,
             temperature=temperature,
             intervals=intervals,
         )
