@@ -88,13 +88,22 @@ def committed_rows(out: Path) -> int:
     return sum(pq.read_metadata(p).num_rows for p in parts_dir(out).glob("part-*.parquet"))
 
 
+def _default_sigint() -> None:
+    """In the scorer's process, before it starts: SIGINT raises KeyboardInterrupt even when
+    this test runs where SIGINT is ignored (a background job of a non-interactive shell,
+    whose children inherit the ignoring and which Python then leaves as it is)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_mid_way(command: list[str], out: Path, sig: int, tmp_path: Path) -> tuple[int, str, list[psutil.Process]]:
     """Start the scorer, wait for two committed parts, send ``sig``; returns the exit
     code, stderr and the worker processes it had."""
     env = {**os.environ, COMMIT_DELAY_ENV: "0.4"}
     log = tmp_path / f"stderr-{sig}.txt"
     with open(log, "w") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_default_sigint
+        )
         before = committed_rows(out)
         deadline = time.monotonic() + 60
         while committed_rows(out) < before + 6:
