@@ -25,6 +25,7 @@ import numpy as np
 
 from radfusion.contract import CLINICAL, ModelContract
 from radfusion.explain import log_odds
+from radfusion.prediction import NonFiniteOutputError
 from radfusion.preprocess import ModelInputs
 
 # Gain in log-odds of response over the reference. 1.0 is an odds ratio of e (about
@@ -42,6 +43,11 @@ DEFAULT_INTERVAL_MARGIN = 0.0
 _PROBABILITY_EPS = 1e-7
 
 ProbabilitiesFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def ranks_treatments(contract: ModelContract) -> bool:
+    """Whether the model has a treatment covariate (each answer then ranks the treatments)."""
+    return contract.clinical is not None and contract.clinical.treatment is not None
 
 
 def unavailable_reason(contract: ModelContract, inputs: ModelInputs) -> str | None:
@@ -203,7 +209,10 @@ class TreatmentRanking:
         return None if self.reason is None else {"available": False, "reason": self.reason}
 
     def result(self, probabilities: np.ndarray) -> dict:
-        """From the calibrated probabilities of ``candidates``, in order."""
+        """From the calibrated probabilities of ``candidates``, in order. Raises
+        NonFiniteOutputError when the model gave NaN/inf for a candidate."""
+        if not np.all(np.isfinite(probabilities)):
+            raise NonFiniteOutputError("the model's output for a treatment candidate is not a finite number")
         benefit = self.contract.treatment_benefit
         intervals = None
         if benefit is not None:

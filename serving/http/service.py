@@ -61,7 +61,7 @@ from radfusion import log_privacy
 from radfusion.contract import ModelContract, read_contract_from_onnx
 from radfusion.errors import RadfusionInputError, UnprocessableStudyError, input_error
 from radfusion.explain import ExplainSettings, case_image_saliency, explain_case
-from radfusion.prediction import Prediction
+from radfusion.prediction import NonFiniteOutputError, Prediction
 from radfusion.predictor import PreparedCase, format_prediction, pack, prepare_case, unpack, unpack_case
 from radfusion.runtime import OnnxModel
 from radfusion.serving.dicomweb import DicomwebRef, fetch_study
@@ -116,7 +116,7 @@ from radfusion.serving.patients import (
 from radfusion.serving.reports.facts import prediction_facts
 from radfusion.serving.settings import ServiceSettings, declared_from_env
 from radfusion.serving.study_files import remove_tree, study_files
-from radfusion.treatment import TreatmentRanking
+from radfusion.treatment import TreatmentRanking, ranks_treatments
 
 # Under "bentoml" so that `bentoml serve` shows these lines with its own.
 log = logging.getLogger("bentoml.radfusion")
@@ -500,6 +500,8 @@ class Radfusion:
             case = await anyio.to_thread.run_sync(prepare)
             prediction = await self._stow_prediction(case)
             facts = prediction_facts(self.model_contract, case, prediction, patient.sources())
+            if ranks_treatments(self.model_contract):
+                facts["treatment_ranking"] = await self._stow_ranking(case)
             facts["instances_received"] = len(instances)
             saliency = await self._stow_saliency(case, label) if self.settings.result_saliency else None
             write = functools.partial(self.results.prediction, study_uid, prediction, facts, case, headers, saliency)
@@ -531,6 +533,16 @@ class Radfusion:
             raise self._model_overloaded() from None
         self.metrics.model_seconds.labels(route="stow").observe(time.perf_counter() - began)
         return Prediction.from_outputs(self.model_contract, np.asarray(probabilities)[0])
+
+    async def _stow_ranking(self, case: PreparedCase) -> dict[str, t.Any]:
+        """The treatment ranking a STOW-RS study's SR states; a NaN/inf candidate leaves the
+        prediction standing and says why there is no ranking."""
+        try:
+            return await self._treatment_ranking(case)
+        except NonFiniteOutputError as exc:
+            return {"available": False, "reason": f"ranking failed: {exc.message}"}
+        except ServiceUnavailable:
+            raise self._model_overloaded() from None
 
     async def _stow_saliency(self, case: PreparedCase, label: str) -> np.ndarray | None:
         """Where the model looked in the study's image (None: no image, or not computed;
@@ -621,6 +633,16 @@ class Radfusion:
         )
         return result
 
+    async def _treatment_ranking(self, case: PreparedCase) -> dict[str, t.Any]:
+        """radfusion.treatment's ranking, one row per treatment through the batched model
+        API like any prediction, or why the case has none. Raises NonFiniteOutputError."""
+        ranking = TreatmentRanking(self.model_contract, case.inputs)
+        unavailable = ranking.unavailable()
+        if unavailable is not None:
+            return unavailable
+        probabilities = await self._infer(pack(ranking.candidates))
+        return ranking.result(np.asarray(probabilities))
+
     async def _with_evidence(
         self, result: dict[str, t.Any], case: PreparedCase, explain: bool, rank: bool
     ) -> dict[str, t.Any] | JSONResponse:
@@ -630,13 +652,7 @@ class Radfusion:
         case cannot have (no image: no saliency; no clinical: no ranking) says why."""
         try:
             if rank:
-                ranking = TreatmentRanking(self.model_contract, case.inputs)
-                unavailable = ranking.unavailable()
-                if unavailable is None:
-                    probabilities = await self._infer(pack(ranking.candidates))
-                    result["treatment_ranking"] = ranking.result(np.asarray(probabilities))
-                else:
-                    result["treatment_ranking"] = unavailable
+                result["treatment_ranking"] = await self._treatment_ranking(case)
             if explain:
                 began = time.perf_counter()
                 affine = case.study.grid_affine if case.study is not None else None

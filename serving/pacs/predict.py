@@ -18,11 +18,12 @@ from typing import Any
 from radfusion.errors import input_error
 from radfusion.explain import ExplainSettings, ImageSaliency, case_image_saliency
 from radfusion.limits import StudyBudget
-from radfusion.prediction import Prediction
+from radfusion.prediction import NonFiniteOutputError, Prediction
 from radfusion.predictor import PreparedCase, prepare_case, stack_inputs
 from radfusion.runtime import OnnxModel
 from radfusion.serving.patients import PatientTables, patient_id_of
 from radfusion.serving.reports.facts import prediction_facts
+from radfusion.treatment import rank_treatments, ranks_treatments
 
 
 @dataclass
@@ -60,8 +61,17 @@ class StudyPredictor:
         (outputs,) = self.model.run(*stack_inputs([case.inputs]))
         prediction = Prediction.from_outputs(self.contract, outputs)
         result = prediction_facts(self.contract, case, prediction, patient.sources())
+        if ranks_treatments(self.contract):
+            result["treatment_ranking"] = self._treatment_ranking(case)
         result["summary"] = prediction.summary()
         return StudyPrediction(prediction=prediction, result=result, case=case)
+
+    def _treatment_ranking(self, case: PreparedCase) -> dict:
+        """The ranking the SR states (recommendation and why), or why there is none."""
+        try:
+            return rank_treatments(self.model.run, self.contract, case.inputs)
+        except NonFiniteOutputError as exc:  # the prediction stands; the ranking says why not
+            return {"available": False, "reason": f"ranking failed: {exc.message}"}
 
     def saliency(self, case: PreparedCase, settings: ExplainSettings) -> ImageSaliency | None:
         """Where in the image the score comes from (radfusion.explain), at most

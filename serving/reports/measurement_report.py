@@ -148,6 +148,7 @@ def _facts(contract: ModelContract, result: dict[str, Any], replaces: str | None
         for m in result["modalities_used"]
     ]
     items += _imputation(result.get("imputation"))
+    items += _treatment(result.get("treatment_ranking"))
     items.append(_text(rc.GENOMICS_SOURCE, result["genomics_source"]))
     if contract.clinical is not None:
         items.append(_text(rc.CLINICAL_SOURCE, result["clinical_source"]))
@@ -160,6 +161,18 @@ def _facts(contract: ModelContract, result: dict[str, Any], replaces: str | None
         items.append(_text(rc.COMPLETENESS, result["completeness"]))
     if replaces is not None:
         items.append(_text(rc.REPLACES, replaces))
+    return items
+
+
+def _treatment(ranking: dict[str, Any] | None) -> list[hd.sr.ContentItem]:
+    """The treatment ranking's recommendation and its reason (None: the model ranks no
+    treatments); a case that cannot be ranked states why."""
+    if ranking is None:
+        return []
+    items: list[hd.sr.ContentItem] = []
+    if ranking.get("available"):
+        items.append(_text(rc.RECOMMENDED_TREATMENT, ranking["recommended"]))
+    items.append(_text(rc.TREATMENT_REASON, ranking["reason"]))
     return items
 
 

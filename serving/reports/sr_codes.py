@@ -69,6 +69,10 @@ UNSEEN_LEVELS = _private("RF0022", "Unseen categorical levels")
 # (SCT Yes/No in the label's group), and the set with its coverage as text.
 IN_PREDICTION_SET = _private("RF0023", "In conformal prediction set")
 PREDICTION_SET = _private("RF0024", "Conformal prediction set")
+# A model with a treatment covariate: the recommended treatment and why (the benefit,
+# its interval, the margin), or why there is no ranking (radfusion.treatment).
+RECOMMENDED_TREATMENT = _private("RF0025", "Recommended treatment")
+TREATMENT_REASON = _private("RF0026", "Treatment recommendation reason")
 # How the risk score was computed (Measurement Method of the risk score).
 RISK_METHODS = {
     "survival:cox": _private("RF0018", "Log relative hazard (Cox model)"),

@@ -35,6 +35,7 @@ from radfusion.errors import RadfusionInputError
 from radfusion.prediction import Prediction, output_columns, prob_column
 from radfusion.preprocess import ModelInputs
 from radfusion.study import StudyImage
+from radfusion.treatment import ranks_treatments
 
 
 class InferenceFailedError(RadfusionInputError):
@@ -88,6 +89,15 @@ __all__ = [
 _ARROW_TYPES = {"string": pa.string(), "float64": pa.float64(), "list<string>": pa.list_(pa.string())}
 
 
+# A model with a treatment covariate: its ranking per study (radfusion.treatment), as /predict
+# gives it with rank_treatments: the recommendation, why, and the whole ranking as JSON.
+TREATMENT_COLUMNS = (
+    ("recommended_treatment", pa.string()),
+    ("treatment_reason", pa.string()),
+    ("treatment_ranking", pa.string()),
+)
+
+
 def output_schema(contract: ModelContract) -> pa.Schema:
     return pa.schema(
         [
@@ -103,6 +113,7 @@ def output_schema(contract: ModelContract) -> pa.Schema:
             ("imputed_features", pa.int32()),
             ("absent_blocks", pa.string()),
             ("imputation", pa.string()),
+            *(TREATMENT_COLUMNS if ranks_treatments(contract) else ()),
             ("genomics_source", pa.string()),
             ("clinical_source", pa.string()),
             ("model_name", pa.string()),
