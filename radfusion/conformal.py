@@ -4,7 +4,7 @@ cannot tell at 90%" is an answer a clinician can act on; a one-label set is a
 prediction that holds at that coverage).
 
 Split conformal, class-conditional (Mondrian by the true label): on calibration cases
-the model never trained on (export uses the validation split), the nonconformity of a
+the model never trained on (export uses the test split), the nonconformity of a
 case is 1 - p(its true label); for each label k the threshold q_k is the
 ceil((n_k + 1) * coverage)-th smallest score among the n_k cases of label k. A new
 case's set holds every label k with 1 - p_k <= q_k. Then, for exchangeable cases,
@@ -33,8 +33,9 @@ class ConformalSpec:
     thresholds: list[float | None]
     calibration_counts: list[int]
     method: str = METHOD
-    # Measured at export on the test split (not used to fit): per label and overall
-    # share of cases whose true label was in their set, and the mean set size.
+    # Measured at export on cases the thresholds were not fitted on (cross-fitted halves
+    # of the calibration split): per label and overall share of cases whose true label
+    # was in their set, and the mean set size.
     test: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,7 +79,11 @@ def fit_class_conditional(
 def coverage_report(spec: ConformalSpec, probabilities: np.ndarray, labels: np.ndarray) -> dict:
     """On cases not used to fit: the share whose true label was in the set (overall
     and per label), the mean set size and the share of one-label sets."""
-    sets = spec.prediction_set(probabilities)
+    return set_report(spec.prediction_set(probabilities), labels)
+
+
+def set_report(sets: np.ndarray, labels: np.ndarray) -> dict:
+    """coverage_report's figures of given (cases, labels) membership."""
     y = np.asarray(labels, dtype=int)
     covered = sets[np.arange(len(y)), y]
     sizes = sets.sum(axis=1)

@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_coverage,
         default=DEFAULT_COVERAGE,
         help="a classification network's conformal prediction sets hold the true label with this probability "
-        "per label, calibrated on the validation split (0: no sets)",
+        "per label, calibrated on the test split (0: no sets)",
     )
     p.add_argument(
         "--model",

@@ -80,14 +80,14 @@ def test_export_cli_checks_parity_and_registers(trained, tmp_path):
     assert report["bento_tag"] == f"{contract.name}:{contract.version}"
     stored = tmp_path / "bentoml" / "models" / contract.name / contract.version / "model.onnx"
     assert stored.read_bytes() == out.read_bytes()
-    # Conformal sets calibrated on the validation split, their coverage measured on the test split.
+    # Conformal sets calibrated on the test split, their coverage cross-fitted within it.
     from radfusion.training.checkpoints import load_datamodule
 
     dm = load_datamodule(trained)
     dm.setup()
     spec = contract.conformal
     assert spec is not None and spec.coverage == 0.9
-    assert sum(spec.calibration_counts) == len(dm.records["val"])
+    assert sum(spec.calibration_counts) == len(dm.records["test"])
     for n, threshold in zip(spec.calibration_counts, spec.thresholds, strict=True):
         assert (threshold is None) == (math.ceil((n + 1) * 0.9) > n)
     assert report["conformal"]["test"]["cases"] == len(dm.records["test"])

@@ -240,12 +240,23 @@ def test_subgroup_table_counts_and_intervals():
     assert ((ok["auroc_low"] <= ok["auroc"]) & (ok["auroc"] <= ok["auroc_high"])).all()
 
 
-def test_no_validation_patients_no_conformal_sets(caplog) -> None:
+def test_no_test_patients_no_conformal_sets(caplog) -> None:
     from radfusion.training.evidence.conformal import fit_conformal
 
     with caplog.at_level("WARNING"):
-        assert (
-            fit_conformal(None, types.SimpleNamespace(records={"train": [{}], "val": [], "test": [{}]}), 1.0, 0.9)
-            is None
-        )
+        dm = types.SimpleNamespace(records={"train": [{}], "val": [{}], "test": []})
+        assert fit_conformal(None, dm, 1.0, 0.9) is None
     assert "without conformal prediction sets" in caplog.text
+
+
+def test_cross_fitted_coverage_measures_each_half_with_the_others_thresholds() -> None:
+    """Sets calibrated on one half of a calibrated model's cases cover the other half's
+    true labels at about the nominal rate (1000 cases: within 0.03)."""
+    from radfusion.training.evidence.conformal import cross_fitted_coverage
+
+    rng = np.random.default_rng(1)
+    p1 = rng.uniform(0.02, 0.98, 1000)
+    labels = (rng.random(1000) < p1).astype(int)
+    report = cross_fitted_coverage(np.stack([1 - p1, p1], axis=1), labels, 0.9)
+    assert report["cases"] == 1000 and abs(report["coverage"] - 0.9) < 0.03
+    assert all(abs(c - 0.9) < 0.04 for c in report["coverage_by_label"])

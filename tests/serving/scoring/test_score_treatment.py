@@ -39,7 +39,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     contract = dataclasses.replace(contract, treatment_benefit=benefit)
     effect = {"column": benefit.treatment_columns[1], "gain": GAIN, "interaction": mutation, "shift": SHIFT}
-    return export_known_signal(tmp_path_factory.mktemp("treatment_score") / "model.onnx", contract, GENE_WEIGHTS, effect)
+    path = tmp_path_factory.mktemp("treatment_score") / "model.onnx"
+    return export_known_signal(path, contract, GENE_WEIGHTS, effect)
 
 
 def test_every_row_carries_the_ranking_that_predict_gives(model: Path, tmp_path: Path) -> None:
