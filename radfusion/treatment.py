@@ -8,7 +8,10 @@ it stays with the reference — the first treatment level, taken as the standard
 care — unless another treatment raises the log-odds of response by more than the
 switch margin (``ClinicalSpec.switch_margin``, else DEFAULT_SWITCH_MARGIN), because a
 small predicted gain is within the model's error and switching therapy has costs
-the model does not see.
+the model does not see. Where the contract carries the benefit's bootstrap draws
+(radfusion.benefit), the model's error is measured instead of assumed: the gain's
+interval must clear the margin with its lower bound (DEFAULT_INTERVAL_MARGIN), and the
+answer says why a patient was or was not switched.
 
 The gain is measured in log-odds, not probability: a probability gain vanishes near
 0 and 1 whatever the treatment's effect, so one probability margin means a large
