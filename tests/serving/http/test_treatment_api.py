@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from radfusion.contract import ClinicalSpec, ModelContract, read_contract_from_onnx
+from radfusion.contract import ModelContract, read_contract_from_onnx
 from radfusion.predictor import Predictor, prepare_case
 from radfusion.treatment import (
     DEFAULT_SWITCH_MARGIN,
@@ -31,36 +31,24 @@ from tests.support.known_signal import (
     GENE_WEIGHTS,
     GEOMETRY,
     TEMPERATURE,
-    export_known_signal,
     known_signal_contract,
     lesion_centre_mm,
     lesion_volume,
     raw_genes,
 )
+from tests.support.known_treatment import (
+    GAIN,
+    SHIFT,
+    SWITCH_MARGIN,
+    clinical_contract,
+    clinical_values,
+    export_treatment_model,
+    genes_with_mutation,
+    with_known_benefit,
+)
 from tests.support.study_zip import zip_study
 
-GAIN, SHIFT = 3.0, -0.5
-SWITCH_MARGIN = 0.5  # log-odds, carried by the contract; differs from the default on purpose
 TOKEN = "test-token-treatment"
-
-
-def clinical_contract() -> ModelContract:
-    spec = ClinicalSpec(
-        numeric={"age": [60.0, 10.0]},
-        categorical={"treatment": ["chemo", "targeted"], "sex": ["F", "M"]},
-        treatment="treatment",
-        switch_margin=SWITCH_MARGIN,
-    )
-    every = ["image", "genomics", "clinical"]
-    return known_signal_contract(clinical=spec, trained_modalities=every, may_be_missing=every)
-
-
-def clinical_values(treatment: str = "chemo") -> dict:
-    return {"age": 67, "sex": "F", "treatment": treatment, "site": "ignored"}
-
-
-def genes_with_mutation(g1_mut: float) -> dict[str, float]:
-    return {**raw_genes(), "G1_mut": g1_mut}
 
 
 def expected_logit(contract: ModelContract, genes: dict[str, float], treatment: str) -> float:
@@ -79,14 +67,7 @@ def expected_response(contract: ModelContract, genes: dict[str, float], treatmen
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    contract = clinical_contract()
-    effect = {
-        "column": contract.clinical.features.index("treatment=targeted"),
-        "gain": GAIN,
-        "interaction": contract.genomics.features.index("G1_mut"),
-        "shift": SHIFT,
-    }
-    return export_known_signal(tmp_path_factory.mktemp("treatment") / "model.onnx", contract, GENE_WEIGHTS, effect)
+    return export_treatment_model(tmp_path_factory.mktemp("treatment") / "model.onnx", clinical_contract())
 
 
 @pytest.fixture(scope="module")
@@ -131,25 +112,8 @@ def test_a_switch_needs_the_benefits_lower_bound_to_clear_the_margin(
     """The contract's benefit draws (radfusion.benefit) around the model's own effect,
     SHIFT + GAIN z(G1_mut) under targeted: narrow, a mutated patient is switched as
     before; wide, the same point gain is "no confident benefit" and the patient stays."""
-    from radfusion.benefit import BenefitDraws
-
-    contract = clinical_contract()
-    mutation = contract.genomics.features.index("G1_mut")
-    block = contract.modalities.index("mutation")
-    rng = np.random.default_rng(0)
-    draws = np.stack([rng.normal(SHIFT, spread, 400), np.zeros(400), rng.normal(GAIN, spread, 400)], axis=1)
-    benefit = BenefitDraws(
-        draws=(draws - draws.mean(axis=0) + [SHIFT, 0.0, GAIN])[:, None, :],
-        block_presence=[block],
-        feature_columns=[mutation],
-        feature_blocks=[block],
-        reference=[0.0],
-        clinical_presence=contract.modalities.index("clinical"),
-        treatment_columns=[contract.clinical.features.index(f"treatment={t}") for t in ("chemo", "targeted")],
-    )
-    contract = dataclasses.replace(contract, treatment_benefit=benefit)
-    effect = {"column": benefit.treatment_columns[1], "gain": GAIN, "interaction": mutation, "shift": SHIFT}
-    model = export_known_signal(tmp_path / "model.onnx", contract, GENE_WEIGHTS, effect)
+    contract = with_known_benefit(clinical_contract(), spread)
+    model = export_treatment_model(tmp_path / "model.onnx", contract)
     predictor = Predictor.load(model, device="cpu")
     genes = genes_with_mutation(1.0)
     answer = predictor.rank_treatments(predictor.prepare(None, genes, clinical_values("chemo")))

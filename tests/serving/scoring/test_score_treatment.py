@@ -3,44 +3,29 @@ carries the recommendation, why, and the ranking, exactly as /predict's
 rank_treatments gives them (the same radfusion.treatment code), with the benefit
 intervals where the contract has draws; a patient without clinical covariates gets
 the reason instead. Scored from tables by the real table scorer and a real ONNX model
-with a known treatment effect (tests/serving/http/test_treatment_api.py's)."""
+with a known treatment effect (tests/support/known_treatment.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from radfusion.benefit import BenefitDraws
 from radfusion.predictor import Predictor
-from tests.serving.http.test_treatment_api import GAIN, SHIFT, clinical_contract, genes_with_mutation
-from tests.support.known_signal import GENE_WEIGHTS, export_known_signal
+from tests.support.known_treatment import (
+    clinical_contract,
+    export_treatment_model,
+    genes_with_mutation,
+    with_known_benefit,
+)
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    contract = clinical_contract()
-    mutation = contract.genomics.features.index("G1_mut")
-    block = contract.modalities.index("mutation")
-    rng = np.random.default_rng(0)
-    draws = np.stack([rng.normal(0, 0.3, 200), np.zeros(200), rng.normal(0, 0.3, 200)], axis=1)
-    benefit = BenefitDraws(
-        draws=(draws - draws.mean(axis=0) + [SHIFT, 0.0, GAIN])[:, None, :],
-        block_presence=[block],
-        feature_columns=[mutation],
-        feature_blocks=[block],
-        reference=[0.0],
-        clinical_presence=contract.modalities.index("clinical"),
-        treatment_columns=[contract.clinical.features.index(f"treatment={t}") for t in ("chemo", "targeted")],
-    )
-    contract = dataclasses.replace(contract, treatment_benefit=benefit)
-    effect = {"column": benefit.treatment_columns[1], "gain": GAIN, "interaction": mutation, "shift": SHIFT}
-    path = tmp_path_factory.mktemp("treatment_score") / "model.onnx"
-    return export_known_signal(path, contract, GENE_WEIGHTS, effect)
+    contract = with_known_benefit(clinical_contract(), spread=0.3, n=200)
+    return export_treatment_model(tmp_path_factory.mktemp("treatment_score") / "model.onnx", contract)
 
 
 def test_every_row_carries_the_ranking_that_predict_gives(model: Path, tmp_path: Path) -> None:
