@@ -53,7 +53,7 @@ CHECKS = {
 
 def one_draw(seed: int, work: Path, saliency_cases: int, patients: int) -> dict:
     from radfusion.training.checkpoints import load_datamodule, load_module
-    from radfusion.training.evidence.conformal import fit_conformal
+    from radfusion.training.evidence.conformal import conformal_spec
     from radfusion.training.evidence.run import run_evidence
 
     began = time.perf_counter()
@@ -64,8 +64,8 @@ def one_draw(seed: int, work: Path, saliency_cases: int, patients: int) -> dict:
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
     ev = run_evidence(module, dm, saliency_cases=saliency_cases)
     measured = {key: next((c.measured for c in ev.checks if c.name == name), None) for key, name in CHECKS.items()}
-    spec = fit_conformal(module.net.eval(), dm, ev.temperature, COVERAGE)
-    test = spec.test if spec is not None else {}
+    # The held-out logits the analyses already computed (the calibrated network's), not a second pass.
+    test = conformal_spec(ev.logits, ev.label, ev.temperature, COVERAGE).test
     switched = None
     if ev.treatments is not None:
         switched = int((ev.treatments["recommended"] != ev.treatments.attrs["reference"]).sum())

@@ -30,8 +30,14 @@ def fit_conformal(net, dm, temperature: float, coverage: float, seed: int = 0) -
         log.warning("no test patients: the model is exported without conformal prediction sets")
         return None
     cases = collect_cases(dm, CALIBRATION_SPLIT)
-    probabilities = probabilities_from_logits(predict_logits(net, cases).numpy(), temperature)
-    labels = cases.label.numpy()
+    return conformal_spec(predict_logits(net, cases).numpy(), cases.label.numpy(), temperature, coverage, seed)
+
+
+def conformal_spec(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, coverage: float, seed: int = 0
+) -> ConformalSpec:
+    """The spec from the calibration split's logits (as the model gives them) and labels."""
+    probabilities = probabilities_from_logits(logits, temperature)
     spec = fit_class_conditional(probabilities, labels, coverage)
     spec.test = cross_fitted_coverage(probabilities, labels, coverage, seed)
     return spec
