@@ -22,6 +22,7 @@ from radfusion.conformal import DEFAULT_COVERAGE
 from radfusion.contract import ModelContract, write_contract_to_onnx
 from radfusion.runtime import OnnxModel
 from radfusion.training.checkpoints import build_contract, load_datamodule, load_module
+from radfusion.training.evidence.benefit import benefit_draws, has_benefit
 from radfusion.training.importance import DEFAULT_CASES, export_importance
 from radfusion.training.model import LogitModel
 from radfusion.treatment import default_margin
@@ -158,13 +159,8 @@ def export(
         from radfusion.training.evidence.conformal import fit_conformal
 
         contract.conformal = fit_conformal(net, dm, contract.temperature, conformal_coverage)
-    if (
-        getattr(net, "treatment_effect", None) is not None
-        and module.task.kind == "classification"
-        and net.n_outputs == 2
-    ):
+    if module.task.kind == "classification" and has_benefit(net):
         # The benefit intervals the treatment ranking's switch rule reads.
-        from radfusion.training.evidence.benefit import benefit_draws
         from radfusion.training.evidence.cases import collect_cases
 
         contract.treatment_benefit = benefit_draws(net, collect_cases(dm, "train"))

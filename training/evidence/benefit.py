@@ -38,6 +38,12 @@ RIDGE = 1.0
 NEWTON_STEPS = 25
 
 
+def has_benefit(net) -> bool:
+    """Whether ``net`` has a treatment term whose benefit draws can be fitted (a binary
+    response model with model.network.treatment_interaction)."""
+    return getattr(net, "treatment_effect", None) is not None and net.n_outputs == 2
+
+
 def _columns(term) -> tuple[list[int], list[int]]:
     """Indices of the used omics blocks (presence-mask columns) and of the used features
     (genomics-input columns): the term's non-zero design columns."""

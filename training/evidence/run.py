@@ -135,7 +135,7 @@ def run_evidence(
         ev.notes.append("The clinical table has no survival_months/event columns: no risk groups.")
     if dm.clinical is not None and dm.clinical.treatment:
         intervals = None
-        if getattr(net, "treatment_effect", None) is not None and net.n_outputs == 2:
+        if benefit.has_benefit(net):
             # The draws export puts in the contract, from the training patients.
             ev.benefit = benefit.benefit_draws(net, collect_cases(dm, "train"))
             intervals = ev.benefit.interval(cases.genomics.numpy(), cases.presence.numpy(), temperature)
