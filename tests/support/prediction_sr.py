@@ -110,3 +110,29 @@ def _algorithm(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> tuple[str,
     (name,) = find_content_items(group[0], name=codes.DCM.AlgorithmName, value_type="TEXT")
     (version,) = find_content_items(group[0], name=codes.DCM.AlgorithmVersion, value_type="TEXT")
     return name.value, version.value
+
+
+def first_scored_study(predictor, cohort: Path):
+    """(instance paths, prepared case, prediction) of the first study of a synthetic
+    cohort whose patient has a genomics row, scored by ``predictor`` with all its genes."""
+    from radfusion.dicom import find_studies
+    from radfusion.genomics import load_genomics_table, row_as_mapping
+
+    table = load_genomics_table(cohort / "genomics.parquet")
+    study = next(s for s in find_studies(cohort / "dicom").studies.values() if s.patient_id in table.index)
+    paths = [h.path for h in study.instances]
+    case = predictor.prepare(paths, row_as_mapping(table, study.patient_id))
+    (prediction,) = predictor.predictions([case])
+    return paths, case, prediction
+
+
+def write_valid_report(contract, prediction, facts: dict, paths: list[Path], out: Path) -> PredictionReport:
+    """The prediction SR of ``facts`` (evidence: the first instances of ``paths``) written
+    to ``out``, checked by dciodvfy, read back."""
+    from radfusion.serving.reports.sr import build_prediction_sr, new_uid, read_evidence
+    from tests.support.validators import assert_dciodvfy_valid
+
+    sr = build_prediction_sr(contract, prediction, facts, read_evidence(paths[:3]), new_uid(), new_uid(), version=1)
+    sr.save_as(out, enforce_file_format=True)
+    assert_dciodvfy_valid(out)
+    return read_report(out)

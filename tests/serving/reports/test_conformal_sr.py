@@ -11,15 +11,11 @@ from pathlib import Path
 import pytest
 
 from radfusion.conformal import ConformalSpec
-from radfusion.dicom import find_studies
-from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from radfusion.serving.reports import sr_codes as rc
 from radfusion.serving.reports.facts import prediction_facts
-from radfusion.serving.reports.sr import build_prediction_sr, new_uid, read_evidence
-from tests.support.prediction_sr import read_report
+from tests.support.prediction_sr import first_scored_study, write_valid_report
 from tests.support.tiny import tiny_net
-from tests.support.validators import assert_dciodvfy_valid
 
 
 @pytest.mark.parametrize("rule_out_first", [False, True])
@@ -32,23 +28,13 @@ def test_the_report_states_the_prediction_set(tiny_cohort: Path, tiny_contract, 
     contract = dataclasses.replace(tiny_contract, conformal=spec)
     model = tmp_path / "model.onnx"
     export_onnx(tiny_net(contract), contract, model)
-    predictor = Predictor.load(model, device="cpu")
-    table = load_genomics_table(tiny_cohort / "genomics.parquet")
-    study = next(s for s in find_studies(tiny_cohort / "dicom").studies.values() if s.patient_id in table.index)
-    paths = [h.path for h in study.instances]
-    case = predictor.prepare(paths, row_as_mapping(table, study.patient_id))
-    (prediction,) = predictor.predictions([case])
+    paths, case, prediction = first_scored_study(Predictor.load(model, device="cpu"), tiny_cohort)
     labels = contract.labels
     expected = labels[1:] if rule_out_first else labels
     assert list(prediction.prediction_set) == expected
 
     facts = prediction_facts(contract, case, prediction, {"genomics_source": "request"})
-    sr = build_prediction_sr(contract, prediction, facts, read_evidence(paths[:3]), new_uid(), new_uid(), version=1)
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    assert_dciodvfy_valid(path)
-
-    report = read_report(path)
+    report = write_valid_report(contract, prediction, facts, paths, tmp_path / "sr.dcm")
     assert report.texts[rc.PREDICTION_SET.meaning].startswith(" or ".join(expected) + " (coverage 90%")
     assert report.prediction_set == expected
     assert report.predicted == list(prediction.predicted)
