@@ -10,6 +10,7 @@ import pytest
 from radfusion.training.cv.arrays import Outcome
 from radfusion.training.cv.metrics import fold_metric, paired_differences, pooled_metric, summarise
 from radfusion.training.cv.table import build_results, markdown
+from tests.support.cv_folds import fake_fold
 
 
 def _survival(time, event) -> Outcome:
@@ -77,35 +78,11 @@ def test_paired_differences_and_the_pooled_metric() -> None:
     assert 0.5 < pooled["low"] < pooled["value"] < pooled["high"] < 1.0
 
 
-def _fold(fold: int, metrics: dict[str, float], seconds: dict[str, float]) -> dict:
-    patients = [f"p{fold}{i}" for i in range(4)]
-    rows = [
-        {"repeat": 0, "fold": fold, "model": m, "patient_id": p, "risk": float(-i), "time": float(i + 1), "event": 1}
-        for m in metrics
-        for i, p in enumerate(patients)
-    ]
-    models = {m: {"metric": v, "seconds": seconds[m], "evaluate": {}, "chosen": {}} for m, v in metrics.items()}
-    return {
-        "repeat": 0,
-        "fold": fold,
-        "survival": True,
-        "task": "survival_cox",
-        "labels": ["censored", "event"],
-        "modalities": ["genomics", "clinical"],
-        "fusion": "late",
-        "n_train": 6,
-        "n_val": 2,
-        "n_test": 4,
-        "models": models,
-        "predictions": rows,
-    }
-
-
 def test_the_table_reports_paired_differences_the_best_baseline_and_the_time_ratio() -> None:
     seconds = {"radfusion": 30.0, "coxnet": 1.0, "rsf": 5.0}
     folds = [
-        _fold(0, {"radfusion": 0.70, "coxnet": 0.60, "rsf": 0.72}, seconds),
-        _fold(1, {"radfusion": 0.64, "coxnet": 0.66, "rsf": 0.70}, seconds),
+        fake_fold(0, {"radfusion": 0.70, "coxnet": 0.60, "rsf": 0.72}, seconds, n_train=6),
+        fake_fold(1, {"radfusion": 0.64, "coxnet": 0.66, "rsf": 0.70}, seconds, n_train=6),
     ]
     summary = build_results(folds[::-1], folds=2, repeats=1, cli_args=["--config", "x.yaml"])
     models = summary["models"]
@@ -124,7 +101,7 @@ def test_the_table_reports_paired_differences_the_best_baseline_and_the_time_rat
 
 
 def test_without_baselines_the_table_has_the_network_alone() -> None:
-    folds = [_fold(k, {"radfusion": 0.6 + 0.1 * k}, {"radfusion": 2.0}) for k in range(2)]
+    folds = [fake_fold(k, {"radfusion": 0.6 + 0.1 * k}, {"radfusion": 2.0}, n_train=6) for k in range(2)]
     summary = build_results(folds, folds=2, repeats=1, cli_args=[])
     assert list(summary["models"]) == ["radfusion"]
     assert summary["best_baseline"] is None and summary["deep_vs_best_classical"] is None

@@ -13,6 +13,7 @@ import pytest
 from radfusion.training.cv.run import json_safe
 from radfusion.training.cv.table import build_results
 from radfusion.training.report.baselines import baselines_section, find_cv, load_json
+from tests.support.cv_folds import fake_fold
 
 
 class _Tables(HTMLParser):
@@ -56,37 +57,14 @@ def _parse(html: str) -> _Tables:
     return parsed
 
 
-def _fold(fold: int, metrics: dict[str, float]) -> dict:
-    """One fold's result as training/cv/fold.py returns it (4 test patients, ranked perfectly)."""
-    rows = [
-        {"repeat": 0, "fold": fold, "model": m, "patient_id": f"p{fold}{i}", "risk": -i, "time": i + 1.0, "event": 1}
-        for m in metrics
-        for i in range(4)
-    ]
-    return {
-        "repeat": 0,
-        "fold": fold,
-        "survival": True,
-        "task": "survival_cox",
-        "labels": ["censored", "event"],
-        "modalities": ["genomics", "clinical"],
-        "fusion": "late",
-        "n_train": 8,
-        "n_val": 2,
-        "n_test": 4,
-        "models": {m: {"metric": v, "seconds": 1.0, "evaluate": {}, "chosen": {}} for m, v in metrics.items()},
-        "predictions": rows,
-    }
-
-
 @pytest.fixture
 def cv_summary() -> dict:
     """3 folds: rsf ahead of the network in every fold (by 0.05, 0.06, 0.04), coxnet
     behind it in two of three."""
     folds = [
-        _fold(0, {"radfusion": 0.70, "coxnet": 0.60, "rsf": 0.75}),
-        _fold(1, {"radfusion": 0.64, "coxnet": 0.66, "rsf": 0.70}),
-        _fold(2, {"radfusion": 0.66, "coxnet": 0.62, "rsf": 0.70}),
+        fake_fold(0, {"radfusion": 0.70, "coxnet": 0.60, "rsf": 0.75}),
+        fake_fold(1, {"radfusion": 0.64, "coxnet": 0.66, "rsf": 0.70}),
+        fake_fold(2, {"radfusion": 0.66, "coxnet": 0.62, "rsf": 0.70}),
     ]
     return json.loads(json.dumps(json_safe(build_results(folds, folds=3, repeats=1, cli_args=["--config", "x.yaml"]))))
 
@@ -193,7 +171,7 @@ def test_cv_md_offers_a_linear_baseline_export_only_where_one_won(task, coxnet, 
     from radfusion.training.cv.table import markdown
 
     folds = [
-        _fold(k, {"radfusion": deep, "coxnet": c, "rsf": 0.8})
+        fake_fold(k, {"radfusion": deep, "coxnet": c, "rsf": 0.8})
         for k, (deep, c) in enumerate(zip((0.70, 0.64, 0.66), coxnet, strict=True))
     ]
     text = markdown(build_results(_with_task(folds, task), folds=3, repeats=1, cli_args=[]))
