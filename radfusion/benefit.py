@@ -8,7 +8,9 @@ For each non-reference treatment t and draw b the benefit over the reference on 
 log-odds of response is phi(x) . draws[b, t], phi(x) = [1, the used blocks' presence
 bits, (x - reference) on the candidate features where their block is present]. The
 interval is the draws' quantiles divided by the contract's temperature, the scale the
-ranking's log-odds are on."""
+ranking's log-odds are on. A patient whose candidate biomarkers were not measured gets
+the treatment's average effect: the rule keeps them on the reference (``measured``), as
+a targeted drug is matched to a tested biomarker, not to an average."""
 
 from __future__ import annotations
 
@@ -65,6 +67,13 @@ class BenefitDraws:
         clinical, presence = np.atleast_2d(clinical).astype(np.float64), np.atleast_2d(presence).astype(np.float64)
         onehot = clinical[:, self.treatment_columns]
         return (onehot - onehot.mean(axis=1, keepdims=True))[:, 1:] * presence[:, [self.clinical_presence]]
+
+    def measured(self, presence: np.ndarray) -> np.ndarray:
+        """(cases,) whether any block of the term's candidate biomarkers is present: only
+        then is the benefit the patient's own and not the treatment's average effect."""
+        presence = np.atleast_2d(presence)
+        blocks = sorted(set(self.feature_blocks))
+        return presence[:, blocks].sum(axis=1) > 0 if blocks else np.ones(len(presence), dtype=bool)
 
     def interval(self, genomics: np.ndarray, presence: np.ndarray, temperature: float = 1.0) -> np.ndarray:
         """(cases, treatments - 1, 2): each non-reference treatment's benefit interval

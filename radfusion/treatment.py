@@ -90,12 +90,19 @@ def response_log_odds(probabilities: np.ndarray, label: int) -> np.ndarray:
     return log_odds(np.log(p), label)
 
 
-def recommend(log_odds_by_treatment: np.ndarray, margin: float, lower: np.ndarray | None = None) -> np.ndarray:
+def recommend(
+    log_odds_by_treatment: np.ndarray,
+    margin: float,
+    lower: np.ndarray | None = None,
+    measured: np.ndarray | None = None,
+) -> np.ndarray:
     """Index of the recommended treatment per row of (patients, treatments) log-odds,
     column 0 the reference: the best other treatment when its gain over the reference
     exceeds ``margin`` — with ``lower`` (patients, treatments - 1), the lower ends of
-    the gains' intervals, when that lower end does — else the reference. The one
-    switch rule, for serving and the evidence alike."""
+    the gains' intervals, when that lower end does — else the reference; with
+    ``measured`` (patients,), only where the benefit's biomarkers were measured
+    (radfusion.benefit.BenefitDraws.measured). The one switch rule, for serving and the
+    evidence alike."""
     scores = np.atleast_2d(np.asarray(log_odds_by_treatment, dtype=np.float64))
     if scores.shape[1] < 2:
         return np.zeros(len(scores), dtype=int)
@@ -104,7 +111,10 @@ def recommend(log_odds_by_treatment: np.ndarray, margin: float, lower: np.ndarra
     gain = scores[rows, best_other] - scores[:, 0]
     if lower is not None:
         gain = np.atleast_2d(np.asarray(lower, dtype=np.float64))[rows, best_other - 1]
-    return np.where(gain > margin, best_other, 0)
+    switch = gain > margin
+    if measured is not None:
+        switch &= np.asarray(measured, dtype=bool)
+    return np.where(switch, best_other, 0)
 
 
 def candidate_inputs(contract: ModelContract, inputs: ModelInputs) -> list[ModelInputs]:
@@ -123,11 +133,16 @@ def candidate_inputs(contract: ModelContract, inputs: ModelInputs) -> list[Model
 
 
 def ranking_from_probabilities(
-    contract: ModelContract, probabilities: np.ndarray, given: str | None = None, intervals: np.ndarray | None = None
+    contract: ModelContract,
+    probabilities: np.ndarray,
+    given: str | None = None,
+    intervals: np.ndarray | None = None,
+    measured: bool = True,
 ) -> dict:
     """The answer from the candidates' probabilities (rows in treatment order).
     ``given``: the treatment the request named, reported for comparison; ``intervals``:
-    (treatments - 1, 2) each other treatment's benefit interval (BenefitDraws.interval)."""
+    (treatments - 1, 2) each other treatment's benefit interval (BenefitDraws.interval);
+    ``measured``: whether the benefit's biomarkers were (BenefitDraws.measured)."""
     spec = contract.clinical
     assert spec is not None
     label = response_label(contract)
@@ -139,7 +154,7 @@ def ranking_from_probabilities(
     scores = response_log_odds(probabilities, label)
     order = np.argsort(-response, kind="stable")
     lower = None if intervals is None else intervals[None, :, 0]
-    choice = int(recommend(scores[None, :], margin, lower)[0])
+    choice = int(recommend(scores[None, :], margin, lower, np.array([measured]))[0])
     recommended = treatments[choice]
 
     def interval(i: int) -> dict:
@@ -164,12 +179,14 @@ def ranking_from_probabilities(
         "reference": reference,
         "switch_margin": margin,
         "recommended": recommended,
-        "reason": _reason(treatments, scores - scores[0], margin, choice, intervals, contract),
+        "reason": _reason(treatments, scores - scores[0], margin, choice, intervals, contract, measured),
         "given": given,
     }
 
 
-def _reason(treatments, gains, margin: float, choice: int, intervals, contract: ModelContract) -> str:
+def _reason(
+    treatments, gains, margin: float, choice: int, intervals, contract: ModelContract, measured: bool = True
+) -> str:
     """Why the patient is switched or kept on the reference, in words."""
     best = 1 + int(np.argmax(gains[1:]))
     level = f"{contract.treatment_benefit.level:.0%} " if contract.treatment_benefit is not None else ""
@@ -179,6 +196,11 @@ def _reason(treatments, gains, margin: float, choice: int, intervals, contract: 
     if choice:
         bound = "its lower bound clears" if intervals is not None else "clears"
         return f"switch to {treatments[choice]}: {stated}; {bound} the margin {margin:g}"
+    if not measured:
+        return (
+            f"no personalised benefit: {stated} is the treatment's average effect, as the genomics it depends on "
+            f"were not measured; stay on {treatments[0]}"
+        )
     if intervals is not None and gains[best] > margin:
         return (
             f"no confident benefit: {stated}; the lower bound does not clear the margin {margin:g}; "
@@ -217,11 +239,12 @@ class TreatmentRanking:
         if not np.all(np.isfinite(probabilities)):
             raise NonFiniteOutputError("the model's output for a treatment candidate is not a finite number")
         benefit = self.contract.treatment_benefit
-        intervals = None
+        intervals, measured = None, True
         if benefit is not None:
             intervals = benefit.interval(self.inputs.genomics, self.inputs.presence, self.contract.temperature)[0]
+            measured = bool(benefit.measured(self.inputs.presence)[0])
         given = given_treatment(self.contract, self.inputs)
-        return ranking_from_probabilities(self.contract, probabilities, given, intervals)
+        return ranking_from_probabilities(self.contract, probabilities, given, intervals, measured)
 
 
 def rank_treatments(probabilities_fn: ProbabilitiesFn, contract: ModelContract, inputs: ModelInputs) -> dict:

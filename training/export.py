@@ -22,7 +22,7 @@ from radfusion.conformal import DEFAULT_COVERAGE
 from radfusion.contract import ModelContract, write_contract_to_onnx
 from radfusion.runtime import OnnxModel
 from radfusion.training.checkpoints import build_contract, load_datamodule, load_module
-from radfusion.training.evidence.benefit import benefit_draws, has_benefit
+from radfusion.training.evidence.benefit import fit_benefit, has_benefit
 from radfusion.training.importance import DEFAULT_CASES, export_importance
 from radfusion.training.model import LogitModel
 from radfusion.treatment import default_margin
@@ -146,6 +146,10 @@ def export(
         contract.metrics = {}
         contract.trained_modalities = trained_groups(net)
         contract.may_be_missing = missing_in_training(net, dm)
+    if module.task.kind == "classification" and has_benefit(net) and baseline is None:
+        # Refits the treatment term (before the temperature: it changes the logits) and
+        # gives the benefit intervals the treatment ranking's switch rule reads.
+        contract.treatment_benefit = fit_benefit(net, dm)
     # A logistic baseline is fitted on the validation patients too, by likelihood: its
     # probabilities are its own, not recalibrated on patients it has seen.
     if calibrate and module.task.kind == "classification" and baseline is None:
@@ -159,11 +163,6 @@ def export(
         from radfusion.training.evidence.conformal import fit_conformal
 
         contract.conformal = fit_conformal(net, dm, contract.temperature, conformal_coverage)
-    if module.task.kind == "classification" and has_benefit(net):
-        # The benefit intervals the treatment ranking's switch rule reads.
-        from radfusion.training.evidence.cases import collect_cases
-
-        contract.treatment_benefit = benefit_draws(net, collect_cases(dm, "train"))
     if contract.clinical is not None and contract.clinical.treatment:
         # Serving recommends with the very rule and margin the evidence report measured.
         contract.clinical.switch_margin = default_margin(contract.treatment_benefit is not None)

@@ -50,6 +50,17 @@ def test_the_switch_rule_reads_the_lower_bound() -> None:
     lower = np.array([[1.2], [0.3], [-0.5]])
     assert recommend(scores, margin=1.0).tolist() == [1, 1, 0]
     assert recommend(scores, margin=1.0, lower=lower).tolist() == [1, 0, 0]
+    # Whose biomarkers were not measured stays on the reference, however large the average effect.
+    measured = np.array([False, True, True])
+    assert recommend(scores, margin=1.0, lower=lower, measured=measured).tolist() == [0, 0, 0]
+
+
+def test_measured_means_a_candidate_block_present() -> None:
+    b = _draws(main=1.0, mutation=3.0, spread=0.1)
+    presence = np.ones((3, 4))
+    presence[1, 2] = 0  # no mutation block
+    presence[2, 0] = 0  # no image: does not matter
+    assert b.measured(presence).tolist() == [True, False, True]
 
 
 def test_the_answer_gives_the_interval_and_why(tiny_contract: ModelContract) -> None:
@@ -66,6 +77,10 @@ def test_the_answer_gives_the_interval_and_why(tiny_contract: ModelContract) -> 
     assert unsure["recommended"] == "chemo"
     assert unsure["reason"].startswith("no confident benefit: targeted's benefit +1.60 log-odds")
     assert "stay on chemo" in unsure["reason"]
+    untested = ranking_from_probabilities(contract, probabilities, intervals=np.array([[1.2, 2.0]]), measured=False)
+    assert untested["recommended"] == "chemo"
+    assert untested["reason"].startswith("no personalised benefit: targeted's benefit +1.60 log-odds")
+    assert "were not measured; stay on chemo" in untested["reason"]
     plain = ranking_from_probabilities(contract, probabilities)
     assert plain["recommended"] == "targeted" and "benefit_interval" not in str(plain["ranking"])
 

@@ -14,6 +14,8 @@ import torch
 from radfusion.contract import read_contract_from_onnx
 from radfusion.runtime import OnnxModel
 from radfusion.training.checkpoints import load_datamodule, load_module
+from radfusion.training.evidence import benefit as benefit_fit
+from radfusion.training.evidence.benefit import fit_benefit
 from radfusion.training.evidence.cases import collect_cases
 from radfusion.treatment import DEFAULT_INTERVAL_MARGIN
 from tests.support.tiny_training import CONFIGS, train_tiny
@@ -51,8 +53,9 @@ def test_export_keeps_parity_and_carries_the_switch_margin(checkpoint: Path, tmp
     assert report["onnx_max_abs_diff"] <= 1e-4
     contract = read_contract_from_onnx(out)
     assert contract.clinical.switch_margin == DEFAULT_INTERVAL_MARGIN  # the model has benefit draws
-    # The treatment gain the ONNX model predicts is the PyTorch model's.
+    # The treatment gain the ONNX model predicts is the PyTorch model's, its term refitted as export refits it.
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
+    fit_benefit(module.net, dm)
     cases = collect_cases(dm, "train")
     spec = dm.clinical
     columns = [spec.features.index(f"treatment={level}") for level in spec.treatments]
@@ -79,6 +82,27 @@ def test_export_keeps_parity_and_carries_the_switch_margin(checkpoint: Path, tmp
     assert np.max(np.abs(point - gains[1])) < 1e-3
     low, high = benefit.interval(cases.genomics.numpy(), cases.presence.numpy())[:, 0].T
     assert np.all(low < high)
+
+
+def test_the_refit_term_solves_its_regression(checkpoint: Path) -> None:
+    """fit_benefit leaves the term at the penalised likelihood's optimum on the training
+    and validation patients (zero gradient), written back into the network."""
+    module, dm = load_module(checkpoint), load_datamodule(checkpoint)
+    term = module.net.treatment_effect
+    trained = term.blocks.bias.detach().clone(), term.features.weight.detach().clone()
+    draws = fit_benefit(module.net, dm)
+    cases = [collect_cases(dm, "train"), collect_cases(dm, "val")]
+    x, y, offset = benefit_fit._regression(module.net, draws, cases)
+    blocks, features = benefit_fit._columns(term)
+    theta = benefit_fit._trained_parameters(term, blocks, features)
+    p = 1.0 / (1.0 + np.exp(-(offset + x @ theta)))
+    penalty = np.full(len(theta), benefit_fit.RIDGE)
+    penalty[:: draws.n_parameters] = 0.0
+    gradient = x.T @ (p - y) + penalty * theta
+    assert np.max(np.abs(gradient)) < 1e-4 * len(y)
+    assert not (torch.equal(trained[0], term.blocks.bias) and torch.equal(trained[1], term.features.weight))
+    # The draws are centred on it.
+    assert np.allclose(draws.draws.mean(axis=0).reshape(-1), theta, atol=1e-9)
 
 
 def test_the_term_needs_a_treatment_covariate(tiny_cohort: Path, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""How sure the model is of a treatment's benefit: bootstrap draws of the explicit
-treatment term (training/fusion/interaction.py), so a recommendation switches a patient
-only when the benefit's lower bound clears the margin, and a benefit the training
-patients cannot establish is said to be one ("no confident benefit").
+"""How sure the model is of a treatment's benefit: the explicit treatment term
+(training/fusion/interaction.py) refitted with the rest of the network fixed, and
+bootstrap draws of it, so a recommendation switches a patient only when the benefit's
+lower bound clears the margin, and a benefit the patients cannot establish is said to
+be one ("no confident benefit").
 
 The term gives each non-reference treatment t a benefit over the reference on the
 log-odds of response that is linear in its parameters theta_t:
@@ -11,13 +12,22 @@ log-odds of response that is linear in its parameters theta_t:
 
 (the network hides the treatment from every other path, so this is the whole predicted
 difference between treatments). With the rest of the network fixed, the term is a
-logistic regression with an offset: the log-odds the rest predicts for each training
-patient. That regression is refitted on bootstrap resamples of the training patients
-(ridge-penalised: a subgroup that responds to one arm almost always makes the
-unpenalised fit diverge); the spread of the refits around their full-data fit, added
-to the trained term's own estimate, gives the draws. They cover the treatment term's
-sampling noise given the rest of the network, not the rest's own: an interval that is
-if anything too narrow, which the margin on the lower bound absorbs.
+logistic regression with an offset: the log-odds the rest predicts for each patient.
+
+Why refit (``fit_benefit``, at export and before the evidence): training leaves the
+term where twenty epochs of L1-penalised SGD from zero got it, and its unpenalised
+offsets barely move from their zero start in that time, so the benefit a wild-type
+patient was predicted carried part of the mutated patients' (one training: +0.6
+log-odds for a drug with none). The regression is solved to convergence instead, on
+the training and validation patients: the validation patients' offsets are out of
+sample, where the training patients' are the network's own fit of their outcomes,
+which absorbs part of any treatment effect. The refit is written back into the
+network, so its predictions, the ranking and the intervals are one estimate.
+
+The draws refit the same regression on bootstrap resamples (ridge-penalised: a
+subgroup that responds to one arm almost always makes the unpenalised fit diverge),
+centred on the full fit. They cover the term's sampling noise given the rest of the
+network, not the rest's own: an interval that is if anything too narrow.
 
 The draws go into the model contract (radfusion.treatment applies them: the one rule
 for serving and the evidence), on the log-odds scale before the temperature."""
@@ -52,8 +62,20 @@ def _columns(term) -> tuple[list[int], list[int]]:
     return blocks, features
 
 
-def benefit_draws(net, train: Cases, draws: int = DRAWS, seed: int = 0) -> BenefitDraws:
-    """Draws of every non-reference treatment's benefit parameters, from the training cases."""
+def fit_benefit(net, dm, draws: int = DRAWS, seed: int = 0) -> BenefitDraws:
+    """Refit ``net``'s treatment term in place on the training and validation patients
+    and return its bootstrap draws (see the module docstring)."""
+    from radfusion.training.evidence.cases import collect_cases
+
+    parts = [collect_cases(dm, "train")]
+    if dm.records.get("val"):
+        parts.append(collect_cases(dm, "val"))
+    return benefit_draws(net, parts, draws, seed, refit=True)
+
+
+def benefit_draws(net, cases: list[Cases], draws: int = DRAWS, seed: int = 0, refit: bool = False) -> BenefitDraws:
+    """Draws of every non-reference treatment's benefit parameters from ``cases``,
+    centred on the term's parameters; ``refit``: first set those to the full-data fit."""
     term = net.treatment_effect
     if term is None:
         raise ValueError("the model has no treatment term (model.network.treatment_interaction)")
@@ -69,22 +91,32 @@ def benefit_draws(net, train: Cases, draws: int = DRAWS, seed: int = 0) -> Benef
         clinical_presence=int(term.clinical_presence),
         treatment_columns=[int(c) for c in term.treatment_columns],
     )
+    x, y, offset = _regression(net, spec, cases)
+    if refit:
+        _set_parameters(term, blocks, features, _ridge_logistic(x, y, offset, np.ones(len(y)), spec.n_parameters))
     estimate = _trained_parameters(term, blocks, features)
-    with torch.no_grad():
-        net.eval()
-        logits = net(train.image, train.genomics, train.clinical, train.presence).double()
-        own = term(train.genomics, train.clinical, train.presence).double()
-    log_odds = (logits[:, 1] - logits[:, 0]).numpy()
-    own_log_odds = (own[:, 1] - own[:, 0]).numpy()
-    design = spec.design(train.genomics.numpy(), train.presence.numpy())  # (n, P)
-    given = spec.given(train.clinical.numpy(), train.presence.numpy())  # (n, T)
-    x = (given[:, :, None] * design[:, None, :]).reshape(len(design), -1)  # (n, T*P)
-    offset = log_odds - own_log_odds
-    y = train.label.numpy().astype(np.float64)
     deviations = bootstrap_deviations(x, y, offset, spec.n_parameters, draws, seed)
-    # Centred on the trained estimate: the interval is around the benefit the ranking states.
+    # Centred on the term's estimate: the interval is around the benefit the ranking states.
     spec.draws = (estimate.reshape(1, -1) + deviations).reshape(draws, term.n_treatments, spec.n_parameters)
     return spec
+
+
+def _regression(net, spec: BenefitDraws, cases: list[Cases]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The term as a logistic regression: design (n, T*P), labels and the offset (what
+    the rest of the network predicts), over all ``cases``."""
+    term = net.treatment_effect
+    xs, ys, offsets = [], [], []
+    with torch.no_grad():
+        net.eval()
+        for part in cases:
+            logits = net(part.image, part.genomics, part.clinical, part.presence).double()
+            own = term(part.genomics, part.clinical, part.presence).double()
+            design = spec.design(part.genomics.numpy(), part.presence.numpy())  # (n, P)
+            given = spec.given(part.clinical.numpy(), part.presence.numpy())  # (n, T)
+            xs.append((given[:, :, None] * design[:, None, :]).reshape(len(design), -1))
+            offsets.append(((logits[:, 1] - logits[:, 0]) - (own[:, 1] - own[:, 0])).numpy())
+            ys.append(part.label.numpy().astype(np.float64))
+    return np.vstack(xs), np.concatenate(ys), np.concatenate(offsets)
 
 
 def bootstrap_deviations(
@@ -107,6 +139,25 @@ def _trained_parameters(term, blocks: list[int], features: list[int]) -> np.ndar
     feature_w = term.features.weight.detach().double().reshape(t, k, -1)[:, :, features]
     theta = torch.cat([bias[:, :, None], block_w, feature_w], dim=2)
     return (theta[:, 1] - theta[:, 0]).reshape(-1).numpy()
+
+
+def _set_parameters(term, blocks: list[int], features: list[int], theta: np.ndarray) -> None:
+    """Write theta (T*P,) into the term: output 1 gets it, output 0 zero, so the log-odds
+    difference is theta and the rest of the term (unused columns) is zero."""
+    t, k = term.n_treatments, term.n_outputs
+    theta = torch.as_tensor(theta.reshape(t, -1), dtype=term.features.weight.dtype)
+    block_index = [list(term.block_presence.tolist()).index(b) for b in blocks]
+    n_blocks = len(blocks)
+    with torch.no_grad():
+        bias = torch.zeros(t, k, dtype=theta.dtype)
+        block_w = torch.zeros(t, k, term.blocks.weight.shape[1], dtype=theta.dtype)
+        feature_w = torch.zeros(t, k, term.n_features, dtype=theta.dtype)
+        bias[:, 1] = theta[:, 0]
+        block_w[:, 1, block_index] = theta[:, 1 : 1 + n_blocks]
+        feature_w[:, 1, features] = theta[:, 1 + n_blocks :]
+        term.blocks.bias.copy_(bias.reshape(-1))
+        term.blocks.weight.copy_(block_w.reshape(t * k, -1))
+        term.features.weight.copy_(feature_w.reshape(t * k, -1))
 
 
 def _ridge_logistic(x, y, offset, weight, n_parameters: int) -> np.ndarray:

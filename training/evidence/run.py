@@ -14,12 +14,24 @@ import pandas as pd
 
 from radfusion.benefit import BenefitDraws
 from radfusion.explain import log_odds
-from radfusion.training.evidence import attribution, benefit, calibration, stratify, subgroups, treatment, truth
+from radfusion.training.evidence import (
+    attribution,
+    benefit,
+    calibration,
+    peers,
+    policy,
+    stratify,
+    subgroups,
+    treatment,
+    truth,
+)
 from radfusion.training.evidence.cases import Cases, clinical_frame, collect_cases, predict_logits
 from radfusion.training.evidence.saliency import Saliency, cohort_saliency
 from radfusion.treatment import default_margin
 
 log = logging.getLogger(__name__)
+# Biomarker groups shown: the treatment term's strongest candidate features.
+GROUP_FEATURES = 3
 
 
 @dataclass
@@ -43,6 +55,10 @@ class Evidence:
     treatment_effects: pd.DataFrame | None = None
     # Its bootstrap draws (training/evidence/benefit.py), behind the ranking's intervals.
     benefit: BenefitDraws | None = None
+    # The causal-ML peers' rankings of the same held-out patients (training/evidence/peers.py).
+    peers: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # Policy values, Qini curves and biomarker-group effects (training/evidence/policy.py).
+    policy: dict | None = None
     calibration: dict | None = None
     subgroups: pd.DataFrame | None = None
     checks: list[truth.Check] = field(default_factory=list)
@@ -92,6 +108,7 @@ class Evidence:
                     for f, row in self.treatment_effects.head(10).iterrows()
                 ],
             },
+            "policy": self.policy,
             "calibration": self.calibration,
             "subgroups": None if self.subgroups is None else self.subgroups.to_dict(orient="records"),
             "checks": [c.to_dict() for c in self.checks],
@@ -113,6 +130,9 @@ def run_evidence(
     without a ``margin``, the treatment ranking uses serving's default for the model
     (radfusion.treatment.default_margin)."""
     net = module.net.eval()
+    treatment_model = dm.clinical is not None and dm.clinical.treatment
+    # Refits the treatment term in place, as export does: before the temperature is fitted.
+    fitted = benefit.fit_benefit(net, dm) if treatment_model and benefit.has_benefit(net) else None
     if temperature is None:
         temperature = calibration.calibrate(net, dm) if module.task.kind == "classification" else 1.0
     cases = collect_cases(dm, part)
@@ -133,22 +153,25 @@ def run_evidence(
         _stratify(ev, net, dm, clinical)
     else:
         ev.notes.append("The clinical table has no survival_months/event columns: no risk groups.")
-    if dm.clinical is not None and dm.clinical.treatment:
-        intervals = None
-        if benefit.has_benefit(net):
-            # The draws export puts in the contract, from the training patients.
-            ev.benefit = benefit.benefit_draws(net, collect_cases(dm, "train"))
+    if treatment_model:
+        intervals = measured = None
+        if fitted is not None:
+            ev.benefit = fitted  # the draws export puts in the contract
             intervals = ev.benefit.interval(cases.genomics.numpy(), cases.presence.numpy(), temperature)
+            measured = ev.benefit.measured(cases.presence.numpy())
+            ev.peers = peers.peer_rankings(collect_cases(dm, "train"), cases, ev.benefit, list(dm.clinical.treatments))
         ev.treatments = treatment.rank_treatments(
             treatment.predict_under_treatments(net, cases, dm.clinical),
             margin=default_margin(intervals is not None) if margin is None else margin,
             temperature=temperature,
             intervals=intervals,
+            measured=measured,
         )
         if getattr(net, "treatment_effect", None) is not None:  # the predictive biomarkers it learned
             ev.treatment_effects = net.treatment_effect.effects(
                 dm.clinical.treatments[1:], attribution.omics_features(net, dm)
             )
+        ev.policy = _policy(ev, net, dm, clinical, known)
     else:
         ev.notes.append(
             "The model has no treatment input (train with configs/experiment/treatment.yaml): no treatment ranking."
@@ -160,6 +183,67 @@ def run_evidence(
     if known is not None:
         ev.checks = _truth_checks(ev, known)
     return ev
+
+
+def _policy(ev: Evidence, net, dm, clinical: pd.DataFrame, known: dict | None) -> dict:
+    """Policy values (observed, and true when the cohort's truth is known), Qini curves
+    and the biomarker groups' effects, for the model's ranking and each peer's."""
+    levels = list(dm.clinical.treatments)
+    reference = ev.treatments.attrs["reference"]
+    given = clinical[dm.clinical.treatment].to_numpy(dtype=object)
+    response = ev.label
+    rankings = {"radfusion": ev.treatments, **ev.peers}
+    out: dict = {"reference": reference, "policies": {}, "everyone": {}}
+    for level in levels:
+        out["everyone"][level] = policy.observed_policy_value(np.full(len(given), level, dtype=object), given, response)
+    truth_patients = truth.patients_by_id(known) if known is not None else None
+    for name, ranking in rankings.items():
+        entry = {"rule": ranking.attrs.get("rule", "lower bound > margin" if ev.benefit else "estimate > margin")}
+        entry["observed"] = policy.observed_policy_value(ranking["recommended"].to_numpy(dtype=object), given, response)
+        if truth_patients is not None:
+            entry["true"] = policy.true_policy_values(ranking["recommended"], truth_patients, levels)
+            entry["accuracy"] = float(
+                np.mean([ranking.loc[p, "recommended"] == truth_patients[p]["best_treatment"] for p in ranking.index])
+            )
+        entry["qini"] = {}
+        for level in levels[1:]:
+            arms = np.isin(given, [reference, level])
+            score = _benefit_score(ranking, reference, level)
+            entry["qini"][level] = policy.qini(score[arms], given[arms] == level, response[arms])
+        out["policies"][name] = entry
+    out["groups"] = _group_effects(ev, net, dm, given, reference, levels)
+    return out
+
+
+def _benefit_score(ranking: pd.DataFrame, reference: str, level: str) -> np.ndarray:
+    """The ranking's predicted benefit of ``level`` over the reference, per patient."""
+    if f"benefit_{level}" in ranking:
+        return ranking[f"benefit_{level}"].to_numpy()
+    return (ranking[f"p_{level}"] - ranking[f"p_{reference}"]).to_numpy()
+
+
+def _group_effects(ev: Evidence, net, dm, given: np.ndarray, reference: str, levels: list[str]) -> list[dict]:
+    """The biomarker groups of the treatment term's strongest candidate features that are
+    calls (two values in the held-out patients): observed vs predicted effects."""
+    if ev.treatment_effects is None or ev.benefit is None:
+        return []
+    names = attribution.omics_features(net, dm)
+    rows = []
+    for feature in ev.treatment_effects.index[:GROUP_FEATURES]:
+        column = names.index(feature)
+        position = ev.benefit.feature_columns.index(column)
+        block = ev.benefit.feature_blocks[position]
+        present = ev.cases.presence[:, block].numpy() > 0
+        values = ev.cases.genomics[:, column].numpy()
+        if len(np.unique(values[present])) != 2:
+            continue
+        above = values > ev.benefit.reference[position]
+        groups = pd.Series(np.where(~present, "not tested", np.where(above, "mutated", "wild type")))
+        for level in levels[1:]:
+            predicted = (ev.treatments[f"p_{level}"] - ev.treatments[f"p_{reference}"]).to_numpy()
+            table = policy.group_effects(groups, given, ev.label, predicted, reference, level)
+            rows += [{"feature": feature, "treatment": level, **r} for r in table.to_dict(orient="records")]
+    return rows
 
 
 def _genes(ev: Evidence, net, dm, ablation_cases: int) -> None:

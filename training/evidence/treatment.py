@@ -45,11 +45,13 @@ def rank_treatments(
     margin: float = DEFAULT_MARGIN,
     temperature: float = 1.0,
     intervals: np.ndarray | None = None,
+    measured: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per patient: predicted response probability per treatment, the ranking, the gain
-    over the reference and the recommendation under the margin rule; with ``intervals``
-    (patients, treatments - 1, 2: radfusion.benefit.BenefitDraws.interval, the first
-    column the reference) the rule reads the gain's lower bound, as serving does."""
+        over the reference and the recommendation under the margin rule; with ``intervals``
+        (patients, treatments - 1, 2: radfusion.benefit.BenefitDraws.interval, the first
+        column the reference) the rule reads the gain's lower bound, and with ``measured``
+    (BenefitDraws.measured) switches only patients whose biomarkers were, as serving does."""
     reference = reference or log_odds_table.columns[0]
     if reference not in log_odds_table.columns:
         raise ValueError(f"reference treatment {reference!r} is not one of {list(log_odds_table.columns)}")
@@ -65,7 +67,7 @@ def rank_treatments(
     result["ranking"] = [" > ".join(row.sort_values(ascending=False).index) for _, row in scaled.iterrows()]
     result["gain_log_odds"] = best_gain
     lower = None if intervals is None else intervals[:, :, 0]
-    result["recommended"] = scaled.columns.to_numpy()[recommend(scaled.to_numpy(), margin, lower)]
+    result["recommended"] = scaled.columns.to_numpy()[recommend(scaled.to_numpy(), margin, lower, measured)]
     if intervals is not None:
         for k, level in enumerate(scaled.columns[1:]):
             result[f"benefit_low_{level}"], result[f"benefit_high_{level}"] = intervals[:, k, 0], intervals[:, k, 1]

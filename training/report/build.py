@@ -213,9 +213,61 @@ def _stratification(ev: Evidence) -> str:
 def _treatment(ev: Evidence) -> str:
     t = ev.treatments
     counts = t["recommended"].value_counts()
-    return (
+    rule = (
+        "the lower end of the 95% interval of its predicted benefit over the reference"
+        if ev.benefit is not None
+        else "its predicted log-odds of response over the reference's"
+    )
+    html = (
         img(figures.treatment_gains(t), "predicted treatment gains")
-        + f"<p>Reference (standard of care): {esc(t.attrs['reference'])}. A patient is switched only when another "
-        f"treatment's predicted log-odds of response exceed the reference's by more than {t.attrs['margin']}. "
+        + f"<p>Reference (standard of care): {esc(t.attrs['reference'])}. A patient is switched only when "
+        f"{rule} exceeds {t.attrs['margin']} log-odds; otherwise the reference is kept (no confident benefit). "
         f"Recommended: {esc(', '.join(f'{k} {v}' for k, v in counts.items()))}.</p>"
     )
+    return html + (_policies(ev.policy) if ev.policy else "")
+
+
+def _policies(policy: dict) -> str:
+    """radfusion's policy beside the causal-ML peers', treating everyone alike and the oracle."""
+    rows = []
+    for name, entry in policy["policies"].items():
+        observed, true = entry["observed"], entry.get("true", {})
+        rows.append(
+            {
+                "policy": name,
+                "switch rule": entry["rule"],
+                "response rate (observed, IPW)": observed["value"],
+                "95% CI": f"{observed['low']:.3f}–{observed['high']:.3f}",
+                "response rate (truth)": true.get("policy", float("nan")),
+                "true best recommended": entry.get("accuracy", float("nan")),
+                **{f"Qini ({lv})": q["qini_coefficient"] for lv, q in entry["qini"].items()},
+            }
+        )
+    for level, observed in policy["everyone"].items():
+        truth_value = next(iter(policy["policies"].values())).get("true", {}).get(f"all_{level}", float("nan"))
+        rows.append(
+            {
+                "policy": f"everyone {level}",
+                "switch rule": "",
+                "response rate (observed, IPW)": observed["value"],
+                "95% CI": f"{observed['low']:.3f}–{observed['high']:.3f}",
+                "response rate (truth)": truth_value,
+            }
+        )
+    html = (
+        "<h3>Policy value</h3>"
+        + table(pd.DataFrame(rows))
+        + "<p class=note>Observed: the held-out patients whose given treatment matches the policy, weighted by "
+        "their arm's share (valid where treatment was assigned at random). Truth: each patient's true response "
+        "probability under the recommended treatment (synthetic cohorts). Peers: EconML's learners on the same "
+        "training patients and features (training/evidence/peers.py). Qini coefficient: area between the "
+        "ranking's incremental-responder curve and a random ranking's.</p>"
+    )
+    html += img(figures.qini_curves(policy), "Qini curves")
+    if policy["groups"]:
+        html += "<h3>Biomarker groups</h3>" + table(pd.DataFrame(policy["groups"]))
+        html += (
+            "<p class=note>Observed difference in response rate between the arms in each group (95% Wald "
+            "interval) beside the model's mean predicted difference.</p>"
+        )
+    return html

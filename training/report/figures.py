@@ -78,6 +78,18 @@ def top_genes(ranking: pd.DataFrame, n: int = 20, title: str = "Top genes (Integ
     return _png(fig)
 
 
+def qini_curves(policy: dict) -> bytes:
+    """Each policy's Qini curve (incremental responders per patient vs share ranked)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, entry in policy["policies"].items():
+        for level, curve in entry["qini"].items():
+            ax.plot(curve["share"], curve["gain"], label=f"{name} ({level})")
+    ax.plot([0, 1], [0, next(iter(policy["policies"].values()))["qini"][level]["gain"][-1]], "k--", lw=0.8)
+    ax.set(xlabel="share of patients, highest predicted benefit first", ylabel="incremental responders per patient")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def treatment_gains(treatments: pd.DataFrame) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     gain = treatments["gain_log_odds"].to_numpy()
