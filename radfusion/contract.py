@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,6 +192,9 @@ class ModelContract:
     positive_label: str | None = None
     # Temperature the logits are divided by (fitted on validation; 1 = uncalibrated).
     temperature: float = 1.0
+    # Multi-label: one temperature per label (each label's own binary calibration),
+    # used instead of ``temperature``; empty for other tasks.
+    label_temperatures: list[float] = field(default_factory=list)
     # Classification: the prediction sets' thresholds (radfusion.conformal), fitted at
     # export on the validation split; None: the model answers without sets.
     conformal: ConformalSpec | None = None
@@ -274,6 +278,11 @@ class ModelContract:
             )
         if self.conformal is not None and len(self.conformal.thresholds) != len(self.labels):
             raise ValueError(f"{len(self.conformal.thresholds)} conformal thresholds for {len(self.labels)} labels")
+        if self.label_temperatures and (
+            len(self.label_temperatures) != len(self.labels)
+            or not all(math.isfinite(t) and t > 0 for t in self.label_temperatures)
+        ):
+            raise ValueError(f"label_temperatures must be {len(self.labels)} positive numbers, one per label")
         unknown = set(self.trained_modalities) | set(self.may_be_missing)
         unknown -= {*self.modalities, GENOMICS}
         if unknown:

@@ -74,13 +74,14 @@ class OnnxModel:
 
 def outputs_from_logits(logits: np.ndarray, contract: ModelContract) -> np.ndarray:
     """Classification: softmax over classes; multi-label: a sigmoid per label (both
-    after the temperature); survival: the raw outputs (a Cox risk score, or interval
+    after the temperature: per label where the contract has label_temperatures); survival: the raw outputs (a Cox risk score, or interval
     hazard logits that radfusion.prediction turns into survival probabilities)."""
     kind = contract.task.partition(":")[0]
     if kind == "survival":
         return np.asarray(logits, dtype=np.float32)
     if kind == "multilabel":
-        scaled = np.asarray(logits, dtype=np.float64) / contract.temperature
+        temperature = np.asarray(contract.label_temperatures or contract.temperature, dtype=np.float64)
+        scaled = np.asarray(logits, dtype=np.float64) / temperature
         return (1.0 / (1.0 + np.exp(-scaled))).astype(np.float32)
     return probabilities_from_logits(logits, contract.temperature)
 

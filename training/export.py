@@ -158,6 +158,10 @@ def export(
         from radfusion.training.evidence.calibration import calibrate
 
         contract.temperature = calibrate(net, dm)
+    if calibrate and module.task.kind == "multilabel" and baseline is None:
+        from radfusion.training.evidence.calibration import calibrate_labels
+
+        contract.label_temperatures = calibrate_labels(net, dm)
     if conformal_coverage and module.task.kind == "classification" and baseline is None:
         # Not for a baseline: it was fitted on the validation patients the sets are calibrated on.
         from radfusion.training.evidence.conformal import fit_conformal

@@ -18,6 +18,7 @@ from radfusion.training.evidence.attribution import rank_features, top_k_agreeme
 from radfusion.training.evidence.calibration import (
     TEMPERATURE_BOUNDS,
     ece,
+    fit_label_temperatures,
     fit_temperature,
     positive_probability,
 )
@@ -166,6 +167,35 @@ def test_temperature_scaling_recovers_a_known_temperature():
     assert ece(positive_probability(logits, t), label) < ece(positive_probability(logits), label)
     with pytest.raises(ValueError):
         fit_temperature(logits[:5], np.ones(5, dtype=int))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_label_gets_its_own_temperature_and_level(seed: int) -> None:
+    """Label 0's logits are 3x too sharp, label 1's half as sharp and 1 too high: one
+    temperature cannot fit both; one per label recovers each."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        z = rng.normal(0, 2, (n, 2))
+        label = (rng.random((n, 2)) < 1 / (1 + np.exp(-z))).astype(int)
+        return np.stack([3 * z[:, 0], 0.5 * z[:, 1] + 1.0], axis=1), label
+
+    (train, train_y), (val, val_y) = draw(4000), draw(4000)
+    temperatures, shifts = fit_label_temperatures(train, train_y, val, val_y)
+    assert temperatures[0] == pytest.approx(3.0, rel=0.12) and temperatures[1] == pytest.approx(0.5, rel=0.12)
+    # The level: (logit + shift) / T is the true logit, so the shift undoes the +1.
+    assert shifts[0] == pytest.approx(0.0, abs=0.3) and shifts[1] == pytest.approx(-1.0, abs=0.15)
+
+
+def test_a_label_with_one_validation_class_is_left_uncalibrated(caplog) -> None:
+    rng = np.random.default_rng(0)
+    logits, label = rng.normal(size=(200, 2)), (rng.random((200, 2)) < 0.5).astype(int)
+    val_label = label.copy()
+    val_label[:, 1] = 0
+    with caplog.at_level("WARNING"):
+        temperatures, shifts = fit_label_temperatures(logits, label, logits, val_label)
+    assert temperatures[1] == 1.0 and shifts[1] == 0.0 and temperatures[0] != 1.0
+    assert "label 1 has one class only" in caplog.text
 
 
 def test_a_temperature_on_its_search_bound_is_announced(caplog):

@@ -209,6 +209,7 @@ def _contract(tiny_contract, **changes):
 
 
 def test_serving_answers_follow_the_task(tiny_contract):
+    from radfusion.contract import ModelContract
     from radfusion.predictor import task_outputs
     from radfusion.runtime import outputs_from_logits
 
@@ -227,6 +228,14 @@ def test_serving_answers_follow_the_task(tiny_contract):
     answer = task_outputs(multilabel, outputs_from_logits(logits, multilabel)[0])
     assert answer["predicted_labels"] == ["a", "c"]
     assert answer["probabilities"]["b"] == pytest.approx(1 / (1 + np.exp(1.0)), abs=1e-6)
+    # Each label's own temperature (export's per-label calibration), through the contract's JSON.
+    scaled = ModelContract.from_json(_contract(multilabel, label_temperatures=[1.0, 0.5, 3.0]).to_json())
+    answer = task_outputs(scaled, outputs_from_logits(logits, scaled)[0])
+    assert answer["probabilities"]["b"] == pytest.approx(1 / (1 + np.exp(2.0)), abs=1e-6)
+    assert answer["probabilities"]["c"] == pytest.approx(1 / (1 + np.exp(-0.5)), abs=1e-6)
+    for bad in ([1.0, 2.0], [1.0, 0.0, 1.0], [1.0, float("nan"), 1.0]):
+        with pytest.raises(ValueError, match="label_temperatures"):
+            _contract(multilabel, label_temperatures=bad)
     # Classification is unchanged: softmax probabilities and the arg-max label.
     answer = task_outputs(tiny_contract, outputs_from_logits(logits[:, :2], tiny_contract)[0])
     assert answer["predicted_label"] == "non-responder" and sum(answer["probabilities"].values()) == pytest.approx(1.0)

@@ -120,6 +120,40 @@ def calibrate(net, dm) -> float:
     return t
 
 
+def calibrate_labels(net, dm) -> list[float]:
+    """Multi-label: each label calibrated as its own binary classifier
+    (``fit_label_temperatures``). Returns the temperatures; the levels go into
+    ``net.output_bias``."""
+    train, val = collect_cases(dm, "train"), collect_cases(dm, "val")
+    temperatures, shifts = fit_label_temperatures(
+        predict_logits(net, train).numpy(), train.label.numpy(), predict_logits(net, val).numpy(), val.label.numpy()
+    )
+    net.output_bias += torch.as_tensor(shifts, dtype=net.output_bias.dtype, device=net.output_bias.device)
+    return temperatures
+
+
+def fit_label_temperatures(
+    train_logits: np.ndarray, train_label: np.ndarray, val_logits: np.ndarray, val_label: np.ndarray
+) -> tuple[list[float], np.ndarray]:
+    """(temperature per label, shift per label): each label's temperature from the
+    validation split and level from the training split, as ``fit_temperature_and_level``
+    does for one classifier. Labels differ in prevalence and in how well the network
+    learned them: one temperature for all over-sharpens some and blunts others."""
+    temperatures, shifts = [], []
+    for j in range(train_logits.shape[1]):
+        # A label's sigmoid is the softmax over (0, logit): the two-class case.
+        pair = [np.stack([np.zeros_like(z[:, j]), z[:, j]], axis=1) for z in (train_logits, val_logits)]
+        try:
+            t, shift = fit_temperature_and_level(pair[0], train_label[:, j], pair[1], val_label[:, j])
+        except ValueError:
+            # A rare label can miss a class among the validation patients: nothing to fit it on.
+            log.warning("label %d has one class only among the validation cases: left uncalibrated (T = 1)", j)
+            t, shift = 1.0, np.zeros(2)
+        temperatures.append(t)
+        shifts.append(float(shift[1] - shift[0]))
+    return temperatures, np.asarray(shifts)
+
+
 def perfect_calibration_ece(
     probability: np.ndarray, n_bins: int = N_BINS, draws: int = FLOOR_DRAWS, seed: int = 0
 ) -> dict:
