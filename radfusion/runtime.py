@@ -74,8 +74,9 @@ class OnnxModel:
 
 def outputs_from_logits(logits: np.ndarray, contract: ModelContract) -> np.ndarray:
     """Classification: softmax over classes; multi-label: a sigmoid per label (both
-    after the temperature: per label where the contract has label_temperatures); survival: the raw outputs (a Cox risk score, or interval
-    hazard logits that radfusion.prediction turns into survival probabilities)."""
+    after the temperature, per label where the contract has label_temperatures);
+    survival: the raw outputs (a Cox risk score, or interval hazard logits that
+    radfusion.prediction turns into survival probabilities)."""
     kind = contract.task.partition(":")[0]
     if kind == "survival":
         return np.asarray(logits, dtype=np.float32)
