@@ -179,6 +179,18 @@ def test_discrete_survival_model_exports_and_serves_survival_probabilities(cohor
     assert list(served["survival_probabilities"].values()) == pytest.approx(
         survival_curve(logits.numpy())[0].tolist(), abs=1e-4
     )
+    # The evidence checks the held-out curves' calibration (not a classifier's ECE).
+    from radfusion.training.evidence.run import run_evidence
+    from radfusion.training.report.build import sections
+
+    ev = run_evidence(module, dm, saliency_cases=1, ablation_cases=4)
+    assert ev.calibration is None and ev.subgroups is None
+    d = ev.survival_calibration["d_calibration"]
+    assert d["n"] == len(dm.records["test"]) and 0.0 <= d["p_value"] <= 1.0
+    assert sum(d["bin_shares"]) == pytest.approx(1.0)
+    assert [h["horizon"] for h in ev.survival_calibration["horizons"]] == list(module.task.horizons)
+    titles = [title for title, _ in sections(ev, module, dm, tmp_path, checkpoint)]
+    assert "Calibration of the survival curves" in titles and "Calibration" not in titles
 
 
 def test_a_baseline_exported_from_an_image_network_needs_no_image(trained, cohort, tmp_path):

@@ -27,6 +27,7 @@ from radfusion.training.evidence import (
 )
 from radfusion.training.evidence.cases import Cases, clinical_frame, collect_cases, predict_logits
 from radfusion.training.evidence.saliency import Saliency, cohort_saliency
+from radfusion.training.evidence.survival_calibration import survival_calibration
 from radfusion.treatment import default_margin
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Evidence:
     # Policy values, Qini curves and biomarker-group effects (training/evidence/policy.py).
     policy: dict | None = None
     calibration: dict | None = None
+    # Discrete-time survival models: D-calibration and fixed-horizon calibration.
+    survival_calibration: dict | None = None
     subgroups: pd.DataFrame | None = None
     checks: list[truth.Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -110,6 +113,7 @@ class Evidence:
             },
             "policy": self.policy,
             "calibration": self.calibration,
+            "survival_calibration": self.survival_calibration,
             "subgroups": None if self.subgroups is None else self.subgroups.to_dict(orient="records"),
             "checks": [c.to_dict() for c in self.checks],
             "notes": self.notes,
@@ -176,10 +180,19 @@ def run_evidence(
         ev.notes.append(
             "The model has no treatment input (train with configs/experiment/treatment.yaml): no treatment ranking."
         )
-    # Validation and held-out cases pooled with out-of-fold temperatures: an ECE on more patients.
-    pooled = (val_logits, val.label.numpy()) if part != "val" else (None, None)
-    ev.calibration = calibration.calibration_summary(logits, ev.label, temperature, *pooled)
-    ev.subgroups = subgroups.subgroup_table(ev.probability, ev.label, clinical)
+    if module.task.kind == "classification":
+        # Validation and held-out cases pooled with out-of-fold temperatures: an ECE on more patients.
+        pooled = (val_logits, val.label.numpy()) if part != "val" else (None, None)
+        ev.calibration = calibration.calibration_summary(logits, ev.label, temperature, *pooled)
+        ev.subgroups = subgroups.subgroup_table(ev.probability, ev.label, clinical)
+    elif module.task.kind == "survival_discrete" and {"survival_months", "event"} <= set(clinical.columns):
+        ev.survival_calibration = survival_calibration(
+            logits,
+            module.task.edges.numpy(),
+            clinical["survival_months"].to_numpy(),
+            clinical["event"].to_numpy(),
+            module.task.horizons,
+        )
     if known is not None:
         ev.checks = _truth_checks(ev, known)
     return ev
@@ -294,7 +307,8 @@ def _truth_checks(ev: Evidence, known: dict) -> list[truth.Check]:
         checks.append(truth.check_logrank(ev.risk))
     if ev.treatments is not None:
         checks.append(truth.check_treatment(known, ev.treatments))
-    checks.append(truth.check_calibration(ev.calibration))
+    if ev.calibration is not None:
+        checks.append(truth.check_calibration(ev.calibration))
     return checks
 
 

@@ -91,8 +91,12 @@ def sections(
     baselines = baselines_section(load_json(run_dir / "metrics.json"), load_json(cv))
     if baselines:
         out.append(("Classical baselines", baselines))
-    out.append(("Calibration", _calibration(ev)))
-    out.append(("Subgroups", _subgroups(ev)))
+    if ev.calibration is not None:
+        out.append(("Calibration", _calibration(ev)))
+    if ev.survival_calibration is not None:
+        out.append(("Calibration of the survival curves", _survival_calibration(ev.survival_calibration)))
+    if ev.subgroups is not None:
+        out.append(("Subgroups", _subgroups(ev)))
     if ev.gene_ranking is not None:
         out.append(("Biomarkers (genes)", _genes(ev)))
     if ev.saliencies:
@@ -142,6 +146,28 @@ def _calibration(ev: Evidence) -> str:
         + f"<p>ECE ({c['n_bins']} bins, {c['n']} held-out patients): {fmt(c['ece_before'])} uncalibrated, "
         f"{fmt(c['ece_after'])} after temperature scaling (T = {c['temperature']:.3f}, fitted on the "
         "validation split and stored in the model contract at export).</p>"
+    )
+
+
+def _survival_calibration(c: dict) -> str:
+    d = c["d_calibration"]
+    rows = [
+        {
+            "horizon (months)": h["horizon"],
+            "calibration error": h["calibration_error"] if h["calibration_error"] is not None else float("nan"),
+            "slope": h["slope"] if h["slope"] is not None else float("nan"),
+            "groups": len(h["groups"]),
+        }
+        for h in c["horizons"]
+    ]
+    return (
+        f"<p>D-calibration over {d['n']} held-out patients: chi-square {fmt(d['chi2'])}, p = {d['p_value']:.2g} "
+        "(each patient's predicted survival at their own time should be uniform; a small p says the curves do "
+        "not match the outcomes).</p>"
+        + table(pd.DataFrame(rows))
+        + "<p class=note>At each horizon: patients in five groups of predicted risk, each group's Kaplan-Meier "
+        "event probability against its mean prediction; error = patient-weighted mean |observed - predicted|, "
+        "slope 1 = the spread of risks is right.</p>"
     )
 
 
