@@ -9,7 +9,14 @@ By default the classical baselines (penalised Cox / logistic, a forest or gradie
 boosting: training/cv/baselines.py) are fitted on each model's own split and table
 features and scored on the same test patients (training/cv/holdout.py): their rows sit
 beside the deep models', and each deep model gets its paired difference from each
-baseline with a bootstrap interval, and a sentence where it loses."""
+baseline with a bootstrap interval, and a sentence where it loses.
+
+The same name given several checkpoints (the same configuration trained with other
+seeds) makes one row: the first checkpoint's metrics, and the headline metric's spread
+over all of them (``seeds``: each value, their standard deviation and the first
+one's standard error on this test split). A strategy whose metric moves between seeds
+by more than its standard error is marked unstable: what it scored depends on the
+draw of floats and initial weights, not only on the strategy."""
 
 from __future__ import annotations
 
@@ -122,17 +129,23 @@ def checkpoint_metrics(module, dm, checkpoint: Path) -> tuple[dict, dict[str, to
     return result, observed
 
 
-def evaluate(checkpoints: dict[str, Path], out_dir: Path, baselines: tuple[str, ...] | None = None) -> dict:
-    """metrics.json and metrics.md for ``checkpoints`` (name -> path). ``baselines``:
-    None: each task's default classical baselines (within evaluation's time limits);
-    (): none; or the names to fit (training/cv/baselines.py)."""
+def evaluate(
+    checkpoints: dict[str, Path | list[Path]], out_dir: Path, baselines: tuple[str, ...] | None = None
+) -> dict:
+    """metrics.json and metrics.md for ``checkpoints`` (name -> path, or paths: one
+    configuration trained with several seeds). ``baselines``: None: each task's
+    default classical baselines (within evaluation's time limits); (): none; or the
+    names to fit (training/cv/baselines.py)."""
     check_names(baselines)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     held = []
-    for name, path in checkpoints.items():
-        module, dm = load_module(Path(path)), load_datamodule(Path(path))
-        results[name], observed = checkpoint_metrics(module, dm, Path(path))
+    for name, paths in checkpoints.items():
+        first, *others = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
+        module, dm = load_module(first), load_datamodule(first)
+        results[name], observed = checkpoint_metrics(module, dm, first)
+        if others:
+            results[name]["seeds"] = seed_spread(module, results[name], observed, others)
         if baselines != ():
             model = held_out(name, module, dm, observed)
             if model is not None:
@@ -145,6 +158,51 @@ def evaluate(checkpoints: dict[str, Path], out_dir: Path, baselines: tuple[str, 
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     (out_dir / "metrics.md").write_text(markdown_table(results))
     return results
+
+
+def headline_standard_error(module, result: dict, observed: dict[str, torch.Tensor]) -> float | None:
+    """The headline metric's standard error on this test split: Hanley & McNeil's for a
+    binary AUROC, the bootstrap's otherwise (200 resamples of the patients)."""
+    headline = "cindex" if "cindex" in result else "auroc"
+    value = result.get(headline)
+    if value is None or np.isnan(value):
+        return None
+    label = observed["label"].numpy()
+    if headline == "auroc" and label.ndim == 1 and observed["outputs"].shape[1] == 2:
+        n1, n0 = int((label == 1).sum()), int((label == 0).sum())
+        q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
+        return float(
+            np.sqrt((value * (1 - value) + (n1 - 1) * (q1 - value**2) + (n0 - 1) * (q2 - value**2)) / (n1 * n0))
+        )
+    if headline == "cindex":
+        rng = np.random.default_rng(0)
+        risk = module.task.risk(observed["outputs"]).numpy()
+        time, event = observed["time"].numpy(), observed["event"].numpy()
+        values = []
+        for _ in range(200):
+            pick = rng.integers(0, len(time), len(time))
+            if event[pick].sum() > 0:
+                values.append(concordance(risk[pick], time[pick], event[pick]))
+        return float(np.std(values)) if len(values) > 1 else None
+    return None
+
+
+def seed_spread(module, result: dict, observed: dict[str, torch.Tensor], others: list[Path]) -> dict:
+    """The headline metric of the first checkpoint and of ``others`` (the same model
+    trained with other seeds), their standard deviation, the first one's standard
+    error and whether the spread stays within it."""
+    headline = "cindex" if "cindex" in result else "auroc"
+    values = [result[headline], *(evaluate_checkpoint(p)[headline] for p in others)]
+    sd = float(np.std(values, ddof=1))
+    se = headline_standard_error(module, result, observed)
+    return {
+        "metric": headline,
+        "values": values,
+        "mean": float(np.mean(values)),
+        "sd": sd,
+        "standard_error": se,
+        "stable": None if se is None else bool(sd <= se),
+    }
 
 
 def markdown_table(results: dict) -> str:
@@ -160,6 +218,7 @@ def markdown_table(results: dict) -> str:
         "modalities",
         *(f"{METRIC_TITLES[m]} {PATTERN_TITLES[p]}" for m, p in columns),
         "n test",
+        "over seeds",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
@@ -170,6 +229,7 @@ def markdown_table(results: dict) -> str:
         cells = [name, r.get("task", "classification"), fusion, "+".join(r["modalities"])]
         cells += [_fmt(r.get(f"{m}_{p}")) for m, p in columns]
         cells.append(str(r.get("n_observed", "")))
+        cells.append(_spread(r.get("seeds")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" + baseline_comparison(results)
 
@@ -208,6 +268,14 @@ def baseline_comparison(results: dict) -> str:
     for name, r in absent.items():
         lines.append(f"- {name}: {'skipped' if 'skipped' in r else 'failed'}: {r.get('skipped') or r.get('failed')}")
     return "\n".join(lines) + "\n"
+
+
+def _spread(seeds: dict | None) -> str:
+    """mean ± sd over the seeds (n), and "unstable" when the sd exceeds the standard error."""
+    if not seeds:
+        return "–"
+    text = f"{seeds['mean']:.3f} ± {seeds['sd']:.3f} (n={len(seeds['values'])})"
+    return text + (" unstable" if seeds["stable"] is False else "")
 
 
 def _title(comparisons: dict) -> str:

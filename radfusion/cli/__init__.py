@@ -63,7 +63,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     from radfusion.training.cv.command import parse_baselines
     from radfusion.training.evaluate import evaluate, markdown_table
 
-    checkpoints = dict(_named(item) for item in args.checkpoint)
+    # A name given several times: one configuration trained with several seeds (one row, its spread).
+    checkpoints: dict = {}
+    for name, path in map(_named, args.checkpoint):
+        checkpoints.setdefault(name, []).append(Path(path))
     results = evaluate(checkpoints, Path(args.out), baselines=parse_baselines(args.baselines))
     print(markdown_table(results))
 
@@ -267,7 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("evaluate", help="held-out metrics for checkpoints (NAME=PATH ...)")
-    p.add_argument("--checkpoint", action="append", required=True)
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        help="NAME=PATH; the same NAME again for the same model trained with another seed: one row with "
+        "the metric's spread over seeds",
+    )
     p.add_argument("--out", required=True)
     p.add_argument(
         "--baselines",

@@ -53,11 +53,15 @@ def test_markdown_table_has_a_column_per_metric_and_pattern():
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[4:7] == ["AUROC all", "AUROC image only", "AUROC genomics only"]
     assert header[7:10] == ["C-index all", "C-index image only", "C-index genomics only"]
-    assert header[10] == "td-AUC all" and header[-1] == "n test"
+    assert header[10] == "td-AUC all" and header[-2:] == ["n test", "over seeds"]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines[2:]}
     assert rows["gated"][2:7] == ["gated", "image+genomics", "0.910", "0.800", "0.820"]
     assert rows["image_only"][2] == "–" and rows["image_only"][6] == "–"  # no fusion; cannot use genomics
     assert rows["cox"][4] == "–" and rows["cox"][7] == "0.700" and rows["cox"][10] == "0.750"
+    assert rows["gated"][-1] == "–"  # one seed: no spread
+    results["gated"]["seeds"] = {"values": [0.91, 0.85, 0.80], "mean": 0.853, "sd": 0.055, "stable": False}
+    row = next(line for line in markdown_table(results).splitlines() if line.startswith("| gated"))
+    assert row.rstrip(" |").endswith("0.853 ± 0.055 (n=3) unstable")
 
 
 def test_markdown_table_puts_the_baselines_beside_the_deep_models_and_says_where_one_wins():
@@ -129,10 +133,13 @@ def test_evaluate_compares_strategies_baselines_and_survival_on_one_split(cohort
         "image_only": _train(cohort, tmp_path / "image_only", "--config", str(experiment / "image_only.yaml")),
         "cox": _train(cohort, tmp_path / "cox", "--config", str(experiment / "survival_cox.yaml")),
     }
-    out = tmp_path / "eval"
-    radfusion_main(
-        ["evaluate", *[a for n, p in checkpoints.items() for a in ("--checkpoint", f"{n}={p}")], "--out", str(out)]
+    # The gated configuration again with another seed: one row, with its spread over the two.
+    reseeded = _train(
+        cohort, tmp_path / "gated_seed1", "--config", str(experiment / "fusion_gated.yaml"), "--seed_everything", "1"
     )
+    out = tmp_path / "eval"
+    named = [a for n, p in checkpoints.items() for a in ("--checkpoint", f"{n}={p}")]
+    radfusion_main(["evaluate", *named, "--checkpoint", f"gated={reseeded}", "--out", str(out)])
     saved = json.loads((out / "metrics.json").read_text())
     # The classical baselines follow the deep models, fitted on each one's split and
     # table features: the genomics of "gated" and "cox"; "image_only" has none to fit on.
@@ -152,6 +159,11 @@ def test_evaluate_compares_strategies_baselines_and_survival_on_one_split(cohort
     assert saved["gated"]["fusion"] == "gated" and saved["cox"]["task"] == "survival_cox"
     assert "auroc_genomics_only" not in saved["image_only"]  # it cannot use genomics
     assert "auroc" not in saved["cox"] or math.isnan(saved["cox"]["auroc"])
+    seeds = saved["gated"]["seeds"]
+    assert seeds["metric"] == "auroc" and seeds["values"][0] == saved["gated"]["auroc"] and len(seeds["values"]) == 2
+    assert seeds["sd"] == pytest.approx(np.std(seeds["values"], ddof=1))
+    assert 0 < seeds["standard_error"] < 0.5 and seeds["stable"] == (seeds["sd"] <= seeds["standard_error"])
+    assert "seeds" not in saved["cox"]
     # Same split for every model: the same number of test patients.
     assert saved["gated"]["n_observed"] == saved["image_only"]["n_observed"] == saved["cox"]["n_observed"]
 
