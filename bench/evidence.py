@@ -60,7 +60,8 @@ def one_draw(seed: int, work: Path, saliency_cases: int, patients: int, reuse: b
     cohort = {**EVIDENCE_COHORT, "seed": seed, "n_patients": patients}
     training = [*EVIDENCE_TRAINING, "--seed_everything", str(seed)]
     checkpoint = work / f"seed{seed}" / "run" / "checkpoints" / "best.ckpt"
-    if not (reuse and checkpoint.is_file()):
+    reused = reuse and checkpoint.is_file()
+    if not reused:
         checkpoint = train_evidence_model(work / f"seed{seed}", cohort=cohort, training=training)
     trained = time.perf_counter()
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
@@ -95,7 +96,8 @@ def one_draw(seed: int, work: Path, saliency_cases: int, patients: int, reuse: b
         },
         "policy_value_everyone": dict(next(iter(policies.values()), {}).get("true", {})),
         "n_test": len(ev.label),
-        "seconds_training": trained - began,
+        "checkpoint_reused": reused,
+        "seconds_training": None if reused else trained - began,
         "seconds_analyses": time.perf_counter() - trained,
     }
 

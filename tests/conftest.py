@@ -77,7 +77,13 @@ def evidence_run(tmp_path_factory: pytest.TempPathFactory):
 
     checkpoint = train_evidence_model(tmp_path_factory.mktemp("evidence"))
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
-    return checkpoint, module, dm, run_evidence(module, dm, saliency_cases=EVIDENCE_SALIENCY_CASES)
+    ev = run_evidence(module, dm, saliency_cases=EVIDENCE_SALIENCY_CASES)
+    if os.environ.get("RADFUSION_EVIDENCE_SUMMARY"):
+        # The figures behind the truth tests, for runs under perturbed floats (README, Evidence).
+        from radfusion.training.evidence.run import write_summary
+
+        write_summary(ev, Path(os.environ["RADFUSION_EVIDENCE_SUMMARY"]))
+    return checkpoint, module, dm, ev
 
 
 @pytest.fixture(scope="session")

@@ -199,17 +199,22 @@ def test_a_label_with_one_validation_class_is_left_uncalibrated(caplog) -> None:
 
 
 def test_a_temperature_on_its_search_bound_is_announced(caplog):
-    """Separable validation cases drive the NLL's minimum to T -> 0: the fitted value is
-    the bound, not a fit, and the log says so; a fitted one says nothing."""
-    z = np.linspace(-3, 3, 40)
+    """Many separable validation cases drive the posterior's mode to T -> 0 despite the
+    prior: the fitted value is the bound, not a fit, and the log says so; a fitted one
+    says nothing. A few separable cases cannot outweigh the prior on log T."""
+    z = np.linspace(-3, 3, 4000)
     separable = np.stack([np.zeros_like(z), z], axis=1)
     with caplog.at_level("WARNING", logger="radfusion.training.evidence.calibration"):
         t = fit_temperature(separable, (z > 0).astype(int))
     assert t == pytest.approx(TEMPERATURE_BOUNDS[0], rel=0.02)
     assert "at the search bound" in caplog.text
     caplog.clear()
+    few = separable[::100]
+    with caplog.at_level("WARNING", logger="radfusion.training.evidence.calibration"):
+        t = fit_temperature(few, (few[:, 1] > 0).astype(int))
+    assert 0.2 < t < 1.0 and "search bound" not in caplog.text
     rng = np.random.default_rng(0)
-    noisy = (rng.random(40) < 1 / (1 + np.exp(-z))).astype(int)
+    noisy = (rng.random(4000) < 1 / (1 + np.exp(-z))).astype(int)
     with caplog.at_level("WARNING", logger="radfusion.training.evidence.calibration"):
         fit_temperature(separable, noisy)
     assert "search bound" not in caplog.text
