@@ -65,7 +65,7 @@ def test_the_policy_is_worth_following_and_stands_beside_the_peers(evidence_run)
     """The recommended policy's true response rate is near the oracle's and clearly above
     keeping everyone on the reference; nobody is switched on an average effect; the
     causal-ML peers ranked the same patients."""
-    _, _, dm, ev = evidence_run
+    _, _, _, ev = evidence_run
     ours = ev.policy["policies"]["radfusion"]["true"]
     assert ours["oracle"] - ours["policy"] < 0.03, ours
     assert ours["policy"] - ours["all_chemo"] > 0.03, ours
