@@ -314,7 +314,9 @@ class CaseExplainer:
         if logits.shape[0] != self.n_rows:
             raise ValueError(f"expected logits for {self.n_rows} rows, got {logits.shape[0]}")
         target = target_label(self.contract, logits[0])
-        scores = log_odds(logits, target, self.contract.temperature)
+        # A multi-label model's labels each have their own temperature.
+        temperatures = self.contract.label_temperatures
+        scores = log_odds(logits, target, temperatures[target] if temperatures else self.contract.temperature)
         drops = scores[0] - scores[1:]
         n_features = len(self.features)
         return {

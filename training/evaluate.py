@@ -162,7 +162,8 @@ def evaluate(
 
 def headline_standard_error(module, result: dict, observed: dict[str, torch.Tensor]) -> float | None:
     """The headline metric's standard error on this test split: Hanley & McNeil's for a
-    binary AUROC, the bootstrap's otherwise (200 resamples of the patients)."""
+    binary AUROC, the bootstrap's (200 resamples of the patients) for a c-index; None
+    for multi-class and multi-label AUROC."""
     headline = "cindex" if "cindex" in result else "auroc"
     value = result.get(headline)
     if value is None or np.isnan(value):
@@ -192,16 +193,18 @@ def seed_spread(module, result: dict, observed: dict[str, torch.Tensor], others:
     trained with other seeds), their standard deviation, the first one's standard
     error and whether the spread stays within it."""
     headline = "cindex" if "cindex" in result else "auroc"
-    values = [result[headline], *(evaluate_checkpoint(p)[headline] for p in others)]
-    sd = float(np.std(values, ddof=1))
+    values = [result.get(headline, float("nan")), *(evaluate_checkpoint(p).get(headline, float("nan")) for p in others)]
+    finite = all(np.isfinite(values))
+    sd = float(np.std(values, ddof=1)) if finite else None
     se = headline_standard_error(module, result, observed)
     return {
         "metric": headline,
         "values": values,
-        "mean": float(np.mean(values)),
+        "mean": float(np.mean(values)) if finite else None,
         "sd": sd,
         "standard_error": se,
-        "stable": None if se is None else bool(sd <= se),
+        # Undefined (a seed without the metric on this split, or no standard error): not judged.
+        "stable": None if se is None or sd is None else bool(sd <= se),
     }
 
 
@@ -272,7 +275,7 @@ def baseline_comparison(results: dict) -> str:
 
 def _spread(seeds: dict | None) -> str:
     """mean ± sd over the seeds (n), and "unstable" when the sd exceeds the standard error."""
-    if not seeds:
+    if not seeds or seeds["mean"] is None:
         return "–"
     text = f"{seeds['mean']:.3f} ± {seeds['sd']:.3f} (n={len(seeds['values'])})"
     return text + (" unstable" if seeds["stable"] is False else "")

@@ -95,10 +95,14 @@ def test_the_refit_term_solves_its_regression(checkpoint: Path) -> None:
     x, y, offset = benefit_fit._regression(module.net, draws, cases)
     blocks, features = benefit_fit._columns(term)
     theta = benefit_fit._trained_parameters(term, blocks, features)
-    p = 1.0 / (1.0 + np.exp(-(offset + x @ theta)))
-    penalty = np.full(len(theta), benefit_fit.RIDGE)
-    penalty[:: draws.n_parameters] = 0.0
-    gradient = x.T @ (p - y) + penalty * theta
+    # The regression's solution is the term's, plus the intercept it fits and does not keep.
+    full = benefit_fit._ridge_logistic(x, y, offset, np.ones(len(y)), draws.n_parameters)
+    np.testing.assert_allclose(full[:-1], theta, atol=1e-6)
+    p = 1.0 / (1.0 + np.exp(-(offset + x @ full)))
+    penalty = np.full(len(full), benefit_fit.RIDGE)
+    penalty[: -1 : draws.n_parameters] = 0.0
+    penalty[-1] = 0.0
+    gradient = x.T @ (p - y) + penalty * full
     assert np.max(np.abs(gradient)) < 1e-4 * len(y)
     assert not (torch.equal(trained[0], term.blocks.bias) and torch.equal(trained[1], term.features.weight))
     # The draws are centred on it.

@@ -93,17 +93,21 @@ def benefit_draws(net, cases: list[Cases], draws: int = DRAWS, seed: int = 0, re
     )
     x, y, offset = _regression(net, spec, cases)
     if refit:
-        _set_parameters(term, blocks, features, _ridge_logistic(x, y, offset, np.ones(len(y)), spec.n_parameters))
+        theta = _ridge_logistic(x, y, offset, np.ones(len(y)), spec.n_parameters)
+        _set_parameters(term, blocks, features, theta[:-1])
     estimate = _trained_parameters(term, blocks, features)
-    deviations = bootstrap_deviations(x, y, offset, spec.n_parameters, draws, seed)
+    deviations = bootstrap_deviations(x, y, offset, spec.n_parameters, draws, seed)[:, :-1]
     # Centred on the term's estimate: the interval is around the benefit the ranking states.
     spec.draws = (estimate.reshape(1, -1) + deviations).reshape(draws, term.n_treatments, spec.n_parameters)
     return spec
 
 
 def _regression(net, spec: BenefitDraws, cases: list[Cases]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The term as a logistic regression: design (n, T*P), labels and the offset (what
-    the rest of the network predicts), over all ``cases``."""
+    """The term as a logistic regression: design (n, T*P + 1), labels and the offset
+    (what the rest of the network predicts), over all ``cases``. The last column is an
+    intercept, fitted and not kept: the rest of the network's level is not exact (out of
+    sample least of all), and with unequal arms a level error would otherwise pass into
+    the treatments' main effects."""
     term = net.treatment_effect
     xs, ys, offsets = [], [], []
     with torch.no_grad():
@@ -116,14 +120,16 @@ def _regression(net, spec: BenefitDraws, cases: list[Cases]) -> tuple[np.ndarray
             xs.append((given[:, :, None] * design[:, None, :]).reshape(len(design), -1))
             offsets.append(((logits[:, 1] - logits[:, 0]) - (own[:, 1] - own[:, 0])).numpy())
             ys.append(part.label.numpy().astype(np.float64))
-    return np.vstack(xs), np.concatenate(ys), np.concatenate(offsets)
+    x = np.vstack(xs)
+    return np.hstack([x, np.ones((len(x), 1))]), np.concatenate(ys), np.concatenate(offsets)
 
 
 def bootstrap_deviations(
     x: np.ndarray, y: np.ndarray, offset: np.ndarray, n_parameters: int, draws: int = DRAWS, seed: int = 0
 ) -> np.ndarray:
-    """(draws, columns): the ridge logistic regression with ``offset`` refitted on
-    ``draws`` bootstrap resamples of the rows, each minus the refits' mean."""
+    """(draws, columns): the ridge logistic regression with ``offset`` (``x``'s last
+    column the unpenalised intercept, see ``_regression``) refitted on ``draws``
+    bootstrap resamples of the rows, each minus the refits' mean."""
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=draws).astype(float)
     refits = np.stack([_ridge_logistic(x, y, offset, weight, n_parameters) for weight in counts])
@@ -162,9 +168,11 @@ def _set_parameters(term, blocks: list[int], features: list[int], theta: np.ndar
 
 def _ridge_logistic(x, y, offset, weight, n_parameters: int) -> np.ndarray:
     """Newton's method for the weighted, ridge-penalised logistic regression with offset;
-    the main effects (column 0 of each treatment's block) are not penalised."""
+    the main effects (column 0 of each treatment's block) and the intercept (the last
+    column) are not penalised."""
     penalty = np.full(x.shape[1], RIDGE)
-    penalty[::n_parameters] = 0.0
+    penalty[:-1:n_parameters] = 0.0
+    penalty[-1] = 0.0
     theta = np.zeros(x.shape[1])
     for _ in range(NEWTON_STEPS):
         p = 1.0 / (1.0 + np.exp(-(offset + x @ theta)))

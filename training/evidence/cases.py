@@ -26,6 +26,9 @@ class Cases:
     presence: torch.Tensor
     label: torch.Tensor
     files: list[list[str]]
+    # Survival outcome per case (the data module's time and event columns; NaN time: unknown).
+    time: torch.Tensor | None = None
+    event: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.patient_ids)
@@ -43,6 +46,8 @@ class Cases:
             self.presence[pick],
             self.label[pick],
             [self.files[i] for i in index],
+            None if self.time is None else self.time[pick],
+            None if self.event is None else self.event[pick],
         )
 
     def has(self, net, modality: str) -> np.ndarray:
@@ -60,7 +65,7 @@ class Cases:
 def collect_cases(dm, part: str = "test") -> Cases:
     """Every case of a split, with presence limited to what the data says (the model's
     own unused modalities are zeroed by ``used_presence``)."""
-    ids, images, genomics, clinical, presence, labels = [], [], [], [], [], []
+    ids, images, genomics, clinical, presence, labels, times, events = [], [], [], [], [], [], [], []
     for batch in dm._loader(part, shuffle=False):
         ids += list(batch["patient_id"])
         images.append(batch["image"])
@@ -68,6 +73,8 @@ def collect_cases(dm, part: str = "test") -> Cases:
         clinical.append(batch["clinical"])
         presence.append(batch["presence"])
         labels.append(batch["label"])
+        times.append(batch["time"])
+        events.append(batch["event"])
     if not ids:
         raise ValueError(f"the {part} split holds no cases")
     files = {r["patient_id"]: r["image"] for r in dm.records[part]}
@@ -79,6 +86,8 @@ def collect_cases(dm, part: str = "test") -> Cases:
         torch.cat(presence),
         torch.cat(labels),
         [files[i] for i in ids],
+        torch.cat(times),
+        torch.cat(events),
     )
 
 

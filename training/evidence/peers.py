@@ -3,8 +3,9 @@ model's treatment ranking, so a recommendation policy can be put beside theirs.
 
 EconML's meta-learners (T- and X-learner, gradient-boosted outcome models), its
 doubly robust learner and its causal forest (both with confidence intervals) are fitted
-on the training split and asked, for every held-out patient, the benefit of each
-treatment over the reference on the probability of response. Their policy is the one
+on the patients the model's treatment term was (training and validation) and asked, for
+every held-out patient, the benefit of each treatment over the reference on the
+probability of response. Their policy is the one
 radfusion applies to its own intervals (radfusion.treatment.recommend): switch when the
 benefit's lower bound clears zero, and only patients whose candidate biomarkers were
 measured; the meta-learners have no intervals, so theirs switch on the point estimate.
@@ -89,15 +90,19 @@ def _learner(name: str, seed: int):
 
 
 def peer_rankings(
-    train: Cases, test: Cases, spec: BenefitDraws, levels: list[str], peers=PEERS, seed: int = 0
+    train: list[Cases], test: Cases, spec: BenefitDraws, levels: list[str], peers=PEERS, seed: int = 0
 ) -> dict[str, pd.DataFrame]:
-    """Per peer, per held-out patient: each non-reference treatment's estimated benefit
-    over the reference on the response probability (``benefit_<level>``, and
-    ``benefit_low_<level>`` where the learner has intervals) and the recommendation."""
-    fit, ask = peer_features(train, spec), peer_features(test, spec)
+    """Per peer, fitted on the ``train`` cases (the patients the model's term was fitted
+    on), per held-out patient: each non-reference treatment's estimated benefit over the
+    reference on the response probability (``benefit_<level>``, and ``benefit_low_<level>``
+    where the learner has intervals) and the recommendation."""
+    parts = [peer_features(part, spec) for part in train]
+    fit = PeerFeatures(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "w", "given")))
+    ask = peer_features(test, spec)
     ask_presence = test.presence.numpy()
     known = fit.given >= 0
-    y, t = train.label.numpy()[known].astype(int), fit.given[known]
+    y = np.concatenate([part.label.numpy() for part in train])[known].astype(int)
+    t = fit.given[known]
     out = {}
     for name in peers:
         learner = _learner(name, seed)

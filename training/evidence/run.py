@@ -135,8 +135,10 @@ def run_evidence(
     (radfusion.treatment.default_margin)."""
     net = module.net.eval()
     treatment_model = dm.clinical is not None and dm.clinical.treatment
-    # Refits the treatment term in place, as export does: before the temperature is fitted.
-    fitted = benefit.fit_benefit(net, dm) if treatment_model and benefit.has_benefit(net) else None
+    # Refits the treatment term in place, as export does (a binary response classifier's
+    # term only): before the temperature is fitted.
+    refit = treatment_model and module.task.kind == "classification" and benefit.has_benefit(net)
+    fitted = benefit.fit_benefit(net, dm) if refit else None
     if temperature is None:
         temperature = calibration.calibrate(net, dm) if module.task.kind == "classification" else 1.0
     cases = collect_cases(dm, part)
@@ -163,7 +165,9 @@ def run_evidence(
             ev.benefit = fitted  # the draws export puts in the contract
             intervals = ev.benefit.interval(cases.genomics.numpy(), cases.presence.numpy(), temperature)
             measured = ev.benefit.measured(cases.presence.numpy())
-            ev.peers = peers.peer_rankings(collect_cases(dm, "train"), cases, ev.benefit, list(dm.clinical.treatments))
+            # The peers learn from the patients the term was refitted on: training and validation.
+            fit_on = [collect_cases(dm, p) for p in ("train", "val") if dm.records.get(p)]
+            ev.peers = peers.peer_rankings(fit_on, cases, ev.benefit, list(dm.clinical.treatments))
         ev.treatments = treatment.rank_treatments(
             treatment.predict_under_treatments(net, cases, dm.clinical),
             margin=default_margin(intervals is not None) if margin is None else margin,
@@ -185,13 +189,12 @@ def run_evidence(
         pooled = (val_logits, val.label.numpy()) if part != "val" else (None, None)
         ev.calibration = calibration.calibration_summary(logits, ev.label, temperature, *pooled)
         ev.subgroups = subgroups.subgroup_table(ev.probability, ev.label, clinical)
-    elif module.task.kind == "survival_discrete" and {"survival_months", "event"} <= set(clinical.columns):
+    elif module.task.kind == "survival_discrete":
+        # The outcome columns the model was trained on; patients without a time say nothing.
+        months, event = cases.time.numpy(), cases.event.numpy()
+        known = np.isfinite(months)
         ev.survival_calibration = survival_calibration(
-            logits,
-            module.task.edges.numpy(),
-            clinical["survival_months"].to_numpy(),
-            clinical["event"].to_numpy(),
-            module.task.horizons,
+            logits[known], module.task.edges.numpy(), months[known], event[known], module.task.horizons
         )
     if known is not None:
         ev.checks = _truth_checks(ev, known)
@@ -241,17 +244,21 @@ def _group_effects(ev: Evidence, net, dm, given: np.ndarray, reference: str, lev
     if ev.treatment_effects is None or ev.benefit is None:
         return []
     names = attribution.omics_features(net, dm)
+    candidates = {names[c]: position for position, c in enumerate(ev.benefit.feature_columns)}
+    strongest = [
+        f for f in ev.treatment_effects.index if f in candidates and ev.treatment_effects.loc[f].abs().max() > 0
+    ]
     rows = []
-    for feature in ev.treatment_effects.index[:GROUP_FEATURES]:
-        column = names.index(feature)
-        position = ev.benefit.feature_columns.index(column)
-        block = ev.benefit.feature_blocks[position]
+    for feature in strongest[:GROUP_FEATURES]:
+        position = candidates[feature]
+        column, block = ev.benefit.feature_columns[position], ev.benefit.feature_blocks[position]
         present = ev.cases.presence[:, block].numpy() > 0
         values = ev.cases.genomics[:, column].numpy()
-        if len(np.unique(values[present])) != 2:
+        levels = np.unique(values[present])
+        if len(levels) != 2:
             continue
-        above = values > ev.benefit.reference[position]
-        groups = pd.Series(np.where(~present, "not tested", np.where(above, "mutated", "wild type")))
+        # A call's z-score keeps its order: the higher value is the mutated one.
+        groups = pd.Series(np.where(~present, "not tested", np.where(values == levels[1], "mutated", "wild type")))
         for level in levels[1:]:
             predicted = (ev.treatments[f"p_{level}"] - ev.treatments[f"p_{reference}"]).to_numpy()
             table = policy.group_effects(groups, given, ev.label, predicted, reference, level)

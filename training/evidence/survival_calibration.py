@@ -43,7 +43,7 @@ def survival_at(curves: np.ndarray, edges: np.ndarray, months: np.ndarray) -> np
     rows = np.arange(len(curves))
     # The interval's survival factor, raised to the share of it the patient lived through.
     factor = np.clip(curves[rows, k] / np.maximum(before[rows, k], 1e-300), 1e-300, 1.0)
-    share = (months - start[k]) / (edges[k] - start[k])
+    share = (months - start[k]) / np.maximum(edges[k] - start[k], 1e-9)
     return before[rows, k] * factor ** np.maximum(share, 0.0)
 
 

@@ -84,7 +84,9 @@ def qini_curves(policy: dict) -> bytes:
     for name, entry in policy["policies"].items():
         for level, curve in entry["qini"].items():
             ax.plot(curve["share"], curve["gain"], label=f"{name} ({level})")
-    ax.plot([0, 1], [0, next(iter(policy["policies"].values()))["qini"][level]["gain"][-1]], "k--", lw=0.8)
+    # A random ranking: the straight line to where every ranking of that level ends.
+    for curve in next(iter(policy["policies"].values()))["qini"].values():
+        ax.plot([0, 1], [0, curve["gain"][-1]], "k--", lw=0.8)
     ax.set(xlabel="share of patients, highest predicted benefit first", ylabel="incremental responders per patient")
     ax.legend(fontsize=7)
     return _png(fig)
