@@ -192,9 +192,9 @@ def run_evidence(
     elif module.task.kind == "survival_discrete":
         # The outcome columns the model was trained on; patients without a time say nothing.
         months, event = cases.time.numpy(), cases.event.numpy()
-        known = np.isfinite(months)
+        timed = np.isfinite(months)
         ev.survival_calibration = survival_calibration(
-            logits[known], module.task.edges.numpy(), months[known], event[known], module.task.horizons
+            logits[timed], module.task.edges.numpy(), months[timed], event[timed], module.task.horizons
         )
     if known is not None:
         ev.checks = _truth_checks(ev, known)
