@@ -72,6 +72,7 @@ def test_report_renders_every_figure_and_check(evidence_run, tmp_path):
         "top genes by Integrated Gradients",
         "top genes by feature ablation",
         "predicted treatment gains",
+        "Qini curves",
     ):
         assert figure in alts
     assert sum(a.startswith("saliency overlay") for a in alts) == 4
@@ -90,6 +91,9 @@ def test_report_renders_every_figure_and_check(evidence_run, tmp_path):
     assert html.count("check against the truth") == 1 and len(ev.checks) == 5
     for check in ev.checks:
         assert check.name in html
+    # The treatment policy beside the causal-ML peers', and the biomarker groups.
+    for text in ("Policy value", "causal_forest", "dr_learner", "everyone chemo", "Biomarker groups", "EGFR_mut"):
+        assert text in html, text
     assert "Fusion strategies and baselines" in html and "auroc_image_only" in html
     # evaluate fitted the classical baselines on the model's split and genomics: shown beside it.
     assert "Classical baselines" in page.headings and "logistic (genomics" in html

@@ -254,11 +254,11 @@ def _group_effects(ev: Evidence, net, dm, given: np.ndarray, reference: str, lev
         column, block = ev.benefit.feature_columns[position], ev.benefit.feature_blocks[position]
         present = ev.cases.presence[:, block].numpy() > 0
         values = ev.cases.genomics[:, column].numpy()
-        levels = np.unique(values[present])
-        if len(levels) != 2:
+        calls = np.unique(values[present])
+        if len(calls) != 2:
             continue
         # A call's z-score keeps its order: the higher value is the mutated one.
-        groups = pd.Series(np.where(~present, "not tested", np.where(values == levels[1], "mutated", "wild type")))
+        groups = pd.Series(np.where(~present, "not tested", np.where(values == calls[1], "mutated", "wild type")))
         for level in levels[1:]:
             predicted = (ev.treatments[f"p_{level}"] - ev.treatments[f"p_{reference}"]).to_numpy()
             table = policy.group_effects(groups, given, ev.label, predicted, reference, level)
