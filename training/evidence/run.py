@@ -179,7 +179,8 @@ def run_evidence(
             ev.treatment_effects = net.treatment_effect.effects(
                 dm.clinical.treatments[1:], attribution.omics_features(net, dm)
             )
-        ev.policy = _policy(ev, net, dm, clinical, known)
+        if module.task.kind == "classification":  # a response to weigh policies by
+            ev.policy = _policy(ev, net, dm, clinical, known)
     else:
         ev.notes.append(
             "The model has no treatment input (train with configs/experiment/treatment.yaml): no treatment ranking."
@@ -212,15 +213,12 @@ def _policy(ev: Evidence, net, dm, clinical: pd.DataFrame, known: dict | None) -
     out: dict = {"reference": reference, "policies": {}, "everyone": {}}
     for level in levels:
         out["everyone"][level] = policy.observed_policy_value(np.full(len(given), level, dtype=object), given, response)
-    truth_patients = truth.patients_by_id(known) if known is not None else None
     for name, ranking in rankings.items():
         entry = {"rule": ranking.attrs.get("rule", "lower bound > margin" if ev.benefit else "estimate > margin")}
         entry["observed"] = policy.observed_policy_value(ranking["recommended"].to_numpy(dtype=object), given, response)
-        if truth_patients is not None:
-            entry["true"] = policy.true_policy_values(ranking["recommended"], truth_patients, levels)
-            entry["accuracy"] = float(
-                np.mean([ranking.loc[p, "recommended"] == truth_patients[p]["best_treatment"] for p in ranking.index])
-            )
+        if known is not None:
+            entry["true"] = policy.true_policy_values(ranking["recommended"], truth.patients_by_id(known), levels)
+            entry["accuracy"] = truth.check_treatment(known, ranking).measured
         entry["qini"] = {}
         for level in levels[1:]:
             arms = np.isin(given, [reference, level])
