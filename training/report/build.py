@@ -286,7 +286,8 @@ def _policies(policy: dict) -> str:
         + "<p class=note>Observed: the held-out patients whose given treatment matches the policy, weighted by "
         "their arm's share (valid where treatment was assigned at random). Truth: each patient's true response "
         "probability under the recommended treatment (synthetic cohorts). Peers: EconML's learners on the same "
-        "training patients and features (training/evidence/peers.py). Qini coefficient: area between the "
+        "training and validation patients and features as the model's treatment term "
+        "(training/evidence/peers.py). Qini coefficient: area between the "
         "ranking's incremental-responder curve and a random ranking's.</p>"
     )
     html += img(figures.qini_curves(policy), "Qini curves")
