@@ -124,7 +124,7 @@ def checkpoint_metrics(module, dm, checkpoint: Path) -> tuple[dict, dict[str, to
         result.update({f"{metric}_{name}": value for metric, value in metrics.items()})
         result[f"n_{name}"] = int(usable.sum())
     # The headline metric; NaN when undefined on this test split (tiny cohorts), not 0.5.
-    headline = "cindex" if isinstance(module.task, SurvivalTask) else "auroc"
+    headline = headline_metric(module)
     result[headline] = result.get(f"{headline}_observed", float("nan"))
     return result, observed
 
@@ -160,11 +160,16 @@ def evaluate(
     return results
 
 
+def headline_metric(module) -> str:
+    """The one number a model's row is judged by: the c-index for survival, else AUROC."""
+    return "cindex" if isinstance(module.task, SurvivalTask) else "auroc"
+
+
 def headline_standard_error(module, result: dict, observed: dict[str, torch.Tensor]) -> float | None:
     """The headline metric's standard error on this test split: Hanley & McNeil's for a
     binary AUROC, the bootstrap's (200 resamples of the patients) for a c-index; None
     for multi-class and multi-label AUROC."""
-    headline = "cindex" if "cindex" in result else "auroc"
+    headline = headline_metric(module)
     value = result.get(headline)
     if value is None or np.isnan(value):
         return None
@@ -192,7 +197,7 @@ def seed_spread(module, result: dict, observed: dict[str, torch.Tensor], others:
     """The headline metric of the first checkpoint and of ``others`` (the same model
     trained with other seeds), their standard deviation, the first one's standard
     error and whether the spread stays within it."""
-    headline = "cindex" if "cindex" in result else "auroc"
+    headline = headline_metric(module)
     values = [result.get(headline, float("nan")), *(evaluate_checkpoint(p).get(headline, float("nan")) for p in others)]
     finite = all(np.isfinite(values))
     sd = float(np.std(values, ddof=1)) if finite else None

@@ -22,7 +22,7 @@ from radfusion.conformal import DEFAULT_COVERAGE
 from radfusion.contract import ModelContract, write_contract_to_onnx
 from radfusion.runtime import OnnxModel
 from radfusion.training.checkpoints import build_contract, load_datamodule, load_module
-from radfusion.training.evidence.benefit import fit_benefit, has_benefit
+from radfusion.training.evidence.benefit import fit_benefit, fitting_cases, has_benefit
 from radfusion.training.importance import DEFAULT_CASES, export_importance
 from radfusion.training.model import LogitModel
 from radfusion.treatment import default_margin
@@ -146,10 +146,10 @@ def export(
         contract.metrics = {}
         contract.trained_modalities = trained_groups(net)
         contract.may_be_missing = missing_in_training(net, dm)
-    if module.task.kind == "classification" and has_benefit(net) and baseline is None:
+    if baseline is None and has_benefit(module):
         # Refits the treatment term (before the temperature: it changes the logits) and
         # gives the benefit intervals the treatment ranking's switch rule reads.
-        contract.treatment_benefit = fit_benefit(net, dm)
+        contract.treatment_benefit = fit_benefit(net, fitting_cases(dm))
     # A logistic baseline is fitted on the validation patients too, by likelihood: its
     # probabilities are its own, not recalibrated on patients it has seen.
     if calibrate and module.task.kind == "classification" and baseline is None:

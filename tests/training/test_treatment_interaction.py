@@ -15,7 +15,7 @@ from radfusion.contract import read_contract_from_onnx
 from radfusion.runtime import OnnxModel
 from radfusion.training.checkpoints import load_datamodule, load_module
 from radfusion.training.evidence import benefit as benefit_fit
-from radfusion.training.evidence.benefit import fit_benefit
+from radfusion.training.evidence.benefit import fit_benefit, fitting_cases
 from radfusion.training.evidence.cases import collect_cases
 from radfusion.treatment import DEFAULT_INTERVAL_MARGIN
 from tests.support.tiny_training import CONFIGS, train_tiny
@@ -55,7 +55,7 @@ def test_export_keeps_parity_and_carries_the_switch_margin(checkpoint: Path, tmp
     assert contract.clinical.switch_margin == DEFAULT_INTERVAL_MARGIN  # the model has benefit draws
     # The treatment gain the ONNX model predicts is the PyTorch model's, its term refitted as export refits it.
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
-    fit_benefit(module.net, dm)
+    fit_benefit(module.net, fitting_cases(dm))
     cases = collect_cases(dm, "train")
     spec = dm.clinical
     columns = [spec.features.index(f"treatment={level}") for level in spec.treatments]
@@ -90,8 +90,9 @@ def test_the_refit_term_solves_its_regression(checkpoint: Path) -> None:
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
     term = module.net.treatment_effect
     trained = term.blocks.bias.detach().clone(), term.features.weight.detach().clone()
-    draws = fit_benefit(module.net, dm)
-    cases = [collect_cases(dm, "train"), collect_cases(dm, "val")]
+    cases = fitting_cases(dm)
+    assert [len(c) for c in cases] == [len(dm.records["train"]), len(dm.records["val"])]
+    draws = fit_benefit(module.net, cases)
     x, y, offset = benefit_fit._regression(module.net, draws, cases)
     blocks, features = benefit_fit._columns(term)
     theta = benefit_fit._trained_parameters(term, blocks, features)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from radfusion.benefit import BenefitDraws
-from radfusion.training.evidence.cases import Cases
+from radfusion.training.evidence.cases import Cases, collect_cases
 
 DRAWS = 200
 # Ridge penalty on every column but the main effect: a N(0, 1) prior on each log-odds
@@ -48,10 +48,15 @@ RIDGE = 1.0
 NEWTON_STEPS = 25
 
 
-def has_benefit(net) -> bool:
-    """Whether ``net`` has a treatment term whose benefit draws can be fitted (a binary
-    response model with model.network.treatment_interaction)."""
-    return getattr(net, "treatment_effect", None) is not None and net.n_outputs == 2
+def has_benefit(module) -> bool:
+    """Whether ``module``'s network has a treatment term whose benefit draws can be
+    fitted: a binary response classifier trained with model.network.treatment_interaction."""
+    net = module.net
+    return (
+        module.task.kind == "classification"
+        and getattr(net, "treatment_effect", None) is not None
+        and net.n_outputs == 2
+    )
 
 
 def _columns(term) -> tuple[list[int], list[int]]:
@@ -62,20 +67,16 @@ def _columns(term) -> tuple[list[int], list[int]]:
     return blocks, features
 
 
-def fit_benefit(net, dm, draws: int = DRAWS, seed: int = 0) -> BenefitDraws:
-    """Refit ``net``'s treatment term in place on the training and validation patients
-    and return its bootstrap draws (see the module docstring)."""
-    from radfusion.training.evidence.cases import collect_cases
-
-    parts = [collect_cases(dm, "train")]
-    if dm.records.get("val"):
-        parts.append(collect_cases(dm, "val"))
-    return benefit_draws(net, parts, draws, seed, refit=True)
+def fitting_cases(dm) -> list[Cases]:
+    """The patients the term is refitted on, and the causal-ML peers fitted on beside it:
+    the training split and, when there is one, the validation split."""
+    return [collect_cases(dm, part) for part in ("train", "val") if dm.records.get(part)]
 
 
-def benefit_draws(net, cases: list[Cases], draws: int = DRAWS, seed: int = 0, refit: bool = False) -> BenefitDraws:
-    """Draws of every non-reference treatment's benefit parameters from ``cases``,
-    centred on the term's parameters; ``refit``: first set those to the full-data fit."""
+def fit_benefit(net, cases: list[Cases], draws: int = DRAWS, seed: int = 0) -> BenefitDraws:
+    """Refit ``net``'s treatment term in place on ``cases`` (``fitting_cases``) and return
+    the bootstrap draws of every non-reference treatment's benefit parameters, centred on
+    the refit (see the module docstring)."""
     term = net.treatment_effect
     if term is None:
         raise ValueError("the model has no treatment term (model.network.treatment_interaction)")
@@ -92,12 +93,11 @@ def benefit_draws(net, cases: list[Cases], draws: int = DRAWS, seed: int = 0, re
         treatment_columns=[int(c) for c in term.treatment_columns],
     )
     x, y, offset = _regression(net, spec, cases)
-    if refit:
-        theta = _ridge_logistic(x, y, offset, np.ones(len(y)), spec.n_parameters)
-        _set_parameters(term, blocks, features, theta[:-1])
+    theta = _ridge_logistic(x, y, offset, np.ones(len(y)), spec.n_parameters)
+    _set_parameters(term, blocks, features, theta[:-1])
     estimate = _trained_parameters(term, blocks, features)
     deviations = bootstrap_deviations(x, y, offset, spec.n_parameters, draws, seed)[:, :-1]
-    # Centred on the term's estimate: the interval is around the benefit the ranking states.
+    # Centred on the term as written back: the interval is around the benefit the ranking states.
     spec.draws = (estimate.reshape(1, -1) + deviations).reshape(draws, term.n_treatments, spec.n_parameters)
     return spec
 

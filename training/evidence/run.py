@@ -135,10 +135,9 @@ def run_evidence(
     (radfusion.treatment.default_margin)."""
     net = module.net.eval()
     treatment_model = dm.clinical is not None and dm.clinical.treatment
-    # Refits the treatment term in place, as export does (a binary response classifier's
-    # term only): before the temperature is fitted.
-    refit = treatment_model and module.task.kind == "classification" and benefit.has_benefit(net)
-    fitted = benefit.fit_benefit(net, dm) if refit else None
+    # Refits the treatment term in place, as export does: before the temperature is fitted.
+    fit_on = benefit.fitting_cases(dm) if treatment_model and benefit.has_benefit(module) else []
+    fitted = benefit.fit_benefit(net, fit_on) if fit_on else None
     if temperature is None:
         temperature = calibration.calibrate(net, dm) if module.task.kind == "classification" else 1.0
     cases = collect_cases(dm, part)
@@ -165,8 +164,7 @@ def run_evidence(
             ev.benefit = fitted  # the draws export puts in the contract
             intervals = ev.benefit.interval(cases.genomics.numpy(), cases.presence.numpy(), temperature)
             measured = ev.benefit.measured(cases.presence.numpy())
-            # The peers learn from the patients the term was refitted on: training and validation.
-            fit_on = [collect_cases(dm, p) for p in ("train", "val") if dm.records.get(p)]
+            # The peers learn from the patients the term was refitted on.
             ev.peers = peers.peer_rankings(fit_on, cases, ev.benefit, list(dm.clinical.treatments))
         ev.treatments = treatment.rank_treatments(
             treatment.predict_under_treatments(net, cases, dm.clinical),
