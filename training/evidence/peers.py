@@ -5,10 +5,10 @@ EconML's meta-learners (T- and X-learner, gradient-boosted outcome models), its
 doubly robust learner and its causal forest (both with confidence intervals) are fitted
 on the patients the model's treatment term was (training and validation) and asked, for
 every held-out patient, the benefit of each treatment over the reference on the
-probability of response. Their policy is the one
-radfusion applies to its own intervals (radfusion.treatment.recommend): switch when the
-benefit's lower bound clears zero, and only patients whose candidate biomarkers were
-measured; the meta-learners have no intervals, so theirs switch on the point estimate.
+probability of response. Their policy is the one radfusion applies to its own intervals
+(radfusion.treatment.recommend): switch when the benefit's lower bound clears zero, and
+only patients whose candidate biomarkers were measured; the meta-learners have no
+intervals, so theirs switch on the point estimate.
 
 Features: the effect modifiers X are what the model's treatment term reads (its
 candidate biomarkers and their blocks' presence, radfusion.benefit.BenefitDraws.design);
