@@ -117,8 +117,21 @@ def _finish_associations(server, grace: float) -> None:
         assoc.abort()
 
 
+def stop_on_signals() -> list[int]:
+    """SIGTERM/SIGINT, from now on, as a list the serve loop polls (empty until one
+    arrives); handlers are only installed from the main thread. A handler runs in the
+    main thread between two bytecodes, possibly while that thread holds the lock inside
+    ``Event.wait``: setting the stop Event from it can deadlock the process (CPython
+    issue 126434), so the handler takes no lock and only appends."""
+    signalled: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: signalled.append(signum))
+    return signalled
+
+
 def run_listener(config: ListenerConfig, stop: threading.Event | None = None) -> None:
-    """Serve until ``stop`` is set (by SIGTERM/SIGINT when run from the main thread).
+    """Serve until ``stop`` is set or, when run from the main thread, SIGTERM/SIGINT arrives.
 
     Studies left pending by an earlier process are picked up by the first tick: their
     state is in SQLite, their instances on disk. So is the retention policy, which the
@@ -134,9 +147,7 @@ def run_listener(config: ListenerConfig, stop: threading.Event | None = None) ->
     # Installed once there is something to drain; a signal during the model load ends
     # the process the default way, which loses nothing.
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    signalled = stop_on_signals()
     _delete_leftovers(state, work)
     server = start_scp(
         config.host,
@@ -162,7 +173,7 @@ def run_listener(config: ListenerConfig, stop: threading.Event | None = None) ->
         _retention_note(config.keep_hours),
     )
     try:
-        while not stop.is_set():
+        while not (stop.is_set() or signalled):
             try:
                 pipeline.tick()
             except Exception:  # never let one bad tick stop the listener

@@ -86,7 +86,8 @@ class ListenerProcess:
         self.log_file = log_file
         # Readiness is a C-ECHO, from a calling AE title the listener accepts.
         self.calling = args[args.index("--allow-aet") + 1] if "--allow-aet" in args else "ECHOSCU"
-        environment = {**os.environ, **(env or {})}
+        # faulthandler: SIGABRT writes every thread's stack to the log (stop() on a hang).
+        environment = {**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}
         with open(log_file, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "radfusion.serving.pacs.cli", "listen", "--port", str(port), *args],
@@ -109,8 +110,13 @@ class ListenerProcess:
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout)
+                self.process.send_signal(signal.SIGABRT)  # its threads' stacks, then the end
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout=timeout)
+                print(f"listener still up {timeout:.0f} s after signal {sig}:\n{self.log()[-6000:]}", file=sys.stderr)
         return self.process.returncode
 
     def log(self) -> str:
