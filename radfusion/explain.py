@@ -8,9 +8,11 @@ serving still needs no torch; the training side has captum IG and GradCAM).
 - Image: a 3D window slides over the model grid (half-window stride); inside it, what
   is brighter than the body's soft-tissue level gets CONTRAST_GAIN times its contrast
   above it (a lesion made more conspicuous; air, fat, tissue and bone stay), and the
-  window's effect is the rise in score (ImageOcclusion, image_saliency). The
-  training-side evidence report runs this very algorithm through a torch model
-  (radfusion.training.evidence.saliency): a lesion the model responds to only above some size
+  window's effect is the rise in score (ImageOcclusion, image_saliency). A second
+  pass slides half-size windows over the strongest window and a quarter window
+  around it (refine_grid), to place a lesion smaller than the first windows within
+  them. The training-side evidence report runs this very algorithm through a torch
+  model (radfusion.training.evidence.saliency): a lesion the model responds to only above some size
   or contrast moves the score when enhanced, not when removed, and filling windows
   with the image mean paints dark holes the model reads (peak in the planted lesion
   for 40 held-out studies of two trained evidence-fixture models: mean fill 4 and 19,
@@ -24,10 +26,11 @@ The score is the log-odds of the target label after the contract's temperature
 attributions are in the units the calibrated probability moves in.
 
 Cost is bounded and known before running: 1 + (occlusion windows, at most
-``max_windows``) + (features, at most ``max_features``) model rows, run in batches
-of ``batch_size``. When a case has more features than the cap, those furthest from
-the training mean (largest |z|) are kept: a feature at z = 0 has attribution 0 by
-construction. Memory per batch is batch_size copies of one case's inputs."""
+``max_windows``) + (second-pass windows, at most ``refine_windows``) + (features, at
+most ``max_features``) model rows, run in batches of ``batch_size``. When a case has
+more features than the cap, those furthest from the training mean (largest |z|) are
+kept: a feature at z = 0 has attribution 0 by construction. Memory per batch is
+batch_size copies of one case's inputs."""
 
 from __future__ import annotations
 
@@ -44,7 +47,10 @@ from radfusion.preprocess import ModelInputs
 LogitsFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 GENE_METHOD = "occlusion of each feature to its training mean (z = 0)"
-IMAGE_METHOD = "3D occlusion raising the contrast above soft tissue, half-window stride, on the model grid"
+IMAGE_METHOD = (
+    "3D occlusion raising the contrast above soft tissue, half-window stride, on the model grid;"
+    " then half-size windows around the strongest window"
+)
 
 # The image perturbation (shared with radfusion.training.evidence.saliency), in window-scaled
 # intensities: above BODY_THRESHOLD is body tissue (fat and air below), whose median is
@@ -55,6 +61,7 @@ BONE_LEVEL = 0.98
 # (saliency peak in the planted lesion): removal 27, gain 2: 31, gain 3: 33, gain 4: 33,
 # at the same cost.
 CONTRAST_GAIN = 3.0
+REFINE_MIN_WINDOWS = 8
 SCORE = "log-odds of the target label after temperature scaling"
 
 
@@ -64,14 +71,19 @@ class ExplainSettings:
     max_features: int = 320  # the demo panel (300 genes + 5 mutation flags) fits whole
     max_windows: int = 400  # a 32x48x48 grid gets 7x7x7 windows of 8x12x12 voxels
     batch_size: int = 32
+    # The second pass around the strongest window (refine_grid): 5x5x5 half-size windows.
+    refine_windows: int = 125
 
     def __post_init__(self) -> None:
         if min(self.top_genes, self.max_features, self.max_windows, self.batch_size) < 1:
             raise ValueError("explain settings must all be at least 1")
+        if self.refine_windows != 0 and self.refine_windows < REFINE_MIN_WINDOWS:
+            # The coarsest second pass still has two windows per axis.
+            raise ValueError(f"refine_windows must be 0 (no second pass) or at least {REFINE_MIN_WINDOWS}")
 
     @property
     def max_rows(self) -> int:
-        return 1 + self.max_features + self.max_windows
+        return 1 + self.max_features + self.max_windows + self.refine_windows
 
 
 @dataclass
@@ -108,6 +120,35 @@ def occlusion_grid(shape: tuple[int, ...], max_windows: int) -> OcclusionGrid:
         best = OcclusionGrid(window, stride, list(itertools.product(*per_axis)))
     assert best is not None  # one step (one window = the whole grid) always fits
     return best
+
+
+def refine_grid(grid: OcclusionGrid, effects: np.ndarray, shape: tuple[int, ...], max_windows: int) -> OcclusionGrid:
+    """The second, finer pass: half-size windows at half their size apart over the
+    strongest window of ``grid`` and a quarter window beyond each side of it (5 per
+    axis), the stride widened where that needs more than ``max_windows``. A window
+    as large as a lesion only says which window holds it; the smaller ones say
+    where in it."""
+    window = np.asarray(grid.window)
+    best = np.asarray(grid.starts[int(np.argmax(_strength(effects)))])
+    margin = -(-window // 4)  # a quarter window, at least one voxel
+    low = np.clip(best - margin, 0, shape)
+    high = np.clip(best + window + margin, 0, shape)
+    fine = np.maximum(window // 2, 1)
+    stride = np.maximum(fine // 2, 1)
+    widest = np.maximum(high - low - fine, 1)  # two windows per axis, flush with the region
+    while True:
+        per_axis = [
+            [int(lo) + a for a in _axis_starts(int(hi - lo), int(w), int(st))]
+            for lo, hi, w, st in zip(low, high, fine, stride, strict=True)
+        ]
+        if math.prod(len(a) for a in per_axis) <= max_windows or np.all(stride >= widest):
+            break
+        stride = np.minimum(2 * stride, widest)
+    return OcclusionGrid(
+        tuple(int(w) for w in fine),
+        tuple(int(st) for st in stride),
+        [tuple(int(v) for v in start) for start in itertools.product(*per_axis)],
+    )
 
 
 def target_label(contract: ModelContract, logits: np.ndarray) -> int:
@@ -154,18 +195,33 @@ class ImageOcclusion:
     image (``enhanced_image``); a window's effect is the rise in score it causes and
     the peak is ``peak_voxel`` of those effects."""
 
-    def __init__(self, image: np.ndarray, max_windows: int):
+    def __init__(self, image: np.ndarray, max_windows: int, refine_windows: int = 0):
         self.grid = occlusion_grid(tuple(image.shape[1:]), max_windows)
         self.enhanced = enhanced_image(image)
+        self.refine_windows = refine_windows
 
     def __len__(self) -> int:
         return len(self.grid.starts)
 
-    def perturb(self, image: np.ndarray, window: int) -> None:
-        """Enhance ``window`` of one (1, D, H, W) image row in place."""
-        region = tuple(slice(s, s + w) for s, w in zip(self.grid.starts[window], self.grid.window, strict=True))
+    def perturb(self, image: np.ndarray, window: int, grid: OcclusionGrid | None = None) -> None:
+        """Enhance ``window`` of ``grid`` (the first pass's by default) of one (1, D, H, W)
+        image row in place."""
+        grid = grid or self.grid
+        region = tuple(slice(s, s + w) for s, w in zip(grid.starts[window], grid.window, strict=True))
         index: tuple[int | slice, ...] = (0, *region)
         image[index] = self.enhanced[index]
+
+    def refined(self, effects: np.ndarray) -> OcclusionGrid | None:
+        """The second pass's windows given the first pass's effects (None: no second pass)."""
+        if not self.refine_windows:
+            return None
+        return refine_grid(self.grid, effects, tuple(self.enhanced.shape[1:]), self.refine_windows)
+
+    def peak(self, effects: np.ndarray, fine: OcclusionGrid | None, fine_effects: np.ndarray | None) -> np.ndarray:
+        """peak_voxel of the second pass when there was one, else of the first."""
+        if fine is None or fine_effects is None:
+            return peak_voxel(self.grid, effects)
+        return peak_voxel(fine, fine_effects, local=False)
 
     def voxel_map(self, effects: np.ndarray) -> np.ndarray:
         """(D, H, W): the mean effect of the windows covering each voxel, for drawing."""
@@ -184,8 +240,37 @@ class ImageSaliency:
 
     grid: OcclusionGrid
     effects: np.ndarray  # the rise in score when each window is enhanced
-    peak: np.ndarray  # grid index (continuous) of the peak: peak_voxel
-    voxel_map: np.ndarray  # (D, H, W) mean effect per voxel
+    peak: np.ndarray  # grid index (continuous) of the peak: peak_voxel of the finest pass
+    voxel_map: np.ndarray  # (D, H, W) mean effect per voxel, first pass
+    fine: OcclusionGrid | None = None  # the second pass around the strongest window
+    fine_effects: np.ndarray | None = None
+
+    @property
+    def model_rows(self) -> int:
+        return 1 + len(self.grid.starts) + (len(self.fine.starts) if self.fine is not None else 0)
+
+
+def occlusion_logits(
+    logits_fn: LogitsFn,
+    case: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    plan: ImageOcclusion,
+    grid: OcclusionGrid,
+    batch_size: int,
+    with_case: bool = False,
+) -> np.ndarray:
+    """The logits of one case (inputs without a batch axis) with each window of ``grid``
+    enhanced in turn, preceded by the case itself when ``with_case``; in batches."""
+    offset = int(with_case)
+    n_rows = offset + len(grid.starts)
+    logits = []
+    for first in range(0, n_rows, batch_size):
+        rows = range(first, min(first + batch_size, n_rows))
+        batch = [np.repeat(x[np.newaxis], len(rows), axis=0) for x in case]
+        for i, row in enumerate(rows):
+            if row >= offset:
+                plan.perturb(batch[0][i], row - offset, grid)
+        logits.append(np.asarray(logits_fn(*batch)))
+    return np.concatenate(logits)
 
 
 def image_saliency(
@@ -198,24 +283,27 @@ def image_saliency(
     temperature: float = 1.0,
     max_windows: int = ExplainSettings.max_windows,
     batch_size: int = ExplainSettings.batch_size,
+    refine_windows: int = ExplainSettings.refine_windows,
 ) -> ImageSaliency:
     """The image occlusion alone for one case (inputs without a batch axis), through
     any model call: numpy in, numpy out (an ONNX Runtime session, a torch module
     wrapped to numpy). ``target``: the label whose log-odds is the score (-1: the
     last, positive one)."""
-    plan = ImageOcclusion(image, max_windows)
-    n_rows = 1 + len(plan)
-    logits = []
-    for first in range(0, n_rows, batch_size):
-        rows = range(first, min(first + batch_size, n_rows))
-        batch = [np.repeat(x[np.newaxis], len(rows), axis=0) for x in (image, genomics, clinical, presence)]
-        for i, row in enumerate(rows):
-            if row > 0:
-                plan.perturb(batch[0][i], row - 1)
-        logits.append(np.asarray(logits_fn(*batch)))
-    scores = log_odds(np.concatenate(logits), target, temperature)
+    plan = ImageOcclusion(image, max_windows, refine_windows)
+    case = (image, genomics, clinical, presence)
+    scores = log_odds(
+        occlusion_logits(logits_fn, case, plan, plan.grid, batch_size, with_case=True), target, temperature
+    )
     effects = scores[1:] - scores[0]
-    return ImageSaliency(plan.grid, effects, peak_voxel(plan.grid, effects), plan.voxel_map(effects))
+    fine = plan.refined(effects)
+    fine_effects = None
+    if fine is not None:
+        fine_effects = (
+            log_odds(occlusion_logits(logits_fn, case, plan, fine, batch_size), target, temperature) - scores[0]
+        )
+    return ImageSaliency(
+        plan.grid, effects, plan.peak(effects, fine, fine_effects), plan.voxel_map(effects), fine, fine_effects
+    )
 
 
 def case_image_saliency(
@@ -233,7 +321,15 @@ def case_image_saliency(
         target = contract.labels.index(contract.positive_label)
     else:
         target = target_label(contract, np.asarray(logits_fn(*(x[np.newaxis] for x in case)))[0])
-    return image_saliency(logits_fn, *case, target, contract.temperature, settings.max_windows, settings.batch_size)
+    return image_saliency(
+        logits_fn,
+        *case,
+        target,
+        contract.temperature,
+        settings.max_windows,
+        settings.batch_size,
+        settings.refine_windows,
+    )
 
 
 class CaseExplainer:
@@ -252,7 +348,11 @@ class CaseExplainer:
         self.settings = settings or ExplainSettings()
         self.grid_affine = grid_affine
         self.features = self._features_to_occlude()
-        self.occlusion = ImageOcclusion(inputs.image, self.settings.max_windows) if self.image_used else None
+        self.occlusion = (
+            ImageOcclusion(inputs.image, self.settings.max_windows, self.settings.refine_windows)
+            if self.image_used
+            else None
+        )
         self.grid = self.occlusion.grid if self.occlusion is not None else None
 
     # ------------------------------------------------------------------ plan
@@ -308,24 +408,48 @@ class CaseExplainer:
 
     # ---------------------------------------------------------------- result
 
-    def result(self, logits: np.ndarray) -> dict:
-        """The explanation from the logits of every row of ``batches()``, in order."""
+    def _scores(self, logits: np.ndarray) -> tuple[int, float, np.ndarray]:
+        """The target label, its temperature, and the score of every row of ``batches()``."""
         logits = np.asarray(logits, dtype=np.float64)
         if logits.shape[0] != self.n_rows:
             raise ValueError(f"expected logits for {self.n_rows} rows, got {logits.shape[0]}")
         target = target_label(self.contract, logits[0])
         # A multi-label model's labels each have their own temperature.
         temperatures = self.contract.label_temperatures
-        scores = log_odds(logits, target, temperatures[target] if temperatures else self.contract.temperature)
+        temperature = temperatures[target] if temperatures else self.contract.temperature
+        return target, temperature, log_odds(logits, target, temperature)
+
+    def refinement(self, logits: np.ndarray) -> OcclusionGrid | None:
+        """The second image pass's windows, from the logits of ``batches()`` (None: no
+        image, or no second pass); their rows are ``occlusion_logits(..., self.occlusion,
+        grid, ...)`` of ``self.case``."""
+        if self.occlusion is None:
+            return None
+        _, _, scores = self._scores(logits)
+        return self.occlusion.refined(scores[1 + len(self.features) :] - scores[0])
+
+    @property
+    def case(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.inputs.image, self.inputs.genomics, self.inputs.clinical, self.inputs.presence
+
+    def result(
+        self, logits: np.ndarray, fine: OcclusionGrid | None = None, fine_logits: np.ndarray | None = None
+    ) -> dict:
+        """The explanation from the logits of every row of ``batches()``, in order, and
+        of the second image pass's ``fine`` windows when there was one."""
+        target, temperature, scores = self._scores(logits)
         drops = scores[0] - scores[1:]
         n_features = len(self.features)
+        fine_effects = (
+            None if fine is None or fine_logits is None else log_odds(fine_logits, target, temperature) - scores[0]
+        )
         return {
             "target_label": self.contract.labels[target],
             "score": SCORE,
             "baseline_score": float(scores[0]),
-            "model_rows": self.n_rows,
+            "model_rows": self.n_rows + (len(fine.starts) if fine is not None else 0),
             "genes": self._genes(drops[:n_features]),
-            "saliency": self._saliency(-drops[n_features:]),  # the rise when enhanced
+            "saliency": self._saliency(-drops[n_features:], fine, fine_effects),  # the rise when enhanced
         }
 
     def _genes(self, drops: np.ndarray) -> dict:
@@ -350,20 +474,24 @@ class CaseExplainer:
             ],
         }
 
-    def _saliency(self, effects: np.ndarray) -> dict:
-        if self.grid is None:
+    def _saliency(self, effects: np.ndarray, fine: OcclusionGrid | None, fine_effects: np.ndarray | None) -> dict:
+        if self.grid is None or self.occlusion is None:
             return {"available": False, "reason": self._missing_reason("image")}
-        peak = peak_voxel(self.grid, effects)
+        peak = self.occlusion.peak(effects, fine, fine_effects)
+        spacing = self.contract.image.target_spacing
         summary = {
             "available": True,
             "method": IMAGE_METHOD,
             "windows": len(self.grid.starts),
             "window_voxels": list(self.grid.window),
             "stride_voxels": list(self.grid.stride),
-            "window_mm": [w * s for w, s in zip(self.grid.window, self.contract.image.target_spacing, strict=True)],
+            "window_mm": [w * s for w, s in zip(self.grid.window, spacing, strict=True)],
             "peak_voxel": [round(float(v), 2) for v in peak],
             "peak_effect": float(effects[int(np.argmax(_strength(effects)))]),
         }
+        if fine is not None and fine_effects is not None:
+            summary["refine_windows"] = len(fine.starts)
+            summary["refine_window_mm"] = [w * s for w, s in zip(fine.window, spacing, strict=True)]
         if self.grid_affine is not None:
             position = np.asarray(self.grid_affine, dtype=float) @ np.append(peak, 1.0)
             summary["peak_mm"] = [round(float(v), 2) for v in position[:3]]
@@ -384,15 +512,17 @@ def _strength(effects: np.ndarray) -> np.ndarray:
     return rise if rise.max(initial=0.0) > 0 else np.abs(effects)
 
 
-def peak_voxel(grid: OcclusionGrid, effects: np.ndarray) -> np.ndarray:
+def peak_voxel(grid: OcclusionGrid, effects: np.ndarray, local: bool = True) -> np.ndarray:
     """Grid index of the saliency peak: the strength-weighted centre of the windows
-    that overlap the strongest one and have at least half its strength. Neighbouring
-    half-overlapping windows see the same structure partly, so their weighted centre
-    locates it finer than the stride."""
+    that overlap the strongest one (``local``; else of all windows) and have at least
+    half its strength. Neighbouring half-overlapping windows see the same structure
+    partly, so their weighted centre locates it finer than the stride. The second
+    pass's windows all lie around one structure, and each may see only an edge of it:
+    all of them count."""
     centres = grid.centres()
     strength = _strength(effects)
     best = int(np.argmax(strength))
-    near = np.all(np.abs(centres - centres[best]) < np.asarray(grid.window), axis=1)
+    near = np.all(np.abs(centres - centres[best]) < np.asarray(grid.window), axis=1) if local else True
     chosen = near & (strength >= 0.5 * strength[best])
     weights = strength[chosen]
     if weights.sum() <= 0:  # the image changes nothing: no peak to speak of
@@ -410,4 +540,10 @@ def explain_case(
     """Run the plan through ``logits_fn`` (e.g. OnnxModel.logits) batch by batch."""
     explainer = CaseExplainer(contract, inputs, settings, grid_affine)
     logits = np.concatenate([np.asarray(logits_fn(*batch)) for batch in explainer.batches()])
-    return explainer.result(logits)
+    fine = explainer.refinement(logits)
+    if fine is None or explainer.occlusion is None:
+        return explainer.result(logits)
+    batch_size = explainer.settings.batch_size
+    return explainer.result(
+        logits, fine, occlusion_logits(logits_fn, explainer.case, explainer.occlusion, fine, batch_size)
+    )

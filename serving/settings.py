@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from radfusion.explain import ExplainSettings
+from radfusion.explain import REFINE_MIN_WINDOWS, ExplainSettings
 from radfusion.limits import StudyBudget
 from radfusion.serving.dicomweb import ALLOWED_URLS_ENV, DEFAULT_TIMEOUT_S, DicomwebPolicy
 from radfusion.serving.study_files import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STUDY_BYTES
@@ -57,6 +57,14 @@ def positive_int(name: str, raw: str) -> int:
 
 def count_or_zero(name: str, raw: str) -> int:
     return _parse_int(name, raw, "an integer >= 0 (0: the runtime's choice)", 0)
+
+
+def refine_windows(name: str, raw: str) -> int:
+    form = f"0 (no second pass) or an integer >= {REFINE_MIN_WINDOWS}"
+    value = _parse_int(name, raw, form, 0)
+    if 0 < value < REFINE_MIN_WINDOWS:
+        raise SettingsError(f"{name}: expected {form}, got {raw!r}")
+    return value
 
 
 def seconds(name: str, raw: str) -> int:
@@ -219,6 +227,12 @@ class ServiceSettings:
         ExplainSettings.max_windows,
         "image windows occluded per explanation (model rows)",
     )
+    explain_refine_windows: int = _setting(
+        "RADFUSION_EXPLAIN_REFINE_WINDOWS",
+        refine_windows,
+        ExplainSettings.refine_windows,
+        "half-size image windows of the second pass around the strongest window (model rows; 0: none)",
+    )
     explain_batch: int = _setting(
         "RADFUSION_EXPLAIN_BATCH",
         positive_int,
@@ -271,7 +285,8 @@ class ServiceSettings:
         on_off,
         False,
         "also write each STOW-RS study's saliency as a DICOM Parametric Map on the scored series, kept and sent "
-        "with its SR (costs up to 1 + RADFUSION_EXPLAIN_MAX_WINDOWS model rows per study)",
+        "with its SR (costs up to 1 + RADFUSION_EXPLAIN_MAX_WINDOWS + RADFUSION_EXPLAIN_REFINE_WINDOWS model rows "
+        "per study)",
     )
     result_stow_token: str | None = _setting(
         "RADFUSION_RESULT_STOW_TOKEN", secret, None, "bearer token sent with the SR to RADFUSION_RESULT_STOW_URL"
@@ -280,7 +295,11 @@ class ServiceSettings:
     @property
     def explain(self) -> ExplainSettings:
         return ExplainSettings(
-            self.explain_top_genes, self.explain_max_features, self.explain_max_windows, self.explain_batch
+            top_genes=self.explain_top_genes,
+            max_features=self.explain_max_features,
+            max_windows=self.explain_max_windows,
+            batch_size=self.explain_batch,
+            refine_windows=self.explain_refine_windows,
         )
 
     def study_budget(self) -> StudyBudget:

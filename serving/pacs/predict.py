@@ -75,5 +75,6 @@ class StudyPredictor:
 
     def saliency(self, case: PreparedCase, settings: ExplainSettings) -> ImageSaliency | None:
         """Where in the image the score comes from (radfusion.explain), at most
-        1 + settings.max_windows model rows; None when the case has no image."""
+        1 + settings.max_windows + settings.refine_windows model rows; None when the case
+        has no image."""
         return case_image_saliency(self.model.logits, self.contract, case.inputs, settings)

@@ -174,8 +174,10 @@ def test_saliency_peak_lies_on_the_bright_region_in_patient_coordinates(
     error = np.abs(np.array(saliency["peak_mm"]) - lesion_centre_mm())
     assert np.all(error <= np.array(GEOMETRY.target_spacing)[::-1]), (saliency["peak_mm"], lesion_centre_mm())
     assert saliency["peak_effect"] > 0  # enhancing the bright box raises the response
-    # Bounded cost: the case, each feature, each window; in batches of at most 64.
-    assert sum(calls) == result["model_rows"] == 1 + 12 + 343 <= settings.max_rows
+    # Bounded cost: the case, each feature, each window, each window of the second pass;
+    # in batches of at most 64.
+    assert 0 < saliency["refine_windows"] <= settings.refine_windows
+    assert sum(calls) == result["model_rows"] == 1 + 12 + 343 + saliency["refine_windows"] <= settings.max_rows
     assert max(calls) <= 64
     assert result["genes"]["available"]
 
@@ -232,6 +234,51 @@ def test_saliency_finds_a_lesion_the_model_reads_only_when_conspicuous(sign: flo
     assert np.sign(saliency["peak_effect"]) == sign
 
 
+@pytest.mark.parametrize("corner", [(1, 2, 13), (3, 9, 5), (5, 6, 1), (0, 13, 7), (6, 1, 10)])
+def test_second_pass_locates_a_small_lesion_finer_than_the_windows(corner: tuple[int, int, int]) -> None:
+    """A 2 x 2 x 2 lesion, smaller than the first pass's 4 x 8 x 8 windows: those say
+    which windows hold it (up to 2 voxels off where it sits off their centres), the
+    second pass's half-size windows where in them it lies."""
+    contract = known_signal_contract(temperature=1.0)
+    rng = np.random.default_rng(1)
+    image = (0.45 + 0.05 * rng.random((1, *GEOMETRY.target_shape))).astype(np.float32)
+    image[(0, *(slice(c, c + 2) for c in corner))] = 0.6
+    inputs = build_inputs(contract, image, None)
+
+    def logits(image, genomics, clinical, presence):
+        score = np.maximum(image - 0.7, 0.0).sum(axis=(1, 2, 3, 4))
+        return np.stack([np.zeros_like(score), score], axis=1)
+
+    errors = {}
+    for refine in (0, ExplainSettings.refine_windows):
+        settings = ExplainSettings(max_features=1, max_windows=64, refine_windows=refine)
+        result = explain_case(logits, contract, inputs, settings)
+        saliency = result["saliency"]
+        assert result["model_rows"] == 1 + saliency["windows"] + saliency.get("refine_windows", 0) <= settings.max_rows
+        errors[refine] = np.abs(np.array(saliency["peak_voxel"]) - (np.array(corner) + 0.5))
+    assert np.all(errors[ExplainSettings.refine_windows] <= 0.5), errors
+    assert errors[ExplainSettings.refine_windows].sum() <= errors[0].sum(), errors
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 16), (32, 48, 48), (1, 64, 64), (5, 7, 3)])
+@pytest.mark.parametrize("budget", [8, 27, 125])
+def test_second_pass_windows_are_half_size_inside_the_grid_and_within_budget(shape, budget: int) -> None:
+    from radfusion.explain import occlusion_grid, refine_grid
+
+    grid = occlusion_grid(shape, 400)
+    for strongest in (0, len(grid.starts) // 2, len(grid.starts) - 1):
+        effects = np.zeros(len(grid.starts))
+        effects[strongest] = 1.0
+        fine = refine_grid(grid, effects, shape, budget)
+        assert 1 <= len(fine.starts) <= budget
+        assert fine.window == tuple(max(w // 2, 1) for w in grid.window)
+        starts = np.array(fine.starts)
+        assert np.all(starts >= 0) and np.all(starts + fine.window <= shape)
+        # Every fine window overlaps the strongest first-pass window or lies beside it.
+        best = np.array(grid.starts[strongest])
+        assert np.all(starts + fine.window > best - grid.window) and np.all(starts < best + 2 * np.array(grid.window))
+
+
 # ------------------------------------------------------------------ the real fusion network
 
 
@@ -263,7 +310,8 @@ def test_explains_the_exported_fusion_network(tiny_onnx_model: Path, tiny_cohort
     assert abs(result["genes"]["top"][0]["attribution"]) > 0
 
     saliency = result["saliency"]
-    assert saliency["windows"] <= 100 and result["model_rows"] == 1 + len(features) + saliency["windows"]
+    assert saliency["windows"] <= 100
+    assert result["model_rows"] == 1 + len(features) + saliency["windows"] + saliency["refine_windows"]
     last = np.array(contract.image.target_shape) - 1
     corners = [case.study.grid_affine @ np.array([*(last * np.array(c)), 1.0]) for c in np.ndindex(2, 2, 2)]
     low, high = np.min(corners, axis=0)[:3], np.max(corners, axis=0)[:3]

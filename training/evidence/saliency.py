@@ -5,9 +5,10 @@ explain runs on the ONNX model: windows of the model grid (half-window stride, a
 ``SALIENCY_WINDOWS``) are in turn made more conspicuous (what is brighter than soft
 tissue gets CONTRAST_GAIN times its contrast above it), the saliency of a window is
 the rise in the positive label's log-odds, and the peak is the strength-weighted centre
-of the strongest windows. Here the model is the torch network, wrapped to a numpy
-function (``numpy_logits``). Perturbation asks the model directly (no gradients, so it
-works for any fusion strategy). The per-voxel map (mean effect of the windows covering
+of the strongest windows of a second pass, half-size windows around the strongest one.
+Here the model is the torch network, wrapped to a numpy function (``numpy_logits``).
+Perturbation asks the model directly (no gradients, so it works for any fusion
+strategy). The per-voxel map (mean effect of the windows covering
 a voxel) is resampled back onto the source DICOM series (ModelGrid) and drawn as PNG
 overlays; the peak is mapped to patient coordinates through the same grid."""
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from radfusion.contract import ModelContract, read_contract_from_onnx
+from radfusion.explain import ExplainSettings
 from radfusion.predictor import Predictor, prepare_case
 from radfusion.treatment import (
     DEFAULT_SWITCH_MARGIN,
@@ -284,7 +285,7 @@ def test_predict_with_explain_and_ranking_and_without(server, predictor: Predict
     assert saliency["peak_mm"] == pytest.approx(local["saliency"]["peak_mm"], abs=0.02)
     error = np.abs(np.array(saliency["peak_mm"]) - lesion_centre_mm())
     assert np.all(error <= np.array(GEOMETRY.target_spacing)[::-1])
-    assert explanation["model_rows"] <= 1 + 400 + 320
+    assert explanation["model_rows"] <= ExplainSettings().max_rows
 
 
 @pytest.mark.slow
