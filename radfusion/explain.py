@@ -47,10 +47,8 @@ from radfusion.preprocess import ModelInputs
 LogitsFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 GENE_METHOD = "occlusion of each feature to its training mean (z = 0)"
-IMAGE_METHOD = (
-    "3D occlusion raising the contrast above soft tissue, half-window stride, on the model grid;"
-    " then half-size windows around the strongest window"
-)
+IMAGE_METHOD = "3D occlusion raising the contrast above soft tissue, half-window stride, on the model grid"
+REFINE_METHOD = "; the peak from half-size windows around the strongest window"
 
 # The image perturbation (shared with radfusion.training.evidence.saliency), in window-scaled
 # intensities: above BODY_THRESHOLD is body tissue (fat and air below), whose median is
@@ -61,7 +59,9 @@ BONE_LEVEL = 0.98
 # (saliency peak in the planted lesion): removal 27, gain 2: 31, gain 3: 33, gain 4: 33,
 # at the same cost.
 CONTRAST_GAIN = 3.0
-REFINE_MIN_WINDOWS = 8
+# The coarsest second pass: three half-size windows per axis, which still tile the
+# strongest window and the quarter window around it.
+REFINE_MIN_WINDOWS = 27
 SCORE = "log-odds of the target label after temperature scaling"
 
 
@@ -77,13 +77,16 @@ class ExplainSettings:
     def __post_init__(self) -> None:
         if min(self.top_genes, self.max_features, self.max_windows, self.batch_size) < 1:
             raise ValueError("explain settings must all be at least 1")
-        if self.refine_windows != 0 and self.refine_windows < REFINE_MIN_WINDOWS:
-            # The coarsest second pass still has two windows per axis.
-            raise ValueError(f"refine_windows must be 0 (no second pass) or at least {REFINE_MIN_WINDOWS}")
+        check_refine_windows(self.refine_windows)
 
     @property
     def max_rows(self) -> int:
         return 1 + self.max_features + self.max_windows + self.refine_windows
+
+
+def check_refine_windows(refine_windows: int) -> None:
+    if refine_windows != 0 and refine_windows < REFINE_MIN_WINDOWS:
+        raise ValueError(f"refine_windows must be 0 (no second pass) or at least {REFINE_MIN_WINDOWS}")
 
 
 @dataclass
@@ -196,6 +199,7 @@ class ImageOcclusion:
     the peak is ``peak_voxel`` of those effects."""
 
     def __init__(self, image: np.ndarray, max_windows: int, refine_windows: int = 0):
+        check_refine_windows(refine_windows)
         self.grid = occlusion_grid(tuple(image.shape[1:]), max_windows)
         self.enhanced = enhanced_image(image)
         self.refine_windows = refine_windows
@@ -218,10 +222,16 @@ class ImageOcclusion:
         return refine_grid(self.grid, effects, tuple(self.enhanced.shape[1:]), self.refine_windows)
 
     def peak(self, effects: np.ndarray, fine: OcclusionGrid | None, fine_effects: np.ndarray | None) -> np.ndarray:
-        """peak_voxel of the second pass when there was one, else of the first."""
-        if fine is None or fine_effects is None:
-            return peak_voxel(self.grid, effects)
-        return peak_voxel(fine, fine_effects, local=False)
+        """The second pass's peak when it found the strength the first pass found (a
+        rise, or else a change), else the first pass's: a model that reads the lesion
+        only whole gives the half-size windows nothing to say."""
+        first = _strength(effects)
+        if fine is not None and fine_effects is not None:
+            rises = bool(np.clip(effects, 0.0, None).max(initial=0.0) > 0)
+            strength = np.clip(fine_effects, 0.0, None) if rises else np.abs(fine_effects)
+            if np.all(np.isfinite(strength)) and strength.max(initial=0.0) > 0:
+                return _weighted_peak(fine, strength, local=False)
+        return _weighted_peak(self.grid, first, local=True)
 
     def voxel_map(self, effects: np.ndarray) -> np.ndarray:
         """(D, H, W): the mean effect of the windows covering each voxel, for drawing."""
@@ -440,6 +450,8 @@ class CaseExplainer:
         target, temperature, scores = self._scores(logits)
         drops = scores[0] - scores[1:]
         n_features = len(self.features)
+        if fine is not None and (fine_logits is None or len(fine_logits) != len(fine.starts)):
+            raise ValueError(f"expected logits for the {len(fine.starts)} windows of the second pass")
         fine_effects = (
             None if fine is None or fine_logits is None else log_odds(fine_logits, target, temperature) - scores[0]
         )
@@ -481,7 +493,7 @@ class CaseExplainer:
         spacing = self.contract.image.target_spacing
         summary = {
             "available": True,
-            "method": IMAGE_METHOD,
+            "method": IMAGE_METHOD + (REFINE_METHOD if fine is not None else ""),
             "windows": len(self.grid.starts),
             "window_voxels": list(self.grid.window),
             "stride_voxels": list(self.grid.stride),
@@ -512,15 +524,19 @@ def _strength(effects: np.ndarray) -> np.ndarray:
     return rise if rise.max(initial=0.0) > 0 else np.abs(effects)
 
 
-def peak_voxel(grid: OcclusionGrid, effects: np.ndarray, local: bool = True) -> np.ndarray:
-    """Grid index of the saliency peak: the strength-weighted centre of the windows
-    that overlap the strongest one (``local``; else of all windows) and have at least
-    half its strength. Neighbouring half-overlapping windows see the same structure
-    partly, so their weighted centre locates it finer than the stride. The second
-    pass's windows all lie around one structure, and each may see only an edge of it:
+def peak_voxel(grid: OcclusionGrid, effects: np.ndarray) -> np.ndarray:
+    """Grid index of the saliency peak of one pass: the strength-weighted centre of the
+    windows that overlap the strongest one and have at least half its strength.
+    Neighbouring half-overlapping windows see the same structure partly, so their
+    weighted centre locates it finer than the stride."""
+    return _weighted_peak(grid, _strength(effects), local=True)
+
+
+def _weighted_peak(grid: OcclusionGrid, strength: np.ndarray, local: bool) -> np.ndarray:
+    """``peak_voxel`` from the windows' strengths; ``local=False`` for the second pass,
+    whose windows all lie around one structure and may each see only an edge of it:
     all of them count."""
     centres = grid.centres()
-    strength = _strength(effects)
     best = int(np.argmax(strength))
     near = np.all(np.abs(centres - centres[best]) < np.asarray(grid.window), axis=1) if local else True
     chosen = near & (strength >= 0.5 * strength[best])

@@ -285,8 +285,7 @@ class ServiceSettings:
         on_off,
         False,
         "also write each STOW-RS study's saliency as a DICOM Parametric Map on the scored series, kept and sent "
-        "with its SR (costs up to 1 + RADFUSION_EXPLAIN_MAX_WINDOWS + RADFUSION_EXPLAIN_REFINE_WINDOWS model rows "
-        "per study)",
+        "with its SR (costs up to 1 + RADFUSION_EXPLAIN_MAX_WINDOWS model rows per study)",
     )
     result_stow_token: str | None = _setting(
         "RADFUSION_RESULT_STOW_TOKEN", secret, None, "bearer token sent with the SR to RADFUSION_RESULT_STOW_URL"

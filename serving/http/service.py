@@ -228,9 +228,9 @@ class RadfusionModel:
         for the Parametric Map of a STOW-RS result; empty when the case has no image.
         On the explanations' limiter, like ``explain``."""
         inputs = unpack_case(np.asarray(packed, dtype=np.float32), self.model_contract)
-        run = functools.partial(
-            case_image_saliency, self.model.logits, self.model_contract, inputs, ExplainSettings(**settings)
-        )
+        # The map is the first pass's voxel map: the second pass only places the peak.
+        map_settings = ExplainSettings(**{**settings, "refine_windows": 0})
+        run = functools.partial(case_image_saliency, self.model.logits, self.model_contract, inputs, map_settings)
         found = await anyio.to_thread.run_sync(run, limiter=_explain_limiter(self.settings.explain_concurrency))
         return np.zeros(0, np.float32) if found is None else np.asarray(found.voxel_map, np.float32)
 

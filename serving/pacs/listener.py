@@ -81,7 +81,12 @@ def build_pipeline(config: ListenerConfig, state: StudyState, work: WorkDir) -> 
         max_wait_seconds=config.max_wait_seconds,
         report_failures=config.report_failures,
         keep_seconds=None if config.keep_hours is None else config.keep_hours * 3600.0,
-        saliency=None if config.saliency_windows is None else ExplainSettings(max_windows=config.saliency_windows),
+        # The map is the first pass's voxel map: the second pass only places the peak.
+        saliency=(
+            None
+            if config.saliency_windows is None
+            else ExplainSettings(max_windows=config.saliency_windows, refine_windows=0)
+        ),
     )
 
 

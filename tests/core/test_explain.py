@@ -261,7 +261,7 @@ def test_second_pass_locates_a_small_lesion_finer_than_the_windows(corner: tuple
 
 
 @pytest.mark.parametrize("shape", [(8, 16, 16), (32, 48, 48), (1, 64, 64), (5, 7, 3)])
-@pytest.mark.parametrize("budget", [8, 27, 125])
+@pytest.mark.parametrize("budget", [27, 64, 125])
 def test_second_pass_windows_are_half_size_inside_the_grid_and_within_budget(shape, budget: int) -> None:
     from radfusion.explain import occlusion_grid, refine_grid
 
@@ -277,6 +277,35 @@ def test_second_pass_windows_are_half_size_inside_the_grid_and_within_budget(sha
         # Every fine window overlaps the strongest first-pass window or lies beside it.
         best = np.array(grid.starts[strongest])
         assert np.all(starts + fine.window > best - grid.window) and np.all(starts < best + 2 * np.array(grid.window))
+
+
+def test_second_pass_that_finds_no_rise_keeps_the_first_pass_peak() -> None:
+    """A model that reads a lesion only whole: half of it, enhanced, changes nothing (or
+    lowers the score). The first pass's peak stands, not the corner of the second pass."""
+    from radfusion.explain import ImageOcclusion, peak_voxel
+
+    image = np.full((1, 32, 48, 48), 0.5, dtype=np.float32)
+    plan = ImageOcclusion(image, 400, refine_windows=125)
+    effects = np.zeros(len(plan))
+    effects[len(plan) // 2] = 1.0
+    fine = plan.refined(effects)
+    assert fine is not None
+    first = peak_voxel(plan.grid, effects)
+    for fine_effects in (np.zeros(len(fine.starts)), np.full(len(fine.starts), -0.5)):
+        assert np.array_equal(plan.peak(effects, fine, fine_effects), first)
+    rising = np.zeros(len(fine.starts))
+    rising[0] = 1.0
+    assert not np.array_equal(plan.peak(effects, fine, rising), first)
+
+
+@pytest.mark.parametrize("refine", [1, 8, 26, -1])
+def test_a_second_pass_too_small_to_tile_the_window_is_refused(refine: int) -> None:
+    from radfusion.explain import ImageOcclusion
+
+    with pytest.raises(ValueError, match="refine_windows"):
+        ExplainSettings(refine_windows=refine)
+    with pytest.raises(ValueError, match="refine_windows"):
+        ImageOcclusion(np.zeros((1, 8, 16, 16), np.float32), 64, refine_windows=refine)
 
 
 # ------------------------------------------------------------------ the real fusion network
