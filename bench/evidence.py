@@ -65,6 +65,8 @@ def one_draw(seed: int, work: Path, saliency_cases: int, patients: int, reuse: b
         checkpoint = train_evidence_model(work / f"seed{seed}", cohort=cohort, training=training)
     trained = time.perf_counter()
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
+    if reused:
+        _check_reused(checkpoint, dict(dm.hparams), training)
     ev = run_evidence(module, dm, saliency_cases=saliency_cases)
     measured = {key: next((c.measured for c in ev.checks if c.name == name), None) for key, name in CHECKS.items()}
     # The held-out logits the analyses already computed (the calibrated network's), not a second pass.
@@ -100,6 +102,24 @@ def one_draw(seed: int, work: Path, saliency_cases: int, patients: int, reuse: b
         "seconds_training": None if reused else trained - began,
         "seconds_analyses": time.perf_counter() - trained,
     }
+
+
+def _check_reused(checkpoint: Path, trained_with: dict, training: list[str]) -> None:
+    """A checkpoint left in --work by another configuration (another split, grid or
+    batch size) would be analysed as if it were this bench's: refused."""
+    import yaml
+
+    options = dict(zip(training[::2], training[1::2], strict=True))
+    differ = {
+        key: (trained_with.get(key.removeprefix("--data.")), value)
+        for key, value in options.items()
+        if key.startswith("--data.") and trained_with.get(key.removeprefix("--data.")) != yaml.safe_load(value)
+    }
+    if differ:
+        found = "; ".join(f"{k} {was} (bench: {now})" for k, (was, now) in differ.items())
+        raise SystemExit(
+            f"--reuse: {checkpoint} was trained with another configuration: {found}; retrain without --reuse"
+        )
 
 
 def summarise(draws: list[dict]) -> dict:
