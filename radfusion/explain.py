@@ -225,13 +225,12 @@ class ImageOcclusion:
         """The second pass's peak when it found the strength the first pass found (a
         rise, or else a change), else the first pass's: a model that reads the lesion
         only whole gives the half-size windows nothing to say."""
-        first = _strength(effects)
         if fine is not None and fine_effects is not None:
             rises = bool(np.clip(effects, 0.0, None).max(initial=0.0) > 0)
             strength = np.clip(fine_effects, 0.0, None) if rises else np.abs(fine_effects)
             if np.all(np.isfinite(strength)) and strength.max(initial=0.0) > 0:
                 return _weighted_peak(fine, strength, local=False)
-        return _weighted_peak(self.grid, first, local=True)
+        return peak_voxel(self.grid, effects)
 
     def voxel_map(self, effects: np.ndarray) -> np.ndarray:
         """(D, H, W): the mean effect of the windows covering each voxel, for drawing."""
@@ -254,10 +253,6 @@ class ImageSaliency:
     voxel_map: np.ndarray  # (D, H, W) mean effect per voxel, first pass
     fine: OcclusionGrid | None = None  # the second pass around the strongest window
     fine_effects: np.ndarray | None = None
-
-    @property
-    def model_rows(self) -> int:
-        return 1 + len(self.grid.starts) + (len(self.fine.starts) if self.fine is not None else 0)
 
 
 def occlusion_logits(
