@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
 
 from radfusion.training.evaluation_mode import batchnorm_layers, fit_output_shift, recompute_batchnorm_statistics
 from radfusion.training.model import FusionNet, NetworkConfig
@@ -90,6 +91,12 @@ class FusionModule(L.LightningModule):
         model_name: str = "radfusion-response",
         # Share of training cases (with two or more modality groups) that lose one group.
         modality_dropout: float = 0.25,
+        # Weight of the unimodal losses: a linear head on each of the image's and each
+        # omics block's embedding predicts the target alone, so an encoder is not left
+        # under-trained while another modality carries the fused output (the modality
+        # imbalance of Wang et al. 2020, "What makes training multi-modal classification
+        # networks hard?"). Training only: the heads are not part of the exported network.
+        unimodal_loss: float = 0.0,
         # Training batches (as evaluation sees them) over which the BatchNorm statistics
         # are recomputed before each validation and the output shift refitted for each
         # new best checkpoint (training/evaluation_mode.py); 0: moving averages, no shift.
@@ -113,6 +120,15 @@ class FusionModule(L.LightningModule):
         self.optimiser_config = OptimiserConfig.coerce(optimiser)
         self.task = self.task_config.build(n_classes)
         self.net = FusionNet(omics_sizes, n_clinical, self.task.n_outputs, self.network_config, treatment_columns)
+        self.unimodal_heads = nn.ModuleDict(
+            {
+                name: nn.Linear(self.network_config.embed_dim, self.task.n_outputs)
+                for name in self.net.modality_names
+                if name != "clinical" and self.net.uses(name)
+            }
+            if unimodal_loss > 0
+            else {}
+        )
         self.contract_parts: dict[str, Any] = {}
         self._best_monitored = float("-inf")  # the validation metric of the best checkpoint so far
 
@@ -175,10 +191,29 @@ class FusionModule(L.LightningModule):
         hide = groups[which] * drop[:, None].float()
         return presence * (1 - hide)
 
+    def _unimodal_loss(self, embeddings: list[torch.Tensor], presence: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The unimodal heads' mean loss, each over the cases that have its modality
+        (before modality dropout: a hidden modality's encoder still learns)."""
+        losses = []
+        for i, name in enumerate(self.net.modality_names):
+            present = presence[:, i] > 0
+            if name in self.unimodal_heads and bool(present.any()):
+                subset = {k: v[present] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                losses.append(self.task.loss(self.unimodal_heads[name](embeddings[i][present]), subset))
+        return torch.stack(losses).mean() if losses else embeddings[0].new_zeros(())
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        presence = self._modality_dropout(self._presence(batch))
-        logits = self(batch["image"], batch["genomics"], batch["clinical"], presence)
+        presence = self._presence(batch)
+        genomics, clinical = batch["genomics"], batch["clinical"]
+        kept = self._modality_dropout(presence)
+        embeddings, tokens = self.net.encode(batch["image"], genomics, clinical, presence)
+        hidden = [e * kept[:, i : i + 1] for i, e in enumerate(embeddings)]
+        logits = self.net.fuse(hidden, tokens, genomics, clinical, kept)
         loss = self.task.loss(logits, batch)
+        if self.unimodal_heads:
+            unimodal = self._unimodal_loss(embeddings, presence, batch)
+            self.log("train/unimodal_loss", unimodal, on_step=False, on_epoch=True, batch_size=len(logits))
+            loss = loss + self.hparams.unimodal_loss * unimodal
         if self.net.treatment_effect is not None:
             loss = loss + self.optimiser_config.interaction_l1 * self.net.treatment_effect.penalty()
         if self.net.linear_path is not None:

@@ -242,6 +242,11 @@ class FusionNet(nn.Module):
 
     def forward(self, image, genomics, clinical, presence) -> torch.Tensor:
         embeddings, tokens = self.encode(image, genomics, clinical, presence)
+        return self.fuse(embeddings, tokens, genomics, clinical, presence)
+
+    def fuse(self, embeddings, tokens, genomics, clinical, presence) -> torch.Tensor:
+        """The outputs from ``encode``'s embeddings (masked by ``presence`` or by a
+        presence with fewer modalities: training hides some after encoding)."""
         out = self.head(embeddings, presence, tokens) + self.output_bias
         if self.linear_path is not None:
             out = out + self.linear_path(genomics, self._clinical_input(clinical), presence)
