@@ -21,6 +21,19 @@ from dataclasses import dataclass
 from pydicom.errors import InvalidDicomError
 
 
+class UserError(ValueError):
+    """A command was given something it cannot use (a missing folder, a number out of
+    range, a model that was never exported): the operator can fix it. The `radfusion`
+    command prints it as one line, ``radfusion <command>: <problem>; <fix>``, and exits
+    1 (a traceback only with ``radfusion --debug``). Not an input kind of the catalogue:
+    no HTTP request or study row carries it."""
+
+    def __init__(self, problem: str, fix: str | None = None):
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
+
+
 class RadfusionInputError(ValueError):
     """Bad input: the caller can fix it. Never a crash of the batch or the server."""
 

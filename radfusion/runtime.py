@@ -9,10 +9,21 @@ from pathlib import Path
 import numpy as np
 
 from radfusion.contract import ModelContract, read_contract_from_onnx
+from radfusion.errors import UserError
 
 log = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+NO_GPU_FIX = "use --device auto or cpu, or install the 'gpu' extra (onnxruntime-gpu) on a machine with a CUDA GPU"
+
+
+def require_gpu_provider(device: str) -> None:
+    """--device cuda where ONNX Runtime has no GPU execution provider at all: a
+    UserError before a command opens anything, not when its first model opens."""
+    import onnxruntime as ort
+
+    if device == "cuda" and not set(_GPU_PROVIDERS) & set(ort.get_available_providers()):
+        raise UserError("--device cuda, but ONNX Runtime here has no GPU execution provider", NO_GPU_FIX)
 
 
 def _session(path: Path, providers: list[str], threads: int | None):
@@ -46,7 +57,7 @@ def open_session(path: Path, device: str = "auto", threads: int | None = None):
         if session.get_providers()[0] == provider:
             return session
     if device == "cuda":
-        raise RuntimeError(f"no working GPU execution provider (available: {available})")
+        raise UserError(f"--device cuda, but no GPU execution provider works here (available: {available})", NO_GPU_FIX)
     return _session(path, ["CPUExecutionProvider"], threads)
 
 

@@ -12,13 +12,21 @@ before fitting."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import lightning as L
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.tuner import Tuner
 
+from radfusion.errors import UserError
+from radfusion.training.checkpoints import ResumeCheckpoint
 from radfusion.training.data import RadfusionDataModule
-from radfusion.training.module import FusionModule
+from radfusion.training.module import FinalWeights, FusionModule
+
+# --ckpt_path values Lightning resolves itself rather than reading a file.
+CKPT_PATH_NAMES = ("best", "last", "hpc", "registry")
 
 
 class RadfusionCLI(LightningCLI):
@@ -38,6 +46,8 @@ class RadfusionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_subcommand(self.subcommand, self.model_class, self.datamodule_class)
+        check_paths(config, self.subcommand)
         logger = config.trainer.logger
         if isinstance(logger, Namespace) and logger.class_path.endswith("MLFlowLogger"):
             uri = logger.init_args.tracking_uri or "file:"
@@ -52,10 +62,106 @@ class RadfusionCLI(LightningCLI):
             # training set size caps it). Weights are restored after the trials.
             Tuner(self.trainer).scale_batch_size(self.model, datamodule=self.datamodule, mode="power")
 
+    def after_fit(self) -> None:
+        # The one line on stdout a script reads (logs and progress go elsewhere).
+        path = best_checkpoint(self.trainer)
+        if path is not None and self.trainer.is_global_zero:
+            print(f"best checkpoint: {path}", flush=True)
 
-def main(args: list[str] | None = None, run: bool = True) -> RadfusionCLI:
+
+# What a subcommand needs beyond fit's: (module hooks, data module hooks), and the
+# command that does its work meanwhile.
+SUBCOMMAND_NEEDS = {
+    "test": (
+        ("test_step",),
+        ("test_dataloader",),
+        "use radfusion evaluate --checkpoint NAME=<run>/checkpoints/best.ckpt --out DIR (the test split's metrics)",
+    ),
+    "predict": (
+        ("predict_step",),
+        ("predict_dataloader",),
+        "use radfusion export, then radfusion score or serve, to predict with a trained model",
+    ),
+}
+
+
+def check_subcommand(subcommand: str | None, model_class: type, datamodule_class: type) -> None:
+    """A subcommand the model or data module cannot run (Lightning would stop with a
+    MisconfigurationException after building everything): a UserError naming the
+    command that does it."""
+    if subcommand not in SUBCOMMAND_NEEDS:
+        return
+    module_hooks, data_hooks, instead = SUBCOMMAND_NEEDS[subcommand]
+    missing = [
+        f"{cls.__name__}.{hook}"
+        for cls, parent, hooks in (
+            (model_class, L.LightningModule, module_hooks),
+            (datamodule_class, L.LightningDataModule, data_hooks),
+        )
+        for hook in hooks
+        if getattr(cls, hook, None) is getattr(parent, hook, None)  # not overridden
+    ]
+    if missing:
+        raise UserError(f"{subcommand} needs {' and '.join(missing)}, which radfusion does not define", instead)
+
+
+def check_paths(config: Namespace, subcommand: str | None) -> None:
+    """The cohort and the checkpoint the command names, before anything is built: a
+    UserError (one line from `radfusion train`) instead of a traceback minutes later."""
+    data = config.get("data")
+    manifest = data.get("manifest") if data is not None else None
+    cohort_dir = data.get("cohort_dir") if data is not None else None
+    if manifest:
+        if not Path(manifest).is_dir():
+            raise UserError(
+                f"data.manifest {manifest} is not a folder", "give the --out folder of radfusion cohort build"
+            )
+    elif cohort_dir is not None:
+        cohort = Path(cohort_dir)
+        if not cohort.is_dir():
+            raise UserError(
+                f"data.cohort_dir {cohort} {'is not a folder' if cohort.exists() else 'does not exist'}",
+                "give the folder radfusion synth wrote (--data.cohort_dir), "
+                "or a radfusion cohort build output (--data.manifest)",
+            )
+        clinical = cohort / data.get("clinical_file", "clinical.csv")
+        if not clinical.is_file():
+            raise UserError(
+                f"data.cohort_dir {cohort} has no clinical table {clinical.name} (it holds the outcomes)",
+                "give the folder radfusion synth wrote, or set --data.clinical_file",
+            )
+    if subcommand is None:
+        return
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path is None and subcommand != "fit":
+        raise UserError(
+            f"no --ckpt_path: {subcommand} would run an untrained model",
+            "give --ckpt_path <run>/checkpoints/best.ckpt",
+        )
+    if ckpt_path is not None and ckpt_path not in CKPT_PATH_NAMES and not Path(ckpt_path).is_file():
+        raise UserError(
+            f"--ckpt_path {ckpt_path}: no such file",
+            "give a checkpoint radfusion train wrote (<run>/checkpoints/best.ckpt or last.ckpt), "
+            "or --ckpt_path last to resume the run in --trainer.default_root_dir",
+        )
+
+
+def best_checkpoint(trainer) -> Path | None:
+    """The checkpoint fit chose (checkpoints/best.ckpt: the best validation metric's, or
+    the final weights with model.checkpoint last); None when there is none."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, FinalWeights) and callback.path.is_file():
+            return callback.path
+        chooses = isinstance(callback, ModelCheckpoint) and not isinstance(callback, ResumeCheckpoint)
+        if chooses and callback.best_model_path and Path(callback.best_model_path).is_file():
+            return Path(callback.best_model_path)
+    return None
+
+
+def main(args: list[str] | None = None, run: bool = True, prog: str | None = None) -> RadfusionCLI:
     """``run=False``: build the trainer, model and data module without running a
-    subcommand (cross-validation fits each fold itself)."""
+    subcommand (cross-validation fits each fold itself). ``prog``: the command named in
+    usage and help (`radfusion train`)."""
     return RadfusionCLI(
         FusionModule,
         RadfusionDataModule,
@@ -63,6 +169,7 @@ def main(args: list[str] | None = None, run: bool = True) -> RadfusionCLI:
         run=run,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
+        parser_kwargs={"prog": prog} if prog else None,
     )
 
 

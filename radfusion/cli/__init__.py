@@ -7,10 +7,14 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 from radfusion import log_privacy
+from radfusion.cli.checks import CHECKPOINT_FIX, EXPORT_FIRST, at_least, check_config_files, model_file
+from radfusion.cli.failures import user_error_message
+from radfusion.cli.logs import LOG_LEVELS, configure_logging, quiet_libraries
 from radfusion.conformal import DEFAULT_COVERAGE
 
 # What `radfusion export` registers in the BentoML model store (training/module.py's
@@ -25,8 +29,23 @@ PACS_COMMANDS = {
 
 
 def _synth(args: argparse.Namespace) -> None:
+    from radfusion.errors import UserError
     from radfusion.synth import generate_cohort
+    from radfusion.synth.cohort import MIN_GENES, MIN_SIZE, MIN_SLICES
 
+    for flag, value, least, fix in (
+        ("--patients", args.patients, 1, "ask for one patient or more, e.g. --patients 400"),
+        ("--seed", args.seed, 0, "give 0 or a positive seed"),
+        ("--genes", args.genes, MIN_GENES, f"ask for {MIN_GENES} genes or more, e.g. --genes 300"),
+        ("--slices", args.slices, MIN_SLICES, f"ask for {MIN_SLICES} slices or more, e.g. --slices 32"),
+        ("--size", args.size, MIN_SIZE, f"ask for {MIN_SIZE} pixels or more, e.g. --size 64"),
+        ("--workers", args.workers, 1, "give 1 to render in this process"),
+    ):
+        at_least(flag, value, least, fix)
+    if not 0.0 <= args.rle_fraction <= 1.0:
+        raise UserError(f"--rle-fraction must be within [0, 1], not {args.rle_fraction}", "give a fraction, e.g. 0.25")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder", "give a new or empty folder for the cohort")
     out = generate_cohort(
         Path(args.out),
         n_patients=args.patients,
@@ -41,32 +60,51 @@ def _synth(args: argparse.Namespace) -> None:
     print(json.dumps(json.loads((out / "cohort.json").read_text()), indent=2))
 
 
+# LightningCLI's subcommands; `radfusion train` without one means fit.
+TRAIN_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 def _train(rest: list[str]) -> None:
     import warnings
 
+    subcommand, args = (rest[0], rest[1:]) if rest and rest[0] in TRAIN_SUBCOMMANDS else ("fit", rest)
+    check_config_files(args)
     from radfusion.training.cli import main
+
+    quiet_libraries()  # Lightning sets its loggers' levels on import
 
     # sys.argv stays the real command line: Lightning's DDP launcher starts the other
     # ranks by running it again. LightningCLI warns when it sees both argv and args.
-    sys.argv = [sys.argv[0], "train", *rest]
+    sys.argv = [sys.argv[0], *_global_tokens, "train", *rest]
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    main(["fit", *rest])
+    main([subcommand, *args], prog="radfusion train")
 
 
 def _cv(rest: list[str]) -> None:
+    check_config_files(rest)
     from radfusion.training.cv.command import main
 
+    quiet_libraries()
     main(rest)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from radfusion.training.cv.command import parse_baselines
-    from radfusion.training.evaluate import evaluate, markdown_table
+    from radfusion.errors import UserError
 
     # A name given several times: one configuration trained with several seeds (one row, its spread).
     checkpoints: dict = {}
-    for name, path in map(_named, args.checkpoint):
+    for item in args.checkpoint:
+        name, path = _named(item)
+        if not Path(path).is_file():
+            raise UserError(f"--checkpoint {item}: no checkpoint file at {path}", CHECKPOINT_FIX)
         checkpoints.setdefault(name, []).append(Path(path))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder", "give a folder for metrics.json")
+
+    from radfusion.training.cv.command import parse_baselines
+    from radfusion.training.evaluate import evaluate, markdown_table
+
+    quiet_libraries()
     results = evaluate(checkpoints, Path(args.out), baselines=parse_baselines(args.baselines))
     print(markdown_table(results))
 
@@ -79,12 +117,25 @@ def _coverage(text: str) -> float:
     return value
 
 
+# What `radfusion export --model` takes: the network, or a linear classical baseline
+# (training.cv.affine.AFFINE_BASELINES; listed here so that building the parser loads no torch).
+EXPORT_MODELS = ("network", "coxnet", "cox_ridge", "logistic")
+
+
 def _export(args: argparse.Namespace) -> None:
     """Training exports and checks the model; serving registers it (the CLI is the one
     layer that may join them)."""
+    from radfusion.errors import UserError
+
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint}: no such file", CHECKPOINT_FIX)
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder", "give the path of the .onnx file to write, e.g. model.onnx")
+
     from radfusion.training.cv.affine import BaselineExportError
     from radfusion.training.export import export, write_export_report
 
+    quiet_libraries()
     out = Path(args.out)
     try:
         report = export(
@@ -106,11 +157,12 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
+    model = _check_score_args(args)
     from radfusion.limits import StudyBudget
     from radfusion.serving.scoring.score import PatientTableError, ResumeError, score_archive
 
     if not args.archive:
-        _score_table(args)
+        _score_table(args, model)
         return
     budget = StudyBudget(
         max_files=args.study_max_files,
@@ -119,10 +171,14 @@ def _score(args: argparse.Namespace) -> None:
         max_voxels=args.study_max_voxels,
         max_seconds=args.study_max_seconds,
     )
+    if args.engine == "ray":
+        import ray  # noqa: F401 - sets its logger's level on import: quieted again below
+
+        quiet_libraries()
     try:
         summary = score_archive(
             archive=args.archive,
-            model_path=args.model,
+            model_path=model,
             out=Path(args.out),
             genomics=Path(args.genomics) if args.genomics else None,
             clinical=Path(args.clinical) if args.clinical else None,
@@ -149,17 +205,42 @@ def _interrupted() -> NoReturn:
     sys.exit(130)
 
 
-def _score_table(args: argparse.Namespace) -> None:
+def _check_score_args(args: argparse.Namespace) -> Path:
+    """The archive, tables, model and device, checked before anything is opened or
+    written; returns the model's ONNX file."""
+    from radfusion.errors import UserError
+
+    if args.engine != "local" and not args.archive:
+        raise UserError(
+            "--engine ray scores an archive, and no --archive was given (a table run is local)",
+            "give --archive, or leave out --engine ray",
+        )
+    if args.archive and not args.archive.startswith(("http://", "https://")) and not Path(args.archive).exists():
+        raise UserError(
+            f"--archive {args.archive} does not exist",
+            "give a folder of DICOM files, a .zip or a DICOMweb root URL (http(s)://...)",
+        )
+    for flag, value in (("--genomics", args.genomics), ("--clinical", args.clinical)):
+        if value and not Path(value).is_file():
+            raise UserError(f"{flag} {value}: no such file", "give the table's path (Parquet or CSV)")
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder", "give the path of the Parquet file to write")
+    model = model_file(args.model)
+    from radfusion.runtime import require_gpu_provider
+
+    require_gpu_provider(args.device)
+    return model
+
+
+def _score_table(args: argparse.Namespace, model: Path) -> None:
     """No archive: one row per patient of the genomics/clinical tables (a model that
     needs no image), same schema, same resume."""
     from radfusion.serving.scoring.score import PatientTableError, ResumeError
     from radfusion.serving.scoring.table import score_table
 
-    if args.engine != "local":
-        sys.exit("radfusion score: --engine ray scores an archive; a table run (no --archive) runs in this process")
     try:
         summary = score_table(
-            model_path=args.model,
+            model_path=model,
             out=Path(args.out),
             genomics=Path(args.genomics) if args.genomics else None,
             clinical=Path(args.clinical) if args.clinical else None,
@@ -177,17 +258,49 @@ def _score_table(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from radfusion.errors import UserError
+    from radfusion.serving.http.auth import TOKENS_ENV, AuthNotConfiguredError
     from radfusion.serving.http.launch import serve_forever
+    from radfusion.serving.modelref import ModelNotFoundError, looks_like_tag
+    from radfusion.serving.settings import SettingsError
 
-    serve_forever(model=args.model, host=args.host, port=args.port)
+    if not looks_like_tag(args.model) and not Path(args.model).is_file():
+        raise UserError(
+            f"--model {args.model}: no such file",
+            "give the .onnx file radfusion export wrote (run radfusion export first), "
+            "or a BentoML model tag (name:version)",
+        )
+    try:
+        serve_forever(model=args.model, host=args.host, port=args.port)
+    except ModelNotFoundError as exc:
+        raise UserError(str(exc), EXPORT_FIRST) from exc
+    except SettingsError as exc:
+        raise UserError(str(exc), "fix the variable or unset it (radfusion settings lists them)") from exc
+    except AuthNotConfiguredError as exc:
+        fix = None if "; " in str(exc) else f"set {TOKENS_ENV}, or serve on 127.0.0.1"
+        raise UserError(str(exc), fix) from exc
 
 
 def _report(args: argparse.Namespace) -> None:
+    from radfusion.errors import UserError
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise UserError(
+            f"--run {run} {'is not a folder' if run.exists() else 'does not exist'}",
+            "give the run folder radfusion train wrote (its --trainer.default_root_dir) or radfusion demo's --out",
+        )
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint}: no such file", CHECKPOINT_FIX)
+    if args.cv and not Path(args.cv).exists():
+        raise UserError(f"--cv {args.cv} does not exist", "give a radfusion cv output folder or its cv.json")
+
     from radfusion.training.report.build import build_report
 
+    quiet_libraries()
     cases = None if args.saliency_cases <= 0 else args.saliency_cases
     path = build_report(
-        Path(args.run),
+        run,
         out=Path(args.out) if args.out else None,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         saliency_cases=cases,
@@ -197,6 +310,8 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    at_least("--patients", args.patients, 1, "ask for one patient or more, e.g. --patients 800")
+    at_least("--epochs", args.epochs, 1, "train for one epoch or more, e.g. --epochs 20")
     from radfusion.cli.demo import run_demo
 
     run_demo(Path(args.out), patients=args.patients, epochs=args.epochs)
@@ -243,7 +358,23 @@ def _add_study_budget(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radfusion", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="radfusion",
+        description=__doc__,
+        epilog="Exit status: 0 success, 1 a problem with what was given (one line on stderr: "
+        "radfusion <command>: <problem>; <what to do>), 2 a usage error. The options above go "
+        "before the command: radfusion --debug score ...",
+    )
+    parser.add_argument("--version", action="version", version=f"radfusion {package_version()}")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback instead of one line")
+    parser.add_argument(
+        "--log-level",
+        choices=list(LOG_LEVELS),
+        default="info",
+        help="radfusion's own log records on stderr (default info); other libraries log warnings only, "
+        "everything at debug",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (--log-level warning)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic radiogenomic cohort (DICOM + genomics + outcomes)")
@@ -258,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_synth)
 
     sub.add_parser(
-        "train", help="train with LightningCLI: radfusion train --config A.yaml [--config B.yaml] [--key value]"
+        "train",
+        help="train with LightningCLI: radfusion train [fit|validate|test|predict] --config A.yaml "
+        "[--config B.yaml] [--key value] (no subcommand: fit; see radfusion train fit --help)",
+        add_help=False,
     )
     for name, text in PACS_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
@@ -306,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="network",
+        choices=EXPORT_MODELS,
         help="what is exported: the checkpoint's network (default), or a linear classical baseline (coxnet, "
         "cox_ridge, logistic) fitted on its training patients with the same inputs and contract, for a cohort "
         "where `radfusion cv` found it better",
@@ -419,28 +554,107 @@ EXTRA_OF = {
 STUDY_READERS = ("score", "serve", "listen", "pacs-status", "deid")
 
 
+@dataclass
+class GlobalOptions:
+    """The options before the command: ``radfusion [--debug] [--log-level L | -q] COMMAND``."""
+
+    debug: bool = False
+    version: bool = False
+    log_level: int = logging.INFO
+    tokens: list[str] = field(default_factory=list)  # as given, for a command run again (DDP ranks)
+
+
+def split_global_options(argv: list[str]) -> tuple[GlobalOptions, list[str]]:
+    """The leading global options, and the command with its arguments. Stops at the
+    first argument that is not one (the command, -h, or an unknown option argparse
+    then reports)."""
+    options = GlobalOptions()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--debug":
+            options.debug = True
+        elif arg == "--version":
+            options.version = True
+        elif arg in ("-q", "--quiet"):
+            options.log_level = logging.WARNING
+        elif arg == "--log-level" or arg.startswith("--log-level="):
+            if arg == "--log-level":
+                if i + 1 >= len(argv):
+                    build_parser().error("argument --log-level: expected one argument")
+                i += 1
+                value = argv[i]
+            else:
+                value = arg.partition("=")[2]
+            if value.lower() not in LOG_LEVELS:
+                build_parser().error(
+                    f"argument --log-level: invalid choice: {value!r} (choose from {', '.join(LOG_LEVELS)})"
+                )
+            options.log_level = LOG_LEVELS[value.lower()]
+        else:
+            break
+        i += 1
+    options.tokens = argv[:i]
+    return options, argv[i:]
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("radfusion")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+# The global options as given, for `radfusion train`'s command line (run again by DDP).
+_global_tokens: list[str] = []
+
+
+def _command_label(rest: list[str]) -> str:
+    """What the error line names: ``score``, ``cohort build``, ``train validate``."""
+    if not rest:
+        return "radfusion"
+    words = rest[:1]
+    if len(rest) > 1 and (
+        (rest[0] == "cohort" and not rest[1].startswith("-")) or (rest[0] == "train" and rest[1] in TRAIN_SUBCOMMANDS)
+    ):
+        words.append(rest[1])
+    return " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Exit status 0 on success, 1 on an error of what was given (one line on stderr,
+    ``radfusion <command>: <problem>; <what to do>``; the traceback with --debug), 2 on a
+    usage error (argparse's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in STUDY_READERS:
+    options, rest = split_global_options(argv)
+    if options.version:
+        print(f"radfusion {package_version()}")
+        return
+    if rest and rest[0] in STUDY_READERS:
         # Before anything logs: library warnings quote UIDs, header values and file
         # paths of the archive. (Training and the other commands work on the operator's
         # own files, whose paths their logs should name: where a checkpoint was restored.)
         log_privacy.install()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # pandas imports numexpr when it is installed (scikit-survival brings it), which
-    # announces its thread count at INFO on every command.
-    logging.getLogger("numexpr").setLevel(logging.WARNING)
+    configure_logging(options.log_level)
+    _global_tokens[:] = options.tokens
+    command = _command_label(rest)
     try:
-        _dispatch(argv)
+        _dispatch(rest)
     except ModuleNotFoundError as exc:
         top = (exc.name or "").partition(".")[0]
-        if top not in EXTRA_OF:
+        if top not in EXTRA_OF or options.debug:
             raise
-        command = argv[0] if argv else "radfusion"
         sys.exit(
             f"radfusion {command}: needs {top}, which this installation lacks; "
             f"install the '{EXTRA_OF[top]}' extra: pip install 'radfusion[{EXTRA_OF[top]}]'"
         )
+    except (OSError, ValueError) as exc:
+        message = user_error_message(exc)
+        if message is None or options.debug:
+            raise
+        sys.exit(f"radfusion {command}: {message}")
 
 
 def _dispatch(argv: list[str]) -> None:

@@ -54,6 +54,7 @@ def run_cohort_build(args: argparse.Namespace) -> None:
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
+    check_inputs(args)
     try:
         inputs = ManifestInputs(
             dicom=Path(args.dicom),
@@ -79,3 +80,30 @@ def run_cohort_build(args: argparse.Namespace) -> None:
     out = write_manifest(manifest, Path(args.out))
     print(summary_text(manifest.report))
     print(f"manifest, genomics table and full report (with IDs) written to {out}")
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Every input named on the command line exists, before anything is read: a
+    mistyped --dicom would otherwise give a manifest of no studies."""
+    from radfusion.errors import UserError
+
+    dicom = Path(args.dicom)
+    if not dicom.is_dir():
+        raise UserError(
+            f"--dicom {dicom} {'is not a folder' if dicom.exists() else 'does not exist'}",
+            "give the folder that holds the cohort's DICOM files (zip archives and DICOMDIR inside are read)",
+        )
+    for flag, value in (
+        ("--clinical", args.clinical),
+        ("--sample-map", args.sample_map),
+        ("--expression", args.expression),
+        ("--maf", args.maf),
+        ("--vcf", args.vcf),
+        ("--cnv", args.cnv),
+        ("--genes", args.genes),
+        ("--contract", args.contract),
+    ):
+        if value and not Path(value).exists():
+            raise UserError(f"{flag} {value} does not exist", "check the path")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder", "give a folder for the manifest")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radfusion.errors import UserError
 from radfusion.synth.genomics_model import N_DRIVERS
 from radfusion.synth.omics_files import write_omics_files
 from radfusion.synth.patients import SimulatedCohort, simulate_patients
@@ -84,6 +85,13 @@ def _render_all(specs: list[StudySpec], dicom_root: Path, workers: int) -> list[
         return list(pool.imap(render_study_task, tasks, chunksize=4))
 
 
+# The smallest cohort the generator can draw: the anatomy needs this much volume, the
+# genomic design twice the driver genes (radfusion synth checks its flags against them).
+MIN_GENES = 2 * N_DRIVERS
+MIN_SLICES = 8
+MIN_SIZE = 24
+
+
 def _validate(
     n_patients: int,
     seed: int,
@@ -96,18 +104,26 @@ def _validate(
     workers: int,
 ) -> None:
     if n_patients < 1:
-        raise ValueError("n_patients must be at least 1")
+        raise UserError(f"n_patients must be at least 1, not {n_patients}", "ask for one patient or more")
     if seed < 0:
-        raise ValueError("seed must be a non-negative integer")
-    if n_genes < 2 * N_DRIVERS:
-        raise ValueError(f"n_genes must be at least {2 * N_DRIVERS}")
-    if n_slices < 8 or rows < 24 or cols < 24:
-        raise ValueError("volumes must be at least 8 slices of 24 x 24 pixels to hold the anatomy")
+        raise UserError(f"seed must be a non-negative integer, not {seed}", "use 0 or a positive seed")
+    if n_genes < MIN_GENES:
+        raise UserError(f"n_genes must be at least {MIN_GENES}, not {n_genes}", "ask for more genes")
+    if n_slices < MIN_SLICES or rows < MIN_SIZE or cols < MIN_SIZE:
+        raise UserError(
+            f"volumes must be at least {MIN_SLICES} slices of {MIN_SIZE} x {MIN_SIZE} pixels to hold the anatomy",
+            "ask for larger volumes",
+        )
     for name, value in (("rle_fraction", rle_fraction), ("genomics_missing_fraction", genomics_missing_fraction)):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be within [0, 1]")
+            raise UserError(f"{name} must be within [0, 1], not {value}", "give a fraction between 0 and 1")
     if workers < 1:
-        raise ValueError("workers must be at least 1")
+        raise UserError(f"workers must be at least 1, not {workers}", "use 1 for no worker processes")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder", "give a new or empty folder for the cohort")
 
 
 def generate_cohort(
@@ -131,6 +147,7 @@ def generate_cohort(
     """
     _validate(n_patients, seed, n_genes, n_slices, rows, cols, rle_fraction, genomics_missing_fraction, workers)
     out = Path(out)
+    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     parameters = {
         "n_patients": n_patients,

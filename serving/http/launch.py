@@ -31,8 +31,9 @@ from radfusion.serving.http.auth import (
     is_loopback,
     tokens_from_env,
 )
-from radfusion.serving.modelref import MODEL_ENV, ModelNotFoundError, looks_like_tag
+from radfusion.serving.modelref import MODEL_ENV, ModelNotFoundError, looks_like_tag, resolve_model_path
 from radfusion.serving.orphans import LAUNCHER_PID_ENV
+from radfusion.serving.settings import ServiceSettings, declared_from_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "radfusion.serving.http.service:Radfusion"
@@ -79,18 +80,29 @@ def check_auth_for_host(env: Mapping[str, str], host: str) -> None:
 def serve_forever(model: str | Path, host: str = "127.0.0.1", port: int = 3000) -> None:
     """Run the server in the foreground: this process becomes `bentoml serve`, so
     Ctrl-C and SIGTERM reach the server itself and it stops its workers. With no token
-    configured (and auth not off) one is made for this run and printed once."""
+    configured (and auth not off) one is made for this run and printed once.
+
+    What would stop the service from starting fails here, before anything starts:
+    ModelNotFoundError (no such file, or a tag not in the model store),
+    SettingsError (a RADFUSION_* variable the service cannot use) and
+    AuthNotConfiguredError."""
     check_model_ref(model)
+    if isinstance(model, str) and looks_like_tag(model):
+        resolve_model_path(model)
     env = serve_env(model)
-    if not tokens_from_env(env) and not auth_off_from_env(env):
+    ServiceSettings.from_env(env)
+    declared_from_env(env)
+    made_token = not tokens_from_env(env) and not auth_off_from_env(env)
+    if made_token:
         env[TOKENS_ENV] = secrets.token_urlsafe(24)
+    check_auth_for_host(env, host)
+    if made_token:
         print(
             f"{TOKENS_ENV} is not set: this run accepts the token it made for itself:\n"
             f"    Authorization: Bearer {env[TOKENS_ENV]}",
             file=sys.stderr,
             flush=True,
         )
-    check_auth_for_host(env, host)
     command = serve_command(host, port)
     os.chdir(PROJECT_ROOT)
     os.execve(command[0], command, env)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from radfusion import log_privacy
+from radfusion.errors import UserError
 from radfusion.explain import ExplainSettings
 
 STOW_TOKEN_ENV = "RADFUSION_STOW_TOKEN"
@@ -130,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _listen(args: argparse.Namespace) -> None:
+    # What was given, checked before anything is imported, opened or bound: one line
+    # each (radfusion listen: <problem>; <what to do>).
+    if not Path(args.model).is_file():
+        sys.exit(f"radfusion listen: no model file at {args.model}; give the .onnx file radfusion export wrote")
+    if Path(args.work).exists() and not Path(args.work).is_dir():
+        sys.exit(f"radfusion listen: --work {args.work} is a file; give a folder for the listener's state")
+    for flag, table in (("--genomics", args.genomics), ("--clinical", args.clinical)):
+        if table and not Path(table).is_file():
+            sys.exit(f"radfusion listen: {flag} {table}: no such file; give the table's path (Parquet or CSV)")
+    from radfusion.runtime import require_gpu_provider
+
+    try:
+        require_gpu_provider(args.device)
+    except UserError as exc:
+        sys.exit(f"radfusion listen: {exc}")
+
     from radfusion.serving.pacs.listener import ListenerConfig, run_listener
     from radfusion.serving.pacs.pipeline import RetryPolicy
     from radfusion.serving.pacs.send import DicomPeer
@@ -140,8 +157,6 @@ def _listen(args: argparse.Namespace) -> None:
         peers = [DicomPeer.parse(text) for text in args.send_to]
     except ValueError as exc:
         sys.exit(f"radfusion listen: --send-to {exc}")
-    if not Path(args.model).is_file():
-        sys.exit(f"radfusion listen: no model file at {args.model}")
     config = ListenerConfig(
         model=Path(args.model),
         work=Path(args.work),
@@ -177,7 +192,7 @@ def _pacs_status(args: argparse.Namespace) -> None:
 
     path = Path(args.work) / STATE_FILE
     if not path.is_file():
-        sys.exit(f"radfusion pacs-status: no listener state at {path}")
+        sys.exit(f"radfusion pacs-status: no listener state at {path}; give the --work folder of radfusion listen")
     state = StudyState(path)
     try:
         if args.requeue_failed:
@@ -194,9 +209,11 @@ def _configure_logging() -> None:
     log_privacy.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pynetdicom and highdicom log associations and copied attributes at INFO and
-    # DEBUG, with AE titles and UIDs: keep only their warnings.
+    # DEBUG, with AE titles and UIDs: keep only their warnings (unless `radfusion
+    # --log-level` already chose their level).
     for noisy in ("pynetdicom", "highdicom"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        if logging.getLogger(noisy).level == logging.NOTSET:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str]) -> None:
