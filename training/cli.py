@@ -72,11 +72,6 @@ class RadfusionCLI(LightningCLI):
 # What a subcommand needs beyond fit's: (module hooks, data module hooks), and the
 # command that does its work meanwhile.
 SUBCOMMAND_NEEDS = {
-    "test": (
-        ("test_step",),
-        ("test_dataloader",),
-        "use radfusion evaluate --checkpoint NAME=<run>/checkpoints/best.ckpt --out DIR (the test split's metrics)",
-    ),
     "predict": (
         ("predict_step",),
         ("predict_dataloader",),

@@ -275,6 +275,18 @@ class FusionModule(L.LightningModule):
         self.task.update(logits, batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=len(logits))
 
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """`radfusion train test`: the test split's loss and the task's metrics
+        (test/auroc, test/cindex), as `radfusion evaluate` gives them in its table."""
+        logits = self(batch["image"], batch["genomics"], batch["clinical"], self._presence(batch))
+        self.task.update(logits, batch)
+        self.log("test/loss", self.task.loss(logits, batch), batch_size=len(logits))
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.task.compute().items():
+            self.log(name.replace("val/", "test/", 1), value)
+        self.task.reset()
+
     def on_validation_epoch_end(self) -> None:
         metrics = self.task.compute()
         for name, value in metrics.items():

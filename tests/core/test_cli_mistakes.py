@@ -159,14 +159,17 @@ SLOW_MISTAKES = [
         "train validate",
         "--ckpt_path",
     ),
-    *(
-        Mistake(
-            f"train-{sub}-unsupported",
-            ("train", sub, *TRAIN_CONFIGS, "--data.cohort_dir", "{tmp}/cohort", "--ckpt_path", "{tmp}/missing.ckpt"),
-            f"train {sub}",
-            "use radfusion",
-        )
-        for sub in ("test", "predict")
+    Mistake(
+        "train-test-checkpoint-missing",
+        ("train", "test", *TRAIN_CONFIGS, "--data.cohort_dir", "{tmp}/cohort", "--ckpt_path", "{tmp}/missing.ckpt"),
+        "train test",
+        "--ckpt_path {tmp}/missing.ckpt: no such file",
+    ),
+    Mistake(
+        "train-predict-unsupported",
+        ("train", "predict", *TRAIN_CONFIGS, "--data.cohort_dir", "{tmp}/cohort", "--ckpt_path", "{tmp}/missing.ckpt"),
+        "train predict",
+        "use radfusion",
     ),
 ]
 

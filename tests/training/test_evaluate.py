@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from radfusion.training.evaluate import markdown_table
 from tests.support.paths import PROJECT_ROOT as ROOT
-from tests.support.tiny_training import train_tiny
+from tests.support.tiny_training import TINY_GRID, train_tiny
 
 CONFIGS = ROOT / "configs"
 
@@ -112,6 +112,34 @@ def _train(cohort: Path, out: Path, *extra: str) -> Path:
     return train_tiny(cohort, out, *extra, batch_size=8)
 
 
+def _test(cohort: Path, out: Path, checkpoint: Path, *extra: str) -> dict:
+    """`radfusion train test` in process: the logged test metrics."""
+    from radfusion.training.cli import main
+
+    configs = [
+        CONFIGS / "trainer" / "cpu.yaml",
+        CONFIGS / "data" / "synthetic.yaml",
+        CONFIGS / "model" / "fusion_cpu.yaml",
+    ]
+    cli = main(
+        [
+            "test",
+            *[a for c in configs for a in ("--config", str(c))],
+            *extra,
+            "--data.cohort_dir",
+            str(cohort),
+            "--trainer.default_root_dir",
+            str(out),
+            "--data.batch_size",
+            "8",
+            *TINY_GRID,
+            "--ckpt_path",
+            str(checkpoint),
+        ]
+    )
+    return dict(cli.trainer.callback_metrics)
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     from radfusion.synth import generate_cohort
@@ -186,6 +214,12 @@ def test_evaluate_compares_strategies_baselines_and_survival_on_one_split(cohort
     finite = [saved["cox"][k] for k in horizons if not math.isnan(saved["cox"][k])]
     assert all(0.0 <= v <= 1.0 for v in finite)
     assert saved["cox"]["td_auc_observed"] == pytest.approx(np.mean(finite))
+
+    # `radfusion train test` measures the same checkpoint on the same split.
+    tested = _test(
+        cohort, tmp_path / "gated_test", checkpoints["gated"], "--config", str(experiment / "fusion_gated.yaml")
+    )
+    assert float(tested["test/auroc"]) == pytest.approx(saved["gated"]["auroc_observed"], abs=1e-6)
 
     table = (out / "metrics.md").read_text()
     assert "| gated | classification | gated | image+genomics |" in table
