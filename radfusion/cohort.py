@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from radfusion.cache import cache_root, make_private, source_key
 from radfusion.dicom import find_studies
 
+# Where radfusion 0.1 kept its caches, inside the input tree: skipped when a tree is
+# fingerprinted, as a tree that still holds one is otherwise unchanged.
 CACHE_DIR = ".radfusion"
 
 
@@ -29,11 +33,12 @@ def tree_fingerprint(root: Path) -> str:
     return digest.hexdigest()
 
 
-def index_studies(dicom_root: Path) -> pd.DataFrame:
-    """One row per study: patient_id, study_uid, files (list of paths relative to root)."""
+def index_studies(dicom_root: Path, cache_dir: Path | None = None) -> pd.DataFrame:
+    """One row per study: patient_id, study_uid, files (list of paths relative to root).
+    Kept in ``cache_dir`` (default radfusion.cache.cache_root()) until a file changes."""
     dicom_root = Path(dicom_root)
     fingerprint = tree_fingerprint(dicom_root)
-    cache = dicom_root / CACHE_DIR / f"studies-{fingerprint[:16]}.parquet"
+    cache = Path(cache_dir or cache_root()) / "studies" / f"{source_key(dicom_root)}-{fingerprint[:16]}.parquet"
     if cache.exists():
         return pd.read_parquet(cache)
     discovery = find_studies(dicom_root)
@@ -46,10 +51,12 @@ def index_studies(dicom_root: Path) -> pd.DataFrame:
         for uid, study in sorted(discovery.studies.items())
     ]
     table = pd.DataFrame(rows, columns=["patient_id", "study_uid", "files"])
-    cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    make_private(cache.parent)
+    # A name of its own: runs on other processes or nodes may index the same tree.
+    handle, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
+    os.close(handle)
     table.to_parquet(tmp)
-    tmp.replace(cache)
+    Path(tmp).replace(cache)
     return table
 
 

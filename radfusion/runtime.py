@@ -14,7 +14,12 @@ from radfusion.errors import UserError
 log = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-NO_GPU_FIX = "use --device auto or cpu, or install the 'gpu' extra (onnxruntime-gpu) on a machine with a CUDA GPU"
+NO_GPU_FIX = "use device auto or cpu, or install the 'gpu' extra (onnxruntime-gpu) on a machine with a CUDA GPU"
+
+
+class GpuUnavailableError(UserError, RuntimeError):
+    """Device "cuda" was asked for and no GPU execution provider works here (a
+    RuntimeError, as before, for callers that catch one)."""
 
 
 def require_gpu_provider(device: str) -> None:
@@ -23,12 +28,16 @@ def require_gpu_provider(device: str) -> None:
     import onnxruntime as ort
 
     if device == "cuda" and not set(_GPU_PROVIDERS) & set(ort.get_available_providers()):
-        raise UserError("--device cuda, but ONNX Runtime here has no GPU execution provider", NO_GPU_FIX)
+        raise GpuUnavailableError(
+            "device cuda was asked for, but ONNX Runtime here has no GPU execution provider", NO_GPU_FIX
+        )
 
 
 def _session(path: Path, providers: list[str], threads: int | None):
     import onnxruntime as ort
 
+    # Nothing leaves the host: ONNX Runtime's telemetry (Windows event tracing) is off.
+    ort.disable_telemetry_events()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -57,7 +66,9 @@ def open_session(path: Path, device: str = "auto", threads: int | None = None):
         if session.get_providers()[0] == provider:
             return session
     if device == "cuda":
-        raise UserError(f"--device cuda, but no GPU execution provider works here (available: {available})", NO_GPU_FIX)
+        raise GpuUnavailableError(
+            f"device cuda was asked for, but no GPU execution provider works here (available: {available})", NO_GPU_FIX
+        )
     return _session(path, ["CPUExecutionProvider"], threads)
 
 

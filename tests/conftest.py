@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +30,9 @@ from tests.support.tiny import TINY_COHORT, tiny_contract_of, tiny_net
 
 # BentoML phones home unless told not to; no test may reach the network.
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# The study index and image caches of this session's cohorts (and of the processes it
+# starts) in a folder of its own, not the user's cache.
+os.environ.setdefault("RADFUSION_CACHE_DIR", tempfile.mkdtemp(prefix="radfusion-test-cache-"))
 # Inherited by every process this session starts (servers, their workers, Orthanc):
 # how the end-of-session check tells this session's processes from another session's
 # running beside it on the same machine, even once they are orphans.

@@ -11,6 +11,7 @@ before fitting."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from radfusion.training.module import FinalWeights, FusionModule
 
 # --ckpt_path values Lightning resolves itself rather than reading a file.
 CKPT_PATH_NAMES = ("best", "last", "hpc", "registry")
+
+log = logging.getLogger(__name__)
 
 
 class RadfusionCLI(LightningCLI):
@@ -57,6 +60,10 @@ class RadfusionCLI(LightningCLI):
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
     def before_fit(self) -> None:
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path:
+            # Lightning says so at INFO, which the command keeps quiet for libraries: say it here.
+            log.info("resuming from checkpoint %s", ckpt_path)
         if self.config_init[self.subcommand].get("tune_batch_size"):
             # Power mode: 2, 4, 8, ... keeping the largest that fits (on a CPU, the
             # training set size caps it). Weights are restored after the trials.

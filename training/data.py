@@ -29,7 +29,8 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-from radfusion.cohort import cohort_hash, index_studies
+from radfusion.cache import cache_root, make_private, source_key
+from radfusion.cohort import cohort_hash, index_studies, tree_fingerprint
 from radfusion.cohort_manifest import load_manifest
 from radfusion.cohort_manifest.outcomes import read_clinical
 from radfusion.contract import CLINICAL, DEFAULT_MAX_IMPUTED, ClinicalSpec, ImageGeometry, OmicsBlock
@@ -144,8 +145,12 @@ class RadfusionDataModule(L.LightningDataModule):
         cache: str = "persistent",
         # A `radfusion cohort build` output folder: studies (the chosen series),
         # genomics blocks and outcomes come from it instead of cohort_dir's files;
-        # cohort_dir then only holds the image cache.
+        # cohort_dir then only names the run's image cache.
         manifest: str | None = None,
+        # The folder of the persistent image cache and the study index (None:
+        # radfusion.cache.cache_root(), RADFUSION_CACHE_DIR or the user cache); never
+        # the cohort folder, which may be read-only.
+        cache_dir: str | None = None,
     ):
         super().__init__()
         if cache not in CACHE_CHOICES:
@@ -268,7 +273,11 @@ class RadfusionDataModule(L.LightningDataModule):
         if not any(r["image"] for r in records):  # no study to read: nothing to cache
             return Dataset(records, transform=transform)
         if self.hparams.cache == "persistent":
-            cache_dir = self.cohort_dir / ".radfusion" / f"images-{self._geometry_key()}"
+            # Keyed by the DICOM tree and its files' sizes and times too: a cohort written
+            # again at the same path does not meet the images of the one before.
+            fingerprint = tree_fingerprint(self.dicom_root)[:16]
+            name = f"{source_key(self.dicom_root)}-{fingerprint}-{self._geometry_key()}"
+            cache_dir = make_private(self._cache_root() / "images" / name)
             return PersistentDataset(records, transform=transform, cache_dir=cache_dir, hash_transform=None)
         if self.hparams.cache == "memory":
             return CacheDataset(records, transform=transform, num_workers=None, progress=False)
@@ -299,7 +308,10 @@ class RadfusionDataModule(L.LightningDataModule):
         root = self.cohort_dir / "dicom"
         if not root.is_dir():
             return pd.DataFrame(columns=["patient_id", "study_uid", "files"])
-        return index_studies(root)
+        return index_studies(root, self._cache_root())
+
+    def _cache_root(self) -> Path:
+        return Path(self.hparams.cache_dir) if self.hparams.cache_dir else cache_root()
 
     def _genomics_table(self, name: str) -> pd.DataFrame:
         """The genomics table; an empty one (no omics blocks) when the cohort has none."""

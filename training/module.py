@@ -22,6 +22,8 @@ from radfusion.training.model import FusionNet, NetworkConfig
 from radfusion.training.tasks import DiscreteHazardTask, TaskConfig
 
 CONTRACT_KEY = "radfusion_contract"
+# What the tasks' losses read from a batch besides the outputs.
+TARGET_KEYS = ("label", "time", "event")
 CHECKPOINT_CHOICES = ("best", "last")
 
 
@@ -193,13 +195,20 @@ class FusionModule(L.LightningModule):
 
     def _unimodal_loss(self, embeddings: list[torch.Tensor], presence: torch.Tensor, batch: dict) -> torch.Tensor:
         """The unimodal heads' mean loss, each over the cases that have its modality
-        (before modality dropout: a hidden modality's encoder still learns)."""
+        (before modality dropout: a hidden modality's encoder still learns). Every head
+        runs on the whole batch, so each has a gradient every step, as DDP without
+        find_unused_parameters needs, even where no case of a rank's batch has its modality."""
         losses = []
         for i, name in enumerate(self.net.modality_names):
+            if name not in self.unimodal_heads:
+                continue
+            outputs = self.unimodal_heads[name](embeddings[i])
             present = presence[:, i] > 0
-            if name in self.unimodal_heads and bool(present.any()):
-                subset = {k: v[present] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-                losses.append(self.task.loss(self.unimodal_heads[name](embeddings[i][present]), subset))
+            if bool(present.any()):
+                targets = {k: batch[k][present] for k in TARGET_KEYS if k in batch}
+                losses.append(self.task.loss(outputs[present], targets) + 0.0 * outputs.sum())
+            else:
+                losses.append(0.0 * outputs.sum())
         return torch.stack(losses).mean() if losses else embeddings[0].new_zeros(())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -266,7 +275,7 @@ class FusionModule(L.LightningModule):
         self.net.train(was_training)
         if not seen:
             return
-        targets = {k: torch.cat([b[k] for _, b in seen]) for k in ("label", "time", "event")}
+        targets = {k: torch.cat([b[k] for _, b in seen]) for k in TARGET_KEYS}
         self.net.output_bias += fit_output_shift(torch.cat([o for o, _ in seen]), targets, self.task.loss)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,7 +315,10 @@ def _demo(args: argparse.Namespace) -> None:
     at_least("--epochs", args.epochs, 1, "train for one epoch or more, e.g. --epochs 20")
     from radfusion.cli.demo import run_demo
 
-    run_demo(Path(args.out), patients=args.patients, epochs=args.epochs)
+    summary = run_demo(Path(args.out), patients=args.patients, epochs=args.epochs, full=args.full)
+    missed = [name for name, ok in summary["checks"].items() if ok is False]
+    if missed:
+        sys.exit(f"radfusion demo: {len(missed)} check(s) not met: {', '.join(missed)}; see {args.out}/summary.json")
 
 
 def _named(item: str) -> tuple[str, str]:
@@ -519,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--patients", type=int, default=800)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="train all nine models (four fusion strategies, the unimodal baselines, three survival models), "
+        "not only the exported fusion model and its two baselines",
+    )
     p.set_defaults(func=_demo)
 
     from radfusion.deid.command import add_deid_command
@@ -548,6 +558,11 @@ EXTRA_OF = {
     "onnxruntime": "cpu",
     "ray": "cluster",
 }
+
+
+# Nothing leaves the host: the libraries' usage statistics off in this process and the
+# processes it starts (BentoML's servers, Ray's workers), unless the operator set them.
+NO_TELEMETRY = {"BENTOML_DO_NOT_TRACK": "True", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 # Commands that read a hospital's studies: every log record of theirs is redacted.
@@ -628,6 +643,8 @@ def main(argv: list[str] | None = None) -> None:
     ``radfusion <command>: <problem>; <what to do>``; the traceback with --debug), 2 on a
     usage error (argparse's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for name, value in NO_TELEMETRY.items():
+        os.environ.setdefault(name, value)
     options, rest = split_global_options(argv)
     if options.version:
         print(f"radfusion {package_version()}")
@@ -651,7 +668,7 @@ def main(argv: list[str] | None = None) -> None:
             f"install the '{EXTRA_OF[top]}' extra: pip install 'radfusion[{EXTRA_OF[top]}]'"
         )
     except (OSError, ValueError) as exc:
-        message = user_error_message(exc)
+        message = user_error_message(exc, hide_paths=bool(rest) and rest[0] in STUDY_READERS)
         if message is None or options.debug:
             raise
         sys.exit(f"radfusion {command}: {message}")

@@ -15,20 +15,24 @@ PATH_ERRORS: dict[type[OSError], str] = {
 }
 
 
-def user_error_message(exc: BaseException) -> str | None:
+def user_error_message(exc: BaseException, hide_paths: bool = False) -> str | None:
     """The one line for an error the user can fix (``<problem>; <what to do>``), or
-    None for any other exception."""
+    None for any other exception. A file error the command did not name itself says
+    where --debug shows more; ``hide_paths`` (commands that read a hospital's studies,
+    whose file names may name a patient) leaves its path out."""
     errors = sys.modules.get("radfusion.errors")  # imported by whatever raised a UserError
     if errors is not None and isinstance(exc, errors.UserError):
         return _one_line(str(exc))
     for cls, fix in PATH_ERRORS.items():
         if isinstance(exc, cls):
-            if exc.filename is not None and exc.strerror:
+            if exc.strerror and (exc.filename is None or hide_paths):
+                text = f"a file or folder: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
+            elif exc.filename is not None and exc.strerror:
                 text = f"{exc.filename}: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
             else:
                 text = str(exc)
             text = _one_line(text)
-            return text if "; " in text else f"{text}; {fix}"
+            return text if "; " in text else f"{text}; {fix} (radfusion --debug ... shows where)"
     return None
 
 

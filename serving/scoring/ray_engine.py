@@ -110,6 +110,8 @@ class RayEngine:
         import ray
 
         if not ray.is_initialized():
+            # Nothing leaves the host: a Ray started here sends no usage statistics.
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             # ray.init() joins the cluster in RAY_ADDRESS; options like the dashboard
             # belong to a cluster being started, so they are given only for a local one.
             ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(include_dashboard=False)

@@ -132,7 +132,7 @@ def _walk(archive: str | Path) -> Iterator[ScanUnit]:
         while unlisted:  # a folder os.walk could not list: recorded, never raised
             error = unlisted.pop(0)
             yield ScanUnit("unlisted", str(error.filename or dirpath), names=(type(error).__name__,))
-        # Hidden folders hold caches (the cohort index in .radfusion/), not studies.
+        # Hidden folders hold caches (radfusion 0.1's cohort index in .radfusion/), not studies.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         names = sorted(n for n in filenames if not n.startswith("."))
         plain = tuple(n for n in names if not n.lower().endswith(".zip"))

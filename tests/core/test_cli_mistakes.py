@@ -30,7 +30,12 @@ TRAIN_CONFIGS = [
 def radfusion(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RADFUSION_")}
     # An empty model store: a tag is never found, whatever this machine has exported.
-    environ |= {"BENTOML_HOME": str(cwd / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", **(env or {})}
+    environ |= {
+        "BENTOML_HOME": str(cwd / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "RADFUSION_CACHE_DIR": str(cwd / "cache"),
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "radfusion.cli", *args],
         cwd=cwd,
@@ -277,7 +282,7 @@ def test_cohort_build_on_a_mistyped_dicom_folder_writes_no_manifest(ran: dict[st
 def test_device_cuda_without_a_gpu_provider(command: str, ran: dict[str, Ran]) -> None:
     line = one_line_error(ran[f"cuda/{command}"].result, command)
     assert "no GPU execution provider" in line
-    assert "--device auto or cpu" in line
+    assert "device auto or cpu" in line
 
 
 @pytest.mark.parametrize("name", list(USAGE_ERRORS))
@@ -377,9 +382,40 @@ def test_user_error_is_one_line_with_its_fix() -> None:
 
     assert user_error_message(UserError("--x is wrong", "give --x 1")) == "--x is wrong; give --x 1"
     missing = FileNotFoundError(2, "No such file or directory", "/nope")
-    assert user_error_message(missing) == "/nope: no such file or directory; check the path"
+    assert (
+        user_error_message(missing)
+        == "/nope: no such file or directory; check the path (radfusion --debug ... shows where)"
+    )
+    # A command that reads studies names no path it did not name itself (it may name a patient).
+    assert user_error_message(missing, hide_paths=True).startswith("a file or folder: no such file or directory;")
     assert user_error_message(FileNotFoundError("no checkpoint in the run folder\n(looked)")) == (
-        "no checkpoint in the run folder (looked); check the path"
+        "no checkpoint in the run folder (looked); check the path (radfusion --debug ... shows where)"
     )
     assert user_error_message(ValueError("a bug")) is None  # a bug keeps its traceback
     assert user_error_message(OSError("disk")) is None
+
+
+def test_nothing_leaves_the_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The command turns the libraries' usage statistics off (unless the operator set
+    them), and every ONNX Runtime session is opened with its telemetry off."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from radfusion.cli import main
+    from radfusion.runtime import open_session
+
+    for name in ("BENTOML_DO_NOT_TRACK", "RAY_USAGE_STATS_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    main(["--version"])
+    assert os.environ["BENTOML_DO_NOT_TRACK"] == "True" and os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
+
+    calls: list[bool] = []
+    monkeypatch.setattr(ort, "disable_telemetry_events", lambda: calls.append(True))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    open_session(path, device="cpu")
+    assert calls

@@ -90,3 +90,17 @@ def _image_encoder_gradient(unimodal_loss: float) -> float:
 def test_a_hidden_image_still_trains_the_image_encoder_through_its_own_head() -> None:
     assert _image_encoder_gradient(0.0) == 0.0
     assert _image_encoder_gradient(1.0) > 0.0
+
+
+def test_every_head_has_a_gradient_even_when_no_case_has_its_modality() -> None:
+    """DDP without find_unused_parameters needs a gradient for every parameter on every
+    rank: a batch without images still reaches the image head (with a zero gradient)."""
+    torch.manual_seed(0)
+    module = _module(1.0)
+    module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    batch = _batch()
+    batch["presence"][:, 0] = 0.0
+    module.training_step(batch, 0).backward()
+    head = module.unimodal_heads["image"]
+    assert head.weight.grad is not None and float(head.weight.grad.abs().sum()) == 0.0
+    assert float(module.unimodal_heads["expression"].weight.grad.abs().sum()) > 0.0
