@@ -273,12 +273,7 @@ class RadfusionDataModule(L.LightningDataModule):
         if not any(r["image"] for r in records):  # no study to read: nothing to cache
             return Dataset(records, transform=transform)
         if self.hparams.cache == "persistent":
-            # Keyed by the DICOM tree and its files' sizes and times too: a cohort written
-            # again at the same path does not meet the images of the one before.
-            fingerprint = tree_fingerprint(self.dicom_root)[:16]
-            name = f"{source_key(self.dicom_root)}-{fingerprint}-{self._geometry_key()}"
-            cache_dir = make_private(self._cache_root() / "images" / name)
-            return PersistentDataset(records, transform=transform, cache_dir=cache_dir, hash_transform=None)
+            return PersistentDataset(records, transform=transform, cache_dir=self._image_cache_dir, hash_transform=None)
         if self.hparams.cache == "memory":
             return CacheDataset(records, transform=transform, num_workers=None, progress=False)
         return Dataset(records, transform=transform)
@@ -309,6 +304,15 @@ class RadfusionDataModule(L.LightningDataModule):
         if not root.is_dir():
             return pd.DataFrame(columns=["patient_id", "study_uid", "files"])
         return index_studies(root, self._cache_root())
+
+    @cached_property
+    def _image_cache_dir(self) -> Path:
+        """Keyed by the DICOM tree and its files' sizes and times too (walked once per
+        data module): a cohort written again at the same path does not meet the images
+        of the one before."""
+        fingerprint = tree_fingerprint(self.dicom_root)[:16]
+        name = f"{source_key(self.dicom_root)}-{fingerprint}-{self._geometry_key()}"
+        return make_private(self._cache_root() / "images" / name)
 
     def _cache_root(self) -> Path:
         return Path(self.hparams.cache_dir) if self.hparams.cache_dir else cache_root()
