@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from radfusion.cohort import index_studies
+from radfusion.errors import UserError
 from radfusion.genomics import load_genomics_table, row_as_mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -84,9 +85,12 @@ FEW_TEST_PATIENTS = 100
 
 
 def _radfusion(*args: str | Path) -> None:
+    """One stage, as the user would type it; a stage that fails ends the demo with one
+    line naming it (the stage's own message is just above)."""
     command = [sys.executable, "-m", "radfusion.cli", *map(str, args)]
     print(f"\n$ radfusion {' '.join(map(str, args))}", flush=True)
-    subprocess.run(command, check=True, cwd=PROJECT_ROOT)
+    if subprocess.run(command, cwd=PROJECT_ROOT).returncode != 0:
+        raise UserError(f"the stage `radfusion {args[0]}` failed", "its message is above; rerun that stage to debug it")
 
 
 def _stage(name: str, timings: dict, fn, *args):

@@ -74,3 +74,11 @@ def test_a_small_cohort_is_flagged_and_its_auroc_checks_are_not_assessed() -> No
 def test_the_fast_demo_trains_the_exported_model_and_its_baselines_only() -> None:
     assert list(MODELS) == ["fusion", "image_only", "genomics_only"]
     assert set(FULL_MODELS) == {"late", "gated", "kronecker"}
+
+
+def test_a_failed_stage_ends_the_demo_with_one_line_naming_it(tmp_path) -> None:
+    from radfusion.cli.demo import _radfusion
+    from radfusion.errors import UserError
+
+    with pytest.raises(UserError, match="the stage `radfusion synth` failed"):
+        _radfusion("synth", "--patients", "0", "--out", tmp_path / "cohort")
