@@ -321,6 +321,28 @@ def _demo(args: argparse.Namespace) -> None:
         sys.exit(f"radfusion demo: {len(missed)} check(s) not met: {', '.join(missed)}; see {args.out}/summary.json")
 
 
+class _ServeHelp(argparse.Action):
+    """`radfusion serve --help` lists the service's RADFUSION_* settings below the
+    options; read only when asked (the settings module costs every other command
+    most of a second to import)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> NoReturn:
+        from dataclasses import fields
+
+        from radfusion.serving.settings import DeclaredSettings, ServiceSettings
+
+        lines = ["settings (environment variables, read and checked when the service starts):"]
+        for cls in (DeclaredSettings, ServiceSettings):
+            for f in fields(cls):
+                lines.append(f"  {f.metadata['env']} (default {f.default!r}): {f.metadata['meaning']}")
+        parser.epilog = "\n".join(lines)
+        parser.print_help()
+        parser.exit()
+
+
 def _named(item: str) -> tuple[str, str]:
     name, sep, path = item.partition("=")
     if not sep:
@@ -497,7 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_budget(p)
     p.set_defaults(func=_score)
 
-    p = sub.add_parser("serve", help="run the BentoML HTTP service")
+    p = sub.add_parser(
+        "serve",
+        help="run the BentoML HTTP service",
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-h", "--help", action=_ServeHelp, help="show this help, with the service's settings, and exit")
     p.add_argument("--model", default=DEFAULT_MODEL_TAG, help="ONNX file or BentoML model tag (default: latest export)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)

@@ -419,3 +419,17 @@ def test_nothing_leaves_the_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     open_session(path, device="cpu")
     assert calls
+
+
+def test_serve_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import fields
+
+    from radfusion.cli import build_parser
+    from radfusion.serving.settings import DeclaredSettings, ServiceSettings
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", "--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    names = [f.metadata["env"] for cls in (DeclaredSettings, ServiceSettings) for f in fields(cls)]
+    assert names and all(f"  {name} (default " in shown for name in names)
