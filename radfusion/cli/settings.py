@@ -5,18 +5,39 @@ from __future__ import annotations
 
 import argparse
 
+from radfusion.errors import UserError
+
 
 def add_settings_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("settings", help="the HTTP service's RADFUSION_* settings (default, meaning)")
     p.add_argument("--markdown", action="store_true", help="print the table of docs/settings.md")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="read every RADFUSION_* variable of this environment as the service would: exit 1 naming a bad one",
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
-    from radfusion.serving.settings import DeclaredSettings, ServiceSettings, settings_markdown
+    from radfusion.serving.settings import (
+        DeclaredSettings,
+        ServiceSettings,
+        SettingsError,
+        declared_from_env,
+        settings_markdown,
+    )
 
+    if args.check:
+        try:
+            ServiceSettings.from_env()
+            declared_from_env()
+        except SettingsError as exc:
+            raise UserError(str(exc), "fix the variable or unset it (radfusion settings lists them)") from exc
+        print("settings: every RADFUSION_* variable set here is valid")
+        return
     if args.markdown:
         print(settings_markdown(), end="")
         return

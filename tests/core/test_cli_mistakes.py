@@ -64,6 +64,13 @@ class Mistake:
 
 
 MISTAKES = [
+    Mistake(
+        "settings-bad-value",
+        ("settings", "--check"),
+        "settings",
+        "RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes, got '2G'",
+        env=(("RADFUSION_MAX_UPLOAD_BYTES", "2G"),),
+    ),
     Mistake("synth-no-patients", ("synth", "--patients", "0", "--out", "{tmp}/c"), "synth", "--patients must be"),
     Mistake("synth-negative", ("synth", "--patients", "-3", "--out", "{tmp}/c"), "synth", "--patients must be"),
     Mistake("synth-out-is-a-file", ("synth", "--out", "{tmp}/a_file"), "synth", "is a file"),
