@@ -148,6 +148,7 @@ def run_evidence(
     known = truth.load_truth(dm.cohort_dir)
     clinical = clinical_frame(dm, cases.patient_ids)
 
+    log.info("gene attributions and ablations on %d held-out patients", len(cases.patient_ids))
     _genes(ev, net, dm, ablation_cases)
     if net.uses("image"):
         log.info("occlusion saliency on %d held-out studies", int(cases.has(net, "image").sum()))
@@ -155,10 +156,12 @@ def run_evidence(
     else:
         ev.notes.append("The model does not use the image: no saliency.")
     if {"survival_months", "event"} <= set(clinical.columns):
+        log.info("risk groups")
         _stratify(ev, net, dm, clinical)
     else:
         ev.notes.append("The clinical table has no survival_months/event columns: no risk groups.")
     if treatment_model:
+        log.info("treatment ranking, its peers (meta-learners, causal forest) and policy values")
         intervals = measured = None
         if fitted is not None:
             ev.benefit = fitted  # the draws export puts in the contract
@@ -184,6 +187,7 @@ def run_evidence(
             "The model has no treatment input (train with configs/experiment/treatment.yaml): no treatment ranking."
         )
     if module.task.kind == "classification":
+        log.info("calibration and subgroups")
         # Validation and held-out cases pooled with out-of-fold temperatures: an ECE on more patients.
         pooled = (val_logits, val.label.numpy()) if part != "val" else (None, None)
         ev.calibration = calibration.calibration_summary(logits, ev.label, temperature, *pooled)

@@ -14,6 +14,7 @@ overlays; the peak is mapped to patient coordinates through the same grid."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ from radfusion.dicom import Volume
 from radfusion.explain import ExplainSettings, image_saliency
 from radfusion.training.evidence.cases import Cases, used_presence
 from radfusion.training.evidence.geometry import ModelGrid, load_series_volume, to_source_grid
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 10  # studies between progress lines
 
 # The service's window budget: the same windows, so the report measures what serving shows.
 SALIENCY_WINDOWS = ExplainSettings.max_windows
@@ -93,7 +97,12 @@ def cohort_saliency(
     if not net.uses("image"):
         raise ValueError("the model does not use the image: no saliency")
     index = np.flatnonzero(cases.has(net, "image"))[:max_cases]
-    return [saliency_for_case(net, cases, int(i), root, geometry) for i in index]
+    found = []
+    for n, i in enumerate(index, 1):
+        found.append(saliency_for_case(net, cases, int(i), root, geometry))
+        if n % PROGRESS_EVERY == 0 or n == len(index):
+            log.info("saliency: %d of %d studies", n, len(index))
+    return found
 
 
 def inside_ellipsoid(point_mm, centre_mm, semi_axes_zyx_mm) -> bool:
