@@ -119,7 +119,7 @@ def _coverage(text: str) -> float:
 
 
 # What `radfusion export --model` takes: the network, or a linear classical baseline
-# (training.cv.affine.AFFINE_BASELINES; listed here so that building the parser loads no torch).
+# (training.cv.affine.AFFINE_BASELINES; listed here so that checking it loads no torch).
 EXPORT_MODELS = ("network", "coxnet", "cox_ridge", "logistic")
 
 
@@ -130,6 +130,11 @@ def _export(args: argparse.Namespace) -> None:
 
     if not Path(args.checkpoint).is_file():
         raise UserError(f"--checkpoint {args.checkpoint}: no such file", CHECKPOINT_FIX)
+    if args.model not in EXPORT_MODELS:
+        raise UserError(
+            f"only linear baselines can be exported ({', '.join(EXPORT_MODELS[1:])}), not {args.model!r}",
+            "leave out --model to export the network, or name one of them",
+        )
     if Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder", "give the path of the .onnx file to write, e.g. model.onnx")
 
@@ -466,7 +471,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="network",
-        choices=EXPORT_MODELS,
         help="what is exported: the checkpoint's network (default), or a linear classical baseline (coxnet, "
         "cox_ridge, logistic) fitted on its training patients with the same inputs and contract, for a cohort "
         "where `radfusion cv` found it better",

@@ -65,6 +65,12 @@ class Mistake:
 
 MISTAKES = [
     Mistake(
+        "export-unknown-model",
+        ("export", "--checkpoint", "{tmp}/a_file", "--out", "{tmp}/m.onnx", "--model", "nosuch"),
+        "export",
+        "only linear baselines can be exported (coxnet, cox_ridge, logistic), not 'nosuch'",
+    ),
+    Mistake(
         "settings-bad-value",
         ("settings", "--check"),
         "settings",
@@ -213,7 +219,6 @@ USAGE_ERRORS = {
     "no-command": (),
     "bad-log-level": ("--log-level", "loud", "errors"),
     "log-level-without-value": ("--log-level",),
-    "export-unknown-model": ("export", "--checkpoint", "{tmp}/a_file", "--out", "{tmp}/m.onnx", "--model", "nosuch"),
     "synth-no-out": ("synth",),
     "bad-choice": ("score", "--device", "tpu", "--out", "x.parquet"),
 }

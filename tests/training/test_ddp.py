@@ -93,6 +93,9 @@ def train(trainer_config: str, out: Path, cohort: Path, *extra: str) -> tuple[di
         sys.executable,
         "-m",
         "radfusion.cli",
+        # Lightning's INFO lines (the backend, the restored checkpoint) are what is checked.
+        "--log-level",
+        "debug",
         "train",
         "--config",
         str(CONFIGS / "trainer" / trainer_config),

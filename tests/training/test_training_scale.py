@@ -209,6 +209,9 @@ def test_killed_mid_epoch_resumes_from_last_checkpoint(cohort, tmp_path):
         sys.executable,
         "-m",
         "radfusion.cli",
+        # Lightning's INFO lines (the backend, the restored checkpoint) are what is checked.
+        "--log-level",
+        "debug",
         "train",
         "--config",
         str(CONFIGS / "trainer" / "cpu.yaml"),
