@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from radfusion import log_privacy
-from radfusion.cli.checks import CHECKPOINT_FIX, EXPORT_FIRST, at_least, check_config_files, model_file
+from radfusion.cli.checks import (
+    CHECKPOINT_FIX,
+    EXPORT_FIRST,
+    at_least,
+    check_config_files,
+    check_model_file,
+    model_file,
+)
 from radfusion.cli.failures import user_error_message
 from radfusion.cli.logs import LOG_LEVELS, configure_logging, quiet_libraries
 from radfusion.conformal import DEFAULT_COVERAGE
@@ -215,13 +222,14 @@ def _check_score_args(args: argparse.Namespace) -> Path:
     """The archive, tables, model and device, checked before anything is opened or
     written; returns the model's ONNX file."""
     from radfusion.errors import UserError
+    from radfusion.serving.scoring.sources import is_dicomweb
 
     if args.engine != "local" and not args.archive:
         raise UserError(
             "--engine ray scores an archive, and no --archive was given (a table run is local)",
             "give --archive, or leave out --engine ray",
         )
-    if args.archive and not args.archive.startswith(("http://", "https://")) and not Path(args.archive).exists():
+    if args.archive and not is_dicomweb(args.archive) and not Path(args.archive).exists():
         raise UserError(
             f"--archive {args.archive} does not exist",
             "give a folder of DICOM files, a .zip or a DICOMweb root URL (http(s)://...)",
@@ -267,15 +275,10 @@ def _serve(args: argparse.Namespace) -> None:
     from radfusion.errors import UserError
     from radfusion.serving.http.auth import TOKENS_ENV, AuthNotConfiguredError
     from radfusion.serving.http.launch import serve_forever
-    from radfusion.serving.modelref import ModelNotFoundError, looks_like_tag
+    from radfusion.serving.modelref import ModelNotFoundError
     from radfusion.serving.settings import SettingsError
 
-    if not looks_like_tag(args.model) and not Path(args.model).is_file():
-        raise UserError(
-            f"--model {args.model}: no such file",
-            "give the .onnx file radfusion export wrote (run radfusion export first), "
-            "or a BentoML model tag (name:version)",
-        )
+    check_model_file(args.model)
     try:
         serve_forever(model=args.model, host=args.host, port=args.port)
     except ModelNotFoundError as exc:

@@ -39,14 +39,9 @@ CHECKPOINT_FIX = "give a checkpoint radfusion train wrote (<trainer.default_root
 def model_file(ref: str) -> Path:
     """The ONNX file of --model (a file, or a tag of the BentoML model store), or a
     UserError saying how to get one."""
-    from radfusion.serving.modelref import ModelNotFoundError, looks_like_tag, resolve_model_path
+    from radfusion.serving.modelref import ModelNotFoundError, resolve_model_path
 
-    if not looks_like_tag(ref) and not Path(ref).is_file():
-        raise UserError(
-            f"--model {ref}: no such file",
-            "give the .onnx file radfusion export wrote (run radfusion export first), "
-            "or a BentoML model tag (name:version)",
-        )
+    check_model_file(ref)
     try:
         return resolve_model_path(ref)
     except ModelNotFoundError as exc:
@@ -58,3 +53,15 @@ EXPORT_FIRST = (
     "run radfusion export --checkpoint <run>/checkpoints/best.ckpt --out model.onnx first "
     "(it registers the model), or give an .onnx file with --model"
 )
+
+
+def check_model_file(ref: str) -> None:
+    """--model names a tag (looked up later) or an ONNX file that exists."""
+    from radfusion.serving.modelref import looks_like_tag
+
+    if not looks_like_tag(ref) and not Path(ref).is_file():
+        raise UserError(
+            f"--model {ref}: no such file",
+            "give the .onnx file radfusion export wrote (run radfusion export first), "
+            "or a BentoML model tag (name:version)",
+        )
