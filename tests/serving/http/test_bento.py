@@ -213,6 +213,64 @@ def test_a_bento_built_with_a_model_tag_records_the_model_and_serves_it(tiny_onn
     assert server.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
 
 
+def _network_off() -> list[str]:
+    """A prefix that runs a command with no network at all (a new, empty network
+    namespace) where the kernel allows it; an empty prefix otherwise, and then the
+    environment of the caller points every package index and proxy at a closed port."""
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "-rn", "true"], capture_output=True, check=False).returncode == 0:
+        return [unshare, "-rn"]
+    return []
+
+
+def test_make_bento_builds_offline(tmp_path: Path) -> None:
+    """`make bento` as a user runs it in a checkout whose venv is installed, with pip's
+    index disabled, every index and proxy pointed at a closed loopback port and, where
+    the kernel allows, no network namespace at all: the bento comes from the project's
+    own wheel and metadata, and neither BentoML nor the Makefile fetches anything."""
+    venv = Path(sys.prefix)
+    stamp = venv / ".radfusion-installed"
+    assert stamp.is_file(), "the tests run from the venv that `make venv` (scripts/bootstrap.sh) installs"
+    # The tracked files with their times, as a fresh clone has them: the venv's stamp
+    # stays newer than pyproject.toml, so `make`'s venv step installs nothing.
+    checkout = tmp_path / "checkout"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, checkout / name)
+    if stamp.stat().st_mtime < (checkout / "pyproject.toml").stat().st_mtime:
+        pytest.fail("pyproject.toml is newer than the venv: run `make venv` first (it installs, which needs an index)")
+    closed = f"http://127.0.0.1:{free_loopback_port()}"
+    env = {key: value for key, value in os.environ.items() if key not in {"RADFUSION_MODEL", "PYTHONPATH"}}
+    env.update(
+        VENV=str(venv),
+        BENTOML_HOME=str(tmp_path / "bentoml-home"),
+        PIP_NO_INDEX="1",
+        PIP_INDEX_URL=f"{closed}/simple",
+        PIP_FIND_LINKS="",
+        UV_OFFLINE="1",
+        UV_INDEX_URL=f"{closed}/simple",
+        UV_DEFAULT_INDEX=f"{closed}/simple",
+        HTTP_PROXY=closed,
+        HTTPS_PROXY=closed,
+        http_proxy=closed,
+        https_proxy=closed,
+        NO_PROXY="",
+    )
+    built = _run([*_network_off(), "make", "--no-print-directory", "bento"], cwd=checkout, env=env, timeout=420)
+    assert "Successfully built Bento" in built.stdout + built.stderr
+    bentos = list((tmp_path / "bentoml-home" / "bentos" / "radfusion").glob("*/bento.yaml"))
+    assert len(bentos) == 1, bentos
+    bento = bentos[0].parent
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert [p.name for p in (bento / "env" / "python" / "wheels").glob("*.whl")] == [
+        f"radfusion-{version}-py3-none-any.whl"
+    ]
+    assert yaml.safe_load(bentos[0].read_text())["service"] == "radfusion.serving.http.service:Radfusion"
+
+
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
