@@ -3,7 +3,7 @@
 # tests need. Torch first and pinned: a bare `torch` pulls a multi-GB CUDA build.
 # On a machine with a working NVIDIA GPU take the CUDA build of torch and
 # onnxruntime-gpu instead of the CPU ones. Every other package is installed at the
-# version in requirements/lock.txt (scripts/lock.sh): what the README's figures were
+# version in requirements/lock.txt (scripts/lock.sh): what the figures in docs/ were
 # measured with; RADFUSION_UNLOCKED=1 resolves today's versions instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,7 +2,7 @@
 # Rewrite requirements/lock.txt from the bootstrapped environment: the exact version of
 # every package the extras installed (cpu, train, serve, dev, cluster, tracking), which
 # scripts/bootstrap.sh then installs as constraints, so a fresh clone gets the versions
-# the README's figures and the tests were measured with. Upgrading is a deliberate commit:
+# the figures in docs/ and the tests were measured with. Upgrading is a deliberate commit:
 # `RADFUSION_UNLOCKED=1 make venv` (resolves today's versions), re-measure, `make lock`.
 # torch is left out: bootstrap pins it itself, as the CPU or the CUDA build.
 set -euo pipefail

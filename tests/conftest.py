@@ -83,7 +83,7 @@ def evidence_run(tmp_path_factory: pytest.TempPathFactory):
     module, dm = load_module(checkpoint), load_datamodule(checkpoint)
     ev = run_evidence(module, dm, saliency_cases=EVIDENCE_SALIENCY_CASES)
     if os.environ.get("RADFUSION_EVIDENCE_SUMMARY"):
-        # The figures behind the truth tests, for runs under perturbed floats (README, Evidence).
+        # The figures behind the truth tests, for runs under perturbed floats (docs/evidence.md).
         from radfusion.training.evidence.run import write_summary
 
         write_summary(ev, Path(os.environ["RADFUSION_EVIDENCE_SUMMARY"]))

@@ -35,7 +35,7 @@ EXPERIMENT = CONFIGS / "experiment"
 # Every model gets the clinical covariates (treatment, age, sex, site), so all can be
 # asked "what if" for another treatment and the comparison is like for like. "fusion"
 # is the model that is exported and served: cross-attention, the strategy that did best
-# on this cohort when the strategies were compared (see README, Models).
+# on this cohort when the strategies were compared (see docs/demo.md).
 MODELS: dict[str, list] = {
     "fusion": [EXPERIMENT / "fusion_cross_attention.yaml"],
     "image_only": [EXPERIMENT / "image_only.yaml", "--model.network.modalities", "[image, clinical]"],

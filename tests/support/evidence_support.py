@@ -24,7 +24,7 @@ from tests.support.paths import PROJECT_ROOT as ROOT
 
 CONFIGS = ROOT / "configs"
 # RADFUSION_EVIDENCE_SEED draws another cohort (and training seed) for the same tests: the
-# perturbation runs that stand in for other machines (README, "Checked against the truth").
+# perturbation runs that stand in for other machines (docs/evidence.md, "Checked against the truth").
 EVIDENCE_SEED = int(os.environ.get("RADFUSION_EVIDENCE_SEED", "11"))
 EVIDENCE_COHORT = dict(n_patients=1500, seed=EVIDENCE_SEED, n_genes=100, n_slices=16, rows=48, cols=48, workers=2)
 EVIDENCE_TRAINING = [

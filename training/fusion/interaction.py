@@ -17,7 +17,7 @@ population-average effect, and shrinkage spreads a mutated minority's benefit ov
 everyone (one training on the evidence tests' cohort, EGFR mutated in 25%: wild-type
 patients were predicted a benefit of about 0.7 log-odds from the targeted drug, which
 has none for them). The estimates stay as noisy as a few hundred training patients
-make them: see README, "Checked against the truth".
+make them: see docs/evidence.md, "Checked against the truth".
 
 The weights read directly as "effect of t versus the reference"; the feature weights
 w are L1-penalised (``penalty``), and only the candidate blocks' features take part
