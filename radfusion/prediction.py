@@ -17,6 +17,7 @@ NonFiniteOutputError, so every consumer reports an error for that case instead."
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,8 +139,15 @@ RISK_COLUMN = "risk_score"
 SET_COLUMN = "prediction_set"
 
 
+def sql_name(text: str) -> str:
+    """``text`` as a column name any SQL engine takes unquoted: lower case, and every run
+    of characters other than letters and digits one underscore ("non-responder" ->
+    "non_responder", "1.5" -> "1_5")."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
 def prob_column(label: str) -> str:
-    return f"prob_{label}"
+    return f"prob_{sql_name(label)}"
 
 
 def survival_key(months: float) -> str:
@@ -148,7 +156,7 @@ def survival_key(months: float) -> str:
 
 
 def survival_column(months: float) -> str:
-    return f"survival_{survival_key(months)}"
+    return f"survival_{sql_name(survival_key(months))}"
 
 
 def output_columns(contract: ModelContract) -> list[tuple[str, str]]:
@@ -158,11 +166,30 @@ def output_columns(contract: ModelContract) -> list[tuple[str, str]]:
     if kind == "survival:cox":
         return [(RISK_COLUMN, "float64")]
     if kind == "survival:discrete":
-        return [(RISK_COLUMN, "float64"), *[(survival_column(t), "float64") for t in contract.time_bins]]
+        return _distinct(
+            [(RISK_COLUMN, "float64"), *[(survival_column(t), "float64") for t in contract.time_bins]],
+            [survival_key(t) for t in contract.time_bins],
+        )
     predicted = ("predicted_labels", "list<string>") if kind == "multilabel" else ("predicted_label", "string")
     columns = [predicted, *[(prob_column(label), "float64") for label in contract.labels]]
     if kind == "classification" and contract.conformal is not None:
         columns.append((SET_COLUMN, "list<string>"))
+    return _distinct(columns, contract.labels)
+
+
+def _distinct(columns: list[tuple[str, str]], names: list[str]) -> list[tuple[str, str]]:
+    """``columns`` when no two of them share a name; two labels (or time bins) that differ
+    only in case or punctuation would write one column: a model whose output cannot be
+    stored as its contract says."""
+    seen: dict[str, int] = {}
+    for name, _ in columns:
+        seen[name] = seen.get(name, 0) + 1
+    clashing = sorted(name for name, count in seen.items() if count > 1)
+    if clashing:
+        raise ValueError(
+            f"the model's labels {names} give the same output column(s) {clashing} (lower case, punctuation as _); "
+            "export it with labels that differ in letters or digits"
+        )
     return columns
 
 

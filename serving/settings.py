@@ -1,7 +1,10 @@
-"""The HTTP service's settings: one dataclass, read from RADFUSION_* environment
-variables when the service starts (``ServiceSettings.from_env()`` in its ``__init__``),
-never when a module is imported, so that importing the service (tests, `bentoml build`,
-the import checker) does not depend on the environment.
+"""The settings of the HTTP service and of the DICOM listener: typed dataclasses read
+from RADFUSION_* environment variables when the process starts (``ServiceSettings.
+from_env()`` in the service's ``__init__``, ``ListenerSettings.from_env()`` in
+``radfusion listen``, whose flags override its variables), never when a module is
+imported, so that importing the service (tests, `bentoml build`, the import checker)
+does not depend on the environment. What reading one study may cost and the patient
+tables are one set of variables for both (``StudySettings``).
 
 Every bad value fails at start with an error that names the variable and the form it
 expects, e.g. ``RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes, got '2G'``.
@@ -16,7 +19,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -78,6 +81,80 @@ def on_off(name: str, raw: str) -> bool:
     return value == "on"
 
 
+def positive_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(f"{name}: expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+def hours_or_forever(name: str, raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if value != value or value == float("inf"):
+        raise SettingsError(f"{name}: expected a number of hours (negative: kept for ever), got {raw!r}")
+    return None if value < 0 else value
+
+
+def tcp_port(name: str, raw: str) -> int:
+    value = _parse_int(name, raw, "a TCP port (1-65535)", 1)
+    if value > 65535:
+        raise SettingsError(f"{name}: expected a TCP port (1-65535), got {raw!r}")
+    return value
+
+
+def host(name: str, raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", raw.strip()):
+        raise SettingsError(f"{name}: expected a host name or IP address, got {raw!r}")
+    return raw.strip()
+
+
+def _ae_title(name: str, raw: str) -> str:
+    # PS3.5 AE VR: 1-16 characters of the default repertoire, no backslash or control
+    # characters, not only spaces.
+    title = raw.strip()
+    if not re.fullmatch(r"[\x20-\x5b\x5d-\x7e]{1,16}", title):
+        raise SettingsError(
+            f"{name}: expected an AE title (1-16 printable ASCII characters, no backslash), got {raw!r}"
+        )
+    return title
+
+
+def ae_title(name: str, raw: str) -> str:
+    return _ae_title(name, raw)
+
+
+def ae_titles(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(_ae_title(name, part) for part in raw.split(",") if part.strip())
+
+
+def dicom_peers(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated AET@HOST:PORT destinations, each checked as the sender parses it."""
+    peers = []
+    for part in (p.strip() for p in raw.split(",")):
+        match = re.fullmatch(r"([^@]{1,16})@([^:@]+):([0-9]{1,5})", part)
+        if not match or not 0 < int(match[3]) <= 65535:
+            raise SettingsError(f"{name}: expected AET@HOST:PORT (comma-separated), got {part!r}")
+        _ae_title(name, match[1])
+        peers.append(part)
+    return tuple(peers)
+
+
+def one_of(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def optional_path(name: str, raw: str) -> str | None:
     return raw or None
 
@@ -108,10 +185,11 @@ def secret(name: str, raw: str) -> str | None:
     return raw or None
 
 
-def _setting(env: str, parse: Callable[[str, str], _T], default: _T, meaning: str) -> _T:
+def _setting(env: str, parse: Callable[[str, str], _T], default: _T, meaning: str, flag: str = "") -> _T:
     """A dataclass field read from ``env`` with ``parse`` (unset or blank: ``default``);
-    ``meaning`` is its line in docs/settings.md."""
-    return field(default=default, metadata={"env": env, "parse": parse, "meaning": meaning})
+    ``meaning`` is its line in docs/settings.md; ``flag``: the command-line option that
+    overrides it (the listener's)."""
+    return field(default=default, metadata={"env": env, "parse": parse, "meaning": meaning, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -139,12 +217,10 @@ class DeclaredSettings:
 
 
 @dataclass(frozen=True)
-class ServiceSettings:
-    """Everything else the service reads from the environment, read at start."""
+class StudySettings:
+    """What reading one study may cost, and where its patient's genomics and clinical
+    rows come from: the same variables for the HTTP service and the DICOM listener."""
 
-    max_upload_bytes: int = _setting(
-        "RADFUSION_MAX_UPLOAD_BYTES", byte_count, 1024**3, "largest request body accepted (413 beyond it)"
-    )
     max_study_bytes: int = _setting(
         "RADFUSION_MAX_STUDY_BYTES",
         byte_count,
@@ -155,7 +231,7 @@ class ServiceSettings:
         "RADFUSION_MAX_STUDY_FILES",
         positive_int,
         DEFAULT_MAX_MEMBERS,
-        "files one study may hold (and file fields one request may carry)",
+        "files one study may hold (for the service also: file fields one request may carry)",
     )
     study_max_voxels: int = _setting(
         "RADFUSION_STUDY_MAX_VOXELS",
@@ -169,13 +245,46 @@ class ServiceSettings:
         StudyBudget.max_decoded_bytes,
         "bytes one study's chosen series decodes to, refused from its headers (413 beyond it)",
     )
-    # Below the request timeout: the caller has its 504 by then, but the reading thread
-    # only stops at this budget.
+    # Below the service's request timeout: the caller has its 504 by then, but the
+    # reading thread only stops at this budget.
     study_max_seconds: int = _setting(
         "RADFUSION_STUDY_MAX_SECONDS",
         seconds,
         240,
         "longest one study may take to read and preprocess (413 beyond it)",
+    )
+    genomics_table: str | None = _setting(
+        "RADFUSION_GENOMICS_TABLE",
+        optional_path,
+        None,
+        "genomics table (Parquet/CSV) for studies that arrive alone (STOW-RS, C-STORE), looked up by PatientID",
+        "--genomics",
+    )
+    clinical_table: str | None = _setting(
+        "RADFUSION_CLINICAL_TABLE",
+        optional_path,
+        None,
+        "clinical table (patient_id + the model's covariates) for studies that arrive alone, looked up by PatientID",
+        "--clinical",
+    )
+
+    def study_budget(self) -> StudyBudget:
+        """What reading one uploaded, fetched or received study may cost (radfusion.limits)."""
+        return StudyBudget(
+            max_files=self.max_study_files,
+            max_bytes=self.max_study_bytes,
+            max_decoded_bytes=self.study_max_decoded_bytes,
+            max_voxels=self.study_max_voxels,
+            max_seconds=float(self.study_max_seconds),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceSettings(StudySettings):
+    """Everything else the service reads from the environment, read at start."""
+
+    max_upload_bytes: int = _setting(
+        "RADFUSION_MAX_UPLOAD_BYTES", byte_count, 1024**3, "largest request body accepted (413 beyond it)"
     )
     max_json_bytes: int = _setting(
         "RADFUSION_MAX_JSON_BYTES",
@@ -242,12 +351,6 @@ class ServiceSettings:
     explain_concurrency: int = _setting(
         "RADFUSION_EXPLAIN_CONCURRENCY", positive_int, 1, "explanations computed at once, beside the batcher"
     )
-    genomics_table: str | None = _setting(
-        "RADFUSION_GENOMICS_TABLE", optional_path, None, "genomics table for STOW-RS studies, looked up by PatientID"
-    )
-    clinical_table: str | None = _setting(
-        "RADFUSION_CLINICAL_TABLE", optional_path, None, "clinical table for STOW-RS studies, looked up by PatientID"
-    )
     dicomweb_allowed_urls: tuple[str, ...] = _setting(
         ALLOWED_URLS_ENV, url_list, (), "DICOMweb roots that /predict may fetch referenced studies from (none: refused)"
     )
@@ -301,16 +404,6 @@ class ServiceSettings:
             refine_windows=self.explain_refine_windows,
         )
 
-    def study_budget(self) -> StudyBudget:
-        """What reading one uploaded or fetched study may cost (radfusion.limits)."""
-        return StudyBudget(
-            max_files=self.max_study_files,
-            max_bytes=self.max_study_bytes,
-            max_decoded_bytes=self.study_max_decoded_bytes,
-            max_voxels=self.study_max_voxels,
-            max_seconds=float(self.study_max_seconds),
-        )
-
     def dicomweb_policy(self) -> DicomwebPolicy:
         """The allow-listed policy of DICOMweb references sent by callers."""
         return DicomwebPolicy(
@@ -323,6 +416,137 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
         return _from_env(cls, environ)
+
+
+@dataclass(frozen=True)
+class ListenerSettings(StudySettings):
+    """``radfusion listen``: each setting from its RADFUSION_* variable, overridden by its
+    flag. The study budget and patient tables are the service's variables."""
+
+    ae_title: str = _setting(
+        "RADFUSION_LISTEN_AE_TITLE", ae_title, "RADFUSION", "this listener's AE title", "--ae-title"
+    )
+    host: str = _setting("RADFUSION_LISTEN_HOST", host, "127.0.0.1", "address to listen on (0.0.0.0 for all)", "--host")
+    port: int = _setting("RADFUSION_LISTEN_PORT", tcp_port, 11112, "DICOM port", "--port")
+    allow_aet: tuple[str, ...] = _setting(
+        "RADFUSION_LISTEN_ALLOW_AET",
+        ae_titles,
+        (),
+        "calling AE titles allowed to associate, comma-separated (flag: repeat; none: any)",
+        "--allow-aet",
+    )
+    quiet_seconds: float = _setting(
+        "RADFUSION_LISTEN_QUIET_SECONDS",
+        positive_seconds,
+        30.0,
+        "a study is complete after this long without a new instance (counted from the start for what arrived before)",
+        "--quiet-seconds",
+    )
+    max_wait_seconds: float = _setting(
+        "RADFUSION_LISTEN_MAX_WAIT_SECONDS",
+        positive_seconds,
+        600.0,
+        "a quiet study whose headers show missing instances waits this long for them, then is scored with what "
+        "arrived and its SR says so",
+        "--max-wait-seconds",
+    )
+    report_failures: bool = _setting(
+        "RADFUSION_LISTEN_REPORT_FAILURES",
+        on_off,
+        True,
+        "on: send the PACS an SR saying why a study has no result",
+        "--report-failures",
+    )
+    keep_hours: float | None = _setting(
+        "RADFUSION_LISTEN_KEEP_HOURS",
+        hours_or_forever,
+        24.0,
+        "received instances and SR files are deleted this many hours after the study's result was sent or ran out "
+        "of attempts (0: at once; negative: kept for ever; applied to what earlier runs kept)",
+        "--keep-hours",
+    )
+    send_to: tuple[str, ...] = _setting(
+        "RADFUSION_LISTEN_SEND_TO",
+        dicom_peers,
+        (),
+        "DICOM peers (AET@HOST:PORT, comma-separated; flag: repeat) each SR is C-STOREd to",
+        "--send-to",
+    )
+    stow_url: str | None = _setting(
+        "RADFUSION_LISTEN_STOW_URL", dicomweb_root, None, "DICOMweb root each SR is STOW-RS'd to", "--stow-url"
+    )
+    stow_token: str | None = _setting(
+        "RADFUSION_STOW_TOKEN", secret, None, "bearer token sent with the SR to the STOW-RS destination"
+    )
+    send_saliency: bool = _setting(
+        "RADFUSION_LISTEN_SEND_SALIENCY",
+        on_off,
+        False,
+        "on: send a saliency map (DICOM Parametric Map on the scored series) with each SR (up to 1 + "
+        "RADFUSION_LISTEN_SALIENCY_WINDOWS model rows per study)",
+        "--send-saliency",
+    )
+    saliency_windows: int = _setting(
+        "RADFUSION_LISTEN_SALIENCY_WINDOWS",
+        positive_int,
+        ExplainSettings.max_windows,
+        "occlusion windows of the saliency map",
+        "--saliency-windows",
+    )
+    on_resend: str = _setting(
+        "RADFUSION_LISTEN_ON_RESEND",
+        one_of("ignore", "rescore"),
+        "ignore",
+        "instances of a scored study received again: ignore them or score it again as a new SR version "
+        "(instances it did not have always re-score it)",
+        "--on-resend",
+    )
+    max_attempts: int = _setting(
+        "RADFUSION_LISTEN_MAX_ATTEMPTS",
+        positive_int,
+        5,
+        "attempts to score and send before a study fails",
+        "--max-attempts",
+    )
+    retry_seconds: float = _setting(
+        "RADFUSION_LISTEN_RETRY_SECONDS",
+        positive_seconds,
+        10.0,
+        "first retry delay; doubles each attempt up to RADFUSION_LISTEN_RETRY_CAP_SECONDS",
+        "--retry-seconds",
+    )
+    retry_cap_seconds: float = _setting(
+        "RADFUSION_LISTEN_RETRY_CAP_SECONDS", positive_seconds, 600.0, "longest retry delay", "--retry-cap-seconds"
+    )
+    poll_seconds: float = _setting(
+        "RADFUSION_LISTEN_POLL_SECONDS", positive_seconds, 1.0, "how often pending work is checked", "--poll-seconds"
+    )
+    device: str = _setting(
+        "RADFUSION_LISTEN_DEVICE",
+        one_of("auto", "cpu", "cuda"),
+        "auto",
+        "where ONNX Runtime runs the model (auto: the GPU when its provider works)",
+        "--device",
+    )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, flags: Mapping[str, str | bool | list[str]] | None = None
+    ) -> ListenerSettings:
+        """The variables of ``environ``, then the ``flags`` given (field name -> the raw
+        flag value; a repeated flag's values, a switch's bool), each parsed as its
+        variable is; a bad flag's error names the flag."""
+        settings = _from_env(cls, environ)
+        values: dict[str, Any] = {}
+        by_name = {f.name: f for f in fields(cls)}
+        for name, raw in (flags or {}).items():
+            f = by_name[name]
+            if isinstance(raw, bool):
+                values[name] = raw
+            else:
+                text = ",".join(raw) if isinstance(raw, list) else raw
+                values[name] = f.metadata["parse"](f.metadata["flag"], text.strip()) if text.strip() else f.default
+        return replace(settings, **values)
 
 
 def declared_from_env(environ: Mapping[str, str] | None = None) -> DeclaredSettings:
@@ -339,21 +563,50 @@ def _from_env(cls: type[_S], environ: Mapping[str, str] | None) -> _S:
     return cls(**values)
 
 
+def shown_default(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value in (None, ()) else str(value)
+
+
+def listener_only_fields() -> list:
+    """The listener's own settings (those beyond the study settings it shares)."""
+    shared = {f.name for f in fields(StudySettings)}
+    return [f for f in fields(ListenerSettings) if f.name not in shared]
+
+
 def settings_markdown() -> str:
-    """docs/settings.md: every setting of the HTTP service, from the dataclasses above."""
+    """docs/settings.md: every setting of the HTTP service and the listener, from the
+    dataclasses above."""
     lines = [
-        "# HTTP service settings",
+        "# Settings of the HTTP service and the DICOM listener",
         "",
         "Generated from `radfusion.serving.settings` by `radfusion settings --markdown`; do not edit.",
-        "Read from the environment when the service starts (the first four when its classes are",
-        "declared); a value the service cannot use stops it with the variable's name.",
+        "Read from the environment when the process starts (the service's first four when its classes",
+        "are declared); a value that cannot be used stops it with the variable's name.",
+        "`radfusion settings --check` reads this environment's variables the same way.",
+        "",
+        "## HTTP service (`radfusion serve`, the bento)",
+        "",
+        "The study rows (`RADFUSION_MAX_STUDY_*`, `RADFUSION_STUDY_*`, the two tables) are read by the",
+        "listener too.",
         "",
         "| variable | default | meaning |",
         "|---|---|---|",
     ]
     for cls in (DeclaredSettings, ServiceSettings):
         for f in fields(cls):
-            default = f.default
-            shown = "on" if default is True else "none" if default in (None, ()) else str(default)
-            lines.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['meaning']} |")
+            lines.append(f"| `{f.metadata['env']}` | {shown_default(f.default)} | {f.metadata['meaning']} |")
+    lines += [
+        "",
+        "## DICOM listener (`radfusion listen`)",
+        "",
+        "A flag given on the command line overrides its variable.",
+        "",
+        "| variable | flag | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for f in listener_only_fields():
+        flag = f"`{f.metadata['flag']}`" if f.metadata["flag"] else ""
+        lines.append(f"| `{f.metadata['env']}` | {flag} | {shown_default(f.default)} | {f.metadata['meaning']} |")
     return "\n".join(lines) + "\n"

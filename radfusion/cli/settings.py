@@ -1,5 +1,6 @@
-"""``radfusion settings``: the HTTP service's RADFUSION_* settings with their defaults,
-from the settings dataclasses: ``radfusion settings --markdown > docs/settings.md``."""
+"""``radfusion settings``: the RADFUSION_* settings of the HTTP service and the DICOM
+listener with their defaults, from the settings dataclasses:
+``radfusion settings --markdown > docs/settings.md``."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from radfusion.errors import UserError
 
 
 def add_settings_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("settings", help="the HTTP service's RADFUSION_* settings (default, meaning)")
+    p = sub.add_parser("settings", help="the RADFUSION_* settings of the service and the listener (default, meaning)")
     p.add_argument("--markdown", action="store_true", help="print the table of docs/settings.md")
     p.add_argument(
         "--check",
         action="store_true",
-        help="read every RADFUSION_* variable of this environment as the service would: exit 1 naming a bad one",
+        help="read every RADFUSION_* variable of this environment as the service and the listener would: exit 1"
+        " naming a bad one",
     )
     p.set_defaults(func=_run)
 
@@ -24,9 +26,11 @@ def _run(args: argparse.Namespace) -> None:
 
     from radfusion.serving.settings import (
         DeclaredSettings,
+        ListenerSettings,
         ServiceSettings,
         SettingsError,
         declared_from_env,
+        listener_only_fields,
         settings_markdown,
     )
 
@@ -34,6 +38,7 @@ def _run(args: argparse.Namespace) -> None:
         try:
             ServiceSettings.from_env()
             declared_from_env()
+            ListenerSettings.from_env()
         except SettingsError as exc:
             raise UserError(str(exc), "fix the variable or unset it (radfusion settings lists them)") from exc
         print("settings: every RADFUSION_* variable set here is valid")
@@ -41,6 +46,5 @@ def _run(args: argparse.Namespace) -> None:
     if args.markdown:
         print(settings_markdown(), end="")
         return
-    for cls in (DeclaredSettings, ServiceSettings):
-        for f in fields(cls):
-            print(f"{f.metadata['env']}\t{f.default}\t{f.metadata['meaning']}")
+    for f in [*fields(DeclaredSettings), *fields(ServiceSettings), *listener_only_fields()]:
+        print(f"{f.metadata['env']}\t{f.default}\t{f.metadata['meaning']}")

@@ -14,102 +14,64 @@ import json
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from radfusion import log_privacy
 from radfusion.errors import UserError
-from radfusion.explain import ExplainSettings
-
-STOW_TOKEN_ENV = "RADFUSION_STOW_TOKEN"
 
 
 def _listen_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("listen", help="DICOM listener: C-STORE in, prediction SR back to the PACS")
+    from radfusion.serving.settings import ListenerSettings, shown_default
+
+    p = sub.add_parser(
+        "listen",
+        help="DICOM listener: C-STORE in, prediction SR back to the PACS",
+        description="Every option but --model and --work can also be set by its RADFUSION_* variable (shown in"
+        " brackets; docs/settings.md); the option wins.",
+    )
     p.add_argument("--model", required=True, help="ONNX model file (with its embedded contract)")
     p.add_argument("--work", required=True, help="folder for received instances, SRs and state.sqlite")
-    p.add_argument("--ae-title", default="RADFUSION", help="this listener's AE title (default RADFUSION)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all; default loopback)")
-    p.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112)")
-    p.add_argument(
-        "--allow-aet",
-        action="append",
-        default=[],
-        metavar="AET",
-        help="calling AE title allowed to associate (repeat; default: any)",
-    )
-    p.add_argument("--genomics", help="genomics table (Parquet/CSV) looked up by PatientID; without it: no genomics")
-    p.add_argument(
-        "--clinical",
-        help="clinical covariates (Parquet/CSV: patient_id + the model's covariate columns) "
-        "looked up by PatientID, for a model with a clinical block",
-    )
-    p.add_argument(
-        "--quiet-seconds",
-        type=float,
-        default=30.0,
-        help="a study is complete after this long without a new instance, counted from the listener's"
-        " start for what arrived before it (default 30)",
-    )
-    p.add_argument(
-        "--max-wait-seconds",
-        type=float,
-        default=600.0,
-        help="a quiet study whose headers show missing instances waits this long for them, then is scored"
-        " with what arrived and the SR says so (default 600)",
-    )
-    p.add_argument(
-        "--report-failures",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="send the PACS an SR saying why a study has no result (default: on)",
-    )
-    p.add_argument(
-        "--keep-hours",
-        type=float,
-        default=24.0,
-        help="retention of received instances (and SR files): deleted this many hours after the study's result"
-        " (prediction SR or failure report) was sent or ran out of attempts; 0: as soon as it is sent;"
-        " negative: kept for ever. A restarted listener applies it to what earlier runs kept (default 24)",
-    )
-    p.add_argument(
-        "--send-to",
-        action="append",
-        default=[],
-        metavar="AET@HOST:PORT",
-        help="C-STORE the SR to this DICOM peer (repeatable)",
-    )
-    p.add_argument(
-        "--send-saliency",
-        action="store_true",
-        help="send a saliency map (DICOM Parametric Map of where the model looked, on the scored series)"
-        " with each SR; costs up to 1 + --saliency-windows model rows per study (default: off)",
-    )
-    p.add_argument(
-        "--saliency-windows",
-        type=int,
-        default=ExplainSettings.max_windows,
-        help=f"occlusion windows of the saliency map (default {ExplainSettings.max_windows})",
-    )
-    p.add_argument("--stow-url", help=f"STOW-RS the SR to this DICOMweb root (bearer token from ${STOW_TOKEN_ENV})")
-    p.add_argument(
-        "--on-resend",
-        choices=["ignore", "rescore"],
-        default="ignore",
-        help="instances of a scored study received again: ignore them (default) or score it again as a new"
-        " SR version (instances it did not have always re-score it)",
-    )
-    p.add_argument(
-        "--max-attempts", type=int, default=5, help="attempts to score/send before a study fails (default 5)"
-    )
-    p.add_argument(
-        "--retry-seconds",
-        type=float,
-        default=10.0,
-        help="first retry delay; doubles each attempt, capped at --retry-cap-seconds (default 10)",
-    )
-    p.add_argument("--retry-cap-seconds", type=float, default=600.0)
-    p.add_argument("--poll-seconds", type=float, default=1.0, help="how often pending work is checked (default 1)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    # One option per setting, from the settings class: its variable and default in the
+    # help, no default of its own (an absent option leaves the variable's value).
+    for f in fields(ListenerSettings):
+        flag = f.metadata["flag"]
+        if not flag:
+            continue
+        shown = f"[{f.metadata['env']}; default {shown_default(f.default)}]"
+        if f.type in ("bool", bool) and f.default is False:
+            p.add_argument(
+                flag,
+                dest=f.name,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=f"{f.metadata['meaning']} {shown}",
+            )
+        elif f.type in ("bool", bool):
+            p.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{f.metadata['meaning']} {shown}",
+            )
+        elif str(f.type).startswith("tuple"):
+            p.add_argument(
+                flag,
+                dest=f.name,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar=flag.lstrip("-").upper().replace("-", "_"),
+                help=f"{f.metadata['meaning']} {shown}",
+            )
+        else:
+            p.add_argument(
+                flag,
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                metavar=flag.lstrip("-").upper().replace("-", "_"),
+                help=f"{f.metadata['meaning']} {shown}",
+            )
 
 
 def _status_parser(sub: argparse._SubParsersAction) -> None:
@@ -131,19 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _listen(args: argparse.Namespace) -> None:
+    from radfusion.serving.settings import ListenerSettings, SettingsError
+
     # What was given, checked before anything is imported, opened or bound: one line
     # each (radfusion listen: <problem>; <what to do>).
+    given = {f.name: getattr(args, f.name) for f in fields(ListenerSettings) if hasattr(args, f.name)}
+    try:
+        settings = ListenerSettings.from_env(os.environ, given)
+    except SettingsError as exc:
+        sys.exit(f"radfusion listen: {exc}; fix the option or variable (radfusion listen --help lists them)")
     if not Path(args.model).is_file():
         sys.exit(f"radfusion listen: no model file at {args.model}; give the .onnx file radfusion export wrote")
     if Path(args.work).exists() and not Path(args.work).is_dir():
         sys.exit(f"radfusion listen: --work {args.work} is a file; give a folder for the listener's state")
-    for flag, table in (("--genomics", args.genomics), ("--clinical", args.clinical)):
+    for flag, table in (("--genomics", settings.genomics_table), ("--clinical", settings.clinical_table)):
         if table and not Path(table).is_file():
             sys.exit(f"radfusion listen: {flag} {table}: no such file; give the table's path (Parquet or CSV)")
     from radfusion.runtime import require_gpu_provider
 
     try:
-        require_gpu_provider(args.device)
+        require_gpu_provider(settings.device)
     except UserError as exc:
         sys.exit(f"radfusion listen: {exc}")
 
@@ -153,31 +122,28 @@ def _listen(args: argparse.Namespace) -> None:
     from radfusion.serving.pacs.state import OnResend
     from radfusion.serving.patients import PatientTableError
 
-    try:
-        peers = [DicomPeer.parse(text) for text in args.send_to]
-    except ValueError as exc:
-        sys.exit(f"radfusion listen: --send-to {exc}")
     config = ListenerConfig(
         model=Path(args.model),
         work=Path(args.work),
-        ae_title=args.ae_title,
-        host=args.host,
-        port=args.port,
-        allowed_calling=args.allow_aet,
-        genomics=Path(args.genomics) if args.genomics else None,
-        clinical=Path(args.clinical) if args.clinical else None,
-        quiet_seconds=args.quiet_seconds,
-        max_wait_seconds=args.max_wait_seconds,
-        report_failures=args.report_failures,
-        keep_hours=None if args.keep_hours < 0 else args.keep_hours,
-        send_to=peers,
-        stow_url=args.stow_url,
-        stow_token=os.environ.get(STOW_TOKEN_ENV) or None,
-        on_resend=OnResend(args.on_resend),
-        retry=RetryPolicy(args.max_attempts, args.retry_seconds, args.retry_cap_seconds),
-        poll_seconds=args.poll_seconds,
-        device=args.device,
-        saliency_windows=args.saliency_windows if args.send_saliency else None,
+        ae_title=settings.ae_title,
+        host=settings.host,
+        port=settings.port,
+        allowed_calling=list(settings.allow_aet),
+        genomics=Path(settings.genomics_table) if settings.genomics_table else None,
+        clinical=Path(settings.clinical_table) if settings.clinical_table else None,
+        quiet_seconds=settings.quiet_seconds,
+        max_wait_seconds=settings.max_wait_seconds,
+        report_failures=settings.report_failures,
+        keep_hours=settings.keep_hours,
+        budget=settings.study_budget(),
+        send_to=[DicomPeer.parse(text) for text in settings.send_to],
+        stow_url=settings.stow_url,
+        stow_token=settings.stow_token,
+        on_resend=OnResend(settings.on_resend),
+        retry=RetryPolicy(settings.max_attempts, settings.retry_seconds, settings.retry_cap_seconds),
+        poll_seconds=settings.poll_seconds,
+        device=settings.device,
+        saliency_windows=settings.saliency_windows if settings.send_saliency else None,
     )
     try:
         run_listener(config)

@@ -143,6 +143,26 @@ MISTAKES = [
         "listen",
         "no model file",
     ),
+    Mistake(
+        "listen-port-out-of-range",
+        ("listen", "--model", "{tmp}/missing.onnx", "--work", "{tmp}/pacs", "--port", "99999"),
+        "listen",
+        "--port: expected a TCP port",
+    ),
+    Mistake(
+        "listen-bad-destination-variable",
+        ("listen", "--model", "{tmp}/missing.onnx", "--work", "{tmp}/pacs"),
+        "listen",
+        "RADFUSION_LISTEN_SEND_TO: expected AET@HOST:PORT",
+        env=(("RADFUSION_LISTEN_SEND_TO", "ORTHANC@pacs.local"),),
+    ),
+    Mistake(
+        "settings-check-listener-variable",
+        ("settings", "--check"),
+        "settings",
+        "RADFUSION_STUDY_MAX_SECONDS: expected a positive integer",
+        env=(("RADFUSION_STUDY_MAX_SECONDS", "-5"),),
+    ),
     Mistake("pacs-status-no-listener", ("pacs-status", "--work", "{tmp}"), "pacs-status", "no listener state"),
     Mistake(
         "train-config-missing",

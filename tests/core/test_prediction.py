@@ -35,7 +35,7 @@ def test_classification_is_the_arg_max_of_the_probabilities() -> None:
     }
     assert prediction.columns() == {
         "predicted_label": "responder",
-        "prob_non-responder": pytest.approx(0.3),
+        "prob_non_responder": pytest.approx(0.3),
         "prob_responder": pytest.approx(0.7),
     }
     assert prediction.risk_score is None and prediction.survival == () and prediction.summary() == "responder"
@@ -82,7 +82,7 @@ def test_discrete_survival_is_a_curve_over_the_time_bins() -> None:
     }
     fractional = dataclasses.replace(DISCRETE, time_bins=[1.5, 3.0, 4.25])
     names = [name for name, _ in output_columns(fractional)]
-    assert names == ["risk_score", "survival_1.5", "survival_3", "survival_4.25"]
+    assert names == ["risk_score", "survival_1_5", "survival_3", "survival_4_25"]
 
 
 @pytest.mark.parametrize("task", [CLASSIFICATION, MULTILABEL, COX, DISCRETE], ids=lambda c: c.task)
@@ -117,3 +117,13 @@ def test_a_prediction_is_immutable_and_unknown_survival_forms_are_refused() -> N
         prediction.risk_score = 2.0  # type: ignore[misc]
     with pytest.raises(ValueError, match="unknown survival task"):
         Prediction.from_outputs(contract("survival:weibull", ["x"]), np.array([0.1]))
+
+
+def test_output_columns_are_sql_names_and_a_clash_is_refused() -> None:
+    from radfusion.prediction import prob_column, sql_name
+
+    assert prob_column("Non-Responder (PD)") == "prob_non_responder_pd"
+    assert sql_name("1.5") == "1_5"
+    clashing = contract("classification:response", ["non-responder", "Non Responder"])
+    with pytest.raises(ValueError, match=r"same output column\(s\) \['prob_non_responder'\]"):
+        output_columns(clashing)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from radfusion.prediction import prob_column
 from tests.fuzz.harness import answer_outcome, assert_kept, leaks, scorer_outcomes
 from tests.support.mutations import ONE, PREDICT, SCORER, Corpus, build_corpus
 
@@ -28,11 +29,11 @@ def conforming_rows(corpus: Corpus) -> pd.DataFrame:
         expect = item.expect[SCORER]
         for uid in item.study_uids:
             row = {"study_instance_uid": uid, "predicted_label": None, "error": None}
-            row.update({f"prob_{label}": math.nan for label in LABELS})
+            row.update({prob_column(label): math.nan for label in LABELS})
             if expect.outcome == "error":
                 row["error"] = f"{min(expect.kinds, default='corrupt_dicom')}: planted by the harness test"
             else:
-                row.update({"prob_non-responder": 0.25, "prob_responder": 0.75, "predicted_label": "responder"})
+                row.update({"prob_non_responder": 0.25, "prob_responder": 0.75, "predicted_label": "responder"})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -56,7 +57,7 @@ def test_every_broken_scorer_promise_is_caught(fuzz_corpus: Corpus) -> None:
     rows.loc[good[0], "prob_responder"] = math.nan
     rows.loc[good[1], "error"] = "bad_input: generic"
     rows.loc[good[2], "error"] = "no kind at all"
-    rows.loc[must_fail, ["error", "predicted_label", "prob_responder", "prob_non-responder"]] = [
+    rows.loc[must_fail, ["error", "predicted_label", "prob_responder", "prob_non_responder"]] = [
         None,
         "responder",
         0.5,

@@ -15,8 +15,10 @@ from radfusion.limits import StudyBudget
 from radfusion.serving.orphans import LAUNCHER_PID_ENV
 from radfusion.serving.settings import (
     DeclaredSettings,
+    ListenerSettings,
     ServiceSettings,
     SettingsError,
+    StudySettings,
     declared_from_env,
     settings_markdown,
 )
@@ -159,7 +161,9 @@ def test_importing_the_service_reads_no_service_setting() -> None:
     allowed = {*_env_names(DeclaredSettings), "RADFUSION_MODEL", LAUNCHER_PID_ENV}
     assert set(_env_names(DeclaredSettings)) <= read <= allowed, read
     assert read.isdisjoint(_env_names(ServiceSettings))
-    with pytest.raises(SettingsError, match="RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes"):
+    # The first field read at start is the first to fail.
+    first = _env_names(ServiceSettings)[0]
+    with pytest.raises(SettingsError, match=f"{first}: expected .*, got 'garbage'"):
         ServiceSettings.from_env(env)
 
 
@@ -175,3 +179,72 @@ def test_committed_settings_docs_equal_the_generated_table() -> None:
     assert "`RADFUSION_MAX_UPLOAD_BYTES` | 1073741824 |" in generated
     committed = (ROOT / "docs" / "settings.md").read_text()
     assert committed == generated, "docs/settings.md is stale: radfusion settings --markdown > docs/settings.md"
+
+
+def test_listener_reads_its_variables_and_its_flags_win() -> None:
+    env = {
+        "RADFUSION_LISTEN_PORT": "104",
+        "RADFUSION_LISTEN_AE_TITLE": " SCORER ",
+        "RADFUSION_LISTEN_SEND_TO": "ORTHANC@127.0.0.1:4242, ARCHIVE@pacs.local:104",
+        "RADFUSION_LISTEN_KEEP_HOURS": "-1",
+        "RADFUSION_LISTEN_REPORT_FAILURES": "off",
+        "RADFUSION_STUDY_MAX_VOXELS": "1000000",
+        "RADFUSION_GENOMICS_TABLE": "genomics.parquet",
+    }
+    settings = ListenerSettings.from_env(env)
+    assert (settings.port, settings.ae_title, settings.keep_hours, settings.report_failures) == (
+        104,
+        "SCORER",
+        None,
+        False,
+    )
+    assert settings.send_to == ("ORTHANC@127.0.0.1:4242", "ARCHIVE@pacs.local:104")
+    # The study budget and the tables are the service's variables, read the same way.
+    assert settings.study_budget().max_voxels == 1_000_000 == ServiceSettings.from_env(env).study_budget().max_voxels
+    assert settings.genomics_table == "genomics.parquet"
+
+    given = ListenerSettings.from_env(
+        env, {"port": "11113", "send_to": ["A@127.0.0.1:1"], "report_failures": True, "keep_hours": "0"}
+    )
+    assert (given.port, given.send_to, given.report_failures, given.keep_hours) == (
+        11113,
+        ("A@127.0.0.1:1",),
+        True,
+        0.0,
+    )
+    assert given.ae_title == "SCORER"  # no flag: the variable stays
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "named"),
+    [
+        ({"RADFUSION_LISTEN_PORT": "70000"}, {}, "RADFUSION_LISTEN_PORT: expected a TCP port"),
+        ({}, {"port": "x"}, "--port: expected a TCP port"),
+        ({"RADFUSION_LISTEN_AE_TITLE": "A" * 17}, {}, "RADFUSION_LISTEN_AE_TITLE: expected an AE title"),
+        ({}, {"allow_aet": ["OK", "BAD\\AET"]}, "--allow-aet: expected an AE title"),
+        ({"RADFUSION_LISTEN_SEND_TO": "PACS@host"}, {}, "RADFUSION_LISTEN_SEND_TO: expected AET@HOST:PORT"),
+        ({}, {"send_to": ["PACS@host:99999"]}, "--send-to: expected AET@HOST:PORT"),
+        ({"RADFUSION_LISTEN_QUIET_SECONDS": "nan"}, {}, "RADFUSION_LISTEN_QUIET_SECONDS: expected a positive number"),
+        ({}, {"retry_seconds": "0"}, "--retry-seconds: expected a positive number"),
+        ({"RADFUSION_LISTEN_KEEP_HOURS": "inf"}, {}, "RADFUSION_LISTEN_KEEP_HOURS: expected a number of hours"),
+        ({}, {"on_resend": "always"}, "--on-resend: expected one of ignore, rescore"),
+        ({"RADFUSION_LISTEN_DEVICE": "tpu"}, {}, "RADFUSION_LISTEN_DEVICE: expected one of auto, cpu, cuda"),
+        ({"RADFUSION_STUDY_MAX_SECONDS": "1.5"}, {}, "RADFUSION_STUDY_MAX_SECONDS: expected a positive integer"),
+        ({"RADFUSION_LISTEN_STOW_URL": "ftp://pacs/"}, {}, "RADFUSION_LISTEN_STOW_URL: expected a DICOMweb root"),
+    ],
+)
+def test_a_bad_listener_value_names_its_variable_or_flag(env: dict, flags: dict, named: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        ListenerSettings.from_env(env, flags)
+    assert str(error.value).startswith(named), str(error.value)
+
+
+def test_every_listener_option_has_its_setting() -> None:
+    from radfusion.serving.pacs.cli import build_parser
+
+    listen = build_parser()._subparsers._group_actions[0].choices["listen"]  # type: ignore[union-attr]
+    options = {o for action in listen._actions for o in action.option_strings}
+    flags = {f.metadata["flag"] for f in fields(ListenerSettings) if f.metadata["flag"]}
+    assert flags <= options
+    assert options - flags - {"--no-report-failures"} == {"-h", "--help", "--model", "--work"}
+    assert {f.name for f in fields(StudySettings)} < {f.name for f in fields(ListenerSettings)}

@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 
 from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
+from radfusion.prediction import prob_column
 from radfusion.predictor import Predictor
 from radfusion.serving.scoring import inference, writer
 from radfusion.serving.scoring.rows import TIMING_COLUMNS
@@ -107,13 +108,13 @@ def test_one_row_per_study_and_the_broken_one_fails(archive, scored, tiny_cohort
 
     ok = rows[rows["study_instance_uid"] != broken_uid]
     assert ok["error"].isna().all()
-    total = ok["prob_non-responder"] + ok["prob_responder"]
+    total = ok["prob_non_responder"] + ok["prob_responder"]
     np.testing.assert_allclose(total, 1.0, atol=TOL)
     assert (ok["model_name"] == "tiny-fusion").all() and (ok["model_version"] == "0.0.1-test").all()
     assert (ok["prepare_seconds"] > 0).all() and (ok["infer_seconds"] > 0).all()
     studies = find_studies(dicom_root).studies
     assert [len(studies[uid].instances) for uid in rows["study_instance_uid"]] == list(rows["n_instances"])
-    argmax = np.where(ok["prob_responder"] > ok["prob_non-responder"], "responder", "non-responder")
+    argmax = np.where(ok["prob_responder"] > ok["prob_non_responder"], "responder", "non-responder")
     assert list(ok["predicted_label"]) == list(argmax)
 
     table = load_genomics_table(tiny_cohort / "genomics.parquet")
@@ -134,7 +135,7 @@ def test_schema_is_fixed(scored) -> None:
         "series_rejected",
         "geometry_corrections",
         "predicted_label",
-        "prob_non-responder",
+        "prob_non_responder",
         "prob_responder",
         "modalities_used",
         "imputed_features",
@@ -173,7 +174,7 @@ def test_rows_equal_predictor(archive, scored, tiny_cohort: Path, tiny_onnx_mode
         assert row["absent_blocks"] == ",".join(expected["imputation"]["absent_blocks"])
         assert json.loads(row["imputation"]) == expected["imputation"]["blocks"]
         for label, p in expected["probabilities"].items():
-            assert row[f"prob_{label}"] == pytest.approx(p, abs=TOL)
+            assert row[prob_column(label)] == pytest.approx(p, abs=TOL)
 
 
 def test_batch_size_and_workers_do_not_change_answers(

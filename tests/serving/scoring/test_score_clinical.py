@@ -16,6 +16,7 @@ import pytest
 
 from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
+from radfusion.prediction import prob_column
 from radfusion.predictor import Predictor
 from radfusion.serving.scoring.rows import TIMING_COLUMNS
 from radfusion.serving.scoring.score import PatientTableError, score_archive
@@ -118,7 +119,7 @@ def test_covariates_are_joined_by_patient_and_rows_equal_the_predictor(
         expected = predictor.predict([case])[0]
         assert row["modalities_used"].split(",") == expected["modalities_used"]
         for label, p in expected["probabilities"].items():
-            assert row[f"prob_{label}"] == pytest.approx(p, abs=TOL)
+            assert row[prob_column(label)] == pytest.approx(p, abs=TOL)
 
 
 def test_the_covariates_change_the_answer(scored, models, patients, tiny_cohort: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
+from radfusion.prediction import prob_column
 from radfusion.predictor import Predictor
 from radfusion.serving.scoring import inference
 from radfusion.serving.scoring.score import score_archive
@@ -117,7 +118,7 @@ def test_multilabel_writes_the_predicted_set(models, tiny_cohort: Path, tmp_path
     for uid, answer in predictor_answers(models["multilabel:drugs"], tiny_cohort).items():
         assert list(rows.loc[uid, "predicted_labels"]) == answer["predicted_labels"]
         for label, p in answer["probabilities"].items():
-            assert rows.loc[uid, f"prob_{label}"] == pytest.approx(p, abs=TOL)
+            assert rows.loc[uid, prob_column(label)] == pytest.approx(p, abs=TOL)
 
 
 def test_a_nan_output_is_the_study_error_row(models, tiny_cohort: Path, tmp_path: Path, monkeypatch) -> None:

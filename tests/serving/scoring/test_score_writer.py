@@ -18,7 +18,7 @@ IDENTITY = {"model": "tiny-fusion:0.0.1-test", "model_sha256": "ab" * 32}
 
 def row(contract: ModelContract, uid: str, n: int, error: str | None = None, p: float = 0.5) -> dict:
     r = new_row(contract, uid, "P", n)
-    r.update({"prob_responder": p, "prob_non-responder": 1 - p, "error": error})
+    r.update({"prob_responder": p, "prob_non_responder": 1 - p, "error": error})
     return r
 
 
