@@ -133,11 +133,13 @@ def export(
     network, or a linear classical baseline (training.cv.affine.AFFINE_BASELINES)
     fitted on its training patients, under the same contract; ``conformal_coverage``:
     a classification network's prediction sets (radfusion.conformal; None: none)."""
+    log.info("export: loading the checkpoint and its cohort")
     module = load_module(checkpoint)
     contract = build_contract(module, checkpoint)
     dm = load_datamodule(checkpoint, cohort_dir)
     net, baseline = module.net, None
     if model != NETWORK:
+        log.info("export: fitting the %s baseline on the training patients", model)
         from radfusion.training.cv.affine import fit_affine_baseline, missing_in_training, trained_groups
 
         net, baseline = fit_affine_baseline(model, module.net, module.task.kind, dm)
@@ -149,6 +151,7 @@ def export(
     if baseline is None and has_benefit(module):
         # Refits the treatment term (before the temperature: it changes the logits) and
         # gives the benefit intervals the treatment ranking's switch rule reads.
+        log.info("export: refitting the treatment term")
         contract.treatment_benefit = fit_benefit(net, fitting_cases(dm))
     # A logistic baseline is fitted on the validation patients too, by likelihood: its
     # probabilities are its own, not recalibrated on patients it has seen.
@@ -157,24 +160,30 @@ def export(
         # level goes into the exported graph); serving divides the logits by the temperature.
         from radfusion.training.evidence.calibration import calibrate
 
+        log.info("export: fitting the temperature on the validation patients")
         contract.temperature = calibrate(net, dm)
     if calibrate and module.task.kind == "multilabel" and baseline is None:
         from radfusion.training.evidence.calibration import calibrate_labels
 
+        log.info("export: fitting a temperature per label on the validation patients")
         contract.label_temperatures = calibrate_labels(net, dm)
     if conformal_coverage and module.task.kind == "classification" and baseline is None:
         # Not for a baseline: it was fitted on the validation patients the sets are calibrated on.
         from radfusion.training.evidence.conformal import fit_conformal
 
+        log.info("export: calibrating the prediction sets (coverage %g)", conformal_coverage)
         contract.conformal = fit_conformal(net, dm, contract.temperature, conformal_coverage)
     if contract.clinical is not None and contract.clinical.treatment:
         # Serving recommends with the very rule and margin the evidence report measured.
         contract.clinical.switch_margin = default_margin(contract.treatment_benefit is not None)
+    log.info("export: feature importance on up to %d validation cases", importance_cases)
     importance = export_importance(net, module.task.kind, dm, importance_cases)
     contract.feature_importance = importance.features
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
+    log.info("export: writing the ONNX graph")
     export_onnx(net, contract, tmp)
+    log.info("export: checking ONNX Runtime against PyTorch")
     diff = parity_check(net, tmp, dm)
     if not diff <= tolerance:
         tmp.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ holds the validation report; training reads all three (training/data.py ``manife
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,15 +50,21 @@ class Manifest:
     report: dict
 
 
+log = logging.getLogger(__name__)
+
+
 def build_manifest(inputs: ManifestInputs) -> Manifest:
     contract = _read_contract(inputs.contract) if inputs.contract is not None else None  # fail before the slow part
+    log.info("reading the DICOM tree")
     studies = index_cohort_studies(inputs.dicom, inputs.rules, inputs.verify_pixels)
+    log.info("reading the clinical table")
     clinical, clinical_repeats = read_clinical(inputs.clinical, list(inputs.outcomes))
     blocks = []
     if any(v is not None for v in (inputs.omics.expression, inputs.omics.maf, inputs.omics.vcf, inputs.omics.cnv)):
         if inputs.sample_map is None:
             raise ValueError("omics files need a sample map (sample_id -> patient_id): IDs are never guessed")
         sample_map = read_sample_map(inputs.sample_map)
+        log.info("reading the omics files")
         blocks = read_blocks(inputs.omics, sample_map)
     mapped = map_blocks(blocks, sample_map) if blocks else []
     genomics = join_patient_blocks([m.values for m in mapped])

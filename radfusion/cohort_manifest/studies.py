@@ -9,6 +9,7 @@ geometry) is optional because it costs a full read of every chosen series."""
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,10 @@ class StudyIndex:
     n_studies: int = 0
 
 
+log = logging.getLogger(__name__)
+PROGRESS_STUDIES = 200  # studies between two progress lines
+
+
 def index_cohort_studies(
     dicom_root: Path | str,
     rules: SelectionRules | None = None,
@@ -52,8 +57,15 @@ def index_cohort_studies(
     root = Path(dicom_root)
     rules = rules or SelectionRules()
     discovery = find_studies(root)
+    log.info(
+        "%d studies found; choosing each one's main series%s",
+        len(discovery.studies),
+        " (reading pixels)" if verify_pixels else "",
+    )
     candidates, rejected = [], []
-    for uid, study in sorted(discovery.studies.items()):
+    for n, (uid, study) in enumerate(sorted(discovery.studies.items()), 1):
+        if n % PROGRESS_STUDIES == 0:
+            log.info("series chosen for %d of %d studies", n, len(discovery.studies))
         if not study.patient_id.strip():
             rejected.append(
                 {

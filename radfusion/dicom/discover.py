@@ -12,6 +12,7 @@ inform the choice of series (SeriesNumber, SliceThickness, ImageOrientationPatie
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ NOT_AN_IMAGE = "DICOM object without an image"
 
 # Storage classes that never carry a diagnostic volume (secondary capture and friends).
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+log = logging.getLogger(__name__)
+PROGRESS_FILES = 2000  # header reads between two progress lines
 
 
 @dataclass(frozen=True)
@@ -213,9 +217,15 @@ def find_studies(root: Path | str) -> Discovery:
     """Walk ``root`` (folders, zip archives, DICOMDIR) and group every readable DICOM
     image instance by study. Files are visited in sorted order so the result is
     deterministic."""
-    files, skipped_inputs = list_inputs(Path(root))
-    headers, skipped = read_headers(files)
-    skipped = skipped_inputs + skipped
+    files, skipped = list_inputs(Path(root))
+    headers: list[InstanceHeader] = []
+    # In parts, so a large archive shows progress (minutes of header reads otherwise silent).
+    for start in range(0, len(files), PROGRESS_FILES):
+        part_headers, part_skipped = read_headers(files[start : start + PROGRESS_FILES])
+        headers += part_headers
+        skipped += part_skipped
+        if len(files) > PROGRESS_FILES:
+            log.info("DICOM headers: %d of %d files read", min(start + PROGRESS_FILES, len(files)), len(files))
     studies: dict[str, StudyFiles] = {}
     for header in headers:
         study = studies.setdefault(header.study_uid, StudyFiles(header.study_uid, header.patient_id))
