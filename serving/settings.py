@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from radfusion.explain import REFINE_MIN_WINDOWS, ExplainSettings
 from radfusion.limits import StudyBudget
@@ -460,7 +460,7 @@ class ListenerSettings(StudySettings):
     keep_hours: float | None = _setting(
         "RADFUSION_LISTEN_KEEP_HOURS",
         hours_or_forever,
-        24.0,
+        cast("float | None", 24.0),
         "received instances and SR files are deleted this many hours after the study's result was sent or ran out "
         "of attempts (0: at once; negative: kept for ever; applied to what earlier runs kept)",
         "--keep-hours",

@@ -15,13 +15,14 @@ import logging
 import os
 from pathlib import Path
 
-import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.tuner import Tuner
 
 from radfusion.errors import UserError
+from radfusion.training import curves
 from radfusion.training.checkpoints import ResumeCheckpoint
 from radfusion.training.data import RadfusionDataModule
 from radfusion.training.module import FinalWeights, FusionModule
@@ -49,7 +50,6 @@ class RadfusionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        check_subcommand(self.subcommand, self.model_class, self.datamodule_class)
         check_paths(config, self.subcommand)
         logger = config.trainer.logger
         if isinstance(logger, Namespace) and logger.class_path.endswith("MLFlowLogger"):
@@ -74,37 +74,23 @@ class RadfusionCLI(LightningCLI):
         path = best_checkpoint(self.trainer)
         if path is not None and self.trainer.is_global_zero:
             print(f"best checkpoint: {path}", flush=True)
+        if self.trainer.is_global_zero:
+            write_training_curves(self.trainer)
 
+    def after_predict(self) -> None:
+        # Each process writes the patients it predicted; the path is the line on stdout.
+        from radfusion.training.predictions import write_predictions
 
-# What a subcommand needs beyond fit's: (module hooks, data module hooks), and the
-# command that does its work meanwhile.
-SUBCOMMAND_NEEDS = {
-    "predict": (
-        ("predict_step",),
-        ("predict_dataloader",),
-        "use radfusion export, then radfusion score or serve, to predict with a trained model",
-    ),
-}
-
-
-def check_subcommand(subcommand: str | None, model_class: type, datamodule_class: type) -> None:
-    """A subcommand the model or data module cannot run (Lightning would stop with a
-    MisconfigurationException after building everything): a UserError naming the
-    command that does it."""
-    if subcommand not in SUBCOMMAND_NEEDS:
-        return
-    module_hooks, data_hooks, instead = SUBCOMMAND_NEEDS[subcommand]
-    missing = [
-        f"{cls.__name__}.{hook}"
-        for cls, parent, hooks in (
-            (model_class, L.LightningModule, module_hooks),
-            (datamodule_class, L.LightningDataModule, data_hooks),
+        trainer = self.trainer
+        path = write_predictions(
+            self.model,
+            trainer.predict_loop.predictions,
+            trainer.ckpt_path,
+            Path(trainer.default_root_dir),
+            trainer.global_rank,
+            trainer.world_size,
         )
-        for hook in hooks
-        if getattr(cls, hook, None) is getattr(parent, hook, None)  # not overridden
-    ]
-    if missing:
-        raise UserError(f"{subcommand} needs {' and '.join(missing)}, which radfusion does not define", instead)
+        print(f"predictions: {path}", flush=True)
 
 
 def check_paths(config: Namespace, subcommand: str | None) -> None:
@@ -146,6 +132,21 @@ def check_paths(config: Namespace, subcommand: str | None) -> None:
             "give a checkpoint radfusion train wrote (<run>/checkpoints/best.ckpt or last.ckpt), "
             "or --ckpt_path last to resume the run in --trainer.default_root_dir",
         )
+
+
+def write_training_curves(trainer) -> Path | None:
+    """training_curves.png in the run folder (trainer.default_root_dir) from the CSV
+    logger's metrics, every version of the run stitched (training/curves.py). Never
+    fails the fit: no metrics, or a figure that cannot be drawn, is a warning."""
+    logs = next((Path(lg.log_dir).parent for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+    if logs is None:
+        log.warning("no training curves: the run has no CSV logger (trainer.logger) to draw them from")
+        return None
+    try:
+        return curves.write_curves(Path(trainer.default_root_dir), logs)
+    except Exception as exc:  # noqa: BLE001 - the model is trained and saved: a figure must not fail the fit
+        log.warning("no training curves: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def best_checkpoint(trainer) -> Path | None:

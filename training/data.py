@@ -418,6 +418,10 @@ class RadfusionDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        # `radfusion train predict`: the held-out patients, as `test` measures them.
+        return self._loader("test", shuffle=False)
+
 
 def collate(items: list[dict]) -> dict:
     return {

@@ -1,9 +1,10 @@
 """`radfusion evaluate`: held-out (test split) metrics for several checkpoints on the
-same split, overall and per modality-presence pattern, as JSON and a Markdown table:
-one row per model (a fusion strategy or a unimodal baseline), columns pattern x
-metric. Classification and multi-label models get AUROC (torchmetrics); survival
-models the concordance index (lifelines) and the time-dependent AUC at the model's
-horizons (cumulative/dynamic, scikit-learn), whose mean is the table's td-AUC.
+same split, overall and per modality-presence pattern, as JSON and a Markdown table
+(and the table as a plot, evaluation.png): one row per model (a fusion strategy or a
+unimodal baseline), columns pattern x metric. Classification and multi-label models
+get AUROC (torchmetrics); survival models the concordance index (lifelines) and the
+time-dependent AUC at the model's horizons (cumulative/dynamic, scikit-learn), whose
+mean is the table's td-AUC.
 
 By default the classical baselines (penalised Cox / logistic, a forest or gradient
 boosting: training/cv/baselines.py) are fitted on each model's own split and table
@@ -21,6 +22,7 @@ draw of floats and initial weights, not only on the strategy."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,9 @@ from radfusion.training.tasks import SurvivalTask, concordance, time_dependent_a
 PATTERNS = {"observed": None, "image_only": ("image",), "genomics_only": ("genomics",)}
 PATTERN_TITLES = {"observed": "all", "image_only": "image only", "genomics_only": "genomics only"}
 METRIC_TITLES = {"auroc": "AUROC", "cindex": "C-index", "td_auc": "td-AUC"}
+FIGURE_FILE = "evaluation.png"  # beside metrics.json
+
+log = logging.getLogger(__name__)
 
 
 def pattern_mask(net, keep: tuple[str, ...]) -> torch.Tensor:
@@ -157,7 +162,22 @@ def evaluate(
         results.update(rows)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     (out_dir / "metrics.md").write_text(markdown_table(results))
+    write_figure(results, out_dir / FIGURE_FILE)
     return results
+
+
+def write_figure(results: dict, path: Path) -> Path | None:
+    """The table as a plot (training/report/figures.py): each model's metric per
+    presence pattern, the baselines' bootstrap intervals, the seeds' values. The
+    metrics are written already: a figure that cannot be drawn is a warning."""
+    from radfusion.training.report.figures import evaluation
+
+    try:
+        path.write_bytes(evaluation(results))
+    except (ValueError, OSError) as exc:
+        log.warning("no %s: %s", path.name, exc)
+        return None
+    return path
 
 
 def headline_metric(module) -> str:

@@ -117,6 +117,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(markdown_table(results))
 
 
+def _count_or_all(text: str) -> int | None:
+    """A number of cases (0: none), or "all" (None)."""
+    if text.strip().lower() == "all":
+        return None
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of cases (0: none) or 'all', not {text!r}")
+    return int(text)
+
+
 def _coverage(text: str) -> float:
     """A conformal coverage: strictly between 0 and 1, or 0 for no sets."""
     value = float(text)
@@ -293,8 +302,17 @@ def _serve(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from radfusion.errors import UserError
 
-    run = Path(args.run)
-    if not run.is_dir():
+    if args.run is None and args.scores is None:
+        raise UserError(
+            "no --run and no --scores: nothing to report",
+            "give --run RUN_FOLDER (the evidence report), --scores SCORES.parquet (a scoring run's figures), or both",
+        )
+    if args.run is None:
+        for flag, value in (("--checkpoint", args.checkpoint), ("--cv", args.cv)):
+            if value:
+                raise UserError(f"{flag} belongs to the evidence report of a run", "give --run RUN_FOLDER with it")
+    run = Path(args.run) if args.run is not None else None
+    if run is not None and not run.is_dir():
         raise UserError(
             f"--run {run} {'is not a folder' if run.exists() else 'does not exist'}",
             "give the run folder radfusion train wrote (its --trainer.default_root_dir) or radfusion demo's --out",
@@ -304,18 +322,28 @@ def _report(args: argparse.Namespace) -> None:
     if args.cv and not Path(args.cv).exists():
         raise UserError(f"--cv {args.cv} does not exist", "give a radfusion cv output folder or its cv.json")
 
-    from radfusion.training.report.build import build_report
+    scores_path = None
+    if args.scores is not None:
+        # First (seconds; a wrong --scores fails before minutes of analyses), and with no
+        # torch: a serving install draws a scoring run's figures too.
+        from radfusion.serving.scoring.report import write_scores_report
 
-    quiet_libraries()
-    cases = None if args.saliency_cases <= 0 else args.saliency_cases
-    path = build_report(
-        run,
-        out=Path(args.out) if args.out else None,
-        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-        saliency_cases=cases,
-        cv=Path(args.cv) if args.cv else None,
-    )
-    print(f"report: {path}")
+        scores_path, _ = write_scores_report(Path(args.scores), Path(args.out) if args.out else None)
+    if run is not None:
+        from radfusion.training.report.build import build_report
+
+        quiet_libraries()
+        cases = args.saliency_cases
+        path = build_report(
+            run,
+            out=Path(args.out) if args.out else None,
+            checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+            saliency_cases=cases,
+            cv=Path(args.cv) if args.cv else None,
+        )
+        print(f"report: {path}")
+    if scores_path is not None:
+        print(f"scores report: {scores_path}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -538,20 +566,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("report", help="evidence report (genes, saliency, risk groups, treatments, calibration) as HTML")
+    p = sub.add_parser(
+        "report",
+        help="evidence report (genes, saliency, risk groups, treatments, calibration, training curves) as HTML; "
+        "--scores: a scoring run's predictions and failures",
+    )
     p.add_argument(
         "--run",
-        required=True,
         help="run folder: fusion/checkpoints/best.ckpt or checkpoints/best.ckpt, metrics.json, model.onnx",
     )
+    p.add_argument(
+        "--scores",
+        help="a radfusion score output (Parquet): writes <name>.html and <name>.png with the predicted "
+        "probabilities, the rows scored and failed, and the failures by reason (no torch needed)",
+    )
     p.add_argument("--checkpoint", help="checkpoint to explain (default: the run folder's)")
-    p.add_argument("--out", help="output folder (default: <run>/report)")
+    p.add_argument("--out", help="output folder (default: <run>/report, and the Parquet file's folder for --scores)")
     p.add_argument(
         "--cv",
         help="a radfusion cv output folder or its cv.json, shown beside the evaluation "
         "(default: <run>/cv.json or <run>/cv/cv.json when present)",
     )
-    p.add_argument("--saliency-cases", type=int, default=40, help="held-out studies to explain by occlusion (0: all)")
+    p.add_argument(
+        "--saliency-cases",
+        type=_count_or_all,
+        default=40,
+        metavar="N|all",
+        help="held-out studies to explain by occlusion (default 40; all: every one; 0: none)",
+    )
     p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="synth -> cohort build -> train -> evaluate -> export -> serve -> score -> report")

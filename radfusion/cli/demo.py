@@ -209,14 +209,17 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0, fu
         scores,
     )
 
-    # The evidence report (genes, saliency, risk groups, calibration, checks against the truth).
-    _stage("report", timings, _radfusion, "report", "--run", out)
+    # The evidence report (genes, saliency, risk groups, calibration, checks against the truth),
+    # and the scoring run's predictions and failures (scores.html, scores.png).
+    _stage("report", timings, _radfusion, "report", "--run", out, "--scores", scores)
 
     metrics = json.loads((out / "metrics.json").read_text())
     export_report = json.loads(model.with_suffix(".export.json").read_text())
     scored = pd.read_parquet(scores)
     manifest = json.loads((out / "manifest" / "report.json").read_text())
     evidence = json.loads((out / "report" / "evidence.json").read_text())
+    # The models compared (radfusion evaluate), the scoring run, each model's training curves.
+    figures = [out / "evaluation.png", out / "scores.png", *(out / name / "training_curves.png" for name in trained)]
     summary = {
         "cohort_modality_patterns": manifest["modality_patterns"],
         "cohort_genomics_missing_share": manifest["genomics_missing"]["share"],
@@ -235,6 +238,7 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0, fu
         "studies_scored": int(scored["error"].isna().sum()),
         "studies_failed": int(scored["error"].notna().sum()),
         "report": str(out / "report" / "report.html"),
+        "figures": [str(p) for p in figures if p.is_file()],
         "evidence_checks": {c["name"]: c.get("measured") for c in evidence["checks"]},
         "seconds": timings,
     }
@@ -403,6 +407,7 @@ def print_summary(summary: dict, out: Path) -> None:
     print(f"archive: {summary['studies_scored']} studies scored, {summary['studies_failed']} failed")
     print(f"evidence checks against the truth: {summary['evidence_checks']}")
     print(f"report: {summary['report']}")
+    print(f"figures: {', '.join(summary.get('figures', []))}")
     print(f"seconds per stage: {summary['seconds']}")
     verdict = {True: "ok", False: "NOT MET", None: "not assessed (too few patients)"}
     print("checks: " + " | ".join(f"{name}: {verdict[ok]}" for name, ok in summary["checks"].items()))

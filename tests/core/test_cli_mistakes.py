@@ -204,10 +204,10 @@ SLOW_MISTAKES = [
         "--ckpt_path {tmp}/missing.ckpt: no such file",
     ),
     Mistake(
-        "train-predict-unsupported",
-        ("train", "predict", *TRAIN_CONFIGS, "--data.cohort_dir", "{tmp}/cohort", "--ckpt_path", "{tmp}/missing.ckpt"),
+        "train-predict-without-checkpoint",
+        ("train", "predict", *TRAIN_CONFIGS, "--data.cohort_dir", "{tmp}/cohort"),
         "train predict",
-        "use radfusion",
+        "no --ckpt_path: predict would run an untrained model",
     ),
 ]
 
@@ -241,6 +241,7 @@ USAGE_ERRORS = {
     "log-level-without-value": ("--log-level",),
     "synth-no-out": ("synth",),
     "bad-choice": ("score", "--device", "tpu", "--out", "x.parquet"),
+    "saliency-cases-not-a-count": ("report", "--run", ".", "--saliency-cases", "-1"),
 }
 LOG_LEVELS = {"default": (), "q": ("-q",), "warning": ("--log-level", "warning"), "error": ("--log-level=error",)}
 CUDA = {

@@ -9,11 +9,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from lifelines.utils import concordance_index
 from sklearn.metrics import roc_auc_score
 
+from radfusion.prediction import prob_column
 from radfusion.training.evaluate import markdown_table
 from tests.support.paths import PROJECT_ROOT as ROOT
 from tests.support.tiny_training import TINY_GRID, train_tiny
@@ -114,6 +116,10 @@ def _train(cohort: Path, out: Path, *extra: str) -> Path:
 
 def _test(cohort: Path, out: Path, checkpoint: Path, *extra: str) -> dict:
     """`radfusion train test` in process: the logged test metrics."""
+    return dict(_train_command("test", cohort, out, checkpoint, *extra).trainer.callback_metrics)
+
+
+def _train_command(subcommand: str, cohort: Path, out: Path, checkpoint: Path, *extra: str):
     from radfusion.training.cli import main
 
     configs = [
@@ -121,9 +127,9 @@ def _test(cohort: Path, out: Path, checkpoint: Path, *extra: str) -> dict:
         CONFIGS / "data" / "synthetic.yaml",
         CONFIGS / "model" / "fusion_cpu.yaml",
     ]
-    cli = main(
+    return main(
         [
-            "test",
+            subcommand,
             *[a for c in configs for a in ("--config", str(c))],
             *extra,
             "--data.cohort_dir",
@@ -137,7 +143,6 @@ def _test(cohort: Path, out: Path, checkpoint: Path, *extra: str) -> dict:
             str(checkpoint),
         ]
     )
-    return dict(cli.trainer.callback_metrics)
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +225,32 @@ def test_evaluate_compares_strategies_baselines_and_survival_on_one_split(cohort
         cohort, tmp_path / "gated_test", checkpoints["gated"], "--config", str(experiment / "fusion_gated.yaml")
     )
     assert float(tested["test/auroc"]) == pytest.approx(saved["gated"]["auroc_observed"], abs=1e-6)
+
+    # `radfusion train predict` writes the same test patients' outputs, in the scorer's columns.
+    gated = "--config", str(experiment / "fusion_gated.yaml")
+    _train_command("predict", cohort, tmp_path / "gated_predict", checkpoints["gated"], *gated)
+    rows = pd.read_parquet(tmp_path / "gated_predict" / "predictions.parquet")
+    module, dm = load_module(checkpoints["gated"]), load_datamodule(checkpoints["gated"])
+    predicted = predict_split(module, dm, "test")
+    labels = list(module.contract_parts["labels"])
+    assert len(rows) == len(predicted["label"]) and set(rows["split"]) == {"test"}
+    assert rows["patient_id"].is_unique
+    assert rows[prob_column(labels[1])].to_numpy() == pytest.approx(
+        torch.softmax(predicted["outputs"], -1)[:, 1].numpy(), abs=1e-5
+    )
+    assert rows["true_label"].tolist() == [labels[i] for i in predicted["label"].tolist()]
+    assert rows[[prob_column(label) for label in labels]].sum(axis=1).to_numpy() == pytest.approx(np.ones(len(rows)))
+    _train_command(
+        "predict",
+        cohort,
+        tmp_path / "cox_predict",
+        checkpoints["cox"],
+        "--config",
+        str(experiment / "survival_cox.yaml"),
+    )
+    risk = pd.read_parquet(tmp_path / "cox_predict" / "predictions.parquet")["risk_score"].to_numpy()
+    module, dm = load_module(checkpoints["cox"]), load_datamodule(checkpoints["cox"])
+    assert risk == pytest.approx(predict_split(module, dm, "test")["outputs"][:, 0].numpy(), abs=1e-5)
 
     table = (out / "metrics.md").read_text()
     assert "| gated | classification | gated | image+genomics |" in table

@@ -151,7 +151,11 @@ def run_evidence(
     log.info("gene attributions and ablations on %d held-out patients", len(cases.patient_ids))
     _genes(ev, net, dm, ablation_cases)
     if net.uses("image"):
-        log.info("occlusion saliency on %d held-out studies", int(cases.has(net, "image").sum()))
+        with_image = int(cases.has(net, "image").sum())
+        log.info(
+            "occlusion saliency on %d held-out studies",
+            with_image if saliency_cases is None else min(with_image, saliency_cases),
+        )
         ev.saliencies = cohort_saliency(net, cases, dm.cohort_dir / "dicom", dm.geometry, saliency_cases)
     else:
         ev.notes.append("The model does not use the image: no saliency.")

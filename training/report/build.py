@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from radfusion.training import curves
 from radfusion.training.evidence.run import Evidence, run_evidence, write_summary
 from radfusion.training.evidence.saliency import overlay_png
 from radfusion.training.evidence.truth import load_truth, patients_by_id
@@ -78,6 +79,9 @@ def sections(
     ev: Evidence, module, dm, run_dir: Path, checkpoint: Path, cv: Path | None = None
 ) -> list[tuple[str, str]]:
     out = [("Model and data", _overview(ev, module, dm, checkpoint))]
+    training = _training(run_dir, checkpoint, getattr(module.task, "monitor", None))
+    if training:
+        out.append(("Training", training))
     if ev.checks:
         out.append(
             (
@@ -122,6 +126,20 @@ def _overview(ev: Evidence, module, dm, checkpoint: Path) -> str:
     return table(pd.DataFrame({"": list(rows), "value": [str(v) for v in rows.values()]}))
 
 
+def _training(run_dir: Path, checkpoint: Path, monitor: str | None) -> str:
+    """The training curves of the checkpoint's run (its folder: the one above
+    checkpoints/), else of the run folder; empty when neither has metrics.csv."""
+    for folder in dict.fromkeys((checkpoint.parent.parent, run_dir)):
+        found = curves.load(folder)
+        if not found.empty:
+            return img(figures.training_curves(found), "training curves") + (
+                f"<p>{esc(curves.summary(found, monitor))}</p><p class=note>Per epoch, from the CSV logger's "
+                "metrics.csv; a resumed run's versions are stitched, each later one replacing the earlier from "
+                "its first epoch on (dotted line).</p>"
+            )
+    return ""
+
+
 def _discrimination(ev: Evidence, run_dir: Path) -> str:
     html = img(figures.roc_pr(ev.probability, ev.label), "ROC and precision-recall curves")
     metrics = run_dir / "metrics.json"
@@ -133,6 +151,7 @@ def _discrimination(ev: Evidence, run_dir: Path) -> str:
             row.update({k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
             rows.append(row)
         html += "<h3>Fusion strategies and baselines (test split, radfusion evaluate)</h3>" + table(pd.DataFrame(rows))
+        html += img(figures.evaluation(results), "evaluation table as a plot")
         html += "<p class=note>Deep models against the classical baselines: see Classical baselines.</p>"
     else:
         html += "<p class=note>No metrics.json in the run folder: run radfusion evaluate for the strategy table.</p>"
@@ -206,6 +225,8 @@ def _genes(ev: Evidence) -> str:
 
 
 def _saliency(ev: Evidence, dm) -> str:
+    if not ev.saliencies:
+        return "<p>No saliency maps: none asked for (<code>--saliency-cases 0</code>), or no held-out study.</p>"
     truth = load_truth(dm.cohort_dir)
     known = patients_by_id(truth) if truth else {}
     pictures = []

@@ -15,9 +15,11 @@ from sklearn.metrics import auc, precision_recall_curve, roc_curve
 from radfusion.training.evidence.stratify import GROUPS, km_curves
 
 
-def _png(fig) -> bytes:
+def _png(fig, layout: bool = True) -> bytes:
+    """``layout``: False keeps the figure's own layout (one made with room for a legend)."""
     buffer = io.BytesIO()
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
@@ -105,3 +107,79 @@ def treatment_gains(treatments: pd.DataFrame) -> bytes:
     )
     ax.legend()
     return _png(fig)
+
+
+def training_curves(found) -> bytes:
+    """training/curves.py's figure (losses and validation metrics per epoch)."""
+    from radfusion.training.curves import draw
+
+    return _png(draw(found), layout=False)
+
+
+# How each presence pattern of `radfusion evaluate` is drawn: (marker, filled).
+PATTERN_MARKERS = {"observed": ("o", True), "image_only": ("^", False), "genomics_only": ("s", False)}
+
+
+def evaluation_figure(results: dict):
+    """`radfusion evaluate`'s table as a plot: a panel per metric (AUROC, C-index,
+    td-AUC), a row per model (deep models blue, classical baselines grey) with its
+    value on all test patients (filled, with the 95% bootstrap interval where the
+    results have one), under each presence pattern (hollow) and per seed (x)."""
+    from radfusion.training.evaluate import METRIC_TITLES, PATTERN_TITLES
+
+    metrics = [m for m in METRIC_TITLES if any(f"{m}_observed" in r for r in results.values())]
+    if not metrics:
+        raise ValueError("no model has a test metric")
+    rows = {m: [n for n, r in results.items() if f"{m}_observed" in r] for m in metrics}
+    height = max(len(names) for names in rows.values())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics) + 1.5, 0.42 * height + 1.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        names = rows[metric][::-1]  # the first model on top
+        for y, name in enumerate(names):
+            r = results[name]
+            colour = "tab:gray" if r.get("kind") == "baseline" else "tab:blue"
+            for pattern, (marker, filled) in PATTERN_MARKERS.items():
+                value = r.get(f"{metric}_{pattern}")
+                if value is None or not np.isfinite(value):
+                    continue
+                ax.plot(
+                    [value],
+                    [y],
+                    marker,
+                    ms=7,
+                    color=colour,
+                    mfc=colour if filled else "none",
+                    label=PATTERN_TITLES[pattern],
+                    gid=f"{name}|{pattern}",
+                )
+            headline = r.get(f"{metric}_observed")
+            if headline is not None and np.isfinite(headline):
+                ax.text(1.02, y, f"{headline:.3f}", transform=ax.get_yaxis_transform(), va="center", fontsize=8)
+            ci = r.get(f"{metric}_ci95")
+            if ci and all(v is not None and np.isfinite(v) for v in ci):
+                ax.hlines(y, ci[0], ci[1], color=colour, lw=2, gid=f"{name}|ci95")
+            seeds = r.get("seeds") or {}
+            if seeds.get("metric") == metric:
+                values = [v for v in seeds.get("values", []) if v is not None and np.isfinite(v)]
+                ax.plot(values, [y] * len(values), "x", color="k", ms=5, label="per seed", gid=f"{name}|seeds")
+        ax.axvline(0.5, color="k", ls="--", lw=0.8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_ylim(-0.6, len(names) - 0.4)
+        ax.set(xlabel=f"{METRIC_TITLES[metric]} (test split)", title=METRIC_TITLES[metric])
+        ax.grid(axis="x", alpha=0.3)
+    legend = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
+    n_test = next((r["n_observed"] for r in results.values() if "n_observed" in r), None)
+    fig.suptitle(
+        "radfusion evaluate"
+        + (f": {n_test} test patients" if n_test else "")
+        + "\nblue: deep models, grey: classical baselines; bars: 95% bootstrap CI",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))  # room for the legend below
+    return fig
+
+
+def evaluation(results: dict) -> bytes:
+    return _png(evaluation_figure(results), layout=False)
