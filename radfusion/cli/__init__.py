@@ -39,31 +39,32 @@ PACS_COMMANDS = {
 def _synth(args: argparse.Namespace) -> None:
     from radfusion.errors import UserError
     from radfusion.synth import generate_cohort
-    from radfusion.synth.cohort import MIN_GENES, MIN_SIZE, MIN_SLICES
+    from radfusion.synth.cohort import MIN_GENES
+    from radfusion.synth.presets import synth_options
 
     for flag, value, least, fix in (
         ("--patients", args.patients, 1, "ask for one patient or more, e.g. --patients 400"),
         ("--seed", args.seed, 0, "give 0 or a positive seed"),
         ("--genes", args.genes, MIN_GENES, f"ask for {MIN_GENES} genes or more, e.g. --genes 300"),
-        ("--slices", args.slices, MIN_SLICES, f"ask for {MIN_SLICES} slices or more, e.g. --slices 32"),
-        ("--size", args.size, MIN_SIZE, f"ask for {MIN_SIZE} pixels or more, e.g. --size 64"),
         ("--workers", args.workers, 1, "give 1 to render in this process"),
     ):
         at_least(flag, value, least, fix)
-    if not 0.0 <= args.rle_fraction <= 1.0:
-        raise UserError(f"--rle-fraction must be within [0, 1], not {args.rle_fraction}", "give a fraction, e.g. 0.25")
+    # Geometry and storage: each option given, else the preset's, else the default.
+    options = synth_options(
+        args.preset,
+        slices=args.slices,
+        size=args.size,
+        fov_mm=args.fov_mm,
+        pixel_spacing=args.pixel_spacing,
+        slice_thickness=args.slice_thickness,
+        rle_fraction=args.rle_fraction,
+        j2k_fraction=args.j2k_fraction,
+        jpegls_fraction=args.jpegls_fraction,
+    )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder", "give a new or empty folder for the cohort")
     out = generate_cohort(
-        Path(args.out),
-        n_patients=args.patients,
-        seed=args.seed,
-        n_genes=args.genes,
-        n_slices=args.slices,
-        rows=args.size,
-        cols=args.size,
-        rle_fraction=args.rle_fraction,
-        workers=args.workers,
+        Path(args.out), n_patients=args.patients, seed=args.seed, n_genes=args.genes, workers=args.workers, **options
     )
     print(json.dumps(json.loads((out / "cohort.json").read_text()), indent=2))
 
@@ -439,14 +440,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (--log-level warning)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write a synthetic radiogenomic cohort (DICOM + genomics + outcomes)")
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic radiogenomic cohort (DICOM + genomics + outcomes)",
+        description="Geometry and storage options override the --preset's, which override the defaults. "
+        "MM and N options take one value or a LOW-HIGH range drawn per patient; one value of "
+        "--pixel-spacing or --slice-thickness is drawn within -6.7%%/+6.7%% and -10%%/+10%% of it.",
+    )
     p.add_argument("--patients", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--genes", type=int, default=300)
-    p.add_argument("--slices", type=int, default=32)
-    p.add_argument("--size", type=int, default=64, help="rows and columns of each slice")
-    p.add_argument("--rle-fraction", type=float, default=0.25)
+    p.add_argument(
+        "--preset",
+        choices=["clinical"],
+        help="clinical: 512 x 512, 0.6-0.8 mm pixels, 1-2.5 mm slices, 150-400 slices, "
+        "10%% RLE, 30%% JPEG 2000, 30%% JPEG-LS, the rest uncompressed",
+    )
+    p.add_argument("--slices", metavar="N|LOW-HIGH", help="slices per study (default 32)")
+    p.add_argument("--size", type=int, help="rows and columns of each slice (default 64)")
+    p.add_argument(
+        "--fov-mm", metavar="MM|LOW-HIGH", help="field of view: pixel spacing = FOV / size (default 384, 6 mm at 64)"
+    )
+    p.add_argument("--pixel-spacing", metavar="MM|LOW-HIGH", help="pixel spacing instead of --fov-mm")
+    p.add_argument("--slice-thickness", metavar="MM|LOW-HIGH", help="slice thickness and spacing (default 5)")
+    p.add_argument("--rle-fraction", type=float, help="share of studies RLE Lossless (default 0.25)")
+    p.add_argument("--j2k-fraction", type=float, help="share of studies JPEG 2000 Lossless (default 0)")
+    p.add_argument("--jpegls-fraction", type=float, help="share of studies JPEG-LS Lossless (default 0)")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_synth)
 
@@ -513,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--archive",
+        "--dicom",  # the name cohort build and deid give a DICOM input
         help="folder tree (zip files inside are read too), a .zip, or a DICOMweb root URL; without it, "
         "every patient of --genomics/--clinical is scored from the tables alone (a model that needs no image)",
     )

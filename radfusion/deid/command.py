@@ -16,13 +16,14 @@ def add_deid_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "deid",
         help="de-identify a DICOM folder tree (PS3.15 Basic Profile and its options)",
-        description="Write every DICOM file under --in, de-identified, under --out: the Basic "
+        description="Write every DICOM file under --dicom, de-identified, under --out: the Basic "
         "Application Level Confidentiality Profile of PS3.15 Annex E with the options chosen below, "
         "each recorded in the output's Deidentification Method Code Sequence. "
         f"The key comes from --key, --key-file or ${KEY_ENV} (a file or the variable keeps it out of ps).",
     )
-    p.add_argument("--in", dest="src", required=True, help="input folder (searched recursively)")
-    p.add_argument("--out", required=True, help="output folder (must not be inside --in)")
+    # --dicom, as cohort build and score name a DICOM input; --in, its earlier name, still works.
+    p.add_argument("--dicom", "--in", dest="src", required=True, help="input DICOM folder (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder (must not be inside --dicom)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--key", help="pseudonymisation key (at least 16 bytes)")
     key.add_argument("--key-file", help="file holding the key")

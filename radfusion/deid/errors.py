@@ -12,7 +12,7 @@ class DeidKeyError(RadfusionInputError):
 
 
 class DeidPathError(RadfusionInputError):
-    """--in/--out/--mapping are not usable together (missing input, output inside input)."""
+    """--dicom/--out/--mapping are not usable together (missing input, output inside input)."""
 
     kind = "deid_path"
 

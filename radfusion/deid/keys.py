@@ -53,5 +53,5 @@ class DeidKey:
         return f"{PSEUDONYM_PREFIX}{self.digest('patient', patient_key).hex()[:16].upper()}"
 
     def path_name(self, relative_dir: str) -> str:
-        """A folder name for one input folder (its path below --in), unlinkable without the key."""
+        """A folder name for one input folder (its path below --dicom), unlinkable without the key."""
         return "d" + self.digest("path", relative_dir).hex()[:16]

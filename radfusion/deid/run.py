@@ -176,9 +176,9 @@ class _NotAnInstance(Exception):
 
 def _check_paths(src: Path, out: Path) -> None:
     if not src.is_dir():
-        raise DeidPathError("--in is not a folder")
+        raise DeidPathError("--dicom is not a folder")
     if out == src or out.is_relative_to(src):
-        raise DeidPathError("--out must not be --in or inside it (its files would be read as input)")
+        raise DeidPathError("--out must not be --dicom or inside it (its files would be read as input)")
 
 
 def _has_dicom_preamble(path: Path) -> bool:

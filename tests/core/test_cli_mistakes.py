@@ -174,12 +174,12 @@ MISTAKES = [
     Mistake("demo-no-patients", ("demo", "--patients", "0", "--out", "{tmp}/demo"), "demo", "--patients must be"),
     Mistake(
         "deid-input-missing",
-        ("deid", "--in", "{tmp}/no-dicom", "--out", "{tmp}/deid"),
+        ("deid", "--dicom", "{tmp}/no-dicom", "--out", "{tmp}/deid"),
         "deid",
-        "--in",
+        "--dicom is not a folder",
         env=(("RADFUSION_DEID_KEY", "a-key-of-at-least-16-bytes"),),
     ),
-    Mistake("deid-no-key", ("deid", "--in", "{tmp}", "--out", "{tmp}/deid"), "deid", "key"),
+    Mistake("deid-no-key", ("deid", "--in", "{tmp}", "--out", "{tmp}/deid"), "deid", "key"),  # the earlier name
 ]
 
 # Each imports Lightning (about 10 s on a busy 2-core machine; the check itself runs
