@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a synthetic radiogenomic cohort (DICOM + genomics + outcomes)",
         description="Geometry and storage options override the --preset's, which override the defaults. "
         "MM and N options take one value or a LOW-HIGH range drawn per patient; one value of "
-        "--pixel-spacing or --slice-thickness is drawn within -6.7%%/+6.7%% and -10%%/+10%% of it.",
+        "--pixel-spacing or --slice-thickness is drawn within 6.7% and 10% of it.",
     )
     p.add_argument("--patients", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)

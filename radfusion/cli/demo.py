@@ -73,8 +73,9 @@ SURVIVAL_MODELS: dict[str, list] = {
 SERVICE_REQUESTS = 48
 SERVICE_CLIENTS = 8
 EXPLAINED_REQUESTS = 3
-# The cohort's geometry (configs/experiment/demo.yaml has its model grid).
-SYNTH_GEOMETRY = ("--slices", 16, "--size", 48)
+# The cohort's geometry (configs/experiment/demo.yaml has its model grid): 48 pixels of
+# ~6 mm (a 288 mm field of view), the cohort the demo's figures were measured on.
+SYNTH_GEOMETRY = ("--slices", 16, "--size", 48, "--pixel-spacing", 6)
 # What the demo promises; a run that misses one exits 1 (summary.json says which).
 MIN_FUSION_AUROC = 0.80
 MIN_FUSION_LEAD = 0.05  # over each unimodal baseline

@@ -20,9 +20,21 @@ from radfusion.errors import UserError
 from radfusion.synth.genomics_model import N_DRIVERS
 from radfusion.synth.omics_files import write_omics_files
 from radfusion.synth.patients import SimulatedCohort, simulate_patients
-from radfusion.synth.random_streams import STORAGE, exact_share_mask, stream
+from radfusion.synth.random_streams import COMPRESSION, SLICE_COUNTS, STORAGE, exact_share_mask, stream
 from radfusion.synth.render import RenderedStudy, render_study, render_study_task
-from radfusion.synth.study_spec import StudySpec, make_study_spec
+from radfusion.synth.study_spec import (
+    HISTORIC_PIXEL_SPACING_MM,
+    HISTORIC_SLICE_THICKNESS_MM,
+    JPEG2000,
+    JPEGLS,
+    RLE,
+    UNCOMPRESSED,
+    MmRange,
+    StudySpec,
+    make_study_spec,
+    pixel_spacing_range,
+    slice_thickness_range,
+)
 from radfusion.synth.tables import clinical_table, genomics_table, write_table
 from radfusion.synth.truth import GENERATOR_VERSION, cohort_summary, truth_document, write_json
 
@@ -41,25 +53,69 @@ def _study_dirs(n: int, rng: np.random.Generator) -> list[str]:
     return names
 
 
+SliceCount = int | tuple[int, int]
+
+
+def _slice_range(n_slices: SliceCount) -> tuple[int, int]:
+    return (int(n_slices[0]), int(n_slices[1])) if isinstance(n_slices, tuple) else (int(n_slices), int(n_slices))
+
+
+def _slice_counts(seed: int, n: int, n_slices: SliceCount) -> list[int]:
+    """Every study's slice count: the one given, or drawn per patient in (low, high)."""
+    low, high = _slice_range(n_slices)
+    if low == high:
+        return [low] * n
+    return [int(k) for k in stream(seed, SLICE_COUNTS).integers(low, high + 1, n)]
+
+
+def _compressions(seed: int, rle: np.ndarray, j2k_fraction: float, jpegls_fraction: float) -> list[str]:
+    """Each study's storage: RLE where `rle` says (drawn as ever), then exact shares of
+    JPEG 2000 and JPEG-LS among the other studies (as many as fit), the rest uncompressed.
+    The JPEG shares come from their own stream, so a cohort without them is unchanged."""
+    kinds = np.where(rle, RLE, UNCOMPRESSED).astype(object)
+    n = len(rle)
+    if j2k_fraction > 0 or jpegls_fraction > 0:
+        others = stream(seed, COMPRESSION).permutation(np.flatnonzero(~rle))
+        n_j2k = min(round(j2k_fraction * n), len(others))
+        n_jls = min(round(jpegls_fraction * n), len(others) - n_j2k)
+        kinds[others[:n_j2k]] = JPEG2000
+        kinds[others[n_j2k : n_j2k + n_jls]] = JPEGLS
+    return [str(k) for k in kinds]
+
+
 def plan_studies(
-    cohort: SimulatedCohort, *, n_slices: int, rows: int, cols: int, rle_fraction: float
+    cohort: SimulatedCohort,
+    *,
+    n_slices: SliceCount,
+    rows: int,
+    cols: int,
+    rle_fraction: float,
+    pixel_spacing_mm: float | MmRange = HISTORIC_PIXEL_SPACING_MM,
+    slice_thickness_mm: float | MmRange = HISTORIC_SLICE_THICKNESS_MM,
+    j2k_fraction: float = 0.0,
+    jpegls_fraction: float = 0.0,
 ) -> list[StudySpec]:
-    """One StudySpec per patient: exact RLE share, exactly half signed storage."""
+    """One StudySpec per patient: exact RLE (JPEG 2000, JPEG-LS) shares, exactly half
+    signed storage, slice counts and spacings drawn per patient (see generate_cohort)."""
     n = len(cohort.patients)
     rng = stream(cohort.seed, STORAGE)
     rle = exact_share_mask(n, rle_fraction, rng)
     signed = exact_share_mask(n, 0.5, rng)
     dirs = _study_dirs(n, rng)
+    compressions = _compressions(cohort.seed, rle, j2k_fraction, jpegls_fraction)
+    counts = _slice_counts(cohort.seed, n, n_slices)
     return [
         make_study_spec(
             p,
             cohort.seed,
-            n_slices=n_slices,
+            n_slices=counts[i],
             rows=rows,
             cols=cols,
-            rle=bool(rle[i]),
             signed=bool(signed[i]),
             study_dir=dirs[i],
+            compression=compressions[i],
+            pixel_spacing_mm=pixel_spacing_range(pixel_spacing_mm),
+            slice_thickness_mm=slice_thickness_range(slice_thickness_mm),
         )
         for i, p in enumerate(cohort.patients)
     ]
@@ -90,16 +146,36 @@ def _render_all(specs: list[StudySpec], dicom_root: Path, workers: int) -> list[
 MIN_GENES = 2 * N_DRIVERS
 MIN_SLICES = 8
 MIN_SIZE = 24
+MAX_SPACING_MM = 30.0  # what radfusion's readers accept as a pixel spacing (radfusion.limits)
+
+
+def _validate_geometry(
+    n_slices: SliceCount, rows: int, cols: int, pixel_spacing_mm: float | MmRange, slice_thickness_mm: float | MmRange
+) -> None:
+    low, high = _slice_range(n_slices)
+    if low < MIN_SLICES or rows < MIN_SIZE or cols < MIN_SIZE:
+        raise UserError(
+            f"volumes must be at least {MIN_SLICES} slices of {MIN_SIZE} x {MIN_SIZE} pixels to hold the anatomy",
+            "ask for larger volumes",
+        )
+    if high < low:
+        raise UserError(f"n_slices ({low}, {high}) is an empty range", "give the fewest slices first")
+    for name, value in (("pixel_spacing_mm", pixel_spacing_mm), ("slice_thickness_mm", slice_thickness_mm)):
+        spacing = value if isinstance(value, tuple) else (value, value)
+        if not 0 < spacing[0] <= spacing[1] <= MAX_SPACING_MM:
+            raise UserError(
+                f"{name} must be a spacing in (0, {MAX_SPACING_MM:g}] mm or a (low, high) range of them, not {value}",
+                "give millimetres, e.g. 0.7 or (0.6, 0.8)",
+            )
 
 
 def _validate(
     n_patients: int,
     seed: int,
     n_genes: int,
-    n_slices: int,
-    rows: int,
-    cols: int,
     rle_fraction: float,
+    j2k_fraction: float,
+    jpegls_fraction: float,
     genomics_missing_fraction: float,
     workers: int,
 ) -> None:
@@ -109,14 +185,20 @@ def _validate(
         raise UserError(f"seed must be a non-negative integer, not {seed}", "use 0 or a positive seed")
     if n_genes < MIN_GENES:
         raise UserError(f"n_genes must be at least {MIN_GENES}, not {n_genes}", "ask for more genes")
-    if n_slices < MIN_SLICES or rows < MIN_SIZE or cols < MIN_SIZE:
-        raise UserError(
-            f"volumes must be at least {MIN_SLICES} slices of {MIN_SIZE} x {MIN_SIZE} pixels to hold the anatomy",
-            "ask for larger volumes",
-        )
-    for name, value in (("rle_fraction", rle_fraction), ("genomics_missing_fraction", genomics_missing_fraction)):
+    fractions = (
+        ("rle_fraction", rle_fraction),
+        ("j2k_fraction", j2k_fraction),
+        ("jpegls_fraction", jpegls_fraction),
+        ("genomics_missing_fraction", genomics_missing_fraction),
+    )
+    for name, value in fractions:
         if not 0.0 <= value <= 1.0:
             raise UserError(f"{name} must be within [0, 1], not {value}", "give a fraction between 0 and 1")
+    if rle_fraction + j2k_fraction + jpegls_fraction > 1.0 + 1e-9:
+        raise UserError(
+            f"the RLE, JPEG 2000 and JPEG-LS shares add up to {rle_fraction + j2k_fraction + jpegls_fraction:g}",
+            "give shares that add up to 1 or less (the rest is uncompressed)",
+        )
     if workers < 1:
         raise UserError(f"workers must be at least 1, not {workers}", "use 1 for no worker processes")
 
@@ -126,41 +208,95 @@ def _check_out(out: Path) -> None:
         raise UserError(f"{out} is a file, not a folder", "give a new or empty folder for the cohort")
 
 
+def _geometry_parameters(
+    n_slices: SliceCount,
+    pixel_spacing_mm: float | MmRange,
+    slice_thickness_mm: float | MmRange,
+    j2k_fraction: float,
+    jpegls_fraction: float,
+) -> dict[str, object]:
+    """What truth.json records beyond the historic parameters: only what differs from
+    them, so a historic cohort's truth.json is unchanged."""
+    low, high = _slice_range(n_slices)
+    extra: dict[str, object] = {
+        "n_slices": [low, high] if low != high else low,
+        "pixel_spacing_mm": list(pixel_spacing_range(pixel_spacing_mm)),
+        "slice_thickness_mm": list(slice_thickness_range(slice_thickness_mm)),
+        "j2k_fraction": j2k_fraction,
+        "jpegls_fraction": jpegls_fraction,
+    }
+    historic = {
+        "n_slices": low,
+        "pixel_spacing_mm": list(pixel_spacing_range(HISTORIC_PIXEL_SPACING_MM)),
+        "slice_thickness_mm": list(slice_thickness_range(HISTORIC_SLICE_THICKNESS_MM)),
+        "j2k_fraction": 0.0,
+        "jpegls_fraction": 0.0,
+    }
+    return {key: value for key, value in extra.items() if value != historic[key]}
+
+
 def generate_cohort(
     out: Path,
     n_patients: int = 400,
     seed: int = 0,
     n_genes: int = 300,
-    n_slices: int = 32,
+    n_slices: SliceCount = 32,
     rows: int = 64,
     cols: int = 64,
     rle_fraction: float = 0.25,
     genomics_missing_fraction: float = 0.15,
     workers: int = 1,
+    *,
+    pixel_spacing_mm: float | MmRange = HISTORIC_PIXEL_SPACING_MM,
+    slice_thickness_mm: float | MmRange = HISTORIC_SLICE_THICKNESS_MM,
+    j2k_fraction: float = 0.0,
+    jpegls_fraction: float = 0.0,
 ) -> Path:
     """Write a synthetic cohort (DICOM studies, genomics, clinical, truth) under `out`.
+
+    Geometry: `n_slices` per study, or a (low, high) range drawn per patient;
+    `pixel_spacing_mm` and `slice_thickness_mm` each one value (the centre of the
+    historic spread: 6 mm is drawn in 5.6-6.4 mm, 5 mm in 4.5-5.5 mm) or a (low, high)
+    range. The defaults are the historic geometry (64 pixels of ~6 mm make a 384 mm
+    field of view; `radfusion synth` passes its field of view / size instead).
+    Storage: exact shares `rle_fraction`, `j2k_fraction` (JPEG 2000 lossless) and
+    `jpegls_fraction` (JPEG-LS lossless) of the studies, the rest uncompressed.
 
     Deterministic for a given seed: tables, truth.json and every DICOM file
     (UIDs included) are byte-identical on every run and for any `workers`.
     cohort.json is written last and marks a complete cohort; a later run into
     the same `out` replaces that cohort's DICOM folder. Returns `out`.
     """
-    _validate(n_patients, seed, n_genes, n_slices, rows, cols, rle_fraction, genomics_missing_fraction, workers)
+    _validate(
+        n_patients, seed, n_genes, rle_fraction, j2k_fraction, jpegls_fraction, genomics_missing_fraction, workers
+    )
+    _validate_geometry(n_slices, rows, cols, pixel_spacing_mm, slice_thickness_mm)
     out = Path(out)
     _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    parameters = {
+    parameters: dict[str, object] = {
         "n_patients": n_patients,
         "seed": seed,
         "n_genes": n_genes,
-        "n_slices": n_slices,
+        "n_slices": _slice_range(n_slices)[0],
         "rows": rows,
         "cols": cols,
         "rle_fraction": rle_fraction,
         "genomics_missing_fraction": genomics_missing_fraction,
     }
+    parameters |= _geometry_parameters(n_slices, pixel_spacing_mm, slice_thickness_mm, j2k_fraction, jpegls_fraction)
     cohort = simulate_patients(n_patients, seed, n_genes, genomics_missing_fraction)
-    specs = plan_studies(cohort, n_slices=n_slices, rows=rows, cols=cols, rle_fraction=rle_fraction)
+    specs = plan_studies(
+        cohort,
+        n_slices=n_slices,
+        rows=rows,
+        cols=cols,
+        rle_fraction=rle_fraction,
+        pixel_spacing_mm=pixel_spacing_mm,
+        slice_thickness_mm=slice_thickness_mm,
+        j2k_fraction=j2k_fraction,
+        jpegls_fraction=jpegls_fraction,
+    )
     dicom_root = _prepare_dicom_root(out)
     log.info("rendering %d synthetic studies with %d worker(s)", len(specs), workers)
     studies = _render_all(specs, dicom_root, workers)

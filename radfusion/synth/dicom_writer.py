@@ -4,8 +4,11 @@ The files are valid CT Image Storage instances (0 dciodvfy errors), written in s
 meaningless hex names, so a reader must sort slices by geometry and pick the
 series by content, never by file name, order or folder.
 
-Speed matters (400 studies x 33 files in well under a minute): one Dataset per
-series is built once and only the per-slice elements change between saves.
+Speed matters (400 studies x 33 files in well under a minute; a 300-slice 512 x 512
+study in seconds): one Dataset per series is built once and only the per-slice
+elements change between saves. Each study is stored in one transfer syntax:
+uncompressed, RLE Lossless, JPEG 2000 Lossless or JPEG-LS Lossless (pydicom's
+encoders: its own RLE, pylibjpeg-openjpeg, pyjpegls).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
-from radfusion.synth.study_spec import LAYOUT_BUCKETS, LAYOUT_BY_SERIES, StudySpec
+from radfusion.synth.study_spec import LAYOUT_BUCKETS, LAYOUT_BY_SERIES, UNCOMPRESSED, StudySpec
 
 MAIN_SERIES_NUMBER = 2
 LOCALIZER_SERIES_NUMBER = 1
@@ -117,7 +120,7 @@ def _series_dataset(spec: StudySpec, *, localizer: bool) -> Dataset:
 def _set_image(
     ds: Dataset, spec: StudySpec, uid: str, number: int, geometry: SliceGeometry, pixels: np.ndarray
 ) -> None:
-    """Per-instance elements and pixel data (RLE-compressed when the study says so)."""
+    """Per-instance elements and pixel data (compressed when the study says so)."""
     ds.SOPInstanceUID = uid
     ds.file_meta.MediaStorageSOPInstanceUID = UID(uid)
     ds.InstanceNumber = number
@@ -127,10 +130,10 @@ def _set_image(
     if ds.SliceThickness:  # axial slices only (the localizer's is empty)
         ds.SliceLocation = geometry.position[2]
     ds.Rows, ds.Columns = pixels.shape
-    if spec.rle:
-        ds.compress(RLELossless, pixels, generate_instance_uid=False)
-    else:
+    if spec.compression == UNCOMPRESSED:
         ds.PixelData = pixels.tobytes()
+    else:
+        ds.compress(spec.transfer_syntax, pixels, generate_instance_uid=False)
 
 
 def _file_paths(spec: StudySpec, n_main: int, rng: np.random.Generator) -> tuple[list[str], str]:
@@ -169,7 +172,6 @@ def write_study(
 
     axial = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     spacing = (spec.pixel_spacing_mm, spec.pixel_spacing_mm)
-    pixels = stored_values(hu, spec)
     series = _series_dataset(spec, localizer=False)
     localizer_slot = spec.n_slices  # one more job besides the axial slices
     for job in rng.permutation(spec.n_slices + 1):
@@ -178,7 +180,7 @@ def write_study(
             continue
         k = int(job)
         geometry = SliceGeometry(main_slice_position(spec, k), axial, spacing)
-        _set_image(series, spec, spec.sop_uid("main", k + 1), k + 1, geometry, pixels[k])
+        _set_image(series, spec, spec.sop_uid("main", k + 1), k + 1, geometry, stored_values(hu[k], spec))
         series.save_as(dicom_root / main_paths[k], enforce_file_format=True)
     return [*main_paths, localizer_path]
 

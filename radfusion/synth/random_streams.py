@@ -16,6 +16,8 @@ PATIENTS = 2
 STUDY_SPEC = 3
 PHANTOM = 4
 STORAGE = 5
+COMPRESSION = 6  # which studies are JPEG 2000 or JPEG-LS (drawn only when a cohort asks for them)
+SLICE_COUNTS = 7  # per-patient slice counts (drawn only when a cohort asks for a range)
 
 
 def stream(seed: int, purpose: int, index: int = 0) -> np.random.Generator:

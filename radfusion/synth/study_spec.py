@@ -5,18 +5,25 @@ per-patient random streams (so worker scheduling cannot change anything) and
 hands it to a worker that renders the phantom and writes the files.
 
 The variety here is deliberate: readers must cope with signed and unsigned
-storage, 12- and 16-bit data, RLE and uncompressed transfer syntaxes, vendor
-differences in descriptions, nested random folders, and a localizer series that
-must be skipped.
+storage, 12- and 16-bit data, RLE and uncompressed transfer syntaxes (and JPEG 2000
+and JPEG-LS lossless where a cohort asks for them, as archives store studies),
+vendor differences in descriptions, nested random folders, and a localizer series
+that must be skipped.
+
+Geometry: each study draws its pixel spacing and slice thickness within a range. A
+single value names the centre of the historic spread (a 6 mm pixel spacing is drawn
+in 5.6-6.4 mm, a 5 mm thickness in 4.5-5.5 mm, as every cohort before these options
+was); a (low, high) pair is drawn as given.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from radfusion.synth.patients import PatientRecord
 from radfusion.synth.random_streams import STUDY_SPEC, stream
@@ -70,6 +77,52 @@ LAYOUT_BY_SERIES = "by_series"  # dicom/<study>/<series>/<file>
 LAYOUT_BUCKETS = "buckets"  # dicom/<study>/<a>/<b>/<file>, slices spread over buckets
 LAYOUTS = (LAYOUT_FLAT, LAYOUT_BY_SERIES, LAYOUT_BUCKETS)
 
+# How the pixels are stored: each study's whole series in one transfer syntax.
+UNCOMPRESSED = "uncompressed"
+RLE = "rle"
+JPEG2000 = "jpeg2000"
+JPEGLS = "jpegls"
+TRANSFER_SYNTAXES: dict[str, UID] = {
+    UNCOMPRESSED: ExplicitVRLittleEndian,
+    RLE: RLELossless,
+    JPEG2000: JPEG2000Lossless,
+    JPEGLS: JPEGLSLossless,
+}
+
+# The historic geometry (every cohort before physical fields of view): ~6 mm pixels
+# (64 of them make a 384 mm field of view) and ~5 mm slices, each drawn within the
+# spread below. A value given as one number keeps the same relative spread.
+HISTORIC_PIXEL_SPACING_MM = 6.0
+HISTORIC_SLICE_THICKNESS_MM = 5.0
+PIXEL_SPACING_SPREAD = (14, 15, 16)  # 6 mm -> 5.6-6.4 mm: x 14/15 to x 16/15
+SLICE_THICKNESS_SPREAD = (9, 10, 11)  # 5 mm -> 4.5-5.5 mm: x 9/10 to x 11/10
+
+MmRange = tuple[float, float]
+
+
+def drawn_range(value: float | MmRange, spread: tuple[int, int, int]) -> MmRange:
+    """The (low, high) a spacing is drawn in: a pair as given, one value with the
+    historic relative spread around it (exactly 5.6-6.4 for 6, 4.5-5.5 for 5)."""
+    if isinstance(value, tuple):
+        return (float(value[0]), float(value[1]))
+    low, centre, high = spread
+    return (round(value * low / centre, 6), round(value * high / centre, 6))
+
+
+def pixel_spacing_range(value: float | MmRange) -> MmRange:
+    return drawn_range(value, PIXEL_SPACING_SPREAD)
+
+
+def slice_thickness_range(value: float | MmRange) -> MmRange:
+    return drawn_range(value, SLICE_THICKNESS_SPREAD)
+
+
+def described_thickness(description: str, nominal_mm: float) -> str:
+    """A vendor's series description ("CHEST 5mm", "Thorax 5.0 B30f") naming the
+    nominal slice thickness instead of 5 mm (unchanged at 5 mm)."""
+    decimal = f"{nominal_mm:.1f}" if round(nominal_mm, 1) == nominal_mm else f"{nominal_mm:g}"
+    return re.sub(r"5mm|5\.0", lambda m: f"{nominal_mm:g}mm" if m.group() == "5mm" else decimal, description)
+
 
 @dataclass(frozen=True)
 class StudySpec:
@@ -108,7 +161,7 @@ class StudySpec:
     # storage
     signed: bool
     bits_stored: int
-    rle: bool
+    compression: str  # a key of TRANSFER_SYNTAXES
     # on-disk layout
     study_dir: str
     layout: str
@@ -116,6 +169,14 @@ class StudySpec:
     lesion_radius_mm: float
     lesion_contrast_hu: float
     lesion_texture_std_hu: float
+
+    @property
+    def rle(self) -> bool:
+        return self.compression == RLE
+
+    @property
+    def transfer_syntax(self) -> UID:
+        return TRANSFER_SYNTAXES[self.compression]
 
     @property
     def rescale_intercept(self) -> float:
@@ -146,16 +207,20 @@ def make_study_spec(
     n_slices: int,
     rows: int,
     cols: int,
-    rle: bool,
     signed: bool,
     study_dir: str,
+    compression: str = UNCOMPRESSED,
+    pixel_spacing_mm: MmRange = (5.6, 6.4),
+    slice_thickness_mm: MmRange = (4.5, 5.5),
 ) -> StudySpec:
-    """Draw one study's acquisition details from the patient's own stream."""
+    """Draw one study's acquisition details from the patient's own stream (the
+    spacings within the given ranges: the defaults are the historic ones)."""
     rng = stream(seed, STUDY_SPEC, patient.index)
     manufacturer, model, kernel, localizer, descriptions = SCANNERS[patient.site]
     study_date, birth_date = _dates(patient.age, rng)
-    pixel_spacing = round(float(rng.uniform(5.6, 6.4)), 4)
-    slice_spacing = round(float(rng.uniform(4.5, 5.5)), 4)
+    pixel_spacing = round(float(rng.uniform(*pixel_spacing_mm)), 4)
+    slice_spacing = round(float(rng.uniform(*slice_thickness_mm)), 4)
+    nominal_thickness = round(sum(slice_thickness_mm) / 2, 4)
     half_fov = np.array([cols, rows]) * pixel_spacing / 2.0
     origin_xy = -half_fov + pixel_spacing / 2.0 + rng.uniform(-8.0, 8.0, 2)
     origin_z = float(rng.uniform(-350.0, -100.0))
@@ -176,7 +241,7 @@ def make_study_spec(
         manufacturer=manufacturer,
         model_name=model,
         kernel=kernel,
-        series_description=str(rng.choice(descriptions)),
+        series_description=described_thickness(str(rng.choice(descriptions)), nominal_thickness),
         localizer_description=localizer,
         kvp=float(rng.choice([100.0, 120.0, 120.0, 140.0])),
         tube_current_ma=int(rng.integers(80, 400)),
@@ -192,7 +257,7 @@ def make_study_spec(
         origin_mm=(round(float(origin_xy[0]), 3), round(float(origin_xy[1]), 3), round(origin_z, 3)),
         signed=signed,
         bits_stored=int(rng.choice([12, 16])),
-        rle=rle,
+        compression=compression,
         study_dir=study_dir,
         layout=str(rng.choice(LAYOUTS)),
         lesion_radius_mm=patient.lesion_radius_mm,

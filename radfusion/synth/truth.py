@@ -16,7 +16,7 @@ from radfusion.synth import outcome_model as om
 from radfusion.synth.dicom_writer import main_slice_position
 from radfusion.synth.patients import PatientRecord, SimulatedCohort
 from radfusion.synth.render import RenderedStudy
-from radfusion.synth.study_spec import StudySpec
+from radfusion.synth.study_spec import JPEG2000, JPEGLS, StudySpec
 
 GENERATOR_VERSION = "radfusion.synth/1"
 VOXEL_ORDER = "(slice, row, col); slices of the main series sorted by increasing z"
@@ -33,7 +33,7 @@ def lesion_centre_mm(spec: StudySpec, voxel: tuple[int, int, int]) -> list[float
     return [_r(x0 + c * spec.pixel_spacing_mm), _r(y0 + r * spec.pixel_spacing_mm), _r(z)]
 
 
-def _patient_truth(p: PatientRecord, spec: StudySpec, study: RenderedStudy) -> dict[str, Any]:
+def _patient_truth(p: PatientRecord, spec: StudySpec, study: RenderedStudy, varying_slices: bool) -> dict[str, Any]:
     return {
         "patient_id": p.patient_id,
         "study_instance_uid": spec.study_uid,
@@ -58,8 +58,18 @@ def _patient_truth(p: PatientRecord, spec: StudySpec, study: RenderedStudy) -> d
         "best_treatment": p.best_treatment,
         "pixel_spacing_mm": spec.pixel_spacing_mm,
         "slice_spacing_mm": spec.slice_spacing_mm,
-        "storage": {"rle": spec.rle, "signed": spec.signed, "bits_stored": spec.bits_stored},
+        "storage": _storage(spec),
+        **({"n_slices": spec.n_slices} if varying_slices else {}),
     }
+
+
+def _storage(spec: StudySpec) -> dict[str, Any]:
+    """RLE or not, signedness and bits, as ever; JPEG 2000 and JPEG-LS studies (cohorts
+    that ask for them) also name their compression."""
+    storage: dict[str, Any] = {"rle": spec.rle, "signed": spec.signed, "bits_stored": spec.bits_stored}
+    if spec.compression in (JPEG2000, JPEGLS):
+        storage["compression"] = spec.compression
+    return storage
 
 
 def truth_document(
@@ -68,6 +78,7 @@ def truth_document(
     studies: list[RenderedStudy],
     parameters: dict[str, Any],
 ) -> dict[str, Any]:
+    varying = isinstance(parameters.get("n_slices"), list)  # drawn per patient: each count recorded
     return {
         "generator_version": GENERATOR_VERSION,
         "seed": cohort.seed,
@@ -91,7 +102,8 @@ def truth_document(
         },
         "voxel_order": VOXEL_ORDER,
         "patients": [
-            _patient_truth(p, spec, study) for p, spec, study in zip(cohort.patients, specs, studies, strict=True)
+            _patient_truth(p, spec, study, varying)
+            for p, spec, study in zip(cohort.patients, specs, studies, strict=True)
         ],
     }
 
@@ -110,8 +122,13 @@ def cohort_summary(cohort: SimulatedCohort, specs: list[StudySpec]) -> dict[str,
         "censored_fraction": _r(sum(1 - p.event for p in patients) / n),
         "fraction_with_genomics": _r(sum(p.has_genomics for p in patients) / n),
         "n_rle_studies": sum(s.rle for s in specs),
-        "n_dicom_files": n * (specs[0].n_slices + 1) if specs else 0,
+        **{f"n_{kind}_studies": count for kind in (JPEG2000, JPEGLS) if (count := _count(specs, kind))},
+        "n_dicom_files": sum(s.n_slices + 1 for s in specs),
     }
+
+
+def _count(specs: list[StudySpec], compression: str) -> int:
+    return sum(s.compression == compression for s in specs)
 
 
 def write_json(document: dict[str, Any], path: Path) -> None:
