@@ -115,7 +115,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     quiet_libraries()
     results = evaluate(checkpoints, Path(args.out), baselines=parse_baselines(args.baselines))
-    print(markdown_table(results))
+    # --json: what metrics.json holds, for a script; else the table for a person.
+    print((Path(args.out) / "metrics.json").read_text() if args.json else markdown_table(results))
 
 
 def _count_or_all(text: str) -> int | None:
@@ -501,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
         "test patients: default (survival: coxnet, cox_ridge, rsf; classification: logistic, "
         "gradient_boosting; the slow ones skipped on wide tables), none, or a comma-separated list",
     )
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of the Markdown table")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="checkpoint -> ONNX with contract, parity check, BentoML store")

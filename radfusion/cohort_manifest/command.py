@@ -4,6 +4,7 @@ on use, so building the parser for other subcommands loads nothing)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -43,11 +44,13 @@ def add_cohort_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--contract", help="an exported model (ONNX): report genes of its panels the cohort lacks")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON (no identifiers) instead of text")
     p.set_defaults(func=run_cohort_build)
 
 
 def run_cohort_build(args: argparse.Namespace) -> None:
     from radfusion.cohort_manifest import ManifestInputs, OmicsSources, build_manifest, summary_text, write_manifest
+    from radfusion.cohort_manifest.report import summary_counts
     from radfusion.dicom import SelectionRules
     from radfusion.errors import RadfusionInputError
 
@@ -78,6 +81,9 @@ def run_cohort_build(args: argparse.Namespace) -> None:
     except (RadfusionInputError, ValueError, FileNotFoundError) as exc:
         sys.exit(f"radfusion cohort build: {exc}")
     out = write_manifest(manifest, Path(args.out))
+    if args.json:
+        print(json.dumps({**summary_counts(manifest.report), "out": str(out)}, indent=2))
+        return
     print(summary_text(manifest.report))
     print(f"manifest, genomics table and full report (with IDs) written to {out}")
 

@@ -62,6 +62,29 @@ def validation_report(
     }
 
 
+def summary_counts(report: dict) -> dict:
+    """The report's counts and reasons, no identifiers (what summary_text shows)."""
+    studies = report["studies"]
+    return {
+        "patients": report["patients"],
+        "patients_with_image": report["patients_with_image"],
+        "modality_patterns": report["modality_patterns"],
+        "genomics_missing": {k: v for k, v in report["genomics_missing"].items() if k != "patient_ids"},
+        "studies": {
+            "found": studies["found"],
+            "kept": studies["kept"],
+            "rejected": len(studies["rejected"]),
+            "rejected_by_reason": studies["rejected_by_reason"],
+            "skipped_files_by_reason": studies["skipped_files_by_reason"],
+        },
+        "omics": {
+            name: {key: block[key] for key in ("features", "samples", "patients", "source")}
+            for name, block in report["omics"].items()
+        },
+        "patients_without_outcome": len(report["patients_without_outcome"]["patient_ids"]),
+    }
+
+
 def summary_text(report: dict) -> str:
     """Counts and reasons, no identifiers."""
     lines = [f"patients: {report['patients']} ({report['patients_with_image']} with a usable study)"]

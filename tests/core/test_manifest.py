@@ -49,7 +49,7 @@ def build(cohort: Path, out: Path, capsys: pytest.CaptureFixture, **override: st
         "--out": out,
         **override,
     }
-    main(["cohort", "build", *[str(v) for pair in args.items() for v in pair]])
+    main(["cohort", "build", *[str(v) for pair in args.items() for v in pair if str(v)]])
     return json.loads((out / "report.json").read_text()), capsys.readouterr().out
 
 
@@ -70,6 +70,14 @@ def test_report_shows_the_planted_missing_genomics_share(cohort: Path, truth: di
     assert report["unmapped_samples"] == {"expression": [], "mutation": [], "copy_number": []}
     assert report["patients_without_outcome"]["patient_ids"] == []
     assert report["duplicates"]["studies"] == {}
+
+    # --json: the same counts for a script, still without an identifier.
+    _, printed = build(cohort, tmp_path / "j", capsys, **{"--json": ""})
+    counts = json.loads(printed)
+    assert counts["genomics_missing"] == {"patients": 3, "of_patients_with_image": 20, "share": 0.15}
+    assert counts["studies"]["found"] == 20 and counts["studies"]["rejected"] == 0
+    assert counts["modality_patterns"] == report["modality_patterns"] and counts["patients_without_outcome"] == 0
+    assert not any(p["patient_id"] in printed for p in truth["patients"])
 
 
 def test_manifest_holds_the_true_main_series_and_the_released_omics(
