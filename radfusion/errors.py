@@ -12,11 +12,13 @@ docs/errors.md is that catalogue as a table:
 from __future__ import annotations
 
 import inspect
+import os
 import struct
 import zipfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 
@@ -32,6 +34,30 @@ class UserError(ValueError):
         super().__init__(f"{problem}; {fix}" if fix else problem)
         self.problem = problem
         self.fix = fix
+
+
+def checkpoint_problem(path: Path | str) -> str | None:
+    """Why ``path`` cannot be a checkpoint radfusion train wrote, or None: it is missing,
+    or it is not a zip archive (what torch.save writes) — a CSV, an ONNX file or a
+    truncated download is named here, before torch tries to unpickle it."""
+    if not Path(path).is_file():
+        return "no such file"
+    if not zipfile.is_zipfile(path):
+        return "not a checkpoint (a .ckpt radfusion train wrote is a zip archive; this file is not)"
+    return None
+
+
+def writable(flag: str, path: Path | str, folder: bool = True) -> None:
+    """``path`` (a folder to write into, or a file to write when ``folder`` is False)
+    can be written: its nearest existing folder is writable (a read-only mount, a folder
+    of another user). Checked before any work, so minutes of it are not lost."""
+    target = Path(path).absolute() if folder else Path(path).absolute().parent
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{flag} {path}: cannot write there ({existing} is read-only or not yours)",
+            "give a folder you can write to",
+        )
 
 
 class RadfusionInputError(ValueError):

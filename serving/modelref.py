@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from radfusion.contract import read_contract_from_onnx
+from radfusion.contract import ModelContract, read_contract_from_onnx
 
 MODEL_ENV = "RADFUSION_MODEL"
 DEVICE_ENV = "RADFUSION_DEVICE"
@@ -50,6 +50,19 @@ def resolve_model_path(ref: str | Path) -> Path:
             raise ModelNotFoundError(f"BentoML model {stored.tag} holds no {ONNX_IN_BENTO_MODEL}")
         return onnx
     raise ModelNotFoundError(f"model {str(ref)!r} is neither an existing file nor a BentoML model tag")
+
+
+def read_model_contract(ref: str | Path) -> ModelContract:
+    """The contract of the model ``ref`` names (a file or a tag), or ModelNotFoundError
+    saying why there is none: a file that is not ONNX, or an ONNX graph without a
+    radfusion contract, fails here rather than in a worker after start."""
+    path = resolve_model_path(ref)
+    try:
+        return read_contract_from_onnx(path)
+    except Exception as exc:  # noqa: BLE001 - any byte sequence: the file is not a model radfusion wrote
+        raise ModelNotFoundError(
+            f"{path.name} is not an ONNX model with a radfusion contract ({type(exc).__name__})"
+        ) from None
 
 
 def device_from_env() -> str:

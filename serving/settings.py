@@ -185,6 +185,13 @@ def secret(name: str, raw: str) -> str | None:
     return raw or None
 
 
+def readable_file(name: str, raw: str) -> str | None:
+    path = Path(raw)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise SettingsError(f"{name}: no readable file at {raw!r}")
+    return raw
+
+
 def _setting(env: str, parse: Callable[[str, str], _T], default: _T, meaning: str, flag: str = "") -> _T:
     """A dataclass field read from ``env`` with ``parse`` (unset or blank: ``default``);
     ``meaning`` is its line in docs/settings.md; ``flag``: the command-line option that
@@ -213,6 +220,37 @@ class DeclaredSettings:
     )
     request_timeout_s: int = _setting(
         "RADFUSION_REQUEST_TIMEOUT_S", seconds, 300, "BentoML's limit for one HTTP request"
+    )
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """What `radfusion serve` (and a bento) reads before its services start: the model,
+    where it runs, who may call it (radfusion.serving.http.auth, serving.modelref)."""
+
+    model: str | None = _setting(
+        "RADFUSION_MODEL",
+        optional_path,
+        None,
+        "ONNX file or BentoML model tag the service loads (radfusion serve --model sets it; none: the latest export)",
+    )
+    device: str = _setting(
+        "RADFUSION_DEVICE",
+        one_of("auto", "cpu", "cuda"),
+        "auto",
+        "where ONNX Runtime runs the model (auto: the GPU when its provider works)",
+    )
+    api_tokens: str | None = _setting(
+        "RADFUSION_API_TOKENS", secret, None, "API tokens the service accepts, comma-separated (rotate: old and new)"
+    )
+    api_tokens_file: str | None = _setting(
+        "RADFUSION_API_TOKENS_FILE", readable_file, None, "a file of API tokens, one per line (# comments)"
+    )
+    auth: str = _setting(
+        "RADFUSION_AUTH",
+        one_of("on", "off"),
+        "on",
+        "off: no tokens, loopback clients only (development); on without a token: radfusion serve makes one",
     )
 
 
@@ -255,14 +293,14 @@ class StudySettings:
     )
     genomics_table: str | None = _setting(
         "RADFUSION_GENOMICS_TABLE",
-        optional_path,
+        readable_file,
         None,
         "genomics table (Parquet/CSV) for studies that arrive alone (STOW-RS, C-STORE), looked up by PatientID",
         "--genomics",
     )
     clinical_table: str | None = _setting(
         "RADFUSION_CLINICAL_TABLE",
-        optional_path,
+        readable_file,
         None,
         "clinical table (patient_id + the model's covariates) for studies that arrive alone, looked up by PatientID",
         "--clinical",
@@ -309,7 +347,10 @@ class ServiceSettings(StudySettings):
         "RADFUSION_MAX_BATCH_CASES", positive_int, 64, "cases in one /predict/batch request"
     )
     ort_threads: int = _setting(
-        "RADFUSION_ORT_THREADS", count_or_zero, 0, "ONNX Runtime intra-op threads (0: its default)"
+        "RADFUSION_ORT_THREADS",
+        count_or_zero,
+        0,
+        "ONNX Runtime intra-op threads (0: as the model records, else its default)",
     )
     prepare_concurrency: int = _setting(
         "RADFUSION_PREPARE_CONCURRENCY",
@@ -549,8 +590,49 @@ class ListenerSettings(StudySettings):
         return replace(settings, **values)
 
 
+# RADFUSION_* variables read outside the service and the listener: named, so that
+# `radfusion settings --check` can tell a typo from a setting.
+OTHER_VARIABLES = {
+    "RADFUSION_CACHE_DIR": "where caches go (default $XDG_CACHE_HOME/radfusion, else ~/.cache/radfusion)",
+    "RADFUSION_DEID_KEY": "radfusion deid's secret key (pseudonyms, date shifts)",
+    "RADFUSION_UNLOCKED": "scripts/bootstrap.sh: 1 resolves today's versions instead of requirements/lock.txt",
+    "RADFUSION_SCORER_COMMIT_DELAY_S": "tests only: a pause before each committed part of the scorer",
+    "RADFUSION_LAUNCHER_PID": "set by radfusion itself: the process a server stops with",
+    "RADFUSION_EVIDENCE_SEED": "tests only: the evidence tests' cohort seed",
+}
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem with this environment's RADFUSION_* variables, one line each: a
+    value a setting cannot use, or a name radfusion does not read (with the nearest
+    one, a typo's likely meaning)."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    problems = []
+    known = set(OTHER_VARIABLES)
+    for cls in (LaunchSettings, DeclaredSettings, ServiceSettings, ListenerSettings):
+        for f in fields(cls):
+            name = f.metadata["env"]
+            known.add(name)
+            raw = environ.get(name, "").strip()
+            if raw:
+                try:
+                    f.metadata["parse"](name, raw)
+                except SettingsError as exc:
+                    problems.append(str(exc))
+    for name in sorted(k for k in environ if k.startswith("RADFUSION_") and k not in known):
+        near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        problems.append(f"{name}: not a radfusion setting" + (f" (did you mean {near[0]}?)" if near else ""))
+    return list(dict.fromkeys(problems))  # a shared study variable is reported once
+
+
 def declared_from_env(environ: Mapping[str, str] | None = None) -> DeclaredSettings:
     return _from_env(DeclaredSettings, environ)
+
+
+def launch_from_env(environ: Mapping[str, str] | None = None) -> LaunchSettings:
+    return _from_env(LaunchSettings, environ)
 
 
 def _from_env(cls: type[_S], environ: Mapping[str, str] | None) -> _S:
@@ -594,7 +676,7 @@ def settings_markdown() -> str:
         "| variable | default | meaning |",
         "|---|---|---|",
     ]
-    for cls in (DeclaredSettings, ServiceSettings):
+    for cls in (LaunchSettings, DeclaredSettings, ServiceSettings):
         for f in fields(cls):
             lines.append(f"| `{f.metadata['env']}` | {shown_default(f.default)} | {f.metadata['meaning']} |")
     lines += [

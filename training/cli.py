@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.tuner import Tuner
 
-from radfusion.errors import UserError
+from radfusion.errors import UserError, checkpoint_problem
 from radfusion.training import curves
 from radfusion.training.checkpoints import ResumeCheckpoint
 from radfusion.training.data import RadfusionDataModule
@@ -126,9 +126,9 @@ def check_paths(config: Namespace, subcommand: str | None) -> None:
             f"no --ckpt_path: {subcommand} would run an untrained model",
             "give --ckpt_path <run>/checkpoints/best.ckpt",
         )
-    if ckpt_path is not None and ckpt_path not in CKPT_PATH_NAMES and not Path(ckpt_path).is_file():
+    if ckpt_path is not None and ckpt_path not in CKPT_PATH_NAMES and (problem := checkpoint_problem(ckpt_path)):
         raise UserError(
-            f"--ckpt_path {ckpt_path}: no such file",
+            f"--ckpt_path {ckpt_path}: {problem}",
             "give a checkpoint radfusion train wrote (<run>/checkpoints/best.ckpt or last.ckpt), "
             "or --ckpt_path last to resume the run in --trainer.default_root_dir",
         )

@@ -20,6 +20,7 @@ from radfusion.cli.checks import (
     check_config_files,
     check_model_file,
     model_file,
+    writable,
 )
 from radfusion.cli.failures import user_error_message
 from radfusion.cli.logs import LOG_LEVELS, configure_logging, quiet_libraries
@@ -63,6 +64,7 @@ def _synth(args: argparse.Namespace) -> None:
     )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder", "give a new or empty folder for the cohort")
+    writable("--out", args.out)
     out = generate_cohort(
         Path(args.out), n_patients=args.patients, seed=args.seed, n_genes=args.genes, workers=args.workers, **options
     )
@@ -98,17 +100,18 @@ def _cv(rest: list[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from radfusion.errors import UserError
+    from radfusion.errors import UserError, checkpoint_problem
 
     # A name given several times: one configuration trained with several seeds (one row, its spread).
     checkpoints: dict = {}
     for item in args.checkpoint:
         name, path = _named(item)
-        if not Path(path).is_file():
-            raise UserError(f"--checkpoint {item}: no checkpoint file at {path}", CHECKPOINT_FIX)
+        if problem := checkpoint_problem(path):
+            raise UserError(f"--checkpoint {item}: {problem}", CHECKPOINT_FIX)
         checkpoints.setdefault(name, []).append(Path(path))
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder", "give a folder for metrics.json")
+    writable("--out", args.out)
 
     from radfusion.training.cv.command import parse_baselines
     from radfusion.training.evaluate import evaluate, markdown_table
@@ -144,17 +147,18 @@ EXPORT_MODELS = ("network", "coxnet", "cox_ridge", "logistic")
 def _export(args: argparse.Namespace) -> None:
     """Training exports and checks the model; serving registers it (the CLI is the one
     layer that may join them)."""
-    from radfusion.errors import UserError
+    from radfusion.errors import UserError, checkpoint_problem
 
-    if not Path(args.checkpoint).is_file():
-        raise UserError(f"--checkpoint {args.checkpoint}: no such file", CHECKPOINT_FIX)
     if args.model not in EXPORT_MODELS:
         raise UserError(
             f"only linear baselines can be exported ({', '.join(EXPORT_MODELS[1:])}), not {args.model!r}",
             "leave out --model to export the network, or name one of them",
         )
+    if problem := checkpoint_problem(args.checkpoint):
+        raise UserError(f"--checkpoint {args.checkpoint}: {problem}", CHECKPOINT_FIX)
     if Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder", "give the path of the .onnx file to write, e.g. model.onnx")
+    writable("--out", args.out, folder=False)
 
     from radfusion.training.cv.affine import BaselineExportError
     from radfusion.training.export import export, write_export_report
@@ -250,11 +254,11 @@ def _check_score_args(args: argparse.Namespace) -> Path:
             raise UserError(f"{flag} {value}: no such file", "give the table's path (Parquet or CSV)")
     if Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder", "give the path of the Parquet file to write")
-    model = model_file(args.model)
+    writable("--out", args.out, folder=False)
     from radfusion.runtime import require_gpu_provider
 
     require_gpu_provider(args.device)
-    return model
+    return model_file(args.model)
 
 
 def _score_table(args: argparse.Namespace, model: Path) -> None:
@@ -287,6 +291,7 @@ def _serve(args: argparse.Namespace) -> None:
     from radfusion.serving.http.auth import TOKENS_ENV, AuthNotConfiguredError
     from radfusion.serving.http.launch import serve_forever
     from radfusion.serving.modelref import ModelNotFoundError
+    from radfusion.serving.patients import PatientTableError
     from radfusion.serving.settings import SettingsError
 
     check_model_file(args.model)
@@ -294,6 +299,8 @@ def _serve(args: argparse.Namespace) -> None:
         serve_forever(model=args.model, host=args.host, port=args.port)
     except ModelNotFoundError as exc:
         raise UserError(str(exc), EXPORT_FIRST) from exc
+    except PatientTableError as exc:
+        raise UserError(str(exc), "fix the table or RADFUSION_GENOMICS_TABLE / RADFUSION_CLINICAL_TABLE") from exc
     except SettingsError as exc:
         raise UserError(str(exc), "fix the variable or unset it (radfusion settings lists them)") from exc
     except AuthNotConfiguredError as exc:
@@ -302,7 +309,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from radfusion.errors import UserError
+    from radfusion.errors import UserError, checkpoint_problem
 
     if args.run is None and args.scores is None:
         raise UserError(
@@ -319,10 +326,15 @@ def _report(args: argparse.Namespace) -> None:
             f"--run {run} {'is not a folder' if run.exists() else 'does not exist'}",
             "give the run folder radfusion train wrote (its --trainer.default_root_dir) or radfusion demo's --out",
         )
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise UserError(f"--checkpoint {args.checkpoint}: no such file", CHECKPOINT_FIX)
+    if args.checkpoint and (problem := checkpoint_problem(args.checkpoint)):
+        raise UserError(f"--checkpoint {args.checkpoint}: {problem}", CHECKPOINT_FIX)
     if args.cv and not Path(args.cv).exists():
         raise UserError(f"--cv {args.cv} does not exist", "give a radfusion cv output folder or its cv.json")
+    if args.out:
+        writable("--out", args.out)
+    for flag, folder in (("--run", run), ("--scores", Path(args.scores).parent if args.scores else None)):
+        if folder is not None and not args.out:
+            writable(flag, folder)  # the report goes beside it
 
     scores_path = None
     if args.scores is not None:
@@ -370,12 +382,12 @@ class _ServeHelp(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> NoReturn:
         from dataclasses import fields
 
-        from radfusion.serving.settings import DeclaredSettings, ServiceSettings
+        from radfusion.serving.settings import DeclaredSettings, LaunchSettings, ServiceSettings, shown_default
 
         lines = ["settings (environment variables, read and checked when the service starts):"]
-        for cls in (DeclaredSettings, ServiceSettings):
+        for cls in (LaunchSettings, DeclaredSettings, ServiceSettings):
             for f in fields(cls):
-                lines.append(f"  {f.metadata['env']} (default {f.default!r}): {f.metadata['meaning']}")
+                lines.append(f"  {f.metadata['env']} (default {shown_default(f.default)}): {f.metadata['meaning']}")
         parser.epilog = "\n".join(lines)
         parser.print_help()
         parser.exit()

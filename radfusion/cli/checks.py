@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from radfusion.errors import UserError
+from radfusion.errors import UserError, writable  # noqa: F401 - re-exported for the commands
 
 
 def at_least(flag: str, value: int, least: int, fix: str) -> None:
@@ -39,10 +39,11 @@ CHECKPOINT_FIX = "give a checkpoint radfusion train wrote (<trainer.default_root
 def model_file(ref: str) -> Path:
     """The ONNX file of --model (a file, or a tag of the BentoML model store), or a
     UserError saying how to get one."""
-    from radfusion.serving.modelref import ModelNotFoundError, resolve_model_path
+    from radfusion.serving.modelref import ModelNotFoundError, read_model_contract, resolve_model_path
 
     check_model_file(ref)
     try:
+        read_model_contract(ref)
         return resolve_model_path(ref)
     except ModelNotFoundError as exc:
         raise UserError(str(exc), EXPORT_FIRST) from exc

@@ -26,25 +26,21 @@ def _run(args: argparse.Namespace) -> None:
 
     from radfusion.serving.settings import (
         DeclaredSettings,
-        ListenerSettings,
+        LaunchSettings,
         ServiceSettings,
-        SettingsError,
-        declared_from_env,
+        check_environment,
         listener_only_fields,
         settings_markdown,
     )
 
     if args.check:
-        try:
-            ServiceSettings.from_env()
-            declared_from_env()
-            ListenerSettings.from_env()
-        except SettingsError as exc:
-            raise UserError(str(exc), "fix the variable or unset it (radfusion settings lists them)") from exc
+        problems = check_environment()
+        if problems:
+            raise UserError("; ".join(problems), "fix the variables or unset them (radfusion settings lists them)")
         print("settings: every RADFUSION_* variable set here is valid")
         return
     if args.markdown:
         print(settings_markdown(), end="")
         return
-    for f in [*fields(DeclaredSettings), *fields(ServiceSettings), *listener_only_fields()]:
+    for f in [*fields(LaunchSettings), *fields(DeclaredSettings), *fields(ServiceSettings), *listener_only_fields()]:
         print(f"{f.metadata['env']}\t{f.default}\t{f.metadata['meaning']}")

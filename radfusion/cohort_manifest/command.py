@@ -91,7 +91,7 @@ def run_cohort_build(args: argparse.Namespace) -> None:
 def check_inputs(args: argparse.Namespace) -> None:
     """Every input named on the command line exists, before anything is read: a
     mistyped --dicom would otherwise give a manifest of no studies."""
-    from radfusion.errors import UserError
+    from radfusion.errors import UserError, writable
 
     dicom = Path(args.dicom)
     if not dicom.is_dir():
@@ -113,3 +113,4 @@ def check_inputs(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} {value} does not exist", "check the path")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder", "give a folder for the manifest")
+    writable("--out", args.out)

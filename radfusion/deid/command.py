@@ -80,8 +80,9 @@ def run_deid_command(args: argparse.Namespace) -> None:
     from radfusion.deid.errors import DeidKeyError
     from radfusion.deid.keys import DeidKey
     from radfusion.deid.run import deidentify_tree
-    from radfusion.errors import RadfusionInputError
+    from radfusion.errors import RadfusionInputError, writable
 
+    writable("--out", args.out)
     try:
         if args.key_file:
             key = DeidKey.from_file(Path(args.key_file))

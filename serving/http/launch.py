@@ -31,9 +31,10 @@ from radfusion.serving.http.auth import (
     is_loopback,
     tokens_from_env,
 )
-from radfusion.serving.modelref import MODEL_ENV, ModelNotFoundError, looks_like_tag, resolve_model_path
+from radfusion.serving.modelref import MODEL_ENV, ModelNotFoundError, looks_like_tag, read_model_contract
 from radfusion.serving.orphans import LAUNCHER_PID_ENV
-from radfusion.serving.settings import ServiceSettings, declared_from_env
+from radfusion.serving.patients import PatientTables
+from radfusion.serving.settings import ServiceSettings, declared_from_env, launch_from_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "radfusion.serving.http.service:Radfusion"
@@ -83,15 +84,19 @@ def serve_forever(model: str | Path, host: str = "127.0.0.1", port: int = 3000) 
     configured (and auth not off) one is made for this run and printed once.
 
     What would stop the service from starting fails here, before anything starts:
-    ModelNotFoundError (no such file, or a tag not in the model store),
-    SettingsError (a RADFUSION_* variable the service cannot use) and
+    ModelNotFoundError (no such file, a tag not in the model store, a file that is not
+    a model radfusion exported), SettingsError (a RADFUSION_* variable the service
+    cannot use), PatientTableError (a genomics or clinical table it cannot use) and
     AuthNotConfiguredError."""
     check_model_ref(model)
-    if isinstance(model, str) and looks_like_tag(model):
-        resolve_model_path(model)
     env = serve_env(model)
-    ServiceSettings.from_env(env)
+    launch_from_env(env)
+    settings = ServiceSettings.from_env(env)
     declared_from_env(env)
+    contract = read_model_contract(model)
+    # The tables every worker loads at start, read once here: a bad one stops this
+    # command, not the workers in a restart loop.
+    PatientTables.from_paths(contract, settings.genomics_table, settings.clinical_table)
     made_token = not tokens_from_env(env) and not auth_off_from_env(env)
     if made_token:
         env[TOKENS_ENV] = secrets.token_urlsafe(24)

@@ -104,17 +104,20 @@ def _listen(args: argparse.Namespace) -> None:
         sys.exit(f"radfusion listen: {exc}; fix the option or variable (radfusion listen --help lists them)")
     if not Path(args.model).is_file():
         sys.exit(f"radfusion listen: no model file at {args.model}; give the .onnx file radfusion export wrote")
-    if Path(args.work).exists() and not Path(args.work).is_dir():
-        sys.exit(f"radfusion listen: --work {args.work} is a file; give a folder for the listener's state")
-    for flag, table in (("--genomics", settings.genomics_table), ("--clinical", settings.clinical_table)):
-        if table and not Path(table).is_file():
-            sys.exit(f"radfusion listen: {flag} {table}: no such file; give the table's path (Parquet or CSV)")
     from radfusion.runtime import require_gpu_provider
 
     try:
         require_gpu_provider(settings.device)
     except UserError as exc:
         sys.exit(f"radfusion listen: {exc}")
+    from radfusion.serving.modelref import ModelNotFoundError, read_model_contract
+
+    try:
+        read_model_contract(Path(args.model))
+    except ModelNotFoundError as exc:
+        sys.exit(f"radfusion listen: --model {exc}; give the .onnx file radfusion export wrote")
+    if Path(args.work).exists() and not Path(args.work).is_dir():
+        sys.exit(f"radfusion listen: --work {args.work} is a file; give a folder for the listener's state")
 
     from radfusion.serving.pacs.listener import ListenerConfig, run_listener
     from radfusion.serving.pacs.pipeline import RetryPolicy

@@ -36,16 +36,18 @@ def test_defaults_without_environment() -> None:
     assert declared_from_env({}) == DeclaredSettings()
 
 
-def test_values_are_parsed() -> None:
+def test_values_are_parsed(tmp_path) -> None:
+    table = tmp_path / "g.parquet"
+    table.write_bytes(b"")
     settings = ServiceSettings.from_env(
         {
             "RADFUSION_MAX_UPLOAD_BYTES": " 2048 ",
             "RADFUSION_ORT_THREADS": "0",
-            "RADFUSION_GENOMICS_TABLE": "g.parquet",
+            "RADFUSION_GENOMICS_TABLE": str(table),
             "RADFUSION_EXPLAIN_TOP_GENES": "3",
         }
     )
-    assert (settings.max_upload_bytes, settings.ort_threads, settings.genomics_table) == (2048, 0, "g.parquet")
+    assert (settings.max_upload_bytes, settings.ort_threads, settings.genomics_table) == (2048, 0, str(table))
     assert settings.explain.top_genes == 3
     assert not declared_from_env({"RADFUSION_BATCHING": "OFF"}).batching
 
@@ -181,7 +183,9 @@ def test_committed_settings_docs_equal_the_generated_table() -> None:
     assert committed == generated, "docs/settings.md is stale: radfusion settings --markdown > docs/settings.md"
 
 
-def test_listener_reads_its_variables_and_its_flags_win() -> None:
+def test_listener_reads_its_variables_and_its_flags_win(tmp_path) -> None:
+    table = tmp_path / "genomics.parquet"
+    table.write_bytes(b"")
     env = {
         "RADFUSION_LISTEN_PORT": "104",
         "RADFUSION_LISTEN_AE_TITLE": " SCORER ",
@@ -189,7 +193,7 @@ def test_listener_reads_its_variables_and_its_flags_win() -> None:
         "RADFUSION_LISTEN_KEEP_HOURS": "-1",
         "RADFUSION_LISTEN_REPORT_FAILURES": "off",
         "RADFUSION_STUDY_MAX_VOXELS": "1000000",
-        "RADFUSION_GENOMICS_TABLE": "genomics.parquet",
+        "RADFUSION_GENOMICS_TABLE": str(table),
     }
     settings = ListenerSettings.from_env(env)
     assert (settings.port, settings.ae_title, settings.keep_hours, settings.report_failures) == (
@@ -201,7 +205,9 @@ def test_listener_reads_its_variables_and_its_flags_win() -> None:
     assert settings.send_to == ("ORTHANC@127.0.0.1:4242", "ARCHIVE@pacs.local:104")
     # The study budget and the tables are the service's variables, read the same way.
     assert settings.study_budget().max_voxels == 1_000_000 == ServiceSettings.from_env(env).study_budget().max_voxels
-    assert settings.genomics_table == "genomics.parquet"
+    assert settings.genomics_table == str(table)
+    with pytest.raises(SettingsError, match="RADFUSION_GENOMICS_TABLE: no readable file"):
+        ListenerSettings.from_env({"RADFUSION_GENOMICS_TABLE": str(tmp_path / "missing.parquet")})
 
     given = ListenerSettings.from_env(
         env, {"port": "11113", "send_to": ["A@127.0.0.1:1"], "report_failures": True, "keep_hours": "0"}
@@ -248,3 +254,28 @@ def test_every_listener_option_has_its_setting() -> None:
     assert flags <= options
     assert options - flags - {"--no-report-failures"} == {"-h", "--help", "--model", "--work"}
     assert {f.name for f in fields(StudySettings)} < {f.name for f in fields(ListenerSettings)}
+
+
+def test_check_environment_names_every_bad_value_and_unknown_name(tmp_path) -> None:
+    from radfusion.serving.settings import check_environment
+
+    problems = check_environment(
+        {
+            "RADFUSION_DEVICE": "tpu",
+            "RADFUSION_AUTH": "maybe",
+            "RADFUSION_API_TOKENS_FILE": str(tmp_path / "none"),
+            "RADFUSION_STUDY_MAX_SECONDS": "x",  # read by the service and the listener: reported once
+            "RADFUSION_MAX_UPLOAD_BYTE": "1",
+            "RADFUSION_CACHE_DIR": str(tmp_path),
+            "HOME": "/root",
+        }
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "RADFUSION_DEVICE",
+        "RADFUSION_API_TOKENS_FILE",
+        "RADFUSION_AUTH",
+        "RADFUSION_STUDY_MAX_SECONDS",
+        "RADFUSION_MAX_UPLOAD_BYTE",
+    ]
+    assert problems[-1].endswith("(did you mean RADFUSION_MAX_UPLOAD_BYTES?)")
+    assert check_environment({"RADFUSION_AUTH": "off", "RADFUSION_LISTEN_PORT": "104"}) == []
