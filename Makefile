@@ -39,6 +39,8 @@ bento: venv
 # -> bench/results/scoring.json (pipeline_efficiency, worker_scaling).
 # HTTP service: adaptive batching on vs off, ONNX Runtime vs PyTorch, in one run
 # -> bench/results/serving.json (batching_speedup, ort_vs_torch, p50/p95 latency).
+# ONNX Runtime's configurations (exported graph, threads, spinning, optimisation level,
+# OpenVINO where installed) each against PyTorch eager -> bench/results/runtimes.json.
 # DICOM ingest: radfusion's series loader vs MONAI LoadImage + transforms, training
 # DataLoader with vs without its image cache -> bench/results/ingest.json
 # (loader_vs_monai, cached_loader_speedup, cached_epoch_speedup).
@@ -55,6 +57,7 @@ bench: venv
 	$(PY) -m bench.evidence
 	$(PY) -m bench.scoring
 	$(PY) -m bench.serving
+	$(PY) -m bench.runtimes
 	$(PY) -m bench.training
 	$(PY) -m bench.ingest
 

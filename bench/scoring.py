@@ -43,12 +43,20 @@ def build_model(cohort: Path, path: Path) -> Path:
     """An untrained fusion model with the demo geometry and the cohort's gene panel."""
     if path.exists():
         return path
+    from radfusion.training.runtime_choice import export_fastest
+
+    net, contract = build_network(cohort)
+    export_fastest(net, contract, path)  # as `radfusion export --tune-runtime` does: the runtime timed here
+    return path
+
+
+def build_network(cohort: Path):
+    """(network, contract) of the bench model: the untrained network, seeded, in eval mode."""
     import torch
 
     from radfusion.contract import ImageGeometry, ModelContract
     from radfusion.genomics import feature_columns, load_genomics_table, split_blocks
     from radfusion.preprocess import fit_omics_block
-    from radfusion.training.export import export_onnx
     from radfusion.training.model import FusionNet
 
     table = load_genomics_table(cohort / "genomics.parquet")
@@ -70,9 +78,7 @@ def build_model(cohort: Path, path: Path) -> Path:
         n_classes=2,
         config={"modalities": ("image", "genomics"), **DEMO_NET},
     ).eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(net, contract, path)
-    return path
+    return net, contract
 
 
 class _NoWriter:

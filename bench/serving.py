@@ -14,7 +14,9 @@
   the API service: what a hospital app sees.
 - ``ort_vs_torch``: the same fusion network run by PyTorch eager and by ONNX Runtime in
   this process, on the same preprocessed inputs, batch 16 (also ``_batch1``); outputs
-  are compared to show it is the same model.
+  are compared to show it is the same model. ONNX Runtime opens the model as serving
+  does, with the configuration the export timed fastest here and recorded in the
+  contract (training/runtime_choice.py); bench/runtimes.py times every variant.
 - p50/p95 latency per request for every HTTP leg.
 
 Stability: both servers of a comparison are up at once and measured in alternating
@@ -225,15 +227,25 @@ def compare(urls: dict[str, str], calls, cases, clients: int, per_client: int, r
 
 
 def ort_vs_torch(model_path: Path, cases: list[dict], repeats: int) -> dict:
-    """Same network, same inputs, same process: PyTorch eager vs ONNX Runtime (logits)."""
+    """Same network, same inputs, same process: PyTorch eager vs ONNX Runtime (logits).
+
+    ONNX Runtime runs the model as serving opens it: radfusion.runtime.OnnxModel with
+    the configuration the export timed fastest on this machine and recorded in the
+    contract (training/runtime_choice.py; bench/runtimes.py has every variant). PyTorch
+    runs with its default threads (the cores); its figures with one thread are kept
+    beside them (``torch_1_thread_ms``), as on a loaded machine its OpenMP threads lose
+    most. The two alternate call by call, each after a pause in which the other's idle
+    threads stop spinning; the ratio is the median of the per-call ratios."""
     import torch
 
+    from bench.runtimes import SETTLE_S
     from radfusion.predictor import stack_inputs
     from radfusion.runtime import OnnxModel
     from radfusion.training.model import FusionNet, LogitModel
 
-    ort_model = OnnxModel(model_path, device="cpu", threads=torch.get_num_threads())
+    ort_model = OnnxModel(model_path, device="cpu")
     contract = ort_model.contract
+    threads = torch.get_num_threads()
     torch.manual_seed(0)  # the weights bench.scoring.build_model exported
     net = FusionNet(
         omics_sizes={b.name: len(b.features) for b in contract.omics},
@@ -245,30 +257,48 @@ def ort_vs_torch(model_path: Path, cases: list[dict], repeats: int) -> dict:
     def batch(n: int) -> tuple[np.ndarray, ...]:
         return tuple(a.astype(np.float32) for a in stack_inputs([cases[i % len(cases)]["inputs"] for i in range(n)]))
 
-    def run_torch(arrays):
+    def run_torch(arrays, torch_threads: int = threads):
+        torch.set_num_threads(torch_threads)
         with torch.inference_mode():
-            return model(*(torch.from_numpy(a) for a in arrays)).numpy()
+            out = model(*(torch.from_numpy(a) for a in arrays)).numpy()
+        torch.set_num_threads(threads)
+        return out
 
-    def timed(fn, arrays) -> float:
-        fn(arrays)  # warm-up
-        times = []
+    legs = {
+        "torch": run_torch,
+        "ort": lambda a: ort_model.logits(*a),
+        "torch_1_thread": lambda a: run_torch(a, 1),
+    }
+
+    def timed(arrays) -> dict[str, list[float]]:
+        times: dict[str, list[float]] = {leg: [] for leg in legs}
+        for leg in legs.values():  # warm-up
+            leg(arrays)
         for _ in range(repeats):
-            started = time.perf_counter()
-            fn(arrays)
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
+            for name, leg in legs.items():
+                time.sleep(SETTLE_S)
+                leg(arrays)
+                started = time.perf_counter()
+                leg(arrays)
+                times[name].append(time.perf_counter() - started)
+        return times
 
-    out: dict = {"threads": torch.get_num_threads()}
+    out: dict = {"threads": threads, "ort_configuration": ort_model.configuration}
     arrays = batch(16)
     out["max_abs_diff_logits"] = float(np.abs(run_torch(arrays) - ort_model.logits(*arrays)).max())
     for n in (1, 16):
-        arrays = batch(n)
-        t_torch, t_ort = timed(run_torch, arrays), timed(lambda a: ort_model.logits(*a), arrays)
+        times = timed(batch(n))
         out[f"batch{n}"] = {
-            "torch_ms": round(1000 * t_torch, 2),
-            "ort_ms": round(1000 * t_ort, 2),
-            "ratio": round(t_torch / t_ort, 2),
+            "torch_ms": round(1000 * statistics.median(times["torch"]), 2),
+            "ort_ms": round(1000 * statistics.median(times["ort"]), 2),
+            "ratio": round(statistics.median(t / o for t, o in zip(times["torch"], times["ort"], strict=True)), 2),
+            "torch_1_thread_ms": round(1000 * statistics.median(times["torch_1_thread"]), 2),
+            "ratio_vs_torch_1_thread": round(
+                statistics.median(t / o for t, o in zip(times["torch_1_thread"], times["ort"], strict=True)), 2
+            ),
         }
+    if contract.runtime is not None:
+        out["runtime_candidates_ms"] = contract.runtime.timings_ms  # batch 1, batch 16, as timed at export
     return out
 
 
@@ -279,7 +309,7 @@ def per_case_ms(model_path: Path, cases: list[dict], repeats: int) -> dict:
     from radfusion.predictor import stack_inputs
     from radfusion.runtime import OnnxModel
 
-    model = OnnxModel(model_path, device="cpu", threads=os.cpu_count() or 1)
+    model = OnnxModel(model_path, device="cpu")  # as serving opens it: the recorded configuration
     out = {}
     for n in (1, 16):
         arrays = stack_inputs([cases[i % len(cases)]["inputs"] for i in range(n)])
@@ -316,6 +346,19 @@ def notes(results: dict) -> list[str]:
             "The target is for a GPU, where a batch-1 "
             "run leaves the device mostly idle: bench/gpu_serving.sh measures it there."
         )
+    engines = results["engines"]
+    config = engines["ort_configuration"]
+    opened = (
+        f"{config['provider']}, {config['threads'] or 'default'} intra-op threads, "
+        f"spinning {'on' if config['spinning'] else 'off'}, {config['graph']} graph"
+    )
+    lines.append(
+        f"ort_vs_torch: ONNX Runtime as serving opens the model ({opened}, "
+        "timed fastest at export and recorded in its contract) against PyTorch eager with its default "
+        f"{engines['threads']} threads; against PyTorch on one thread it is "
+        f"{engines['batch16']['ratio_vs_torch_1_thread']}x at batch 16 and "
+        f"{engines['batch1']['ratio_vs_torch_1_thread']}x at batch 1 (bench/results/runtimes.json: every variant)."
+    )
     if results["ort_vs_torch"] < TARGETS["ort_vs_torch"]:
         lines.append(
             f"ort_vs_torch {results['ort_vs_torch']} is below the target {TARGETS['ort_vs_torch']}, as measured."

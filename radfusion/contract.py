@@ -176,6 +176,38 @@ class ClinicalSpec:
 
 
 @dataclass
+class RuntimeChoice:
+    """How ONNX Runtime opens the model on CPU: the fastest of the configurations timed
+    on the exported model at export (radfusion.training.runtime_choice), on the
+    exporting machine. radfusion.runtime.OnnxModel opens the model this way; a
+    provider this installation lacks falls back to the CPU provider's defaults (logged).
+    GPU devices ignore it."""
+
+    # "CPUExecutionProvider", or "OpenVINOExecutionProvider" where onnxruntime-openvino
+    # was installed and measured faster.
+    provider: str = "CPUExecutionProvider"
+    # Intra-op threads; 0: ONNX Runtime's default (the cores). Applied only on a machine
+    # with ``cpus`` cores (a thread count measured on 2 cores says nothing about 32);
+    # an explicit count (RADFUSION_ORT_THREADS, --threads) always wins.
+    threads: int = 0
+    # Whether idle intra-op threads spin waiting for work (session.intra_op.allow_spinning):
+    # lower latency on a machine of one's own, CPU taken from others on a shared one.
+    spinning: bool = True
+    # The exported graph: "folded" (3D convolutions as 2D ones, radfusion.training.
+    # onnx_layout) or "plain".
+    graph: str = "folded"
+    cpus: int = 0
+    # Each candidate's median ms at batch 1 and at batch 16, as measured.
+    timings_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RuntimeChoice:
+        """As the contract stores it; what a later version added is left out."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
 class ModelContract:
     name: str
     version: str
@@ -206,6 +238,9 @@ class ModelContract:
     # for other tasks.
     time_bins: list[float] = field(default_factory=list)
     cohort_hash: str = ""
+    # How ONNX Runtime runs it fastest, measured at export; None: ONNX Runtime's
+    # defaults (models exported before it was recorded).
+    runtime: RuntimeChoice | None = None
     # The input features that move the model's output most (attributions on the
     # validation split, written at export), most important first: each {"feature",
     # "block", "importance"}; a lab checks its panel covers them (GET /contract).
@@ -220,7 +255,7 @@ class ModelContract:
         data = dataclasses.asdict(self)
         if self.treatment_benefit is not None:
             data["treatment_benefit"] = self.treatment_benefit.to_dict()
-        for optional in ("conformal", "treatment_benefit"):
+        for optional in ("conformal", "treatment_benefit", "runtime"):
             if data[optional] is None:  # a contract without it stays readable by earlier versions
                 del data[optional]
         return data
@@ -241,6 +276,7 @@ class ModelContract:
         clinical = data.pop("clinical", None)
         conformal = data.pop("conformal", None)
         benefit = data.pop("treatment_benefit", None)
+        runtime = data.pop("runtime", None)
         omics = [OmicsBlock.from_dict(block) for block in data.pop("omics")]
         image = data.pop("image")
         image = ImageGeometry(
@@ -258,6 +294,7 @@ class ModelContract:
             clinical=ClinicalSpec(**clinical) if clinical else None,
             conformal=ConformalSpec(**conformal) if conformal else None,
             treatment_benefit=BenefitDraws(**benefit) if benefit else None,
+            runtime=RuntimeChoice.from_dict(runtime) if runtime else None,
             **data,
         )
 

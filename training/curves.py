@@ -162,7 +162,8 @@ def png(curves: Curves) -> bytes:
 def summary(curves: Curves, monitor: str | None = None) -> str:
     """One sentence: epochs, versions stitched, the best of the monitored metric."""
     epochs = curves.epochs
-    text = f"{len(epochs)} epochs ({epochs[0]}–{epochs[-1]})" if epochs else "no epochs"
+    plural = "epoch" if len(epochs) == 1 else "epochs"
+    text = f"{len(epochs)} {plural} ({epochs[0]}–{epochs[-1]})" if epochs else "no epochs"
     if len(curves.versions) > 1:
         text += f" from {len(curves.versions)} runs, resumed at epoch {', '.join(map(str, curves.resumed_at))}"
     # Higher is better for what the module monitors (val/auroc, val/cindex: checkpoints in mode max).

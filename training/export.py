@@ -25,6 +25,8 @@ from radfusion.training.checkpoints import build_contract, load_datamodule, load
 from radfusion.training.evidence.benefit import fit_benefit, fitting_cases, has_benefit
 from radfusion.training.importance import DEFAULT_CASES, export_importance
 from radfusion.training.model import LogitModel
+from radfusion.training.onnx_layout import fold_depth
+from radfusion.training.runtime_choice import export_fastest
 from radfusion.treatment import default_margin
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,12 @@ class ParityError(RuntimeError):
     pass
 
 
-def export_onnx(net: torch.nn.Module, contract: ModelContract, path: Path) -> None:
+def export_onnx(net: torch.nn.Module, contract: ModelContract, path: Path, fold: bool = True) -> None:
+    """``net`` as ONNX at ``path``, the contract inside. ``fold``: 3D convolutions as
+    the equivalent 2D ones ONNX Runtime runs faster (radfusion.training.onnx_layout;
+    ``net`` itself is not changed)."""
+    if fold:
+        net = fold_depth(net)
     wrapper = LogitModel(net).eval()
     shape = (1, *contract.image.target_shape)
     example = (
@@ -124,8 +131,13 @@ def export(
     importance_cases: int = DEFAULT_CASES,
     model: str = NETWORK,
     conformal_coverage: float | None = DEFAULT_COVERAGE,
+    tune_runtime: bool = False,
 ) -> dict:
     """Export ``checkpoint`` to ``out`` (plus ``out``.export.json, the report returned).
+    ``tune_runtime``: time how ONNX Runtime runs the model fastest on this machine
+    (radfusion.training.runtime_choice: both graphs, threads, spinning; tens of seconds)
+    and record it in the contract; otherwise the folded graph with the runtime's
+    defaults (a model is often served on another machine than it is exported on).
     ``cohort_dir``: where the training cohort lies now, if it moved since training
     (calibration, the feature importance and the parity check read it);
     ``importance_cases``: validation cases the contract's feature importance is
@@ -181,8 +193,12 @@ def export(
     contract.feature_importance = importance.features
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    log.info("export: writing the ONNX graph")
-    export_onnx(net, contract, tmp)
+    if tune_runtime:
+        log.info("export: writing the ONNX graph, timing how ONNX Runtime runs it fastest here")
+        export_fastest(net, contract, tmp)
+    else:
+        log.info("export: writing the ONNX graph")
+        export_onnx(net, contract, tmp)
     log.info("export: checking ONNX Runtime against PyTorch")
     diff = parity_check(net, tmp, dm)
     if not diff <= tolerance:
@@ -195,6 +211,7 @@ def export(
         "version": contract.version,
         "baseline": baseline,
         "onnx_max_abs_diff": diff,
+        "runtime": dataclasses.asdict(contract.runtime) if contract.runtime else None,
         "parity_tolerance": tolerance,
         "temperature": contract.temperature,
         "conformal": dataclasses.asdict(contract.conformal) if contract.conformal else None,

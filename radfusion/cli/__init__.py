@@ -117,7 +117,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     from radfusion.training.evaluate import evaluate, markdown_table
 
     quiet_libraries()
-    results = evaluate(checkpoints, Path(args.out), baselines=parse_baselines(args.baselines))
+    from radfusion.training.cv.holdout import check_names
+
+    baselines = parse_baselines(args.baselines)
+    try:
+        check_names(baselines)
+    except ValueError as exc:
+        raise UserError(f"--baselines {args.baselines}: {exc}") from exc
+    results = evaluate(checkpoints, Path(args.out), baselines=baselines)
     # --json: what metrics.json holds, for a script; else the table for a person.
     print((Path(args.out) / "metrics.json").read_text() if args.json else markdown_table(results))
 
@@ -172,6 +179,7 @@ def _export(args: argparse.Namespace) -> None:
             calibrate=not args.no_calibrate,
             model=args.model,
             conformal_coverage=args.coverage or None,
+            tune_runtime=args.tune_runtime,
         )
     except BaselineExportError as exc:
         sys.exit(f"radfusion export: {exc}")
@@ -255,6 +263,7 @@ def _check_score_args(args: argparse.Namespace) -> Path:
     if Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder", "give the path of the Parquet file to write")
     writable("--out", args.out, folder=False)
+    at_least("--batch-size", args.batch_size, 1, "give the studies per ONNX Runtime call, e.g. --batch-size 16")
     from radfusion.runtime import require_gpu_provider
 
     require_gpu_provider(args.device)
@@ -539,6 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what is exported: the checkpoint's network (default), or a linear classical baseline (coxnet, "
         "cox_ridge, logistic) fitted on its training patients with the same inputs and contract, for a cohort "
         "where `radfusion cv` found it better",
+    )
+    p.add_argument(
+        "--tune-runtime",
+        action="store_true",
+        help="time how ONNX Runtime runs the model fastest on this machine (graph layout, threads, spinning; "
+        "tens of seconds) and record it in the model: for a model served where it is exported",
     )
     p.set_defaults(func=_export)
 

@@ -190,6 +190,7 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0, fu
         out / "fusion" / "checkpoints" / "best.ckpt",
         "--out",
         model,
+        "--tune-runtime",  # served and scored on this machine
     )
     service = _stage("serve", timings, exercise_service, model, cohort)
     scores = out / "scores.parquet"

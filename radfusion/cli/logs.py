@@ -36,6 +36,16 @@ NOISY_LIBRARIES = (
 )
 
 
+# What libraries say about themselves that a user cannot act on, kept below errors
+# unless --log-level debug: the ONNX exporter's note that torchvision's ops are skipped
+# (radfusion uses none), and deprecation notices raised inside torch's exporter.
+LIBRARY_NOTICES = ("torch.onnx",)
+LIBRARY_WARNINGS = (
+    (FutureWarning, r"copyreg"),  # torch's pytree LeafSpec deprecation, seen through pickling
+    (UserWarning, r"torch\.onnx\."),
+)
+
+
 class _LibraryFilter(logging.Filter):
     """radfusion's records at the level its loggers let through; every other
     library's (including those that set their own logger's level) from ``level`` up."""
@@ -79,3 +89,10 @@ def quiet_libraries() -> None:
         return
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(_library_level)
+    if _library_level > logging.DEBUG:
+        import warnings
+
+        for name in LIBRARY_NOTICES:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        for category, module in LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", category=category, module=module)

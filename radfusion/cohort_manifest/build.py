@@ -103,7 +103,12 @@ def modality_pattern(row: pd.Series, blocks: list[str]) -> str:
 def _read_contract(path: Path) -> ModelContract:
     from radfusion.contract import read_contract_from_onnx
 
-    return read_contract_from_onnx(Path(path))
+    try:
+        return read_contract_from_onnx(Path(path))
+    except Exception as exc:  # noqa: BLE001 - any byte sequence: not a model radfusion exported
+        raise ValueError(
+            f"--contract {Path(path).name} is not an ONNX model with a radfusion contract ({type(exc).__name__})"
+        ) from None
 
 
 def panel_check(contract: ModelContract, genomics: pd.DataFrame) -> dict:
