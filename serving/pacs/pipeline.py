@@ -230,7 +230,7 @@ class Pipeline:
                 key,
                 version,
                 prediction.prediction.summary(),
-                ",".join(result["modalities_used"]),
+                "+".join(result["modalities_used"]),
                 f"; supersedes v{predecessor.version}" if predecessor else "",
             )
             if "completeness" in result:

@@ -161,7 +161,7 @@ def fill_imputation(row: dict, inputs: ModelInputs) -> None:
 def fill_prediction(row: dict, prediction: Prediction, modalities_used: list[str]) -> None:
     """The prediction's columns (radfusion.prediction.Prediction.columns) into ``row``."""
     row.update(prediction.columns())
-    row["modalities_used"] = ",".join(modalities_used)
+    row["modalities_used"] = "+".join(modalities_used)  # as the manifest writes a pattern
 
 
 def error_kind(error: str | None) -> str | None:

@@ -126,6 +126,6 @@ def test_each_shape_trains_exports_and_scores(name: str, cohorts, tmp_path: Path
     expected_rows = 8 if name == "omics_only" else 10  # omics only: the genomics table's patients
     assert len(rows) == expected_rows and summary["failed"] == 0 and rows["error"].isna().all()
     assert np.isfinite(rows["prob_responder"]).all()
-    used = {m for text in rows["modalities_used"] for m in text.split(",")}
+    used = {m for text in rows["modalities_used"] for m in text.split("+")}
     assert used == {m for m in shape.modalities if contract.trains(m)}
     assert (rows["imputed_features"] == 0).all()  # the tiny cohort's tables have no gaps
