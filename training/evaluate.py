@@ -147,6 +147,9 @@ def evaluate(
     held = []
     for name, paths in checkpoints.items():
         first, *others = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
+        log.info(
+            "evaluate: %s on its test split, each modality pattern%s", name, f" (+{len(others)} seeds)" * bool(others)
+        )
         module, dm = load_module(first), load_datamodule(first)
         results[name], observed = checkpoint_metrics(module, dm, first)
         if others:
@@ -156,6 +159,7 @@ def evaluate(
             if model is not None:
                 held.append(model)
     if held:
+        log.info("evaluate: classical baselines on the same test patients")
         rows, comparisons = compare_with_baselines(held, baselines, taken=set(results))
         for name, compared in comparisons.items():
             results[name]["vs_baselines"] = compared
