@@ -80,6 +80,12 @@ def run_cohort_build(args: argparse.Namespace) -> None:
         manifest = build_manifest(inputs)
     except (RadfusionInputError, ValueError, FileNotFoundError) as exc:
         sys.exit(f"radfusion cohort build: {exc}")
+    if manifest.report["studies"]["found"] == 0:
+        skipped = sum(manifest.report["studies"]["skipped_files_by_reason"].values())
+        sys.exit(
+            f"radfusion cohort build: no DICOM study under --dicom {args.dicom} ({skipped} files skipped); "
+            "give the folder that holds the cohort's DICOM files"
+        )
     out = write_manifest(manifest, Path(args.out))
     if args.json:
         print(json.dumps({**summary_counts(manifest.report), "out": str(out)}, indent=2))

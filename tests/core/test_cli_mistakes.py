@@ -207,6 +207,23 @@ MISTAKES = [
         "RADFUSION_DEVICE: expected one of auto, cpu, cuda, got 'tpu'",
         env=(("RADFUSION_DEVICE", "tpu"),),
     ),
+    Mistake(
+        "cohort-build-no-dicom-study",
+        # Found after reading the tree: -q keeps the progress lines of that reading off stderr.
+        (
+            "-q",
+            "cohort",
+            "build",
+            "--dicom",
+            "{tmp}/cohort",
+            "--clinical",
+            "{tmp}/cohort/clinical.csv",
+            "--out",
+            "{tmp}/m",
+        ),
+        "cohort build",
+        "no DICOM study under --dicom",
+    ),
     Mistake("pacs-status-no-listener", ("pacs-status", "--work", "{tmp}"), "pacs-status", "no listener state"),
     Mistake(
         "train-config-missing",
