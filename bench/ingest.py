@@ -17,6 +17,11 @@
    over the time with a persistent cache that starts empty (its first epoch fills
    it): what a short training run gains. The in-memory cache is measured beside them.
 
+3. At the size of real studies (300 slices of 512 x 512, uncompressed, JPEG 2000 and
+   JPEG-LS): ``vs_dcm2niix``, ``vs_decode_only_j2k``, ``vs_decode_only_jpegls`` and the
+   scorer's ``real_size_*`` figures (bench/realsize.py, which says what each is; skip it
+   with ``--no-real-size``).
+
 Repeats are interleaved and the best of each is kept: other load on a shared machine
 only slows a run down. Results: bench/results/ingest.json."""
 
@@ -167,9 +172,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-ingest")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-real-size", dest="real_size", action="store_false", help="skip bench/realsize.py")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first fills the cache")
+    if args.real_size:
+        from bench.realsize import require_dcm2niix
+
+        require_dcm2niix()  # before minutes of the toy-size part, not after
 
     cohort = build_cohort(args.work, args.studies, args.slices, args.size)
     series = series_folders(cohort, args.work)
@@ -199,6 +209,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    if args.real_size:
+        from bench import realsize
+
+        result.update(realsize.main(["--ingest-out", str(args.out)])["ingest"])
     return result
 
 

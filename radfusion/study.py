@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydicom import Dataset
 
 from radfusion.contract import ImageGeometry
 from radfusion.dicom import load_volume, select_series
@@ -68,8 +69,14 @@ class StudyImage:
 
 
 def study_image_from_headers(
-    headers: list[InstanceHeader], geometry: ImageGeometry, clock: StudyClock | None = None
+    headers: list[InstanceHeader],
+    geometry: ImageGeometry,
+    clock: StudyClock | None = None,
+    datasets: dict[Path, Dataset] | None = None,
 ) -> StudyImage:
+    """``datasets``: the files already read whole (read_headers' ``keep``), by path:
+    the volume reader does not read them again. Those of the series not chosen are
+    dropped from it once the series is chosen."""
     clock = clock or StudyBudget().start()
     if not headers:
         raise CorruptDicomError("no readable DICOM instances")
@@ -79,7 +86,17 @@ def study_image_from_headers(
     rules = SelectionRules.from_geometry(geometry)
     choice = select_series(headers, rules=rules)
     _check_series_headers(choice.instances, clock)
-    volume = load_volume([h.path for h in choice.instances], GeometryPolicy.from_geometry(geometry), clock)
+    if datasets:
+        chosen = {h.path for h in choice.instances}
+        for path in [p for p in datasets if p not in chosen]:
+            del datasets[path]  # compressed pixel data is never deferred: not held for nothing
+    volume = load_volume(
+        [h.path for h in choice.instances],
+        GeometryPolicy.from_geometry(geometry),
+        clock,
+        datasets=datasets,
+        target_spacing=geometry.target_spacing,
+    )
     if volume.shape[0] < rules.min_slices:
         # Counted again once duplicates are dropped: copies of one slice are no volume.
         raise GeometryError(
@@ -133,11 +150,12 @@ def _read_study_image(paths: Sequence[Path] | Path, geometry: ImageGeometry, clo
         files, skipped_inputs = [Path(p) for p in paths], []
     clock.check_files(len(files))
     clock.check_stored(sum(stored_size(f) for f in files))
-    headers, skipped = read_headers(files, clock)
+    kept: dict[Path, Dataset] = {}  # each plain file is read once: its header now, its pixels when decoded
+    headers, skipped = read_headers(files, clock, keep=kept)
     try:
         if not headers and any(why.startswith(NOT_AN_IMAGE) for _, why in skipped):
             raise NoImageSeriesError(f"no image instances: {len(skipped)} file(s) skipped, e.g. {skipped[0][1]}")
-        study = study_image_from_headers(headers, geometry, clock)
+        study = study_image_from_headers(headers, geometry, clock, datasets=kept)
     except (NoImageSeriesError, CorruptDicomError) as exc:
         unreadable = _unreadable_files(files, skipped)
         if not unreadable or (headers and not isinstance(exc, NoImageSeriesError)):

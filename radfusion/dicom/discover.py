@@ -8,7 +8,14 @@ unknown VR, sequences nested thousands deep, a deflated body that does not infla
 truncated element), the file is skipped with a reason from radfusion.errors.input_error,
 never the library's message. Header values that do not parse are skipped too when the
 reader needs them (Rows, Columns, NumberOfFrames) and treated as absent when they only
-inform the choice of series (SeriesNumber, SliceThickness, ImageOrientationPatient)."""
+inform the choice of series (SeriesNumber, SliceThickness, ImageOrientationPatient).
+
+A reader that goes on to decode the chosen series (radfusion.study) asks read_headers to
+``keep`` the datasets: each plain file is then read once, whole, values longer than
+64 KiB (the pixel data of a real-size slice among them) left in the file until they are
+used, and the volume reader takes the kept dataset instead of parsing the file again. A
+file that whole read does not survive is read as before (its header only), so what is
+found and skipped is the same either way, and the volume reader meets the failure itself."""
 
 from __future__ import annotations
 
@@ -17,10 +24,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from radfusion.dicom.sources import list_inputs, read_dataset
+from radfusion.dicom.sources import list_inputs, read_dataset, read_plain_dataset
 from radfusion.errors import CorruptDicomError, RadfusionInputError, input_error
 from radfusion.limits import StudyClock
 
@@ -102,6 +110,10 @@ def read_header(path: Path) -> InstanceHeader:
     """Read the header of one file; raises InvalidDicomError for non-DICOM files and
     CorruptDicomError for a size or frame count that does not parse."""
     ds = read_dataset(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS, defer_size=_DEFER_BYTES)
+    return _header_of(ds, path)
+
+
+def _header_of(ds: pydicom.Dataset, path: Path) -> InstanceHeader:
     if "StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
         raise InvalidDicomError("no StudyInstanceUID/SeriesInstanceUID")
     malformed: list[str] = []
@@ -172,18 +184,19 @@ def _orientation(values) -> tuple[float, ...]:
 
 
 def read_headers(
-    paths: list[Path], clock: StudyClock | None = None
+    paths: list[Path], clock: StudyClock | None = None, keep: dict[Path, pydicom.Dataset] | None = None
 ) -> tuple[list[InstanceHeader], list[tuple[Path, str]]]:
     """Headers of the readable DICOM image instances; the others skipped with a
     reason, so one bad file never raises (the clock, when given, may: the study has
-    run out of time)."""
+    run out of time). ``keep``: filled with the datasets of the plain files read whole,
+    by path (see the module's docstring)."""
     headers: list[InstanceHeader] = []
     skipped: list[tuple[Path, str]] = []
     for i, path in enumerate(paths):
         if clock is not None:
             clock.check_time(f"header of file {i + 1} of {len(paths)}")
         try:
-            header = read_header(path)
+            header = read_header(path) if keep is None else _read_kept(Path(path), keep)
         except Exception as exc:  # noqa: BLE001 - any byte sequence: the file is skipped, never the folder
             skipped.append((Path(path), unreadable_reason(exc)))
             continue
@@ -194,6 +207,21 @@ def read_headers(
         else:
             skipped.append((Path(path), f"{NOT_AN_IMAGE}: {_sop_class_name(header)}"))
     return headers, skipped
+
+
+def _read_kept(path: Path, keep: dict[Path, pydicom.Dataset]) -> InstanceHeader:
+    """The header of one file from a whole read whose dataset is kept; read_header's
+    read when the file is not a plain one (a zip member or a deflated body, read whole
+    only when decoded) or does not survive the whole read."""
+    try:
+        ds = read_plain_dataset(path, defer_size=_DEFER_BYTES)
+        if ds is not None:
+            header = _header_of(ds, path)
+            keep[path] = ds
+            return header
+    except Exception:  # noqa: BLE001 - read_header below reads the file as it always has, and says why
+        pass
+    return read_header(path)
 
 
 def unreadable_reason(exc: BaseException) -> str:

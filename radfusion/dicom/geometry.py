@@ -76,7 +76,10 @@ def stack_slices(
     order = [int(i) for i in np.argsort(along, kind="stable")]
     corrections: list[str] = []
     order = _drop_duplicates(order, along, slices, policy, corrections)
-    voxels = np.stack([np.asarray(slices[i], dtype=np.float32) for i in order])
+    if isinstance(slices, np.ndarray) and slices.dtype == np.float32 and order == list(range(len(slices))):
+        voxels = slices  # already a float32 stack in slice order (radfusion.dicom.volume): no copy
+    else:
+        voxels = np.stack([np.asarray(slices[i], dtype=np.float32) for i in order])
     positions = positions[order]
     along = along[order]
     if len(order) == 1:
@@ -84,6 +87,41 @@ def stack_slices(
     voxels = _correct_tilt(voxels, positions, along, normal, row_dir, col_dir, pixel_spacing, policy, corrections)
     voxels, spacing = _uniform_along_normal(voxels, along, policy, corrections)
     return Stack(voxels, positions[0], spacing, order, corrections)
+
+
+def only_sorting(positions: np.ndarray, row_dir: np.ndarray, col_dir: np.ndarray) -> bool:
+    """Whether stack_slices would do nothing to these slices but order them: no two at
+    one position, no gantry tilt, uniform steps (a reader may then stack them its own
+    way, radfusion.dicom.volume's block-reduced one)."""
+    normal = np.cross(row_dir, col_dir)
+    order = np.argsort(positions @ normal, kind="stable")
+    positions = positions[order]
+    along = positions @ normal
+    if len(along) == 1:
+        return True
+    steps = np.diff(along)
+    if not np.all(steps >= SAME_POSITION_MM):
+        return False
+    return not _tilted(positions, along, normal) and _uniform(steps)
+
+
+def _tilted(positions: np.ndarray, along: np.ndarray, normal: np.ndarray) -> bool:
+    return _drift(positions, along, normal).max() > 0.01 * float(np.linalg.norm(positions[-1] - positions[0])) + 1e-3
+
+
+def _drift(positions: np.ndarray, along: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """How far each slice's origin lies off the normal through the first one's, and the
+    sideways offsets themselves."""
+    return np.linalg.norm(_sideways(positions, along, normal), axis=1)
+
+
+def _sideways(positions: np.ndarray, along: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    return (positions - positions[0]) - np.outer(along - along[0], normal)
+
+
+def _uniform(steps: np.ndarray) -> bool:
+    typical = float(np.median(steps))
+    return bool(np.max(np.abs(steps - typical)) <= UNIFORM_TOLERANCE * typical)
 
 
 def check_slice_spacing(positions: np.ndarray, row_dir: np.ndarray, col_dir: np.ndarray) -> None:
@@ -119,11 +157,10 @@ def _drop_duplicates(order, along, slices, policy: GeometryPolicy, corrections: 
 
 
 def _correct_tilt(voxels, positions, along, normal, row_dir, col_dir, pixel_spacing, policy, corrections):
-    sideways = (positions - positions[0]) - np.outer(along - along[0], normal)
-    drift = np.linalg.norm(sideways, axis=1)
-    extent = float(np.linalg.norm(positions[-1] - positions[0]))
-    if drift.max() <= 0.01 * extent + 1e-3:
+    if not _tilted(positions, along, normal):
         return voxels
+    sideways = _sideways(positions, along, normal)
+    drift = _drift(positions, along, normal)
     tilt = math.degrees(math.atan2(float(drift[-1]), float(along[-1] - along[0])))
     if policy.max_tilt_degrees <= 0 or tilt > policy.max_tilt_degrees:
         raise GeometryError(
@@ -146,7 +183,7 @@ def _correct_tilt(voxels, positions, along, normal, row_dir, col_dir, pixel_spac
 def _uniform_along_normal(voxels, along, policy: GeometryPolicy, corrections: list[str]) -> tuple[np.ndarray, float]:
     steps = np.diff(along)
     typical = float(np.median(steps))
-    if np.max(np.abs(steps - typical)) <= UNIFORM_TOLERANCE * typical:
+    if _uniform(steps):
         return voxels, typical
     if steps.max() > policy.max_gap_factor * typical * (1 + UNIFORM_TOLERANCE):
         raise GeometryError(

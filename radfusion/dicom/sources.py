@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import threading
 import zipfile
 from functools import lru_cache
@@ -146,6 +147,65 @@ def read_dataset(path: Path | str, max_bytes: int = MAX_FILE_BYTES, **kwargs) ->
         with _open_member(archive, member, max_bytes) as stream:
             return _read_bounded(stream, max_bytes, kwargs)
     return _read_bounded(io.BytesIO(_read_member(archive, member, max_bytes)), max_bytes, kwargs)
+
+
+def read_plain_dataset(path: Path | str, **kwargs) -> pydicom.Dataset | None:
+    """``pydicom.dcmread`` of a plain file whose body is not deflated, so that values it
+    defers (``defer_size``) are read from the file when used; None for a zip member or a
+    deflated file, which only read_dataset reads under its bound."""
+    path = Path(path)
+    if _zip_member(path) is not None:
+        return None
+    syntax = _peek_syntax(path)
+    if syntax == DeflatedExplicitVRLittleEndian or (syntax is None and _deflated(path)):
+        return None
+    return pydicom.dcmread(path, **kwargs)
+
+
+# A meta header (group 0002) is a few hundred bytes; one that does not end within this
+# many is left to pydicom.
+_META_PEEK = 2048
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_SHORT_VRS = frozenset(
+    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL"}
+    | {b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+)
+
+
+def _peek_syntax(path: Path) -> str | None:
+    """The TransferSyntaxUID of a file's meta header read straight from its first bytes
+    (pydicom's parse of the meta costs as much again as the rest of a header); None
+    unless the meta header is plainly formed: the preamble's DICM, explicit VR little
+    endian elements of known VRs and defined lengths, one TransferSyntaxUID, and the
+    group's end within the first _META_PEEK bytes. Anything else is left to pydicom."""
+    with open(path, "rb") as handle:
+        head = handle.read(_META_PEEK)
+    if head[128:132] != b"DICM":
+        return None
+    at, syntax = 132, None
+    while at + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, at)
+        if group != 2:
+            return syntax
+        vr = head[at + 4 : at + 6]
+        if vr in _LONG_VRS:
+            if at + 12 > len(head):
+                return None
+            (length,) = struct.unpack_from("<I", head, at + 8)
+            start = at + 12
+        elif vr in _SHORT_VRS:
+            (length,) = struct.unpack_from("<H", head, at + 6)
+            start = at + 8
+        else:
+            return None
+        if length == 0xFFFFFFFF or start + length > len(head):
+            return None
+        if element == 0x0010:
+            if syntax is not None:
+                return None  # two of them: pydicom would keep the last one
+            syntax = head[start : start + length].decode("ascii", "replace").rstrip("\0 ")
+        at = start + length
+    return None
 
 
 def _deflated(path: Path) -> bool:

@@ -32,6 +32,7 @@ from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
 from radfusion.limits import StudyBudget
+from radfusion.prediction import prob_column
 from tests.support.mutations import (
     BATCH,
     LISTENER,
@@ -352,7 +353,10 @@ def _row_outcome(item: Item, uid: str, row: dict[str, Any], prob_columns: list[s
     error = row.get("error")
     if error is None or (isinstance(error, float) and math.isnan(error)):
         outcome = judge(item, SCORER, uid, True, None, str(row.get("predicted_label")))
-        outcome.problems += _non_finite({c[len("prob_") :]: row[c] for c in prob_columns}, row.get("predicted_label"))
+        # Columns carry the labels' SQL names (radfusion.prediction.prob_column): compare so.
+        label = row.get("predicted_label")
+        predicted = prob_column(label)[len("prob_") :] if isinstance(label, str) else label
+        outcome.problems += _non_finite({c[len("prob_") :]: row[c] for c in prob_columns}, predicted)
         return outcome
     match = ERROR_TEXT.match(str(error))
     outcome = judge(item, SCORER, uid, False, match.group(1) if match else None, str(error))

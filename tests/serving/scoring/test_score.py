@@ -120,7 +120,7 @@ def test_one_row_per_study_and_the_broken_one_fails(archive, scored, tiny_cohort
     table = load_genomics_table(tiny_cohort / "genomics.parquet")
     has_genomics = ok["patient_id"].isin(table.index)
     assert has_genomics.any() and not has_genomics.all()
-    assert set(ok.loc[has_genomics, "modalities_used"]) == {"image,expression,mutation"}
+    assert set(ok.loc[has_genomics, "modalities_used"]) == {"image+expression+mutation"}
     assert set(ok.loc[~has_genomics, "modalities_used"]) == {"image"}
 
 
@@ -168,7 +168,7 @@ def test_rows_equal_predictor(archive, scored, tiny_cohort: Path, tiny_onnx_mode
         row = rows.loc[uid]
         assert row["series_instance_uid"] == expected["series_instance_uid"]
         assert row["predicted_label"] == expected["predicted_label"]
-        assert row["modalities_used"].split(",") == expected["modalities_used"]
+        assert row["modalities_used"].split("+") == expected["modalities_used"]
         # The missing-data policy's account, as the HTTP answer gives it.
         assert row["imputed_features"] == expected["imputation"]["imputed_features"]
         assert row["absent_blocks"] == ",".join(expected["imputation"]["absent_blocks"])

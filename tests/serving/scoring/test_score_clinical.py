@@ -99,7 +99,7 @@ def test_covariates_are_joined_by_patient_and_rows_equal_the_predictor(
     with_clinical = ok.drop(index=[patients["absent"], patients["empty"]])
     assert (with_clinical["clinical_source"] == "clinical table").all() and len(with_clinical) == 8
     assert (with_clinical.drop(index=patients["no_age"])["imputed_features"] == 0).all()
-    assert all(m.endswith(",clinical") for m in with_clinical["modalities_used"])
+    assert all(m.endswith("+clinical") for m in with_clinical["modalities_used"])
     assert not any("clinical" in ok.loc[patients[p], "modalities_used"] for p in ("absent", "empty"))
 
     genomics = load_genomics_table(tiny_cohort / "genomics.parquet")
@@ -117,7 +117,7 @@ def test_covariates_are_joined_by_patient_and_rows_equal_the_predictor(
             [h.path for h in studies[patient].instances], row_as_mapping(genomics, patient), covariates
         )
         expected = predictor.predict([case])[0]
-        assert row["modalities_used"].split(",") == expected["modalities_used"]
+        assert row["modalities_used"].split("+") == expected["modalities_used"]
         for label, p in expected["probabilities"].items():
             assert row[prob_column(label)] == pytest.approx(p, abs=TOL)
 

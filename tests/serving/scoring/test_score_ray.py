@@ -72,4 +72,4 @@ def test_ray_engine_joins_clinical_covariates_like_the_local_engine(
     assert on_ray["clinical_source"] == {"clinical table": 9, "patient not in the clinical table": 1}
     rows = results(tmp_path / "ray.parquet")
     pd.testing.assert_frame_equal(rows, results(tmp_path / "local.parquet"), atol=1e-6)
-    assert rows["modalities_used"].str.endswith(",clinical").sum() == 9
+    assert rows["modalities_used"].str.endswith("+clinical").sum() == 9

@@ -114,7 +114,7 @@ def test_one_row_per_patient_equal_to_the_predictor(scored, model: Path, tables,
         genes = row_as_mapping(genomics, patient)
         covariates = clinical.loc[patient, COVARIATES].to_dict()
         expected = predictor.predict([predictor.prepare(None, genes, covariates)])[0]
-        assert row["modalities_used"].split(",") == expected["modalities_used"]
+        assert row["modalities_used"].split("+") == expected["modalities_used"]
         assert row["prob_responder"] == pytest.approx(expected["probabilities"]["responder"], abs=TOL)
         assert row["imputed_features"] == expected["imputation"]["imputed_features"]
         assert row["absent_blocks"] == ",".join(expected["imputation"]["absent_blocks"])
@@ -129,7 +129,7 @@ def test_imputed_counts_are_the_gaps_in_the_tables(scored, tables) -> None:
     genomics, clinical = load_genomics_table(tables[0]), read_clinical_csv(tables[1])
     ok = rows[rows["error"].isna()]
     for patient, row in ok.iterrows():
-        fed = row["modalities_used"].split(",")
+        fed = row["modalities_used"].split("+")
         gaps = int(clinical.loc[patient, COVARIATES].isna().sum()) if "clinical" in fed else 0
         if patient in genomics.index:
             for block, features in (("expression", genomics.columns[:100]), ("mutation", genomics.columns[100:])):
@@ -141,11 +141,11 @@ def test_imputed_counts_are_the_gaps_in_the_tables(scored, tables) -> None:
 def test_the_policy_at_work_is_in_the_rows(scored, patients) -> None:
     summary, rows, _ = scored
     few = rows.loc[patients["few_genes"]]
-    assert few["imputed_features"] == N_FEW and few["modalities_used"] == "expression,mutation,clinical"
+    assert few["imputed_features"] == N_FEW and few["modalities_used"] == "expression+mutation+clinical"
     assert json.loads(few["imputation"])["expression"] == {"imputed": N_FEW, "of": 100, "treated_as_absent": False}
 
     most = rows.loc[patients["most_genes"]]
-    assert most["absent_blocks"] == "expression" and most["modalities_used"] == "mutation,clinical"
+    assert most["absent_blocks"] == "expression" and most["modalities_used"] == "mutation+clinical"
     assert json.loads(most["imputation"])["expression"] == {"imputed": N_MANY, "of": 100, "treated_as_absent": True}
     assert most["imputed_features"] == 0  # nothing of the absent block counts as imputed
 
@@ -215,7 +215,7 @@ def test_a_fusion_model_that_may_miss_its_image_is_scored_from_the_genomics_tabl
     assert "the model takes no clinical input" in caplog.text
     rows = pd.read_parquet(out)
     assert (summary["patients"], summary["failed"]) == (8, 0)  # the genomics table's patients
-    assert set(rows["modalities_used"]) == {"expression,mutation"}
+    assert set(rows["modalities_used"]) == {"expression+mutation"}
     assert rows["series_instance_uid"].isna().all()
 
 

@@ -76,7 +76,7 @@ def test_cox_model_scored_by_radfusion_score_writes_a_risk_column(
     for uid, answer in expected.items():
         assert list(answer)[:1] == ["risk_score"] and "probabilities" not in answer
         assert rows.loc[uid, "risk_score"] == pytest.approx(answer["risk_score"], abs=TOL)
-        assert rows.loc[uid, "modalities_used"].split(",") == answer["modalities_used"]
+        assert rows.loc[uid, "modalities_used"].split("+") == answer["modalities_used"]
     assert rows["risk_score"].std() > 0  # a real score per study, not one constant
 
 
