@@ -43,7 +43,10 @@ bento: venv
 # OpenVINO where installed) each against PyTorch eager -> bench/results/runtimes.json.
 # DICOM ingest: radfusion's series loader vs MONAI LoadImage + transforms, training
 # DataLoader with vs without its image cache -> bench/results/ingest.json
-# (loader_vs_monai, cached_loader_speedup, cached_epoch_speedup).
+# (loader_vs_monai, cached_loader_speedup, cached_epoch_speedup); then at the size of real
+# studies (512 x 512 x 300, bench/realsize.py; needs dcm2niix): vs_dcm2niix,
+# vs_decode_only_j2k, vs_decode_only_jpegls, and the scorer's real_size_pipeline_efficiency,
+# real_size_worker_scaling and peak_rss_per_worker_vs_decoded -> scoring.json.
 # Training: tuned data path vs decoding DICOM every step, and the time the model waits
 # for data -> bench/results/training.json (train_speedup, data_wait_fraction).
 # On a GPU machine: bash bench/gpu_train.sh (fp32 vs bf16-mixed, GPU utilisation).
