@@ -94,25 +94,29 @@ def chosen_threads(choice: RuntimeChoice) -> int | None:
     return None
 
 
-def session_as(path: Path, choice: RuntimeChoice, threads: int | None = None):
-    """A CPU-side session exactly as ``choice`` says (``threads``, when given, wins
-    over the recorded count); raises where its provider cannot open the model."""
+def session_as(path: Path, choice: RuntimeChoice, threads: int | None = None, spinning: bool | None = None):
+    """A CPU-side session exactly as ``choice`` says (``threads`` and ``spinning``,
+    when given, win over the recorded ones); raises where its provider cannot open
+    the model."""
     threads = threads or chosen_threads(choice)
     providers: list = [CPU_PROVIDER]
     if choice.provider != CPU_PROVIDER:
         options = {"device_type": "CPU", "precision": "FP32", **({"num_of_threads": str(threads)} if threads else {})}
         providers = [(choice.provider, options), CPU_PROVIDER]
-    return _session(path, providers, threads, choice.spinning)
+    return _session(path, providers, threads, choice.spinning if spinning is None else spinning)
 
 
-def cpu_session(path: Path, threads: int | None = None, choice: RuntimeChoice | None = None):
-    """A CPU session as ``choice`` says (None: ONNX Runtime's defaults). A recorded
-    provider this installation lacks, or that fails to open the model, falls back to
-    the CPU provider's defaults, logged: a server still starts."""
+def cpu_session(
+    path: Path, threads: int | None = None, choice: RuntimeChoice | None = None, spinning: bool | None = None
+):
+    """A CPU session as ``choice`` says (None: ONNX Runtime's defaults); ``threads`` and
+    ``spinning``, when given, win over it. A recorded provider this installation
+    lacks, or that fails to open the model, falls back to the CPU provider's defaults,
+    logged: a server still starts."""
     if choice is None:
-        return _session(path, [CPU_PROVIDER], threads)
+        return _session(path, [CPU_PROVIDER], threads, spinning)
     if choice.provider == CPU_PROVIDER:
-        return session_as(path, choice, threads)
+        return session_as(path, choice, threads, spinning)
     import onnxruntime as ort
 
     name = Path(path).name
@@ -120,27 +124,34 @@ def cpu_session(path: Path, threads: int | None = None, choice: RuntimeChoice | 
         log.warning(
             "%s was measured fastest for %s but is not installed here: the CPU provider runs it", choice.provider, name
         )
-        return _session(path, [CPU_PROVIDER], threads)
+        return _session(path, [CPU_PROVIDER], threads, spinning)
     try:
-        return session_as(path, choice, threads)
+        return session_as(path, choice, threads, spinning)
     except Exception as exc:  # noqa: BLE001 - any provider failure: serve on the CPU provider instead
         log.warning(
             "%s could not open %s (%s): the CPU provider runs it", choice.provider, name, str(exc).splitlines()[0][:200]
         )
-        return _session(path, [CPU_PROVIDER], threads)
+        return _session(path, [CPU_PROVIDER], threads, spinning)
 
 
-def open_session(path: Path, device: str = "auto", threads: int | None = None, choice: RuntimeChoice | None = None):
+def open_session(
+    path: Path,
+    device: str = "auto",
+    threads: int | None = None,
+    choice: RuntimeChoice | None = None,
+    spinning: bool | None = None,
+):
     """``device``: "cpu", "cuda" (fail if it does not work) or "auto".
 
     onnxruntime-gpu lists CUDA as available even on machines without a GPU, so "auto"
     opens a session with the GPU provider and keeps it only if ORT actually used it.
-    ``choice``: how to run it on CPU (the contract's RuntimeChoice; see cpu_session)."""
+    ``choice``: how to run it on CPU (the contract's RuntimeChoice; see cpu_session);
+    ``spinning``: whether idle CPU intra-op threads spin (None: as ``choice`` says)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if device == "cpu":
-        return cpu_session(path, threads, choice)
+        return cpu_session(path, threads, choice, spinning)
     for provider in _GPU_PROVIDERS:
         if provider not in available:
             continue
@@ -155,17 +166,23 @@ def open_session(path: Path, device: str = "auto", threads: int | None = None, c
         raise GpuUnavailableError(
             f"device cuda was asked for, but no GPU execution provider works here (available: {available})", NO_GPU_FIX
         )
-    return cpu_session(path, threads, choice)
+    return cpu_session(path, threads, choice, spinning)
 
 
 class OnnxModel:
     """A loaded model plus its contract. ``run`` takes batched inputs. On CPU the
-    session is opened as the contract's runtime choice says (see cpu_session)."""
+    session is opened as the contract's runtime choice says (see cpu_session), but
+    for ``threads`` and ``spinning`` where given: a server whose other threads share
+    the cores turns spinning off (radfusion.serving.settings, RADFUSION_ORT_SPINNING)."""
 
-    def __init__(self, path: Path | str, device: str = "auto", threads: int | None = None):
+    def __init__(
+        self, path: Path | str, device: str = "auto", threads: int | None = None, spinning: bool | None = None
+    ):
         self.path = Path(path)
         self.contract: ModelContract = read_contract_from_onnx(self.path)
-        self.session = open_session(self.path, device=device, threads=threads, choice=self.contract.runtime)
+        self.session = open_session(
+            self.path, device=device, threads=threads, choice=self.contract.runtime, spinning=spinning
+        )
         self.provider = self.session.get_providers()[0]
         # What the session reads (a provider may run a copy without unused inputs).
         self._inputs = [i.name for i in self.session.get_inputs()]

@@ -352,6 +352,13 @@ class ServiceSettings(StudySettings):
         0,
         "ONNX Runtime intra-op threads (0: as the model records, else its default)",
     )
+    ort_spinning: str = _setting(
+        "RADFUSION_ORT_SPINNING",
+        one_of("off", "on", "recorded"),
+        "off",
+        "whether ONNX Runtime's idle intra-op threads spin (recorded: as the model records; "
+        "off: they sleep, leaving the cores to the service's other threads)",
+    )
     prepare_concurrency: int = _setting(
         "RADFUSION_PREPARE_CONCURRENCY",
         positive_int,

@@ -176,7 +176,20 @@ def _bento_model_ref() -> t.Any:
     return bentoml.models.BentoModel(ref) if ref and looks_like_tag(ref) else None
 
 
-@bentoml.service(name="radfusion_model", workers=1, traffic={"timeout": DECLARED.request_timeout_s})
+# BentoML's client of a dependency replaces its HTTP session every 100 calls (and 300 s),
+# closing the old one with calls still in flight: under load each refresh dropped up to
+# one call per concurrent client, computed and thrown away, then retried by _infer (10%
+# of the model service's work under 16 clients, bench/serving.py), and now and then left
+# one hanging until the caller's timeout. Its one server is on loopback: keep the session.
+MODEL_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 7 * 24 * 3600.0}
+
+
+@bentoml.service(
+    name="radfusion_model",
+    workers=1,
+    traffic={"timeout": DECLARED.request_timeout_s},
+    runner_connection=MODEL_CONNECTION,
+)
 class RadfusionModel:
     """The ONNX model behind adaptive batching. Its one API takes a packed batch
     (radfusion.predictor.pack): BentoML batches exactly one argument."""
@@ -187,15 +200,21 @@ class RadfusionModel:
         _start_worker()
         self.settings = service_settings()
         path = resolve_model_path(model_ref_from_env())
-        self.model = OnnxModel(path, device=device_from_env(), threads=self.settings.ort_threads or None)
+        spinning = {"on": True, "off": False}.get(self.settings.ort_spinning)  # "recorded": None
+        self.model = OnnxModel(
+            path, device=device_from_env(), threads=self.settings.ort_threads or None, spinning=spinning
+        )
         self.model_contract = self.model.contract
         # The API service may still need this one after SIGTERM: see radfusion.serving.http.drain.
         defer_shutdown_until_callers_exit("radfusion_model", max_wait_s=DECLARED.request_timeout_s + 30)
+        config = self.model.configuration
         log.info(
-            "model %s %s loaded on %s (batching %s)",
+            "model %s %s loaded on %s (%s intra-op threads, spinning %s; batching %s)",
             self.model_contract.name,
             self.model_contract.version,
             self.model.provider,
+            config["threads"] or "default",
+            "on" if config["spinning"] else "off",
             f"up to {DECLARED.max_batch_size} within {DECLARED.max_latency_ms} ms" if DECLARED.batching else "off",
         )
 

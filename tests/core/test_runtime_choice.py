@@ -89,6 +89,17 @@ def test_a_recorded_cpu_choice_is_how_the_session_opens(
     assert OnnxModel(path, device="cpu").configuration["threads"] == 0
 
 
+def test_an_explicit_spinning_wins_over_the_record(tiny_onnx_model: Path, tmp_path: Path) -> None:
+    """A server whose other threads share the cores turns spinning off whatever the
+    export measured alone (RADFUSION_ORT_SPINNING); the record still counts when not given."""
+    spinning = with_choice(tiny_onnx_model, tmp_path, RuntimeChoice(threads=1, spinning=True, cpus=machine_cpus()))
+    assert OnnxModel(spinning, device="cpu").configuration["spinning"]
+    off = OnnxModel(spinning, device="cpu", spinning=False)
+    assert not off.configuration["spinning"] and off.configuration["threads"] == 1
+    assert OnnxModel(tiny_onnx_model, device="cpu", spinning=False).configuration["spinning"] is False
+    assert OnnxModel(tiny_onnx_model, device="cpu", spinning=True).configuration["spinning"]
+
+
 def test_a_recorded_provider_missing_here_falls_back_to_the_cpu_provider(
     tiny_onnx_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -50,6 +50,9 @@ def test_values_are_parsed(tmp_path) -> None:
     assert (settings.max_upload_bytes, settings.ort_threads, settings.genomics_table) == (2048, 0, str(table))
     assert settings.explain.top_genes == 3
     assert not declared_from_env({"RADFUSION_BATCHING": "OFF"}).batching
+    # The model service's ONNX Runtime threads sleep when idle unless told otherwise.
+    assert ServiceSettings.from_env({}).ort_spinning == "off"
+    assert ServiceSettings.from_env({"RADFUSION_ORT_SPINNING": " Recorded "}).ort_spinning == "recorded"
 
 
 def test_the_study_budget_comes_from_the_settings() -> None:
@@ -84,6 +87,7 @@ def test_request_parsing_and_header_bounds_are_settings() -> None:
         ),
         ("RADFUSION_MAX_IN_FLIGHT", "0", "RADFUSION_MAX_IN_FLIGHT: expected a positive integer, got '0'"),
         ("RADFUSION_ORT_THREADS", "-1", "RADFUSION_ORT_THREADS: expected an integer >= 0"),
+        ("RADFUSION_ORT_SPINNING", "yes", "RADFUSION_ORT_SPINNING: expected one of off, on, recorded"),
         (
             "RADFUSION_DICOMWEB_TIMEOUT_S",
             "1.5",

@@ -168,3 +168,13 @@ def test_broken_model_fails_fast_with_the_reason(tmp_path: Path, bentoml_home: P
         running_server(fake, timeout=60, env={"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": "test-token"}),
     ):
         pass
+
+
+def test_the_model_service_client_keeps_its_session() -> None:
+    """BentoML's dependency client would replace its HTTP session every 100 calls,
+    dropping the calls in flight on the old one (each then computed for nothing and
+    retried): the model service is declared so that its callers keep theirs."""
+    from radfusion.serving.http.service import RadfusionModel
+
+    connection = RadfusionModel.config["runner_connection"]
+    assert connection["max_requests"] >= 2**31 - 1 and connection["max_age"] >= 24 * 3600
