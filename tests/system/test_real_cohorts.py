@@ -118,7 +118,7 @@ def test_every_patient_gets_a_finite_risk(trained: Trained) -> None:
     rows, n = trained.rows, trained.cohort.n_patients
     assert len(rows) == n == trained.summary["patients"] and trained.summary["failed"] == 0
     assert rows["error"].isna().all() and np.isfinite(rows["risk_score"]).all()
-    expected = ",".join([*trained.contract.omics_names, "clinical"])
+    expected = "+".join([*trained.contract.omics_names, "clinical"])
     assert set(rows["modalities_used"]) == {expected}
 
 
