@@ -114,7 +114,7 @@ def host(name: str, raw: str) -> str:
     return raw.strip()
 
 
-def _ae_title(name: str, raw: str) -> str:
+def ae_title(name: str, raw: str) -> str:
     # PS3.5 AE VR: 1-16 characters of the default repertoire, no backslash or control
     # characters, not only spaces.
     title = raw.strip()
@@ -125,22 +125,22 @@ def _ae_title(name: str, raw: str) -> str:
     return title
 
 
-def ae_title(name: str, raw: str) -> str:
-    return _ae_title(name, raw)
-
-
 def ae_titles(name: str, raw: str) -> tuple[str, ...]:
-    return tuple(_ae_title(name, part) for part in raw.split(",") if part.strip())
+    return tuple(ae_title(name, part) for part in raw.split(",") if part.strip())
+
+
+# AET@HOST:PORT, as the listener's destinations are written (serving.pacs.send.DicomPeer).
+PEER_PATTERN = r"([^@]{1,16})@([^:@]+):([0-9]{1,5})"
 
 
 def dicom_peers(name: str, raw: str) -> tuple[str, ...]:
     """Comma-separated AET@HOST:PORT destinations, each checked as the sender parses it."""
     peers = []
     for part in (p.strip() for p in raw.split(",")):
-        match = re.fullmatch(r"([^@]{1,16})@([^:@]+):([0-9]{1,5})", part)
+        match = re.fullmatch(PEER_PATTERN, part)
         if not match or not 0 < int(match[3]) <= 65535:
             raise SettingsError(f"{name}: expected AET@HOST:PORT (comma-separated), got {part!r}")
-        _ae_title(name, match[1])
+        ae_title(name, match[1])
         peers.append(part)
     return tuple(peers)
 

@@ -14,6 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from radfusion.serving.dicomweb import DicomwebPolicy, store_refusal
+from radfusion.serving.settings import PEER_PATTERN
 
 # C-STORE statuses that mean the peer holds the instance (0xB0xx are warnings).
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -34,7 +35,7 @@ class DicomPeer:
     @classmethod
     def parse(cls, text: str) -> DicomPeer:
         """``AET@host:port``, e.g. ``ORTHANC@127.0.0.1:4242``."""
-        match = re.fullmatch(r"([^@]{1,16})@([^:@]+):(\d{1,5})", text.strip())
+        match = re.fullmatch(PEER_PATTERN, text.strip())
         if not match:
             raise ValueError(f"expected AET@HOST:PORT, got {text!r}")
         return cls(match[1], match[2], int(match[3]))
