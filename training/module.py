@@ -294,13 +294,12 @@ class FusionModule(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """`radfusion train predict`: each case's raw outputs with its patient and
         target (training/predictions.py turns them into the scorer's columns)."""
-        from radfusion.training.predictions import true_labels
-
         logits = self(batch["image"], batch["genomics"], batch["clinical"], self._presence(batch))
         return {
             "patient_id": list(batch["patient_id"]),
             "logits": logits.detach().float().cpu().numpy(),
-            "label": true_labels(self, batch),
+            "label": batch["label"].cpu().numpy(),
+            "time": batch["time"].cpu().numpy(),
         }
 
     def on_test_epoch_end(self) -> None:

@@ -25,7 +25,8 @@ def predictions_table(module, outputs: list[dict], checkpoint: Path | str) -> pd
     contract = build_contract(module, checkpoint)
     rows = []
     for batch in outputs:
-        for patient_id, logits, label in zip(batch["patient_id"], batch["logits"], batch["label"], strict=True):
+        targets = true_labels(contract, batch)
+        for patient_id, logits, label in zip(batch["patient_id"], batch["logits"], targets, strict=True):
             prediction = Prediction.from_outputs(contract, outputs_from_logits(logits[None], contract)[0])
             rows.append({"patient_id": patient_id, "split": "test", "true_label": label, **prediction.columns()})
     return pd.DataFrame(rows)
@@ -41,12 +42,11 @@ def write_predictions(module, outputs: list[dict], checkpoint: Path | str, folde
     return path
 
 
-def true_labels(module, batch: dict) -> list:
+def true_labels(contract, batch: dict) -> list:
     """The batch's targets as the contract names them (a survival task: the event time)."""
-    if module.task.kind.startswith("survival"):
-        return [float(t) for t in batch["time"].cpu().numpy()]
-    labels = list(module.contract_parts.get("output_labels", module.contract_parts.get("labels", [])))
-    values = batch["label"].cpu().numpy()
+    if contract.task.startswith("survival"):
+        return [float(t) for t in batch["time"]]
+    labels, values = contract.labels, np.asarray(batch["label"])
     if values.ndim == 2:  # multi-label: the labels that are present
         return ["+".join(label for label, v in zip(labels, row, strict=True) if v) for row in values]
-    return [labels[int(v)] if 0 <= int(v) < len(labels) else None for v in np.asarray(values).ravel()]
+    return [labels[int(v)] if 0 <= int(v) < len(labels) else None for v in values.ravel()]
