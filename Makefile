@@ -6,20 +6,25 @@ export BENTOML_DO_NOT_TRACK := True
 export XDG_CACHE_HOME ?= $(CURDIR)/.cache
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 
-.PHONY: demo test test-fast lint bento venv lock bench fuzz clean
+.PHONY: demo test test-fast lint bento venv federate-venv lock bench fuzz clean
 
 venv:
 	@bash scripts/bootstrap.sh
 
+# Flower's own environment for `radfusion federate` (its pins clash with BentoML's).
+federate-venv:
+	@bash scripts/bootstrap.sh federate
+
 # requirements/lock.txt from the current environment (after a deliberate upgrade).
-lock: venv
+lock: venv federate-venv
 	bash scripts/lock.sh
+	VENV=.venv-federate LOCK=requirements/federate-lock.txt bash scripts/lock.sh
 
 demo: venv
 	$(PY) -m radfusion.cli demo --out runs/demo
 
 # The full suite (servers, training, the bento build included): what CI runs.
-test: venv
+test: venv federate-venv
 	$(PY) -m pytest -q
 
 # Everything not marked slow: the unit tests, for the edit-test loop.

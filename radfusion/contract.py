@@ -11,6 +11,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from radfusion.benefit import BenefitDraws
 from radfusion.conformal import ConformalSpec
@@ -247,6 +248,9 @@ class ModelContract:
     feature_importance: list[dict] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    # How the model was trained where that is not one site's `radfusion train`: a
+    # federated run's sites, rounds, aggregation and privacy budget. Empty: not written.
+    provenance: dict[str, Any] = field(default_factory=dict)
     input_names: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
     output_names: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
     schema_version: int = CONTRACT_SCHEMA_VERSION
@@ -258,6 +262,8 @@ class ModelContract:
         for optional in ("conformal", "treatment_benefit", "runtime"):
             if data[optional] is None:  # a contract without it stays readable by earlier versions
                 del data[optional]
+        if not data["provenance"]:
+            del data["provenance"]
         return data
 
     def to_json(self) -> str:

@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+LOCK=${LOCK:-requirements/lock.txt}  # requirements/federate-lock.txt for .venv-federate
 {
     echo "# Constraints for scripts/bootstrap.sh, written by scripts/lock.sh (make lock): do not edit."
     "$VENV/bin/python" -m pip freeze --exclude-editable | grep -v -E '^(torch==|-e |#)' | LC_ALL=C sort -f
-} > requirements/lock.txt
-echo "lock: $(grep -c '==' requirements/lock.txt) packages -> requirements/lock.txt"
+} > "$LOCK"
+echo "lock: $(grep -c '==' "$LOCK") packages -> $LOCK"

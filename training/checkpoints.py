@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from radfusion.contract import ClinicalSpec, ImageGeometry, ModelContract, OmicsBlock
+from radfusion.errors import UserError
 from radfusion.training.data import RadfusionDataModule
 from radfusion.training.module import CONTRACT_KEY, FusionModule, migrate_hparams
 
@@ -44,6 +45,11 @@ def load_datamodule(checkpoint: Path | str, cohort_dir: Path | str | None = None
     hparams["augment"] = False
     if cohort_dir is not None:
         hparams["cohort_dir"] = str(cohort_dir)
+    elif hparams.get("cohort_dir") == "":
+        raise UserError(
+            "the checkpoint was trained on no one cohort (a federated model)",
+            "give the cohort to calibrate and check it on: --cohort <a site's cohort folder>",
+        )
     dm = RadfusionDataModule(**hparams)
     parts = state.get(CONTRACT_KEY) or {}
     if "omics" in parts:
@@ -100,6 +106,7 @@ def build_contract(module: FusionModule, checkpoint: Path | str) -> ModelContrac
         may_be_missing=modalities if sum(trained_groups) > 1 else [],
         cohort_hash=parts["cohort_hash"],
         metrics={k: parts[k] for k in ("val_auroc", "val_cindex") if k in parts},
+        provenance=dict(parts.get("provenance", {})),
         versions={p: _version_of(p) for p in ("radfusion", "torch", "monai", "lightning", "onnx", "onnxruntime")},
     )
 

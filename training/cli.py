@@ -104,7 +104,7 @@ def check_paths(config: Namespace, subcommand: str | None) -> None:
             raise UserError(
                 f"data.manifest {manifest} is not a folder", "give the --out folder of radfusion cohort build"
             )
-    elif cohort_dir is not None:
+    elif cohort_dir is not None and not (cohort_dir == "" and data.get("policy")):  # "": shapes a model only
         cohort = Path(cohort_dir)
         if not cohort.is_dir():
             raise UserError(

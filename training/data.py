@@ -151,6 +151,12 @@ class RadfusionDataModule(L.LightningDataModule):
         # radfusion.cache.cache_root(), RADFUSION_CACHE_DIR or the user cache); never
         # the cohort folder, which may be read-only.
         cache_dir: str | None = None,
+        # A policy document (radfusion.pooled_policy.policy_document, JSON): the gene
+        # panel and missing-data policy to preprocess with instead of fitting them on the
+        # training part. Federated sites use the one pooled from every site's moments;
+        # features the site's table lacks are missing values. With cohort_dir "" the data
+        # module holds no data and only shapes the model (the federation's server).
+        policy: str | dict | None = None,
     ):
         super().__init__()
         if cache not in CACHE_CHOICES:
@@ -166,7 +172,13 @@ class RadfusionDataModule(L.LightningDataModule):
         self.labels = list(targets) if targets else list(labels)
         self.manifest = load_manifest(manifest) if manifest else None
         self.genomics = self.manifest.genomics if self.manifest else self._genomics_table(genomics_file)
-        self.block_features = split_blocks(feature_columns(self.genomics))
+        self.policy = read_policy(policy) if policy else None
+        if self.policy:
+            omics, _ = self.policy
+            self.block_features = {block.name: list(block.features) for block in omics}
+            self.genomics = self.genomics.reindex(columns=[f for block in omics for f in block.features])
+        else:
+            self.block_features = split_blocks(feature_columns(self.genomics))
         self.datasets: dict[str, Dataset] = {}
         self._statistics_dataset: Dataset | None = None
         self.records: dict[str, list[dict]] = {}
@@ -192,7 +204,7 @@ class RadfusionDataModule(L.LightningDataModule):
     def n_clinical(self) -> int:
         """Width of the encoded clinical block (0: no clinical input): it depends on the
         policy fitted on the training part (indicator columns, merged levels)."""
-        clinical = self._fitted.clinical
+        clinical = self.policy[1] if self.policy else self._fitted.clinical
         return len(clinical.features) if clinical else 0
 
     @property
@@ -233,6 +245,8 @@ class RadfusionDataModule(L.LightningDataModule):
             assignment = cv_patients(table, h.folds, h.fold, fold_seed(h.split_seed, h.repeat), h.target, val_share)
         else:
             assignment = split_patients(table, h.split, h.split_seed, h.target)
+        if self.policy:
+            return _Fitted(table, assignment, *self.policy)
         train_ids = assignment.index[assignment == "train"]
         train_genomics = self.genomics.loc[self.genomics.index.intersection(train_ids)]
         omics = [
@@ -421,6 +435,14 @@ class RadfusionDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         # `radfusion train predict`: the held-out patients, as `test` measures them.
         return self._loader("test", shuffle=False)
+
+
+def read_policy(policy: str | dict) -> tuple[list[OmicsBlock], ClinicalSpec | None]:
+    """The omics blocks and clinical spec of a policy document (data.policy): a JSON
+    file, or the document itself (as a checkpoint keeps it)."""
+    document = policy if isinstance(policy, dict) else json.loads(Path(policy).read_text())
+    clinical = document.get("clinical")
+    return [OmicsBlock.from_dict(b) for b in document["omics"]], ClinicalSpec(**clinical) if clinical else None
 
 
 def collate(items: list[dict]) -> dict:

@@ -364,7 +364,12 @@ class FusionModule(L.LightningModule):
         if isinstance(self.task, DiscreteHazardTask):
             train = dm.records["train"]
             self.task.fit_edges(np.array([r["time"] for r in train]), np.array([r["event"] for r in train]))
-        self.contract_parts = {
+        self.contract_parts = self.contract_of(dm)
+
+    def contract_of(self, dm) -> dict[str, Any]:
+        """The contract parts a checkpoint carries: the data module's panels and policy,
+        image geometry, labels and task."""
+        return {
             "omics": [dataclasses.asdict(block) for block in dm.omics],
             "clinical": dataclasses.asdict(dm.clinical) if dm.clinical else None,
             "geometry": {
@@ -385,6 +390,8 @@ class FusionModule(L.LightningModule):
     def _check_modalities_have_cases(self, dm) -> None:
         """A modality the network uses but no training patient has would be exported
         as trained (an untrained encoder answering at serving time): refused."""
+        if dm.policy:  # agreed across sites: the federation's server checked the coverage
+            return
         seen = np.stack([r["presence"] for r in dm.records["train"]]).any(axis=0)
         never = [m for m, s in zip(self.net.modality_names, seen, strict=True) if self.net.uses(m) and not s]
         if never:

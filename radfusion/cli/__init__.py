@@ -41,15 +41,21 @@ def _synth(args: argparse.Namespace) -> None:
     from radfusion.errors import UserError
     from radfusion.synth import generate_cohort
     from radfusion.synth.cohort import MIN_GENES
-    from radfusion.synth.presets import synth_options
+    from radfusion.synth.presets import patient_counts, site_numbers, synth_options
 
+    if args.sites is not None:
+        at_least("--sites", args.sites, 1, "ask for one site or more, e.g. --sites 4")
+    patients = patient_counts(args.patients, args.sites)
     for flag, value, least, fix in (
-        ("--patients", args.patients, 1, "ask for one patient or more, e.g. --patients 400"),
         ("--seed", args.seed, 0, "give 0 or a positive seed"),
         ("--genes", args.genes, MIN_GENES, f"ask for {MIN_GENES} genes or more, e.g. --genes 300"),
         ("--workers", args.workers, 1, "give 1 to render in this process"),
     ):
         at_least(flag, value, least, fix)
+    without_omics = site_numbers("--site-without-omics", args.site_without_omics)
+    without_images = site_numbers("--site-without-images", args.site_without_images)
+    if args.sites is None and (without_omics or without_images or args.site_missing_genes is not None):
+        raise UserError("the --site-* options need --sites", "add --sites N, e.g. --sites 3")
     # Geometry and storage: each option given, else the preset's, else the default.
     options = synth_options(
         args.preset,
@@ -65,8 +71,28 @@ def _synth(args: argparse.Namespace) -> None:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder", "give a new or empty folder for the cohort")
     writable("--out", args.out)
+    if args.sites is not None:
+        from radfusion.synth.sites import DEFAULT_MISSING_GENES, generate_sites
+
+        document = generate_sites(
+            Path(args.out),
+            args.sites,
+            patients,
+            args.seed,
+            args.genes,
+            missing_genes=DEFAULT_MISSING_GENES if args.site_missing_genes is None else args.site_missing_genes,
+            without_omics=without_omics,
+            without_images=without_images,
+            workers=args.workers,
+            **options,
+        )
+        for site in document["sites"]:  # the gene lists are in sites.json
+            site["dropped_genes"] = len(site["dropped_genes"])
+        print(json.dumps(document, indent=2))
+        return
+    assert isinstance(patients, int)  # a list needs --sites
     out = generate_cohort(
-        Path(args.out), n_patients=args.patients, seed=args.seed, n_genes=args.genes, workers=args.workers, **options
+        Path(args.out), n_patients=patients, seed=args.seed, n_genes=args.genes, workers=args.workers, **options
     )
     print(json.dumps(json.loads((out / "cohort.json").read_text()), indent=2))
 
@@ -166,6 +192,8 @@ def _export(args: argparse.Namespace) -> None:
     if Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder", "give the path of the .onnx file to write, e.g. model.onnx")
     writable("--out", args.out, folder=False)
+    if args.cohort is not None and not Path(args.cohort).is_dir():
+        raise UserError(f"--cohort {args.cohort} is not a folder", "give a cohort folder radfusion synth wrote")
 
     from radfusion.training.cv.affine import BaselineExportError
     from radfusion.training.export import export, write_export_report
@@ -180,6 +208,7 @@ def _export(args: argparse.Namespace) -> None:
             model=args.model,
             conformal_coverage=args.coverage or None,
             tune_runtime=args.tune_runtime,
+            cohort_dir=Path(args.cohort) if args.cohort else None,
         )
     except BaselineExportError as exc:
         sys.exit(f"radfusion export: {exc}")
@@ -469,9 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
         "MM and N options take one value or a LOW-HIGH range drawn per patient; one value of "
         "--pixel-spacing or --slice-thickness is drawn within 6.7% and 10% of it.",
     )
-    p.add_argument("--patients", type=int, default=400)
+    p.add_argument(
+        "--patients",
+        metavar="N|N1,N2,...",
+        default="400",
+        help="patients (default 400); with --sites, patients PER SITE, or one count per site",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the cohort's folder (with --sites: holds site-1 ... site-N)")
     p.add_argument("--genes", type=int, default=300)
     p.add_argument(
         "--preset",
@@ -490,6 +524,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--j2k-fraction", type=float, help="share of studies JPEG 2000 Lossless (default 0)")
     p.add_argument("--jpegls-fraction", type=float, help="share of studies JPEG-LS Lossless (default 0)")
     p.add_argument("--workers", type=int, default=2)
+    sites = p.add_argument_group(
+        "sites (federated training)",
+        "--sites N writes OUT/site-1 ... OUT/site-N, each an ordinary cohort, from one shared biology (gene "
+        "panel, driver genes, outcome model), and OUT/sites.json with what each site drew from the seed: "
+        "scanner vendor and kernel, noise sd x0.7-1.6, HU offset -20..+20, slice thickness x0.6-1.2 (slice "
+        "count scaled to cover the same length), response log-odds shifted by -2..+2, missing genes",
+    )
+    sites.add_argument("--sites", type=int, metavar="N", help="write N sites that differ as hospitals do")
+    sites.add_argument(
+        "--site-missing-genes",
+        type=float,
+        metavar="SHARE",
+        help="share of the panel genes (driver and mutation genes kept) that each site but the first lacks, "
+        "a set of its own (default 0.1)",
+    )
+    sites.add_argument(
+        "--site-without-omics",
+        action="append",
+        metavar="K[,K]",
+        help="site K has no genomics table and no omics files (repeatable)",
+    )
+    sites.add_argument(
+        "--site-without-images", action="append", metavar="K[,K]", help="site K has no dicom/ folder (repeatable)"
+    )
     p.set_defaults(func=_synth)
 
     sub.add_parser(
@@ -504,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
         "cv",
         help="K-fold cross-validation of a training config beside classical baselines "
         "(radfusion cv --config A.yaml ... --folds 5; see radfusion cv --help)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "federate",
+        help="train across sites on Flower (simulate | keys | server | register | site | run; "
+        "in .venv-federate, see radfusion federate --help)",
         add_help=False,
     )
 
@@ -530,6 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--no-register", action="store_true", help="skip the BentoML model store")
+    p.add_argument(
+        "--cohort",
+        help="the cohort whose validation and test patients calibrate the model and check parity (default: the "
+        "one it was trained on, where it lies now; a federated model: one site's cohort)",
+    )
     p.add_argument(
         "--no-calibrate",
         action="store_true",
@@ -684,6 +753,7 @@ EXTRA_OF = {
     **dict.fromkeys(("bentoml", "pynetdicom", "highdicom"), "serve"),
     "onnxruntime": "cpu",
     "ray": "cluster",
+    **dict.fromkeys(("flwr", "dp_accounting", "tomli_w"), "federate"),
 }
 
 
@@ -807,6 +877,12 @@ def _dispatch(argv: list[str]) -> None:
         return
     if argv and argv[0] == "cv":
         _cv(argv[1:])
+        return
+    if argv and argv[0] == "federate":
+        # Flower's own environment (.venv-federate: make federate-venv), see training/federated.
+        from radfusion.training.federated.command import main as federate_main
+
+        federate_main(argv[1:])
         return
     if argv and argv[0] in PACS_COMMANDS:
         from radfusion.serving.pacs.cli import main as pacs_main

@@ -22,6 +22,7 @@ from radfusion.synth.omics_files import write_omics_files
 from radfusion.synth.patients import SimulatedCohort, simulate_patients
 from radfusion.synth.random_streams import COMPRESSION, SLICE_COUNTS, STORAGE, exact_share_mask, stream
 from radfusion.synth.render import RenderedStudy, render_study, render_study_task
+from radfusion.synth.site_profile import SiteProfile
 from radfusion.synth.study_spec import (
     HISTORIC_PIXEL_SPACING_MM,
     HISTORIC_SLICE_THICKNESS_MM,
@@ -60,22 +61,22 @@ def _slice_range(n_slices: SliceCount) -> tuple[int, int]:
     return (int(n_slices[0]), int(n_slices[1])) if isinstance(n_slices, tuple) else (int(n_slices), int(n_slices))
 
 
-def _slice_counts(seed: int, n: int, n_slices: SliceCount) -> list[int]:
+def _slice_counts(seed: int, n: int, n_slices: SliceCount, site: int = 0) -> list[int]:
     """Every study's slice count: the one given, or drawn per patient in (low, high)."""
     low, high = _slice_range(n_slices)
     if low == high:
         return [low] * n
-    return [int(k) for k in stream(seed, SLICE_COUNTS).integers(low, high + 1, n)]
+    return [int(k) for k in stream(seed, SLICE_COUNTS, site=site).integers(low, high + 1, n)]
 
 
-def _compressions(seed: int, rle: np.ndarray, j2k_fraction: float, jpegls_fraction: float) -> list[str]:
+def _compressions(seed: int, rle: np.ndarray, j2k_fraction: float, jpegls_fraction: float, site: int = 0) -> list[str]:
     """Each study's storage: RLE where `rle` says (drawn as ever), then exact shares of
     JPEG 2000 and JPEG-LS among the other studies (as many as fit), the rest uncompressed.
     The JPEG shares come from their own stream, so a cohort without them is unchanged."""
     kinds = np.where(rle, RLE, UNCOMPRESSED).astype(object)
     n = len(rle)
     if j2k_fraction > 0 or jpegls_fraction > 0:
-        others = stream(seed, COMPRESSION).permutation(np.flatnonzero(~rle))
+        others = stream(seed, COMPRESSION, site=site).permutation(np.flatnonzero(~rle))
         n_j2k = min(round(j2k_fraction * n), len(others))
         n_jls = min(round(jpegls_fraction * n), len(others) - n_j2k)
         kinds[others[:n_j2k]] = JPEG2000
@@ -98,12 +99,13 @@ def plan_studies(
     """One StudySpec per patient: exact RLE (JPEG 2000, JPEG-LS) shares, exactly half
     signed storage, slice counts and spacings drawn per patient (see generate_cohort)."""
     n = len(cohort.patients)
-    rng = stream(cohort.seed, STORAGE)
+    site = cohort.site.index if cohort.site else 0
+    rng = stream(cohort.seed, STORAGE, site=site)
     rle = exact_share_mask(n, rle_fraction, rng)
     signed = exact_share_mask(n, 0.5, rng)
-    dirs = _study_dirs(n, rng)
-    compressions = _compressions(cohort.seed, rle, j2k_fraction, jpegls_fraction)
-    counts = _slice_counts(cohort.seed, n, n_slices)
+    dirs = [f"{cohort.site.study_prefix if cohort.site else ''}{name}" for name in _study_dirs(n, rng)]
+    compressions = _compressions(cohort.seed, rle, j2k_fraction, jpegls_fraction, site)
+    counts = _slice_counts(cohort.seed, n, n_slices, site)
     return [
         make_study_spec(
             p,
@@ -116,21 +118,43 @@ def plan_studies(
             compression=compressions[i],
             pixel_spacing_mm=pixel_spacing_range(pixel_spacing_mm),
             slice_thickness_mm=slice_thickness_range(slice_thickness_mm),
+            site=cohort.site,
         )
         for i, p in enumerate(cohort.patients)
     ]
+
+
+def written_by_us(out: Path) -> bool:
+    """Whether `out` holds a cohort this generator wrote (its cohort.json says so)."""
+    ours = out / "cohort.json"
+    return ours.exists() and json.loads(ours.read_text()).get("generator_version") == GENERATOR_VERSION
 
 
 def _prepare_dicom_root(out: Path) -> Path:
     """An empty out/dicom; a previous cohort of ours there is replaced, anything else refused."""
     dicom_root = out / "dicom"
     if dicom_root.exists() and any(dicom_root.iterdir()):
-        ours = out / "cohort.json"
-        if not ours.exists() or json.loads(ours.read_text()).get("generator_version") != GENERATOR_VERSION:
+        if not written_by_us(out):
             raise FileExistsError(f"{dicom_root} is not empty and was not written by radfusion.synth")
         shutil.rmtree(dicom_root)
     dicom_root.mkdir(parents=True, exist_ok=True)
     return dicom_root
+
+
+def _remove_absent(out: Path, site: SiteProfile) -> None:
+    """A site without images (omics) leaves no dicom/ (genomics table, omics/) of a
+    previous cohort of ours in `out`; another's files there are refused."""
+    absent = [] if site.images else [out / "dicom"]
+    if not site.omics:
+        absent += [out / "genomics.csv", out / "genomics.parquet", out / "omics"]
+    present = [path for path in absent if path.exists()]
+    if present and not written_by_us(out):
+        raise FileExistsError(f"{out} holds files that were not written by radfusion.synth")
+    for path in present:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _render_all(specs: list[StudySpec], dicom_root: Path, workers: int) -> list[RenderedStudy]:
@@ -251,6 +275,7 @@ def generate_cohort(
     slice_thickness_mm: float | MmRange = HISTORIC_SLICE_THICKNESS_MM,
     j2k_fraction: float = 0.0,
     jpegls_fraction: float = 0.0,
+    site: SiteProfile | None = None,
 ) -> Path:
     """Write a synthetic cohort (DICOM studies, genomics, clinical, truth) under `out`.
 
@@ -261,6 +286,8 @@ def generate_cohort(
     field of view; `radfusion synth` passes its field of view / size instead).
     Storage: exact shares `rle_fraction`, `j2k_fraction` (JPEG 2000 lossless) and
     `jpegls_fraction` (JPEG-LS lossless) of the studies, the rest uncompressed.
+    `site`: one site of a multi-site cohort (site_profile.py; sites.py writes them all),
+    None for the single cohort.
 
     Deterministic for a given seed: tables, truth.json and every DICOM file
     (UIDs included) are byte-identical on every run and for any `workers`.
@@ -285,7 +312,11 @@ def generate_cohort(
         "genomics_missing_fraction": genomics_missing_fraction,
     }
     parameters |= _geometry_parameters(n_slices, pixel_spacing_mm, slice_thickness_mm, j2k_fraction, jpegls_fraction)
-    cohort = simulate_patients(n_patients, seed, n_genes, genomics_missing_fraction)
+    if site is not None:
+        parameters["site"] = site.record()
+    cohort = simulate_patients(n_patients, seed, n_genes, genomics_missing_fraction, site)
+    if site is not None and not set(site.dropped_genes) <= set(cohort.genes):
+        raise UserError("a site's dropped genes must be genes of the panel", "drop panel genes only")
     specs = plan_studies(
         cohort,
         n_slices=n_slices,
@@ -297,14 +328,21 @@ def generate_cohort(
         j2k_fraction=j2k_fraction,
         jpegls_fraction=jpegls_fraction,
     )
-    dicom_root = _prepare_dicom_root(out)
-    log.info("rendering %d synthetic studies with %d worker(s)", len(specs), workers)
-    studies = _render_all(specs, dicom_root, workers)
+    if site is not None:
+        _remove_absent(out, site)
+    studies: list[RenderedStudy] | None = None
+    if site is None or site.images:
+        dicom_root = _prepare_dicom_root(out)
+        log.info("rendering %d synthetic studies with %d worker(s)", len(specs), workers)
+        studies = _render_all(specs, dicom_root, workers)
 
-    write_table(genomics_table(cohort), out, "genomics")
+    if site is None or site.omics:
+        write_table(genomics_table(cohort), out, "genomics")
     write_table(clinical_table(cohort), out, "clinical")
-    write_omics_files(cohort, out)  # the same omics as raw files (radfusion cohort build reads them)
+    if site is None or site.omics:
+        write_omics_files(cohort, out)  # the same omics as raw files (radfusion cohort build reads them)
     write_json(truth_document(cohort, specs, studies, parameters), out / "truth.json")
-    write_json(cohort_summary(cohort, specs), out / "cohort.json")
-    log.info("synthetic cohort written: %d studies, %d files", len(studies), sum(s.n_files for s in studies))
+    write_json(cohort_summary(cohort, specs if studies is not None else []), out / "cohort.json")
+    n_files = sum(s.n_files for s in studies or [])
+    log.info("synthetic cohort written: %d studies, %d files", len(studies or []), n_files)
     return out

@@ -3,7 +3,9 @@ the ready-made genomics table: an expression matrix with genes as rows, a MAF of
 mutation calls, copy-number segments (SEG) with a gene annotation (BED), and a
 sample map from sample barcodes (which are not PatientIDs) to PatientIDs.
 
-Only patients with released genomics get samples. Expression values are the table's
+Only patients with released genomics get samples, and only the genes the cohort measures
+appear (a site's panel may lack some; those keep their coordinates, which every site
+shares, and are left out of the BED as well). Expression values are the table's
 (same text, same doubles); the MAF holds each patient's mutation flags as non-silent
 calls plus silent calls and calls that failed filtering, which readers must ignore.
 Copy number is new: chromosome k's first segment carries the mean activity of
@@ -56,6 +58,8 @@ def write_omics_files(cohort: SimulatedCohort, out: Path) -> Path:
     released = [p for p in cohort.patients if p.has_genomics]
     samples = _sample_ids(len(released), rng)
     genes = gene_coordinates(cohort.genes)
+    if len(cohort.measured_genes) < len(cohort.genes):
+        genes = genes[genes["name"].isin(cohort.measured_genes)].reset_index(drop=True)
     genes.to_csv(folder / "genes.bed", sep="\t", header=False, index=False)
     pd.DataFrame({"sample_id": samples, "patient_id": [p.patient_id for p in released]}).sort_values(
         "sample_id"
@@ -87,14 +91,14 @@ def chromosome_length(n_genes: int) -> int:
 
 def _write_expression(cohort: SimulatedCohort, released, samples: list[str], path: Path) -> None:
     rows = [p.index for p in released]
-    text = np.char.mod(f"%.{EXPRESSION_DECIMALS}f", cohort.expression[rows].T)
-    matrix = pd.DataFrame(text, index=pd.Index(cohort.genes, name="gene"), columns=samples)
+    text = np.char.mod(f"%.{EXPRESSION_DECIMALS}f", cohort.measured_expression(rows).T)
+    matrix = pd.DataFrame(text, index=pd.Index(cohort.measured_genes, name="gene"), columns=samples)
     matrix.to_csv(path, sep="\t")
 
 
 def _write_maf(cohort, released, samples, genes: pd.DataFrame, rng: np.random.Generator, path: Path) -> None:
     at = genes.set_index("name")
-    panel = list(cohort.genes)
+    panel = list(cohort.measured_genes)
 
     def call(gene: str, sample: str, kind: str, passed: str = "PASS") -> dict:
         chrom, start, end = at.loc[gene, ["chrom", "start", "end"]]

@@ -41,17 +41,21 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def response_logit(z_img: np.ndarray, z_gen: np.ndarray, egfr_mut: np.ndarray, treatment: np.ndarray) -> np.ndarray:
-    """logit = b0 + 4.0 z_img + 4.0 z_gen + EGFR x treatment interaction."""
+def response_logit(
+    z_img: np.ndarray, z_gen: np.ndarray, egfr_mut: np.ndarray, treatment: np.ndarray, shift: float = 0.0
+) -> np.ndarray:
+    """logit = b0 + 4.0 z_img + 4.0 z_gen + EGFR x treatment interaction (+ a site's
+    `shift` of the intercept: its patient mix responds more or less often, the effects
+    of image, genes and treatment unchanged)."""
     treatment = np.asarray(treatment)
     bonus = np.where(treatment == "targeted", EGFR_INTERACTION["targeted"], EGFR_INTERACTION["chemo"])
-    return B0 + COEF_IMAGE * z_img + COEF_GENOMIC * z_gen + np.asarray(egfr_mut) * bonus
+    return (B0 + shift) + COEF_IMAGE * z_img + COEF_GENOMIC * z_gen + np.asarray(egfr_mut) * bonus
 
 
 def response_probability(
-    z_img: np.ndarray, z_gen: np.ndarray, egfr_mut: np.ndarray, treatment: np.ndarray
+    z_img: np.ndarray, z_gen: np.ndarray, egfr_mut: np.ndarray, treatment: np.ndarray, shift: float = 0.0
 ) -> np.ndarray:
-    return sigmoid(response_logit(z_img, z_gen, egfr_mut, treatment))
+    return sigmoid(response_logit(z_img, z_gen, egfr_mut, treatment, shift))
 
 
 def best_treatment(p_chemo: np.ndarray, p_targeted: np.ndarray) -> np.ndarray:

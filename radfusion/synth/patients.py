@@ -15,6 +15,7 @@ import numpy as np
 from radfusion.synth import genomics_model as gm
 from radfusion.synth import outcome_model as om
 from radfusion.synth.random_streams import PANEL, PATIENTS, exact_share_mask, stream
+from radfusion.synth.site_profile import SiteProfile
 
 SITES = ("site_A", "site_B", "site_C", "site_D")
 SITE_PROBS = (0.35, 0.30, 0.20, 0.15)
@@ -73,10 +74,25 @@ class SimulatedCohort:
     patients: list[PatientRecord]
     panel: gm.PanelModel
     expression: np.ndarray
+    site: SiteProfile | None = None  # one site of a multi-site cohort (None: a single cohort)
 
     @property
     def genes(self) -> list[str]:
         return self.panel.genes
+
+    @property
+    def measured_genes(self) -> list[str]:
+        """The panel genes this cohort releases: all but those its site does not measure."""
+        dropped = set(self.site.dropped_genes) if self.site else set()
+        return [g for g in self.panel.genes if g not in dropped]
+
+    def measured_expression(self, rows: list[int]) -> np.ndarray:
+        """The expression of these patients (row indices) in the measured genes' columns."""
+        values = self.expression[rows]
+        if self.site and self.site.dropped_genes:
+            dropped = set(self.site.dropped_genes)
+            values = values[:, [i for i, g in enumerate(self.panel.genes) if g not in dropped]]
+        return values
 
 
 def _patient_ids(n: int, rng: np.random.Generator) -> list[str]:
@@ -90,31 +106,34 @@ def simulate_patients(
     seed: int = 0,
     n_genes: int = 300,
     genomics_missing_fraction: float = 0.15,
+    site: SiteProfile | None = None,
 ) -> SimulatedCohort:
-    """Draw the cohort's latent scores, genomics, treatment and outcomes."""
+    """Draw the cohort's latent scores, genomics, treatment and outcomes (one site's
+    patients from the shared panel when `site` is given: see site_profile.py)."""
     if n_patients < 1:
         raise ValueError("n_patients must be at least 1")
     if not 0.0 <= genomics_missing_fraction <= 1.0:
         raise ValueError("genomics_missing_fraction must be within [0, 1]")
     panel = gm.build_panel_model(n_genes, stream(seed, PANEL))
-    rng = stream(seed, PATIENTS)
+    rng = stream(seed, PATIENTS, site=site.index if site else 0)
     n = n_patients
+    shift = site.response_shift if site else 0.0
 
-    ids = _patient_ids(n, rng)
+    ids = [f"{site.id_prefix if site else ''}{pid}" for pid in _patient_ids(n, rng)]
     subtype_codes = rng.choice(3, n, p=gm.SUBTYPE_PROBS)
     treatment = np.where(rng.random(n) < 0.5, "chemo", "targeted")
     sex = np.where(rng.random(n) < 0.55, "M", "F")
     age = np.clip(np.round(rng.normal(64.0, 10.0, n)), 30, 90).astype(int)
-    site = rng.choice(len(SITES), n, p=SITE_PROBS)
+    site_codes = rng.choice(len(SITES), n, p=SITE_PROBS)
     z_img = rng.standard_normal(n)
     expression = gm.simulate_expression(panel, subtype_codes, rng)
     z_gen = gm.genomic_score(panel, expression)
     mutations = gm.simulate_mutations(n, rng)
-    has_genomics = ~exact_share_mask(n, genomics_missing_fraction, rng)
+    has_genomics = ~exact_share_mask(n, genomics_missing_fraction, rng) & (site is None or site.omics)
 
     egfr = mutations["EGFR"]
-    p_chemo = om.response_probability(z_img, z_gen, egfr, np.full(n, "chemo"))
-    p_targeted = om.response_probability(z_img, z_gen, egfr, np.full(n, "targeted"))
+    p_chemo = om.response_probability(z_img, z_gen, egfr, np.full(n, "chemo"), shift)
+    p_targeted = om.response_probability(z_img, z_gen, egfr, np.full(n, "targeted"), shift)
     p_given = np.where(treatment == "targeted", p_targeted, p_chemo)
     response = (rng.random(n) < p_given).astype(int)
     months, event = om.simulate_survival(om.survival_hazard(z_img, z_gen, response), rng)
@@ -131,7 +150,7 @@ def simulate_patients(
             treatment=str(treatment[i]),
             sex=str(sex[i]),
             age=int(age[i]),
-            site=SITES[site[i]],
+            site=site.name if site else SITES[site_codes[i]],
             image_score=float(z_img[i]),
             genomic_score=float(z_gen[i]),
             mutations={g: int(mutations[g][i]) for g in gm.MUTATION_GENES},
@@ -149,4 +168,4 @@ def simulate_patients(
         )
         for i in range(n)
     ]
-    return SimulatedCohort(seed=seed, patients=patients, panel=panel, expression=expression)
+    return SimulatedCohort(seed=seed, patients=patients, panel=panel, expression=expression, site=site)

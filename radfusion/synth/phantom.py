@@ -188,9 +188,11 @@ def render_phantom(spec: StudySpec, rng: np.random.Generator) -> Phantom:
     hu[box] = (1.0 - weight) * hu[box] + weight * lesion_hu
 
     noise = _smooth_noise(hu.shape, NOISE_SIGMA, rng)
-    noise *= NOISE_STD_HU
+    noise *= NOISE_STD_HU * spec.noise_scale  # a site's scanner: noisier or smoother
     hu += noise
     del noise
+    if spec.hu_offset:  # a site's calibration offset, over the whole volume
+        hu += spec.hu_offset
     np.rint(hu, out=hu)
     np.clip(hu, -1024, 3071, out=hu)
     return Phantom(hu.astype(np.int16), (k, r, c), (float(semi[0]), float(semi[1]), float(semi[2])), inside)

@@ -146,3 +146,39 @@ def _check(options: SynthOptions) -> None:
             f"--rle-fraction, --j2k-fraction and --jpegls-fraction add up to {total:g}",
             "give shares that add up to 1 or less (the rest is uncompressed)",
         )
+
+
+def patient_counts(text: str | int, sites: int | None) -> int | list[int]:
+    """--patients: a count (per site with --sites), or with --sites one count per site
+    as a comma list ('200,120,80'). Each must be at least 1."""
+    words = str(text).split(",")
+    try:
+        counts = [int(word) for word in words]
+    except ValueError:
+        raise UserError(
+            f"--patients takes a number, not {text!r}", "e.g. --patients 400 (or 200,120,80 with --sites 3)"
+        ) from None
+    for count in counts:
+        if count < 1:
+            raise UserError(
+                f"--patients must be at least 1, not {count}", "ask for one patient or more, e.g. --patients 400"
+            )
+    if len(counts) == 1:
+        return counts[0]
+    if sites is None or len(counts) != sites:
+        raise UserError(
+            f"--patients gives {len(counts)} counts for {sites or 'no'} sites", "give one count, or one per --sites"
+        )
+    return counts
+
+
+def site_numbers(flag: str, values: list[str] | None) -> list[int]:
+    """A repeatable option of site numbers, each a number or a comma list: ['1', '2,3']."""
+    numbers = []
+    for word in ",".join(values or []).split(","):
+        if word.strip():
+            try:
+                numbers.append(int(word))
+            except ValueError:
+                raise UserError(f"{flag} takes site numbers, not {word!r}", f"e.g. {flag} 2 or {flag} 2,3") from None
+    return numbers

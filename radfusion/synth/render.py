@@ -28,7 +28,7 @@ class RenderedStudy:
 
 
 def render_study(spec: StudySpec, dicom_root: Path) -> RenderedStudy:
-    rng = stream(spec.seed, PHANTOM, spec.index)
+    rng = stream(spec.seed, PHANTOM, spec.index, spec.site)
     phantom = render_phantom(spec, rng)
     scout = localizer_image(phantom.hu, spec.rows, spec.cols)
     files = write_study(spec, phantom.hu, scout, dicom_root, rng)

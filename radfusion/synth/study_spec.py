@@ -27,6 +27,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLos
 
 from radfusion.synth.patients import PatientRecord
 from radfusion.synth.random_streams import STUDY_SPEC, stream
+from radfusion.synth.site_profile import SiteProfile
 
 FAMILY_NAMES = (
     "Smith",
@@ -169,6 +170,10 @@ class StudySpec:
     lesion_radius_mm: float
     lesion_contrast_hu: float
     lesion_texture_std_hu: float
+    # a site of a multi-site cohort: its stream key and its scanner's noise and offset
+    site: int = 0
+    noise_scale: float = 1.0
+    hu_offset: float = 0.0
 
     @property
     def rle(self) -> bool:
@@ -212,11 +217,14 @@ def make_study_spec(
     compression: str = UNCOMPRESSED,
     pixel_spacing_mm: MmRange = (5.6, 6.4),
     slice_thickness_mm: MmRange = (4.5, 5.5),
+    site: SiteProfile | None = None,
 ) -> StudySpec:
     """Draw one study's acquisition details from the patient's own stream (the
-    spacings within the given ranges: the defaults are the historic ones)."""
-    rng = stream(seed, STUDY_SPEC, patient.index)
-    manufacturer, model, kernel, localizer, descriptions = SCANNERS[patient.site]
+    spacings within the given ranges: the defaults are the historic ones). A site's
+    studies all come from its scanner, with its kernel, noise and offset."""
+    rng = stream(seed, STUDY_SPEC, patient.index, site.index if site else 0)
+    manufacturer, model, vendor_kernel, localizer, descriptions = SCANNERS[site.scanner if site else patient.site]
+    kernel = site.kernel if site else vendor_kernel
     study_date, birth_date = _dates(patient.age, rng)
     pixel_spacing = round(float(rng.uniform(*pixel_spacing_mm)), 4)
     slice_spacing = round(float(rng.uniform(*slice_thickness_mm)), 4)
@@ -241,7 +249,9 @@ def make_study_spec(
         manufacturer=manufacturer,
         model_name=model,
         kernel=kernel,
-        series_description=described_thickness(str(rng.choice(descriptions)), nominal_thickness),
+        series_description=described_thickness(str(rng.choice(descriptions)), nominal_thickness).replace(
+            vendor_kernel, kernel
+        ),
         localizer_description=localizer,
         kvp=float(rng.choice([100.0, 120.0, 120.0, 140.0])),
         tube_current_ma=int(rng.integers(80, 400)),
@@ -263,4 +273,7 @@ def make_study_spec(
         lesion_radius_mm=patient.lesion_radius_mm,
         lesion_contrast_hu=patient.lesion_contrast_hu,
         lesion_texture_std_hu=patient.lesion_texture_std_hu,
+        site=site.index if site else 0,
+        noise_scale=site.noise_scale if site else 1.0,
+        hu_offset=site.hu_offset if site else 0.0,
     )

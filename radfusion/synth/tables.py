@@ -30,9 +30,10 @@ MUTATION_COLUMNS = tuple(f"{gene}_mut" for gene in MUTATION_GENES)
 
 
 def genomics_table(cohort: SimulatedCohort) -> pd.DataFrame:
-    """patient_id, one column per gene, then the *_mut flags; released rows only."""
+    """patient_id, one column per measured gene (a site's panel may lack some), then the
+    *_mut flags; released rows only."""
     rows = [p.index for p in cohort.patients if p.has_genomics]
-    frame = pd.DataFrame(cohort.expression[rows], columns=cohort.genes)
+    frame = pd.DataFrame(cohort.measured_expression(rows), columns=cohort.measured_genes)
     frame.insert(0, "patient_id", [cohort.patients[i].patient_id for i in rows])
     for gene, column in zip(MUTATION_GENES, MUTATION_COLUMNS, strict=True):
         frame[column] = np.array([cohort.patients[i].mutations[gene] for i in rows], dtype=np.int64)

@@ -33,18 +33,28 @@ def lesion_centre_mm(spec: StudySpec, voxel: tuple[int, int, int]) -> list[float
     return [_r(x0 + c * spec.pixel_spacing_mm), _r(y0 + r * spec.pixel_spacing_mm), _r(z)]
 
 
-def _patient_truth(p: PatientRecord, spec: StudySpec, study: RenderedStudy, varying_slices: bool) -> dict[str, Any]:
+def _patient_truth(
+    p: PatientRecord, spec: StudySpec, study: RenderedStudy | None, varying_slices: bool
+) -> dict[str, Any]:
+    """What the generator knows of one patient; without a study (a site without
+    images) the fields of the study are left out."""
+    if study is None:
+        imaged: dict[str, Any] = {"lesion_radius_mm": _r(p.lesion_radius_mm)}
+    else:
+        imaged = {
+            "study_instance_uid": spec.study_uid,
+            "main_series_instance_uid": spec.main_series_uid,
+            "lesion_centre_mm": lesion_centre_mm(spec, study.lesion_voxel),
+            "lesion_centre_voxel": list(study.lesion_voxel),
+            "lesion_radius_mm": _r(p.lesion_radius_mm),
+            "lesion_semi_axes_mm": [_r(v) for v in study.lesion_semi_axes_mm],
+        }
     return {
         "patient_id": p.patient_id,
-        "study_instance_uid": spec.study_uid,
-        "main_series_instance_uid": spec.main_series_uid,
-        "lesion_centre_mm": lesion_centre_mm(spec, study.lesion_voxel),
-        "lesion_centre_voxel": list(study.lesion_voxel),
-        "lesion_radius_mm": _r(p.lesion_radius_mm),
-        "lesion_semi_axes_mm": [_r(v) for v in study.lesion_semi_axes_mm],
+        **imaged,
         "lesion_contrast_hu": _r(p.lesion_contrast_hu),
         "lesion_texture_std_hu": _r(p.lesion_texture_std_hu),
-        "lesion_fully_in_soft_tissue": study.lesion_fully_in_soft_tissue,
+        **({} if study is None else {"lesion_fully_in_soft_tissue": study.lesion_fully_in_soft_tissue}),
         "image_score": _r(p.image_score),
         "genomic_score": _r(p.genomic_score),
         "subtype": p.subtype,
@@ -56,6 +66,12 @@ def _patient_truth(p: PatientRecord, spec: StudySpec, study: RenderedStudy, vary
         "response_probability_chemo": _r(p.p_chemo),
         "response_probability_targeted": _r(p.p_targeted),
         "best_treatment": p.best_treatment,
+        **({} if study is None else _study_truth(spec, varying_slices)),
+    }
+
+
+def _study_truth(spec: StudySpec, varying_slices: bool) -> dict[str, Any]:
+    return {
         "pixel_spacing_mm": spec.pixel_spacing_mm,
         "slice_spacing_mm": spec.slice_spacing_mm,
         "storage": _storage(spec),
@@ -75,16 +91,20 @@ def _storage(spec: StudySpec) -> dict[str, Any]:
 def truth_document(
     cohort: SimulatedCohort,
     specs: list[StudySpec],
-    studies: list[RenderedStudy],
+    studies: list[RenderedStudy] | None,
     parameters: dict[str, Any],
 ) -> dict[str, Any]:
+    """truth.json; `studies` None for a cohort without images. A site's outcome model is
+    the shared one with its intercept shifted (b0 is the shared intercept)."""
     varying = isinstance(parameters.get("n_slices"), list)  # drawn per patient: each count recorded
+    shift = {"site_logit_shift": cohort.site.response_shift} if cohort.site else {}
     return {
         "generator_version": GENERATOR_VERSION,
         "seed": cohort.seed,
         "parameters": parameters,
         "outcome_model": {
             "b0": om.B0,
+            **shift,
             "coef_image_score": om.COEF_IMAGE,
             "coef_genomic_score": om.COEF_GENOMIC,
             "hazard": {
@@ -103,9 +123,13 @@ def truth_document(
         "voxel_order": VOXEL_ORDER,
         "patients": [
             _patient_truth(p, spec, study, varying)
-            for p, spec, study in zip(cohort.patients, specs, studies, strict=True)
+            for p, spec, study in zip(cohort.patients, specs, _or_none(studies, len(specs)), strict=True)
         ],
     }
+
+
+def _or_none(studies: list[RenderedStudy] | None, n: int) -> list[RenderedStudy | None]:
+    return [None] * n if studies is None else list(studies)
 
 
 def cohort_summary(cohort: SimulatedCohort, specs: list[StudySpec]) -> dict[str, Any]:

@@ -1,0 +1,166 @@
+"""`radfusion federate` for real: a SuperLink and three SuperNodes on loopback (TLS and
+site authentication on, SecAgg+ on), 3 rounds over three synthetic hospitals (two with
+images and omics, one without omics), then the checkpoint exported to ONNX (parity
+checked) and served.
+
+Flower runs in its own environment (.venv-federate, `make federate-venv`): the
+federation runs there as the command a site would run; export and serving run here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.support.paths import CONFIGS, PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+FEDERATE_PYTHON = Path(os.environ.get("RADFUSION_FEDERATE_PYTHON", PROJECT_ROOT / ".venv-federate" / "bin" / "python"))
+CONFIG_FILES = [
+    CONFIGS / "trainer" / "cpu.yaml",
+    CONFIGS / "data" / "synthetic.yaml",
+    CONFIGS / "model" / "fusion_cpu.yaml",
+    CONFIGS / "experiment" / "demo.yaml",
+]
+ROUNDS = 3
+
+
+def _radfusion(python: Path, *args, env: dict | None = None, timeout: float = 900) -> str:
+    out = subprocess.run(
+        [str(python), "-m", "radfusion.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    assert out.returncode == 0, f"radfusion {args[0]} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Path:
+    if not FEDERATE_PYTHON.exists():
+        pytest.fail(f"no Flower environment at {FEDERATE_PYTHON}: make federate-venv")
+    root = tmp_path_factory.mktemp("federation")
+    _radfusion(
+        Path(sys.executable), "synth", "--sites", 3, "--patients", 30, "--slices", 16, "--size", 48,
+        "--pixel-spacing", 6, "--site-without-omics", 3, "--seed", 5, "--out", root / "sites",
+    )  # fmt: skip
+    sites = [f"--site=s{i}={root / 'sites' / f'site-{i}'}" for i in (1, 2, 3)]
+    configs = [a for c in CONFIG_FILES for a in ("--config", c)]
+    _radfusion(
+        FEDERATE_PYTHON, "federate", "simulate", *sites, *configs, "--rounds", ROUNDS, "--out", root / "run",
+        env={"RADFUSION_CACHE_DIR": str(root / "cache")}, timeout=1500,
+    )  # fmt: skip
+    return root
+
+
+def _received(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "received.jsonl").read_text().splitlines()]
+
+
+def test_three_sites_three_rounds_under_secagg(federation):
+    run = federation / "run"
+    provenance = json.loads((run / "federation.json").read_text())
+    assert provenance["training"] == "federated" and provenance["framework"] == "flower"
+    assert provenance["sites"] == 3 and provenance["rounds"] == ROUNDS
+    assert provenance["secure_aggregation"] == "secagg+" and provenance["differential_privacy"] is None
+    assert [r["round"] for r in provenance["history"]] == [1, 2, 3]
+    assert all(np.isfinite(r["evaluate"]["loss"]) for r in provenance["history"])
+    # TLS and site authentication were on: the SuperLink had certificates and only
+    # registered keys.
+    commands = (run / "logs" / "commands.txt").read_text().splitlines()
+    superlink = next(c for c in commands if c.startswith("superlink:"))
+    assert "--ssl-certfile" in superlink and "--enable-supernode-auth" in superlink and "--insecure" not in superlink
+    nodes = [c for c in commands if c.startswith("site-")]
+    assert len(nodes) == 3 and all("--root-certificates" in c and "--auth-supernode-private-key" in c for c in nodes)
+    assert (run / "pki" / "ca.crt").is_file() and len(list((run / "pki" / "sites").glob("*.pub"))) == 3
+
+
+def test_the_server_receives_moments_and_one_aggregate_per_round(federation):
+    """What left the sites, as the server got it: first round, aggregated moments (no
+    rows); then per round each site's patient count and loss with the update, which
+    under SecAgg+ is the sum of the three (the same bytes in every result, never a
+    site's own), shaped as the model; and each site's validation metrics."""
+    import torch
+
+    run = federation / "run"
+    received = _received(run)
+    moments = [r for r in received if r["kind"] == "moments"]
+    assert len(moments) == 1 and len(moments[0]["content"]) == 3
+    by_site = moments[0]["content"]
+    assert sum(bool(m["omics"]) for m in by_site) == 2  # site 3 has no omics
+    for m in by_site:
+        assert set(m) <= {"version", "n_rows", "omics", "clinical", "labels", "coverage", "cohort_hash", "settings"}
+        for block in m["omics"].values():
+            assert set(block) == {"features", "rows", "n", "mean", "m2"}
+    fits = [r for r in received if r["kind"] == "fit"]
+    assert [r["round"] for r in fits] == [1, 2, 3]
+    state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    shapes = [list(v.shape) for v in state.values() if v.is_floating_point()]
+    for fit in fits:
+        results = fit["content"]
+        assert len(results) == 3
+        assert len({r["digest"] for r in results}) == 1  # the sum, the same for all three
+        assert all(r["arrays"] == shapes for r in results)
+        assert sorted(r["num_examples"] for r in results) == sorted(m["coverage"]["train"] for m in by_site)
+        assert all(set(r["metrics"]) <= {"train_loss"} for r in results)
+    evaluations = [r for r in received if r["kind"] == "evaluate"]
+    assert len(evaluations) == ROUNDS and all(len(e["content"]) == 3 for e in evaluations)
+    for e in evaluations:
+        for site in e["content"]:
+            assert set(site["metrics"]) <= {"val_loss", "val_auroc"}
+
+
+def test_no_patient_identifier_reaches_the_server(federation):
+    run = federation / "run"
+    ids = set()
+    for i in (1, 2, 3):
+        ids |= set(pd.read_csv(federation / "sites" / f"site-{i}" / "clinical.csv", dtype=str)["patient_id"])
+    assert len(ids) == 90
+    server_side = [run / "received.jsonl", run / "policy.json", run / "federation.json", run / "server.log"]
+    server_side += sorted((run / "logs").glob("superlink*.log"))
+    for path in server_side:
+        text = path.read_text()
+        leaked = [pid for pid in ids if pid in text]
+        assert not leaked, f"{path.name} holds {len(leaked)} patient id(s)"
+
+
+def test_pooled_panel_is_the_union_of_the_sites_panels(federation):
+    policy = json.loads((federation / "run" / "policy.json").read_text())
+    features = {f for block in policy["omics"] for f in block["features"]}
+    for i in (1, 2):
+        columns = set(pd.read_parquet(federation / "sites" / f"site-{i}" / "genomics.parquet").columns)
+        assert columns <= features
+    site1 = set(pd.read_parquet(federation / "sites" / "site-1" / "genomics.parquet").columns)
+    site2 = set(pd.read_parquet(federation / "sites" / "site-2" / "genomics.parquet").columns)
+    assert site1 != site2  # the synthetic hospitals' panels differ, and both are covered
+
+
+def test_the_federated_model_exports_with_parity_and_serves(federation, tmp_path):
+    from radfusion.cli.demo import exercise_service
+    from radfusion.contract import read_contract_from_onnx
+
+    model = tmp_path / "model.onnx"
+    site = federation / "sites" / "site-1"
+    _radfusion(
+        Path(sys.executable), "export", "--checkpoint", federation / "run" / "checkpoints" / "best.ckpt",
+        "--cohort", site, "--out", model, "--no-register",
+        env={"RADFUSION_CACHE_DIR": str(federation / "cache")},
+    )  # fmt: skip
+    report = json.loads(model.with_suffix(".export.json").read_text())
+    assert report["onnx_max_abs_diff"] < 1e-4
+    contract = read_contract_from_onnx(model)
+    assert contract.provenance["training"] == "federated"
+    assert contract.provenance["rounds"] == ROUNDS and contract.provenance["sites"] == 3
+    service = exercise_service(model, site)
+    assert service["service_requests_ok"] == service["service_requests_sent"] > 0
+    assert service["service_max_abs_diff_vs_inprocess"] < 1e-4

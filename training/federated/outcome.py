@@ -1,0 +1,206 @@
+"""What the server keeps of a federated run, in its run folder:
+
+- received.jsonl: everything the sites sent, as the server got it (moments; per round
+  the arrays' shapes, patient counts and metrics), the audit of what left each site;
+- state.npz: the global weights after the last finished round, to resume from;
+- policy.json: the pooled panel and missing-data policy;
+- checkpoints/best.ckpt: the final model, an ordinary radfusion checkpoint whose
+  contract carries the federation's provenance;
+- federation.json: the provenance and each round's aggregated metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import lightning
+import numpy as np
+import torch
+from flwr.common import parameters_to_ndarrays
+from flwr.server.strategy import Strategy
+
+from radfusion.pooled_policy import PooledPolicy, policy_document, pool_policy
+from radfusion.training.cv.fold import build_cli
+from radfusion.training.federated.job import FederatedJob
+from radfusion.training.federated.weights import set_weights
+from radfusion.training.module import CONTRACT_KEY
+from radfusion.training.tasks import DiscreteHazardTask
+
+
+class FederationRecord:
+    def __init__(self, out: Path, job: FederatedJob):
+        self.out, self.job = out, job
+        out.mkdir(parents=True, exist_ok=True)
+        self.rounds: list[dict] = []
+        self.sites: list[dict] = []
+
+    def received(self, kind: str, content, server_round: int = 0) -> None:
+        with (self.out / "received.jsonl").open("a") as f:
+            f.write(json.dumps({"round": server_round, "kind": kind, "content": content}) + "\n")
+
+    def agreed(self, moments: list[dict]) -> PooledPolicy:
+        """The policy pooled from the sites' moments, once they agree on the settings and
+        together cover every modality the model uses."""
+        settings = {json.dumps(m["settings"], sort_keys=True) for m in moments}
+        if len(settings) > 1:
+            raise RuntimeError("the sites run different data settings (the federation's configs differ)")
+        first = moments[0]["settings"]
+        policy = pool_policy(
+            moments,
+            max_imputed=first["max_imputed_fraction"],
+            min_level_count=first["min_level_count"],
+            treatment=first["treatment"],
+        )
+        self.sites = [
+            {"train": m["coverage"]["train"], "with_image": m["coverage"]["image"], "blocks": sorted(m["omics"])}
+            for m in moments
+        ]
+        self.cohort_hash = hashlib.sha256(json.dumps(sorted(m["cohort_hash"] for m in moments)).encode()).hexdigest()[
+            :16
+        ]
+        (self.out / "policy.json").write_text(json.dumps(policy_document(policy), indent=1))
+        return policy
+
+    def check_coverage(self, modalities: list[str]) -> None:
+        """Each modality the model uses must have training cases at some site (the check
+        `radfusion train` makes on one site's data)."""
+        if "image" in modalities and not any(s["with_image"] for s in self.sites):
+            raise RuntimeError("the model uses images, which no site's training part has")
+
+    def recording(self, strategy: Strategy, done: int) -> Strategy:
+        return _Recording(strategy, self, done)
+
+    def save_round(self, server_round: int, weights: list[np.ndarray], metrics: dict) -> None:
+        np.savez(self.out / "state.tmp.npz", *weights, round=server_round)
+        (self.out / "state.tmp.npz").replace(self.out / "state.npz")  # never half a state
+        self.rounds.append({"round": server_round, "fit": metrics})
+
+    def resume_from(self) -> tuple[list[np.ndarray], int] | None:
+        path = self.out / "state.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as state:
+            n = len([k for k in state.files if k.startswith("arr_")])
+            return [state[f"arr_{i}"] for i in range(n)], int(state["round"])
+
+    def provenance(self, rounds: int, eps: float) -> dict:
+        job = self.job
+        return {
+            "training": "federated",
+            "framework": "flower",
+            "sites": len(self.sites),
+            "site_patients": [s["train"] for s in self.sites],
+            "rounds": rounds,
+            "local_epochs": job.local_epochs,
+            "strategy": job.strategy,
+            "secure_aggregation": "secagg+" if job.secagg else "none",
+            "differential_privacy": (
+                {"noise_multiplier": job.dp_noise, "clip": job.dp_clip, "epsilon": eps, "delta": job.dp_delta}
+                if job.dp_noise
+                else None
+            ),
+            "cohort_hash": self.cohort_hash,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+class _Recording(Strategy):
+    """The strategy as configured, plus the record: what each round received and the
+    global weights after it."""
+
+    def __init__(self, inner: Strategy, record: FederationRecord, done: int):
+        self.inner, self.record, self.done = inner, record, done
+
+    def initialize_parameters(self, client_manager):
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):
+        received = [
+            {
+                "arrays": [list(a.shape) for a in parameters_to_ndarrays(res.parameters)],
+                # Under SecAgg+ every result carries the same unmasked sum: equal digests.
+                "digest": hashlib.sha256(b"".join(res.parameters.tensors)).hexdigest()[:16],
+                "num_examples": res.num_examples,
+                "metrics": dict(res.metrics),
+            }
+            for _, res in results
+        ]
+        self.record.received("fit", received, self.done + server_round)
+        parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        if parameters is None:
+            raise RuntimeError(f"round {self.done + server_round}: no update to aggregate ({len(failures)} failures)")
+        self.record.save_round(self.done + server_round, parameters_to_ndarrays(parameters), metrics)
+        return parameters, metrics
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        received = [
+            {"num_examples": res.num_examples, "loss": res.loss, "metrics": dict(res.metrics)} for _, res in results
+        ]
+        self.record.received("evaluate", received, self.done + server_round)
+        loss, metrics = self.inner.aggregate_evaluate(server_round, results, failures)
+        if self.record.rounds:
+            self.record.rounds[-1]["evaluate"] = {"loss": loss, **metrics}
+        return loss, metrics
+
+    def evaluate(self, server_round, parameters):
+        return self.inner.evaluate(server_round, parameters)
+
+
+def server_model(job: FederatedJob, out: Path):
+    """The module the federation trains, built from its configs and the pooled policy
+    (policy.json) with no data (data.cohort_dir ""), as every site builds it."""
+    policy = out / "policy.json"
+    cli = build_cli(
+        [
+            *job.cli_configs(),
+            "--data.cohort_dir",
+            "",
+            "--data.policy",
+            str(policy),
+            "--trainer.default_root_dir",
+            str(out),
+            "--seed_everything",
+            str(job.seed),
+        ]
+    )
+    module, dm = cli.model, cli.datamodule
+    if module.network_config.treatment_interaction or isinstance(module.task, DiscreteHazardTask):
+        raise ValueError("federated training does not fit treatment interaction terms or discrete-time survival bins")
+    dm.omics, dm.clinical = dm.policy
+    return module, dm
+
+
+def write_checkpoint(module, dm, weights: list[np.ndarray], provenance: dict, history: list[dict]) -> Path:
+    """checkpoints/best.ckpt in the form `radfusion train` writes (what load_module,
+    evaluate and export read) and federation.json beside it."""
+    set_weights(module, weights)
+    parts = module.contract_of(dm)
+    parts["cohort_hash"] = provenance["cohort_hash"]
+    parts["provenance"] = provenance
+    out = Path(dm.hparams.policy).parent
+    path = out / "checkpoints" / "best.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            # The policy itself, not the server's file: the checkpoint travels alone.
+            "datamodule_hyper_parameters": {**dm.hparams, "policy": json.loads(Path(dm.hparams.policy).read_text())},
+            CONTRACT_KEY: parts,
+            "epoch": provenance["rounds"],
+            "global_step": 0,
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    document = {**provenance, "history": history, "checkpoint": "checkpoints/best.ckpt"}
+    (out / "federation.json").write_text(json.dumps(document, indent=1))
+    return path
