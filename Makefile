@@ -58,9 +58,12 @@ bento: venv
 # Real bundled cohorts (scikit-survival, lifelines): radfusion's configuration and each
 # classical baseline on the same 5 folds, repeated 5 times -> bench/results/realdata.json
 # (deep_vs_best_classical, cv_seconds_ratio).
+# Federated training (Flower on loopback, 3 synthetic hospitals): federated vs centralised
+# vs each site alone on every site's held-out patients, DP off and on
+# -> bench/results/federated.json (federated_vs_central, federated_vs_local_mean, dp_epsilon).
 # Evidence over 5 independent synthetic cohort and training seeds, checked against the
 # planted truth -> bench/results/evidence.json (treatment_accuracy_min, ece_max, ...).
-bench: venv
+bench: venv federate-venv
 	$(PY) -m bench.realdata
 	$(PY) -m bench.evidence
 	$(PY) -m bench.scoring
@@ -68,6 +71,7 @@ bench: venv
 	$(PY) -m bench.runtimes
 	$(PY) -m bench.training
 	$(PY) -m bench.ingest
+	$(PY) -m bench.federated
 
 # The fuzz tests' seeded corpus of hostile and odd studies (tests/support/mutations.py),
 # its random mutations x8, through the scorer (and its resume), the HTTP service and the

@@ -1,6 +1,6 @@
 """Federated benchmark: does training across hospitals pay, and what does privacy cost?
 
-    python -m bench.federated [--patients 240] [--rounds 10] [--local-epochs 2]
+    python -m bench.federated [--patients 240] [--rounds 6] [--local-epochs 3]
 
 On one multi-site synthetic cohort (`radfusion synth --sites 3`: scanners, slice
 thickness, outcome rates and gene panels differ; the third site has no omics), with
@@ -153,8 +153,8 @@ def aurocs(checkpoints: dict[str, Path], sites: list[Path], cache: Path) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=240, help="patients per site")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--local-epochs", type=int, default=3)
     parser.add_argument("--dp-noise", type=float, default=0.3, help="noise multiplier of the DP run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-federated")

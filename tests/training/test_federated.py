@@ -135,14 +135,13 @@ def test_no_patient_identifier_reaches_the_server(federation):
 
 
 def test_pooled_panel_is_the_union_of_the_sites_panels(federation):
+    from radfusion.genomics import load_genomics_table
+
     policy = json.loads((federation / "run" / "policy.json").read_text())
     features = {f for block in policy["omics"] for f in block["features"]}
-    for i in (1, 2):
-        columns = set(pd.read_parquet(federation / "sites" / f"site-{i}" / "genomics.parquet").columns)
-        assert columns <= features
-    site1 = set(pd.read_parquet(federation / "sites" / "site-1" / "genomics.parquet").columns)
-    site2 = set(pd.read_parquet(federation / "sites" / "site-2" / "genomics.parquet").columns)
-    assert site1 != site2  # the synthetic hospitals' panels differ, and both are covered
+    panels = [set(load_genomics_table(federation / "sites" / f"site-{i}" / "genomics.parquet").columns) for i in (1, 2)]
+    assert all(panel <= features for panel in panels)
+    assert panels[0] != panels[1]  # the synthetic hospitals' panels differ, and both are covered
 
 
 def test_the_federated_model_exports_with_parity_and_serves(federation, tmp_path):
@@ -164,3 +163,37 @@ def test_the_federated_model_exports_with_parity_and_serves(federation, tmp_path
     service = exercise_service(model, site)
     assert service["service_requests_ok"] == service["service_requests_sent"] > 0
     assert service["service_max_abs_diff_vs_inprocess"] < 1e-4
+
+
+def test_privacy_budget_grows_with_rounds_and_shrinks_with_noise():
+    code = (
+        "from radfusion.training.federated.privacy import epsilon as e; "
+        "print(e(0.0, 3, 1e-5), e(1.0, 3, 1e-5), e(1.0, 12, 1e-5), e(2.0, 3, 1e-5))"
+    )
+    out = subprocess.run([str(FEDERATE_PYTHON), "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    none, base, longer, noisier = map(float, out.stdout.split())
+    assert none == float("inf")
+    assert 0 < noisier < base < longer < 100
+
+
+def test_a_restarted_run_resumes_from_its_last_round(federation):
+    """Submitting the finished 3-round run again with 4 rounds (as after a server crash,
+    here without SecAgg+ and TLS to keep it short, and with FedProx) trains round 4 only,
+    from round 3's weights. Last in this file: it changes the run the tests above read."""
+    run = federation / "run"
+    before = _received(run)
+    sites = [f"--site=s{i}={federation / 'sites' / f'site-{i}'}" for i in (1, 2, 3)]
+    configs = [a for c in CONFIG_FILES for a in ("--config", c)]
+    _radfusion(
+        FEDERATE_PYTHON, "federate", "simulate", *sites, *configs, "--rounds", ROUNDS + 1, "--out", run,
+        "--no-secagg", "--insecure", "--strategy", "fedprox",
+        env={"RADFUSION_CACHE_DIR": str(federation / "cache")}, timeout=900,
+    )  # fmt: skip
+    added = _received(run)[len(before) :]
+    assert [r["round"] for r in added if r["kind"] == "fit"] == [ROUNDS + 1]
+    provenance = json.loads((run / "federation.json").read_text())
+    assert provenance["rounds"] == ROUNDS + 1 and provenance["strategy"] == "fedprox"
+    assert [r["round"] for r in provenance["history"]] == [ROUNDS + 1]
+    # Without SecAgg+ the server sees each site's own update: three different ones.
+    (fit,) = [r for r in added if r["kind"] == "fit"]
+    assert len({r["digest"] for r in fit["content"]}) == 3

@@ -11,6 +11,7 @@ consortium's deployment.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -208,6 +209,11 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
+    if importlib.util.find_spec("flwr") is None:
+        raise UserError(
+            "Flower is not installed in this environment",
+            "run radfusion federate from .venv-federate (make federate-venv: Flower's pins need their own)",
+        )
     if getattr(args, "ca", None) is not None and not args.ca.is_file():
         raise UserError(f"--ca {args.ca} is not a file", "give the ca.crt of radfusion federate keys")
     args.func(args)
