@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -216,5 +217,10 @@ def main(argv: list[str]) -> None:
         )
     if getattr(args, "ca", None) is not None and not args.ca.is_file():
         raise UserError(f"--ca {args.ca} is not a file", "give the ca.crt of radfusion federate keys")
-    args.func(args)
+    try:
+        args.func(args)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:  # a run or a Flower process that failed
+        where = getattr(args, "out", None) or getattr(args, "work", None) or getattr(args, "state", None)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(first, f"the logs are under {where}" if where else "see Flower's output above") from exc
     sys.stdout.flush()

@@ -127,8 +127,15 @@ def _flwr(home: Path, args: list[str], timeout: float, log_to: Path | None = Non
     if log_to is not None:
         log_to.write_text(out.stdout + out.stderr)
     if out.returncode != 0:
-        raise RuntimeError(f"flwr {args[0]} failed ({out.returncode}): {(out.stderr or out.stdout).strip()[-400:]}")
+        raise RuntimeError(f"flwr {args[0]} failed: {_plain_error(out.stderr + out.stdout)}")
     return out.stdout
+
+
+def _plain_error(text: str) -> str:
+    """Flower's error box as one line: the text inside the box, without its frame."""
+    lines = [line.strip(" │╭╮╰╯─\n") for line in text.splitlines()]
+    words = " ".join(line for line in lines if line and not line.startswith("Error"))
+    return words[-400:] or "no message"
 
 
 def submit(home: Path, job: FederatedJob, out: Path, timeout: float) -> None:
