@@ -45,6 +45,7 @@ CONFIGS = [
 ]
 IMAGE_ONLY = ROOT / "configs" / "experiment" / "image_only.yaml"
 SPLIT = (0.6, 0.2, 0.2)
+REUSE = False
 TARGET = "response"
 
 
@@ -89,6 +90,8 @@ def pooled_cohort(sites: list[Path], out: Path) -> Path:
 
 
 def train(cohort: Path, run: Path, epochs: int, extra: list[Path] = (), split=SPLIT, env: dict | None = None) -> Path:
+    if REUSE and (run / "checkpoints" / "best.ckpt").is_file():
+        return run / "checkpoints" / "best.ckpt"
     configs = [a for c in [*CONFIGS, *extra] for a in ("--config", c)]
     _run(
         Path(sys.executable), "train", "fit", *configs, "--data.cohort_dir", cohort,
@@ -108,7 +111,9 @@ def federate(
         FEDERATE_PYTHON, "federate", "simulate", *names, *configs, "--rounds", rounds, "--local-epochs", local_epochs,
         "--dp-noise", dp_noise, "--out", out, env=env,
     )  # fmt: skip
-    return out / "checkpoints" / "best.ckpt", time.perf_counter() - started
+    took = time.perf_counter() - started
+    (out / "seconds.json").write_text(json.dumps({"seconds": took}))
+    return out / "checkpoints" / "best.ckpt", took
 
 
 def site_scores(checkpoint: Path, site: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +163,10 @@ def main() -> None:
     parser.add_argument("--dp-noise", type=float, default=0.3, help="noise multiplier of the DP run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-federated")
+    parser.add_argument("--reuse", action="store_true", help="keep the models an earlier run of --work trained")
     args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
     work = args.work
     cache = work / "cache"
     env = {"RADFUSION_CACHE_DIR": str(cache)}
@@ -183,8 +191,6 @@ def main() -> None:
         seconds[f"local_s{i}"] = time.perf_counter() - started
     runs = {}
     for name, noise in (("federated", 0.0), ("federated_dp", args.dp_noise)):
-        if (work / name).is_dir():  # a fresh run, not the resumption of an earlier one
-            shutil.rmtree(work / name)
         checkpoint, took = federate(sites, work / name, args.rounds, args.local_epochs, noise, env)
         runs[name] = (checkpoint, json.loads((work / name / "federation.json").read_text()))
         seconds[name] = took

@@ -30,6 +30,10 @@ def test_the_job_travels_as_flat_scalars_and_back():
         FederatedJob(configs=(), out="x", strategy="fedsgd")
     with pytest.raises(ValueError, match="dp"):
         FederatedJob(configs=(), out="x", dp_noise=-1)
+    # With two sites each could subtract its own update from the sum SecAgg+ reveals.
+    with pytest.raises(ValueError, match="SecAgg\\+ needs at least 3 sites"):
+        FederatedJob(configs=(), out="x", min_sites=2)
+    assert not FederatedJob(configs=(), out="x", min_sites=2, secagg=False).secagg
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

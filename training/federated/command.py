@@ -43,14 +43,25 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp-delta", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds the run may take")
+    p.add_argument(
+        "--site-wait", type=float, default=600.0, help="seconds the server waits for every site to connect and answer"
+    )
 
 
 def _job(args: argparse.Namespace, sites: int) -> FederatedJob:
     missing = [str(c) for c in args.config if not c.is_file()]
     if missing:
         raise UserError(f"--config {missing[0]} is not a file", "give radfusion train's YAML configs")
+    try:
+        return _job_of(args, sites)
+    except ValueError as exc:
+        raise UserError(str(exc), "see radfusion federate run --help") from exc
+
+
+def _job_of(args: argparse.Namespace, sites: int) -> FederatedJob:
     return FederatedJob.from_files(
         args.config,
+        site_wait=args.site_wait,
         out=str(args.out.resolve()),
         rounds=args.rounds,
         local_epochs=args.local_epochs,
@@ -71,6 +82,8 @@ def _site_pairs(values: list[str]) -> dict[str, Path]:
     sites: dict[str, Path] = {}
     for value in values:
         name, sep, folder = value.partition("=")
+        if name in sites:
+            raise UserError(f"--site {name} is given twice", "give each site one name")
         if not sep or not name.isidentifier() or not folder:
             raise UserError(
                 f"--site {value!r} is not NAME=FOLDER", "name each site and its cohort: --site a=runs/sites/site-1"
@@ -96,9 +109,27 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _keys(args: argparse.Namespace) -> None:
-    from radfusion.training.federated.pki import make_pki
+    from radfusion.training.federated.pki import Pki, add_site_key, make_pki
 
-    pki = make_pki(args.out, args.site, args.host)
+    bad = [s for s in args.site if not s.isidentifier()]
+    if bad:
+        raise UserError(f"--site {bad[0]!r} is not a plain name", "name sites with letters, digits and underscores")
+    pki = Pki(args.out)
+    if args.add_site:
+        if not pki.ca.is_file():
+            raise UserError(f"--out {args.out} holds no federation's keys", "make them first, without --add-site")
+        taken = [s for s in args.site if pki.site_public_key(s).exists()]
+        if taken:
+            raise UserError(f"site {taken[0]} has a key already", "choose another name")
+        for site in args.site:
+            add_site_key(pki, site)
+    elif pki.ca.is_file():
+        raise UserError(
+            f"--out {args.out} holds a federation's keys already",
+            "keep them (--add-site NAME adds a site), or choose another folder",
+        )
+    else:
+        pki = make_pki(args.out, args.site, args.host or [])
     print(f"CA: {pki.ca}  (give it to every site)")
     for site in args.site:
         print(f"site {site}: {pki.site_key(site)} (to the site, privately), {pki.site_public_key(site)} (register it)")
@@ -115,6 +146,8 @@ def _server(args: argparse.Namespace) -> None:
     from radfusion.training.federated.launch import superlink_command
     from radfusion.training.federated.pki import Pki
 
+    if args.keys is None and not args.insecure:
+        raise UserError("no --keys", "give the folder radfusion federate keys wrote (or --insecure, for debugging)")
     pki = None if args.insecure else Pki(args.keys)
     if pki is not None and not pki.server_cert.is_file():
         raise UserError(f"--keys {args.keys} holds no server.pem", "make the keys first: radfusion federate keys")
@@ -135,6 +168,13 @@ def _site(args: argparse.Namespace) -> None:
 
     if not args.cohort.is_dir():
         raise UserError(f"--cohort {args.cohort} is not a folder", "give the site's cohort folder")
+    if not (args.cohort / "clinical.csv").is_file():
+        raise UserError(
+            f"--cohort {args.cohort} has no clinical table clinical.csv (it holds the outcomes)",
+            "give the folder radfusion synth or cohort build wrote",
+        )
+    if args.key is not None and not args.key.is_file():
+        raise UserError(f"--key {args.key} is not a file", "give this site's private key from the server operator")
     command = supernode_command(args.superlink, args.ca, args.key, args.cohort, args.work, args.port)
     args.work.mkdir(parents=True, exist_ok=True)
     _exec(command, args.work / "flower-home")
@@ -205,7 +245,8 @@ def build_parser(prog: str = "radfusion federate") -> argparse.ArgumentParser:
 
 def _connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
-    p.add_argument("--ca", type=Path, help="the federation's CA certificate (none: an insecure SuperLink)")
+    p.add_argument("--ca", type=Path, help="the federation's CA certificate (TLS)")
+    p.add_argument("--insecure", action="store_true", help="no TLS, to a SuperLink started --insecure (debugging only)")
 
 
 def main(argv: list[str]) -> None:
@@ -215,6 +256,8 @@ def main(argv: list[str]) -> None:
             "Flower is not installed in this environment",
             "run radfusion federate from .venv-federate (make federate-venv: Flower's pins need their own)",
         )
+    if hasattr(args, "superlink") and args.ca is None and not args.insecure:
+        raise UserError("no --ca", "give the federation's ca.crt (or --insecure, to a SuperLink started --insecure)")
     if getattr(args, "ca", None) is not None and not args.ca.is_file():
         raise UserError(f"--ca {args.ca} is not a file", "give the ca.crt of radfusion federate keys")
     try:

@@ -19,7 +19,7 @@ class FederatedJob:
     out: str  # the server's run folder (checkpoint, provenance, resume state)
     rounds: int = 3
     local_epochs: int = 1
-    min_sites: int = 2
+    min_sites: int = 3
     strategy: str = "fedavg"
     proximal_mu: float = 0.01  # FedProx's proximal term weight
     server_lr: float = 0.01  # FedAdam's server learning rate (eta)
@@ -33,6 +33,8 @@ class FederatedJob:
     dp_clip: float = 1.0
     dp_delta: float = 1e-5
     seed: int = 0
+    # How long the server waits for the sites to connect and to answer the first round.
+    site_wait: float = 600.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -41,6 +43,11 @@ class FederatedJob:
             raise ValueError("rounds, local epochs and the number of sites must be at least 1")
         if self.dp_noise < 0 or self.dp_clip <= 0 or not 0 < self.dp_delta < 1:
             raise ValueError("dp noise must be >= 0, the clip > 0 and delta in (0, 1)")
+        if self.secagg and self.min_sites < 3:
+            # With two, each site could subtract its own update from the sum it is part of.
+            raise ValueError(f"SecAgg+ needs at least 3 sites, not {self.min_sites}: add a site or pass --no-secagg")
+        if self.site_wait <= 0:
+            raise ValueError("the wait for sites must be positive")
 
     @classmethod
     def from_files(cls, configs: list[Path], **options) -> FederatedJob:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -139,18 +141,42 @@ def _plain_error(text: str) -> str:
 
 
 def submit(home: Path, job: FederatedJob, out: Path, timeout: float) -> None:
-    """`flwr run` the job and follow it to its end; the server's log goes to
-    <out>/server.log. A run that fails or writes no checkpoint is an error."""
+    """`flwr run` the job and follow it to its end, its log on stderr and in
+    <out>/server.log. A run that fails or writes no checkpoint is an error naming the
+    server's last error line."""
     app = out / "flower-app"
     app.mkdir(parents=True, exist_ok=True)
     # The job is the app's own config (Flower accepts overrides only of keys it has).
     project = json.loads(json.dumps(APP_PYPROJECT))
     project["tool"]["flwr"]["app"]["config"] = job.run_config()
     (app / "pyproject.toml").write_text(tomli_w.dumps(project))
-    _flwr(home, ["run", str(app), CONNECTION, "--stream"], timeout, out / "server.log")
-    if not (out / "checkpoints" / "best.ckpt").is_file():
-        tail = (out / "server.log").read_text()[-1500:]
-        raise RuntimeError(f"the federated run ended without a checkpoint; the server's log ends:\n{tail}")
+    command = ["flwr", "run", str(app), CONNECTION, "--stream"]
+    with (out / "server.log").open("w") as log_file:
+        proc = subprocess.Popen(
+            command, env=flower_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        watchdog = threading.Timer(timeout, proc.kill)  # also when the run prints nothing
+        watchdog.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log_file.write(line)
+            log_file.flush()
+            sys.stderr.write(line)
+        proc.wait()
+        expired = not watchdog.is_alive() and watchdog.finished.is_set() and proc.returncode < 0
+        watchdog.cancel()
+    if expired:
+        raise RuntimeError(f"the run took longer than --timeout {timeout:.0f} s")
+    if proc.returncode != 0 or not (out / "checkpoints" / "best.ckpt").is_file():
+        raise RuntimeError(f"the federated run failed: {last_error(out / 'server.log')}")
+
+
+def last_error(log_file: Path) -> str:
+    """The server's last error line (an exception's message), else the log's last line."""
+    lines = [line.strip(" │╭╮╰╯─\n") for line in log_file.read_text(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", line)]
+    return (errors or lines or ["no output"])[-1][-500:]
 
 
 @contextmanager

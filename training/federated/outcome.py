@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning
 import numpy as np
 import torch
-from flwr.common import parameters_to_ndarrays
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import Strategy
 
 from radfusion.pooled_policy import PooledPolicy, policy_document, pool_policy
@@ -69,8 +69,8 @@ class FederationRecord:
         if "image" in modalities and not any(s["with_image"] for s in self.sites):
             raise RuntimeError("the model uses images, which no site's training part has")
 
-    def recording(self, strategy: Strategy, done: int) -> Strategy:
-        return _Recording(strategy, self, done)
+    def recording(self, strategy: Strategy, done: int, keys: list[str]) -> Strategy:
+        return _Recording(strategy, self, done, keys)
 
     def save_round(self, server_round: int, weights: list[np.ndarray], metrics: dict) -> None:
         np.savez(self.out / "state.tmp.npz", *weights, round=server_round)
@@ -110,8 +110,8 @@ class _Recording(Strategy):
     """The strategy as configured, plus the record: what each round received and the
     global weights after it."""
 
-    def __init__(self, inner: Strategy, record: FederationRecord, done: int):
-        self.inner, self.record, self.done = inner, record, done
+    def __init__(self, inner: Strategy, record: FederationRecord, done: int, keys: list[str]):
+        self.inner, self.record, self.done, self.keys = inner, record, done, keys
 
     def initialize_parameters(self, client_manager):
         return self.inner.initialize_parameters(client_manager)
@@ -134,8 +134,9 @@ class _Recording(Strategy):
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
         if parameters is None:
             raise RuntimeError(f"round {self.done + server_round}: no update to aggregate ({len(failures)} failures)")
-        self.record.save_round(self.done + server_round, parameters_to_ndarrays(parameters), metrics)
-        return parameters, metrics
+        weights = floor_variances(parameters_to_ndarrays(parameters), self.keys)
+        self.record.save_round(self.done + server_round, weights, metrics)
+        return ndarrays_to_parameters(weights), metrics
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return self.inner.configure_evaluate(server_round, parameters, client_manager)
@@ -152,6 +153,19 @@ class _Recording(Strategy):
 
     def evaluate(self, server_round, parameters):
         return self.inner.evaluate(server_round, parameters)
+
+
+VARIANCE_FLOOR = 1e-5
+
+
+def floor_variances(weights: list[np.ndarray], keys: list[str]) -> list[np.ndarray]:
+    """Differential privacy's noise can push a BatchNorm running variance to zero or
+    below (NaN at inference): floored, a post-processing that leaves the privacy
+    guarantee as it was. Without noise the averages of variances are positive already."""
+    return [
+        np.maximum(w, VARIANCE_FLOOR).astype(w.dtype) if k.endswith("running_var") else w
+        for w, k in zip(weights, keys, strict=True)
+    ]
 
 
 def server_model(job: FederatedJob, out: Path):

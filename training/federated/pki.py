@@ -62,6 +62,8 @@ def make_pki(folder: Path, sites: list[str], hosts: list[str]) -> Pki:
     """A new CA, the server certificate for ``hosts`` (names or IP addresses the sites
     dial) and a key pair per site."""
     pki = Pki(folder)
+    # The SuperLink's own processes (SuperExec, ServerApp) dial it on loopback, over TLS.
+    hosts = list(dict.fromkeys([*hosts, "127.0.0.1", "localhost"]))
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (

@@ -27,11 +27,10 @@ from radfusion.pooled_policy import policy_document
 from radfusion.training.federated.job import FederatedJob
 from radfusion.training.federated.outcome import FederationRecord, server_model, write_checkpoint
 from radfusion.training.federated.privacy import epsilon
-from radfusion.training.federated.weights import get_weights
+from radfusion.training.federated.weights import exchanged_keys, get_weights
 
 log = logging.getLogger(__name__)
 
-SITE_WAIT_SECONDS = 600.0
 app = ServerApp()
 
 
@@ -39,8 +38,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     job = FederatedJob.from_run_config(dict(context.run_config))
     record = FederationRecord(Path(job.out), job)
-    nodes = wait_for_sites(grid, job.min_sites)
-    moments = ask_moments(grid, nodes)
+    nodes = wait_for_sites(grid, job.min_sites, job.site_wait)
+    moments = ask_moments(grid, nodes, job.site_wait)
     record.received("moments", moments)
     policy_text = json.dumps(policy_document(record.agreed(moments)))
     module, dm = server_model(job, Path(job.out))
@@ -49,32 +48,32 @@ def main(grid: Grid, context: Context) -> None:
     if done >= job.rounds:
         log.info("the run finished all %d rounds before: writing its checkpoint", job.rounds)
     else:
-        run_rounds(grid, context, job, record, weights, done, policy_text, moments)
+        run_rounds(grid, context, job, record, weights, done, policy_text, moments, exchanged_keys(module))
     final, rounds = record.resume_from() or (weights, done)
     write_checkpoint(
         module, dm, final, record.provenance(rounds, epsilon(job.dp_noise, rounds, job.dp_delta)), record.rounds
     )
 
 
-def wait_for_sites(grid: Grid, n: int) -> list[int]:
-    deadline = time.monotonic() + SITE_WAIT_SECONDS
+def wait_for_sites(grid: Grid, n: int, wait: float) -> list[int]:
+    deadline = time.monotonic() + wait
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= n:
             return nodes
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(nodes)} of {n} sites connected within {SITE_WAIT_SECONDS:.0f} s")
+            raise RuntimeError(f"{len(nodes)} of {n} sites connected within {wait:.0f} s")
         time.sleep(1.0)
 
 
-def ask_moments(grid: Grid, nodes: list[int]) -> list[dict]:
+def ask_moments(grid: Grid, nodes: list[int], wait: float) -> list[dict]:
     """Each site's training-part moments, in node order (a site that fails fails the run:
     a policy without it would not fit its data)."""
     content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(config={}))
     messages = [
         grid.create_message(content, MessageTypeLegacy.GET_PROPERTIES, node, group_id="moments") for node in nodes
     ]
-    replies = list(grid.send_and_receive(messages, timeout=SITE_WAIT_SECONDS))
+    replies = list(grid.send_and_receive(messages, timeout=wait))
     failed = [r for r in replies if r.has_error()]
     if failed or len(replies) < len(nodes):
         reasons = "; ".join(r.error.reason for r in failed) or "no reply"
@@ -82,7 +81,7 @@ def ask_moments(grid: Grid, nodes: list[int]) -> list[dict]:
     return [json.loads(str(compat.recorddict_to_getpropertiesres(r.content).properties["moments"])) for r in replies]
 
 
-def run_rounds(grid, context, job, record, weights, done, policy_text, moments) -> None:
+def run_rounds(grid, context, job, record, weights, done, policy_text, moments, keys) -> None:
     def fit_config(server_round: int) -> dict:
         return {"policy": policy_text, "server_round": done + server_round}
 
@@ -107,7 +106,7 @@ def run_rounds(grid, context, job, record, weights, done, policy_text, moments) 
         strategy = FedAdam(eta=job.server_lr, eta_l=job.server_lr, tau=1e-3, **common)
     else:
         strategy = FedAvg(**common)
-    strategy = record.recording(strategy, done)
+    strategy = record.recording(strategy, done, keys)
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=job.rounds - done), strategy=strategy)
     fit_workflow = None
     if job.secagg:

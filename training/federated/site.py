@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -42,10 +44,36 @@ class ProximalTerm(Callback):
                 p.grad.add_(p.detach() - anchor, alpha=self.mu)
 
 
+@contextmanager
+def errors_without_paths(*folders: Path) -> Iterator[None]:
+    """A failure's message goes to the server: the site's folders (which may name a
+    patient or a department) are replaced there, the full error stays in the site's log."""
+    try:
+        yield
+    except Exception as exc:
+        log.exception("this site's part of the round failed")
+        text = f"{type(exc).__name__}: {exc}"
+        for folder in folders:
+            text = text.replace(str(folder.resolve()), "<site folder>").replace(str(folder), "<site folder>")
+        raise RuntimeError(text) from None
+
+
 class SiteClient(NumPyClient):
     def __init__(self, job: FederatedJob, cohort: Path, work: Path):
         self.job, self.cohort, self.work = job, cohort, work
         work.mkdir(parents=True, exist_ok=True)
+
+    def get_properties(self, config):
+        with errors_without_paths(self.cohort, self.work):
+            return self._moments()
+
+    def fit(self, parameters, config):
+        with errors_without_paths(self.cohort, self.work):
+            return self._fit(parameters, config)
+
+    def evaluate(self, parameters, config):
+        with errors_without_paths(self.cohort, self.work):
+            return self._evaluate(parameters, config)
 
     def _cli(self, policy: str | None, seed: int):
         args = [*self.job.cli_configs(), "--data.cohort_dir", str(self.cohort)]
@@ -56,7 +84,7 @@ class SiteClient(NumPyClient):
             args += ["--data.policy", str(path)]
         return build_cli(args)
 
-    def get_properties(self, config):
+    def _moments(self):
         """The first round: the moments of this site's training part."""
         dm = self._cli(None, self.job.seed).datamodule
         fitted = dm._fitted
@@ -84,7 +112,7 @@ class SiteClient(NumPyClient):
         set_weights(cli.model, parameters)
         return cli
 
-    def fit(self, parameters, config):
+    def _fit(self, parameters, config):
         cli = self._module(parameters, config)
         module, dm = cli.model, cli.datamodule
         callbacks = [ProximalTerm(float(config["proximal_mu"]), module)] if float(config.get("proximal_mu", 0)) else []
@@ -109,7 +137,7 @@ class SiteClient(NumPyClient):
         metrics = {"train_loss": float(loss)} if loss is not None else {}
         return weights, len(dm.records["train"]), metrics
 
-    def evaluate(self, parameters, config):
+    def _evaluate(self, parameters, config):
         """The global model on this site's validation part: loss and the task's metric."""
         cli = self._module(parameters, config)
         module, dm = cli.model, cli.datamodule
