@@ -207,8 +207,12 @@ def build_parser(prog: str = "radfusion federate") -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--site", action="append", required=True, help="a site's name (repeat)")
     p.add_argument(
-        "--host", action="append", required=True, help="a name or IP address sites dial the SuperLink at (repeat)"
+        "--host",
+        action="append",
+        help="a name or IP address the sites dial the SuperLink at (repeat; 127.0.0.1 and localhost are always "
+        "added: the SuperLink's own processes dial them)",
     )
+    p.add_argument("--add-site", action="store_true", help="add key pairs for new sites to an existing --out")
     p.set_defaults(func=_keys)
 
     p = sub.add_parser("server", help="the SuperLink (TLS and site authentication on)")
