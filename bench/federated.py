@@ -104,6 +104,10 @@ def train(cohort: Path, run: Path, epochs: int, extra: list[Path] = (), split=SP
 def federate(
     sites: list[Path], out: Path, rounds: int, local_epochs: int, dp_noise: float, env: dict
 ) -> tuple[Path, float]:
+    if REUSE and (out / "seconds.json").is_file():
+        return out / "checkpoints" / "best.ckpt", json.loads((out / "seconds.json").read_text())["seconds"]
+    if out.is_dir():  # a fresh run, not the resumption of an earlier one
+        shutil.rmtree(out)
     started = time.perf_counter()
     configs = [a for c in CONFIGS for a in ("--config", c)]
     names = [f"--site=s{i}={site}" for i, site in enumerate(sites, 1)]
@@ -234,6 +238,9 @@ def main() -> None:
             "sites": len(sites),
             "seed": args.seed,
         },
+        # With --reuse, the models an earlier run of --work trained are scored again: their
+        # seconds here are not training times (federated runs keep theirs in seconds.json).
+        "reused": REUSE,
         "seconds": seconds,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
