@@ -390,7 +390,7 @@ class FusionModule(L.LightningModule):
     def _check_modalities_have_cases(self, dm) -> None:
         """A modality the network uses but no training patient has would be exported
         as trained (an untrained encoder answering at serving time): refused."""
-        if dm.policy:  # agreed across sites: the federation's server checked the coverage
+        if getattr(dm, "policy", None):  # agreed across sites: the federation's server checked the coverage
             return
         seen = np.stack([r["presence"] for r in dm.records["train"]]).any(axis=0)
         never = [m for m, s in zip(self.net.modality_names, seen, strict=True) if self.net.uses(m) and not s]

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -151,6 +152,7 @@ def submit(home: Path, job: FederatedJob, out: Path, timeout: float) -> None:
     project["tool"]["flwr"]["app"]["config"] = job.run_config()
     (app / "pyproject.toml").write_text(tomli_w.dumps(project))
     command = ["flwr", "run", str(app), CONNECTION, "--stream"]
+    started = time.time()
     with (out / "server.log").open("w") as log_file:
         proc = subprocess.Popen(
             command, env=flower_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -167,7 +169,9 @@ def submit(home: Path, job: FederatedJob, out: Path, timeout: float) -> None:
         watchdog.cancel()
     if expired:
         raise RuntimeError(f"the run took longer than --timeout {timeout:.0f} s")
-    if proc.returncode != 0 or not (out / "checkpoints" / "best.ckpt").is_file():
+    written = out / "checkpoints" / "best.ckpt"
+    # A resubmitted run's folder holds the checkpoint of the run before: this one's is newer.
+    if proc.returncode != 0 or not written.is_file() or written.stat().st_mtime < started:
         raise RuntimeError(f"the federated run failed: {last_error(out / 'server.log')}")
 
 
@@ -232,6 +236,9 @@ def simulate(
 
     out.mkdir(parents=True, exist_ok=True)
     home = out / "flower-home"
+    # A fresh SuperLink state: the nodes of an earlier simulation of this folder are gone,
+    # and a SuperLink that remembered them would send them the run's first round.
+    shutil.rmtree(out / "superlink-state", ignore_errors=True)
     pki = make_pki(out / "pki", list(sites), ["127.0.0.1", "localhost"]) if secure else None
     port = free_port()
     superlink = f"127.0.0.1:{port}"
