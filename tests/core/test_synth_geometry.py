@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from radfusion.synth.phantom import phenotype_strides, render_phantom
 from radfusion.synth.presets import synth_options
 from radfusion.synth.random_streams import PHANTOM, STUDY_SPEC, stream
 from radfusion.synth.study_spec import _dates, pixel_spacing_range, slice_thickness_range
+from tests.support.dicom_series import main_series
 from tests.support.validators import dciodvfy_errors
 
 
@@ -151,21 +151,11 @@ def clinical_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_cohort(tmp_path_factory.mktemp("clinical"), n_patients=10, seed=4, n_genes=24, workers=2, **options)
 
 
-def _series(root: Path) -> dict[str, list[pydicom.Dataset]]:
-    """Main series by patient, sorted along z (the localizer left out)."""
-    series: dict[str, list[pydicom.Dataset]] = defaultdict(list)
-    for path in (root / "dicom").rglob("*.dcm"):
-        ds = pydicom.dcmread(path)
-        if "LOCALIZER" not in ds.ImageType:
-            series[ds.PatientID].append(ds)
-    return {pid: sorted(s, key=lambda d: float(d.ImagePositionPatient[2])) for pid, s in series.items()}
-
-
 def test_clinical_studies_decode_to_the_phantom(clinical_small: Path) -> None:
     truth = json.loads((clinical_small / "truth.json").read_text())
     summary = json.loads((clinical_small / "cohort.json").read_text())
     specs = _specs(_cli(*CLINICAL_SMALL), n=10, seed=4)
-    by_patient = _series(clinical_small)
+    by_patient = main_series(clinical_small)
     syntaxes = {}
     for spec, patient in zip(specs, truth["patients"], strict=True):
         main = by_patient[spec.patient_id]

@@ -11,13 +11,11 @@ import json
 import os
 import subprocess
 import sys
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 import pytest
 
 from radfusion.errors import UserError
@@ -27,6 +25,7 @@ from radfusion.synth.genomics_model import MUTATION_GENES
 from radfusion.synth.phantom import NOISE_STD_HU, render_phantom
 from radfusion.synth.random_streams import PATIENTS, PHANTOM, stream
 from radfusion.synth.sites import SITES_FILE, draw_site, generate_sites
+from tests.support.dicom_series import main_series
 from tests.support.validators import dciodvfy_errors
 
 SEED = 8  # its three sites' response shifts lie at least 0.5 log-odds apart (checked below)
@@ -68,16 +67,6 @@ def _profile(k: int):
 
 def _truth(sites_dir: Path, k: int) -> dict:
     return json.loads((sites_dir / f"site-{k}" / "truth.json").read_text())
-
-
-def _main_series(root: Path) -> dict[str, list[pydicom.Dataset]]:
-    """Main series by patient, sorted along z (the localizer left out)."""
-    series: dict[str, list[pydicom.Dataset]] = defaultdict(list)
-    for path in (root / "dicom").rglob("*.dcm"):
-        ds = pydicom.dcmread(path)
-        if "LOCALIZER" not in ds.ImageType:
-            series[ds.PatientID].append(ds)
-    return {pid: sorted(s, key=lambda d: float(d.ImagePositionPatient[2])) for pid, s in series.items()}
 
 
 # ---------------------------------------------------------------- folders and identity
@@ -140,7 +129,7 @@ def test_sites_json_records_the_drawn_profiles(sites: list[dict]) -> None:
 
 def test_scanner_tags_and_slice_thickness_match_sites_json(sites_dir: Path, sites: list[dict]) -> None:
     for k, entry in enumerate(sites, start=1):
-        series = _main_series(sites_dir / f"site-{k}")
+        series = main_series(sites_dir / f"site-{k}")
         assert len(series) == N_PATIENTS
         centre = entry["slice_thickness_mm"]
         for main in series.values():
@@ -164,7 +153,7 @@ def test_noise_and_offset_show_in_the_pixels(sites_dir: Path, sites: list[dict])
         geometry = {**GEOMETRY, "n_slices": n_slices, "slice_thickness_mm": entry["slice_thickness_mm"]}
         spec = plan_studies(cohort, **geometry)[0]
         assert (spec.noise_scale, spec.hu_offset) == (entry["noise_scale"], entry["hu_offset"])
-        main = _main_series(sites_dir / f"site-{k}")[spec.patient_id]
+        main = main_series(sites_dir / f"site-{k}")[spec.patient_id]
         written = np.stack([ds.pixel_array.astype(np.int32) + int(ds.RescaleIntercept) for ds in main])
         assert np.array_equal(written, render_phantom(spec, stream(SEED, PHANTOM, 0, k)).hu)
         clean = render_phantom(replace(spec, noise_scale=0.0, hu_offset=0.0), stream(SEED, PHANTOM, 0, k)).hu

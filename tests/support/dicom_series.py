@@ -4,9 +4,11 @@ checked against what was written."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -268,3 +270,13 @@ def fresh_copy(study, folder: Path):
         ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
     (copy,) = find_studies(folder).studies.values()
     return copy
+
+
+def main_series(root: Path) -> dict[str, list[pydicom.Dataset]]:
+    """Main series by patient, sorted along z (the localizer left out)."""
+    series: dict[str, list[pydicom.Dataset]] = defaultdict(list)
+    for path in (root / "dicom").rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        if "LOCALIZER" not in ds.ImageType:
+            series[ds.PatientID].append(ds)
+    return {pid: sorted(s, key=lambda d: float(d.ImagePositionPatient[2])) for pid, s in series.items()}
