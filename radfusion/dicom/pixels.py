@@ -126,10 +126,18 @@ def _native_values(ds: pydicom.Dataset) -> np.ndarray | None:
         if not isinstance(data, bytes) or len(data) not in (expected, expected + expected % 2):
             return None
         values = np.frombuffer(data, dtype=dtype, count=count)
-    if stored < bits:  # as pydicom's correct_unused_bits: the high bits are not the value's
+    if stored < bits and not _within_stored_bits(values, stored, signed):
+        # As pydicom's correct_unused_bits: the high bits are not the value's.
         shift = bits - stored
         values = np.right_shift(np.left_shift(values, shift), shift)
     return values.reshape((rows, cols) if frames == 1 else (frames, rows, cols))
+
+
+def _within_stored_bits(values: np.ndarray, stored: int, signed: int) -> bool:
+    """Every value already is what clearing (or sign-extending) the high bits above
+    ``stored`` would make it: the usual case, and two reductions cheaper than the shifts."""
+    low, high = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    return bool(values.size == 0 or (values.min() >= low and values.max() <= high))
 
 
 def _deferred_values(ds: pydicom.Dataset, dtype: np.dtype, count: int) -> np.ndarray | None:
@@ -138,7 +146,7 @@ def _deferred_values(ds: pydicom.Dataset, dtype: np.dtype, count: int) -> np.nda
     real-size slice: no bytes object, no fresh pages for each slice); None when the
     value is not deferred, is not ``count`` values long or the file holds less (pydicom
     then reads it and reports what is wrong)."""
-    raw = ds.get_item("PixelData")
+    raw = ds.get_item("PixelData", keep_deferred=True)
     filename = getattr(ds, "filename", None)
     expected = count * dtype.itemsize
     if not (
@@ -166,8 +174,8 @@ def _buffer(dtype: np.dtype, count: int) -> np.ndarray:
     if count * dtype.itemsize > _REUSED_BUFFER_BYTES:
         return np.empty(count, dtype=dtype)
     kept = getattr(_buffers, "raw", None)
-    if kept is None or kept.nbytes < _REUSED_BUFFER_BYTES:
-        kept = _buffers.raw = np.empty(_REUSED_BUFFER_BYTES, dtype=np.uint8)
+    if kept is None or kept.nbytes < count * dtype.itemsize:
+        kept = _buffers.raw = np.empty(count * dtype.itemsize, dtype=np.uint8)
     return kept[: count * dtype.itemsize].view(dtype)
 
 

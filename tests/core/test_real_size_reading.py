@@ -195,6 +195,28 @@ def test_native_pixel_data_reads_as_pydicom_decodes_it(bits: int, stored: int, s
     assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize(("bits", "stored", "signed"), [(16, 12, 1), (16, 12, 0), (16, 16, 1), (8, 7, 0)])
+def test_deferred_pixel_data_is_read_from_the_file_as_pydicom_decodes_it(
+    tmp_path: Path, bits: int, stored: int, signed: int
+) -> None:
+    """A slice whose pixel data the header read left in the file, its values within
+    the stored bits (the usual case, where the high bits need no clearing): read from
+    the file into the thread's buffer, the dataset never holding the bytes, and the
+    values pydicom decodes."""
+    low, high = (-(2 ** (stored - 1)), 2 ** (stored - 1)) if signed else (0, 2**stored)
+    values = np.random.default_rng(stored + signed).integers(low, high, (256, 256))
+    ds = ct_slice(np.zeros((256, 256)), (0.0, 0.0, 0.0), study_uid="1.2", series_uid="1.2.3", number=1)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, signed
+    ds.PixelData = values.astype(f"<{'i' if signed else 'u'}{bits // 8}").tobytes()
+    ds.save_as(tmp_path / "slice.dcm", enforce_file_format=True)
+    deferred = pydicom.dcmread(tmp_path / "slice.dcm", defer_size=1024)
+    ours = dicom_pixels._native_values(deferred)
+    assert deferred.get_item("PixelData", keep_deferred=True).value is None  # read from the file, not kept
+    theirs = pydicom.dcmread(tmp_path / "slice.dcm").pixel_array
+    assert ours is not None and ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    assert np.array_equal(ours, values)
+
+
 def test_native_pixel_data_of_the_wrong_length_is_left_to_pydicom(plain) -> None:
     _, paths = plain
     ds = pydicom.dcmread(paths[0])
