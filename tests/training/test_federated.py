@@ -75,6 +75,11 @@ def test_three_sites_three_rounds_under_secagg(federation):
     assert provenance["secure_aggregation"] == "secagg+" and provenance["differential_privacy"] is None
     assert [r["round"] for r in provenance["history"]] == [1, 2, 3]
     assert all(np.isfinite(r["evaluate"]["loss"]) for r in provenance["history"])
+    # The checkpoint holds the round that scored best on the sites' validation parts, as
+    # `radfusion train` keeps its best epoch.
+    scores = [r["evaluate"].get("val_auroc", -np.inf) for r in provenance["history"]]
+    assert provenance["model_round"] == 1 + scores.index(max(scores)) and np.isfinite(max(scores))
+    assert provenance["model_chosen_by"] == {"val_auroc": max(scores)}
     # TLS and site authentication were on: the SuperLink had certificates and only
     # registered keys.
     commands = (run / "logs" / "commands.txt").read_text().splitlines()
@@ -174,6 +179,39 @@ def test_privacy_budget_grows_with_rounds_and_shrinks_with_noise():
     none, base, longer, noisier = map(float, out.stdout.split())
     assert none == float("inf")
     assert 0 < noisier < base < longer < 100
+
+
+def test_the_best_round_by_validation_is_kept_across_a_restart(tmp_path):
+    """best.npz follows the highest validation score over the rounds, a later worse
+    round leaves it, a restarted server (a new record over the same folder) keeps it,
+    and a run asked for its last weights keeps none."""
+    code = f"""
+import numpy as np
+from pathlib import Path
+from radfusion.training.federated.job import FederatedJob
+from radfusion.training.federated.outcome import FederationRecord
+out = Path({str(tmp_path)!r})
+job = FederatedJob(configs=(), out=str(out))
+record = FederationRecord(out, job)
+record.monitor = "val_auroc"
+for r, score in [(1, 0.6), (2, 0.8), (3, 0.7)]:
+    record.save_round(r, [np.full(3, float(r))], {{}})
+    record.evaluated(r, {{"val_auroc": score, "val_loss": 0.5}})
+weights, r, score = record.chosen()
+assert (r, score) == (2, 0.8) and np.array_equal(weights[0], np.full(3, 2.0)), (r, score)
+again = FederationRecord(out, job)
+again.monitor = "val_auroc"
+again.save_round(4, [np.full(3, 4.0)], {{}})
+again.evaluated(4, {{"val_auroc": float("nan")}})
+assert again.chosen()[1] == 2 and again.resume_from()[1] == 4
+again.evaluated(4, {{"val_auroc": 0.9}})
+assert again.chosen()[1] == 4
+again.monitor = None
+assert again.chosen() is None
+print("ok")
+"""
+    out = subprocess.run([str(FEDERATE_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_a_restarted_run_resumes_from_its_last_round(federation):

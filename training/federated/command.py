@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,9 @@ def _site_pairs(values: list[str]) -> dict[str, Path]:
 def _simulate(args: argparse.Namespace) -> None:
     from radfusion.training.federated.launch import simulate
 
+    # A stopped simulation (SIGTERM, as from a scheduler) unwinds like Ctrl-C, so the
+    # Flower processes it started are stopped with it, not left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     sites = _site_pairs(args.site)
     job = _job(args, len(sites))
     path = simulate(job, sites, args.out, secure=not args.insecure, timeout=args.timeout, threads=args.threads)

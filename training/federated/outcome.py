@@ -3,8 +3,12 @@
 - received.jsonl: everything the sites sent, as the server got it (moments; per round
   the arrays' shapes, patient counts and metrics), the audit of what left each site;
 - state.npz: the global weights after the last finished round, to resume from;
+- best.npz: the global weights of the round that scored best on the sites' validation
+  parts (the weighted mean of the task's metric, which `radfusion train` picks its
+  best epoch by), with that round and score;
 - policy.json: the pooled panel and missing-data policy;
-- checkpoints/best.ckpt: the final model, an ordinary radfusion checkpoint whose
+- checkpoints/best.ckpt: the model of that best round (of the last one where the
+  configs ask for ``model.checkpoint: last``), an ordinary radfusion checkpoint whose
   contract carries the federation's provenance;
 - federation.json: the provenance and each round's aggregated metrics."""
 
@@ -35,6 +39,8 @@ class FederationRecord:
         out.mkdir(parents=True, exist_ok=True)
         self.rounds: list[dict] = []
         self.sites: list[dict] = []
+        self.monitor: str | None = None
+        self._last: list[np.ndarray] | None = None
 
     def received(self, kind: str, content, server_round: int = 0) -> None:
         with (self.out / "received.jsonl").open("a") as f:
@@ -73,26 +79,49 @@ class FederationRecord:
         return _Recording(strategy, self, done, keys)
 
     def save_round(self, server_round: int, weights: list[np.ndarray], metrics: dict) -> None:
-        np.savez(self.out / "state.tmp.npz", *weights, round=server_round)
-        (self.out / "state.tmp.npz").replace(self.out / "state.npz")  # never half a state
+        _save(self.out / "state.npz", weights, round=server_round)
+        self._last = weights
         self.rounds.append({"round": server_round, "fit": metrics})
 
+    def evaluated(self, server_round: int, metrics: dict) -> None:
+        """Round ``server_round``'s global weights kept as the best when their validation
+        ``monitor`` (higher is better) beats every earlier round's."""
+        if self.monitor is None or self._last is None or not np.isfinite(metrics.get(self.monitor, np.nan)):
+            return
+        value = float(metrics[self.monitor])
+        best = self._load("best.npz")
+        if best is None or value > float(best[1]["value"]):
+            _save(self.out / "best.npz", self._last, round=server_round, value=value)
+
     def resume_from(self) -> tuple[list[np.ndarray], int] | None:
-        path = self.out / "state.npz"
+        state = self._load("state.npz")
+        return None if state is None else (state[0], int(state[1]["round"]))
+
+    def chosen(self) -> tuple[list[np.ndarray], int, float] | None:
+        """(weights, round, validation score) of the best round; None without one."""
+        best = self._load("best.npz") if self.monitor is not None else None
+        return None if best is None else (best[0], int(best[1]["round"]), float(best[1]["value"]))
+
+    def _load(self, name: str) -> tuple[list[np.ndarray], dict] | None:
+        path = self.out / name
         if not path.is_file():
             return None
         with np.load(path) as state:
             n = len([k for k in state.files if k.startswith("arr_")])
-            return [state[f"arr_{i}"] for i in range(n)], int(state["round"])
+            return [state[f"arr_{i}"] for i in range(n)], {k: state[k] for k in state.files if not k.startswith("arr_")}
 
     def provenance(self, rounds: int, eps: float) -> dict:
         job = self.job
+        chosen = self.chosen()
         return {
             "training": "federated",
             "framework": "flower",
             "sites": len(self.sites),
             "site_patients": [s["train"] for s in self.sites],
             "rounds": rounds,
+            # The round whose model the checkpoint holds, and the validation score it was chosen by.
+            "model_round": chosen[1] if chosen else rounds,
+            "model_chosen_by": {self.monitor: chosen[2]} if chosen else "last round",
             "local_epochs": job.local_epochs,
             "strategy": job.strategy,
             "secure_aggregation": "secagg+" if job.secagg else "none",
@@ -147,12 +176,18 @@ class _Recording(Strategy):
         ]
         self.record.received("evaluate", received, self.done + server_round)
         loss, metrics = self.inner.aggregate_evaluate(server_round, results, failures)
+        self.record.evaluated(self.done + server_round, metrics)
         if self.record.rounds:
             self.record.rounds[-1]["evaluate"] = {"loss": loss, **metrics}
         return loss, metrics
 
     def evaluate(self, server_round, parameters):
         return self.inner.evaluate(server_round, parameters)
+
+
+def _save(path: Path, weights: list[np.ndarray], **values) -> None:
+    np.savez(path.with_suffix(".tmp.npz"), *weights, **values)
+    path.with_suffix(".tmp.npz").replace(path)  # never half a file
 
 
 VARIANCE_FLOOR = 1e-5

@@ -44,14 +44,21 @@ def main(grid: Grid, context: Context) -> None:
     policy_text = json.dumps(policy_document(record.agreed(moments)))
     module, dm = server_model(job, Path(job.out))
     record.check_coverage(list(module.network_config.modalities))
+    # The task's validation metric as the sites report it (val/auroc -> val_auroc).
+    record.monitor = None if module.hparams.checkpoint == "last" else module.task.monitor.replace("/", "_")
     weights, done = record.resume_from() or (get_weights(module), 0)
     if done >= job.rounds:
         log.info("the run finished all %d rounds before: writing its checkpoint", job.rounds)
     else:
         run_rounds(grid, context, job, record, weights, done, policy_text, moments, exchanged_keys(module))
     final, rounds = record.resume_from() or (weights, done)
+    chosen = record.chosen()
     write_checkpoint(
-        module, dm, final, record.provenance(rounds, epsilon(job.dp_noise, rounds, job.dp_delta)), record.rounds
+        module,
+        dm,
+        chosen[0] if chosen else final,
+        record.provenance(rounds, epsilon(job.dp_noise, rounds, job.dp_delta)),
+        record.rounds,
     )
 
 
