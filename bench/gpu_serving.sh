@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GPU serving benchmark: ONNX Runtime's CUDA (and TensorRT, where its libraries load)
 # provider vs its CPU provider on the same model and inputs, and the model service's
-# adaptive batching on vs off, on one NVIDIA GPU. Budget: under 5 minutes.
+# adaptive batching on vs off, on one NVIDIA GPU, then the real-size ingest and scorer
+# on its cores. Budget: under 5 minutes, and up to 10 more for the real-size studies.
 #
-#     bash bench/gpu_serving.sh OUT_DIR        # writes OUT_DIR/gpu_serving.json
+#     bash bench/gpu_serving.sh OUT_DIR        # writes OUT_DIR/gpu_serving.json,
+#                                              # ingest_realsize.json, scoring_realsize.json
 #
 # Installs what it needs from the repo (scripts/bootstrap.sh picks the CUDA torch and
 # onnxruntime-gpu when nvidia-smi works), then runs bench/gpu_serving.py. On a machine
@@ -34,4 +36,9 @@ fi
 "$VENV/bin/python" -m pip install --quiet "tensorrt-cu12>=10,<11" || echo "gpu_serving: TensorRT wheel not installed; TensorRT leg will be skipped"
 
 export BENTOML_HOME=${BENTOML_HOME:-$PWD/.bentoml} BENTOML_DO_NOT_TRACK=True
-exec timeout 280 "$VENV/bin/python" -m bench.gpu_serving --out "$OUT/gpu_serving.json"
+timeout 280 "$VENV/bin/python" -m bench.gpu_serving --out "$OUT/gpu_serving.json"
+# The real-size ingest and scorer (bench/realsize.py) on this machine's cores, one worker
+# per core: decoding stays on the CPU whatever runs the model. dcm2niix must be installed.
+timeout 600 "$VENV/bin/python" -m bench.realsize --workers "$(nproc)" --work runs/bench-realsize \
+    --ingest-out "$OUT/ingest_realsize.json" --scoring-out "$OUT/scoring_realsize.json" \
+    || echo "gpu_serving: the real-size ingest did not run (see above)"

@@ -39,19 +39,21 @@ DEMO_GEOMETRY = dict(target_shape=(32, 48, 48), target_spacing=(5.0, 8.0, 8.0), 
 DEMO_NET = dict(image_encoder="densenet", image_widths=(16, 8), embed_dim=64, genomics_hidden=16)
 
 
-def build_model(cohort: Path, path: Path) -> Path:
-    """An untrained fusion model with the demo geometry and the cohort's gene panel."""
+def build_model(cohort: Path, path: Path, geometry: dict | None = None) -> Path:
+    """An untrained fusion model with the demo geometry (or ``geometry``) and the
+    cohort's gene panel."""
     if path.exists():
         return path
     from radfusion.training.runtime_choice import export_fastest
 
-    net, contract = build_network(cohort)
+    net, contract = build_network(cohort, geometry)
     export_fastest(net, contract, path)  # as `radfusion export --tune-runtime` does: the runtime timed here
     return path
 
 
-def build_network(cohort: Path):
-    """(network, contract) of the bench model: the untrained network, seeded, in eval mode."""
+def build_network(cohort: Path, geometry: dict | None = None):
+    """(network, contract) of the bench model: the untrained network, seeded, in eval
+    mode, on the demo's image grid or ``geometry``'s."""
     import torch
 
     from radfusion.contract import ImageGeometry, ModelContract
@@ -66,7 +68,7 @@ def build_network(cohort: Path):
         task="classification:response",
         labels=["non-responder", "responder"],
         positive_label="responder",
-        image=ImageGeometry(spatial_dims=3, modalities=("CT",), min_slices=8, **DEMO_GEOMETRY),
+        image=ImageGeometry(spatial_dims=3, modalities=("CT",), min_slices=8, **(geometry or DEMO_GEOMETRY)),
         omics=[fit_omics_block(table, name, f) for name, f in split_blocks(feature_columns(table)).items()],
         trained_modalities=["image", "genomics"],
         may_be_missing=["image", "genomics"],

@@ -16,7 +16,13 @@
   clients and front share the cores, so on 2 cores the ceiling is well below 1.
   ``service_efficiency_end_to_end``: the public API's requests/s over min(decode alone:
   unzip + preprocessing of one study on one thread, ONNX Runtime alone), likewise.
-  ``--legs model`` runs only the model service's leg (no end-to-end, no ort_vs_torch).
+  ``service_efficiency_clinical_grid``: the same as service_efficiency for the same
+  network on a clinical CT grid (64 x 128 x 128 voxels of 2.5 x 2.8 x 2.8 mm, a 4 MB
+  image per case, CLINICAL_GRID) instead of the demo's 32 x 48 x 48. Each leg also
+  gives ``overhead_ms_per_request`` (1/requests-per-s - 1/cases-per-s of ONNX Runtime
+  alone): what a request costs beyond the model's own time, which on shared cores sets
+  the efficiency a model of a given cost can reach (model / (model + overhead)).
+  ``--legs model`` runs only the model service's legs (no end-to-end, no ort_vs_torch).
 - ``batching_speedup_end_to_end``: the same comparison through the public API, each
   request a study (zip of its DICOM files) plus genomics, decoded and preprocessed by
   the API service: what a hospital app sees.
@@ -59,6 +65,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "serving.json"
 TOKEN = "bench-token"
 TARGETS = {"batching_speedup": 2.0, "ort_vs_torch": 2.0, "service_efficiency": 0.7}
+# A clinical CT model's input grid: 160 x 358 x 358 mm, the field of view of a chest or
+# abdomen CT, at 2.5 mm slices and 2.8 mm pixels.
+CLINICAL_GRID = dict(target_shape=(64, 128, 128), target_spacing=(2.5, 2.8, 2.8), window=(-150.0, 250.0))
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -204,6 +213,17 @@ def servers(model: Path, service: str, home: Path, clients: int) -> Iterator[dic
         yield urls
 
 
+def model_service_leg(model: Path, cases: list[dict], home: Path, args: argparse.Namespace, requests: int) -> dict:
+    """The model service through bench.packed_front, batching on and off, against ONNX
+    Runtime alone at batch = clients in the same rounds."""
+    threads = os.cpu_count() or 1  # as the servers are given (RADFUSION_ORT_THREADS)
+    limit = ort_alone(model, cases, threads, batch=args.clients)
+    with servers(model, "bench.packed_front:PackedFront", home, args.clients) as urls:
+        leg = compare(urls, model_service_calls, cases, args.clients, requests, args.rounds, limit=limit)
+    leg["packed_bytes_per_case"] = int(cases[0]["packed"].nbytes)
+    return leg
+
+
 def compare(
     urls: dict[str, str],
     calls,
@@ -248,6 +268,12 @@ def compare(
         legs["limit_cases_per_s_per_round"] = [round(lim, 2) for lim in limits]
         legs["efficiency"] = round(statistics.median(per_round), 3)
         legs["efficiency_per_round"] = per_round
+        legs["overhead_ms_per_request"] = round(
+            statistics.median(
+                1000 * (1 / m["requests_per_s"] - 1 / lim) for m, lim in zip(rounds_by_leg["on"], limits, strict=True)
+            ),
+            2,
+        )
     return legs
 
 
@@ -422,7 +448,18 @@ def notes(results: dict) -> list[str]:
         f"{model_only['on']['requests_per_s']} requests/s where ONNX Runtime alone ran "
         f"{model_only['limit_cases_per_s']} cases/s in the same rounds (target {TARGETS['service_efficiency']}); "
         "the benchmark's 16 clients and its front run on the same cores as the model service.",
+        f"Each request cost {model_only['overhead_ms_per_request']} ms beyond the model's own time "
+        "(HTTP and serde in the clients, the front and the model service, sharing the cores with ONNX Runtime).",
     ]
+    clinical = results.get("model_service_clinical_grid")
+    if clinical:
+        lines.append(
+            f"On the clinical grid ({' x '.join(map(str, CLINICAL_GRID['target_shape']))} voxels, "
+            f"{clinical['packed_bytes_per_case'] // 1024} KiB per case) the same network takes "
+            f"{round(1000 / clinical['limit_cases_per_s'], 1)} ms per case in ONNX Runtime alone; the service reached "
+            f"{clinical['efficiency']} of it (service_efficiency_clinical_grid) with "
+            f"{clinical['overhead_ms_per_request']} ms of overhead per request."
+        )
     if results["batching_speedup"] < TARGETS["batching_speedup"]:
         lines.append(
             f"batching_speedup {results['batching_speedup']} is below the target {TARGETS['batching_speedup']} on this "
@@ -473,6 +510,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=32, help="requests per client per round, model service")
     parser.add_argument("--study-requests", type=int, default=4, help="requests per client per round, end to end")
+    parser.add_argument(
+        "--clinical-requests",
+        type=int,
+        default=4,
+        help="requests per client per round, model service on the clinical grid (0: no such leg)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per leg")
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats for ort_vs_torch")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-serving")
@@ -499,30 +542,30 @@ def main(argv: list[str] | None = None) -> dict:
     ort_limit = ort_alone(model, cases, threads, batch=args.clients)
 
     started = time.perf_counter()
-    with servers(model, "bench.packed_front:PackedFront", home / "model", args.clients) as urls:
-        model_only = compare(
-            urls, model_service_calls, cases, args.clients, args.requests, args.rounds, limit=ort_limit
-        )
+    model_only = model_service_leg(model, cases, home / "model", args, args.requests)
+    clinical = None
+    if args.clinical_requests:
+        clinical_model = build_model(cohort, args.work / "model-clinical-grid.onnx", CLINICAL_GRID)
+        clinical_cases = load_cases(cohort, clinical_model, args.studies)
+        clinical = model_service_leg(clinical_model, clinical_cases, home / "clinical", args, args.clinical_requests)
     if args.legs == "model":
         out = args.out or args.work / "model_service.json"
         results = {
             "service_efficiency": model_only["efficiency"],
+            "service_efficiency_clinical_grid": clinical["efficiency"] if clinical else None,
             "targets": {"service_efficiency": TARGETS["service_efficiency"]},
             "model_service": model_only,
+            "model_service_clinical_grid": clinical,
             "setup": setup(args, cases, started),
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
-        print(
-            json.dumps(
-                {k: results[k] for k in ("service_efficiency",)}
-                | {
-                    "on": model_only["on"]["requests_per_s"],
-                    "off": model_only["off"]["requests_per_s"],
-                    "ort_alone_cases_per_s": model_only["limit_cases_per_s"],
-                }
-            )
-        )
+        summary = {"service_efficiency": model_only["efficiency"], "on": model_only["on"]["requests_per_s"]}
+        summary |= {"ort_alone_cases_per_s": model_only["limit_cases_per_s"]}
+        summary |= {"overhead_ms_per_request": model_only["overhead_ms_per_request"]}
+        if clinical:
+            summary |= {"service_efficiency_clinical_grid": clinical["efficiency"]}
+        print(json.dumps(summary))
         print(f"written to {out}")
         return results
     decode_limit = decode_alone(model, cases)
@@ -541,11 +584,13 @@ def main(argv: list[str] | None = None) -> dict:
         "batching_speedup": model_only["speedup"],
         "batching_speedup_end_to_end": end_to_end["speedup"],
         "service_efficiency": model_only["efficiency"],
+        "service_efficiency_clinical_grid": clinical["efficiency"] if clinical else None,
         "service_efficiency_end_to_end": end_to_end["efficiency"],
         "ort_vs_torch": engines["batch16"]["ratio"],
         "ort_vs_torch_batch1": engines["batch1"]["ratio"],
         "targets": TARGETS,
         "model_service": model_only,
+        "model_service_clinical_grid": clinical,
         "end_to_end": end_to_end,
         "engines": engines,
         "ort_per_case": ort_per_case,
@@ -559,6 +604,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batching_speedup",
         "batching_speedup_end_to_end",
         "service_efficiency",
+        "service_efficiency_clinical_grid",
         "service_efficiency_end_to_end",
         "ort_vs_torch",
         "ort_vs_torch_batch1",

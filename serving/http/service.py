@@ -189,6 +189,7 @@ MODEL_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 7 * 24 * 3600.0}
     workers=1,
     traffic={"timeout": DECLARED.request_timeout_s},
     runner_connection=MODEL_CONNECTION,
+    logging={"access": {"enabled": False}},
 )
 class RadfusionModel:
     """The ONNX model behind adaptive batching. Its one API takes a packed batch
