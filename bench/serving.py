@@ -20,7 +20,8 @@
   network on a clinical CT grid (64 x 128 x 128 voxels of 2.5 x 2.8 x 2.8 mm, a 4 MB
   image per case, CLINICAL_GRID) instead of the demo's 32 x 48 x 48. Each leg also
   gives ``overhead_ms_per_request`` (1/requests-per-s - 1/cases-per-s of ONNX Runtime
-  alone): what a request costs beyond the model's own time, which on shared cores sets
+  alone at batch = clients): the throughput a request costs beyond the model's own time
+  (HTTP and serde on the shared cores, and the service's smaller batches), which sets
   the efficiency a model of a given cost can reach (model / (model + overhead)).
   ``--legs model`` runs only the model service's legs (no end-to-end, no ort_vs_torch).
 - ``batching_speedup_end_to_end``: the same comparison through the public API, each
@@ -213,11 +214,11 @@ def servers(model: Path, service: str, home: Path, clients: int) -> Iterator[dic
         yield urls
 
 
-def model_service_leg(model: Path, cases: list[dict], home: Path, args: argparse.Namespace, requests: int) -> dict:
-    """The model service through bench.packed_front, batching on and off, against ONNX
-    Runtime alone at batch = clients in the same rounds."""
-    threads = os.cpu_count() or 1  # as the servers are given (RADFUSION_ORT_THREADS)
-    limit = ort_alone(model, cases, threads, batch=args.clients)
+def model_service_leg(
+    model: Path, cases: list[dict], home: Path, args: argparse.Namespace, requests: int, limit: Callable[[], float]
+) -> dict:
+    """The model service through bench.packed_front, batching on and off, against
+    ``limit`` (ONNX Runtime alone at batch = clients) in the same rounds."""
     with servers(model, "bench.packed_front:PackedFront", home, args.clients) as urls:
         leg = compare(urls, model_service_calls, cases, args.clients, requests, args.rounds, limit=limit)
     leg["packed_bytes_per_case"] = int(cases[0]["packed"].nbytes)
@@ -448,8 +449,9 @@ def notes(results: dict) -> list[str]:
         f"{model_only['on']['requests_per_s']} requests/s where ONNX Runtime alone ran "
         f"{model_only['limit_cases_per_s']} cases/s in the same rounds (target {TARGETS['service_efficiency']}); "
         "the benchmark's 16 clients and its front run on the same cores as the model service.",
-        f"Each request cost {model_only['overhead_ms_per_request']} ms beyond the model's own time "
-        "(HTTP and serde in the clients, the front and the model service, sharing the cores with ONNX Runtime).",
+        f"Each request cost {model_only['overhead_ms_per_request']} ms of throughput beyond ONNX Runtime's own time "
+        "at batch 16 (1/requests-per-s - 1/cases-per-s): HTTP and serde in the clients, the front and the model "
+        "service on the cores ONNX Runtime needs, and the smaller batches the service forms.",
     ]
     clinical = results.get("model_service_clinical_grid")
     if clinical:
@@ -523,7 +525,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--legs",
         choices=("all", "model"),
         default="all",
-        help="model: only the model service's leg and its efficiency (written to --work/model_service.json "
+        help="model: only the model service's legs and their efficiency (written to --work/model_service.json "
         "unless --out is given; the model exported by an earlier run in --work is reused)",
     )
     parser.add_argument("--out", type=Path, default=None, help=f"default {RESULTS.relative_to(ROOT)}")
@@ -535,6 +537,7 @@ def main(argv: list[str] | None = None) -> dict:
         # Always exported afresh: ort_vs_torch rebuilds the network from the same seed, and
         # a file left by an older network definition would compare two different models.
         (args.work / "model.onnx").unlink(missing_ok=True)
+        (args.work / "model-clinical-grid.onnx").unlink(missing_ok=True)
     model = build_model(cohort, args.work / "model.onnx")
     cases = load_cases(cohort, model, args.studies)
     home = args.work / "bentoml"
@@ -542,12 +545,15 @@ def main(argv: list[str] | None = None) -> dict:
     ort_limit = ort_alone(model, cases, threads, batch=args.clients)
 
     started = time.perf_counter()
-    model_only = model_service_leg(model, cases, home / "model", args, args.requests)
+    model_only = model_service_leg(model, cases, home / "model", args, args.requests, ort_limit)
     clinical = None
     if args.clinical_requests:
         clinical_model = build_model(cohort, args.work / "model-clinical-grid.onnx", CLINICAL_GRID)
         clinical_cases = load_cases(cohort, clinical_model, args.studies)
-        clinical = model_service_leg(clinical_model, clinical_cases, home / "clinical", args, args.clinical_requests)
+        clinical_limit = ort_alone(clinical_model, clinical_cases, threads, batch=args.clients)
+        clinical = model_service_leg(
+            clinical_model, clinical_cases, home / "clinical", args, args.clinical_requests, clinical_limit
+        )
     if args.legs == "model":
         out = args.out or args.work / "model_service.json"
         results = {

@@ -27,6 +27,7 @@ never outlive physical_values.
 
 from __future__ import annotations
 
+import struct
 import threading
 
 import numpy as np
@@ -103,7 +104,8 @@ def _native_values(ds: pydicom.Dataset) -> np.ndarray | None:
     """The stored values of native little-endian, one-sample integer pixel data whose
     length is what the header declares, as pixel_array gives them (unused high bits
     cleared, or sign-extended when signed); None for anything else, which pixel_array
-    decodes (and whose errors it reports)."""
+    decodes (and whose errors it reports). Values read from the file may be this
+    thread's buffer (_buffer): used before the thread's next slice is read."""
     meta = getattr(ds, "file_meta", None)
     if meta is None or meta.get("TransferSyntaxUID") not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
         return None
@@ -149,19 +151,32 @@ def _deferred_values(ds: pydicom.Dataset, dtype: np.dtype, count: int) -> np.nda
     raw = ds.get_item("PixelData", keep_deferred=True)
     filename = getattr(ds, "filename", None)
     expected = count * dtype.itemsize
+    meta = getattr(ds, "file_meta", None)
     if not (
-        isinstance(raw, RawDataElement)
+        # A deflated body's offsets are into the inflated stream, not the file.
+        meta is not None
+        and meta.get("TransferSyntaxUID") in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+        and isinstance(raw, RawDataElement)
         and raw.value is None
         and isinstance(filename, str)
         and raw.length in (expected, expected + expected % 2)
     ):
         return None
+    # The element's header just before its value, as the header read saw it: a file
+    # replaced since (or an offset that is not this element's) is left to pydicom.
+    header = 8 if meta.get("TransferSyntaxUID") == ImplicitVRLittleEndian else 12
     values = _buffer(dtype, count)
     with open(filename, "rb") as handle:
-        handle.seek(raw.value_tell)
+        handle.seek(max(0, raw.value_tell - header))
+        head = handle.read(header)
+        if head[:4] != _PIXEL_DATA_TAG or head[-4:] != struct.pack("<I", raw.length):
+            return None
         if handle.readinto(memoryview(values).cast("B")) != expected:
             return None
     return values
+
+
+_PIXEL_DATA_TAG = struct.pack("<HH", 0x7FE0, 0x0010)
 
 
 _buffers = threading.local()

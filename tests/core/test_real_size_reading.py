@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    generate_uid,
+)
 
 from radfusion.contract import ImageGeometry
 from radfusion.dicom import load_volume
@@ -208,13 +215,19 @@ def test_deferred_pixel_data_is_read_from_the_file_as_pydicom_decodes_it(
     ds = ct_slice(np.zeros((256, 256)), (0.0, 0.0, 0.0), study_uid="1.2", series_uid="1.2.3", number=1)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, signed
     ds.PixelData = values.astype(f"<{'i' if signed else 'u'}{bits // 8}").tobytes()
-    ds.save_as(tmp_path / "slice.dcm", enforce_file_format=True)
-    deferred = pydicom.dcmread(tmp_path / "slice.dcm", defer_size=1024)
-    ours = dicom_pixels._native_values(deferred)
-    assert deferred.get_item("PixelData", keep_deferred=True).value is None  # read from the file, not kept
-    theirs = pydicom.dcmread(tmp_path / "slice.dcm").pixel_array
-    assert ours is not None and ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
-    assert np.array_equal(ours, values)
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+        ds.file_meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"{syntax.name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        deferred = pydicom.dcmread(path, defer_size=1024)
+        ours = dicom_pixels._native_values(deferred)
+        # Read from the file, not kept; a deflated body (whose offsets are into the
+        # inflated stream) pydicom reads.
+        kept = deferred.get_item("PixelData", keep_deferred=True).value
+        assert (kept is not None) == (syntax == DeflatedExplicitVRLittleEndian), syntax.name
+        theirs = pydicom.dcmread(path).pixel_array
+        assert ours is not None and ours.dtype == theirs.dtype and np.array_equal(ours, theirs), syntax.name
+        assert np.array_equal(ours, values)
 
 
 def test_native_pixel_data_of_the_wrong_length_is_left_to_pydicom(plain) -> None:

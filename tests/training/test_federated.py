@@ -183,8 +183,9 @@ def test_privacy_budget_grows_with_rounds_and_shrinks_with_noise():
 
 def test_the_best_round_by_validation_is_kept_across_a_restart(tmp_path):
     """best.npz follows the highest validation score over the rounds, a later worse
-    round leaves it, a restarted server (a new record over the same folder) keeps it,
-    and a run asked for its last weights keeps none."""
+    round leaves it, a restarted server (a new record over the same folder) keeps it, a
+    round whose fit did not finish is not one, and a run asked for its last weights (or
+    scored by another metric) keeps none."""
     code = f"""
 import numpy as np
 from pathlib import Path
@@ -206,6 +207,10 @@ again.evaluated(4, {{"val_auroc": float("nan")}})
 assert again.chosen()[1] == 2 and again.resume_from()[1] == 4
 again.evaluated(4, {{"val_auroc": 0.9}})
 assert again.chosen()[1] == 4
+again.evaluated(5, {{"val_auroc": 0.95}})  # round 5's fit never finished (SecAgg+ halted)
+assert again.chosen()[1] == 4
+again.monitor = "val_cindex"  # the folder's best was chosen by another metric
+assert again.chosen() is None
 again.monitor = None
 assert again.chosen() is None
 print("ok")

@@ -100,12 +100,17 @@ def _site_pairs(values: list[str]) -> dict[str, Path]:
     return sites
 
 
+def _stop(signum: int, _frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+    sys.exit(128 + signum)
+
+
 def _simulate(args: argparse.Namespace) -> None:
     from radfusion.training.federated.launch import simulate
 
     # A stopped simulation (SIGTERM, as from a scheduler) unwinds like Ctrl-C, so the
     # Flower processes it started are stopped with it, not left running.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    signal.signal(signal.SIGTERM, _stop)
     sites = _site_pairs(args.site)
     job = _job(args, len(sites))
     path = simulate(job, sites, args.out, secure=not args.insecure, timeout=args.timeout, threads=args.threads)

@@ -158,15 +158,21 @@ def submit(home: Path, job: FederatedJob, out: Path, timeout: float) -> None:
             command, env=flower_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         watchdog = threading.Timer(timeout, proc.kill)  # also when the run prints nothing
+        watchdog.daemon = True
         watchdog.start()
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log_file.write(line)
-            log_file.flush()
-            sys.stderr.write(line)
-        proc.wait()
-        expired = not watchdog.is_alive() and watchdog.finished.is_set() and proc.returncode < 0
-        watchdog.cancel()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log_file.write(line)
+                log_file.flush()
+                sys.stderr.write(line)
+            proc.wait()
+            expired = not watchdog.is_alive() and watchdog.finished.is_set() and proc.returncode < 0
+        finally:  # also when this process is stopped (SystemExit from SIGTERM, Ctrl-C)
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
     if expired:
         raise RuntimeError(f"the run took longer than --timeout {timeout:.0f} s")
     written = out / "checkpoints" / "best.ckpt"

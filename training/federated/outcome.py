@@ -85,22 +85,26 @@ class FederationRecord:
 
     def evaluated(self, server_round: int, metrics: dict) -> None:
         """Round ``server_round``'s global weights kept as the best when their validation
-        ``monitor`` (higher is better) beats every earlier round's."""
-        if self.monitor is None or self._last is None or not np.isfinite(metrics.get(self.monitor, np.nan)):
+        ``monitor`` (higher is better) beats every earlier round's. A round whose fit did
+        not finish (SecAgg+ halted) evaluated the weights before it: not a round of its own."""
+        if self.monitor is None or not self.rounds or self.rounds[-1]["round"] != server_round:
             return
-        value = float(metrics[self.monitor])
-        best = self._load("best.npz")
-        if best is None or value > float(best[1]["value"]):
-            _save(self.out / "best.npz", self._last, round=server_round, value=value)
+        value = float(metrics.get(self.monitor, np.nan))
+        best = self.chosen()
+        if self._last is not None and np.isfinite(value) and (best is None or value > best[2]):
+            _save(self.out / "best.npz", self._last, round=server_round, value=value, monitor=self.monitor)
 
     def resume_from(self) -> tuple[list[np.ndarray], int] | None:
         state = self._load("state.npz")
         return None if state is None else (state[0], int(state[1]["round"]))
 
     def chosen(self) -> tuple[list[np.ndarray], int, float] | None:
-        """(weights, round, validation score) of the best round; None without one."""
+        """(weights, round, validation score) of the best round; None without one (no
+        round scored, or the folder's best was chosen by another metric)."""
         best = self._load("best.npz") if self.monitor is not None else None
-        return None if best is None else (best[0], int(best[1]["round"]), float(best[1]["value"]))
+        if best is None or str(best[1].get("monitor")) != self.monitor:
+            return None
+        return best[0], int(best[1]["round"]), float(best[1]["value"])
 
     def _load(self, name: str) -> tuple[list[np.ndarray], dict] | None:
         path = self.out / name
@@ -244,7 +248,7 @@ def write_checkpoint(module, dm, weights: list[np.ndarray], provenance: dict, hi
             # The policy itself, not the server's file: the checkpoint travels alone.
             "datamodule_hyper_parameters": {**dm.hparams, "policy": json.loads(Path(dm.hparams.policy).read_text())},
             CONTRACT_KEY: parts,
-            "epoch": provenance["rounds"],
+            "epoch": provenance["model_round"],
             "global_step": 0,
             "pytorch-lightning_version": lightning.__version__,
         },

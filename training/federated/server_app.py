@@ -130,6 +130,10 @@ def run_rounds(grid, context, job, record, weights, done, policy_text, moments, 
 
 
 def weighted_mean(metrics: list[tuple[int, dict]]) -> dict:
-    total = sum(n for n, _ in metrics) or 1
+    """Each metric's mean weighted by patients over the sites that report it (a site
+    leaves out what it cannot compute, e.g. AUROC on a validation part of one class)."""
     names = {k for _, m in metrics for k in m}
-    return {k: sum(n * float(m[k]) for n, m in metrics if k in m) / total for k in sorted(names)}
+    return {
+        k: sum(n * float(m[k]) for n, m in metrics if k in m) / (sum(n for n, m in metrics if k in m) or 1)
+        for k in sorted(names)
+    }
