@@ -1,6 +1,6 @@
 """Federated benchmark: does training across hospitals pay, and what does privacy cost?
 
-    python -m bench.federated [--patients 240] [--rounds 6] [--local-epochs 3]
+    python -m bench.federated [--patients 240] [--rounds 12] [--local-epochs 3]
 
 On one multi-site synthetic cohort (`radfusion synth --sites 3`: scanners, slice
 thickness, outcome rates and gene panels differ; the third site has no omics), with
@@ -89,16 +89,26 @@ def pooled_cohort(sites: list[Path], out: Path) -> Path:
     return out
 
 
-def train(cohort: Path, run: Path, epochs: int, extra: list[Path] = (), split=SPLIT, env: dict | None = None) -> Path:
+def train(
+    cohort: Path, run: Path, epochs: int, extra: list[Path] = (), split=SPLIT, env: dict | None = None
+) -> tuple[Path, float | None]:
+    """The checkpoint and the seconds its training took (None: reused from a run that
+    did not record them)."""
     if REUSE and (run / "checkpoints" / "best.ckpt").is_file():
-        return run / "checkpoints" / "best.ckpt"
+        recorded = run / "seconds.json"
+        return run / "checkpoints" / "best.ckpt", (
+            json.loads(recorded.read_text())["seconds"] if recorded.is_file() else None
+        )
+    started = time.perf_counter()
     configs = [a for c in [*CONFIGS, *extra] for a in ("--config", c)]
     _run(
         Path(sys.executable), "train", "fit", *configs, "--data.cohort_dir", cohort,
         "--data.split", json.dumps(list(split)), "--trainer.max_epochs", epochs, "--trainer.default_root_dir", run,
         env=env,
     )  # fmt: skip
-    return run / "checkpoints" / "best.ckpt"
+    took = time.perf_counter() - started
+    (run / "seconds.json").write_text(json.dumps({"seconds": took}))
+    return run / "checkpoints" / "best.ckpt", took
 
 
 def federate(
@@ -162,7 +172,7 @@ def aurocs(checkpoints: dict[str, Path], sites: list[Path], cache: Path) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=240, help="patients per site")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--local-epochs", type=int, default=3)
     parser.add_argument("--dp-noise", type=float, default=0.3, help="noise multiplier of the DP run")
     parser.add_argument("--seed", type=int, default=0)
@@ -183,16 +193,13 @@ def main() -> None:
     sites = [sites_dir / f"site-{i}" for i in (1, 2, 3)]
     epochs = args.rounds * args.local_epochs
 
-    seconds = {}
-    started = time.perf_counter()
-    central = train(pooled_cohort(sites, work / "pooled"), work / "central", epochs, split=(0.75, 0.25, 0.0), env=env)
-    seconds["central"] = time.perf_counter() - started
+    seconds: dict[str, float | None] = {}
+    pooled = pooled_cohort(sites, work / "pooled")
+    central, seconds["central"] = train(pooled, work / "central", epochs, split=(0.75, 0.25, 0.0), env=env)
     local = {}
     for i, site in enumerate(sites, 1):
         extra = [] if (site / "genomics.parquet").is_file() else [IMAGE_ONLY]
-        started = time.perf_counter()
-        local[f"s{i}"] = train(site, work / f"local-s{i}", epochs, extra, env=env)
-        seconds[f"local_s{i}"] = time.perf_counter() - started
+        local[f"s{i}"], seconds[f"local_s{i}"] = train(site, work / f"local-s{i}", epochs, extra, env=env)
     runs = {}
     for name, noise in (("federated", 0.0), ("federated_dp", args.dp_noise)):
         checkpoint, took = federate(sites, work / name, args.rounds, args.local_epochs, noise, env)
