@@ -174,7 +174,8 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=240, help="patients per site")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--local-epochs", type=int, default=3)
-    parser.add_argument("--dp-noise", type=float, default=0.3, help="noise multiplier of the DP run")
+    parser.add_argument("--dp-noise", type=float, default=0.3, help="noise multiplier of the DP run (0: no DP run)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-federated")
     parser.add_argument("--reuse", action="store_true", help="keep the models an earlier run of --work trained")
@@ -201,7 +202,8 @@ def main() -> None:
         extra = [] if (site / "genomics.parquet").is_file() else [IMAGE_ONLY]
         local[f"s{i}"], seconds[f"local_s{i}"] = train(site, work / f"local-s{i}", epochs, extra, env=env)
     runs = {}
-    for name, noise in (("federated", 0.0), ("federated_dp", args.dp_noise)):
+    legs = (("federated", 0.0), ("federated_dp", args.dp_noise)) if args.dp_noise else (("federated", 0.0),)
+    for name, noise in legs:
         checkpoint, took = federate(sites, work / name, args.rounds, args.local_epochs, noise, env)
         runs[name] = (checkpoint, json.loads((work / name / "federation.json").read_text()))
         seconds[name] = took
@@ -220,16 +222,16 @@ def main() -> None:
             "vs_local_mean": float(np.mean([scores[name][k] - scores["local"][k] for k in site_keys])),
         }
 
-    dp = runs["federated_dp"][1]["differential_privacy"]
+    dp = runs["federated_dp"][1]["differential_privacy"] if "federated_dp" in runs else None
     result = {
         "federated_vs_central": compare("federated")["vs_central"],
         "federated_vs_local_mean": compare("federated")["vs_local_mean"],
-        "federated_dp_vs_central": compare("federated_dp")["vs_central"],
-        "federated_dp_vs_local_mean": compare("federated_dp")["vs_local_mean"],
-        "dp_epsilon": dp["epsilon"],
-        "dp_delta": dp["delta"],
-        "dp_noise_multiplier": dp["noise_multiplier"],
-        "dp_clip": dp["clip"],
+        "federated_dp_vs_central": compare("federated_dp")["vs_central"] if dp else None,
+        "federated_dp_vs_local_mean": compare("federated_dp")["vs_local_mean"] if dp else None,
+        "dp_epsilon": dp["epsilon"] if dp else None,
+        "dp_delta": dp["delta"] if dp else None,
+        "dp_noise_multiplier": dp["noise_multiplier"] if dp else None,
+        "dp_clip": dp["clip"] if dp else None,
         "update_bytes_per_round_per_client": update_bytes,
         "seconds_per_federated_round": seconds["federated"] / args.rounds,
         "auroc": scores,
@@ -251,8 +253,8 @@ def main() -> None:
         "seconds": seconds,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
 
 
