@@ -222,16 +222,19 @@ def main() -> None:
             "vs_local_mean": float(np.mean([scores[name][k] - scores["local"][k] for k in site_keys])),
         }
 
-    dp = runs["federated_dp"][1]["differential_privacy"] if "federated_dp" in runs else None
+    federated = compare("federated")
+    # Without a DP run (--dp-noise 0) its keys stay, as null.
+    with_dp = compare("federated_dp") if "federated_dp" in runs else {}
+    dp = runs["federated_dp"][1]["differential_privacy"] if "federated_dp" in runs else {}
     result = {
-        "federated_vs_central": compare("federated")["vs_central"],
-        "federated_vs_local_mean": compare("federated")["vs_local_mean"],
-        "federated_dp_vs_central": compare("federated_dp")["vs_central"] if dp else None,
-        "federated_dp_vs_local_mean": compare("federated_dp")["vs_local_mean"] if dp else None,
-        "dp_epsilon": dp["epsilon"] if dp else None,
-        "dp_delta": dp["delta"] if dp else None,
-        "dp_noise_multiplier": dp["noise_multiplier"] if dp else None,
-        "dp_clip": dp["clip"] if dp else None,
+        "federated_vs_central": federated["vs_central"],
+        "federated_vs_local_mean": federated["vs_local_mean"],
+        "federated_dp_vs_central": with_dp.get("vs_central"),
+        "federated_dp_vs_local_mean": with_dp.get("vs_local_mean"),
+        "dp_epsilon": dp.get("epsilon"),
+        "dp_delta": dp.get("delta"),
+        "dp_noise_multiplier": dp.get("noise_multiplier"),
+        "dp_clip": dp.get("clip"),
         "update_bytes_per_round_per_client": update_bytes,
         "seconds_per_federated_round": seconds["federated"] / args.rounds,
         "auroc": scores,

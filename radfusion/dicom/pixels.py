@@ -152,10 +152,10 @@ def _deferred_values(ds: pydicom.Dataset, dtype: np.dtype, count: int) -> np.nda
     filename = getattr(ds, "filename", None)
     expected = count * dtype.itemsize
     meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if not (
         # A deflated body's offsets are into the inflated stream, not the file.
-        meta is not None
-        and meta.get("TransferSyntaxUID") in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+        syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
         and isinstance(raw, RawDataElement)
         and raw.value is None
         and isinstance(filename, str)
@@ -164,7 +164,7 @@ def _deferred_values(ds: pydicom.Dataset, dtype: np.dtype, count: int) -> np.nda
         return None
     # The element's header just before its value, as the header read saw it: a file
     # replaced since (or an offset that is not this element's) is left to pydicom.
-    header = 8 if meta.get("TransferSyntaxUID") == ImplicitVRLittleEndian else 12
+    header = 8 if syntax == ImplicitVRLittleEndian else 12
     values = _buffer(dtype, count)
     with open(filename, "rb") as handle:
         handle.seek(max(0, raw.value_tell - header))

@@ -172,7 +172,10 @@ def submit(home: Path, job: FederatedJob, out: Path, timeout: float) -> None:
             watchdog.cancel()
             if proc.poll() is None:
                 proc.terminate()
-                proc.wait(10)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     if expired:
         raise RuntimeError(f"the run took longer than --timeout {timeout:.0f} s")
     written = out / "checkpoints" / "best.ckpt"
