@@ -219,6 +219,42 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+def test_with_dp_a_site_sends_its_noised_update_and_loss_only():
+    """The DP mod as a SuperNode runs it on a train reply: the update is clipped to the
+    clip norm and noised, and the norm before clipping (the site's own, un-noised)
+    stays at the site: the reply's metrics are the training's."""
+    code = """
+import numpy as np
+from flwr.app import Context, Message, Metadata, RecordDict
+from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+from radfusion.training.federated.client_app import differential_privacy
+from radfusion.training.federated.job import FederatedJob
+
+job = FederatedJob(configs=(), out="x", dp_noise=0.01, dp_clip=1.0, secagg=False)
+old = [np.zeros(4, np.float32), np.zeros((2, 2), np.float32)]
+new = [np.full(4, 3.0, np.float32), np.full((2, 2), 3.0, np.float32)]  # an update of norm 8.5
+ins = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(old), {}), keep_input=True)
+# As the SuperNode hands it over: metadata set by the SuperLink.
+metadata = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1, reply_to_message_id="", group_id="1",
+                    created_at=0.0, ttl=3600.0, message_type="train")
+msg = Message(content=ins, metadata=metadata)
+context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=job.run_config())
+
+def fit(m, c):
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 10, {"train_loss": 0.5})
+    return Message(content=compat.fitres_to_recorddict(res, keep_input=True), reply_to=m)
+
+res = compat.recorddict_to_fitres(differential_privacy(msg, context, fit).content, keep_input=True)
+assert set(res.metrics) == {"train_loss"} and res.num_examples == 10, (res.metrics, res.num_examples)
+update = np.concatenate([(s - o).ravel() for s, o in zip(parameters_to_ndarrays(res.parameters), old)])
+assert abs(np.linalg.norm(update) - 1.0) < 0.1, np.linalg.norm(update)
+print("ok")
+"""
+    out = subprocess.run([str(FEDERATE_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_a_restarted_run_resumes_from_its_last_round(federation):
     """Submitting the finished 3-round run again with 4 rounds (as after a server crash,
     here without SecAgg+ and TLS to keep it short, and with FedProx) trains round 4 only,

@@ -4,6 +4,7 @@ model and the training from the run's config."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from flwr.compat.common import recorddict_compat as compat
 from radfusion.training.federated.job import FederatedJob
 from radfusion.training.federated.privacy import privatise
 from radfusion.training.federated.secagg import check_secagg_range
+
+log = logging.getLogger(__name__)
 
 
 def client_fn(context: Context):
@@ -53,7 +56,9 @@ def differential_privacy(msg: Message, context: Context, call_next):
     if job.secagg:
         check_secagg_range(noised, job.secagg_clip)
     res.parameters = ndarrays_to_parameters(noised)
-    res.metrics = {**res.metrics, "update_norm": norm, "clipped": float(norm > job.dp_clip)}
+    # The norm before clipping is the site's own: sent, un-noised, it would spend privacy
+    # the budget does not count.
+    log.info("update norm %.4g before clipping to %.4g%s", norm, job.dp_clip, " (clipped)" if norm > job.dp_clip else "")
     reply.content = compat.fitres_to_recorddict(res, keep_input=True)
     return reply
 

@@ -135,7 +135,7 @@ def _keys(args: argparse.Namespace) -> None:
     elif pki.ca.is_file():
         raise UserError(
             f"--out {args.out} holds a federation's keys already",
-            "keep them (--add-site NAME adds a site), or choose another folder",
+            "keep them (--add-site --site NAME adds a site), or choose another folder",
         )
     else:
         pki = make_pki(args.out, args.site, args.host or [])
