@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from bench.serving import compare, load_cases, model_service_calls, servers
+    from bench.serving import API_SERVICE, compare, load_cases, model_service_address, model_service_calls, servers
     from radfusion.predictor import stack_inputs
 
     started = time.perf_counter()
@@ -257,8 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         return round(cpu / fast, 2) if cpu and fast else None
 
     os.environ["RADFUSION_DEVICE"] = "cuda"  # the servers below inherit it
-    with servers(model, "bench.packed_front:PackedFront", args.work / "bentoml", args.clients) as urls:
-        batching = compare(urls, model_service_calls, cases, args.clients, args.requests, args.rounds)
+    home = args.work / "bentoml"
+    with servers(model, API_SERVICE, home, args.clients) as urls:
+        sockets = {leg: model_service_address(home / leg) for leg in urls}
+        batching = compare(
+            sockets, model_service_calls, cases, args.clients, args.requests, args.rounds, metrics_url=urls["on"]
+        )
 
     results = {
         "cuda_vs_cpu": ratio("CUDAExecutionProvider"),

@@ -5,15 +5,16 @@
 - ``batching_speedup``: requests/s of the model service (radfusion.serving.http.service:RadfusionModel,
   the one that runs ONNX Runtime behind adaptive batching) under 16 concurrent clients,
   each sending one case's packed inputs (radfusion.predictor.pack, the exact array the
-  API service sends it, as raw float32 bytes) through a thin front (bench/packed_front.py,
-  as BentoML only takes its fast pickle serde between services), adaptive batching on vs off
-  (RADFUSION_BATCHING=off). Batching acts here, so this is where it is measured: the
-  API service's DICOM decoding in front would only add the same cost to both sides.
+  API service sends it) as the API service does: BentoML's client with its pickle
+  serde, on the model service's own Unix socket (the public server refuses pickle from
+  outside callers), adaptive batching on vs off (RADFUSION_BATCHING=off). Batching acts
+  here, so this is where it is measured: the API service's DICOM decoding in front
+  would only add the same cost to both sides.
 - ``service_efficiency``: the model service's requests/s with batching on over what
   ONNX Runtime alone delivers in this process (cases/s, batch = clients, the servers'
   intra-op threads, the model's recorded configuration), timed in every round right
   after the HTTP legs; the median of the per-round ratios. Target 0.7. The benchmark's
-  clients and front share the cores, so on 2 cores the ceiling is well below 1.
+  clients share the cores, so on 2 cores the ceiling is well below 1.
   ``service_efficiency_end_to_end``: the public API's requests/s over min(decode alone:
   unzip + preprocessing of one study on one thread, ONNX Runtime alone), likewise.
   ``service_efficiency_clinical_grid``: the same as service_efficiency for the same
@@ -65,6 +66,7 @@ from bench.scoring import DEMO_NET, build_cohort, build_model
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "serving.json"
 TOKEN = "bench-token"
+API_SERVICE = "radfusion.serving.http.service:Radfusion"
 TARGETS = {"batching_speedup": 2.0, "ort_vs_torch": 2.0, "service_efficiency": 0.7}
 # A clinical CT model's input grid: 160 x 358 x 358 mm, the field of view of a chest or
 # abdomen CT, at 2.5 mm slices and 2.8 mm pixels.
@@ -130,24 +132,43 @@ def run_clients(make_call: Callable[[int], Callable[[int], None]], clients: int,
 
 
 def model_service_calls(url: str, cases: list[dict]) -> Callable[[int], Callable[[int], None]]:
-    """Clients of the model service through bench.packed_front: one case's packed
-    inputs per request (raw float32 bytes), as the API service sends them after
-    preprocessing."""
-    import httpx
+    """Clients of the model service itself, as the API service calls it after
+    preprocessing: BentoML's client, its pickle serde, on the service's own socket
+    (``url``: model_service_address), one case's packed inputs per request."""
+    # bentoml.SyncHTTPClient without its media_type argument hidden: the class the
+    # services' own (async) proxy is built on.
+    from _bentoml_impl.client.http import SyncHTTPClient
 
-    payloads = [c["packed"].tobytes() for c in cases]
+    from radfusion.serving.http.service import RadfusionModel
 
     def make(_: int) -> Callable[[int], None]:
-        client = httpx.Client(base_url=url, timeout=300, headers={"content-type": "application/octet-stream"})
+        client = SyncHTTPClient(url, media_type="application/vnd.bentoml+pickle", service=RadfusionModel, timeout=300)
 
         def call(i: int) -> None:
-            response = client.post("/raw/packed", params={"rows": 1}, content=payloads[i % len(payloads)])
-            if response.status_code != 200 or len(response.json()) != 1:
-                raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+            answer = client.probabilities(packed=cases[i % len(cases)]["packed"])
+            if np.asarray(answer).shape[0] != 1:
+                raise RuntimeError(f"{np.asarray(answer).shape[0]} answers to one case")
 
         return call
 
     return make
+
+
+def model_service_address(home: Path) -> str:
+    """The model service's own address (a Unix socket) in the server whose BENTOML_HOME
+    is ``home``: BentoML gives its services' map (BENTOML_RUNNER_MAP) to their worker
+    processes. The model service takes pickle from its callers, which the public
+    server refuses (rightly) from outside ones."""
+    import psutil
+
+    for process in psutil.process_iter():
+        try:
+            env = process.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get("BENTOML_HOME") == str(home) and "BENTOML_RUNNER_MAP" in env:
+            return json.loads(env["BENTOML_RUNNER_MAP"])["radfusion_model"]
+    raise RuntimeError(f"no BentoML worker of {home} says where the model service listens")
 
 
 def api_study_calls(url: str, cases: list[dict]) -> Callable[[int], Callable[[int], None]]:
@@ -217,10 +238,12 @@ def servers(model: Path, service: str, home: Path, clients: int) -> Iterator[dic
 def model_service_leg(
     model: Path, cases: list[dict], home: Path, args: argparse.Namespace, requests: int, limit: Callable[[], float]
 ) -> dict:
-    """The model service through bench.packed_front, batching on and off, against
-    ``limit`` (ONNX Runtime alone at batch = clients) in the same rounds."""
-    with servers(model, "bench.packed_front:PackedFront", home, args.clients) as urls:
-        leg = compare(urls, model_service_calls, cases, args.clients, requests, args.rounds, limit=limit)
+    """The model service, batching on and off, against ``limit`` (ONNX Runtime alone at
+    batch = clients) in the same rounds; the servers are the public API's, called at
+    their model service."""
+    with servers(model, API_SERVICE, home, args.clients) as urls:
+        sockets = {leg: model_service_address(home / leg) for leg in urls}
+        leg = compare(sockets, model_service_calls, cases, args.clients, requests, args.rounds, limit, urls["on"])
     leg["packed_bytes_per_case"] = int(cases[0]["packed"].nbytes)
     return leg
 
@@ -233,8 +256,10 @@ def compare(
     per_client: int,
     rounds: int,
     limit: Callable[[], float] | None = None,
+    metrics_url: str | None = None,
 ) -> dict:
     """Alternating rounds on both servers after a warm-up; medians per leg.
+    ``metrics_url``: the server whose /metrics count the batches (default urls["on"]).
 
     ``limit``: what the service could at most deliver (cases/s, measured without HTTP:
     ONNX Runtime alone, or decode too), timed in every round right after the two
@@ -257,7 +282,7 @@ def compare(
             "rounds_requests_per_s": [m["requests_per_s"] for m in measured],
             "requests_per_round": measured[0]["requests"],
         }
-    legs["on"].update(batch_rows(urls["on"]))
+    legs["on"].update(batch_rows(metrics_url or urls["on"]))
     legs["speedup"] = round(legs["on"]["requests_per_s"] / legs["off"]["requests_per_s"], 2)
     legs["speedup_per_round"] = [
         round(a["requests_per_s"] / b["requests_per_s"], 2)
@@ -448,10 +473,10 @@ def notes(results: dict) -> list[str]:
         f"service_efficiency {results['service_efficiency']}: the model service answered "
         f"{model_only['on']['requests_per_s']} requests/s where ONNX Runtime alone ran "
         f"{model_only['limit_cases_per_s']} cases/s in the same rounds (target {TARGETS['service_efficiency']}); "
-        "the benchmark's 16 clients and its front run on the same cores as the model service.",
+        "the benchmark's 16 clients run on the same cores as the model service.",
         f"Each request cost {model_only['overhead_ms_per_request']} ms of throughput beyond ONNX Runtime's own time "
-        "at batch 16 (1/requests-per-s - 1/cases-per-s): HTTP and serde in the clients, the front and the model "
-        "service on the cores ONNX Runtime needs, and the smaller batches the service forms.",
+        "at batch 16 (1/requests-per-s - 1/cases-per-s): HTTP and serde in the clients and the model service "
+        "on the cores ONNX Runtime needs, and the smaller batches the service forms.",
     ]
     clinical = results.get("model_service_clinical_grid")
     if clinical:
@@ -579,7 +604,7 @@ def main(argv: list[str] | None = None) -> dict:
     def end_to_end_limit() -> float:
         return min(decode_limit(), ort_limit())
 
-    with servers(model, "radfusion.serving.http.service:Radfusion", home / "api", args.clients) as urls:
+    with servers(model, API_SERVICE, home / "api", args.clients) as urls:
         end_to_end = compare(
             urls, api_study_calls, cases, args.clients, args.study_requests, args.rounds, limit=end_to_end_limit
         )
