@@ -21,6 +21,7 @@ it is made. Without an NVIDIA GPU it prints why and exits 0."""
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from bench.serving import API_SERVICE, compare, load_cases, model_service_address, model_service_calls, servers
+    from bench.serving import API_SERVICE, compare, load_cases, model_service_address, model_service_load, servers
     from radfusion.predictor import stack_inputs
 
     started = time.perf_counter()
@@ -260,9 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     home = args.work / "bentoml"
     with servers(model, API_SERVICE, home, args.clients) as urls:
         sockets = {leg: model_service_address(home / leg) for leg in urls}
-        batching = compare(
-            sockets, model_service_calls, cases, args.clients, args.requests, args.rounds, metrics_url=urls["on"]
-        )
+        load = functools.partial(model_service_load, cases=cases, clients=args.clients)
+        batching = compare(sockets, load, args.requests, args.rounds, metrics_url=urls["on"])
 
     results = {
         "cuda_vs_cpu": ratio("CUDAExecutionProvider"),

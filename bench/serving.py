@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import io
 import json
 import os
@@ -122,7 +123,10 @@ def run_clients(make_call: Callable[[int], Callable[[int], None]], clients: int,
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         latencies = [t for run in pool.map(client_run, range(clients)) for t in run]
-    wall = time.perf_counter() - started
+    return load_summary(latencies, time.perf_counter() - started)
+
+
+def load_summary(latencies: list[float], wall: float) -> dict:
     return {
         "requests": len(latencies),
         "requests_per_s": round(len(latencies) / wall, 2),
@@ -131,27 +135,41 @@ def run_clients(make_call: Callable[[int], Callable[[int], None]], clients: int,
     }
 
 
-def model_service_calls(url: str, cases: list[dict]) -> Callable[[int], Callable[[int], None]]:
-    """Clients of the model service itself, as the API service calls it after
-    preprocessing: BentoML's client, its pickle serde, on the service's own socket
-    (``url``: model_service_address), one case's packed inputs per request."""
-    # bentoml.SyncHTTPClient without its media_type argument hidden: the class the
-    # services' own (async) proxy is built on.
-    from _bentoml_impl.client.http import SyncHTTPClient
+def model_service_load(url: str, per_client: int, *, cases: list[dict], clients: int) -> dict:
+    """``clients`` concurrent callers of the model service itself, each sending
+    ``per_client`` requests back to back, as the API service calls it after
+    preprocessing: on one event loop, through one BentoML async client (what its
+    dependency proxy runs) with its pickle serde, on the service's own socket (``url``:
+    model_service_address), one case's packed inputs per request. (BentoML's sync
+    client, on threads, cost more: its transport copies the unsent rest of a body after
+    every partial write, several ms per 4 MB case, and the threads contend for the GIL.)"""
+    import asyncio
+
+    from _bentoml_impl.client.http import AsyncHTTPClient
 
     from radfusion.serving.http.service import RadfusionModel
 
-    def make(_: int) -> Callable[[int], None]:
-        client = SyncHTTPClient(url, media_type="application/vnd.bentoml+pickle", service=RadfusionModel, timeout=300)
+    async def run() -> tuple[list[float], float]:
+        client = AsyncHTTPClient(
+            url, media_type="application/vnd.bentoml+pickle", service=RadfusionModel, timeout=300, server_ready_timeout=0
+        )
+        async with client:
 
-        def call(i: int) -> None:
-            answer = client.probabilities(packed=cases[i % len(cases)]["packed"])
-            if np.asarray(answer).shape[0] != 1:
-                raise RuntimeError(f"{np.asarray(answer).shape[0]} answers to one case")
+            async def caller(index: int) -> list[float]:
+                times = []
+                for i in range(per_client):
+                    started = time.perf_counter()
+                    answer = await client.probabilities(packed=cases[(index * per_client + i) % len(cases)]["packed"])
+                    if np.asarray(answer).shape[0] != 1:
+                        raise RuntimeError(f"{np.asarray(answer).shape[0]} answers to one case")
+                    times.append(time.perf_counter() - started)
+                return times
 
-        return call
+            started = time.perf_counter()
+            runs = await asyncio.gather(*(caller(i) for i in range(clients)))
+            return [t for run in runs for t in run], time.perf_counter() - started
 
-    return make
+    return load_summary(*asyncio.run(run()))
 
 
 def model_service_address(home: Path) -> str:
@@ -243,22 +261,22 @@ def model_service_leg(
     their model service."""
     with servers(model, API_SERVICE, home, args.clients) as urls:
         sockets = {leg: model_service_address(home / leg) for leg in urls}
-        leg = compare(sockets, model_service_calls, cases, args.clients, requests, args.rounds, limit, urls["on"])
+        load = functools.partial(model_service_load, cases=cases, clients=args.clients)
+        leg = compare(sockets, load, requests, args.rounds, limit, urls["on"])
     leg["packed_bytes_per_case"] = int(cases[0]["packed"].nbytes)
     return leg
 
 
 def compare(
     urls: dict[str, str],
-    calls,
-    cases,
-    clients: int,
+    load: Callable[[str, int], dict],
     per_client: int,
     rounds: int,
     limit: Callable[[], float] | None = None,
     metrics_url: str | None = None,
 ) -> dict:
     """Alternating rounds on both servers after a warm-up; medians per leg.
+    ``load(url, per_client)``: one round of the leg's clients on one server.
     ``metrics_url``: the server whose /metrics count the batches (default urls["on"]).
 
     ``limit``: what the service could at most deliver (cases/s, measured without HTTP:
@@ -267,10 +285,10 @@ def compare(
     rounds_by_leg: dict[str, list[dict]] = {"on": [], "off": []}
     limits: list[float] = []
     for leg in ("on", "off"):  # warm-up: sessions, thread pools, connections
-        run_clients(calls(urls[leg], cases), clients, max(2, per_client // 4))
+        load(urls[leg], max(2, per_client // 4))
     for _ in range(rounds):
         for leg in ("on", "off"):
-            rounds_by_leg[leg].append(run_clients(calls(urls[leg], cases), clients, per_client))
+            rounds_by_leg[leg].append(load(urls[leg], per_client))
         if limit is not None:
             limits.append(limit())
     legs = {}
@@ -606,7 +624,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     with servers(model, API_SERVICE, home / "api", args.clients) as urls:
         end_to_end = compare(
-            urls, api_study_calls, cases, args.clients, args.study_requests, args.rounds, limit=end_to_end_limit
+            urls,
+            lambda url, n: run_clients(api_study_calls(url, cases), args.clients, n),
+            args.study_requests,
+            args.rounds,
+            limit=end_to_end_limit,
         )
     engines = ort_vs_torch(model, cases, args.repeats)
     ort_per_case = per_case_ms(model, cases, args.repeats)
