@@ -196,11 +196,20 @@ def main() -> None:
     cache = work / "cache"
     env = {"RADFUSION_CACHE_DIR": str(cache)}
     sites_dir = work / "sites"
-    if not (sites_dir / "sites.json").is_file():
+    # The cohort, its split and every model in --work belong to one setting: another
+    # one would score models on patients they trained on.
+    cohort_setup = {"patients": args.patients, "held_out": args.held_out, "seed": args.seed}
+    recorded = work / "cohort.json"
+    if (sites_dir / "sites.json").is_file():
+        if not recorded.is_file() or json.loads(recorded.read_text()) != cohort_setup:
+            had = json.loads(recorded.read_text()) if recorded.is_file() else "an older setting"
+            sys.exit(f"bench.federated: {work} holds a cohort for {had}, not {cohort_setup}: choose another --work")
+    else:
         _run(
             Path(sys.executable), "synth", "--sites", 3, "--patients", total, "--slices", 16, "--size", 48,
             "--pixel-spacing", 6, "--site-without-omics", 3, "--seed", args.seed, "--out", sites_dir,
         )  # fmt: skip
+        recorded.write_text(json.dumps(cohort_setup))
     sites = [sites_dir / f"site-{i}" for i in (1, 2, 3)]
     epochs = args.rounds * args.local_epochs
 

@@ -21,7 +21,6 @@ it is made. Without an NVIDIA GPU it prints why and exits 0."""
 from __future__ import annotations
 
 import argparse
-import functools
 import glob
 import json
 import os
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from bench.serving import API_SERVICE, compare, load_cases, model_service_address, model_service_load, servers
+    from bench.serving import load_cases, model_service_leg
     from radfusion.predictor import stack_inputs
 
     started = time.perf_counter()
@@ -258,11 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         return round(cpu / fast, 2) if cpu and fast else None
 
     os.environ["RADFUSION_DEVICE"] = "cuda"  # the servers below inherit it
-    home = args.work / "bentoml"
-    with servers(model, API_SERVICE, home, args.clients) as urls:
-        sockets = {leg: model_service_address(home / leg) for leg in urls}
-        load = functools.partial(model_service_load, cases=cases, clients=args.clients)
-        batching = compare(sockets, load, args.requests, args.rounds, metrics_url=urls["on"])
+    batching = model_service_leg(model, cases, args.work / "bentoml", args, args.requests)
 
     results = {
         "cuda_vs_cpu": ratio("CUDAExecutionProvider"),

@@ -254,11 +254,16 @@ def servers(model: Path, service: str, home: Path, clients: int) -> Iterator[dic
 
 
 def model_service_leg(
-    model: Path, cases: list[dict], home: Path, args: argparse.Namespace, requests: int, limit: Callable[[], float]
+    model: Path,
+    cases: list[dict],
+    home: Path,
+    args: argparse.Namespace,
+    requests: int,
+    limit: Callable[[], float] | None = None,
 ) -> dict:
-    """The model service, batching on and off, against ``limit`` (ONNX Runtime alone at
-    batch = clients) in the same rounds; the servers are the public API's, called at
-    their model service."""
+    """The model service, batching on and off (``args.clients`` callers, ``args.rounds``
+    rounds), against ``limit`` (ONNX Runtime alone at batch = clients) in the same
+    rounds; the servers are the public API's, called at their model service."""
     with servers(model, API_SERVICE, home, args.clients) as urls:
         sockets = {leg: model_service_address(home / leg) for leg in urls}
         load = functools.partial(model_service_load, cases=cases, clients=args.clients)

@@ -249,10 +249,14 @@ res = compat.recorddict_to_fitres(differential_privacy(msg, context, fit).conten
 assert set(res.metrics) == {"train_loss"} and res.num_examples == 10, (res.metrics, res.num_examples)
 update = np.concatenate([(s - o).ravel() for s, o in zip(parameters_to_ndarrays(res.parameters), old)])
 assert abs(np.linalg.norm(update) - 1.0) < 0.1, np.linalg.norm(update)
+clipped = np.concatenate([(n - o).ravel() for n, o in zip(new, old)]) / np.sqrt(8 * 9.0)
+assert np.abs(update - clipped).max() > 1e-4, "no noise added"
 print("ok")
 """
     out = subprocess.run([str(FEDERATE_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    # The norm stays at the site, in its log (Flower's logger prints the ClientApp's lines).
+    assert "update norm 8.485 before clipping to 1" in out.stdout + out.stderr
 
 
 def test_a_restarted_run_resumes_from_its_last_round(federation):

@@ -12,14 +12,13 @@ from flwr.app import Context, Message
 from flwr.client import ClientApp
 from flwr.client.mod import secaggplus_mod
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.logger import log as flwr_log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
 from radfusion.training.federated.job import FederatedJob
 from radfusion.training.federated.privacy import privatise
 from radfusion.training.federated.secagg import check_secagg_range
-
-log = logging.getLogger(__name__)
 
 
 def client_fn(context: Context):
@@ -57,8 +56,8 @@ def differential_privacy(msg: Message, context: Context, call_next):
         check_secagg_range(noised, job.secagg_clip)
     res.parameters = ndarrays_to_parameters(noised)
     # The norm before clipping is the site's own: sent, un-noised, it would spend privacy
-    # the budget does not count.
-    log.info("update norm %.4g before clipping to %.4g%s", norm, job.dp_clip, " (clipped)" if norm > job.dp_clip else "")
+    # the budget does not count. Flower's logger: the one its ClientApp process prints.
+    flwr_log(logging.INFO, "update norm %.4g before clipping to %.4g", norm, job.dp_clip)
     reply.content = compat.fitres_to_recorddict(res, keep_input=True)
     return reply
 
