@@ -106,8 +106,8 @@ def train(
     configs = [a for c in [*CONFIGS, *extra] for a in ("--config", c)]
     _run(
         Path(sys.executable), "train", "fit", *configs, "--data.cohort_dir", cohort,
-        "--data.split", json.dumps(list(split or SPLIT)), "--trainer.max_epochs", epochs, "--trainer.default_root_dir", run,
-        env=env,
+        "--data.split", json.dumps(list(split or SPLIT)), "--trainer.max_epochs", epochs,
+        "--trainer.default_root_dir", run, env=env,
     )  # fmt: skip
     took = time.perf_counter() - started
     (run / "seconds.json").write_text(json.dumps({"seconds": took}))

@@ -151,7 +151,11 @@ def model_service_load(url: str, per_client: int, *, cases: list[dict], clients:
 
     async def run() -> tuple[list[float], float]:
         client = AsyncHTTPClient(
-            url, media_type="application/vnd.bentoml+pickle", service=RadfusionModel, timeout=300, server_ready_timeout=0
+            url,
+            media_type="application/vnd.bentoml+pickle",
+            service=RadfusionModel,
+            timeout=300,
+            server_ready_timeout=0,
         )
         async with client:
 
