@@ -18,13 +18,24 @@ import os
 import struct
 import threading
 import zipfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import IO
 
 import pydicom
+from pydicom import filereader
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.tag import Tag
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from radfusion.dicom.bounded import read_bounded
 from radfusion.errors import UploadTooLargeError, input_error
@@ -152,13 +163,20 @@ def read_dataset(path: Path | str, max_bytes: int = MAX_FILE_BYTES, **kwargs) ->
 def read_plain_dataset(path: Path | str, **kwargs) -> pydicom.Dataset | None:
     """``pydicom.dcmread`` of a plain file whose body is not deflated, so that values it
     defers (``defer_size``) are read from the file when used; None for a zip member or a
-    deflated file, which only read_dataset reads under its bound."""
+    deflated file, which only read_dataset reads under its bound. A file whose meta
+    header _peek_meta reads is read from where that header ends (_read_body), as
+    dcmread would read it after parsing the header again."""
     path = Path(path)
     if _zip_member(path) is not None:
         return None
-    syntax = _peek_syntax(path)
+    meta = _peek_meta(path)
+    syntax = meta.syntax if meta is not None else None
     if syntax == DeflatedExplicitVRLittleEndian or (syntax is None and _deflated(path)):
         return None
+    if meta is not None and set(kwargs) <= {"defer_size"}:
+        encoding = _BODY_ENCODINGS.get(str(meta.syntax))
+        if encoding is not None and meta.body_group != 0:  # a command set: dcmread's own path
+            return _read_body(path, meta, *encoding, kwargs.get("defer_size"))
     return pydicom.dcmread(path, **kwargs)
 
 
@@ -170,23 +188,42 @@ _SHORT_VRS = frozenset(
     {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL"}
     | {b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
+# (implicit VR, little endian) of a body, by transfer syntax, as dcmread decides them for
+# the standard's syntaxes (encapsulated ones are explicit VR little endian, PS3.5 A.4).
+_BODY_ENCODINGS: dict[str, tuple[bool, bool]] = {
+    str(uid): (uid == ImplicitVRLittleEndian, uid != ExplicitVRBigEndian)
+    for uid in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, *AllTransferSyntaxes)
+    if uid != DeflatedExplicitVRLittleEndian
+}
 
 
-def _peek_syntax(path: Path) -> str | None:
-    """The TransferSyntaxUID of a file's meta header read straight from its first bytes
-    (pydicom's parse of the meta costs as much again as the rest of a header); None
-    unless the meta header is plainly formed: the preamble's DICM, explicit VR little
-    endian elements of known VRs and defined lengths, one TransferSyntaxUID, and the
-    group's end within the first _META_PEEK bytes. Anything else is left to pydicom."""
+@dataclass(frozen=True)
+class _Meta:
+    """A plainly formed meta header, read by _peek_meta."""
+
+    preamble: bytes
+    elements: list[RawDataElement]
+    syntax: str | None
+    end: int  # where the body starts
+    body_group: int  # the group of the body's first element
+
+
+def _peek_meta(path: Path) -> _Meta | None:
+    """A file's meta header read straight from its first bytes (pydicom's parse of the
+    meta costs as much again as the rest of a header); None unless it is plainly
+    formed: the preamble's DICM, explicit VR little endian elements of known VRs and
+    defined lengths, at most one TransferSyntaxUID, and the group's end within the first
+    _META_PEEK bytes. Anything else is left to pydicom."""
     with open(path, "rb") as handle:
         head = handle.read(_META_PEEK)
     if head[128:132] != b"DICM":
         return None
     at, syntax = 132, None
+    elements: list[RawDataElement] = []
     while at + 8 <= len(head):
         group, element = struct.unpack_from("<HH", head, at)
         if group != 2:
-            return syntax
+            return _Meta(head[:128], elements, syntax, at, group)
         vr = head[at + 4 : at + 6]
         if vr in _LONG_VRS:
             if at + 12 > len(head):
@@ -200,12 +237,28 @@ def _peek_syntax(path: Path) -> str | None:
             return None
         if length == 0xFFFFFFFF or start + length > len(head):
             return None
+        value = head[start : start + length]
         if element == 0x0010:
             if syntax is not None:
                 return None  # two of them: pydicom would keep the last one
-            syntax = head[start : start + length].decode("ascii", "replace").rstrip("\0 ")
+            syntax = value.decode("ascii", "replace").rstrip("\0 ")
+        elements.append(RawDataElement(Tag(group, element), vr.decode("ascii"), length, value, start, False, True))
         at = start + length
     return None
+
+
+def _read_body(
+    path: Path, meta: _Meta, implicit_vr: bool, little_endian: bool, defer_size: int | str | float | None
+) -> pydicom.Dataset:
+    """The file read from the end of its meta header as dcmread reads it from there:
+    its body with pydicom's read_dataset, and the dataset dcmread would return."""
+    with open(path, "rb") as handle:
+        handle.seek(meta.end)
+        body = filereader.read_dataset(handle, implicit_vr, little_endian, defer_size=defer_size)
+        file_meta = FileMetaDataset({e.tag: e for e in meta.elements})
+        ds = FileDataset(handle, body, meta.preamble, file_meta, implicit_vr, little_endian)
+    ds.set_original_encoding(implicit_vr, little_endian, body._character_set)
+    return ds
 
 
 def _deflated(path: Path) -> bool:

@@ -40,6 +40,7 @@ from typing import TypeVar
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UncompressedTransferSyntaxes
 
 from radfusion.dicom.blocks import block_mean, block_size, zoom_factors
 from radfusion.dicom.checks import check_instance, decoded_bytes, matrix_size, number_of_frames, pixel_spacing
@@ -56,7 +57,9 @@ from radfusion.errors import (
 from radfusion.limits import StudyBudget, StudyClock
 
 ORIENTATION_TOLERANCE = 1e-3
-# Threads reading one series; a few are enough to overlap file reads and decoding.
+# Threads decoding one series' compressed pixel data (a decoder may release the GIL);
+# a few are enough. Headers and native pixel data are read in the calling thread: there
+# the GIL's hand-offs between threads cost more than the numpy work they would overlap.
 READ_THREADS = min(4, os.cpu_count() or 1)
 # Below this many files a pool costs more than it saves.
 _MIN_FILES_FOR_THREADS = 8
@@ -172,7 +175,7 @@ def load_volume(
     first = instances[0]
     if len(instances) == 1 and (number_of_frames(first) > 1 or "PerFrameFunctionalGroupsSequence" in first):
         layout = _labelled(partial(_multiframe_layout, first), "file 1 of 1")
-        (frames,) = _each_file(instances, _decode, clock)
+        (frames,) = _each_file(instances, _decode, clock)  # one file: in this thread
         return _multiframe_volume(first, frames, layout, policy)
     if any(number_of_frames(ds) > 1 for ds in instances):
         raise UnsupportedPixelDataError("series of several multi-frame instances cannot be stacked")
@@ -187,9 +190,10 @@ _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
 
-def _each_file(items: list[_In], work: Callable[[_In], _Out], clock: StudyClock) -> list[_Out]:
-    """``work`` on every file, in order, each failure labelled with the file's position.
-    The clock is checked between files; after a failure no further file is started."""
+def _each_file(items: list[_In], work: Callable[[_In], _Out], clock: StudyClock, threads: int = 1) -> list[_Out]:
+    """``work`` on every file, in order, on ``threads`` threads, each failure labelled
+    with the file's position. The clock is checked between files; after a failure no
+    further file is started."""
     n = len(items)
 
     def one(numbered: tuple[int, _In]) -> _Out:
@@ -198,9 +202,9 @@ def _each_file(items: list[_In], work: Callable[[_In], _Out], clock: StudyClock)
         clock.check_time(where)
         return _labelled(partial(work, item), where)
 
-    if n < _MIN_FILES_FOR_THREADS or READ_THREADS < 2:
+    if n < _MIN_FILES_FOR_THREADS or threads < 2:
         return [one(numbered) for numbered in enumerate(items)]
-    with ThreadPoolExecutor(READ_THREADS) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(one, numbered) for numbered in enumerate(items)]
         try:
             return [future.result() for future in futures]
@@ -208,6 +212,16 @@ def _each_file(items: list[_In], work: Callable[[_In], _Out], clock: StudyClock)
             for future in futures:
                 future.cancel()
             raise
+
+
+def decode_threads(datasets: list[pydicom.Dataset]) -> int:
+    """READ_THREADS for a series with compressed pixel data, else 1 (see READ_THREADS)."""
+    for ds in datasets:
+        meta = getattr(ds, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        if syntax is not None and str(syntax) not in UncompressedTransferSyntaxes:
+            return READ_THREADS
+    return 1
 
 
 def _labelled(work: Callable[[], _Out], where: str) -> _Out:
@@ -325,7 +339,12 @@ def _stack_single_frames(
     place = np.empty(len(order), dtype=np.intp)
     place[order] = np.arange(len(order))
     voxels = np.empty((len(datasets), *matrix_size(datasets[0])), dtype=np.float32)
-    _each_file(list(zip(datasets, place.tolist(), strict=True)), lambda item: _decode(item[0], voxels[item[1]]), clock)
+    _each_file(
+        list(zip(datasets, place.tolist(), strict=True)),
+        lambda item: _decode(item[0], voxels[item[1]]),
+        clock,
+        decode_threads(datasets),
+    )
     sorted_layout = _Layout(
         layout.row_dir, layout.col_dir, layout.pixel_spacing, layout.positions[order], layout.nominal_spacing
     )
@@ -396,7 +415,7 @@ def _reduced_single_frames(
             buffers.values = np.empty((rows, cols), dtype=np.float32)
         voxels[at] = reduction.of(_decode(ds, buffers.values))
 
-    _each_file(list(zip(datasets, place.tolist(), strict=True)), decode, clock)
+    _each_file(list(zip(datasets, place.tolist(), strict=True)), decode, clock, decode_threads(datasets))
     positions = layout.positions[order]
     along = positions @ normal
     spacing = float(np.median(np.diff(along))) if n > 1 else layout.nominal_spacing

@@ -10,11 +10,13 @@ position."""
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -87,23 +89,107 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, list[Pa
 def test_each_file_is_read_once_and_its_pixels_only_when_decoded(plain, monkeypatch) -> None:
     _, paths = plain
     reads: list[Path] = []
-    dcmread = dicom_sources.pydicom.dcmread
+    dcmread, read_body = dicom_sources.pydicom.dcmread, dicom_sources._read_body
 
-    def counted(path, *args, **kwargs):
-        reads.append(Path(path))
-        return dcmread(path, *args, **kwargs)
+    def counted(read):
+        def reading(path, *args, **kwargs):
+            reads.append(Path(path))
+            return read(path, *args, **kwargs)
 
-    monkeypatch.setattr(dicom_sources.pydicom, "dcmread", counted)
+        return reading
+
+    monkeypatch.setattr(dicom_sources.pydicom, "dcmread", counted(dcmread))
+    monkeypatch.setattr(dicom_sources, "_read_body", counted(read_body))
     study = read_study_image(paths[0].parent, GEOMETRY)
     assert sorted(reads) == paths  # once each: the volume reader takes the datasets discovery read
     assert study.image.shape == (1, 8, 48, 48)
 
 
+def _pydicom_test_files() -> list[Path]:
+    from pydicom.data import get_testdata_files
+
+    return [Path(f) for f in get_testdata_files()]
+
+
+def test_a_whole_read_gives_what_dcmread_gives_for_pydicoms_own_files(monkeypatch) -> None:
+    """read_plain_dataset reads a body from where the meta header it parsed itself ends:
+    on every file pydicom ships, the dataset, meta header, preamble and encoding
+    dcmread gives, or the same kind of error."""
+    fast: list[Path] = []
+    read_body = dicom_sources._read_body
+    monkeypatch.setattr(dicom_sources, "_read_body", lambda path, *a: fast.append(path) or read_body(path, *a))
+    compared = 0
+    for path in _pydicom_test_files():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                theirs, their_error = pydicom.dcmread(path, defer_size=64 * 1024), None
+            except Exception as exc:  # noqa: BLE001 - the kind of error is compared
+                theirs, their_error = None, type(exc)
+            try:
+                ours, our_error = dicom_sources.read_plain_dataset(path, defer_size=64 * 1024), None
+            except Exception as exc:  # noqa: BLE001
+                ours, our_error = None, type(exc)
+            if ours is None and our_error is None:
+                continue  # deflated: read_dataset's, under its bound
+            assert our_error == their_error, path.name
+            if theirs is None:
+                continue
+            assert ours == theirs and ours.file_meta == theirs.file_meta, path.name
+            assert (ours.preamble, ours.filename, ours.original_encoding) == (
+                theirs.preamble,
+                theirs.filename,
+                theirs.original_encoding,
+            ), path.name
+            compared += 1
+    assert compared > 150 and len(fast) > 150, (compared, len(fast))
+
+
+def test_a_command_set_after_the_meta_header_is_left_to_dcmread(tmp_path: Path, plain, monkeypatch) -> None:
+    _, paths = plain
+    data = paths[0].read_bytes()
+    meta = dicom_sources._peek_meta(paths[0])
+    assert meta is not None and meta.body_group == 8
+    # (0000,0000) CommandGroupLength, implicit VR little endian, as group 0000 always is.
+    command = struct.pack("<HHII", 0, 0, 4, 0)
+    odd = tmp_path / "command.dcm"
+    odd.write_bytes(data[: meta.end] + command + data[meta.end :])
+    monkeypatch.setattr(dicom_sources, "_read_body", lambda *a: pytest.fail("read past a command set"))
+    ours = dicom_sources.read_plain_dataset(odd, defer_size=64 * 1024)
+    assert ours is not None and ours == pydicom.dcmread(odd, defer_size=64 * 1024)
+
+
+def test_values_converted_at_once_are_those_pydicom_converts_on_use() -> None:
+    from radfusion.dicom.discover import _KEPT_TAGS, _convert_at_once
+
+    checked = 0
+    for path in _pydicom_test_files():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ours, theirs = pydicom.dcmread(path), pydicom.dcmread(path)
+            except Exception:  # noqa: BLE001 - files pydicom itself cannot read
+                continue
+            _convert_at_once(ours)
+            for tag in (t for t in _KEPT_TAGS if t in theirs):
+                checked += isinstance(ours.get_item(tag, keep_deferred=True), DataElement)
+                assert ours[tag] == theirs[tag], (path.name, tag)
+    assert checked > 1000, checked
+
+
+def test_native_pixel_data_is_decoded_in_the_calling_thread(plain) -> None:
+    _, paths = plain
+    datasets = [pydicom.dcmread(p) for p in paths]
+    assert dicom_volume.decode_threads(datasets) == 1
+    datasets[3].file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless
+    assert dicom_volume.decode_threads(datasets) == dicom_volume.READ_THREADS
+
+
 def test_threads_decode_in_place_what_one_thread_decodes(plain, monkeypatch) -> None:
     hu, paths = plain
-    monkeypatch.setattr(dicom_volume, "READ_THREADS", 4)
+    monkeypatch.setattr(dicom_volume, "decode_threads", lambda _: 4)
     threaded = load_volume(paths)
-    monkeypatch.setattr(dicom_volume, "READ_THREADS", 1)
+    monkeypatch.setattr(dicom_volume, "decode_threads", lambda _: 1)
     serial = load_volume(paths)
     reversed_order = load_volume(paths[::-1])
     assert threaded.voxels.dtype == np.float32
