@@ -47,8 +47,6 @@ CONFIGS = [
     for p in ("trainer/cpu.yaml", "data/synthetic.yaml", "model/fusion_cpu.yaml", "experiment/demo.yaml")
 ]
 IMAGE_ONLY = ROOT / "configs" / "experiment" / "image_only.yaml"
-SPLIT = (0.6, 0.2, 0.2)  # set by main() from --patients and --held-out
-REUSE = False
 TARGET = "response"
 
 
@@ -63,15 +61,18 @@ def _run(python: Path, *args, env: dict | None = None) -> None:
         raise RuntimeError(f"radfusion {args[0]} failed:\n{out.stderr[-3000:]}")
 
 
-def _held_out(site: Path) -> pd.Index:
+Split = tuple[float, float, float]  # train, validation, test shares of a site's patients
+
+
+def _held_out(site: Path, split: Split) -> pd.Index:
     from radfusion.training.folds import split_patients
 
     clinical = pd.read_csv(site / "clinical.csv", dtype={"patient_id": str}).set_index("patient_id")
-    assignment = split_patients(clinical[clinical[TARGET].notna()], SPLIT, 0, TARGET)
+    assignment = split_patients(clinical[clinical[TARGET].notna()], split, 0, TARGET)
     return assignment.index[assignment == "test"]
 
 
-def pooled_cohort(sites: list[Path], out: Path) -> Path:
+def pooled_cohort(sites: list[Path], out: Path, split: Split) -> Path:
     """Every site's training and validation patients in one cohort folder (no test
     patient of any site)."""
     if out.exists():
@@ -79,7 +80,7 @@ def pooled_cohort(sites: list[Path], out: Path) -> Path:
     (out / "dicom").mkdir(parents=True)
     clinical, genomics = [], []
     for site in sites:
-        test = _held_out(site)
+        test = _held_out(site, split)
         table = pd.read_csv(site / "clinical.csv", dtype={"patient_id": str}).set_index("patient_id")
         clinical.append(table.drop(index=test))
         if (site / "genomics.parquet").is_file():
@@ -93,11 +94,11 @@ def pooled_cohort(sites: list[Path], out: Path) -> Path:
 
 
 def train(
-    cohort: Path, run: Path, epochs: int, extra: list[Path] = (), split=None, env: dict | None = None
+    cohort: Path, run: Path, epochs: int, split: Split, reuse: bool, extra: list[Path] = (), env: dict | None = None
 ) -> tuple[Path, float | None]:
     """The checkpoint and the seconds its training took (None: reused from a run that
     did not record them)."""
-    if REUSE and (run / "checkpoints" / "best.ckpt").is_file():
+    if reuse and (run / "checkpoints" / "best.ckpt").is_file():
         recorded = run / "seconds.json"
         return run / "checkpoints" / "best.ckpt", (
             json.loads(recorded.read_text())["seconds"] if recorded.is_file() else None
@@ -106,7 +107,7 @@ def train(
     configs = [a for c in [*CONFIGS, *extra] for a in ("--config", c)]
     _run(
         Path(sys.executable), "train", "fit", *configs, "--data.cohort_dir", cohort,
-        "--data.split", json.dumps(list(split or SPLIT)), "--trainer.max_epochs", epochs,
+        "--data.split", json.dumps(list(split)), "--trainer.max_epochs", epochs,
         "--trainer.default_root_dir", run, env=env,
     )  # fmt: skip
     took = time.perf_counter() - started
@@ -115,17 +116,15 @@ def train(
 
 
 def federate(
-    sites: list[Path], out: Path, rounds: int, local_epochs: int, dp_noise: float, env: dict
+    sites: list[Path], out: Path, rounds: int, local_epochs: int, dp_noise: float, env: dict, split: Path, reuse: bool
 ) -> tuple[Path, float]:
     """The federation's checkpoint and seconds; its sites split their patients like the
-    other models' (the split rides in a config of its own, after the demo's)."""
-    if REUSE and (out / "seconds.json").is_file():
+    other models' (``split``: a config of its own, after the demo's)."""
+    if reuse and (out / "seconds.json").is_file():
         return out / "checkpoints" / "best.ckpt", json.loads((out / "seconds.json").read_text())["seconds"]
     if out.is_dir():  # a fresh run, not the resumption of an earlier one
         shutil.rmtree(out)
     started = time.perf_counter()
-    split = out.parent / "split.yaml"
-    split.write_text(f"data:\n  split: {json.dumps(list(SPLIT))}\n")
     configs = [a for c in [*CONFIGS, split] for a in ("--config", c)]
     names = [f"--site=s{i}={site}" for i, site in enumerate(sites, 1)]
     _run(
@@ -137,7 +136,7 @@ def federate(
     return out / "checkpoints" / "best.ckpt", took
 
 
-def site_scores(checkpoint: Path, site: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+def site_scores(checkpoint: Path, site: Path, cache: Path, split: Split) -> tuple[np.ndarray, np.ndarray]:
     """The model's P(responder) and the labels on the site's test part, preprocessed with
     the model's own panel and policy (the site's table may lack genes)."""
     import torch
@@ -151,7 +150,7 @@ def site_scores(checkpoint: Path, site: Path, cache: Path) -> tuple[np.ndarray, 
     hparams = {k: v for k, v in state["datamodule_hyper_parameters"].items() if not k.startswith("_")}
     parts = state[CONTRACT_KEY]
     hparams.update(
-        cohort_dir=str(site), split=SPLIT, split_seed=0, augment=False, manifest=None, cache_dir=str(cache),
+        cohort_dir=str(site), split=split, split_seed=0, augment=False, manifest=None, cache_dir=str(cache),
         policy={"omics": parts["omics"], "clinical": parts["clinical"]}, folds=0,
     )  # fmt: skip
     dm = RadfusionDataModule(**hparams)
@@ -162,13 +161,13 @@ def site_scores(checkpoint: Path, site: Path, cache: Path) -> tuple[np.ndarray, 
     return torch.softmax(predicted["outputs"], -1)[:, 1].numpy(), predicted["label"].numpy()
 
 
-def aurocs(checkpoints: dict[str, Path], sites: list[Path], cache: Path) -> dict[str, float]:
+def aurocs(checkpoints: dict[str, Path], sites: list[Path], cache: Path, split: Split) -> dict[str, float]:
     """AUROC on each site's test part (s1, s2, ...) and on all of them pooled."""
     from sklearn.metrics import roc_auc_score
 
     result, scores, labels = {}, [], []
     for i, site in enumerate(sites, 1):
-        p, y = site_scores(checkpoints.get(f"s{i}", checkpoints.get("all")), site, cache)
+        p, y = site_scores(checkpoints.get(f"s{i}", checkpoints.get("all")), site, cache, split)
         result[f"s{i}"] = float(roc_auc_score(y, p))
         scores.append(p)
         labels.append(y)
@@ -188,10 +187,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-federated")
     parser.add_argument("--reuse", action="store_true", help="keep the models an earlier run of --work trained")
     args = parser.parse_args()
-    global REUSE, SPLIT
-    REUSE = args.reuse
+    reuse = args.reuse
     total = args.patients + args.held_out
-    SPLIT = (0.75 * args.patients / total, 0.25 * args.patients / total, args.held_out / total)
+    split = (0.75 * args.patients / total, 0.25 * args.patients / total, args.held_out / total)
     work = args.work
     cache = work / "cache"
     env = {"RADFUSION_CACHE_DIR": str(cache)}
@@ -214,22 +212,24 @@ def main() -> None:
     epochs = args.rounds * args.local_epochs
 
     seconds: dict[str, float | None] = {}
-    pooled = pooled_cohort(sites, work / "pooled")
-    central, seconds["central"] = train(pooled, work / "central", epochs, split=(0.75, 0.25, 0.0), env=env)
+    pooled = pooled_cohort(sites, work / "pooled", split)
+    central, seconds["central"] = train(pooled, work / "central", epochs, (0.75, 0.25, 0.0), reuse, env=env)
     local = {}
     for i, site in enumerate(sites, 1):
         extra = [] if (site / "genomics.parquet").is_file() else [IMAGE_ONLY]
-        local[f"s{i}"], seconds[f"local_s{i}"] = train(site, work / f"local-s{i}", epochs, extra, env=env)
+        local[f"s{i}"], seconds[f"local_s{i}"] = train(site, work / f"local-s{i}", epochs, split, reuse, extra, env)
+    split_config = work / "split.yaml"
+    split_config.write_text(f"data:\n  split: {json.dumps(list(split))}\n")
     runs = {}
     legs = (("federated", 0.0), ("federated_dp", args.dp_noise)) if args.dp_noise else (("federated", 0.0),)
     for name, noise in legs:
-        checkpoint, took = federate(sites, work / name, args.rounds, args.local_epochs, noise, env)
+        checkpoint, took = federate(sites, work / name, args.rounds, args.local_epochs, noise, env, split_config, reuse)
         runs[name] = (checkpoint, json.loads((work / name / "federation.json").read_text()))
         seconds[name] = took
 
-    scores = {"central": aurocs({"all": central}, sites, cache), "local": aurocs(local, sites, cache)}
+    scores = {"central": aurocs({"all": central}, sites, cache, split), "local": aurocs(local, sites, cache, split)}
     for name, (checkpoint, _) in runs.items():
-        scores[name] = aurocs({"all": checkpoint}, sites, cache)
+        scores[name] = aurocs({"all": checkpoint}, sites, cache, split)
     site_keys = ["s1", "s2", "s3"]
     received = [json.loads(x) for x in (work / "federated" / "received.jsonl").read_text().splitlines()]
     shapes = next(r for r in received if r["kind"] == "fit")["content"][0]["arrays"]
@@ -257,7 +257,7 @@ def main() -> None:
         "update_bytes_per_round_per_client": update_bytes,
         "seconds_per_federated_round": seconds["federated"] / args.rounds,
         "auroc": scores,
-        "test_patients_per_site": {k: len(_held_out(s)) for k, s in zip(site_keys, sites, strict=True)},
+        "test_patients_per_site": {k: len(_held_out(s, split)) for k, s in zip(site_keys, sites, strict=True)},
         "targets": {"federated_vs_central": ">= -0.03", "federated_vs_local_mean": ">= +0.05"},
         "setup": {
             "patients_per_site": args.patients,
@@ -272,7 +272,7 @@ def main() -> None:
         },
         # With --reuse, the models an earlier run of --work trained are scored again: their
         # seconds here are not training times (federated runs keep theirs in seconds.json).
-        "reused": REUSE,
+        "reused": reuse,
         "seconds": seconds,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
