@@ -116,16 +116,23 @@ def train(
 
 
 def federate(
-    sites: list[Path], out: Path, rounds: int, local_epochs: int, dp_noise: float, env: dict, split: Path, reuse: bool
+    sites: list[Path],
+    out: Path,
+    rounds: int,
+    local_epochs: int,
+    dp_noise: float,
+    env: dict,
+    split_config: Path,
+    reuse: bool,
 ) -> tuple[Path, float]:
     """The federation's checkpoint and seconds; its sites split their patients like the
-    other models' (``split``: a config of its own, after the demo's)."""
+    other models' (``split_config``: a config of its own, after the demo's)."""
     if reuse and (out / "seconds.json").is_file():
         return out / "checkpoints" / "best.ckpt", json.loads((out / "seconds.json").read_text())["seconds"]
     if out.is_dir():  # a fresh run, not the resumption of an earlier one
         shutil.rmtree(out)
     started = time.perf_counter()
-    configs = [a for c in [*CONFIGS, split] for a in ("--config", c)]
+    configs = [a for c in [*CONFIGS, split_config] for a in ("--config", c)]
     names = [f"--site=s{i}={site}" for i, site in enumerate(sites, 1)]
     _run(
         FEDERATE_PYTHON, "federate", "simulate", *names, *configs, "--rounds", rounds, "--local-epochs", local_epochs,

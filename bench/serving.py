@@ -136,7 +136,7 @@ def replay_load(url: str, per_client: int, *, calls: list[bytes], clients: int, 
                 started = time.perf_counter()
                 writer.write(calls[(index * per_client + i) % len(calls)])
                 await writer.drain()
-                answer = await _read_response(reader)
+                answer = await asyncio.wait_for(_read_response(reader), ANSWER_TIMEOUT_S)
                 times.append(time.perf_counter() - started)
                 if i == 0:
                     check(*answer)
@@ -193,6 +193,8 @@ def api_study_calls(cases: list[dict]) -> list[bytes]:
 
 
 PICKLE = "application/vnd.bentoml+pickle"
+# A stalled server fails the benchmark instead of hanging it.
+ANSWER_TIMEOUT_S = 300
 
 
 async def _connect(url: str):
@@ -209,17 +211,18 @@ async def _read_response(reader) -> tuple[dict[str, str], bytes]:
     """One HTTP/1.1 response's headers and body (Content-Length or chunked)."""
     lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     fields = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
-    if "content-length" in fields:
-        body = await reader.readexactly(int(fields["content-length"]))
-    elif fields.get("transfer-encoding") == "chunked":
+    if fields.get("transfer-encoding", "").lower().endswith("chunked"):  # wins over a length (RFC 9112 6.3)
         chunks = bytearray()
         while size := int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16):
             chunks += await reader.readexactly(size)
             await reader.readexactly(2)
-        await reader.readuntil(b"\r\n")
+        while await reader.readuntil(b"\r\n") != b"\r\n":
+            pass  # trailer fields
         body = bytes(chunks)
+    elif "content-length" in fields:
+        body = await reader.readexactly(int(fields["content-length"]))
     else:
-        raise RuntimeError(f"answer without a length: {lines[0]!r}")
+        raise RuntimeError(f"{lines[0]!r}: an answer without a length")
     if not lines[0].startswith("HTTP/1.1 200"):
         raise RuntimeError(f"{lines[0]!r}: {body[:200]!r}")
     return fields, body

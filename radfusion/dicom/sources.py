@@ -25,6 +25,7 @@ from typing import IO
 
 import pydicom
 from pydicom import filereader
+from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.filereader import read_file_meta_info
@@ -239,8 +240,8 @@ def _peek_meta(path: Path) -> _Meta | None:
             return None
         value = head[start : start + length]
         if element == 0x0010:
-            if syntax is not None:
-                return None  # two of them: pydicom would keep the last one
+            if syntax is not None or vr != b"UI":
+                return None  # two of them (pydicom keeps the last), or bytes pydicom would not compare as a UID
             syntax = value.decode("ascii", "replace").rstrip("\0 ")
         elements.append(RawDataElement(Tag(group, element), vr.decode("ascii"), length, value, start, False, True))
         at = start + length
@@ -256,6 +257,7 @@ def _read_body(
         handle.seek(meta.end)
         body = filereader.read_dataset(handle, implicit_vr, little_endian, defer_size=defer_size)
         file_meta = FileMetaDataset({e.tag: e for e in meta.elements})
+        file_meta.set_original_encoding(False, True, default_encoding)
         ds = FileDataset(handle, body, meta.preamble, file_meta, implicit_vr, little_endian)
     ds.set_original_encoding(implicit_vr, little_endian, body._character_set)
     return ds

@@ -170,7 +170,10 @@ def load_volume(
     policy = policy or GeometryPolicy()
     clock = clock or StudyBudget().start()
     read = partial(_read_checked, read=datasets.get if datasets else None)
-    instances = _each_file([Path(p) for p in paths], read, clock)
+    paths = [Path(p) for p in paths]
+    # Files read here (not kept by discovery) may inflate a zip member or a deflated body.
+    unread = datasets is None or any(p not in datasets for p in paths)
+    instances = _each_file(paths, read, clock, READ_THREADS if unread else 1)
     clock.check_decoded(sum(decoded_bytes(ds) for ds in instances))
     first = instances[0]
     if len(instances) == 1 and (number_of_frames(first) > 1 or "PerFrameFunctionalGroupsSequence" in first):

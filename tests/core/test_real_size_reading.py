@@ -136,6 +136,7 @@ def test_a_whole_read_gives_what_dcmread_gives_for_pydicoms_own_files(monkeypatc
             if theirs is None:
                 continue
             assert ours == theirs and ours.file_meta == theirs.file_meta, path.name
+            assert ours.file_meta.original_encoding == theirs.file_meta.original_encoding, path.name
             assert (ours.preamble, ours.filename, ours.original_encoding) == (
                 theirs.preamble,
                 theirs.filename,
