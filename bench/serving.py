@@ -9,9 +9,9 @@
   with its pickle serde, on the model service's own Unix socket (the public server
   refuses pickle from outside callers), adaptive batching on vs off
   (RADFUSION_BATCHING=off). Every leg's requests are built once and replayed
-  (replay_load, as wrk does), so the clients' own CPU stays small beside the server's. Batching acts
-  here, so this is where it is measured: the API service's DICOM decoding in front
-  would only add the same cost to both sides.
+  (replay_load, as wrk does), so the clients' own CPU stays small beside the
+  server's. Batching acts here, so this is where it is measured: the API service's
+  DICOM decoding in front would only add the same cost to both sides.
 - ``service_efficiency``: the model service's requests/s with batching on over what
   ONNX Runtime alone delivers in this process (cases/s, batch = clients, the servers'
   intra-op threads, the model's recorded configuration), timed in every round right
@@ -69,6 +69,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "serving.json"
 TOKEN = "bench-token"
 API_SERVICE = "radfusion.serving.http.service:Radfusion"
+PICKLE = "application/vnd.bentoml+pickle"  # the serde the API service calls its model service in
+# A stalled server fails the benchmark instead of hanging it.
+ANSWER_TIMEOUT_S = 300
 TARGETS = {"batching_speedup": 2.0, "ort_vs_torch": 2.0, "service_efficiency": 0.7}
 # A clinical CT model's input grid: 160 x 358 x 358 mm, the field of view of a chest or
 # abdomen CT, at 2.5 mm slices and 2.8 mm pixels.
@@ -123,9 +126,9 @@ def replay_load(url: str, per_client: int, *, calls: list[bytes], clients: int, 
     connection, from one event loop. ``calls``: whole HTTP/1.1 requests built once
     (model_service_calls, api_study_calls), replayed as they are, as wrk does: the load
     generator's own cost per request is a write and a read, so the cores it shares with
-    the server go to the server. (Python HTTP clients that build each request cost 1-7
-    ms of CPU per request here, more than the model on the demo grid.) Every answer must
-    be HTTP 200, and ``check(headers, body)`` passes on each connection's first."""
+    the server go to the server (Python HTTP clients that build each request take more
+    of them than the model on the demo grid). Every answer must be HTTP 200, and
+    ``check(headers, body)`` passes on each connection's first."""
     import asyncio
 
     async def caller(index: int) -> list[float]:
@@ -178,23 +181,18 @@ def api_study_calls(cases: list[dict]) -> list[bytes]:
     DICOM files) and genomics, multipart, with the bench's token."""
     import httpx
 
-    client = httpx.Client(base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"})
-    return [
-        _raw(
-            client.build_request(
-                "POST",
-                "/predict",
-                files={"study": ("study.zip", case["zip"], "application/zip")},
-                data={"genomics": json.dumps(case["genes"])},
+    with httpx.Client(base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        return [
+            _raw(
+                client.build_request(
+                    "POST",
+                    "/predict",
+                    files={"study": ("study.zip", case["zip"], "application/zip")},
+                    data={"genomics": json.dumps(case["genes"])},
+                )
             )
-        )
-        for case in cases
-    ]
-
-
-PICKLE = "application/vnd.bentoml+pickle"
-# A stalled server fails the benchmark instead of hanging it.
-ANSWER_TIMEOUT_S = 300
+            for case in cases
+        ]
 
 
 async def _connect(url: str):

@@ -245,7 +245,7 @@ def _read_kept(path: Path, keep: dict[Path, pydicom.Dataset]) -> InstanceHeader:
 def _convert_at_once(ds: pydicom.Dataset) -> None:
     """The values every read of a kept dataset uses (_KEPT_TAGS), converted from the raw
     bytes in one go, as Dataset.__getitem__ converts each on its first use (which also
-    looks up the character set again each time: about a third more per value). A value
+    looks up the character set again each time). A value
     that does not convert is left raw: its first use raises as it always has."""
     encoding = ds.original_character_set
     for tag in _KEPT_TAGS:

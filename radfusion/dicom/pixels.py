@@ -106,8 +106,7 @@ def _native_values(ds: pydicom.Dataset) -> np.ndarray | None:
     cleared, or sign-extended when signed); None for anything else, which pixel_array
     decodes (and whose errors it reports). Values read from the file may be this
     thread's buffer (_buffer): used before the thread's next slice is read."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is None or meta.get("TransferSyntaxUID") not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+    if transfer_syntax(ds) not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
         return None
     try:
         bits, stored = int(ds.BitsAllocated), int(ds.BitsStored)
@@ -151,8 +150,7 @@ def _deferred_values(ds: pydicom.Dataset, dtype: np.dtype, count: int) -> np.nda
     raw = ds.get_item("PixelData", keep_deferred=True)
     filename = getattr(ds, "filename", None)
     expected = count * dtype.itemsize
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    syntax = transfer_syntax(ds)
     if not (
         # A deflated body's offsets are into the inflated stream, not the file.
         syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -194,19 +192,23 @@ def _buffer(dtype: np.dtype, count: int) -> np.ndarray:
     return kept[: count * dtype.itemsize].view(dtype)
 
 
-def _decoder_installed(ds: pydicom.Dataset) -> bool:
+def transfer_syntax(ds: pydicom.Dataset) -> str | None:
+    """The file's TransferSyntaxUID; None where it has no meta header or none there."""
     meta = getattr(ds, "file_meta", None)
-    uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return None if syntax is None else str(syntax)
+
+
+def _decoder_installed(ds: pydicom.Dataset) -> bool:
     try:
-        return bool(get_decoder(UID(uid)).is_available)
+        return bool(get_decoder(UID(transfer_syntax(ds) or "")).is_available)
     except NotImplementedError:  # no decoder is even defined for this syntax
         return False
 
 
 def _syntax_name(ds: pydicom.Dataset) -> str:
     """A transfer syntax pydicom knows by name; any other string is the file's, unsaid."""
-    meta = getattr(ds, "file_meta", None)
-    uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    uid = transfer_syntax(ds) or ""
     return UID_dictionary[uid][0] if uid in UID_dictionary else "(unknown)"
 
 

@@ -175,7 +175,7 @@ def read_plain_dataset(path: Path | str, **kwargs) -> pydicom.Dataset | None:
     if syntax == DeflatedExplicitVRLittleEndian or (syntax is None and _deflated(path)):
         return None
     if meta is not None and set(kwargs) <= {"defer_size"}:
-        encoding = _BODY_ENCODINGS.get(str(meta.syntax))
+        encoding = _BODY_ENCODINGS.get(syntax) if syntax is not None else None
         if encoding is not None and meta.body_group != 0:  # a command set: dcmread's own path
             return _read_body(path, meta, *encoding, kwargs.get("defer_size"))
     return pydicom.dcmread(path, **kwargs)

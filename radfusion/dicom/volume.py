@@ -45,7 +45,7 @@ from pydicom.uid import UncompressedTransferSyntaxes
 from radfusion.dicom.blocks import block_mean, block_size, zoom_factors
 from radfusion.dicom.checks import check_instance, decoded_bytes, matrix_size, number_of_frames, pixel_spacing
 from radfusion.dicom.geometry import GeometryPolicy, check_slice_spacing, only_sorting, stack_slices
-from radfusion.dicom.pixels import physical_values
+from radfusion.dicom.pixels import physical_values, transfer_syntax
 from radfusion.dicom.sources import read_dataset
 from radfusion.errors import (
     CorruptDicomError,
@@ -220,9 +220,8 @@ def _each_file(items: list[_In], work: Callable[[_In], _Out], clock: StudyClock,
 def decode_threads(datasets: list[pydicom.Dataset]) -> int:
     """READ_THREADS for a series with compressed pixel data, else 1 (see READ_THREADS)."""
     for ds in datasets:
-        meta = getattr(ds, "file_meta", None)
-        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-        if syntax is not None and str(syntax) not in UncompressedTransferSyntaxes:
+        syntax = transfer_syntax(ds)
+        if syntax is not None and syntax not in UncompressedTransferSyntaxes:
             return READ_THREADS
     return 1
 
