@@ -42,7 +42,7 @@ bento: venv
 
 # Archive scorer: decode-only, inference-only and end-to-end throughput in one run
 # -> bench/results/scoring.json (pipeline_efficiency, worker_scaling).
-# HTTP service: adaptive batching on vs off, ONNX Runtime vs PyTorch, in one run
+# HTTP service: batching on vs off, ONNX Runtime vs PyTorch, in one run
 # -> bench/results/serving.json (batching_speedup, ort_vs_torch, p50/p95 latency).
 # ONNX Runtime's configurations (exported graph, threads, spinning, optimisation level,
 # OpenVINO where installed) each against PyTorch eager -> bench/results/runtimes.json.

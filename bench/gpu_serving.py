@@ -11,7 +11,7 @@ the demo geometry) and one set of inputs:
   largest difference of the logits from the CPU provider's;
   ``cuda_vs_cpu`` / ``tensorrt_vs_cpu``: the speed ratios at batch 32.
 - ``batching_speedup``: the model service on the GPU (RADFUSION_DEVICE=cuda) under 16
-  concurrent clients sending packed cases, adaptive batching on vs off, measured as
+  concurrent clients sending packed cases, batching on vs off, measured as
   bench/serving.py measures it on CPU.
 
 Providers are always named explicitly: onnxruntime-gpu lists CUDA and TensorRT as

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU serving benchmark: ONNX Runtime's CUDA (and TensorRT, where its libraries load)
 # provider vs its CPU provider on the same model and inputs, and the model service's
-# adaptive batching on vs off, on one NVIDIA GPU, then the real-size ingest and scorer
+# batching on vs off, on one NVIDIA GPU, then the real-size ingest and scorer
 # on its cores. Budget: under 5 minutes, and up to 10 more for the real-size studies.
 #
 #     bash bench/gpu_serving.sh OUT_DIR        # writes OUT_DIR/gpu_serving.json,

@@ -3,11 +3,12 @@
     python -m bench.serving [--studies 16] [--clients 16] [--requests 32] [--rounds 3]
 
 - ``batching_speedup``: requests/s of the model service (radfusion.serving.http.service:RadfusionModel,
-  the one that runs ONNX Runtime behind adaptive batching) under 16 concurrent clients,
+  the one that runs ONNX Runtime on batches of the calls it queued,
+  serving/http/model_batches.py) under 16 concurrent clients,
   each sending one case's packed inputs (radfusion.predictor.pack, the exact array the
   API service sends it) as the API service does: the request BentoML's client builds
   with its pickle serde, on the model service's own Unix socket (the public server
-  refuses pickle from outside callers), adaptive batching on vs off
+  refuses pickle from outside callers), batching on vs off
   (RADFUSION_BATCHING=off). Every leg's requests are built once and replayed
   (replay_load, as wrk does), so the clients' own CPU stays small beside the
   server's. Batching acts here, so this is where it is measured: the API service's
@@ -286,8 +287,8 @@ def servers(model: Path, service: str, home: Path, clients: int) -> Iterator[dic
         "RADFUSION_API_TOKENS": TOKEN,
         "RADFUSION_ORT_THREADS": threads,
         "RADFUSION_MAX_IN_FLIGHT": str(4 * clients),  # measure throughput, not shedding
-        # Nor shedding by BentoML's batcher: it sheds a call whose estimated wait passes
-        # max_latency, and a stall of the shared cores can make a burst of them.
+        # Nor shedding by the model service's batches: they shed a call that waited longer
+        # than max_latency, and a stall of the shared cores can make a burst of them.
         "RADFUSION_MAX_LATENCY_MS": "10000",
     }
     with contextlib.ExitStack() as stack:
@@ -482,7 +483,7 @@ def per_case_ms(model_path: Path, cases: list[dict], repeats: int) -> dict:
     return out
 
 
-def ort_alone(model_path: Path, cases: list[dict], threads: int, batch: int, repeats: int = 5) -> Callable[[], float]:
+def ort_alone(model_path: Path, cases: list[dict], threads: int, batch: int, repeats: int = 15) -> Callable[[], float]:
     """Cases/s of ONNX Runtime alone in this process, opened as the model service opens
     it (the recorded configuration, ``threads`` intra-op threads as the servers are
     given), at ``batch`` cases per run: the most the model service could deliver."""

@@ -9,9 +9,9 @@ tables are one set of variables for both (``StudySettings``).
 Every bad value fails at start with an error that names the variable and the form it
 expects, e.g. ``RADFUSION_MAX_UPLOAD_BYTES: expected an integer number of bytes, got '2G'``.
 
-Four values shape the BentoML declarations themselves (the model API's adaptive
-batching and the services' request timeout): BentoML fixes those when the service class
-is declared, so ``declared_from_env()`` reads just these four, once, at that point."""
+Four values are read when the service classes are declared (the model service's
+batching and the services' request timeout, which BentoML fixes then), so
+``declared_from_env()`` reads just these four, once, at that point."""
 
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ class DeclaredSettings:
         "RADFUSION_BATCHING",
         on_off,
         True,
-        "on: adaptive batching of model calls; off: each request alone (benchmark baseline)",
+        "on: concurrent model calls share ONNX Runtime runs; off: one call a run (benchmark baseline)",
     )
     max_batch_size: int = _setting(
         "RADFUSION_MAX_BATCH_SIZE", positive_int, 32, "most cases in one ONNX Runtime call of the model service"

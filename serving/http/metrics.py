@@ -1,14 +1,13 @@
 """The service's own Prometheus metrics, shown at /metrics beside BentoML's (request
 counts and latency per endpoint and status: ``bentoml_service_request_total`` and
-``bentoml_service_request_duration_seconds``; model batch sizes:
-``bentoml_service_adaptive_batch_size``).
+``bentoml_service_request_duration_seconds``).
 
 Ours add what BentoML cannot know: predictions by the modality pattern used, errors by
 kind (bad input, refused token, overload, upstream DICOMweb failure; whole requests and
-single cases of a batch alike), cases per /predict/batch call, and cases per model run (BentoML's
-adaptive batch size counts the calls merged into a batch, and one /predict/batch call
-brings many cases). Made on first use: BentoML sets the worker's Prometheus multiprocess folder
-after this module is imported, and a metric made before that is never shown."""
+single cases of a batch alike), cases per /predict/batch call, and per model run the
+calls merged into it and its cases (one /predict/batch call brings many cases). Made
+on first use: BentoML sets the worker's Prometheus multiprocess folder after this
+module is imported, and a metric made before that is never shown."""
 
 from __future__ import annotations
 
@@ -24,12 +23,17 @@ class ServiceMetrics:
     batch_cases: t.Any  # Histogram of cases per /predict/batch request
     model_seconds: t.Any  # Histogram of the model service call, by route
     model_batch_rows: t.Any  # Histogram of cases per model run (in the model service)
+    model_batch_calls: t.Any  # Histogram of calls merged into one model run
 
     def prediction(self, modalities: t.Sequence[str]) -> None:
         self.predictions.labels(modalities="+".join(modalities)).inc()
 
     def error(self, kind: str, route: str) -> None:
         self.errors.labels(kind=kind, route=route).inc()
+
+    def model_run(self, calls: int, rows: int) -> None:
+        self.model_batch_calls.observe(calls)
+        self.model_batch_rows.observe(rows)
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,6 +57,11 @@ def service_metrics() -> ServiceMetrics:
         model_batch_rows=Histogram(
             "radfusion_model_batch_rows",
             "Cases per ONNX Runtime run in the model service",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        ),
+        model_batch_calls=Histogram(
+            "radfusion_model_batch_calls",
+            "Model service calls merged into one ONNX Runtime run",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         ),
     )

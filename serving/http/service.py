@@ -1,7 +1,7 @@
 """The BentoML HTTP service.
 
-Two services: ``RadfusionModel`` holds the ONNX session and exposes one batchable API
-(adaptive batching across concurrent requests); ``Radfusion`` is the public API that
+Two services: ``RadfusionModel`` holds the ONNX session and batches concurrent requests
+(radfusion.serving.http.model_batches); ``Radfusion`` is the public API that
 turns an uploaded study + genomics into model inputs with the one shared preprocessing
 (radfusion.predictor.prepare_case) and asks the model service for probabilities.
 
@@ -51,7 +51,8 @@ from pathlib import Path
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import BadInput, ServiceUnavailable
+from bentoml.validators import ContentType
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -62,7 +63,15 @@ from radfusion.contract import ModelContract, read_contract_from_onnx
 from radfusion.errors import RadfusionInputError, UnprocessableStudyError, input_error
 from radfusion.explain import ExplainSettings, case_image_saliency, explain_case
 from radfusion.prediction import NonFiniteOutputError, Prediction
-from radfusion.predictor import PreparedCase, format_prediction, pack, prepare_case, unpack, unpack_case
+from radfusion.predictor import (
+    PreparedCase,
+    format_prediction,
+    pack,
+    packed_width,
+    prepare_case,
+    unpack,
+    unpack_case,
+)
 from radfusion.runtime import OnnxModel
 from radfusion.serving.dicomweb import DicomwebRef, fetch_study
 from radfusion.serving.http import connections
@@ -78,6 +87,7 @@ from radfusion.serving.http.drain import defer_shutdown_until_callers_exit, keep
 from radfusion.serving.http.hardening import forbid_url_fetch_for_file_fields
 from radfusion.serving.http.limits import BodySizeLimit
 from radfusion.serving.http.metrics import count_refusal, service_metrics
+from radfusion.serving.http.model_batches import ModelBatches
 from radfusion.serving.http.overload import InFlightLimit, OverloadedError, overloaded
 from radfusion.serving.http.parsing import ParseLimits, answer_input_errors, strict_parsing
 from radfusion.serving.http.results import ResultStore
@@ -121,7 +131,8 @@ from radfusion.treatment import TreatmentRanking, ranks_treatments
 # Under "bentoml" so that `bentoml serve` shows these lines with its own.
 log = logging.getLogger("bentoml.radfusion")
 
-# Batching and the request timeout are part of the BentoML declarations below.
+# Read once, where the services are declared: the model service's batching and the
+# request timeout BentoML fixes then.
 DECLARED = declared_from_env()
 MODEL_CALL_ATTEMPTS = 4
 
@@ -192,8 +203,8 @@ MODEL_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 7 * 24 * 3600.0}
     logging={"access": {"enabled": False}},
 )
 class RadfusionModel:
-    """The ONNX model behind adaptive batching. Its one API takes a packed batch
-    (radfusion.predictor.pack): BentoML batches exactly one argument."""
+    """The ONNX model behind continuous batching (radfusion.serving.http.model_batches).
+    Its prediction API takes packed cases (radfusion.predictor.pack)."""
 
     bento_model = _bento_model_ref()
 
@@ -206,6 +217,14 @@ class RadfusionModel:
             path, device=device_from_env(), threads=self.settings.ort_threads or None, spinning=spinning
         )
         self.model_contract = self.model.contract
+        self.batches = ModelBatches(
+            self._run_packed,
+            max_rows=DECLARED.max_batch_size,
+            max_wait_s=DECLARED.max_latency_ms / 1000,
+            overloaded=lambda: ServiceUnavailable("the model service is overloaded"),
+            batching=DECLARED.batching,
+            on_run=service_metrics().model_run,
+        )
         # The API service may still need this one after SIGTERM: see radfusion.serving.http.drain.
         defer_shutdown_until_callers_exit("radfusion_model", max_wait_s=DECLARED.request_timeout_s + 30)
         config = self.model.configuration
@@ -216,15 +235,26 @@ class RadfusionModel:
             self.model.provider,
             config["threads"] or "default",
             "on" if config["spinning"] else "off",
-            f"up to {DECLARED.max_batch_size} within {DECLARED.max_latency_ms} ms" if DECLARED.batching else "off",
+            f"up to {DECLARED.max_batch_size} cases a run" if DECLARED.batching else "off",
         )
 
-    @bentoml.api(
-        batchable=DECLARED.batching, max_batch_size=DECLARED.max_batch_size, max_latency_ms=DECLARED.max_latency_ms
-    )
-    def probabilities(self, packed: np.ndarray) -> np.ndarray:
-        service_metrics().model_batch_rows.observe(len(packed))
-        return self.model.run(*unpack(np.asarray(packed, dtype=np.float32), self.model_contract))
+    def __is_alive__(self) -> bool:
+        """BentoML's /livez: the model thread still runs."""
+        return self.batches.alive()
+
+    # The answer's media type is declared: left to BentoML, it is worked out again from
+    # the type's JSON schema on every answer.
+    @bentoml.api
+    async def probabilities(self, packed: np.ndarray) -> t.Annotated[np.ndarray, ContentType("application/json")]:
+        rows = np.asarray(packed, dtype=np.float32)
+        width = packed_width(self.model_contract)
+        if rows.ndim != 2 or rows.shape[1] != width or len(rows) == 0:
+            # Refused before it joins a batch, where it would fail the merged run.
+            raise BadInput(f"packed cases have shape {rows.shape}, expected (cases, {width})")
+        return await self.batches(rows)
+
+    def _run_packed(self, packed: np.ndarray) -> np.ndarray:
+        return self.model.run(*unpack(packed, self.model_contract))
 
     @bentoml.api
     async def explain(
@@ -232,7 +262,7 @@ class RadfusionModel:
     ) -> dict[str, t.Any]:
         """Gene attributions and image saliency for one packed case (radfusion.explain).
         Its hundreds of rows run here, next to the model, on their own thread and
-        limiter: the batched API's thread stays free, so normal requests keep their
+        limiter: the model batches' thread stays free, so normal requests keep their
         batches while an explanation runs."""
         inputs = unpack_case(np.asarray(packed, dtype=np.float32), self.model_contract)
         affine = None if grid_affine is None else np.asarray(grid_affine, dtype=float)
@@ -634,8 +664,8 @@ class Radfusion:
             probabilities = await self._infer(pack([case.inputs]))
         except ServiceUnavailable:
             self.metrics.error(OverloadedError.kind, route)
-            # The model service's batcher sheds load it cannot serve within
-            # max_latency_ms: the caller gets the same 503 as from radfusion.serving.http.overload.
+            # The model service sheds a call that waited longer than max_latency_ms for
+            # its batch: the caller gets the same 503 as from radfusion.serving.http.overload.
             log.info("%s shed by the model service (overloaded)", route)
             return _error_response(self._model_overloaded())
         self.metrics.model_seconds.labels(route=route).observe(time.perf_counter() - began)
@@ -693,8 +723,8 @@ class Radfusion:
         return result
 
     def _model_overloaded(self) -> OverloadedError:
-        """The model service's batcher shed the call (it cannot serve it within
-        max_latency_ms): the same 503 as radfusion.serving.http.overload's."""
+        """The model service shed the call (it waited longer than max_latency_ms for
+        its batch): the same 503 as radfusion.serving.http.overload's."""
         return overloaded("the model is at capacity", self.settings.retry_after_s)
 
     def _rejected(self, exc: RadfusionInputError, route: str) -> JSONResponse:

@@ -213,7 +213,7 @@ def test_json_batch_one_answer_per_case(server, pacs, cohort) -> None:
         before,
         [
             ("radfusion_errors_total", 3, {"route": "predict_batch"}),
-            ("bentoml_service_adaptive_batch_size_count", 1, {}),
+            ("radfusion_model_batch_calls_count", 1, {}),
             ("radfusion_model_batch_rows_count", 1, {}),
         ],
     )
@@ -234,12 +234,8 @@ def test_json_batch_one_answer_per_case(server, pacs, cohort) -> None:
     assert metric(after, "radfusion_batch_request_cases_sum") - metric(before, "radfusion_batch_request_cases_sum") == 6
     assert metric(after, "radfusion_model_batch_rows_sum") - metric(before, "radfusion_model_batch_rows_sum") == 3
     assert metric(after, "radfusion_model_batch_rows_count") - metric(before, "radfusion_model_batch_rows_count") == 1
-    # BentoML's own batch size counts calls merged into a batch: this was one call.
-    assert (
-        metric(after, "bentoml_service_adaptive_batch_size_count")
-        - metric(before, "bentoml_service_adaptive_batch_size_count")
-        == 1
-    )
+    # One call of the model service, not three merged.
+    assert metric(after, "radfusion_model_batch_calls_sum") - metric(before, "radfusion_model_batch_calls_sum") == 1
 
 
 def test_multipart_batch_of_zips(server, cohort) -> None:

@@ -185,7 +185,7 @@ def test_genomics_only_json(server, cohort, predictor) -> None:
 
 
 def test_concurrent_requests_batch_and_agree(server, cohort, predictor) -> None:
-    """Concurrent requests go through the adaptive batcher; each still gets its own answer."""
+    """Concurrent requests share the model service's runs; each still gets its own answer."""
     client, _ = server
     studies, table, _ = cohort
     patients = sorted(studies)
@@ -218,7 +218,7 @@ def test_burst_is_batched_and_never_fails(server, cohort, predictor) -> None:
         lines = client.get("/metrics").text.splitlines()
         values = {}
         for suffix in ("_sum", "_count"):
-            prefix = f"bentoml_service_adaptive_batch_size{suffix}{{"
+            prefix = f"radfusion_model_batch_calls{suffix} "
             values[suffix] = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
         return values["_sum"], values["_count"]
 

@@ -178,3 +178,16 @@ def test_the_model_service_client_keeps_its_session() -> None:
 
     connection = RadfusionModel.config["runner_connection"]
     assert connection["max_requests"] >= 2**31 - 1 and connection["max_age"] >= 24 * 3600
+
+
+def test_the_model_api_batches_on_its_own_thread_and_declares_its_answer() -> None:
+    """The model API is not BentoML-batchable (radfusion.serving.http.model_batches does
+    the batching), and its answer's media type is declared, so that BentoML does not
+    work it out from the type's JSON schema on every answer; what it sends is unchanged."""
+    from radfusion.serving.http.service import RadfusionModel
+
+    api = RadfusionModel.apis["probabilities"]
+    assert not api.batchable
+    assert api.output_spec.media_type == "application/json"
+    assert api.output_spec.mime_type() == "application/json"
+    assert api.output_spec.model_json_schema() == {"type": "tensor", "format": "numpy-array"}
