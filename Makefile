@@ -25,7 +25,7 @@ demo: venv
 
 # The full suite (servers, training, the bento build included): what CI runs.
 test: venv federate-venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20  # the slowest tests, to keep the suite within its 30 minutes
 
 # Everything not marked slow: the unit tests, for the edit-test loop.
 test-fast: venv

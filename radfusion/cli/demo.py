@@ -209,6 +209,7 @@ def run_demo(out: Path, patients: int = 800, epochs: int = 20, seed: int = 0, fu
         model,
         "--out",
         scores,
+        "--fresh",  # a demo run before this one left its scores, of its own model
     )
 
     # The evidence report (genes, saliency, risk groups, calibration, checks against the truth),
