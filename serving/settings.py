@@ -216,7 +216,8 @@ class DeclaredSettings:
         "RADFUSION_MAX_LATENCY_MS",
         positive_int,
         2000,
-        "longest a case waits for its batch before the model service sheds it (503)",
+        "longest a case waits in the model service's queue for its run before it is shed (503); "
+        "the hop there is not counted",
     )
     request_timeout_s: int = _setting(
         "RADFUSION_REQUEST_TIMEOUT_S", seconds, 300, "BentoML's limit for one HTTP request"
