@@ -10,10 +10,10 @@ and hands back answers; the model thread never waits for it.
 
 Load is shed with ``overloaded()`` (the model service's 503): at once, when the cases
 queued ahead of a call would take longer than ``max_wait_s`` at the pace of the last
-runs; and when the thread comes to a call that has waited longer than that all the same. A call
-whose caller gave up is dropped. When a merged run fails, its calls run again one by
-one, so that a bad call fails alone. Every call taken from the queue is answered,
-whatever happens to its run.
+runs; and when the thread comes to a call that has waited longer than that all the
+same. A call whose caller gave up is dropped. When a merged run fails, its calls run
+again one by one, so that a bad call fails alone. Every call taken from the queue is
+answered, whatever happens to its run.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ PACE_WEIGHT = 0.2
 @dataclass(eq=False)
 class _Call:
     rows: np.ndarray
-    count: int
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     queued_at: float
@@ -92,17 +91,15 @@ class ModelBatches:
         if not isinstance(rows, np.ndarray) or rows.ndim < 1 or len(rows) == 0:
             raise ValueError(f"a model call takes one or more rows, not {type(rows).__name__} {np.shape(rows)}")
         loop = asyncio.get_running_loop()
-        call = _Call(rows, len(rows), loop.create_future(), loop, time.monotonic())
+        call = _Call(rows, loop.create_future(), loop, time.monotonic())
         with self._queued:
             pace = self._seconds_per_row
             # The wait before this call's run: the cases queued ahead of it (the run going
             # on is not counted, so a call that finds the queue empty is never shed here).
-            if self._closed or (pace is not None and self._queued_rows * pace > self._max_wait_s):
-                shed = True
-            else:
-                shed = False
+            shed = self._closed or (pace is not None and self._queued_rows * pace > self._max_wait_s)
+            if not shed:
                 self._queue.append(call)
-                self._queued_rows += call.count
+                self._queued_rows += len(rows)
                 self._queued.notify()
         if shed:
             raise self._overloaded_error()
@@ -141,29 +138,29 @@ class ModelBatches:
             calls: list[_Call] = []
             late: list[_Call] = []
             rows = 0
-            while self._queue and (not calls or rows + self._queue[0].count <= self._max_rows):
+            while self._queue and (not calls or rows + len(self._queue[0].rows) <= self._max_rows):
                 call = self._queue.popleft()
-                self._queued_rows -= call.count
+                self._queued_rows -= len(call.rows)
                 if call.future.cancelled():
                     continue
                 if now - call.queued_at > self._max_wait_s:
                     late.append(call)
                     continue
                 calls.append(call)
-                rows += call.count
+                rows += len(call.rows)
             return calls, late
 
     def _run_together(self, calls: list[_Call]) -> None:
-        rows = sum(call.count for call in calls)
+        rows = sum(len(call.rows) for call in calls)
         started = time.monotonic()
         try:
             batch = calls[0].rows if len(calls) == 1 else np.concatenate([call.rows for call in calls])
             outputs = np.asarray(self._run(batch))
             if outputs.ndim < 1 or len(outputs) != rows:
                 raise RuntimeError(f"the model answered {outputs.shape} to {rows} rows")
-            ends = np.cumsum([call.count for call in calls])
+            ends = np.cumsum([len(call.rows) for call in calls])
             answers: list[tuple[_Call, t.Any]] = [
-                (call, outputs[end - call.count : end]) for call, end in zip(calls, ends, strict=True)
+                (call, outputs[end - len(call.rows) : end]) for call, end in zip(calls, ends, strict=True)
             ]
         except Exception as exc:  # noqa: BLE001 - the model's error is its callers' answer
             if len(calls) == 1:
