@@ -6,9 +6,8 @@
   the one that runs ONNX Runtime on batches of the calls it queued,
   serving/http/model_batches.py) under 16 concurrent clients,
   each sending one case's packed inputs (radfusion.predictor.pack, the exact array the
-  API service sends it) as the API service does: the request BentoML's client builds
-  with its pickle serde, on the model service's own Unix socket (the public server
-  refuses pickle from outside callers), batching on vs off
+  API service sends it) as the API service does: a frame on the model service's socket
+  (radfusion.serving.http.model_socket), batching on vs off
   (RADFUSION_BATCHING=off). Every leg's requests are built once and replayed
   (replay_load, as wrk does), so the clients' own CPU stays small beside the
   server's. Batching acts here, so this is where it is measured: the API service's
@@ -17,7 +16,11 @@
   ONNX Runtime alone delivers in this process (cases/s, batch = clients, the servers'
   intra-op threads, the model's recorded configuration), timed in every round right
   after the HTTP legs; the median of the per-round ratios. Target 0.7. The benchmark's
-  clients share the cores with the servers.
+  clients share the cores with the servers. ``service_efficiency_http``: the same
+  calls made to the model service's HTTP API instead (BentoML's client and pickle
+  serde, on its own Unix socket; the public server refuses pickle from outside
+  callers), in the same servers after the socket's rounds: the API service's way
+  to the model when it cannot reach the socket.
   ``service_efficiency_end_to_end``: the public API's requests/s over min(decode alone:
   unzip + preprocessing of one study on one thread, ONNX Runtime alone), likewise.
   ``service_efficiency_clinical_grid``: the same as service_efficiency for the same
@@ -121,16 +124,21 @@ def load_summary(latencies: list[float], wall: float) -> dict:
     }
 
 
-def replay_load(url: str, per_client: int, *, calls: list[bytes], clients: int, check: Callable) -> dict:
+def replay_load(
+    url: str, per_client: int, *, calls: list[bytes], clients: int, check: Callable, read: Callable | None = None
+) -> dict:
     """``clients`` concurrent callers of the server at ``url`` (tcp, or a Unix socket as
     file://), each sending ``per_client`` requests back to back on its own keep-alive
     connection, from one event loop. ``calls``: whole HTTP/1.1 requests built once
     (model_service_calls, api_study_calls), replayed as they are, as wrk does: the load
     generator's own cost per request is a write and a read, so the cores it shares with
     the server go to the server (Python HTTP clients that build each request take more
-    of them than the model on the demo grid). Every answer must be HTTP 200, and
+    of them than the model on the demo grid). ``read(reader)``: one answer as
+    (headers, body), raising unless it is a success (default: HTTP/1.1, 200);
     ``check(headers, body)`` passes on each connection's first."""
     import asyncio
+
+    read_answer = read or _read_response
 
     async def caller(index: int) -> list[float]:
         reader, writer = await _connect(url)
@@ -140,7 +148,7 @@ def replay_load(url: str, per_client: int, *, calls: list[bytes], clients: int, 
                 started = time.perf_counter()
                 writer.write(calls[(index * per_client + i) % len(calls)])
                 await writer.drain()
-                answer = await asyncio.wait_for(_read_response(reader), ANSWER_TIMEOUT_S)
+                answer = await asyncio.wait_for(read_answer(reader), ANSWER_TIMEOUT_S)
                 times.append(time.perf_counter() - started)
                 if i == 0:
                     check(*answer)
@@ -175,6 +183,45 @@ def model_service_calls(url: str, cases: list[dict]) -> list[bytes]:
     with SyncHTTPClient(url, media_type=PICKLE, service=RadfusionModel, server_ready_timeout=0) as client:
         endpoint = client.endpoints["probabilities"]
         return [_raw(client._build_request(endpoint, (), {"packed": case["packed"]}, {})) for case in cases]
+
+
+def model_socket_calls(cases: list[dict]) -> list[bytes]:
+    """Each case's call of the model service over its socket, as the API service makes
+    it (radfusion.serving.http.model_socket)."""
+    from radfusion.serving.http.model_socket import MAGIC, REQUEST
+
+    frames = []
+    for case in cases:
+        rows = np.ascontiguousarray(np.atleast_2d(case["packed"]), dtype="<f4")
+        frames.append(REQUEST.pack(MAGIC, *rows.shape) + rows.tobytes())
+    return frames
+
+
+async def _read_frame(reader) -> tuple[dict[str, int], bytes]:
+    """One answer of the model service's socket; anything but probabilities raises."""
+    from radfusion.serving.http.model_socket import ANSWER, OK
+
+    _, status, rows, cols = ANSWER.unpack(await reader.readexactly(ANSWER.size))
+    body = await reader.readexactly(rows * cols * 8 if status == OK else cols)
+    if status != OK:
+        raise RuntimeError(f"model socket status {status}: {body[:200]!r}")
+    return {"rows": rows, "cols": cols}, body
+
+
+def one_case_frame(headers: dict[str, int], _: bytes) -> None:
+    if headers["rows"] != 1:
+        raise RuntimeError(f"{headers['rows']} rows of probabilities to one case")
+
+
+def model_socket_address(url: str) -> str:
+    """The model service's socket (file://), as the API service learns it: from the
+    model service's ``model_socket`` API at ``url``."""
+    from _bentoml_impl.client.http import SyncHTTPClient
+
+    from radfusion.serving.http.service import RadfusionModel
+
+    with SyncHTTPClient(url, service=RadfusionModel, server_ready_timeout=0) as client:
+        return "file://" + client.call("model_socket")
 
 
 def api_study_calls(cases: list[dict]) -> list[bytes]:
@@ -316,14 +363,19 @@ def model_service_leg(
     rounds), against ``limit`` (ONNX Runtime alone at batch = clients) in the same
     rounds; the servers are the public API's, called at their model service."""
     with servers(model, API_SERVICE, home, args.clients) as urls:
-        sockets = {leg: model_service_address(home / leg) for leg in urls}
-        load = functools.partial(
+        addresses = {leg: model_service_address(home / leg) for leg in urls}
+        sockets = {leg: model_socket_address(address) for leg, address in addresses.items()}
+        over_socket = functools.partial(
+            replay_load, calls=model_socket_calls(cases), clients=args.clients, check=one_case_frame, read=_read_frame
+        )
+        leg = compare(sockets, over_socket, requests, args.rounds, limit, urls["on"])
+        over_http = functools.partial(
             replay_load,
-            calls=model_service_calls(sockets["on"], cases),
+            calls=model_service_calls(addresses["on"], cases),
             clients=args.clients,
             check=one_case_probabilities,
         )
-        leg = compare(sockets, load, requests, args.rounds, limit, urls["on"])
+        leg["http"] = compare(addresses, over_http, requests, args.rounds, limit, urls["on"])
     leg["packed_bytes_per_case"] = int(cases[0]["packed"].nbytes)
     return leg
 
@@ -550,13 +602,16 @@ def notes(results: dict) -> list[str]:
         "batching can only save the per-request overhead (HTTP, serde, dispatch), not model time.",
         f"The model service ran {model_only['on'].get('mean_cases_per_run')} cases per ORT run with batching on.",
         f"service_efficiency {results['service_efficiency']}: the model service answered "
-        f"{model_only['on']['requests_per_s']} requests/s where ONNX Runtime alone ran "
+        f"{model_only['on']['requests_per_s']} requests/s on its socket where ONNX Runtime alone ran "
         f"{model_only['limit_cases_per_s']} cases/s in the same rounds (target {TARGETS['service_efficiency']}); "
+        f"over its HTTP API, {model_only['http']['on']['requests_per_s']} requests/s "
+        f"(service_efficiency_http {model_only['http']['efficiency']}); "
         "the benchmark's 16 clients, requests built once and replayed on keep-alive connections from one event "
         "loop (replay_load), run on the same cores as the model service.",
         f"Each request cost {model_only['overhead_ms_per_request']} ms of throughput beyond ONNX Runtime's own time "
-        "at batch 16 (1/requests-per-s - 1/cases-per-s): HTTP and serde in the model service and the clients' "
-        "socket reads and writes on the cores ONNX Runtime needs, and the smaller batches the service forms.",
+        "at batch 16 (1/requests-per-s - 1/cases-per-s): the model service's reading and answering of calls and "
+        "the clients' socket reads and writes on the cores ONNX Runtime needs, and the smaller batches the "
+        f"service forms; over HTTP {model_only['http']['overhead_ms_per_request']} ms.",
     ]
     clinical = results.get("model_service_clinical_grid")
     if clinical:
@@ -663,6 +718,7 @@ def main(argv: list[str] | None = None) -> dict:
         out = args.out or args.work / "model_service.json"
         results = {
             "service_efficiency": model_only["efficiency"],
+            "service_efficiency_http": model_only["http"]["efficiency"],
             "service_efficiency_clinical_grid": clinical["efficiency"] if clinical else None,
             "targets": {"service_efficiency": TARGETS["service_efficiency"]},
             "model_service": model_only,
@@ -672,6 +728,7 @@ def main(argv: list[str] | None = None) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
         summary = {"service_efficiency": model_only["efficiency"], "on": model_only["on"]["requests_per_s"]}
+        summary |= {"service_efficiency_http": model_only["http"]["efficiency"]}
         summary |= {"ort_alone_cases_per_s": model_only["limit_cases_per_s"]}
         summary |= {"overhead_ms_per_request": model_only["overhead_ms_per_request"]}
         if clinical:
@@ -699,6 +756,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batching_speedup": model_only["speedup"],
         "batching_speedup_end_to_end": end_to_end["speedup"],
         "service_efficiency": model_only["efficiency"],
+        "service_efficiency_http": model_only["http"]["efficiency"],
         "service_efficiency_clinical_grid": clinical["efficiency"] if clinical else None,
         "service_efficiency_end_to_end": end_to_end["efficiency"],
         "ort_vs_torch": engines["batch16"]["ratio"],
@@ -719,6 +777,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batching_speedup",
         "batching_speedup_end_to_end",
         "service_efficiency",
+        "service_efficiency_http",
         "service_efficiency_clinical_grid",
         "service_efficiency_end_to_end",
         "ort_vs_torch",

@@ -366,6 +366,13 @@ class ServiceSettings(StudySettings):
         4,
         "cases of one batch request read at once (threads; DICOMweb fetches wait on the network)",
     )
+    model_socket: str = _setting(
+        "RADFUSION_MODEL_SOCKET",
+        one_of("on", "off"),
+        "on",
+        "whether the API service calls the model over the model service's Unix socket "
+        "(radfusion.serving.http.model_socket; off: over its HTTP API)",
+    )
     model_call_timeout_s: int = _setting(
         "RADFUSION_MODEL_CALL_TIMEOUT_S", seconds, 60, "longest wait for the model service's answer"
     )

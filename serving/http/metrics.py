@@ -24,12 +24,16 @@ class ServiceMetrics:
     model_seconds: t.Any  # Histogram of the model service call, by route
     model_batch_rows: t.Any  # Histogram of cases per model run (in the model service)
     model_batch_calls: t.Any  # Histogram of calls merged into one model run
+    model_calls: t.Any  # Counter of the API service's model calls, by transport ("socket", "http")
 
     def prediction(self, modalities: t.Sequence[str]) -> None:
         self.predictions.labels(modalities="+".join(modalities)).inc()
 
     def error(self, kind: str, route: str) -> None:
         self.errors.labels(kind=kind, route=route).inc()
+
+    def model_call(self, transport: str) -> None:
+        self.model_calls.labels(transport=transport).inc()
 
     def model_run(self, calls: int, rows: int) -> None:
         self.model_batch_calls.observe(calls)
@@ -63,6 +67,9 @@ def service_metrics() -> ServiceMetrics:
             "radfusion_model_batch_calls",
             "Model service calls merged into one ONNX Runtime run",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        ),
+        model_calls=Counter(
+            "radfusion_model_calls", "The API service's calls of the model service, by transport", ["transport"]
         ),
     )
 

@@ -3,7 +3,9 @@
 Two services: ``RadfusionModel`` holds the ONNX session and batches concurrent requests
 (radfusion.serving.http.model_batches); ``Radfusion`` is the public API that
 turns an uploaded study + genomics into model inputs with the one shared preprocessing
-(radfusion.predictor.prepare_case) and asks the model service for probabilities.
+(radfusion.predictor.prepare_case) and asks the model service for probabilities, over
+the model service's Unix socket (radfusion.serving.http.model_socket) or, where that
+cannot be reached, its HTTP API.
 
     RADFUSION_MODEL=model.onnx bentoml serve radfusion.serving.http.service:Radfusion
 
@@ -36,6 +38,7 @@ this module reads none of them except the four BentoML fixes at declaration
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import functools
 import logging
@@ -88,6 +91,7 @@ from radfusion.serving.http.hardening import forbid_url_fetch_for_file_fields
 from radfusion.serving.http.limits import BodySizeLimit
 from radfusion.serving.http.metrics import count_refusal, service_metrics
 from radfusion.serving.http.model_batches import ModelBatches
+from radfusion.serving.http.model_socket import ModelCalls, ModelSocketDropped, ModelSocketServer
 from radfusion.serving.http.overload import InFlightLimit, OverloadedError, overloaded
 from radfusion.serving.http.parsing import ParseLimits, answer_input_errors, strict_parsing
 from radfusion.serving.http.results import ResultStore
@@ -161,7 +165,7 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 _CONNECTION_DROPPED = _connection_errors()
-_RETRIED_MODEL_CALL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_CONNECTION_DROPPED)
+_RETRIED_MODEL_CALL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, ModelSocketDropped, *_CONNECTION_DROPPED)
 
 
 @functools.lru_cache(maxsize=1)
@@ -225,6 +229,11 @@ class RadfusionModel:
             batching=DECLARED.batching,
             on_run=service_metrics().model_run,
         )
+        self.socket = None
+        if self.settings.model_socket == "on":
+            width = packed_width(self.model_contract)
+            self.socket = ModelSocketServer(self.batches, width=width, overloaded=ServiceUnavailable)
+            atexit.register(self.socket.close)
         # The API service may still need this one after SIGTERM: see radfusion.serving.http.drain.
         defer_shutdown_until_callers_exit("radfusion_model", max_wait_s=DECLARED.request_timeout_s + 30)
         config = self.model.configuration
@@ -239,8 +248,14 @@ class RadfusionModel:
         )
 
     def __is_alive__(self) -> bool:
-        """BentoML's /livez: the model thread still runs."""
-        return self.batches.alive()
+        """BentoML's /livez: the model thread still runs, and the socket's."""
+        return self.batches.alive() and (self.socket is None or self.socket.alive())
+
+    @bentoml.api
+    async def model_socket(self) -> str:
+        """Where the API service calls ``probabilities`` without HTTP
+        (radfusion.serving.http.model_socket); empty when RADFUSION_MODEL_SOCKET=off."""
+        return "" if self.socket is None else self.socket.path
 
     # The answer's media type is declared: left to BentoML, it is worked out again from
     # the type's JSON schema on every answer.
@@ -342,6 +357,12 @@ class Radfusion:
         self.dicomweb = self.settings.dicomweb_policy()
         self.results = self._result_writer()
         self.metrics = service_metrics()
+        self.model_calls = ModelCalls(
+            lambda: self.model_service.to_async.model_socket(),
+            lambda packed: self.model_service.to_async.probabilities(packed),
+            enabled=self.settings.model_socket == "on",
+            on_call=self.metrics.model_call,
+        )
         log.info("serving contract of %s %s", self.model_contract.name, self.model_contract.version)
 
     @bentoml.api(route="/predict")
@@ -781,9 +802,7 @@ class Radfusion:
         retried."""
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
-                return await asyncio.wait_for(
-                    self.model_service.to_async.probabilities(packed), timeout=service_settings().model_call_timeout_s
-                )
+                return await asyncio.wait_for(self.model_calls(packed), timeout=service_settings().model_call_timeout_s)
             except _RETRIED_MODEL_CALL_ERRORS as exc:
                 if attempt == MODEL_CALL_ATTEMPTS:
                     raise

@@ -234,8 +234,11 @@ def test_json_batch_one_answer_per_case(server, pacs, cohort) -> None:
     assert metric(after, "radfusion_batch_request_cases_sum") - metric(before, "radfusion_batch_request_cases_sum") == 6
     assert metric(after, "radfusion_model_batch_rows_sum") - metric(before, "radfusion_model_batch_rows_sum") == 3
     assert metric(after, "radfusion_model_batch_rows_count") - metric(before, "radfusion_model_batch_rows_count") == 1
-    # One call of the model service, not three merged.
+    # One call of the model service, not three merged, over its socket, not HTTP.
     assert metric(after, "radfusion_model_batch_calls_sum") - metric(before, "radfusion_model_batch_calls_sum") == 1
+    socket_calls = metric(after, "radfusion_model_calls_total", transport="socket")
+    assert socket_calls - metric(before, "radfusion_model_calls_total", transport="socket") == 1
+    assert metric(after, "radfusion_model_calls_total", transport="http") == 0
 
 
 def test_multipart_batch_of_zips(server, cohort) -> None:
