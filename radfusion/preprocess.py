@@ -537,11 +537,15 @@ def _check_finite_image(image: np.ndarray) -> None:
 
 
 def _is_missing(value: object) -> bool:
+    """None or a NaN number. Anything else is a value, refused later if it is not a number."""
     if value is None:
         return True
+    array = np.asarray(value)
+    if array.ndim != 0:  # a list: not one value, and not a missing one
+        return False
     try:
-        return bool(np.isnan(np.asarray(value)))  # TypeError: not a number (a string, a dict, ...)
-    except TypeError:
+        return bool(np.isnan(array))
+    except TypeError:  # not a number (a string, a dict, ...)
         return False
 
 

@@ -451,6 +451,11 @@ BEYOND = (
         (1.0e38, "read"),
         (float("inf"), "invalid_value: expression block: 1 genes have values that are not finite numbers: EGFR"),
         (10**400, "invalid_value: expression block: 1 genes have values that are not finite numbers: EGFR"),
+        # Not one number: the value is refused by name, not taken for a panel mismatch.
+        ([1, 2], "invalid_value: expression block: 1 genes have values that are not finite numbers: EGFR"),
+        ([], "invalid_value: expression block: 1 genes have values that are not finite numbers: EGFR"),
+        ({"a": 1}, "invalid_value: expression block: 1 genes have values that are not finite numbers: EGFR"),
+        ("abc", "invalid_value: expression block: 1 genes have values that are not finite numbers: EGFR"),
     ],
 )
 def test_genomic_values_beyond_float32_are_named(value, expected: str) -> None:
