@@ -307,8 +307,9 @@ def model_service_address(home: Path) -> str:
     raise RuntimeError(f"no BentoML worker of {home} says where the model service listens")
 
 
-def batch_rows(url: str) -> dict:
-    """Mean cases per ONNX Runtime run in the model service (radfusion.serving.http.metrics)."""
+def batch_rows(url: str, since: dict | None = None) -> dict:
+    """ONNX Runtime runs in the model service and their cases
+    (radfusion.serving.http.metrics), since the figures ``since`` where given."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -317,10 +318,12 @@ def batch_rows(url: str) -> dict:
         for sample in family.samples:
             if sample.name in totals:
                 totals[sample.name] += sample.value
-    runs = totals["radfusion_model_batch_rows_count"]
+    runs = int(totals["radfusion_model_batch_rows_count"]) - (since or {}).get("model_runs", 0)
+    cases = int(totals["radfusion_model_batch_rows_sum"]) - (since or {}).get("model_cases", 0)
     return {
-        "model_runs": int(runs),
-        "mean_cases_per_run": round(totals["radfusion_model_batch_rows_sum"] / runs, 2) if runs else None,
+        "model_runs": runs,
+        "model_cases": cases,
+        "mean_cases_per_run": round(cases / runs, 2) if runs else None,
     }
 
 
@@ -397,6 +400,7 @@ def compare(
     HTTP legs, so the efficiency (batching on / limit) is a ratio of one round."""
     rounds_by_leg: dict[str, list[dict]] = {"on": [], "off": []}
     limits: list[float] = []
+    runs_before = batch_rows(metrics_url or urls["on"])
     for leg in ("on", "off"):  # warm-up: sessions, thread pools, connections
         load(urls[leg], max(2, per_client // 4))
     for _ in range(rounds):
@@ -413,7 +417,7 @@ def compare(
             "rounds_requests_per_s": [m["requests_per_s"] for m in measured],
             "requests_per_round": measured[0]["requests"],
         }
-    legs["on"].update(batch_rows(metrics_url or urls["on"]))
+    legs["on"].update(batch_rows(metrics_url or urls["on"], since=runs_before))
     legs["speedup"] = round(legs["on"]["requests_per_s"] / legs["off"]["requests_per_s"], 2)
     legs["speedup_per_round"] = [
         round(a["requests_per_s"] / b["requests_per_s"], 2)

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import struct
 import tempfile
 import threading
@@ -45,9 +46,12 @@ OK, OVERLOADED, BAD_INPUT, FAILED = range(4)
 READ_LIMIT = 1 << 22
 # Most cases in one frame: the API service sends at most its max batch size, or one
 # case's treatment candidates.
-MAX_ROWS = 1024
+MAX_ROWS = 256
 # How long the API service keeps to HTTP after the socket could not be reached.
 RETRY_SOCKET_AFTER_S = 30.0
+SOCKET_DIR_PREFIX = "radfusion-model-"
+# A socket folder this old without a socket is a model service that died starting.
+STALE_AFTER_S = 300.0
 
 
 class ModelSocketUnavailable(ConnectionError):
@@ -68,6 +72,32 @@ def _reason(status: int, text: str) -> bytes:
     return _answer(status, 0, len(data), data)
 
 
+def remove_stale_sockets(temp: Path) -> list[Path]:
+    """Removes this user's socket folders that no model service listens on any more
+    (one killed, or stopped by a signal before it could remove its own); returns them."""
+    removed = []
+    for folder in temp.glob(f"{SOCKET_DIR_PREFIX}*"):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            sock = folder / "model.sock"
+            if sock.exists():
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.settimeout(1)
+                    try:
+                        probe.connect(str(sock))
+                        continue  # a live model service
+                    except (ConnectionRefusedError, FileNotFoundError):
+                        pass
+            elif time.time() - folder.stat().st_mtime < STALE_AFTER_S:
+                continue  # a model service starting now
+            shutil.rmtree(folder)
+            removed.append(folder)
+        except OSError:
+            continue  # another process's, or gone meanwhile
+    return removed
+
+
 class ModelSocketServer:
     """Listens on a fresh Unix socket (``path``) on a thread and event loop of its own,
     and answers each frame of ``width`` float32 columns and at most ``max_rows`` rows
@@ -78,7 +108,8 @@ class ModelSocketServer:
         self.width = width
         self.max_rows = max_rows
         self.overloaded = overloaded
-        self._dir = Path(tempfile.mkdtemp(prefix="radfusion-model-"))  # mode 0700
+        remove_stale_sockets(Path(tempfile.gettempdir()))
+        self._dir = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))  # mode 0700
         self.path = str(self._dir / "model.sock")
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -218,7 +249,7 @@ class ModelSocketClient:
             reason = (await reader.readexactly(cols)).decode("utf-8", "replace")
             reusable = status != BAD_INPUT  # the server may have ended the connection
             raise _error(status, reason)
-        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+        except (asyncio.IncompleteReadError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
             raise ModelSocketDropped(f"the model service's connection ended mid-call ({type(exc).__name__})") from None
         finally:
             if reusable:
@@ -256,19 +287,26 @@ class ModelCalls:
         self._enabled = enabled
         self._client: ModelSocketClient | None = None
         self._retry_at = 0.0
+        self._failed_path = ""  # the socket that just refused: asked again, not retried
         self._lock = asyncio.Lock()
 
     async def __call__(self, packed: np.ndarray) -> t.Any:
-        client = await self._socket() if len(packed) <= MAX_ROWS else None
-        if client is not None:
+        for _ in range(2):  # again with the socket the model service names now
+            client = await self._socket() if len(packed) <= MAX_ROWS else None
+            if client is None:
+                break
             try:
                 answer = await client(packed)
-                self._on_call("socket")
-                return answer
             except ModelSocketUnavailable:
-                # The model service restarted (a new socket) or cannot be reached this way.
-                self._client = None
-                self._retry_at = time.monotonic() + RETRY_SOCKET_AFTER_S
+                # No one listens there: the model service restarted (a new socket), or
+                # it cannot be reached this way.
+                self._client, self._failed_path = None, client.path
+                continue
+            except ModelSocketDropped:
+                await client.close()  # its other connections went with the same service
+                raise
+            self._on_call("socket")
+            return answer
         answer = await self._http(packed)
         self._on_call("http")
         return answer
@@ -287,8 +325,9 @@ class ModelCalls:
                 except Exception as exc:  # noqa: BLE001 (an unreachable model service: HTTP)
                     log.info("model service names no socket (%s); calling it over HTTP", type(exc).__name__)
                     path = ""
-                if path:
+                if path and path != self._failed_path:
                     self._client = ModelSocketClient(path)
                 else:
                     self._retry_at = time.monotonic() + RETRY_SOCKET_AFTER_S
+                self._failed_path = ""
         return self._client

@@ -38,7 +38,6 @@ this module reads none of them except the four BentoML fixes at declaration
 from __future__ import annotations
 
 import asyncio
-import atexit
 import dataclasses
 import functools
 import logging
@@ -233,7 +232,6 @@ class RadfusionModel:
         if self.settings.model_socket == "on":
             width = packed_width(self.model_contract)
             self.socket = ModelSocketServer(self.batches, width=width, overloaded=ServiceUnavailable)
-            atexit.register(self.socket.close)
         # The API service may still need this one after SIGTERM: see radfusion.serving.http.drain.
         defer_shutdown_until_callers_exit("radfusion_model", max_wait_s=DECLARED.request_timeout_s + 30)
         config = self.model.configuration
@@ -246,6 +244,14 @@ class RadfusionModel:
             "on" if config["spinning"] else "off",
             f"up to {DECLARED.max_batch_size} cases a run" if DECLARED.batching else "off",
         )
+
+    @bentoml.on_shutdown
+    def _remove_socket(self) -> None:
+        """Not at exit: uvicorn ends the worker by its signal once it drained, and exit
+        handlers do not run then. A killed worker's socket is removed by the next one
+        (model_socket.remove_stale_sockets)."""
+        if self.socket is not None:
+            self.socket.close()
 
     def __is_alive__(self) -> bool:
         """BentoML's /livez: the model thread still runs, and the socket's."""
@@ -799,13 +805,14 @@ class Radfusion:
         dropped connection. Under sustained load (bench/serving.py) a call was also
         seen to hang until the 300 s request timeout, so each attempt is bounded by
         RADFUSION_MODEL_CALL_TIMEOUT_S. Inference is idempotent, so such calls are
-        retried."""
+        retried; the last failure is the model service's 503."""
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
                 return await asyncio.wait_for(self.model_calls(packed), timeout=service_settings().model_call_timeout_s)
             except _RETRIED_MODEL_CALL_ERRORS as exc:
                 if attempt == MODEL_CALL_ATTEMPTS:
-                    raise
+                    # A model service restarting, or stalled: the caller may retry (503).
+                    raise ServiceUnavailable("the model service could not be reached") from exc
                 log.info("model service connection dropped (%s); retrying", type(exc).__name__)
         raise AssertionError("unreachable")
 

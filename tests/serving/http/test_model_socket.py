@@ -103,7 +103,7 @@ def test_socket_only_for_its_user(served) -> None:
 
 
 def test_refusals_and_failures_end_their_call_only(served) -> None:
-    model, server = served
+    _, server = served
     client = ModelSocketClient(server.path)
 
     async def main() -> None:
@@ -171,10 +171,12 @@ def test_hostile_frames_leave_the_server_serving(served) -> None:
     magic, status, _, size = model_socket.ANSWER.unpack(answer[: model_socket.ANSWER.size])
     assert (magic, status) == (model_socket.MAGIC, model_socket.BAD_INPUT)
     assert b"expected (1 to 16, 3)" in answer[model_socket.ANSWER.size :]
+    assert len(answer) == model_socket.ANSWER.size + size
     # A body cut short, then a header cut short: nothing answered, nothing broken.
     assert raw_exchange(server.path, model_socket.REQUEST.pack(model_socket.MAGIC, 1, WIDTH) + b"\0" * 5) == b""
     assert raw_exchange(server.path, b"RFM") == b""
     assert server.alive()
+
     async def one_call() -> np.ndarray:
         client = ModelSocketClient(server.path)
         answer = await client(rows(5))
@@ -243,3 +245,72 @@ def test_the_api_service_falls_back_to_http(served) -> None:
     too_many = np.zeros((model_socket.MAX_ROWS + 1, WIDTH), np.float32)
     assert calls_over(lambda: named(server.path), packed=too_many)[0] == ["http", "http"]
 
+
+def test_a_restarted_model_service_is_found_at_its_new_socket() -> None:
+    """The model service restarted: its kept connections dropped, its old socket
+    refuses. The call that finds the dropped connection fails (the API service retries
+    it); the next asks the model service for its socket again and uses the new one,
+    without falling back to HTTP."""
+
+    def started() -> tuple[ModelBatches, ModelSocketServer]:
+        batches = ModelBatches(Model(), max_rows=8, max_wait_s=30.0, overloaded=lambda: ServiceUnavailable("x"))
+        return batches, ModelSocketServer(batches, width=WIDTH, overloaded=ServiceUnavailable)
+
+    first = started()
+    current = {"path": first[1].path}
+    transports: list[str] = []
+    http = Http()
+
+    async def named() -> str:
+        return current["path"]
+
+    calls = ModelCalls(named, http, on_call=transports.append)
+
+    async def main() -> list:
+        await asyncio.gather(*(calls(rows(i)) for i in range(4)))  # four connections kept
+        first[1].close()
+        first[0].close()
+        second = started()
+        current["path"] = second[1].path
+        try:
+            outcomes = []
+            for i in range(3):
+                try:
+                    outcomes.append((await calls(rows(i)))[0, 0])
+                except ModelSocketDropped:
+                    outcomes.append("dropped")
+            await calls.close()
+            return outcomes
+        finally:
+            second[1].close()
+            second[0].close()
+
+    outcomes = asyncio.run(main())
+    # At most the one call that found a dead connection failed, not one per kept connection.
+    assert outcomes[1:] == [2.0, 4.0] and outcomes[0] in ("dropped", 0.0)
+    assert http.calls == 0 and transports.count("socket") == 4 + outcomes.count(0.0) + 2
+
+
+def test_stale_socket_folders_are_removed(served, tmp_path: Path) -> None:
+    _, server = served
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    live = temp / "radfusion-model-live"
+    live.mkdir()
+    os.symlink(server.path, live / "model.sock")  # a model service listening there
+    dead = temp / "radfusion-model-dead"
+    dead.mkdir()
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(dead / "model.sock"))  # bound, then closed: no one listens
+    starting = temp / "radfusion-model-starting"
+    starting.mkdir()
+    abandoned = temp / "radfusion-model-abandoned"
+    abandoned.mkdir()
+    os.utime(abandoned, (0, 0))
+    other = temp / "unrelated"
+    other.mkdir()
+    assert sorted(p.name for p in model_socket.remove_stale_sockets(temp)) == [
+        "radfusion-model-abandoned",
+        "radfusion-model-dead",
+    ]
+    assert sorted(p.name for p in temp.iterdir()) == ["radfusion-model-live", "radfusion-model-starting", "unrelated"]

@@ -17,7 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from radfusion.serving.http.launch import PROJECT_ROOT, free_port, serve_command, serve_env, wait_ready
+from radfusion.serving.http.launch import PROJECT_ROOT
+from tests.support.serving import serving
 
 pytestmark = pytest.mark.slow
 
@@ -55,30 +56,14 @@ def workers_of(server: psutil.Process) -> list[psutil.Process]:
 
 
 def test_workers_exit_when_the_server_is_killed(tiny_onnx_model: Path, bentoml_home: Path, tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": TOKEN}
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            serve_command("127.0.0.1", port),
-            env=serve_env(tiny_onnx_model, env),
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_ready(process, url, 120, log)
+    with serving(tiny_onnx_model, env, log) as (process, url):
         workers = workers_of(psutil.Process(process.pid))
         assert all(w.ppid() == process.pid for w in workers)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         took = gone_within(workers, 10.0)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
     assert took < 10.0
     with pytest.raises(httpx.ConnectError):  # nobody holds the port any more
         httpx.get(f"{url}/readyz", timeout=2)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
-import os
+import shutil
 import signal
-import subprocess
+import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pydicom
 import pytest
 
@@ -27,12 +29,9 @@ from radfusion.dicom import find_studies
 from radfusion.genomics import load_genomics_table, row_as_mapping
 from radfusion.predictor import Predictor
 from radfusion.serving.http.launch import (
-    PROJECT_ROOT,
-    free_port,
     running_server,
-    serve_command,
-    serve_env,
 )
+from tests.support.serving import serving
 from tests.support.study_zip import zip_study
 
 pytestmark = pytest.mark.slow
@@ -295,54 +294,102 @@ def test_sigterm_drains_in_flight_requests(tiny_onnx_model: Path, bentoml_home: 
     )
     headers = {**AUTH, "content-type": f"multipart/form-data; boundary={boundary}"}
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": TOKEN}
-    with open(tmp_path / "serve.log", "wb") as log:
-        process = subprocess.Popen(
-            serve_command("127.0.0.1", port),
-            env=serve_env(tiny_onnx_model, env),
-            cwd=PROJECT_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[
-                    -3000:
-                ]
-                time.sleep(0.25)
+    finished_at: list[float] = []
+    lock = threading.Lock()
+    with serving(tiny_onnx_model, env, tmp_path / "serve.log") as (process, url):
 
-            finished_at: list[float] = []
-            lock = threading.Lock()
+        def upload() -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                response = client.post("/predict", content=slow_body(multipart, 8, 0.3), headers=headers)
+            with lock:
+                finished_at.append(time.monotonic())
+            return response
 
-            def upload() -> httpx.Response:
-                with httpx.Client(base_url=url, timeout=60) as client:
-                    response = client.post("/predict", content=slow_body(multipart, 8, 0.3), headers=headers)
-                with lock:
-                    finished_at.append(time.monotonic())
-                return response
-
-            with concurrent.futures.ThreadPoolExecutor(3) as pool:
-                futures = [pool.submit(upload) for _ in range(3)]
-                time.sleep(0.6)
-                sigterm_at = time.monotonic()
-                process.send_signal(signal.SIGTERM)
-                responses = [f.result() for f in futures]
-            exit_code = process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(upload) for _ in range(3)]
+            time.sleep(0.6)
+            sigterm_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            responses = [f.result() for f in futures]
+        exit_code = process.wait(timeout=30)
     assert min(finished_at) > sigterm_at + 1.0  # still uploading when the signal came
     for response in responses:
         assert response.status_code == 200, response.text
         assert_same_prediction(response.json(), expected)
     assert exit_code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+# ------------------------------------------------------------------- model service restart
+
+
+def model_calls(client: httpx.Client) -> dict[str, float]:
+    found = {"socket": 0.0, "http": 0.0}
+    for line in client.get("/metrics").text.splitlines():
+        for transport in found:
+            if line.startswith(f'radfusion_model_calls_total{{transport="{transport}"}}'):
+                found[transport] += float(line.split()[-1])
+    return found
+
+
+def test_a_killed_model_worker_costs_no_request(
+    tiny_onnx_model: Path, bentoml_home: Path, cohort, tmp_path: Path
+) -> None:
+    """The model service's worker killed after calls left connections to its socket
+    open: BentoML starts another, which removes the dead one's socket folder, and the
+    API service finds the new socket. Every request once the new worker listens is
+    answered 200, over the socket (none a 500 from a dead connection); SIGTERM then
+    leaves no socket folder behind."""
+    studies, table, predictor = cohort
+    study = next(s for s in studies if s.patient_id in table.index)
+    paths = [h.path for h in study.instances]
+    genes = genes_of(table, study.patient_id)
+    expected = predictor.predict([predictor.prepare(paths, genes)])[0]
+    upload = zip_study(paths)
+    # The server's temporary folder, short: BentoML's Unix sockets go there too.
+    temp = Path(tempfile.mkdtemp(prefix="rf-"))
+    env = {"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": TOKEN, "TMPDIR": str(temp)}
+
+    def listening(folder: Path) -> bool:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(folder / "model.sock"))
+                return True
+            except OSError:
+                return False
+
+    try:
+        with serving(tiny_onnx_model, env, tmp_path / "serve.log") as (process, url):
+
+            def predict(_: int = 0) -> httpx.Response:
+                with httpx.Client(base_url=url, timeout=120, headers=AUTH) as client:
+                    files = {"study": ("s.zip", upload, "application/zip")}
+                    return client.post("/predict", files=files, data={"genomics": json.dumps(genes)})
+
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                assert [r.status_code for r in pool.map(predict, range(12))] == [200] * 12
+            (old,) = temp.glob("radfusion-model-*")
+            (worker,) = [
+                p for p in psutil.Process(process.pid).children(recursive=True) if "radfusion_model" in p.cmdline()
+            ]
+            worker.kill()
+            worker.wait(timeout=30)
+            deadline = time.monotonic() + 120
+            while not [f for f in temp.glob("radfusion-model-*") if f != old and listening(f)]:
+                # BentoML starts another worker, which opens a socket of its own.
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.25)
+            with httpx.Client(base_url=url, timeout=30, headers=AUTH) as client:
+                before = model_calls(client)
+                responses = [predict() for _ in range(8)]
+                after = model_calls(client)
+            assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+            for response in responses:
+                assert_same_prediction(response.json(), expected)
+            assert after["socket"] - before["socket"] == 8 and after["http"] == before["http"]
+            assert not old.exists()  # the new worker removed the dead one's socket
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+        assert not list(temp.glob("radfusion-model-*"))  # removed at shutdown
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
