@@ -10,7 +10,8 @@ project's configuration: the exported graph (3D convolutions as 2D ones or not,
 training/onnx_layout.py), intra-op threads, spinning, graph optimisation level,
 execution mode, denormals as zero, the optimised graph saved offline and loaded; and
 the OpenVINO execution provider where onnxruntime-openvino is the installed ONNX
-Runtime. ``chosen`` is the model opened as serving opens it (radfusion.runtime.OnnxModel,
+Runtime, and OpenVINO's own runtime (fp32 and bf16) where the openvino package is.
+``chosen`` is the model opened as serving opens it (radfusion.runtime.OnnxModel,
 with the configuration recorded in its contract at export).
 
 Stability: legs alternate within each round (the order rotating from round to round),
@@ -140,6 +141,7 @@ def legs(work: Path, cohort: Path, threads: int) -> tuple[dict[str, Callable], d
             runs[f"openvino_{graph}_graph"] = lambda arrays, s=session, i=inputs: s.run(
                 ["logits"], {k: v for k, v in zip(names, arrays, strict=True) if k in i}
             )[0]
+    runs |= openvino_runtime_legs(graphs, names, threads)
     chosen = OnnxModel(graphs["chosen"], device="cpu")
     runs["chosen"] = lambda arrays: chosen.logits(*arrays)
     setup = {
@@ -148,8 +150,41 @@ def legs(work: Path, cohort: Path, threads: int) -> tuple[dict[str, Callable], d
         "torch": torch.__version__,
         "chosen": chosen.configuration,
         "chooser_timings_ms": chosen.contract.runtime.timings_ms if chosen.contract.runtime else None,
+        "openvino": _version("openvino"),
     }
     return runs, setup
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def openvino_runtime_legs(graphs: dict[str, Path], names: list[str], threads: int) -> dict[str, Callable]:
+    """Where the ``openvino`` package is installed: OpenVINO's own runtime on both
+    graphs, in fp32 and in bf16 (where the CPU has it; lower precision, so
+    max_abs_diff_logits shows what it costs), ``threads`` threads, latency mode.
+    Not a project dependency: measured to say what another runtime would give."""
+    try:
+        import openvino
+    except ImportError:
+        return {}
+    core = openvino.Core()
+    runs: dict[str, Callable] = {}
+    for graph in ("folded", "plain"):
+        model = core.read_model(str(graphs[graph]))
+        inputs = {p.get_any_name() for p in model.inputs}  # the unused ones are not inputs here
+        for precision in ("f32", "bf16"):
+            config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
+            request = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+            runs[f"openvino_runtime_{graph}_{precision}"] = lambda arrays, r=request, i=inputs: next(
+                iter(r.infer({k: v for k, v in zip(names, arrays, strict=True) if k in i}).values())
+            )
+    return runs
 
 
 def measure(runs: dict[str, Callable], batches: dict[int, tuple], rounds: int, calls: int) -> dict:
