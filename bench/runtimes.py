@@ -141,7 +141,8 @@ def legs(work: Path, cohort: Path, threads: int) -> tuple[dict[str, Callable], d
             runs[f"openvino_{graph}_graph"] = lambda arrays, s=session, i=inputs: s.run(
                 ["logits"], {k: v for k, v in zip(names, arrays, strict=True) if k in i}
             )[0]
-    runs |= openvino_runtime_legs(graphs, names, threads)
+    openvino_runs, openvino_version = openvino_runtime_legs(graphs, names, threads)
+    runs |= openvino_runs
     chosen = OnnxModel(graphs["chosen"], device="cpu")
     runs["chosen"] = lambda arrays: chosen.logits(*arrays)
     setup = {
@@ -150,29 +151,23 @@ def legs(work: Path, cohort: Path, threads: int) -> tuple[dict[str, Callable], d
         "torch": torch.__version__,
         "chosen": chosen.configuration,
         "chooser_timings_ms": chosen.contract.runtime.timings_ms if chosen.contract.runtime else None,
-        "openvino": _version("openvino"),
+        "openvino": openvino_version,
     }
     return runs, setup
 
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def openvino_runtime_legs(graphs: dict[str, Path], names: list[str], threads: int) -> dict[str, Callable]:
+def openvino_runtime_legs(
+    graphs: dict[str, Path], names: list[str], threads: int
+) -> tuple[dict[str, Callable], str | None]:
     """Where the ``openvino`` package is installed: OpenVINO's own runtime on both
     graphs, in fp32 and in bf16 (where the CPU has it; lower precision, so
-    max_abs_diff_logits shows what it costs), ``threads`` threads, latency mode.
-    Not a project dependency: measured to say what another runtime would give."""
+    max_abs_diff_logits shows what it costs), ``threads`` threads, latency mode; and
+    its version (None: not installed). Not a project dependency: measured to say what
+    another runtime would give."""
     try:
         import openvino
     except ImportError:
-        return {}
+        return {}, None
     core = openvino.Core()
     runs: dict[str, Callable] = {}
     for graph in ("folded", "plain"):
@@ -184,7 +179,7 @@ def openvino_runtime_legs(graphs: dict[str, Path], names: list[str], threads: in
             runs[f"openvino_runtime_{graph}_{precision}"] = lambda arrays, r=request, i=inputs: next(
                 iter(r.infer({k: v for k, v in zip(names, arrays, strict=True) if k in i}).values())
             )
-    return runs
+    return runs, openvino.__version__
 
 
 def measure(runs: dict[str, Callable], batches: dict[int, tuple], rounds: int, calls: int) -> dict:

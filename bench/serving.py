@@ -188,21 +188,20 @@ def model_service_calls(url: str, cases: list[dict]) -> list[bytes]:
 def model_socket_calls(cases: list[dict]) -> list[bytes]:
     """Each case's call of the model service over its socket, as the API service makes
     it (radfusion.serving.http.model_socket)."""
-    from radfusion.serving.http.model_socket import MAGIC, REQUEST
+    from radfusion.serving.http.model_socket import request_header
 
     frames = []
     for case in cases:
         rows = np.ascontiguousarray(np.atleast_2d(case["packed"]), dtype="<f4")
-        frames.append(REQUEST.pack(MAGIC, *rows.shape) + rows.tobytes())
+        frames.append(request_header(rows) + rows.tobytes())
     return frames
 
 
 async def _read_frame(reader) -> tuple[dict[str, int], bytes]:
     """One answer of the model service's socket; anything but probabilities raises."""
-    from radfusion.serving.http.model_socket import ANSWER, OK
+    from radfusion.serving.http.model_socket import OK, read_answer
 
-    _, status, rows, cols = ANSWER.unpack(await reader.readexactly(ANSWER.size))
-    body = await reader.readexactly(rows * cols * 8 if status == OK else cols)
+    status, rows, cols, body = await read_answer(reader)
     if status != OK:
         raise RuntimeError(f"model socket status {status}: {body[:200]!r}")
     return {"rows": rows, "cols": cols}, body

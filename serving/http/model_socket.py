@@ -63,6 +63,20 @@ class ModelSocketDropped(ConnectionError):
     frame was refused): the call may be retried."""
 
 
+def request_header(rows: np.ndarray) -> bytes:
+    """The header of a call of ``rows`` (cases × width little-endian float32), which
+    follow it as they are."""
+    return REQUEST.pack(MAGIC, *rows.shape)
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, int, int, bytes]:
+    """One answer: (status, rows, cols, its payload)."""
+    magic, status, rows, cols = ANSWER.unpack(await reader.readexactly(ANSWER.size))
+    if magic != MAGIC:
+        raise ModelSocketDropped("the model socket answered in another protocol")
+    return status, rows, cols, await reader.readexactly(rows * cols * 8 if status == OK else cols)
+
+
 def _answer(status: int, rows: int = 0, cols: int = 0, payload: bytes = b"") -> bytes:
     return ANSWER.pack(MAGIC, status, rows, cols) + payload
 
@@ -70,6 +84,18 @@ def _answer(status: int, rows: int = 0, cols: int = 0, payload: bytes = b"") -> 
 def _reason(status: int, text: str) -> bytes:
     data = text.encode("utf-8", "replace")[:4096]
     return _answer(status, 0, len(data), data)
+
+
+def listening(sock: Path) -> bool:
+    """Whether a process accepts connections on the Unix socket ``sock`` (False: none
+    does, or there is no socket; any other error is raised: it cannot tell)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(str(sock))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        return True
 
 
 def remove_stale_sockets(temp: Path) -> list[Path]:
@@ -82,13 +108,8 @@ def remove_stale_sockets(temp: Path) -> list[Path]:
                 continue
             sock = folder / "model.sock"
             if sock.exists():
-                with socket.socket(socket.AF_UNIX) as probe:
-                    probe.settimeout(1)
-                    try:
-                        probe.connect(str(sock))
-                        continue  # a live model service
-                    except (ConnectionRefusedError, FileNotFoundError):
-                        pass
+                if listening(sock):
+                    continue  # a live model service
             elif time.time() - folder.stat().st_mtime < STALE_AFTER_S:
                 continue  # a model service starting now
             shutil.rmtree(folder)
@@ -236,19 +257,14 @@ class ModelSocketClient:
         reader, writer = await self._connection()
         reusable = False
         try:
-            writer.write(REQUEST.pack(MAGIC, rows.shape[0], rows.shape[1]))
+            writer.write(request_header(rows))
             writer.write(rows.data.cast("B"))
             await writer.drain()
-            magic, status, count, cols = ANSWER.unpack(await reader.readexactly(ANSWER.size))
-            if magic != MAGIC:
-                raise ModelSocketDropped("the model socket answered in another protocol")
-            if status == OK:
-                out = np.frombuffer(await reader.readexactly(count * cols * 8), "<f8").reshape(count, cols)
-                reusable = True
-                return out
-            reason = (await reader.readexactly(cols)).decode("utf-8", "replace")
+            status, count, cols, payload = await read_answer(reader)
             reusable = status != BAD_INPUT  # the server may have ended the connection
-            raise _error(status, reason)
+            if status == OK:
+                return np.frombuffer(payload, "<f8").reshape(count, cols)
+            raise _error(status, payload.decode("utf-8", "replace"))
         except (asyncio.IncompleteReadError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
             raise ModelSocketDropped(f"the model service's connection ended mid-call ({type(exc).__name__})") from None
         finally:

@@ -12,7 +12,6 @@ import io
 import json
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -31,6 +30,7 @@ from radfusion.predictor import Predictor
 from radfusion.serving.http.launch import (
     running_server,
 )
+from radfusion.serving.http.model_socket import listening
 from tests.support.serving import serving
 from tests.support.study_zip import zip_study
 
@@ -350,14 +350,6 @@ def test_a_killed_model_worker_costs_no_request(
     temp = Path(tempfile.mkdtemp(prefix="rf-"))
     env = {"BENTOML_HOME": str(bentoml_home), "RADFUSION_API_TOKENS": TOKEN, "TMPDIR": str(temp)}
 
-    def listening(folder: Path) -> bool:
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(str(folder / "model.sock"))
-                return True
-            except OSError:
-                return False
-
     try:
         with serving(tiny_onnx_model, env, tmp_path / "serve.log") as (process, url):
 
@@ -375,7 +367,7 @@ def test_a_killed_model_worker_costs_no_request(
             worker.kill()
             worker.wait(timeout=30)
             deadline = time.monotonic() + 120
-            while not [f for f in temp.glob("radfusion-model-*") if f != old and listening(f)]:
+            while not [f for f in temp.glob("radfusion-model-*") if f != old and listening(f / "model.sock")]:
                 # BentoML starts another worker, which opens a socket of its own.
                 assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(0.25)
